@@ -1,0 +1,11 @@
+//! mana-ai: a reactor that runs mana's AI missions.
+//!
+//! Triggers on `sync_changes` queue each mission/agent change; the reactor
+//! folds just that change into snapshot rows and keeps every active mission
+//! in a timer wheel that fires at its `nextRunAt`. See `DESIGN.md`.
+
+pub mod crypto;
+pub mod planner;
+pub mod schedule;
+pub mod sync;
+pub mod testkit;

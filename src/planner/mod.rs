@@ -1,0 +1,1 @@
+//! Planner: tool catalog, agent policy, prompt, strict parser, LLM and research clients.

@@ -1,0 +1,1 @@
+//! Cadence: the next `nextRunAt` of a mission (contract section 4).

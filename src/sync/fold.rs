@@ -1,0 +1,1 @@
+//! Field-level last-writer-wins fold (contract section 2).

@@ -1,0 +1,3 @@
+//! The `sync_changes` change log as mana-ai sees it, and the pure LWW fold.
+
+pub mod fold;

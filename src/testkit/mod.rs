@@ -1,0 +1,1 @@
+//! Helpers for tests and the demo: fake HTTP peers on loopback.
