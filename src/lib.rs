@@ -4,8 +4,15 @@
 //! folds just that change into snapshot rows and keeps every active mission
 //! in a timer wheel that fires at its `nextRunAt`. See `DESIGN.md`.
 
+pub mod config;
 pub mod crypto;
+pub mod db;
+pub mod metrics;
+pub mod pgenv;
 pub mod planner;
+pub mod reactor;
 pub mod schedule;
+pub mod service;
 pub mod sync;
 pub mod testkit;
+pub mod triggers;

@@ -1,3 +1,6 @@
-//! Scheduling: cadence (when is the next run) and the timer wheel (fire at it).
+//! Scheduling: cadence (when is the next run), the clock, and the timer wheel
+//! (fire at it).
 
 pub mod cadence;
+pub mod clock;
+pub mod wheel;

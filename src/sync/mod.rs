@@ -1,3 +1,4 @@
 //! The `sync_changes` change log as mana-ai sees it, and the pure LWW fold.
 
+pub mod change;
 pub mod fold;

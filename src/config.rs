@@ -1,0 +1,262 @@
+//! Environment -> typed [`Config`].
+//!
+//! Every variable is read in one place, validated at start, and every error
+//! names the variable and what is wrong with it. Secrets are wrapped in
+//! [`Secret`] so that `Debug` of the config never prints them.
+
+use std::fmt;
+use std::time::Duration;
+
+/// A configuration error: always names the environment variable.
+#[derive(Debug, thiserror::Error)]
+#[error("{var}: {problem}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub problem: String,
+}
+
+fn err(var: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        var,
+        problem: problem.into(),
+    }
+}
+
+/// A value that must never be printed (database passwords, service keys).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() { "<empty>" } else { "<redacted>" })
+    }
+}
+
+/// The channel the DBA trigger notifies (see `triggers/install.sql`).
+pub const DEFAULT_CHANNEL: &str = "mana_ai_changes";
+
+/// Typed configuration of one mana-ai process.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `SYNC_DATABASE_URL`: the mana_sync database, as the service role.
+    pub database_url: Secret,
+    /// `MANA_AI_LISTEN_DATABASE_URL`: a direct connection for LISTEN when the
+    /// pool sits behind a transaction pooler (which breaks LISTEN).
+    pub listen_database_url: Secret,
+    /// `PORT`: HTTP port.
+    pub port: u16,
+    /// `TICK_ENABLED`: false boots without running missions.
+    pub tick_enabled: bool,
+    /// `MANA_AI_DB_POOL_SIZE`: connections in the pool (the listener has its own).
+    pub pool_size: usize,
+    /// `MANA_AI_SWEEP_INTERVAL_SECS`: the safety sweep that drains what a lost
+    /// notification left behind.
+    pub sweep_interval: Duration,
+    /// `MANA_AI_LISTEN_HEARTBEAT_SECS`: how often the listener checks its
+    /// registration and measures the database clock.
+    pub listen_heartbeat: Duration,
+    /// `MANA_AI_APPLY_BATCH`: queue rows claimed per applier transaction.
+    pub apply_batch: i64,
+    /// `MANA_AI_MAX_FIELD_BYTES`: a change with a field larger than this (as
+    /// JSON text) is set aside as poison.
+    pub max_field_bytes: usize,
+    /// `MANA_AI_DEFAULT_TIMEZONE`: IANA zone for daily/weekly cadences.
+    pub default_timezone: chrono_tz::Tz,
+    /// `MANA_AI_LISTEN_CHANNEL`: the NOTIFY channel (tests point it elsewhere
+    /// to prove the safety sweep works without notifications).
+    pub listen_channel: String,
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Config::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads configuration through `lookup` (the environment, or a map in tests).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let database_url = get("SYNC_DATABASE_URL").ok_or_else(|| {
+            err(
+                "SYNC_DATABASE_URL",
+                "is not set: give the mana_sync database URL, e.g. postgres://mana_ai@localhost/mana_sync",
+            )
+        })?;
+        check_pg_url("SYNC_DATABASE_URL", &database_url)?;
+        let listen_database_url = match get("MANA_AI_LISTEN_DATABASE_URL") {
+            Some(url) => {
+                check_pg_url("MANA_AI_LISTEN_DATABASE_URL", &url)?;
+                url
+            }
+            None => database_url.clone(),
+        };
+        let timezone_name =
+            get("MANA_AI_DEFAULT_TIMEZONE").unwrap_or_else(|| "Europe/Berlin".into());
+        let default_timezone = timezone_name.parse::<chrono_tz::Tz>().map_err(|_| {
+            err(
+                "MANA_AI_DEFAULT_TIMEZONE",
+                format!("{timezone_name:?} is not an IANA time zone name"),
+            )
+        })?;
+        let listen_channel = get("MANA_AI_LISTEN_CHANNEL").unwrap_or_else(|| DEFAULT_CHANNEL.into());
+        if listen_channel.len() > 63
+            || !listen_channel
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return Err(err(
+                "MANA_AI_LISTEN_CHANNEL",
+                "must be 1 to 63 characters of [A-Za-z0-9_]",
+            ));
+        }
+        Ok(Config {
+            database_url: Secret::new(database_url),
+            listen_database_url: Secret::new(listen_database_url),
+            port: parse_num(&get, "PORT", 3067u16, 0..=u16::MAX)?,
+            tick_enabled: parse_bool(&get, "TICK_ENABLED", true)?,
+            pool_size: parse_num(&get, "MANA_AI_DB_POOL_SIZE", 8usize, 2..=256)?,
+            sweep_interval: Duration::from_secs(parse_num(
+                &get,
+                "MANA_AI_SWEEP_INTERVAL_SECS",
+                300u64,
+                1..=86_400,
+            )?),
+            listen_heartbeat: Duration::from_secs(parse_num(
+                &get,
+                "MANA_AI_LISTEN_HEARTBEAT_SECS",
+                30u64,
+                1..=3_600,
+            )?),
+            apply_batch: parse_num(&get, "MANA_AI_APPLY_BATCH", 500i64, 1..=10_000)?,
+            max_field_bytes: parse_num(
+                &get,
+                "MANA_AI_MAX_FIELD_BYTES",
+                1024 * 1024usize,
+                1024..=64 * 1024 * 1024,
+            )?,
+            default_timezone,
+            listen_channel,
+        })
+    }
+}
+
+fn check_pg_url(var: &'static str, url: &str) -> Result<(), ConfigError> {
+    url.parse::<tokio_postgres::Config>()
+        .map(|_| ())
+        // The parser's message never includes the password; the URL itself is not echoed.
+        .map_err(|e| err(var, format!("is not a valid Postgres connection string: {e}")))
+}
+
+fn parse_num<T>(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: T,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<T, ConfigError>
+where
+    T: std::str::FromStr + PartialOrd + fmt::Display + Copy,
+{
+    let Some(raw) = get(var) else {
+        return Ok(default);
+    };
+    let value: T = raw
+        .trim()
+        .parse()
+        .map_err(|_| err(var, format!("{raw:?} is not a number")))?;
+    if !range.contains(&value) {
+        return Err(err(
+            var,
+            format!(
+                "{value} is out of range {}..={}",
+                range.start(),
+                range.end()
+            ),
+        ));
+    }
+    Ok(value)
+}
+
+fn parse_bool(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: bool,
+) -> Result<bool, ConfigError> {
+    match get(var).map(|v| v.trim().to_ascii_lowercase()) {
+        None => Ok(default),
+        Some(v) if matches!(v.as_str(), "true" | "1" | "yes" | "on") => Ok(true),
+        Some(v) if matches!(v.as_str(), "false" | "0" | "no" | "off") => Ok(false),
+        Some(v) => Err(err(var, format!("{v:?} is not true or false"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    const URL: (&str, &str) = ("SYNC_DATABASE_URL", "postgres://svc:pw@localhost/mana_sync");
+
+    #[test]
+    fn defaults_apply() {
+        let c = config(&[URL]).unwrap();
+        assert_eq!(c.port, 3067);
+        assert!(c.tick_enabled);
+        assert_eq!(c.default_timezone, chrono_tz::Europe::Berlin);
+        assert_eq!(c.listen_database_url, c.database_url);
+        assert_eq!(c.listen_channel, DEFAULT_CHANNEL);
+    }
+
+    #[test]
+    fn missing_url_names_the_variable() {
+        let e = config(&[]).unwrap_err();
+        assert_eq!(e.var, "SYNC_DATABASE_URL");
+        assert!(e.to_string().starts_with("SYNC_DATABASE_URL: is not set"));
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        for (var, value) in [
+            ("PORT", "http"),
+            ("PORT", "70000"),
+            ("TICK_ENABLED", "maybe"),
+            ("MANA_AI_DEFAULT_TIMEZONE", "Mars/Olympus"),
+            ("MANA_AI_APPLY_BATCH", "0"),
+            ("MANA_AI_LISTEN_CHANNEL", "bad channel; drop"),
+            ("MANA_AI_LISTEN_DATABASE_URL", "postgres://host:notaport/db"),
+        ] {
+            let e = config(&[URL, (var, value)]).unwrap_err();
+            assert_eq!(e.var, var, "{e}");
+        }
+    }
+
+    #[test]
+    fn tick_can_be_disabled() {
+        assert!(!config(&[URL, ("TICK_ENABLED", "false")]).unwrap().tick_enabled);
+    }
+
+    #[test]
+    fn debug_never_prints_the_password() {
+        let c = config(&[URL]).unwrap();
+        assert!(!format!("{c:?}").contains("pw@"));
+    }
+}

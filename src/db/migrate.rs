@@ -1,0 +1,94 @@
+//! Migrations of schema `mana_ai`: the numbered files in `sql/`, embedded in
+//! the binary, applied in order by `mana-ai migrate` and on every start.
+//!
+//! Each runs once (recorded in `mana_ai.schema_migrations` with a checksum),
+//! all in one transaction under a transaction-scoped advisory lock, so two
+//! instances starting at once apply them once between them.
+
+use anyhow::{bail, Context};
+use sha2::{Digest, Sha256};
+
+/// (version, name, SQL) in order.
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
+    1,
+    "snapshots",
+    include_str!("../../sql/0001_snapshots.sql"),
+)];
+
+/// Arbitrary constant: the advisory lock key of migrations ("manaaimi").
+const MIGRATION_LOCK: i64 = 0x6d61_6e61_6169_6d69;
+
+/// What [`migrate`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    pub applied: Vec<i32>,
+    pub already: usize,
+}
+
+fn checksum(sql: &str) -> String {
+    Sha256::digest(sql.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Applies every migration not yet recorded.
+pub async fn migrate(client: &mut tokio_postgres::Client) -> anyhow::Result<Report> {
+    let row = client
+        .query_one(
+            "SELECT to_regnamespace('mana_ai') IS NOT NULL,
+                    coalesce(has_schema_privilege('mana_ai', 'CREATE'), false)",
+            &[],
+        )
+        .await
+        .context("checking schema mana_ai")?;
+    let (exists, can_create): (bool, bool) = (row.get(0), row.get(1));
+    if !exists {
+        bail!("schema mana_ai does not exist: a DBA must first run triggers/install.sql (print it with `mana-ai triggers print`)");
+    }
+    if !can_create {
+        bail!("the service role lacks CREATE on schema mana_ai: a DBA must run triggers/install.sql with -v service_role=<this role>");
+    }
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .context("taking the migration lock")?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS mana_ai.schema_migrations (
+             version    integer PRIMARY KEY,
+             name       text NOT NULL,
+             checksum   text NOT NULL,
+             applied_at timestamptz NOT NULL DEFAULT now()
+         )",
+    )
+    .await
+    .context("creating mana_ai.schema_migrations")?;
+    let done = tx
+        .query(
+            "SELECT version, checksum FROM mana_ai.schema_migrations",
+            &[],
+        )
+        .await?;
+    let mut report = Report::default();
+    for (version, name, sql) in MIGRATIONS {
+        let sum = checksum(sql);
+        if let Some(row) = done.iter().find(|r| r.get::<_, i32>(0) == *version) {
+            if row.get::<_, String>(1) != sum {
+                tracing::warn!(version, name, "migration file changed after it was applied; not re-applied");
+            }
+            report.already += 1;
+            continue;
+        }
+        tx.batch_execute(sql)
+            .await
+            .with_context(|| format!("applying migration {version:04}_{name}"))?;
+        tx.execute(
+            "INSERT INTO mana_ai.schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+            &[version, name, &sum],
+        )
+        .await?;
+        report.applied.push(*version);
+    }
+    tx.commit().await.context("committing migrations")?;
+    Ok(report)
+}

@@ -1,0 +1,354 @@
+//! Finding or starting a Postgres for the tests, the benchmark and the demo.
+//!
+//! Order: `DATABASE_URL` / `SYNC_DATABASE_URL` (a superuser URL) when set;
+//! else a server answering on 127.0.0.1:5432 (user `postgres`); else a
+//! throwaway cluster made with `initdb`/`pg_ctl` (found on PATH or under
+//! `/usr/lib/postgresql/*/bin`) in a temp dir. initdb refuses to run as root,
+//! so as root the cluster runs as the `postgres` user (or `nobody`). A
+//! watcher process stops the cluster and removes its directory when the
+//! process that started it exits, however it exits.
+//!
+//! Each caller then gets its own database ([`TempDb`]), dropped afterwards,
+//! and the roles that play the sync server and the mana-ai service.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tokio_postgres::NoTls;
+
+/// The mana_sync side of the contract (section 1), for databases we create.
+pub const SYNC_FIXTURE: &str = include_str!("../fixtures/mana_sync.sql");
+
+/// A Postgres server we may create databases and roles on.
+#[derive(Debug, Clone)]
+pub struct PgServer {
+    /// Connection settings of a superuser, without a database name.
+    admin: tokio_postgres::Config,
+    /// Set when we started the server ourselves.
+    pub cluster_dir: Option<PathBuf>,
+}
+
+/// Quotes a libpq keyword/value setting.
+fn quote(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+impl PgServer {
+    /// Finds a server as the module documentation describes.
+    pub fn discover() -> anyhow::Result<PgServer> {
+        for var in ["DATABASE_URL", "SYNC_DATABASE_URL"] {
+            if let Ok(url) = std::env::var(var) {
+                if !url.trim().is_empty() {
+                    let admin = url
+                        .parse()
+                        .with_context(|| format!("{var} is not a valid Postgres URL"))?;
+                    return Ok(PgServer {
+                        admin,
+                        cluster_dir: None,
+                    });
+                }
+            }
+        }
+        if std::env::var("MANA_AI_PG").as_deref() != Ok("cluster") && local_server_answers() {
+            let admin = "host=127.0.0.1 port=5432 user=postgres"
+                .parse()
+                .expect("static connection string");
+            return Ok(PgServer {
+                admin,
+                cluster_dir: None,
+            });
+        }
+        start_cluster()
+    }
+
+    /// A libpq connection string for `dbname`, as the admin or as `user`.
+    pub fn conninfo(&self, dbname: &str, user: Option<(&str, &str)>) -> String {
+        let mut parts = Vec::new();
+        for host in self.admin.get_hosts() {
+            match host {
+                tokio_postgres::config::Host::Tcp(h) => parts.push(format!("host={}", quote(h))),
+                tokio_postgres::config::Host::Unix(p) => {
+                    parts.push(format!("host={}", quote(&p.to_string_lossy())))
+                }
+            }
+        }
+        if let Some(port) = self.admin.get_ports().first() {
+            parts.push(format!("port={port}"));
+        }
+        match user {
+            Some((name, password)) => {
+                parts.push(format!("user={}", quote(name)));
+                parts.push(format!("password={}", quote(password)));
+            }
+            None => {
+                if let Some(u) = self.admin.get_user() {
+                    parts.push(format!("user={}", quote(u)));
+                }
+                if let Some(p) = self.admin.get_password() {
+                    parts.push(format!("password={}", quote(&String::from_utf8_lossy(p))));
+                }
+            }
+        }
+        parts.push(format!("dbname={}", quote(dbname)));
+        parts.join(" ")
+    }
+
+    pub async fn connect_admin(&self, dbname: &str) -> anyhow::Result<tokio_postgres::Client> {
+        connect(&self.conninfo(dbname, None)).await
+    }
+}
+
+/// Connects and drives the connection on a task.
+pub async fn connect(conninfo: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let (client, connection) = tokio_postgres::connect(conninfo, NoTls)
+        .await
+        .context("connecting to Postgres")?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+fn local_server_answers() -> bool {
+    let addr: SocketAddr = "127.0.0.1:5432".parse().expect("static address");
+    TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok()
+}
+
+/// `initdb` and `pg_ctl`: on PATH, else the newest /usr/lib/postgresql/*/bin.
+pub fn find_pg_bin() -> Option<PathBuf> {
+    if let Ok(path) = std::env::var("PATH") {
+        for dir in std::env::split_paths(&path) {
+            if dir.join("initdb").is_file() && dir.join("pg_ctl").is_file() {
+                return Some(dir);
+            }
+        }
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let version = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").is_file().then_some((version, bin))
+        })
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, bin)| bin)
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// The unprivileged user a root process runs the cluster as.
+fn cluster_user() -> Option<String> {
+    if !is_root() {
+        return None;
+    }
+    for user in ["postgres", "nobody"] {
+        let known = Command::new("id")
+            .arg("-u")
+            .arg(user)
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        if known {
+            return Some(user.to_string());
+        }
+    }
+    Some("nobody".into())
+}
+
+/// Runs `program args` as `user` (via runuser) or as ourselves.
+fn command_as(user: Option<&str>, program: &Path) -> Command {
+    match user {
+        Some(u) => {
+            let mut c = Command::new("runuser");
+            c.arg("-u").arg(u).arg("--").arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn start_cluster() -> anyhow::Result<PgServer> {
+    let bin = find_pg_bin().context(
+        "no Postgres found: set DATABASE_URL, run one on 127.0.0.1:5432, or install the server \
+         (Debian: apt-get install postgresql) so initdb and pg_ctl can start a throwaway cluster",
+    )?;
+    let user = cluster_user();
+    let dir = tempfile::Builder::new()
+        .prefix("mana-ai-pg-")
+        .tempdir()
+        .context("creating a temp dir for the cluster")?
+        .keep();
+    if let Some(u) = &user {
+        let status = Command::new("chown").arg("-R").arg(u).arg(&dir).status()?;
+        if !status.success() {
+            bail!("chown {} to {u} failed", dir.display());
+        }
+    }
+    let data = dir.join("data");
+    let out = command_as(user.as_deref(), &bin.join("initdb"))
+        .args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8", "-D"])
+        .arg(&data)
+        .output()
+        .context("running initdb")?;
+    if !out.status.success() {
+        bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let port = free_port()?;
+    let options = format!(
+        "-c listen_addresses=127.0.0.1 -p {port} -k {} -c fsync=off -c max_connections=200",
+        dir.display()
+    );
+    let out = command_as(user.as_deref(), &bin.join("pg_ctl"))
+        .args(["-w", "-l"])
+        .arg(dir.join("log"))
+        .arg("-D")
+        .arg(&data)
+        .args(["-o", &options, "start"])
+        .output()
+        .context("running pg_ctl start")?;
+    if !out.status.success() {
+        let log = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
+        bail!("pg_ctl start failed: {}{log}", String::from_utf8_lossy(&out.stderr));
+    }
+    spawn_reaper(&bin, user.as_deref(), &dir)?;
+    let admin = format!("host=127.0.0.1 port={port} user=postgres")
+        .parse()
+        .expect("generated connection string");
+    Ok(PgServer {
+        admin,
+        cluster_dir: Some(dir),
+    })
+}
+
+/// A shell that waits for this process to exit, then stops the cluster and
+/// removes its directory: statics have no destructors, and a test binary or
+/// a demo killed by a signal must not leave a server behind.
+fn spawn_reaper(bin: &Path, user: Option<&str>, dir: &Path) -> anyhow::Result<()> {
+    let pg_ctl = bin.join("pg_ctl");
+    let stop = match user {
+        Some(u) => format!("runuser -u {u} -- {} -D {}/data -m immediate stop", pg_ctl.display(), dir.display()),
+        None => format!("{} -D {}/data -m immediate stop", pg_ctl.display(), dir.display()),
+    };
+    let script = format!(
+        "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {stop} >/dev/null 2>&1; rm -rf {dir}",
+        pid = std::process::id(),
+        dir = dir.display()
+    );
+    Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("starting the cluster watcher")?;
+    Ok(())
+}
+
+/// Password of the roles created for tests and the demo. They are LOGIN
+/// roles on a throwaway or local development server only.
+pub const ROLE_PASSWORD: &str = "mana-ai-local";
+
+/// The sync server's stand-in: an ordinary role that writes sync_changes.
+pub const SYNC_ROLE: &str = "mana_ai_local_sync";
+/// The service's role: NOSUPERUSER NOBYPASSRLS, given only what install.sql grants.
+pub const SERVICE_ROLE: &str = "mana_ai_local_service";
+
+/// A database of our own with the mana_sync fixture, dropped on drop.
+pub struct TempDb {
+    pub server: PgServer,
+    pub name: String,
+}
+
+impl TempDb {
+    /// Creates a fresh database with `sync_changes` (FORCE RLS), the two
+    /// roles, and the grants the sync role needs. Triggers are not installed.
+    pub async fn create(server: &PgServer, prefix: &str) -> anyhow::Result<TempDb> {
+        let name = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
+        let admin = server.connect_admin("postgres").await?;
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .with_context(|| format!("creating database {name}"))?;
+        let db = TempDb {
+            server: server.clone(),
+            name,
+        };
+        let client = db.admin().await?;
+        for role in [SYNC_ROLE, SERVICE_ROLE] {
+            // Roles are cluster-wide and tests run in parallel: tolerate a race.
+            client
+                .batch_execute(&format!(
+                    "DO $$ BEGIN
+                       CREATE ROLE {role} LOGIN NOSUPERUSER NOBYPASSRLS PASSWORD '{ROLE_PASSWORD}';
+                     EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+                     END $$;"
+                ))
+                .await
+                .with_context(|| format!("creating role {role}"))?;
+        }
+        client
+            .batch_execute(SYNC_FIXTURE)
+            .await
+            .context("creating sync_changes")?;
+        client
+            .batch_execute(&format!(
+                "GRANT SELECT, INSERT ON public.sync_changes TO {SYNC_ROLE}"
+            ))
+            .await?;
+        Ok(db)
+    }
+
+    /// Connection string as the superuser.
+    pub fn admin_url(&self) -> String {
+        self.server.conninfo(&self.name, None)
+    }
+
+    /// Connection string as `role`.
+    pub fn url_as(&self, role: &str) -> String {
+        self.server.conninfo(&self.name, Some((role, ROLE_PASSWORD)))
+    }
+
+    pub async fn admin(&self) -> anyhow::Result<tokio_postgres::Client> {
+        self.server.connect_admin(&self.name).await
+    }
+
+    pub async fn connect_as(&self, role: &str) -> anyhow::Result<tokio_postgres::Client> {
+        connect(&self.url_as(role)).await
+    }
+}
+
+impl Drop for TempDb {
+    fn drop(&mut self) {
+        let server = self.server.clone();
+        let name = self.name.clone();
+        // Drop runs inside a tokio runtime, which cannot block on itself:
+        // drop the database from a thread with a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                let admin = server.connect_admin("postgres").await?;
+                admin
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await?;
+                anyhow::Ok(())
+            })
+        })
+        .join();
+    }
+}

@@ -1,0 +1,398 @@
+//! The applier: drains `mana_ai.change_queue` into the snapshots.
+//!
+//! One transaction per batch: claim (delete) queue rows, read their change
+//! rows under each user's RLS scope, fold them into the snapshots, record
+//! poison rows, commit. Then tell the wheel. A change is therefore applied
+//! exactly once: its queue row disappears in the same commit as its effect.
+//!
+//! Failures: a lost connection or a systemic error (permissions, missing
+//! table) leaves the queue untouched and is retried with backoff; a data error
+//! in a batch makes the applier take the next rows one at a time, and a single
+//! row that still fails is set aside with its SQLSTATE, so one bad row never
+//! blocks the rows behind it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use deadpool_postgres::Pool;
+use serde_json::Value;
+use tokio::sync::{watch, Notify};
+use tokio_postgres::types::ToSql;
+use tokio_util::sync::CancellationToken;
+
+use super::store::{self, DeadChange, QueueRow, Snapshot, SnapshotKey, SnapshotWrite};
+use crate::metrics::Metrics;
+use crate::schedule::clock::Clock;
+use crate::schedule::wheel::{MissionKey, WheelHandle, WheelUpdate};
+use crate::sync::change::{self, Kind, Poison, ValidChange};
+use crate::sync::fold::ChangeRow;
+
+/// Why a batch failed, which decides what happens next.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The connection or the server: retry the same rows later.
+    #[error("transient: {0:#}")]
+    Transient(anyhow::Error),
+    /// Something in the rows themselves (SQLSTATE classes 22, 23, 54).
+    #[error("data: {code}: {message}")]
+    Data { code: String, message: String },
+}
+
+impl From<tokio_postgres::Error> for ApplyError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        match e.as_db_error() {
+            Some(db) if is_row_specific(db.code().code()) => ApplyError::Data {
+                code: db.code().code().to_string(),
+                message: change::clip(db.message(), 200).to_string(),
+            },
+            _ => ApplyError::Transient(e.into()),
+        }
+    }
+}
+
+impl From<anyhow::Error> for ApplyError {
+    fn from(e: anyhow::Error) -> Self {
+        match e.downcast::<tokio_postgres::Error>() {
+            Ok(pg) => pg.into(),
+            Err(other) => ApplyError::Transient(other),
+        }
+    }
+}
+
+/// Data exceptions, integrity violations, program limits (a value too big for
+/// an index): errors one row can cause. Anything else would fail for every
+/// row, so setting rows aside for it would only lose work.
+fn is_row_specific(sqlstate: &str) -> bool {
+    ["22", "23", "54"].iter().any(|class| sqlstate.starts_with(class))
+}
+
+/// Counts of what one batch did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BatchStats {
+    pub claimed: usize,
+    pub applied: usize,
+    pub poisoned: usize,
+}
+
+pub struct Applier {
+    pub pool: Pool,
+    pub wheel: WheelHandle,
+    pub metrics: Arc<Metrics>,
+    pub clock: Arc<dyn Clock>,
+    pub batch: i64,
+    pub max_field_bytes: usize,
+    /// Total queue rows processed (applied or set aside), for observers.
+    pub processed: watch::Sender<u64>,
+    /// Rows still to take one at a time after a batch hit a data error.
+    isolate: usize,
+}
+
+impl Applier {
+    pub fn new(
+        pool: Pool,
+        wheel: WheelHandle,
+        metrics: Arc<Metrics>,
+        clock: Arc<dyn Clock>,
+        batch: i64,
+        max_field_bytes: usize,
+    ) -> Self {
+        Applier {
+            pool,
+            wheel,
+            metrics,
+            clock,
+            batch,
+            max_field_bytes,
+            processed: watch::channel(0).0,
+            isolate: 0,
+        }
+    }
+
+    /// Runs until `shutdown`: drains at start, on every wake-up (a
+    /// notification or a listener reconnect) and on every safety sweep.
+    pub async fn run(mut self, wake: Arc<Notify>, sweep_every: Duration, shutdown: CancellationToken) {
+        let mut sweep = tokio::time::interval(sweep_every);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        sweep.tick().await;
+        let mut from_sweep = false;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            // Armed before draining, so a notification during the drain is kept.
+            let notified = wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self.drain().await {
+                Ok(n) => {
+                    backoff = Duration::from_millis(100);
+                    if from_sweep && n > 0 {
+                        self.metrics.sweep_rows_found.inc_by(n as u64);
+                        tracing::warn!(rows = n, "safety sweep found queued changes no notification announced");
+                    }
+                }
+                Err(e) => {
+                    self.metrics.apply_errors.inc();
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "applying queued changes failed; will retry");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    continue;
+                }
+            }
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return,
+                _ = &mut notified => from_sweep = false,
+                _ = sweep.tick() => from_sweep = true,
+            }
+        }
+    }
+
+    /// Applies queue rows until the queue is empty; returns rows processed.
+    pub async fn drain(&mut self) -> Result<usize, ApplyError> {
+        let mut total = 0;
+        loop {
+            let limit = if self.isolate > 0 { 1 } else { self.batch };
+            match self.apply_batch(limit).await {
+                Ok(stats) => {
+                    self.isolate = self.isolate.saturating_sub(stats.claimed);
+                    total += stats.claimed;
+                    if (stats.claimed as i64) < limit {
+                        return Ok(total);
+                    }
+                }
+                Err(ApplyError::Data { code, message }) if limit > 1 => {
+                    tracing::warn!(%code, %message, "a batch failed on its data; taking the next rows one at a time");
+                    self.isolate = limit as usize;
+                }
+                Err(ApplyError::Data { code, message }) => {
+                    total += self.set_aside_head(&code, &message).await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// One transaction: claim up to `limit` rows, fold, commit, re-arm.
+    pub async fn apply_batch(&mut self, limit: i64) -> Result<BatchStats, ApplyError> {
+        let mut client = self
+            .pool
+            .get()
+            .await
+            .context("getting a pooled connection")?;
+        let tx = client.transaction().await?;
+        let claimed = store::claim(&tx, limit).await?;
+        if claimed.is_empty() {
+            return Ok(BatchStats::default());
+        }
+        let (valid, mut dead) = self.read_changes(&tx, &claimed).await?;
+        let mut by_record: BTreeMap<(Kind, SnapshotKey), Vec<ChangeRow>> = BTreeMap::new();
+        let mut queued_at = Vec::with_capacity(valid.len());
+        for (queue, change) in valid {
+            queued_at.push(queue.queued_at);
+            by_record
+                .entry((change.kind, (queue.user_id, change.record_id)))
+                .or_default()
+                .push(change.row);
+        }
+        let mut updates = Vec::new();
+        let (mut created, mut changed) = (0u64, 0u64);
+        for kind in [Kind::Mission, Kind::Agent] {
+            let keys: Vec<SnapshotKey> = by_record
+                .keys()
+                .filter(|(k, _)| *k == kind)
+                .map(|(_, key)| key.clone())
+                .collect();
+            let mut existing = store::load_snapshots(&tx, kind, &keys).await?;
+            let mut writes = Vec::with_capacity(keys.len());
+            for key in keys {
+                let rows = by_record.remove(&(kind, key.clone())).unwrap_or_default();
+                let snapshot = existing.remove(&key);
+                if snapshot.is_some() {
+                    changed += 1;
+                } else {
+                    created += 1;
+                }
+                let write = fold_into(key, snapshot.unwrap_or_default(), &rows);
+                if kind == Kind::Mission {
+                    updates.push(wheel_update(&write));
+                }
+                writes.push(write);
+            }
+            store::upsert_snapshots(&tx, kind, &writes).await?;
+        }
+        store::insert_dead(&*tx, &dead).await?;
+        tx.commit().await?;
+
+        self.wheel.apply(updates).await;
+        self.metrics.snapshots_new.inc_by(created);
+        self.metrics.snapshots_updated.inc_by(changed);
+        let now = self.clock.now();
+        for queued in &queued_at {
+            let latency = (now - *queued).num_microseconds().unwrap_or(0).max(0);
+            self.metrics.change_to_snapshot.observe(latency as f64 / 1e6);
+        }
+        self.metrics.snapshot_rows_applied.inc_by(queued_at.len() as u64);
+        for d in dead.drain(..) {
+            self.note_poison(&d);
+        }
+        let stats = BatchStats {
+            claimed: claimed.len(),
+            applied: queued_at.len(),
+            poisoned: claimed.len() - queued_at.len(),
+        };
+        self.processed.send_modify(|n| *n += claimed.len() as u64);
+        Ok(stats)
+    }
+
+    /// Reads the claimed changes, one RLS scope per user, and checks them.
+    /// The statements of all users are pipelined on the one connection, in
+    /// order: each `set_config` precedes its user's read.
+    async fn read_changes(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        claimed: &[QueueRow],
+    ) -> Result<(Vec<(QueueRow, ValidChange)>, Vec<DeadChange>), ApplyError> {
+        let mut dead = Vec::new();
+        let mut by_user: BTreeMap<&str, Vec<uuid::Uuid>> = BTreeMap::new();
+        for q in claimed {
+            match change::check_user_id(&q.user_id) {
+                Ok(()) => by_user.entry(&q.user_id).or_default().push(q.change_id),
+                Err(poison) => dead.push(DeadChange {
+                    queue: q.clone(),
+                    record_id: None,
+                    poison,
+                }),
+            }
+        }
+        let set_user = tx.prepare_cached(store::SET_USER).await?;
+        let read = tx.prepare_cached(store::READ_CHANGES).await?;
+        let users: Vec<&str> = by_user.keys().copied().collect();
+        let args: Vec<(&(dyn ToSql + Sync), &(dyn ToSql + Sync))> = by_user
+            .iter()
+            .map(|(user, ids)| (user as &(dyn ToSql + Sync), ids as &(dyn ToSql + Sync)))
+            .collect();
+        let mut requests = Vec::with_capacity(args.len() * 2);
+        for (user, ids) in &args {
+            requests.push(tx.query(&set_user, std::slice::from_ref(user)));
+            requests.push(tx.query(&read, std::slice::from_ref(ids)));
+        }
+        // try_join_all polls in order, and a query is sent on its first poll.
+        let results = futures_util::future::try_join_all(requests).await?;
+        let mut found = HashMap::new();
+        for (i, user) in users.iter().enumerate() {
+            for row in &results[2 * i + 1] {
+                let raw = store::raw_change(row);
+                found.insert((*user, raw.id), raw);
+            }
+        }
+        let mut valid = Vec::with_capacity(claimed.len());
+        let refused: std::collections::HashSet<i64> = dead.iter().map(|d| d.queue.id).collect();
+        for q in claimed {
+            if refused.contains(&q.id) {
+                continue;
+            }
+            let Some(raw) = found.remove(&(q.user_id.as_str(), q.change_id)) else {
+                dead.push(DeadChange {
+                    queue: q.clone(),
+                    record_id: None,
+                    poison: Poison::ChangeNotVisible,
+                });
+                continue;
+            };
+            let record_id = raw.record_id.clone();
+            match change::validate(raw, self.max_field_bytes) {
+                Ok(v) => valid.push((q.clone(), v)),
+                Err(poison) => dead.push(DeadChange {
+                    queue: q.clone(),
+                    record_id: Some(record_id),
+                    poison,
+                }),
+            }
+        }
+        Ok((valid, dead))
+    }
+
+    /// Sets the oldest queue row aside by itself after it failed alone.
+    async fn set_aside_head(&mut self, code: &str, message: &str) -> Result<usize, ApplyError> {
+        let mut client = self
+            .pool
+            .get()
+            .await
+            .context("getting a pooled connection")?;
+        let tx = client.transaction().await?;
+        let Some(head) = store::claim(&tx, 1).await?.pop() else {
+            return Ok(0);
+        };
+        let dead = DeadChange {
+            queue: head,
+            record_id: None,
+            poison: Poison::ApplyFailed(format!("{code}: {message}")),
+        };
+        store::insert_dead(&*tx, std::slice::from_ref(&dead)).await?;
+        tx.commit().await?;
+        self.note_poison(&dead);
+        self.isolate = self.isolate.saturating_sub(1);
+        self.processed.send_modify(|n| *n += 1);
+        Ok(1)
+    }
+
+    fn note_poison(&self, d: &DeadChange) {
+        self.metrics
+            .poison_changes
+            .with_label_values(&[d.poison.reason()])
+            .inc();
+        tracing::warn!(
+            queue_id = d.queue.id,
+            change_id = %d.queue.change_id,
+            user_id = %change::clip(&d.queue.user_id, 64),
+            reason = d.poison.reason(),
+            detail = %d.poison,
+            "change set aside in mana_ai.dead_changes"
+        );
+    }
+}
+
+/// Folds `rows` into a snapshot and prepares its write.
+fn fold_into(key: SnapshotKey, mut snapshot: Snapshot, rows: &[ChangeRow]) -> SnapshotWrite {
+    let (user_id, record_id) = key;
+    for row in rows {
+        snapshot.fold.apply(&record_id, &mut snapshot.record, row);
+        snapshot.change_count += 1;
+        snapshot.last_applied_at = Some(match snapshot.last_applied_at {
+            Some(t) if t > row.created_at => t,
+            _ => row.created_at,
+        });
+    }
+    let text = |field: &str| match snapshot.record.get(field) {
+        Some(Value::String(s)) => Some(s.clone()),
+        _ => None,
+    };
+    SnapshotWrite {
+        state: text("state"),
+        next_run_at: text("nextRunAt"),
+        agent_id: text("agentId"),
+        deleted: snapshot.fold.is_deleted(),
+        fold: serde_json::to_value(&snapshot.fold).unwrap_or(Value::Null),
+        record: Value::Object(snapshot.record),
+        change_count: snapshot.change_count,
+        last_applied_at: snapshot.last_applied_at.unwrap_or_else(chrono::Utc::now),
+        user_id,
+        record_id,
+    }
+}
+
+/// A mission is armed while it is active, not deleted and has a nextRunAt.
+fn wheel_update(write: &SnapshotWrite) -> WheelUpdate {
+    let key = MissionKey::new(&write.user_id, &write.record_id);
+    match (&write.next_run_at, write.state.as_deref(), write.deleted) {
+        (Some(next), Some("active"), false) => WheelUpdate::Arm {
+            key,
+            next_run_at: next.clone(),
+        },
+        _ => WheelUpdate::Disarm(key),
+    }
+}

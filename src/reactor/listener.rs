@@ -1,0 +1,153 @@
+//! The listener: one dedicated connection that LISTENs on the trigger's
+//! channel and wakes the applier. It never opens a transaction, its socket is
+//! read by its own task whatever the runners are doing, it checks its
+//! registration with `pg_listening_channels()` on a heartbeat (which also
+//! measures the database clock), and it reconnects with capped backoff
+//! (1 s to 60 s, with jitter, reset once LISTEN succeeds). Every successful
+//! LISTEN wakes the applier, so whatever queued up while it was down drains.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use futures_util::StreamExt;
+use rand::Rng;
+use tokio::sync::Notify;
+use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Secret;
+use crate::metrics::Metrics;
+use crate::schedule::clock::DbClock;
+
+/// `application_name` of the listener connection (operators find it in
+/// `pg_stat_activity`).
+pub const APPLICATION_NAME: &str = "mana-ai-listener";
+
+pub struct Listener {
+    pub url: Secret,
+    pub channel: String,
+    pub heartbeat: Duration,
+    pub wake: Arc<Notify>,
+    pub metrics: Arc<Metrics>,
+    pub clock: Arc<DbClock>,
+}
+
+impl Listener {
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            let session = self.session(&shutdown, &mut backoff);
+            match session.await {
+                Ok(()) => return,
+                Err(e) => {
+                    self.metrics.listener_connected.set(0);
+                    self.metrics.listener_reconnects.inc();
+                    let jitter = rand::rng().random_range(0.8..1.2);
+                    let wait = backoff.mul_f64(jitter);
+                    tracing::warn!(error = %format!("{e:#}"), retry_in_ms = wait.as_millis() as u64, "listener connection lost");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(60));
+                }
+            }
+        }
+    }
+
+    /// One connection's life: Ok on shutdown, Err when it must reconnect.
+    async fn session(&self, shutdown: &CancellationToken, backoff: &mut Duration) -> anyhow::Result<()> {
+        let mut config: tokio_postgres::Config = self
+            .url
+            .expose()
+            .parse()
+            .context("parsing the listen database URL")?;
+        config
+            .application_name(APPLICATION_NAME)
+            .connect_timeout(Duration::from_secs(10));
+        let (client, mut connection) = config.connect(NoTls).await.context("connecting")?;
+        let wake = self.wake.clone();
+        let metrics = self.metrics.clone();
+        // The connection's own task: reads every message as it arrives.
+        let mut reader = tokio::spawn(async move {
+            let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(message) = messages.next().await {
+                match message {
+                    Ok(AsyncMessage::Notification(_)) => {
+                        metrics.note_notification();
+                        wake.notify_one();
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        });
+        let result = async {
+            self.listen(&client).await?;
+            *backoff = Duration::from_secs(1);
+            self.metrics.listener_connected.set(1);
+            tracing::info!(channel = %self.channel, "listening");
+            self.wake.notify_one();
+            let mut heartbeat = tokio::time::interval(self.heartbeat);
+            heartbeat.tick().await;
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    ended = &mut reader => {
+                        match ended {
+                            Ok(Err(e)) => bail!("connection closed: {e}"),
+                            _ => bail!("connection closed"),
+                        }
+                    }
+                    _ = heartbeat.tick() => {
+                        let checked = tokio::time::timeout(Duration::from_secs(10), self.check(&client)).await;
+                        match checked {
+                            Ok(Ok(true)) => {}
+                            Ok(Ok(false)) => {
+                                tracing::warn!(channel = %self.channel, "LISTEN registration lost; listening again");
+                                self.listen(&client).await?;
+                                self.wake.notify_one();
+                            }
+                            Ok(Err(e)) => return Err(e.context("heartbeat")),
+                            Err(_) => bail!("heartbeat timed out"),
+                        }
+                    }
+                }
+            }
+        }
+        .await;
+        reader.abort();
+        result
+    }
+
+    async fn listen(&self, client: &tokio_postgres::Client) -> anyhow::Result<()> {
+        // The channel is validated by Config as [A-Za-z0-9_]+.
+        client
+            .batch_execute(&format!("LISTEN {}", self.channel))
+            .await
+            .context("LISTEN")?;
+        if !self.check(client).await? {
+            bail!("LISTEN succeeded but the channel is not registered");
+        }
+        Ok(())
+    }
+
+    /// Is the channel registered? Also samples the database clock.
+    async fn check(&self, client: &tokio_postgres::Client) -> anyhow::Result<bool> {
+        let sent = chrono::Utc::now();
+        let row = client
+            .query_one(
+                "SELECT clock_timestamp(), $1 IN (SELECT pg_listening_channels())",
+                &[&self.channel],
+            )
+            .await
+            .context("checking pg_listening_channels()")?;
+        let offset = self.clock.record_sample(sent, row.get(0), chrono::Utc::now());
+        self.metrics
+            .clock_offset_seconds
+            .set(offset.num_microseconds().unwrap_or(0) as f64 / 1e6);
+        Ok(row.get(1))
+    }
+}

@@ -1,0 +1,139 @@
+//! The reactor: listener -> applier -> snapshots -> timer wheel.
+//!
+//! [`start`] measures the database clock, rebuilds the wheel from
+//! `mission_snapshots`, then starts the applier (which drains at once) and
+//! the listener (which wakes the applier on every notification and after
+//! every successful LISTEN). Due missions go to the channel the caller gives.
+
+pub mod applier;
+pub mod listener;
+pub mod store;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use deadpool_postgres::Pool;
+use futures_util::TryStreamExt;
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::schedule::clock::{Clock, DbClock};
+use crate::schedule::wheel::{spawn_wheel, DueMission, MissionKey, WheelHandle, WheelUpdate};
+
+/// A running reactor.
+pub struct Reactor {
+    pub wheel: WheelHandle,
+    /// Queue rows processed so far (applied or set aside).
+    pub processed: watch::Receiver<u64>,
+    /// Missions armed by the start-up rebuild.
+    pub rebuilt: usize,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Reactor {
+    /// Stops every task and waits for them.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+
+    /// Waits until at least `n` queue rows have been processed.
+    pub async fn wait_processed(&mut self, n: u64) {
+        let _ = self.processed.wait_for(|done| *done >= n).await;
+    }
+}
+
+/// Measures the database clock against the local one through the pool.
+pub async fn measure_clock(pool: &Pool, clock: &DbClock) -> anyhow::Result<chrono::Duration> {
+    let client = pool.get().await.context("connecting to the database")?;
+    let sent = chrono::Utc::now();
+    let row = client.query_one("SELECT clock_timestamp()", &[]).await?;
+    Ok(clock.record_sample(sent, row.get(0), chrono::Utc::now()))
+}
+
+/// Arms every armable mission from `mission_snapshots`; returns how many.
+pub async fn rebuild_wheel(pool: &Pool, wheel: &WheelHandle) -> anyhow::Result<usize> {
+    let client = pool.get().await.context("connecting to the database")?;
+    let rows = store::armable_missions(&**client)
+        .await
+        .context("reading armable missions")?;
+    futures_util::pin_mut!(rows);
+    let mut chunk = Vec::with_capacity(10_000);
+    let mut total = 0;
+    while let Some((user, mission, next)) = rows.try_next().await? {
+        chunk.push(WheelUpdate::Arm {
+            key: MissionKey::new(&user, &mission),
+            next_run_at: next,
+        });
+        if chunk.len() == chunk.capacity() {
+            total += chunk.len();
+            wheel.apply(std::mem::replace(&mut chunk, Vec::with_capacity(10_000))).await;
+        }
+    }
+    total += chunk.len();
+    wheel.apply(chunk).await;
+    Ok(total)
+}
+
+/// Starts the reactor; it runs until `shutdown` is cancelled.
+pub async fn start(
+    config: &Config,
+    pool: Pool,
+    metrics: Arc<Metrics>,
+    clock: Arc<DbClock>,
+    due_tx: mpsc::UnboundedSender<DueMission>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Reactor> {
+    let offset = measure_clock(&pool, &clock).await?;
+    metrics
+        .clock_offset_seconds
+        .set(offset.num_microseconds().unwrap_or(0) as f64 / 1e6);
+    let scheduler_clock: Arc<dyn Clock> = clock.clone();
+    let (wheel, wheel_task) = spawn_wheel(
+        scheduler_clock.clone(),
+        metrics.clone(),
+        due_tx,
+        shutdown.clone(),
+    );
+    let started = std::time::Instant::now();
+    let rebuilt = rebuild_wheel(&pool, &wheel).await?;
+    tracing::info!(missions = rebuilt, elapsed_ms = started.elapsed().as_millis() as u64, "timer wheel rebuilt");
+
+    let wake = Arc::new(Notify::new());
+    let applier = applier::Applier::new(
+        pool,
+        wheel.clone(),
+        metrics.clone(),
+        scheduler_clock,
+        config.apply_batch,
+        config.max_field_bytes,
+    );
+    let processed = applier.processed.subscribe();
+    let applier_task = tokio::spawn(applier.run(
+        wake.clone(),
+        config.sweep_interval,
+        shutdown.clone(),
+    ));
+    let listener = listener::Listener {
+        url: config.listen_database_url.clone(),
+        channel: config.listen_channel.clone(),
+        heartbeat: config.listen_heartbeat,
+        wake,
+        metrics,
+        clock,
+    };
+    let listener_task = tokio::spawn(listener.run(shutdown.clone()));
+    Ok(Reactor {
+        wheel,
+        processed,
+        rebuilt,
+        shutdown,
+        tasks: vec![listener_task, applier_task, wheel_task],
+    })
+}

@@ -1,0 +1,289 @@
+//! Every SQL statement of the reactor, in one place.
+//!
+//! The queue and the snapshot tables belong to schema `mana_ai` and carry no
+//! row-level security; `sync_changes` is read only after the transaction has
+//! been scoped to the change's user (`db::set_user`).
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use futures_util::{Stream, TryStreamExt};
+use serde_json::{Map, Value};
+use tokio_postgres::{GenericClient, Row, Transaction};
+use uuid::Uuid;
+
+use crate::sync::change::{clip, Kind, Poison, RawChange};
+use crate::sync::fold::FoldState;
+
+/// One row of `mana_ai.change_queue`, claimed by the applier.
+#[derive(Debug, Clone)]
+pub struct QueueRow {
+    pub id: i64,
+    pub change_id: Uuid,
+    pub user_id: String,
+    pub table_name: String,
+    /// When the trigger queued it (database clock).
+    pub queued_at: DateTime<Utc>,
+}
+
+/// Claims (deletes and returns) the oldest `limit` queue rows. The deletion
+/// commits with the snapshot writes or not at all, so each change is applied
+/// exactly once. Only the leader applies; a second applier would block on the
+/// row locks and then find the rows gone, never apply them twice.
+pub async fn claim(tx: &Transaction<'_>, limit: i64) -> Result<Vec<QueueRow>, tokio_postgres::Error> {
+    let rows = tx
+        .query(
+            "DELETE FROM mana_ai.change_queue
+             WHERE id IN (SELECT id FROM mana_ai.change_queue ORDER BY id LIMIT $1)
+             RETURNING id, change_id, user_id, table_name, queued_at",
+            &[&limit],
+        )
+        .await?;
+    let mut claimed: Vec<QueueRow> = rows
+        .iter()
+        .map(|r| QueueRow {
+            id: r.get(0),
+            change_id: r.get(1),
+            user_id: r.get(2),
+            table_name: r.get(3),
+            queued_at: r.get(4),
+        })
+        .collect();
+    claimed.sort_by_key(|q| q.id);
+    Ok(claimed)
+}
+
+/// Reads change rows by id; run after `set_user` so RLS limits it to one user.
+pub const READ_CHANGES: &str = "SELECT id, app_id, table_name, record_id, op, data, field_timestamps, created_at
+     FROM public.sync_changes WHERE id = ANY($1)";
+
+/// Sets the RLS scope for the statements that follow in the transaction.
+pub const SET_USER: &str = "SELECT set_config('app.current_user_id', $1, true)";
+
+pub fn raw_change(row: &Row) -> RawChange {
+    RawChange {
+        id: row.get(0),
+        app_id: row.get(1),
+        table_name: row.get(2),
+        record_id: row.get(3),
+        op: row.get(4),
+        data: row.get(5),
+        field_timestamps: row.get(6),
+        created_at: row.get(7),
+    }
+}
+
+/// Which snapshot table and key column a kind lives in.
+fn table(kind: Kind) -> (&'static str, &'static str) {
+    match kind {
+        Kind::Mission => ("mana_ai.mission_snapshots", "mission_id"),
+        Kind::Agent => ("mana_ai.agent_snapshots", "agent_id"),
+    }
+}
+
+/// A snapshot as stored.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub record: Map<String, Value>,
+    pub fold: FoldState,
+    pub change_count: i64,
+    pub last_applied_at: Option<DateTime<Utc>>,
+}
+
+/// (user id, record id)
+pub type SnapshotKey = (String, String);
+
+/// Loads (and locks) the snapshots of `keys`.
+pub async fn load_snapshots(
+    tx: &Transaction<'_>,
+    kind: Kind,
+    keys: &[SnapshotKey],
+) -> anyhow::Result<HashMap<SnapshotKey, Snapshot>> {
+    if keys.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let (table, id_col) = table(kind);
+    let users: Vec<&str> = keys.iter().map(|k| k.0.as_str()).collect();
+    let ids: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
+    let sql = format!(
+        "SELECT s.user_id, s.{id_col}, s.record, s.fold_state, s.change_count, s.last_applied_at
+         FROM {table} s
+         JOIN unnest($1::text[], $2::text[]) AS k(u, r) ON s.user_id = k.u AND s.{id_col} = k.r
+         FOR UPDATE OF s"
+    );
+    let rows = tx.query(&sql, &[&users, &ids]).await?;
+    let mut out = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let record = match row.get::<_, Value>(2) {
+            Value::Object(map) => map,
+            _ => Map::new(),
+        };
+        // A fold state this version cannot read is rebuilt from the record's
+        // current values; it only costs tie-break precision on that record.
+        let fold: FoldState = serde_json::from_value(row.get(3)).unwrap_or_default();
+        out.insert(
+            (row.get(0), row.get(1)),
+            Snapshot {
+                record,
+                fold,
+                change_count: row.get(4),
+                last_applied_at: Some(row.get(5)),
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// One snapshot row to write.
+#[derive(Debug, Clone)]
+pub struct SnapshotWrite {
+    pub user_id: String,
+    pub record_id: String,
+    pub record: Value,
+    pub fold: Value,
+    pub deleted: bool,
+    pub state: Option<String>,
+    pub next_run_at: Option<String>,
+    pub agent_id: Option<String>,
+    pub change_count: i64,
+    pub last_applied_at: DateTime<Utc>,
+}
+
+/// Inserts or updates snapshot rows in one statement.
+pub async fn upsert_snapshots(
+    tx: &Transaction<'_>,
+    kind: Kind,
+    rows: &[SnapshotWrite],
+) -> Result<(), tokio_postgres::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let users: Vec<&str> = rows.iter().map(|r| r.user_id.as_str()).collect();
+    let ids: Vec<&str> = rows.iter().map(|r| r.record_id.as_str()).collect();
+    let records: Vec<&Value> = rows.iter().map(|r| &r.record).collect();
+    let folds: Vec<&Value> = rows.iter().map(|r| &r.fold).collect();
+    let deleted: Vec<bool> = rows.iter().map(|r| r.deleted).collect();
+    let counts: Vec<i64> = rows.iter().map(|r| r.change_count).collect();
+    let applied: Vec<DateTime<Utc>> = rows.iter().map(|r| r.last_applied_at).collect();
+    match kind {
+        Kind::Mission => {
+            let states: Vec<Option<&str>> = rows.iter().map(|r| r.state.as_deref()).collect();
+            let next: Vec<Option<&str>> = rows.iter().map(|r| r.next_run_at.as_deref()).collect();
+            let agents: Vec<Option<&str>> = rows.iter().map(|r| r.agent_id.as_deref()).collect();
+            tx.execute(
+                "INSERT INTO mana_ai.mission_snapshots
+                   (user_id, mission_id, record, fold_state, deleted, state, next_run_at, agent_id,
+                    change_count, last_applied_at, updated_at)
+                 SELECT u, m, r, f, d, st, n, a, c, l, now()
+                 FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::jsonb[], $5::bool[],
+                             $6::text[], $7::text[], $8::text[], $9::int8[], $10::timestamptz[])
+                      AS t(u, m, r, f, d, st, n, a, c, l)
+                 ON CONFLICT (user_id, mission_id) DO UPDATE SET
+                   record = EXCLUDED.record, fold_state = EXCLUDED.fold_state,
+                   deleted = EXCLUDED.deleted, state = EXCLUDED.state,
+                   next_run_at = EXCLUDED.next_run_at, agent_id = EXCLUDED.agent_id,
+                   change_count = EXCLUDED.change_count,
+                   last_applied_at = EXCLUDED.last_applied_at, updated_at = now()",
+                &[
+                    &users, &ids, &records, &folds, &deleted, &states, &next, &agents, &counts,
+                    &applied,
+                ],
+            )
+            .await?;
+        }
+        Kind::Agent => {
+            tx.execute(
+                "INSERT INTO mana_ai.agent_snapshots
+                   (user_id, agent_id, record, fold_state, deleted, change_count, last_applied_at, updated_at)
+                 SELECT u, a, r, f, d, c, l, now()
+                 FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::jsonb[], $5::bool[],
+                             $6::int8[], $7::timestamptz[])
+                      AS t(u, a, r, f, d, c, l)
+                 ON CONFLICT (user_id, agent_id) DO UPDATE SET
+                   record = EXCLUDED.record, fold_state = EXCLUDED.fold_state,
+                   deleted = EXCLUDED.deleted, change_count = EXCLUDED.change_count,
+                   last_applied_at = EXCLUDED.last_applied_at, updated_at = now()",
+                &[&users, &ids, &records, &folds, &deleted, &counts, &applied],
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// A queue row set aside, with why.
+#[derive(Debug, Clone)]
+pub struct DeadChange {
+    pub queue: QueueRow,
+    pub record_id: Option<String>,
+    pub poison: Poison,
+}
+
+/// Records poison rows in `mana_ai.dead_changes`.
+pub async fn insert_dead(
+    client: &impl GenericClient,
+    dead: &[DeadChange],
+) -> Result<(), tokio_postgres::Error> {
+    if dead.is_empty() {
+        return Ok(());
+    }
+    let queue_ids: Vec<i64> = dead.iter().map(|d| d.queue.id).collect();
+    let change_ids: Vec<Uuid> = dead.iter().map(|d| d.queue.change_id).collect();
+    let users: Vec<&str> = dead.iter().map(|d| clip(&d.queue.user_id, 512)).collect();
+    let tables: Vec<&str> = dead.iter().map(|d| clip(&d.queue.table_name, 200)).collect();
+    let records: Vec<Option<&str>> = dead
+        .iter()
+        .map(|d| d.record_id.as_deref().map(|r| clip(r, 200)))
+        .collect();
+    let lengths: Vec<Option<i32>> = dead
+        .iter()
+        .map(|d| d.record_id.as_ref().map(|r| r.len() as i32))
+        .collect();
+    let reasons: Vec<&str> = dead.iter().map(|d| d.poison.reason()).collect();
+    let details: Vec<String> = dead.iter().map(|d| d.poison.to_string()).collect();
+    client
+        .execute(
+            "INSERT INTO mana_ai.dead_changes
+               (queue_id, change_id, user_id, table_name, record_id, record_id_length, reason, detail)
+             SELECT * FROM unnest($1::int8[], $2::uuid[], $3::text[], $4::text[], $5::text[],
+                                  $6::int4[], $7::text[], $8::text[])",
+            &[&queue_ids, &change_ids, &users, &tables, &records, &lengths, &reasons, &details],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Deletes one queue row outside a batch (used when a change could not be
+/// applied at all and is set aside by itself).
+pub async fn delete_queue_row(tx: &Transaction<'_>, id: i64) -> Result<u64, tokio_postgres::Error> {
+    tx.execute("DELETE FROM mana_ai.change_queue WHERE id = $1", &[&id])
+        .await
+}
+
+/// Every armable mission (active, not deleted, with a nextRunAt), streamed:
+/// the wheel rebuild reads a million rows without holding them all.
+pub async fn armable_missions(
+    client: &impl GenericClient,
+) -> Result<impl Stream<Item = Result<(String, String, String), tokio_postgres::Error>>, tokio_postgres::Error>
+{
+    let params: [&str; 0] = [];
+    let rows = client
+        .query_raw(
+            "SELECT user_id, mission_id, next_run_at FROM mana_ai.mission_snapshots
+             WHERE NOT deleted AND state = 'active' AND next_run_at IS NOT NULL",
+            params,
+        )
+        .await?;
+    Ok(rows.map_ok(|r| (r.get(0), r.get(1), r.get(2))))
+}
+
+/// Queue depth and NOTIFY queue usage, read at scrape time.
+pub async fn queue_gauges(client: &impl GenericClient) -> Result<(i64, f64), tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM mana_ai.change_queue), pg_notification_queue_usage()",
+            &[],
+        )
+        .await?;
+    Ok((row.get(0), row.get(1)))
+}

@@ -1,0 +1,277 @@
+//! A `sync_changes` row as read from the database, checked before it is
+//! folded. Anything the fold cannot take is [`Poison`]: set aside with its
+//! reason, counted, and never allowed to block the rows behind it.
+
+use std::io;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use super::fold::{ChangeRow, Op};
+
+/// Longest user or record id the snapshots accept. Postgres refuses btree
+/// entries over ~2.7 kB; real ids are UUIDs or short slugs.
+pub const MAX_ID_BYTES: usize = 512;
+
+/// The two record kinds the reactor folds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    Mission,
+    Agent,
+}
+
+impl Kind {
+    pub fn from_table(table_name: &str) -> Option<Kind> {
+        match table_name {
+            "aiMissions" => Some(Kind::Mission),
+            "agents" => Some(Kind::Agent),
+            _ => None,
+        }
+    }
+}
+
+/// A change row exactly as selected from `sync_changes`.
+#[derive(Debug, Clone)]
+pub struct RawChange {
+    pub id: Uuid,
+    pub app_id: String,
+    pub table_name: String,
+    pub record_id: String,
+    pub op: String,
+    pub data: Option<Value>,
+    pub field_timestamps: Option<Value>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A change that passed every check, ready for the fold.
+#[derive(Debug, Clone)]
+pub struct ValidChange {
+    pub kind: Kind,
+    pub record_id: String,
+    pub row: ChangeRow,
+}
+
+/// Why a change was set aside. `reason()` is the metric label and the
+/// `dead_changes.reason` column; `detail()` never contains field values.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Poison {
+    #[error("the queue row has an empty user id")]
+    EmptyUserId,
+    #[error("user id of {0} bytes exceeds {MAX_ID_BYTES}")]
+    UserIdTooLong(usize),
+    #[error("the change row is not visible under its user's row-level security (deleted, or queued with another user id)")]
+    ChangeNotVisible,
+    #[error("table {0:?} is not a mission or agent table")]
+    UnknownTable(String),
+    #[error("unknown op {0:?}")]
+    UnknownOp(String),
+    #[error("record id of {0} bytes exceeds {MAX_ID_BYTES}")]
+    RecordIdTooLong(usize),
+    #[error("data is a JSON {0}, not an object")]
+    DataNotObject(&'static str),
+    #[error("field_timestamps is a JSON {0}, not an object")]
+    FieldTimestampsNotObject(&'static str),
+    #[error("field {field:?} is {bytes} bytes of JSON, over the limit of {limit}")]
+    FieldTooLarge {
+        field: String,
+        bytes: usize,
+        limit: usize,
+    },
+    #[error("nextRunAt is a JSON {0}, not a string")]
+    NextRunAtNotString(&'static str),
+    #[error("applying it failed in the database: {0}")]
+    ApplyFailed(String),
+}
+
+impl Poison {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Poison::EmptyUserId => "empty-user-id",
+            Poison::UserIdTooLong(_) => "user-id-too-long",
+            Poison::ChangeNotVisible => "change-not-visible",
+            Poison::UnknownTable(_) => "unknown-table",
+            Poison::UnknownOp(_) => "unknown-op",
+            Poison::RecordIdTooLong(_) => "record-id-too-long",
+            Poison::DataNotObject(_) => "data-not-object",
+            Poison::FieldTimestampsNotObject(_) => "field-timestamps-not-object",
+            Poison::FieldTooLarge { .. } => "field-too-large",
+            Poison::NextRunAtNotString(_) => "next-run-at-not-string",
+            Poison::ApplyFailed(_) => "apply-failed",
+        }
+    }
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// Cuts a string to at most `max` bytes on a character boundary.
+pub fn clip(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Counts bytes without keeping them: the size of a value as JSON text.
+struct ByteCounter(usize);
+
+impl io::Write for ByteCounter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn json_len(v: &Value) -> usize {
+    let mut counter = ByteCounter(0);
+    // Writing a Value into an infallible writer cannot fail.
+    let _ = serde_json::to_writer(&mut counter, v);
+    counter.0
+}
+
+/// Checks the ids of a queue row before any database read.
+pub fn check_user_id(user_id: &str) -> Result<(), Poison> {
+    if user_id.is_empty() {
+        return Err(Poison::EmptyUserId);
+    }
+    if user_id.len() > MAX_ID_BYTES {
+        return Err(Poison::UserIdTooLong(user_id.len()));
+    }
+    Ok(())
+}
+
+/// Checks a change row and turns it into the fold's input.
+pub fn validate(raw: RawChange, max_field_bytes: usize) -> Result<ValidChange, Poison> {
+    let kind = Kind::from_table(&raw.table_name)
+        .filter(|_| raw.app_id == "ai")
+        .ok_or_else(|| Poison::UnknownTable(clip(&raw.table_name, 100).to_string()))?;
+    let op: Op = raw
+        .op
+        .parse()
+        .map_err(|_| Poison::UnknownOp(clip(&raw.op, 40).to_string()))?;
+    if raw.record_id.len() > MAX_ID_BYTES {
+        return Err(Poison::RecordIdTooLong(raw.record_id.len()));
+    }
+    let data = match raw.data {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(map)) => map,
+        Some(other) => return Err(Poison::DataNotObject(json_type(&other))),
+    };
+    let field_timestamps = match raw.field_timestamps {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(map)) => map,
+        Some(other) => return Err(Poison::FieldTimestampsNotObject(json_type(&other))),
+    };
+    for (field, value) in &data {
+        let bytes = json_len(value);
+        if bytes > max_field_bytes {
+            return Err(Poison::FieldTooLarge {
+                field: clip(field, 100).to_string(),
+                bytes,
+                limit: max_field_bytes,
+            });
+        }
+    }
+    if kind == Kind::Mission {
+        match data.get("nextRunAt") {
+            None | Some(Value::Null) | Some(Value::String(_)) => {}
+            Some(other) => return Err(Poison::NextRunAtNotString(json_type(other))),
+        }
+    }
+    Ok(ValidChange {
+        kind,
+        record_id: raw.record_id,
+        row: ChangeRow {
+            id: raw.id,
+            op,
+            data,
+            field_timestamps,
+            created_at: raw.created_at,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn raw(data: Value) -> RawChange {
+        RawChange {
+            id: Uuid::new_v4(),
+            app_id: "ai".into(),
+            table_name: "aiMissions".into(),
+            record_id: "m1".into(),
+            op: "insert".into(),
+            data: Some(data),
+            field_timestamps: Some(json!({})),
+            created_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn a_good_change_passes() {
+        let v = validate(raw(json!({"title": "x", "nextRunAt": "2026-01-01T00:00:00.000Z"})), 1024)
+            .unwrap();
+        assert_eq!(v.kind, Kind::Mission);
+        assert_eq!(v.row.data["title"], "x");
+    }
+
+    #[test]
+    fn each_poison_has_its_reason() {
+        let mut r = raw(json!([1, 2]));
+        assert_eq!(validate(r.clone(), 1024).unwrap_err().reason(), "data-not-object");
+        r.data = Some(json!({"nextRunAt": 5}));
+        assert_eq!(validate(r.clone(), 1024).unwrap_err().reason(), "next-run-at-not-string");
+        r.data = Some(json!({"big": "x".repeat(2000)}));
+        assert_eq!(validate(r.clone(), 1024).unwrap_err().reason(), "field-too-large");
+        r.data = Some(json!({}));
+        r.op = "upsert".into();
+        assert_eq!(validate(r.clone(), 1024).unwrap_err().reason(), "unknown-op");
+        r.op = "update".into();
+        r.record_id = "r".repeat(10_000);
+        assert_eq!(validate(r.clone(), 1024).unwrap_err().reason(), "record-id-too-long");
+        r.record_id = "m1".into();
+        r.field_timestamps = Some(json!("yesterday"));
+        assert_eq!(
+            validate(r.clone(), 1024).unwrap_err().reason(),
+            "field-timestamps-not-object"
+        );
+        assert_eq!(check_user_id("").unwrap_err().reason(), "empty-user-id");
+    }
+
+    #[test]
+    fn delete_without_data_is_fine() {
+        let mut r = raw(Value::Null);
+        r.op = "delete".into();
+        assert!(validate(r, 1024).is_ok());
+    }
+
+    #[test]
+    fn details_never_carry_values() {
+        let e = validate(raw(json!({"secret": "s3cr3t-".repeat(500)})), 1024).unwrap_err();
+        assert!(!e.to_string().contains("s3cr3t"));
+    }
+
+    #[test]
+    fn clip_respects_char_boundaries() {
+        assert_eq!(clip("äöü", 3), "ä");
+        assert_eq!(clip("abc", 10), "abc");
+    }
+}

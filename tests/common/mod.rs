@@ -1,0 +1,168 @@
+//! Shared test support: a Postgres per test binary, a database per test,
+//! the reactor started against it as the unprivileged service role.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use mana_ai::config::Config;
+use mana_ai::metrics::Metrics;
+use mana_ai::pgenv::{PgServer, TempDb, SERVICE_ROLE, SYNC_ROLE};
+use mana_ai::reactor::{self, Reactor};
+use mana_ai::schedule::clock::DbClock;
+use mana_ai::schedule::wheel::DueMission;
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+pub fn server() -> &'static PgServer {
+    static SERVER: OnceLock<PgServer> = OnceLock::new();
+    SERVER.get_or_init(|| PgServer::discover().expect("a Postgres for the tests"))
+}
+
+/// A database with sync_changes, the trigger kit installed for the service
+/// role, and mana-ai's migrations applied as that role.
+pub struct TestDb {
+    pub db: TempDb,
+    pub pool: Pool,
+}
+
+pub async fn setup() -> TestDb {
+    let db = TempDb::create(server(), "mana_ai_t").await.expect("test database");
+    let admin = db.admin().await.unwrap();
+    mana_ai::triggers::install(&admin, SERVICE_ROLE)
+        .await
+        .expect("install.sql");
+    let pool = mana_ai::db::pool(&db.url_as(SERVICE_ROLE), 4, "mana-ai-test").unwrap();
+    let mut client = pool.get().await.unwrap();
+    mana_ai::db::migrate::migrate(&mut client).await.expect("migrations");
+    drop(client);
+    TestDb { db, pool }
+}
+
+impl TestDb {
+    /// Config as the service role. The safety sweep is an hour away unless a
+    /// test overrides it, so whatever gets applied was announced by NOTIFY.
+    pub fn config(&self, overrides: &[(&str, &str)]) -> Config {
+        let mut env: HashMap<String, String> = HashMap::from([
+            ("SYNC_DATABASE_URL".into(), self.db.url_as(SERVICE_ROLE)),
+            ("MANA_AI_SWEEP_INTERVAL_SECS".into(), "3600".into()),
+            ("MANA_AI_LISTEN_HEARTBEAT_SECS".into(), "1".into()),
+            ("MANA_AI_MAX_FIELD_BYTES".into(), "1048576".into()),
+        ]);
+        for (k, v) in overrides {
+            env.insert(k.to_string(), v.to_string());
+        }
+        Config::from_lookup(|k| env.get(k).cloned()).expect("test config")
+    }
+
+    pub async fn start(&self, overrides: &[(&str, &str)]) -> Running {
+        let config = self.config(overrides);
+        let metrics = Metrics::new();
+        let shutdown = CancellationToken::new();
+        let (due_tx, due_rx) = mpsc::unbounded_channel();
+        let reactor = reactor::start(
+            &config,
+            self.pool.clone(),
+            metrics.clone(),
+            Arc::new(DbClock::new()),
+            due_tx,
+            shutdown,
+        )
+        .await
+        .expect("reactor starts");
+        Running {
+            reactor,
+            metrics,
+            due: due_rx,
+        }
+    }
+
+    pub async fn sync_client(&self) -> tokio_postgres::Client {
+        self.db.connect_as(SYNC_ROLE).await.unwrap()
+    }
+
+    pub async fn admin(&self) -> tokio_postgres::Client {
+        self.db.admin().await.unwrap()
+    }
+
+    /// The snapshot record of a mission, if any.
+    pub async fn mission(&self, user: &str, id: &str) -> Option<(Value, bool, i64)> {
+        let c = self.pool.get().await.unwrap();
+        c.query_opt(
+            "SELECT record, deleted, change_count FROM mana_ai.mission_snapshots WHERE user_id = $1 AND mission_id = $2",
+            &[&user, &id],
+        )
+        .await
+        .unwrap()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+    }
+}
+
+pub struct Running {
+    pub reactor: Reactor,
+    pub metrics: Arc<Metrics>,
+    pub due: mpsc::UnboundedReceiver<DueMission>,
+}
+
+impl Running {
+    /// Waits (bounded) until `n` queue rows have been processed.
+    pub async fn processed(&mut self, n: u64) {
+        tokio::time::timeout(Duration::from_secs(60), self.reactor.wait_processed(n))
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "only {} of {n} changes processed in 60 s",
+                    *self.reactor.processed.borrow()
+                )
+            });
+    }
+}
+
+/// One change as the sync server writes it.
+pub struct Change<'a> {
+    pub user: &'a str,
+    pub table: &'a str,
+    pub record: &'a str,
+    pub op: &'a str,
+    pub data: Value,
+    pub stamps: Value,
+}
+
+impl<'a> Change<'a> {
+    pub fn mission(user: &'a str, record: &'a str, op: &'a str, data: Value) -> Self {
+        Change {
+            user,
+            table: "aiMissions",
+            record,
+            op,
+            data,
+            stamps: serde_json::json!({}),
+        }
+    }
+}
+
+/// Inserts changes of one user in one transaction, as the sync server does:
+/// an ordinary role inside that user's RLS scope.
+pub async fn write(client: &mut tokio_postgres::Client, changes: &[Change<'_>]) {
+    let user = changes[0].user;
+    let tx = mana_ai::db::begin_user(client, user).await.unwrap();
+    for c in changes {
+        assert_eq!(c.user, user, "one user per transaction");
+        tx.execute(
+            "INSERT INTO sync_changes (app_id, table_name, record_id, user_id, op, data, field_timestamps, client_id)
+             VALUES ('ai', $1, $2, $3, $4, $5, $6, 'test-browser')",
+            &[&c.table, &c.record, &c.user, &c.op, &c.data, &c.stamps],
+        )
+        .await
+        .unwrap();
+    }
+    tx.commit().await.unwrap();
+}
+
+pub fn iso_in(seconds: i64) -> String {
+    (chrono::Utc::now() + chrono::Duration::seconds(seconds))
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}

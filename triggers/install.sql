@@ -1,0 +1,126 @@
+-- mana-ai DBA trigger kit: install.
+--
+-- Run by a superuser in the mana_sync database:
+--   psql -v ON_ERROR_STOP=1 -v service_role=<role> -f triggers/install.sql
+--
+-- What it does, all in one transaction (re-running it changes nothing):
+--   * creates schema mana_ai and the durable change queue mana_ai.change_queue;
+--   * creates the SECURITY DEFINER trigger function mana_ai.enqueue_change()
+--     (pinned search_path) and the AFTER INSERT trigger mana_ai_enqueue on
+--     public.sync_changes, which fires only for app_id='ai' missions and
+--     agents: every other app's insert pays only for the WHEN test;
+--   * on the first install, queues every existing mission/agent change once so
+--     the service picks up history (the table is locked meanwhile, so no
+--     change is missed and none is queued twice);
+--   * grants <role> exactly what the service needs: USAGE and CREATE on schema
+--     mana_ai (its migrations create its own tables there), SELECT and DELETE
+--     on the queue, SELECT and INSERT on public.sync_changes (row-level
+--     security still limits it to one user per transaction).
+--
+-- The NOTIFY payload is empty: it is a wake-up hint, never data, so it stays
+-- far below the 8000-byte limit whatever the ids, and Postgres folds the
+-- notifications of one transaction into one.
+
+\set ON_ERROR_STOP 1
+\if :{?service_role}
+SELECT set_config('mana_ai.service_role', :'service_role', false);
+\else
+\echo 'install.sql: name the service role: psql -v ON_ERROR_STOP=1 -v service_role=<role> -f triggers/install.sql'
+SELECT set_config('mana_ai.service_role', '', false);
+\endif
+
+-- @@body: everything below is plain SQL; `mana-ai triggers install` runs it
+-- after setting mana_ai.service_role itself.
+BEGIN;
+
+DO $check$
+DECLARE
+    svc text := current_setting('mana_ai.service_role', true);
+BEGIN
+    IF coalesce(svc, '') = '' THEN
+        RAISE EXCEPTION 'install.sql: no service role given (psql -v service_role=<role>)';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = svc) THEN
+        RAISE EXCEPTION 'install.sql: role % does not exist; create it first: CREATE ROLE % LOGIN NOSUPERUSER NOBYPASSRLS PASSWORD ''...''',
+            quote_ident(svc), quote_ident(svc);
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = svc AND (rolsuper OR rolbypassrls)) THEN
+        RAISE WARNING 'install.sql: role % is SUPERUSER or BYPASSRLS; mana-ai should run as an ordinary role (NOSUPERUSER NOBYPASSRLS)', quote_ident(svc);
+    END IF;
+    IF to_regclass('public.sync_changes') IS NULL THEN
+        RAISE EXCEPTION 'install.sql: table public.sync_changes not found: run this in the mana_sync database';
+    END IF;
+END
+$check$;
+
+CREATE SCHEMA IF NOT EXISTS mana_ai;
+
+-- The durable record of work. NOTIFY only wakes the service; this table is
+-- what it drains. No index but the key: the trigger's insert stays cheap and
+-- ids of any length fit.
+CREATE TABLE IF NOT EXISTS mana_ai.change_queue (
+    id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    change_id  uuid        NOT NULL,
+    user_id    text        NOT NULL,
+    table_name text        NOT NULL,
+    queued_at  timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+COMMENT ON TABLE mana_ai.change_queue IS
+    'mana-ai: mission/agent changes waiting to be folded into snapshots (filled by trigger mana_ai_enqueue)';
+
+-- What install.sql has done once (the history backfill).
+CREATE TABLE IF NOT EXISTS mana_ai.install_log (
+    step text PRIMARY KEY,
+    done_at timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE OR REPLACE FUNCTION mana_ai.enqueue_change() RETURNS trigger
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    INSERT INTO mana_ai.change_queue (change_id, user_id, table_name)
+    VALUES (NEW.id, NEW.user_id, NEW.table_name);
+    PERFORM pg_notify('mana_ai_changes', '');
+    RETURN NULL;
+END
+$fn$;
+REVOKE ALL ON FUNCTION mana_ai.enqueue_change() FROM PUBLIC;
+COMMENT ON FUNCTION mana_ai.enqueue_change() IS
+    'mana-ai: queue a mission/agent change and wake the service';
+
+-- Blocks concurrent inserts until COMMIT: every change is either committed
+-- before (and backfilled) or after (and seen by the trigger).
+LOCK TABLE public.sync_changes IN SHARE ROW EXCLUSIVE MODE;
+
+DROP TRIGGER IF EXISTS mana_ai_enqueue ON public.sync_changes;
+CREATE TRIGGER mana_ai_enqueue
+    AFTER INSERT ON public.sync_changes
+    FOR EACH ROW
+    WHEN (NEW.app_id = 'ai' AND NEW.table_name IN ('aiMissions', 'agents'))
+    EXECUTE FUNCTION mana_ai.enqueue_change();
+
+INSERT INTO mana_ai.change_queue (change_id, user_id, table_name)
+SELECT id, user_id, table_name
+FROM public.sync_changes
+WHERE app_id = 'ai'
+  AND table_name IN ('aiMissions', 'agents')
+  AND NOT EXISTS (SELECT 1 FROM mana_ai.install_log WHERE step = 'backfill')
+ORDER BY created_at, id;
+INSERT INTO mana_ai.install_log (step) VALUES ('backfill') ON CONFLICT DO NOTHING;
+
+DO $grant$
+DECLARE
+    svc text := current_setting('mana_ai.service_role');
+BEGIN
+    EXECUTE format('GRANT USAGE, CREATE ON SCHEMA mana_ai TO %I', svc);
+    EXECUTE format('GRANT SELECT, DELETE ON mana_ai.change_queue TO %I', svc);
+    EXECUTE format('GRANT SELECT, INSERT ON public.sync_changes TO %I', svc);
+END
+$grant$;
+
+-- Wake a running service so it drains the backfill now.
+SELECT pg_notify('mana_ai_changes', '');
+
+COMMIT;
