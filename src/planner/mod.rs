@@ -1,1 +1,18 @@
 //! Planner: tool catalog, agent policy, prompt, strict parser, LLM and research clients.
+//!
+//! Everything here except the LLM and research clients is pure: it turns
+//! records into a prompt and an answer into a plan, and is tested in place.
+
+pub mod history;
+pub mod parser;
+pub mod policy;
+pub mod prompt;
+pub mod research_trigger;
+mod text;
+pub mod tools;
+
+pub use parser::{parse_plan, ParseError, PlannedIteration, PlannedStep};
+pub use policy::{filter_tools, AgentPolicy, Decision, PolicyError};
+pub use prompt::{build_prompt, AgentContext, MissionView, Prompt, PromptInput, ResolvedInput};
+pub use research_trigger::{needs_research, research_input, Article};
+pub use tools::{CatalogError, CatalogProblem, ParamSpec, ToolCatalog, ToolSpec};

@@ -1,0 +1,194 @@
+//! Strict parsing of the model's answer into a plan (contract section 6).
+//!
+//! The JSON is the first fenced block (```` ```json ```` or a bare
+//! ```` ``` ````), else the whole answer if, trimmed, it is a bare `{...}`.
+//! It must be an object with a `steps` array; every step an object whose
+//! `toolName` is allowed and whose `rationale` is a non-empty string;
+//! `params` defaults to `{}` and `summary` to `""`. Everything else fails
+//! with a reason that names the step (`steps[i]`, 0-based).
+//!
+//! Decisions beyond the contract, each because the plan becomes proposals
+//! the user has to review:
+//! - more than [`MAX_STEPS`] steps is a failure, not a silent cut: the prompt
+//!   promises 1 to 5, and a model that ignores that has ignored the other
+//!   rules too; dropping steps could also drop what later steps rely on;
+//! - zero steps is allowed (the iteration is then `approved` with nothing
+//!   to review);
+//! - a `summary` or `params` that is present but of the wrong type fails
+//!   (`null` reads as absent);
+//! - an answer over [`MAX_ANSWER_BYTES`] is refused before any scanning;
+//!   all work below is linear in the answer's length.
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+/// Five steps of generous notes fit in a few KiB; 256 KiB means runaway output.
+pub const MAX_ANSWER_BYTES: usize = 256 * 1024;
+/// The prompt asks for 1 to 5 steps.
+pub const MAX_STEPS: usize = 5;
+/// Model-chosen text quoted in an error is cut so a log line stays a line.
+const MAX_QUOTED_CHARS: usize = 80;
+
+const FENCE: &str = "```";
+
+/// A plan the model proposed, validated against the allowed tools.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PlannedIteration {
+    pub summary: String,
+    pub steps: Vec<PlannedStep>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlannedStep {
+    pub summary: String,
+    pub tool_name: String,
+    pub params: Map<String, Value>,
+    /// Trimmed; never empty.
+    pub rationale: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("answer is {bytes} bytes, over the limit of {limit}")]
+    TooLarge { bytes: usize, limit: usize },
+    #[error("answer opens a ``` block that is never closed (cut off?)")]
+    UnclosedFence,
+    #[error("answer has neither a ```json block nor a bare {{...}} object")]
+    NoJson,
+    #[error("plan is not valid JSON: {0}")]
+    NotJson(String),
+    #[error("plan is not a JSON object")]
+    NotAnObject,
+    #[error("plan has no `steps`")]
+    StepsMissing,
+    #[error("plan `steps` is not an array")]
+    StepsNotArray,
+    #[error("plan has {count} steps, more than the {limit} allowed")]
+    TooManySteps { count: usize, limit: usize },
+    #[error("plan `summary` is not a string")]
+    SummaryNotString,
+    #[error("steps[{0}] is not an object")]
+    StepNotObject(usize),
+    #[error("steps[{0}] has no string `toolName`")]
+    MissingToolName(usize),
+    #[error("steps[{0}] uses tool {1:?}, which is not available")]
+    UnknownTool(usize, String),
+    #[error("steps[{0}] has no non-empty string `rationale`")]
+    MissingRationale(usize),
+    #[error("steps[{0}] `params` is not an object")]
+    ParamsNotObject(usize),
+    #[error("steps[{0}] `summary` is not a string")]
+    StepSummaryNotString(usize),
+}
+
+/// Parses the model's answer. `is_allowed` says whether a tool name is one
+/// the planner offered (after the agent's policy), e.g.
+/// `|name| allowed.contains(name)` for a `HashSet<String>`.
+pub fn parse_plan(
+    text: &str,
+    is_allowed: impl Fn(&str) -> bool,
+) -> Result<PlannedIteration, ParseError> {
+    if text.len() > MAX_ANSWER_BYTES {
+        return Err(ParseError::TooLarge {
+            bytes: text.len(),
+            limit: MAX_ANSWER_BYTES,
+        });
+    }
+    let json = extract_json(text)?;
+    let value: Value =
+        serde_json::from_str(json).map_err(|e| ParseError::NotJson(e.to_string()))?;
+    let plan = value.as_object().ok_or(ParseError::NotAnObject)?;
+    let summary = optional_string(plan.get("summary")).ok_or(ParseError::SummaryNotString)?;
+    let steps = match plan.get("steps") {
+        None => return Err(ParseError::StepsMissing),
+        Some(Value::Array(steps)) => steps,
+        Some(_) => return Err(ParseError::StepsNotArray),
+    };
+    if steps.len() > MAX_STEPS {
+        return Err(ParseError::TooManySteps {
+            count: steps.len(),
+            limit: MAX_STEPS,
+        });
+    }
+    let steps = steps
+        .iter()
+        .enumerate()
+        .map(|(i, step)| parse_step(i, step, &is_allowed))
+        .collect::<Result<_, _>>()?;
+    Ok(PlannedIteration { summary, steps })
+}
+
+fn parse_step(
+    i: usize,
+    step: &Value,
+    is_allowed: &impl Fn(&str) -> bool,
+) -> Result<PlannedStep, ParseError> {
+    let step = step.as_object().ok_or(ParseError::StepNotObject(i))?;
+    let tool_name = step
+        .get("toolName")
+        .and_then(Value::as_str)
+        .ok_or(ParseError::MissingToolName(i))?;
+    if !is_allowed(tool_name) {
+        let quoted = super::text::truncate(tool_name, MAX_QUOTED_CHARS).into_owned();
+        return Err(ParseError::UnknownTool(i, quoted));
+    }
+    let rationale = step.get("rationale").and_then(Value::as_str).map(str::trim);
+    let rationale = rationale
+        .filter(|r| !r.is_empty())
+        .ok_or(ParseError::MissingRationale(i))?;
+    let params = match step.get("params") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(params)) => params.clone(),
+        Some(_) => return Err(ParseError::ParamsNotObject(i)),
+    };
+    let summary =
+        optional_string(step.get("summary")).ok_or(ParseError::StepSummaryNotString(i))?;
+    Ok(PlannedStep {
+        summary,
+        tool_name: tool_name.to_owned(),
+        params,
+        rationale: rationale.to_owned(),
+    })
+}
+
+/// `Some("")` for absent or null, `Some(s)` for a string, `None` otherwise.
+fn optional_string(value: Option<&Value>) -> Option<String> {
+    match value {
+        None | Some(Value::Null) => Some(String::new()),
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => None,
+    }
+}
+
+/// The JSON text: the body of the first ```` ``` ```` or ```` ```json ````
+/// block, else the whole answer when it is a bare object. Blocks tagged with
+/// another language (```` ```text ````) are skipped, so prose that quotes
+/// an example before the real answer does not hide it.
+fn extract_json(text: &str) -> Result<&str, ParseError> {
+    let mut rest = text;
+    while let Some(open) = rest.find(FENCE) {
+        let after = &rest[open + FENCE.len()..];
+        // The info string is the run of ASCII letters and digits right after
+        // the fence; ASCII keeps the slice on a character boundary.
+        let tag_len = after
+            .find(|c: char| !c.is_ascii_alphanumeric())
+            .unwrap_or(after.len());
+        let (tag, body) = after.split_at(tag_len);
+        let close = body.find(FENCE).ok_or(ParseError::UnclosedFence)?;
+        if tag.is_empty() || tag.eq_ignore_ascii_case("json") {
+            return Ok(body[..close].trim());
+        }
+        rest = &body[close + FENCE.len()..];
+    }
+    let trimmed = text.trim();
+    if trimmed.starts_with('{') && trimmed.ends_with('}') {
+        Ok(trimmed)
+    } else {
+        Err(ParseError::NoJson)
+    }
+}
+
+#[cfg(test)]
+#[path = "parser_tests.rs"]
+mod tests;

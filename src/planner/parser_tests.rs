@@ -1,0 +1,206 @@
+use std::collections::HashSet;
+
+use proptest::prelude::*;
+use serde_json::json;
+
+use super::*;
+
+fn allowed() -> HashSet<String> {
+    ["create_task", "create_note"]
+        .into_iter()
+        .map(String::from)
+        .collect()
+}
+
+fn parse(text: &str) -> Result<PlannedIteration, ParseError> {
+    let allowed = allowed();
+    parse_plan(text, |name| allowed.contains(name))
+}
+
+const PLAN: &str = r#"{"summary": "Woche planen", "steps": [
+  {"summary": "Laufen", "toolName": "create_task", "params": {"title": "Laufen gehen"},
+   "rationale": "  Bewegung steht im Ziel.  "},
+  {"toolName": "create_note", "rationale": "Festhalten"}
+]}"#;
+
+fn expected() -> PlannedIteration {
+    let params = json!({"title": "Laufen gehen"})
+        .as_object()
+        .unwrap()
+        .clone();
+    PlannedIteration {
+        summary: "Woche planen".into(),
+        steps: vec![
+            PlannedStep {
+                summary: "Laufen".into(),
+                tool_name: "create_task".into(),
+                params,
+                rationale: "Bewegung steht im Ziel.".into(),
+            },
+            PlannedStep {
+                summary: String::new(),
+                tool_name: "create_note".into(),
+                params: Map::new(),
+                rationale: "Festhalten".into(),
+            },
+        ],
+    }
+}
+
+#[test]
+fn json_fence_bare_fence_and_bare_object_parse_alike() {
+    for text in [
+        format!("```json\n{PLAN}\n```"),
+        format!("```JSON\n{PLAN}\n```"),
+        format!("```\n{PLAN}\n```"),
+        format!("```json {PLAN} ```"),
+        format!("\n  {PLAN}  \n"),
+    ] {
+        assert_eq!(parse(&text), Ok(expected()), "{text}");
+    }
+}
+
+#[test]
+fn prose_around_the_fence_is_ignored() {
+    let text = format!("Hier ist mein Plan:\n\n```json\n{PLAN}\n```\n\nViel Erfolg!");
+    assert_eq!(parse(&text), Ok(expected()));
+    // Only the first json block counts; other languages are skipped.
+    let text = format!("```text\nBeispiel\n```\n```json\n{PLAN}\n```\n```json\n{{}}\n```");
+    assert_eq!(parse(&text), Ok(expected()));
+}
+
+#[test]
+fn an_empty_plan_is_allowed() {
+    let plan = parse(r#"{"steps": []}"#).unwrap();
+    assert_eq!(plan.summary, "");
+    assert!(plan.steps.is_empty());
+}
+
+fn plan_with_step(step: Value) -> String {
+    format!("```json\n{}\n```", json!({"summary": "s", "steps": [step]}))
+}
+
+#[test]
+fn step_errors_name_the_step_and_the_reason() {
+    let step = |v: Value| parse(&plan_with_step(v)).unwrap_err();
+    assert_eq!(step(json!(3)), ParseError::StepNotObject(0));
+    assert_eq!(
+        step(json!({"rationale": "r"})),
+        ParseError::MissingToolName(0)
+    );
+    let unknown = step(json!({"toolName": "delete_everything", "rationale": "r"}));
+    assert_eq!(
+        unknown,
+        ParseError::UnknownTool(0, "delete_everything".into())
+    );
+    assert_eq!(
+        unknown.to_string(),
+        "steps[0] uses tool \"delete_everything\", which is not available"
+    );
+    assert_eq!(
+        step(json!({"toolName": "create_task"})),
+        ParseError::MissingRationale(0)
+    );
+    assert_eq!(
+        step(json!({"toolName": "create_task", "rationale": "  "})),
+        ParseError::MissingRationale(0)
+    );
+    assert_eq!(
+        step(json!({"toolName": "create_task", "rationale": 1})),
+        ParseError::MissingRationale(0)
+    );
+    let params = json!({"toolName": "create_task", "rationale": "r", "params": "title=x"});
+    assert_eq!(step(params), ParseError::ParamsNotObject(0));
+    let summary = json!({"toolName": "create_task", "rationale": "r", "summary": ["x"]});
+    assert_eq!(step(summary), ParseError::StepSummaryNotString(0));
+
+    let second_bad = json!({"steps": [
+        {"toolName": "create_task", "rationale": "r"},
+        {"toolName": "create_task", "rationale": ""}
+    ]});
+    let err = parse(&second_bad.to_string()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "steps[1] has no non-empty string `rationale`"
+    );
+}
+
+#[test]
+fn plan_level_errors() {
+    assert_eq!(parse(r#"{"summary": "s"}"#), Err(ParseError::StepsMissing));
+    assert_eq!(parse(r#"{"steps": {}}"#), Err(ParseError::StepsNotArray));
+    assert_eq!(parse(r#"```json [1, 2] ```"#), Err(ParseError::NotAnObject));
+    assert_eq!(
+        parse(r#"{"summary": 1, "steps": []}"#),
+        Err(ParseError::SummaryNotString)
+    );
+    assert_eq!(
+        parse("Ich kann leider nicht helfen."),
+        Err(ParseError::NoJson)
+    );
+    assert_eq!(parse(""), Err(ParseError::NoJson));
+    assert_eq!(
+        parse("```json\n{\"steps\": [] "),
+        Err(ParseError::UnclosedFence)
+    );
+    assert!(matches!(
+        parse("```json\n{steps: []}\n```"),
+        Err(ParseError::NotJson(_))
+    ));
+    assert!(matches!(
+        parse("{\"steps\": [}"),
+        Err(ParseError::NotJson(_))
+    ));
+    let step = json!({"toolName": "create_task", "rationale": "r"});
+    let six = json!({"steps": vec![step; 6]});
+    assert_eq!(
+        parse(&six.to_string()),
+        Err(ParseError::TooManySteps { count: 6, limit: 5 })
+    );
+}
+
+#[test]
+fn huge_answers_are_refused_up_front() {
+    let huge = format!(
+        "```json\n{{\"steps\": [], \"summary\": \"{}\"}}\n```",
+        "x".repeat(10 * 1024 * 1024)
+    );
+    let err = parse(&huge).unwrap_err();
+    assert!(matches!(
+        err,
+        ParseError::TooLarge {
+            limit: MAX_ANSWER_BYTES,
+            ..
+        }
+    ));
+    assert!(err.to_string().contains("over the limit"));
+}
+
+#[test]
+fn deep_nesting_is_an_error_not_a_stack_overflow() {
+    let deep = format!(
+        "{{\"steps\": [], \"x\": {}{}}}",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    assert!(matches!(parse(&deep), Err(ParseError::NotJson(_))));
+}
+
+#[test]
+fn an_unknown_tool_name_is_quoted_short() {
+    let name = "t".repeat(10_000);
+    let err = parse(&plan_with_step(json!({"toolName": name, "rationale": "r"}))).unwrap_err();
+    assert!(err.to_string().len() < 200, "{err}");
+}
+
+proptest! {
+    #[test]
+    fn never_panics_on_arbitrary_text(text in any::<String>()) {
+        let _ = parse(&text);
+    }
+
+    #[test]
+    fn never_panics_on_fence_like_text(text in "(```|json|\\{|\\}|\\[|\\]|\"steps\"|:|,| |\n|é|toolName|\"rationale\"|\"x\")*") {
+        let _ = parse(&text);
+    }
+}
