@@ -40,7 +40,11 @@ impl Secret {
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.0.is_empty() { "<empty>" } else { "<redacted>" })
+        f.write_str(if self.0.is_empty() {
+            "<empty>"
+        } else {
+            "<redacted>"
+        })
     }
 }
 
@@ -110,7 +114,8 @@ impl Config {
                 format!("{timezone_name:?} is not an IANA time zone name"),
             )
         })?;
-        let listen_channel = get("MANA_AI_LISTEN_CHANNEL").unwrap_or_else(|| DEFAULT_CHANNEL.into());
+        let listen_channel =
+            get("MANA_AI_LISTEN_CHANNEL").unwrap_or_else(|| DEFAULT_CHANNEL.into());
         if listen_channel.len() > 63
             || !listen_channel
                 .chars()
@@ -156,7 +161,12 @@ fn check_pg_url(var: &'static str, url: &str) -> Result<(), ConfigError> {
     url.parse::<tokio_postgres::Config>()
         .map(|_| ())
         // The parser's message never includes the password; the URL itself is not echoed.
-        .map_err(|e| err(var, format!("is not a valid Postgres connection string: {e}")))
+        .map_err(|e| {
+            err(
+                var,
+                format!("is not a valid Postgres connection string: {e}"),
+            )
+        })
 }
 
 fn parse_num<T>(
@@ -251,7 +261,11 @@ mod tests {
 
     #[test]
     fn tick_can_be_disabled() {
-        assert!(!config(&[URL, ("TICK_ENABLED", "false")]).unwrap().tick_enabled);
+        assert!(
+            !config(&[URL, ("TICK_ENABLED", "false")])
+                .unwrap()
+                .tick_enabled
+        );
     }
 
     #[test]

@@ -4,7 +4,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use mana_ai::{config::Config, db, service, triggers};
 
 #[derive(Parser)]
-#[command(name = "mana-ai", version, about = "Runs mana's AI missions from the mana_sync change log")]
+#[command(
+    name = "mana-ai",
+    version,
+    about = "Runs mana's AI missions from the mana_sync change log"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -62,9 +66,10 @@ fn init_logging() {
 }
 
 async fn connect(config: &Config) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, connection) = tokio_postgres::connect(config.database_url.expose(), tokio_postgres::NoTls)
-        .await
-        .map_err(|e| anyhow::anyhow!("connecting to SYNC_DATABASE_URL: {e}"))?;
+    let (client, connection) =
+        tokio_postgres::connect(config.database_url.expose(), tokio_postgres::NoTls)
+            .await
+            .map_err(|e| anyhow::anyhow!("connecting to SYNC_DATABASE_URL: {e}"))?;
     tokio::spawn(connection);
     Ok(client)
 }
@@ -117,7 +122,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Migrate => {
             let mut client = connect(&config).await?;
             let report = db::migrate::migrate(&mut client).await?;
-            println!("migrations applied: {:?}; already applied: {}", report.applied, report.already);
+            println!(
+                "migrations applied: {:?}; already applied: {}",
+                report.applied, report.already
+            );
             Ok(())
         }
         Command::Triggers { action } => {

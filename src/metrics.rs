@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 const NAMESPACE: &str = "mana_ai";
@@ -108,10 +108,12 @@ impl Metrics {
         let registry = Registry::new();
         #[cfg(target_os = "linux")]
         registry
-            .register(Box::new(prometheus::process_collector::ProcessCollector::new(
-                std::process::id() as i32,
-                NAMESPACE,
-            )))
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::new(
+                    std::process::id() as i32,
+                    NAMESPACE,
+                ),
+            ))
             .expect("process collector registers once");
         let r = &registry;
         let change_to_snapshot = histogram(
@@ -182,7 +184,9 @@ mod tests {
     #[test]
     fn renders_reactor_metrics_with_prefix() {
         let m = Metrics::new();
-        m.poison_changes.with_label_values(&["data-not-object"]).inc();
+        m.poison_changes
+            .with_label_values(&["data-not-object"])
+            .inc();
         m.note_notification();
         let text = m.render();
         for name in [

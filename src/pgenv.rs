@@ -199,7 +199,16 @@ fn start_cluster() -> anyhow::Result<PgServer> {
     }
     let data = dir.join("data");
     let out = command_as(user.as_deref(), &bin.join("initdb"))
-        .args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8", "-D"])
+        .args([
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+            "-E",
+            "UTF8",
+            "-D",
+        ])
         .arg(&data)
         .output()
         .context("running initdb")?;
@@ -221,7 +230,10 @@ fn start_cluster() -> anyhow::Result<PgServer> {
         .context("running pg_ctl start")?;
     if !out.status.success() {
         let log = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
-        bail!("pg_ctl start failed: {}{log}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "pg_ctl start failed: {}{log}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     spawn_reaper(&bin, user.as_deref(), &dir)?;
     let admin = format!("host=127.0.0.1 port={port} user=postgres")
@@ -239,8 +251,16 @@ fn start_cluster() -> anyhow::Result<PgServer> {
 fn spawn_reaper(bin: &Path, user: Option<&str>, dir: &Path) -> anyhow::Result<()> {
     let pg_ctl = bin.join("pg_ctl");
     let stop = match user {
-        Some(u) => format!("runuser -u {u} -- {} -D {}/data -m immediate stop", pg_ctl.display(), dir.display()),
-        None => format!("{} -D {}/data -m immediate stop", pg_ctl.display(), dir.display()),
+        Some(u) => format!(
+            "runuser -u {u} -- {} -D {}/data -m immediate stop",
+            pg_ctl.display(),
+            dir.display()
+        ),
+        None => format!(
+            "{} -D {}/data -m immediate stop",
+            pg_ctl.display(),
+            dir.display()
+        ),
     };
     let script = format!(
         "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {stop} >/dev/null 2>&1; rm -rf {dir}",
@@ -319,7 +339,8 @@ impl TempDb {
 
     /// Connection string as `role`.
     pub fn url_as(&self, role: &str) -> String {
-        self.server.conninfo(&self.name, Some((role, ROLE_PASSWORD)))
+        self.server
+            .conninfo(&self.name, Some((role, ROLE_PASSWORD)))
     }
 
     pub async fn admin(&self) -> anyhow::Result<tokio_postgres::Client> {

@@ -38,7 +38,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     )
     .await?;
     let runner = tokio::spawn(hand_off_due(due_rx, config.tick_enabled));
-    tracing::info!(armed = reactor.rebuilt, tick_enabled = config.tick_enabled, "mana-ai running");
+    tracing::info!(
+        armed = reactor.rebuilt,
+        tick_enabled = config.tick_enabled,
+        "mana-ai running"
+    );
     shutdown.await;
     tracing::info!("shutting down");
     reactor.stop().await;

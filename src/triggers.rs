@@ -53,10 +53,16 @@ pub async fn uninstall(client: &tokio_postgres::Client) -> anyhow::Result<()> {
 
 /// Runs verify.sql's checks; the error names everything that is missing.
 /// `service_role` None checks the grants of the connected role.
-pub async fn verify(client: &tokio_postgres::Client, service_role: Option<&str>) -> anyhow::Result<()> {
+pub async fn verify(
+    client: &tokio_postgres::Client,
+    service_role: Option<&str>,
+) -> anyhow::Result<()> {
     let role = match service_role {
         Some(r) => r.to_string(),
-        None => client.query_one("SELECT current_user::text", &[]).await?.get(0),
+        None => client
+            .query_one("SELECT current_user::text", &[])
+            .await?
+            .get(0),
     };
     set_role_setting(client, &role).await?;
     client

@@ -40,12 +40,23 @@ async fn a_mission_written_by_a_browser_is_snapshotted_and_armed() {
     let later = iso_in(7200);
     write(
         &mut sync,
-        &[Change::mission("alice", "m1", "update", json!({"nextRunAt": later, "title": "Mehr lesen"}))],
+        &[Change::mission(
+            "alice",
+            "m1",
+            "update",
+            json!({"nextRunAt": later, "title": "Mehr lesen"}),
+        )],
     )
     .await;
     run.processed(2).await;
-    assert_eq!(run.reactor.wheel.armed_at("alice", "m1").await, parse_next_run(&later));
-    assert_eq!(t.mission("alice", "m1").await.unwrap().0["title"], "Mehr lesen");
+    assert_eq!(
+        run.reactor.wheel.armed_at("alice", "m1").await,
+        parse_next_run(&later)
+    );
+    assert_eq!(
+        t.mission("alice", "m1").await.unwrap().0["title"],
+        "Mehr lesen"
+    );
 
     // A field stamped before the current one loses (a stale device syncing late).
     let mut stale = Change::mission("alice", "m1", "update", json!({"title": "Alt"}));
@@ -57,17 +68,40 @@ async fn a_mission_written_by_a_browser_is_snapshotted_and_armed() {
     assert_eq!(count, 3);
 
     // Paused: disarmed. Active again: armed.
-    write(&mut sync, &[Change::mission("alice", "m1", "update", json!({"state": "paused"}))]).await;
+    write(
+        &mut sync,
+        &[Change::mission(
+            "alice",
+            "m1",
+            "update",
+            json!({"state": "paused"}),
+        )],
+    )
+    .await;
     run.processed(4).await;
     assert_eq!(run.reactor.wheel.armed_at("alice", "m1").await, None);
-    write(&mut sync, &[Change::mission("alice", "m1", "update", json!({"state": "active"}))]).await;
+    write(
+        &mut sync,
+        &[Change::mission(
+            "alice",
+            "m1",
+            "update",
+            json!({"state": "active"}),
+        )],
+    )
+    .await;
     run.processed(5).await;
     assert!(run.reactor.wheel.armed_at("alice", "m1").await.is_some());
 
     // deletedAt deletes and disarms; a later change cannot revive it.
     write(
         &mut sync,
-        &[Change::mission("alice", "m1", "update", json!({"deletedAt": "2026-01-01T00:00:00.000Z"}))],
+        &[Change::mission(
+            "alice",
+            "m1",
+            "update",
+            json!({"deletedAt": "2026-01-01T00:00:00.000Z"}),
+        )],
     )
     .await;
     run.processed(6).await;
@@ -75,18 +109,31 @@ async fn a_mission_written_by_a_browser_is_snapshotted_and_armed() {
     assert_eq!(run.reactor.wheel.armed_at("alice", "m1").await, None);
     write(
         &mut sync,
-        &[Change::mission("alice", "m1", "update", json!({"deletedAt": null, "nextRunAt": iso_in(60)}))],
+        &[Change::mission(
+            "alice",
+            "m1",
+            "update",
+            json!({"deletedAt": null, "nextRunAt": iso_in(60)}),
+        )],
     )
     .await;
     run.processed(7).await;
-    assert!(t.mission("alice", "m1").await.unwrap().1, "deleted stays deleted");
+    assert!(
+        t.mission("alice", "m1").await.unwrap().1,
+        "deleted stays deleted"
+    );
     assert_eq!(run.reactor.wheel.armed_at("alice", "m1").await, None);
 
     // op=delete on another mission.
     write(
         &mut sync,
         &[
-            Change::mission("alice", "m2", "insert", json!({"state": "active", "nextRunAt": iso_in(60)})),
+            Change::mission(
+                "alice",
+                "m2",
+                "insert",
+                json!({"state": "active", "nextRunAt": iso_in(60)}),
+            ),
             Change::mission("alice", "m2", "delete", json!(null)),
         ],
     )
@@ -96,7 +143,12 @@ async fn a_mission_written_by_a_browser_is_snapshotted_and_armed() {
     assert_eq!(run.reactor.wheel.armed_at("alice", "m2").await, None);
 
     // Agents land in agent_snapshots.
-    let mut agent = Change::mission("alice", "a1", "insert", json!({"name": "Rechercheur", "role": "research", "state": "active"}));
+    let mut agent = Change::mission(
+        "alice",
+        "a1",
+        "insert",
+        json!({"name": "Rechercheur", "role": "research", "state": "active"}),
+    );
     agent.table = "agents";
     write(&mut sync, &[agent]).await;
     run.processed(10).await;
@@ -128,9 +180,24 @@ async fn a_due_mission_is_handed_to_the_runner() {
     write(
         &mut sync,
         &[
-            Change::mission("bob", "late", "insert", json!({"state": "active", "nextRunAt": past})),
-            Change::mission("bob", "soon", "insert", json!({"state": "active", "nextRunAt": iso_in(1)})),
-            Change::mission("bob", "never", "insert", json!({"state": "active", "nextRunAt": "someday"})),
+            Change::mission(
+                "bob",
+                "late",
+                "insert",
+                json!({"state": "active", "nextRunAt": past}),
+            ),
+            Change::mission(
+                "bob",
+                "soon",
+                "insert",
+                json!({"state": "active", "nextRunAt": iso_in(1)}),
+            ),
+            Change::mission(
+                "bob",
+                "never",
+                "insert",
+                json!({"state": "active", "nextRunAt": "someday"}),
+            ),
         ],
     )
     .await;
@@ -138,7 +205,10 @@ async fn a_due_mission_is_handed_to_the_runner() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!((first.user_id.as_str(), first.mission_id.as_str()), ("bob", "late"));
+    assert_eq!(
+        (first.user_id.as_str(), first.mission_id.as_str()),
+        ("bob", "late")
+    );
     let second = tokio::time::timeout(Duration::from_secs(10), run.due.recv())
         .await
         .unwrap()
@@ -164,12 +234,19 @@ async fn a_killed_listener_loses_nothing_in_a_burst_of_ten_thousand() {
                 let user = format!("user{w}");
                 // 25 transactions of 100 changes per writer: 10,000 in all.
                 for tx in 0..25 {
-                    let ids: Vec<String> = (0..100).map(|i| format!("m{}", (tx * 100 + i) % 50)).collect();
+                    let ids: Vec<String> = (0..100)
+                        .map(|i| format!("m{}", (tx * 100 + i) % 50))
+                        .collect();
                     let changes: Vec<Change> = ids
                         .iter()
                         .enumerate()
                         .map(|(i, id)| {
-                            Change::mission(&user, id, "update", json!({"title": format!("t{tx}-{i}"), "state": "active"}))
+                            Change::mission(
+                                &user,
+                                id,
+                                "update",
+                                json!({"title": format!("t{tx}-{i}"), "state": "active"}),
+                            )
                         })
                         .collect();
                     write(&mut sync, &changes).await;
@@ -206,7 +283,11 @@ async fn a_killed_listener_loses_nothing_in_a_burst_of_ten_thousand() {
         )
         .await
         .unwrap();
-    assert_eq!(row.get::<_, i64>(0), 10_000, "every change applied exactly once");
+    assert_eq!(
+        row.get::<_, i64>(0),
+        10_000,
+        "every change applied exactly once"
+    );
     assert_eq!(row.get::<_, i64>(1), 200);
     let dead: i64 = c
         .query_one("SELECT count(*) FROM mana_ai.dead_changes", &[])
@@ -215,7 +296,11 @@ async fn a_killed_listener_loses_nothing_in_a_burst_of_ten_thousand() {
         .get(0);
     assert_eq!(dead, 0);
     assert!(run.metrics.listener_reconnects.get() >= 1);
-    assert_eq!(*run.reactor.processed.borrow(), 10_000, "none processed twice");
+    assert_eq!(
+        *run.reactor.processed.borrow(),
+        10_000,
+        "none processed twice"
+    );
     run.reactor.stop().await;
 }
 
@@ -224,26 +309,55 @@ async fn changes_committed_while_stopped_are_applied_on_start() {
     let t = setup().await;
     let mut run = t.start(&[]).await;
     let mut sync = t.sync_client().await;
-    write(&mut sync, &[Change::mission("carol", "m0", "insert", json!({"state": "active", "nextRunAt": iso_in(600)}))]).await;
+    write(
+        &mut sync,
+        &[Change::mission(
+            "carol",
+            "m0",
+            "insert",
+            json!({"state": "active", "nextRunAt": iso_in(600)}),
+        )],
+    )
+    .await;
     run.processed(1).await;
     run.reactor.stop().await;
 
     for i in 0..20 {
         let id = format!("m{}", i % 5);
-        write(&mut sync, &[Change::mission("carol", &id, "update", json!({"state": "active", "nextRunAt": iso_in(900), "n": i}))]).await;
+        write(
+            &mut sync,
+            &[Change::mission(
+                "carol",
+                &id,
+                "update",
+                json!({"state": "active", "nextRunAt": iso_in(900), "n": i}),
+            )],
+        )
+        .await;
     }
     let mut again = t.start(&[]).await;
-    assert_eq!(again.reactor.rebuilt, 1, "the wheel is rebuilt from snapshots");
+    assert_eq!(
+        again.reactor.rebuilt, 1,
+        "the wheel is rebuilt from snapshots"
+    );
     again.processed(20).await;
     let c = t.pool.get().await.unwrap();
     let total: i64 = c
-        .query_one("SELECT sum(change_count)::int8 FROM mana_ai.mission_snapshots", &[])
+        .query_one(
+            "SELECT sum(change_count)::int8 FROM mana_ai.mission_snapshots",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
     assert_eq!(total, 21);
     for m in 0..5 {
-        assert!(again.reactor.wheel.armed_at("carol", &format!("m{m}")).await.is_some());
+        assert!(again
+            .reactor
+            .wheel
+            .armed_at("carol", &format!("m{m}"))
+            .await
+            .is_some());
     }
     again.reactor.stop().await;
 }
@@ -252,10 +366,22 @@ async fn changes_committed_while_stopped_are_applied_on_start() {
 async fn the_safety_sweep_applies_changes_no_notification_announced() {
     let t = setup().await;
     let mut run = t
-        .start(&[("MANA_AI_LISTEN_CHANNEL", "mana_ai_nobody_notifies"), ("MANA_AI_SWEEP_INTERVAL_SECS", "1")])
+        .start(&[
+            ("MANA_AI_LISTEN_CHANNEL", "mana_ai_nobody_notifies"),
+            ("MANA_AI_SWEEP_INTERVAL_SECS", "1"),
+        ])
         .await;
     let mut sync = t.sync_client().await;
-    write(&mut sync, &[Change::mission("dave", "m1", "insert", json!({"state": "active", "nextRunAt": iso_in(600)}))]).await;
+    write(
+        &mut sync,
+        &[Change::mission(
+            "dave",
+            "m1",
+            "insert",
+            json!({"state": "active", "nextRunAt": iso_in(600)}),
+        )],
+    )
+    .await;
     run.processed(1).await;
     assert!(t.mission("dave", "m1").await.is_some());
     assert_eq!(run.metrics.notifications_received.get(), 0);
@@ -280,13 +406,23 @@ async fn poison_rows_are_set_aside_and_counted_while_good_rows_apply() {
     write(
         &mut sync,
         &[
-            Change::mission("erin", "good1", "insert", json!({"state": "active", "nextRunAt": iso_in(60)})),
+            Change::mission(
+                "erin",
+                "good1",
+                "insert",
+                json!({"state": "active", "nextRunAt": iso_in(60)}),
+            ),
             Change::mission("erin", "p-array", "insert", json!([1, 2, 3])),
             Change::mission("erin", "p-next", "insert", json!({"nextRunAt": 12345})),
             Change::mission("erin", "p-huge", "insert", json!({"conceptMarkdown": huge})),
             Change::mission("erin", "p-op", "upsert", json!({"title": "x"})),
             Change::mission("erin", &long_id, "insert", json!({"title": "x"})),
-            Change::mission("erin", "good2", "insert", json!({"state": "active", "nextRunAt": iso_in(60)})),
+            Change::mission(
+                "erin",
+                "good2",
+                "insert",
+                json!({"state": "active", "nextRunAt": iso_in(60)}),
+            ),
         ],
     )
     .await;
@@ -296,7 +432,10 @@ async fn poison_rows_are_set_aside_and_counted_while_good_rows_apply() {
     assert!(run.reactor.wheel.armed_at("erin", "good2").await.is_some());
     let c = t.pool.get().await.unwrap();
     let reasons: Vec<String> = c
-        .query("SELECT reason FROM mana_ai.dead_changes ORDER BY queue_id", &[])
+        .query(
+            "SELECT reason FROM mana_ai.dead_changes ORDER BY queue_id",
+            &[],
+        )
         .await
         .unwrap()
         .iter()
@@ -304,7 +443,13 @@ async fn poison_rows_are_set_aside_and_counted_while_good_rows_apply() {
         .collect();
     assert_eq!(
         reasons,
-        ["data-not-object", "next-run-at-not-string", "field-too-large", "unknown-op", "record-id-too-long"]
+        [
+            "data-not-object",
+            "next-run-at-not-string",
+            "field-too-large",
+            "unknown-op",
+            "record-id-too-long"
+        ]
     );
     let long: (Option<String>, Option<i32>) = c
         .query_one("SELECT record_id, record_id_length FROM mana_ai.dead_changes WHERE reason = 'record-id-too-long'", &[])
@@ -314,11 +459,23 @@ async fn poison_rows_are_set_aside_and_counted_while_good_rows_apply() {
     assert_eq!(long.0.map(|s| s.len()), Some(200));
     assert_eq!(long.1, Some(10_000));
     let text = run.metrics.render();
-    assert!(text.contains("mana_ai_poison_changes_total{reason=\"field-too-large\"} 1"), "{text}");
+    assert!(
+        text.contains("mana_ai_poison_changes_total{reason=\"field-too-large\"} 1"),
+        "{text}"
+    );
     assert_eq!(run.metrics.snapshot_rows_applied.get(), 2);
 
     // The reactor keeps going after poison.
-    write(&mut sync, &[Change::mission("erin", "good3", "insert", json!({"state": "active"}))]).await;
+    write(
+        &mut sync,
+        &[Change::mission(
+            "erin",
+            "good3",
+            "insert",
+            json!({"state": "active"}),
+        )],
+    )
+    .await;
     run.processed(8).await;
     assert!(t.mission("erin", "good3").await.is_some());
     run.reactor.stop().await;
@@ -328,11 +485,32 @@ async fn poison_rows_are_set_aside_and_counted_while_good_rows_apply() {
 async fn the_service_role_sees_one_user_at_a_time_and_is_not_privileged() {
     let t = setup().await;
     let mut sync = t.sync_client().await;
-    write(&mut sync, &[Change::mission("frank", "m1", "insert", json!({"title": "frank's"}))]).await;
-    write(&mut sync, &[Change::mission("gina", "m1", "insert", json!({"title": "gina's"}))]).await;
+    write(
+        &mut sync,
+        &[Change::mission(
+            "frank",
+            "m1",
+            "insert",
+            json!({"title": "frank's"}),
+        )],
+    )
+    .await;
+    write(
+        &mut sync,
+        &[Change::mission(
+            "gina",
+            "m1",
+            "insert",
+            json!({"title": "gina's"}),
+        )],
+    )
+    .await;
     let mut svc = t.pool.get().await.unwrap();
     let row = svc
-        .query_one("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user", &[])
+        .query_one(
+            "SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
         .await
         .unwrap();
     assert!(!row.get::<_, bool>(0) && !row.get::<_, bool>(1));
@@ -361,7 +539,13 @@ async fn the_service_role_sees_one_user_at_a_time_and_is_not_privileged() {
         )
         .await
         .unwrap_err();
-    assert!(err.as_db_error().unwrap().message().contains("row-level security"), "{err}");
+    assert!(
+        err.as_db_error()
+            .unwrap()
+            .message()
+            .contains("row-level security"),
+        "{err}"
+    );
     drop(tx);
     assert!(matches!(
         mana_ai::db::begin_user(&mut svc, "").await,

@@ -27,7 +27,10 @@ fn psql(db: &TempDb, file: &str, role: Option<&str>) -> (bool, String) {
         .arg(kit(file))
         .output()
         .expect("psql is installed (Debian: postgresql-client)");
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 async fn count(client: &tokio_postgres::Client, sql: &str) -> i64 {
@@ -40,25 +43,43 @@ async fn install_is_idempotent_backfills_once_and_ignores_other_apps() {
     let admin = db.admin().await.unwrap();
     let mut sync = db.connect_as(SYNC_ROLE).await.unwrap();
     // History written before the install.
-    write(&mut sync, &[
-        Change::mission("u1", "m1", "insert", json!({"title": "a"})),
-        Change::mission("u1", "m1", "update", json!({"title": "b"})),
-    ])
+    write(
+        &mut sync,
+        &[
+            Change::mission("u1", "m1", "insert", json!({"title": "a"})),
+            Change::mission("u1", "m1", "update", json!({"title": "b"})),
+        ],
+    )
     .await;
 
     let (ok, err) = psql(&db, "verify.sql", Some(SERVICE_ROLE));
     assert!(!ok, "verify fails before the install");
-    assert!(err.contains("enabled trigger mana_ai_enqueue on public.sync_changes"), "{err}");
+    assert!(
+        err.contains("enabled trigger mana_ai_enqueue on public.sync_changes"),
+        "{err}"
+    );
     assert!(err.contains("schema mana_ai"), "{err}");
 
     let (ok, err) = psql(&db, "install.sql", Some(SERVICE_ROLE));
     assert!(ok, "{err}");
-    assert_eq!(count(&admin, "SELECT count(*) FROM mana_ai.change_queue").await, 2, "history queued");
+    assert_eq!(
+        count(&admin, "SELECT count(*) FROM mana_ai.change_queue").await,
+        2,
+        "history queued"
+    );
     let (ok, err) = psql(&db, "install.sql", Some(SERVICE_ROLE));
     assert!(ok, "{err}");
-    assert_eq!(count(&admin, "SELECT count(*) FROM mana_ai.change_queue").await, 2, "queued once");
     assert_eq!(
-        count(&admin, "SELECT count(*) FROM pg_trigger WHERE tgname = 'mana_ai_enqueue'").await,
+        count(&admin, "SELECT count(*) FROM mana_ai.change_queue").await,
+        2,
+        "queued once"
+    );
+    assert_eq!(
+        count(
+            &admin,
+            "SELECT count(*) FROM pg_trigger WHERE tgname = 'mana_ai_enqueue'"
+        )
+        .await,
         1
     );
     let (ok, err) = psql(&db, "verify.sql", Some(SERVICE_ROLE));
@@ -66,7 +87,12 @@ async fn install_is_idempotent_backfills_once_and_ignores_other_apps() {
 
     // Only mission and agent rows of app ai are queued.
     let tx = mana_ai::db::begin_user(&mut sync, "u1").await.unwrap();
-    for (app, table) in [("notes", "notes"), ("todo", "tasks"), ("ai", "somethingElse"), ("ai", "agents")] {
+    for (app, table) in [
+        ("notes", "notes"),
+        ("todo", "tasks"),
+        ("ai", "somethingElse"),
+        ("ai", "agents"),
+    ] {
         tx.execute(
             "INSERT INTO sync_changes (app_id, table_name, record_id, user_id, op, data, client_id)
              VALUES ($1, $2, 'r', 'u1', 'insert', '{}', 'c')",
@@ -76,7 +102,10 @@ async fn install_is_idempotent_backfills_once_and_ignores_other_apps() {
         .unwrap();
     }
     tx.commit().await.unwrap();
-    assert_eq!(count(&admin, "SELECT count(*) FROM mana_ai.change_queue").await, 3);
+    assert_eq!(
+        count(&admin, "SELECT count(*) FROM mana_ai.change_queue").await,
+        3
+    );
 
     // The function is SECURITY DEFINER with a pinned search_path, not callable by PUBLIC.
     let row = admin
@@ -88,7 +117,10 @@ async fn install_is_idempotent_backfills_once_and_ignores_other_apps() {
         .await
         .unwrap();
     assert!(row.get::<_, bool>(0));
-    assert_eq!(row.get::<_, String>(1), "{\"search_path=pg_catalog, pg_temp\"}");
+    assert_eq!(
+        row.get::<_, String>(1),
+        "{\"search_path=pg_catalog, pg_temp\"}"
+    );
     assert!(!row.get::<_, bool>(2));
 
     // The service role got exactly: schema USAGE+CREATE, queue SELECT+DELETE,
@@ -107,7 +139,12 @@ async fn install_is_idempotent_backfills_once_and_ignores_other_apps() {
         .collect();
     assert_eq!(
         grants,
-        ["change_queue:DELETE", "change_queue:SELECT", "sync_changes:INSERT", "sync_changes:SELECT"]
+        [
+            "change_queue:DELETE",
+            "change_queue:SELECT",
+            "sync_changes:INSERT",
+            "sync_changes:SELECT"
+        ]
     );
 
     let (ok, err) = psql(&db, "uninstall.sql", None);
@@ -126,7 +163,10 @@ async fn install_without_a_role_or_for_an_unknown_role_fails_clearly() {
     assert!(err.contains("no service role given"), "{err}");
     let (ok, err) = psql(&db, "install.sql", Some("no_such_role_here"));
     assert!(!ok);
-    assert!(err.contains("role no_such_role_here does not exist"), "{err}");
+    assert!(
+        err.contains("role no_such_role_here does not exist"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -145,26 +185,50 @@ async fn the_cli_verifies_and_migrates_as_the_service_role() {
     let out = run(&["triggers", "verify"]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("missing:") && stderr.contains("mana_ai_enqueue"), "{stderr}");
+    assert!(
+        stderr.contains("missing:") && stderr.contains("mana_ai_enqueue"),
+        "{stderr}"
+    );
 
     let out = run(&["migrate"]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("triggers/install.sql"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("triggers/install.sql"), "{stderr}");
 
-    let printed = Command::new(bin).args(["triggers", "print"]).output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&printed.stdout), mana_ai::triggers::INSTALL_SQL);
+    let printed = Command::new(bin)
+        .args(["triggers", "print"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&printed.stdout),
+        mana_ai::triggers::INSTALL_SQL
+    );
 
-    mana_ai::triggers::install(&db.admin().await.unwrap(), SERVICE_ROLE).await.unwrap();
+    mana_ai::triggers::install(&db.admin().await.unwrap(), SERVICE_ROLE)
+        .await
+        .unwrap();
     let out = run(&["triggers", "verify"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // Two instances migrating at once: each migration runs once.
     let (a, b) = tokio::join!(
-        tokio::task::spawn_blocking({ let run = run.clone(); move || run(&["migrate"]) }),
+        tokio::task::spawn_blocking({
+            let run = run.clone();
+            move || run(&["migrate"])
+        }),
         tokio::task::spawn_blocking(move || run(&["migrate"])),
     );
     let (a, b) = (a.unwrap(), b.unwrap());
-    assert!(a.status.success() && b.status.success(), "{}{}", String::from_utf8_lossy(&a.stderr), String::from_utf8_lossy(&b.stderr));
+    assert!(
+        a.status.success() && b.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&a.stderr),
+        String::from_utf8_lossy(&b.stderr)
+    );
     let admin = db.admin().await.unwrap();
     let rows = count(&admin, "SELECT count(*) FROM mana_ai.schema_migrations").await;
     assert_eq!(rows as usize, mana_ai::db::migrate::MIGRATIONS.len());

@@ -9,11 +9,8 @@ use anyhow::{bail, Context};
 use sha2::{Digest, Sha256};
 
 /// (version, name, SQL) in order.
-pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "snapshots",
-    include_str!("../../sql/0001_snapshots.sql"),
-)];
+pub const MIGRATIONS: &[(i32, &str, &str)] =
+    &[(1, "snapshots", include_str!("../../sql/0001_snapshots.sql"))];
 
 /// Arbitrary constant: the advisory lock key of migrations ("manaaimi").
 const MIGRATION_LOCK: i64 = 0x6d61_6e61_6169_6d69;
@@ -37,7 +34,7 @@ pub async fn migrate(client: &mut tokio_postgres::Client) -> anyhow::Result<Repo
     let row = client
         .query_one(
             "SELECT to_regnamespace('mana_ai') IS NOT NULL,
-                    coalesce(has_schema_privilege('mana_ai', 'CREATE'), false)",
+                    coalesce(has_schema_privilege(to_regnamespace('mana_ai')::oid, 'CREATE'), false)",
             &[],
         )
         .await
@@ -74,7 +71,11 @@ pub async fn migrate(client: &mut tokio_postgres::Client) -> anyhow::Result<Repo
         let sum = checksum(sql);
         if let Some(row) = done.iter().find(|r| r.get::<_, i32>(0) == *version) {
             if row.get::<_, String>(1) != sum {
-                tracing::warn!(version, name, "migration file changed after it was applied; not re-applied");
+                tracing::warn!(
+                    version,
+                    name,
+                    "migration file changed after it was applied; not re-applied"
+                );
             }
             report.already += 1;
             continue;

@@ -65,7 +65,9 @@ impl From<anyhow::Error> for ApplyError {
 /// an index): errors one row can cause. Anything else would fail for every
 /// row, so setting rows aside for it would only lose work.
 fn is_row_specific(sqlstate: &str) -> bool {
-    ["22", "23", "54"].iter().any(|class| sqlstate.starts_with(class))
+    ["22", "23", "54"]
+        .iter()
+        .any(|class| sqlstate.starts_with(class))
 }
 
 /// Counts of what one batch did.
@@ -112,7 +114,12 @@ impl Applier {
 
     /// Runs until `shutdown`: drains at start, on every wake-up (a
     /// notification or a listener reconnect) and on every safety sweep.
-    pub async fn run(mut self, wake: Arc<Notify>, sweep_every: Duration, shutdown: CancellationToken) {
+    pub async fn run(
+        mut self,
+        wake: Arc<Notify>,
+        sweep_every: Duration,
+        shutdown: CancellationToken,
+    ) {
         let mut sweep = tokio::time::interval(sweep_every);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         sweep.tick().await;
@@ -128,7 +135,10 @@ impl Applier {
                     backoff = Duration::from_millis(100);
                     if from_sweep && n > 0 {
                         self.metrics.sweep_rows_found.inc_by(n as u64);
-                        tracing::warn!(rows = n, "safety sweep found queued changes no notification announced");
+                        tracing::warn!(
+                            rows = n,
+                            "safety sweep found queued changes no notification announced"
+                        );
                     }
                 }
                 Err(e) => {
@@ -233,9 +243,13 @@ impl Applier {
         let now = self.clock.now();
         for queued in &queued_at {
             let latency = (now - *queued).num_microseconds().unwrap_or(0).max(0);
-            self.metrics.change_to_snapshot.observe(latency as f64 / 1e6);
+            self.metrics
+                .change_to_snapshot
+                .observe(latency as f64 / 1e6);
         }
-        self.metrics.snapshot_rows_applied.inc_by(queued_at.len() as u64);
+        self.metrics
+            .snapshot_rows_applied
+            .inc_by(queued_at.len() as u64);
         for d in dead.drain(..) {
             self.note_poison(&d);
         }

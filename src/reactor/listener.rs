@@ -57,7 +57,11 @@ impl Listener {
     }
 
     /// One connection's life: Ok on shutdown, Err when it must reconnect.
-    async fn session(&self, shutdown: &CancellationToken, backoff: &mut Duration) -> anyhow::Result<()> {
+    async fn session(
+        &self,
+        shutdown: &CancellationToken,
+        backoff: &mut Duration,
+    ) -> anyhow::Result<()> {
         let mut config: tokio_postgres::Config = self
             .url
             .expose()
@@ -144,7 +148,9 @@ impl Listener {
             )
             .await
             .context("checking pg_listening_channels()")?;
-        let offset = self.clock.record_sample(sent, row.get(0), chrono::Utc::now());
+        let offset = self
+            .clock
+            .record_sample(sent, row.get(0), chrono::Utc::now());
         self.metrics
             .clock_offset_seconds
             .set(offset.num_microseconds().unwrap_or(0) as f64 / 1e6);

@@ -73,7 +73,9 @@ pub async fn rebuild_wheel(pool: &Pool, wheel: &WheelHandle) -> anyhow::Result<u
         });
         if chunk.len() == chunk.capacity() {
             total += chunk.len();
-            wheel.apply(std::mem::replace(&mut chunk, Vec::with_capacity(10_000))).await;
+            wheel
+                .apply(std::mem::replace(&mut chunk, Vec::with_capacity(10_000)))
+                .await;
         }
     }
     total += chunk.len();
@@ -103,7 +105,11 @@ pub async fn start(
     );
     let started = std::time::Instant::now();
     let rebuilt = rebuild_wheel(&pool, &wheel).await?;
-    tracing::info!(missions = rebuilt, elapsed_ms = started.elapsed().as_millis() as u64, "timer wheel rebuilt");
+    tracing::info!(
+        missions = rebuilt,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "timer wheel rebuilt"
+    );
 
     let wake = Arc::new(Notify::new());
     let applier = applier::Applier::new(
@@ -115,11 +121,8 @@ pub async fn start(
         config.max_field_bytes,
     );
     let processed = applier.processed.subscribe();
-    let applier_task = tokio::spawn(applier.run(
-        wake.clone(),
-        config.sweep_interval,
-        shutdown.clone(),
-    ));
+    let applier_task =
+        tokio::spawn(applier.run(wake.clone(), config.sweep_interval, shutdown.clone()));
     let listener = listener::Listener {
         url: config.listen_database_url.clone(),
         channel: config.listen_channel.clone(),

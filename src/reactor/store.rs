@@ -30,7 +30,10 @@ pub struct QueueRow {
 /// commits with the snapshot writes or not at all, so each change is applied
 /// exactly once. Only the leader applies; a second applier would block on the
 /// row locks and then find the rows gone, never apply them twice.
-pub async fn claim(tx: &Transaction<'_>, limit: i64) -> Result<Vec<QueueRow>, tokio_postgres::Error> {
+pub async fn claim(
+    tx: &Transaction<'_>,
+    limit: i64,
+) -> Result<Vec<QueueRow>, tokio_postgres::Error> {
     let rows = tx
         .query(
             "DELETE FROM mana_ai.change_queue
@@ -54,7 +57,8 @@ pub async fn claim(tx: &Transaction<'_>, limit: i64) -> Result<Vec<QueueRow>, to
 }
 
 /// Reads change rows by id; run after `set_user` so RLS limits it to one user.
-pub const READ_CHANGES: &str = "SELECT id, app_id, table_name, record_id, op, data, field_timestamps, created_at
+pub const READ_CHANGES: &str =
+    "SELECT id, app_id, table_name, record_id, op, data, field_timestamps, created_at
      FROM public.sync_changes WHERE id = ANY($1)";
 
 /// Sets the RLS scope for the statements that follow in the transaction.
@@ -230,7 +234,10 @@ pub async fn insert_dead(
     let queue_ids: Vec<i64> = dead.iter().map(|d| d.queue.id).collect();
     let change_ids: Vec<Uuid> = dead.iter().map(|d| d.queue.change_id).collect();
     let users: Vec<&str> = dead.iter().map(|d| clip(&d.queue.user_id, 512)).collect();
-    let tables: Vec<&str> = dead.iter().map(|d| clip(&d.queue.table_name, 200)).collect();
+    let tables: Vec<&str> = dead
+        .iter()
+        .map(|d| clip(&d.queue.table_name, 200))
+        .collect();
     let records: Vec<Option<&str>> = dead
         .iter()
         .map(|d| d.record_id.as_deref().map(|r| clip(r, 200)))
@@ -264,8 +271,10 @@ pub async fn delete_queue_row(tx: &Transaction<'_>, id: i64) -> Result<u64, toki
 /// the wheel rebuild reads a million rows without holding them all.
 pub async fn armable_missions(
     client: &impl GenericClient,
-) -> Result<impl Stream<Item = Result<(String, String, String), tokio_postgres::Error>>, tokio_postgres::Error>
-{
+) -> Result<
+    impl Stream<Item = Result<(String, String, String), tokio_postgres::Error>>,
+    tokio_postgres::Error,
+> {
     let params: [&str; 0] = [];
     let rows = client
         .query_raw(
@@ -278,7 +287,9 @@ pub async fn armable_missions(
 }
 
 /// Queue depth and NOTIFY queue usage, read at scrape time.
-pub async fn queue_gauges(client: &impl GenericClient) -> Result<(i64, f64), tokio_postgres::Error> {
+pub async fn queue_gauges(
+    client: &impl GenericClient,
+) -> Result<(i64, f64), tokio_postgres::Error> {
     let row = client
         .query_one(
             "SELECT (SELECT count(*) FROM mana_ai.change_queue), pg_notification_queue_usage()",

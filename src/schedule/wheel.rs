@@ -352,13 +352,19 @@ mod tests {
     async fn fires_at_next_run_and_not_before() {
         let mut w = wheel();
         let due = start() + chrono::Duration::seconds(60);
-        assert_eq!(w.arm(MissionKey::new("u", "m"), &iso(due)), ArmOutcome::Armed);
+        assert_eq!(
+            w.arm(MissionKey::new("u", "m"), &iso(due)),
+            ArmOutcome::Armed
+        );
         assert_eq!(w.armed_at(&MissionKey::new("u", "m")), Some(due));
         advance(Duration::from_millis(59_990)).await;
         assert!(w.next_due().now_or_never().is_none());
         advance(Duration::from_millis(20)).await;
         let fired = w.next_due().now_or_never().expect("due now");
-        assert_eq!((fired.user_id.as_str(), fired.mission_id.as_str()), ("u", "m"));
+        assert_eq!(
+            (fired.user_id.as_str(), fired.mission_id.as_str()),
+            ("u", "m")
+        );
         assert_eq!(fired.due_at, due);
         assert!(w.is_empty(), "a fired mission leaves the wheel");
     }
@@ -391,7 +397,10 @@ mod tests {
         w.arm(k.clone(), &iso(start() + chrono::Duration::seconds(50)));
         assert_eq!(w.len(), 1);
         advance(Duration::from_secs(10)).await;
-        assert!(w.next_due().now_or_never().is_none(), "old time no longer fires");
+        assert!(
+            w.next_due().now_or_never().is_none(),
+            "old time no longer fires"
+        );
         advance(Duration::from_secs(41)).await;
         assert!(w.next_due().now_or_never().is_some());
         w.arm(k.clone(), &iso(start() + chrono::Duration::seconds(100)));
@@ -405,7 +414,10 @@ mod tests {
     async fn times_beyond_the_horizon_are_held_and_fire_on_time() {
         let mut w = wheel();
         let far = start() + chrono::Duration::days(800);
-        assert_eq!(w.arm(MissionKey::new("u", "m"), &iso(far)), ArmOutcome::Armed);
+        assert_eq!(
+            w.arm(MissionKey::new("u", "m"), &iso(far)),
+            ArmOutcome::Armed
+        );
         advance(HORIZON + Duration::from_secs(1)).await;
         assert!(w.next_due().now_or_never().is_none(), "held at the horizon");
         assert_eq!(w.armed_at(&MissionKey::new("u", "m")), Some(far));

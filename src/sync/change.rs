@@ -227,8 +227,11 @@ mod tests {
 
     #[test]
     fn a_good_change_passes() {
-        let v = validate(raw(json!({"title": "x", "nextRunAt": "2026-01-01T00:00:00.000Z"})), 1024)
-            .unwrap();
+        let v = validate(
+            raw(json!({"title": "x", "nextRunAt": "2026-01-01T00:00:00.000Z"})),
+            1024,
+        )
+        .unwrap();
         assert_eq!(v.kind, Kind::Mission);
         assert_eq!(v.row.data["title"], "x");
     }
@@ -236,17 +239,32 @@ mod tests {
     #[test]
     fn each_poison_has_its_reason() {
         let mut r = raw(json!([1, 2]));
-        assert_eq!(validate(r.clone(), 1024).unwrap_err().reason(), "data-not-object");
+        assert_eq!(
+            validate(r.clone(), 1024).unwrap_err().reason(),
+            "data-not-object"
+        );
         r.data = Some(json!({"nextRunAt": 5}));
-        assert_eq!(validate(r.clone(), 1024).unwrap_err().reason(), "next-run-at-not-string");
+        assert_eq!(
+            validate(r.clone(), 1024).unwrap_err().reason(),
+            "next-run-at-not-string"
+        );
         r.data = Some(json!({"big": "x".repeat(2000)}));
-        assert_eq!(validate(r.clone(), 1024).unwrap_err().reason(), "field-too-large");
+        assert_eq!(
+            validate(r.clone(), 1024).unwrap_err().reason(),
+            "field-too-large"
+        );
         r.data = Some(json!({}));
         r.op = "upsert".into();
-        assert_eq!(validate(r.clone(), 1024).unwrap_err().reason(), "unknown-op");
+        assert_eq!(
+            validate(r.clone(), 1024).unwrap_err().reason(),
+            "unknown-op"
+        );
         r.op = "update".into();
         r.record_id = "r".repeat(10_000);
-        assert_eq!(validate(r.clone(), 1024).unwrap_err().reason(), "record-id-too-long");
+        assert_eq!(
+            validate(r.clone(), 1024).unwrap_err().reason(),
+            "record-id-too-long"
+        );
         r.record_id = "m1".into();
         r.field_timestamps = Some(json!("yesterday"));
         assert_eq!(

@@ -30,14 +30,18 @@ pub struct TestDb {
 }
 
 pub async fn setup() -> TestDb {
-    let db = TempDb::create(server(), "mana_ai_t").await.expect("test database");
+    let db = TempDb::create(server(), "mana_ai_t")
+        .await
+        .expect("test database");
     let admin = db.admin().await.unwrap();
     mana_ai::triggers::install(&admin, SERVICE_ROLE)
         .await
         .expect("install.sql");
     let pool = mana_ai::db::pool(&db.url_as(SERVICE_ROLE), 4, "mana-ai-test").unwrap();
     let mut client = pool.get().await.unwrap();
-    mana_ai::db::migrate::migrate(&mut client).await.expect("migrations");
+    mana_ai::db::migrate::migrate(&mut client)
+        .await
+        .expect("migrations");
     drop(client);
     TestDb { db, pool }
 }
