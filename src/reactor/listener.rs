@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use futures_util::StreamExt;
 use rand::Rng;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tokio_postgres::{AsyncMessage, NoTls};
 use tokio_util::sync::CancellationToken;
 
@@ -31,6 +31,8 @@ pub struct Listener {
     pub wake: Arc<Notify>,
     pub metrics: Arc<Metrics>,
     pub clock: Arc<DbClock>,
+    /// True while LISTEN is registered (health checks and tests wait on it).
+    pub connected: watch::Sender<bool>,
 }
 
 impl Listener {
@@ -42,6 +44,7 @@ impl Listener {
                 Ok(()) => return,
                 Err(e) => {
                     self.metrics.listener_connected.set(0);
+                    self.connected.send_replace(false);
                     self.metrics.listener_reconnects.inc();
                     let jitter = rand::rng().random_range(0.8..1.2);
                     let wait = backoff.mul_f64(jitter);
@@ -92,6 +95,7 @@ impl Listener {
             self.listen(&client).await?;
             *backoff = Duration::from_secs(1);
             self.metrics.listener_connected.set(1);
+            self.connected.send_replace(true);
             tracing::info!(channel = %self.channel, "listening");
             self.wake.notify_one();
             let mut heartbeat = tokio::time::interval(self.heartbeat);

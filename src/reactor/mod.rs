@@ -28,6 +28,8 @@ pub struct Reactor {
     pub wheel: WheelHandle,
     /// Queue rows processed so far (applied or set aside).
     pub processed: watch::Receiver<u64>,
+    /// True while the listener's LISTEN is registered.
+    pub listening: watch::Receiver<bool>,
     /// Missions armed by the start-up rebuild.
     pub rebuilt: usize,
     shutdown: CancellationToken,
@@ -41,6 +43,11 @@ impl Reactor {
         for task in self.tasks {
             let _ = task.await;
         }
+    }
+
+    /// Waits until the listener is registered.
+    pub async fn wait_listening(&mut self) {
+        let _ = self.listening.wait_for(|up| *up).await;
     }
 
     /// Waits until at least `n` queue rows have been processed.
@@ -123,6 +130,7 @@ pub async fn start(
     let processed = applier.processed.subscribe();
     let applier_task =
         tokio::spawn(applier.run(wake.clone(), config.sweep_interval, shutdown.clone()));
+    let (connected, listening) = watch::channel(false);
     let listener = listener::Listener {
         url: config.listen_database_url.clone(),
         channel: config.listen_channel.clone(),
@@ -130,11 +138,13 @@ pub async fn start(
         wake,
         metrics,
         clock,
+        connected,
     };
     let listener_task = tokio::spawn(listener.run(shutdown.clone()));
     Ok(Reactor {
         wheel,
         processed,
+        listening,
         rebuilt,
         shutdown,
         tasks: vec![listener_task, applier_task, wheel_task],

@@ -77,6 +77,10 @@ impl TestDb {
         )
         .await
         .expect("reactor starts");
+        let mut reactor = reactor;
+        tokio::time::timeout(Duration::from_secs(30), reactor.wait_listening())
+            .await
+            .expect("the listener registers within 30 s");
         Running {
             reactor,
             metrics,
