@@ -81,6 +81,39 @@ pub struct Config {
     /// `MANA_AI_LISTEN_CHANNEL`: the NOTIFY channel (tests point it elsewhere
     /// to prove the safety sweep works without notifications).
     pub listen_channel: String,
+    /// `MANA_SERVICE_KEY`: Bearer key for mana-llm and the `X-Service-Key` of
+    /// `/internal/*`. Empty: internal routes refuse every request.
+    pub service_key: Secret,
+    /// `MANA_LLM_URL`: OpenAI-compatible gateway (mana-llm).
+    pub llm_url: String,
+    /// `MANA_LLM_MODEL`: model name sent to the gateway.
+    pub llm_model: String,
+    /// `MANA_LLM_TIMEOUT_SECS`: per request.
+    pub llm_timeout: Duration,
+    /// `MANA_LLM_MAX_ATTEMPTS`: tries per run for retryable failures.
+    pub llm_max_attempts: u32,
+    /// `MANA_API_URL`: mana-api, for the research pre-step.
+    pub api_url: String,
+    /// `MANA_AI_PRIVATE_KEY_PEM`: PKCS#8 PEM that unwraps mission key-grants.
+    pub private_key_pem: Secret,
+    /// `MANA_AI_REQUIRE_GRANTS`: refuse to start when the key is missing or bad.
+    pub require_grants: bool,
+    /// `MANA_AI_TOOL_CATALOG`: a webapp-exported tool catalog instead of the built-in one.
+    pub tool_catalog: Option<std::path::PathBuf>,
+    /// `MANA_AI_MAX_CONCURRENT_RUNS`: mission runs in flight at once.
+    pub max_concurrent_runs: usize,
+    /// `MANA_AI_MAX_FAILURES`: consecutive failed runs before a `failed` iteration.
+    pub max_failures: u32,
+    /// `MANA_AUTH_JWKS_URL`: mana-auth's JWKS for the audit API.
+    pub jwks_url: Option<String>,
+    /// `MANA_AUTH_ISSUER`: required `iss` of user tokens, when set.
+    pub jwt_issuer: Option<String>,
+    /// `MANA_AUTH_AUDIENCE`: required `aud` of user tokens, when set.
+    pub jwt_audience: Option<String>,
+    /// `MANA_AI_SHUTDOWN_GRACE_SECS`: how long runs in flight may finish on SIGTERM.
+    pub shutdown_grace: Duration,
+    /// `MANA_AI_LEADER_RETRY_SECS`: how often a standby tries to become leader.
+    pub leader_retry: Duration,
 }
 
 impl Config {
@@ -153,8 +186,60 @@ impl Config {
             )?,
             default_timezone,
             listen_channel,
+            service_key: Secret::new(get("MANA_SERVICE_KEY").unwrap_or_default()),
+            llm_url: parse_http_url(&get, "MANA_LLM_URL", "http://localhost:3020")?,
+            llm_model: get("MANA_LLM_MODEL").unwrap_or_else(|| "default".into()),
+            llm_timeout: Duration::from_secs(parse_num(
+                &get,
+                "MANA_LLM_TIMEOUT_SECS",
+                60u64,
+                1..=600,
+            )?),
+            llm_max_attempts: parse_num(&get, "MANA_LLM_MAX_ATTEMPTS", 3u32, 1..=10)?,
+            api_url: parse_http_url(&get, "MANA_API_URL", "http://localhost:3060")?,
+            private_key_pem: Secret::new(get("MANA_AI_PRIVATE_KEY_PEM").unwrap_or_default()),
+            require_grants: parse_bool(&get, "MANA_AI_REQUIRE_GRANTS", false)?,
+            tool_catalog: get("MANA_AI_TOOL_CATALOG").map(std::path::PathBuf::from),
+            max_concurrent_runs: parse_num(&get, "MANA_AI_MAX_CONCURRENT_RUNS", 8usize, 1..=1024)?,
+            max_failures: parse_num(&get, "MANA_AI_MAX_FAILURES", 3u32, 1..=100)?,
+            jwks_url: match get("MANA_AUTH_JWKS_URL") {
+                Some(_) => Some(parse_http_url(&get, "MANA_AUTH_JWKS_URL", "")?),
+                None => None,
+            },
+            jwt_issuer: get("MANA_AUTH_ISSUER"),
+            jwt_audience: get("MANA_AUTH_AUDIENCE"),
+            shutdown_grace: Duration::from_secs(parse_num(
+                &get,
+                "MANA_AI_SHUTDOWN_GRACE_SECS",
+                30u64,
+                0..=3_600,
+            )?),
+            leader_retry: Duration::from_secs(parse_num(
+                &get,
+                "MANA_AI_LEADER_RETRY_SECS",
+                3u64,
+                1..=60,
+            )?),
         })
     }
+}
+
+/// An http(s) base URL without a trailing slash.
+fn parse_http_url(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: &str,
+) -> Result<String, ConfigError> {
+    let raw = get(var).unwrap_or_else(|| default.to_string());
+    let url = raw.trim().trim_end_matches('/').to_string();
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| err(var, format!("{raw:?} is not an http(s) URL")))?;
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err(err(var, format!("{raw:?} has no host")));
+    }
+    Ok(url)
 }
 
 fn check_pg_url(var: &'static str, url: &str) -> Result<(), ConfigError> {
@@ -234,6 +319,9 @@ mod tests {
         assert_eq!(c.default_timezone, chrono_tz::Europe::Berlin);
         assert_eq!(c.listen_database_url, c.database_url);
         assert_eq!(c.listen_channel, DEFAULT_CHANNEL);
+        assert_eq!(c.llm_url, "http://localhost:3020");
+        assert_eq!(c.api_url, "http://localhost:3060");
+        assert!(c.service_key.is_empty());
     }
 
     #[test]
@@ -253,6 +341,9 @@ mod tests {
             ("MANA_AI_APPLY_BATCH", "0"),
             ("MANA_AI_LISTEN_CHANNEL", "bad channel; drop"),
             ("MANA_AI_LISTEN_DATABASE_URL", "postgres://host:notaport/db"),
+            ("MANA_LLM_URL", "localhost:3020"),
+            ("MANA_AUTH_JWKS_URL", "ftp://auth/jwks"),
+            ("MANA_AI_MAX_CONCURRENT_RUNS", "0"),
         ] {
             let e = config(&[URL, (var, value)]).unwrap_err();
             assert_eq!(e.var, var, "{e}");
@@ -270,7 +361,8 @@ mod tests {
 
     #[test]
     fn debug_never_prints_the_password() {
-        let c = config(&[URL]).unwrap();
-        assert!(!format!("{c:?}").contains("pw@"));
+        let c = config(&[URL, ("MANA_SERVICE_KEY", "sk-very-secret")]).unwrap();
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("pw@") && !debug.contains("sk-very-secret"));
     }
 }

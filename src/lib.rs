@@ -4,6 +4,7 @@
 //! folds just that change into snapshot rows and keeps every active mission
 //! in a timer wheel that fires at its `nextRunAt`. See `DESIGN.md`.
 
+pub mod audit;
 pub mod config;
 pub mod crypto;
 pub mod db;
@@ -11,6 +12,7 @@ pub mod metrics;
 pub mod pgenv;
 pub mod planner;
 pub mod reactor;
+pub mod run;
 pub mod schedule;
 pub mod service;
 pub mod sync;

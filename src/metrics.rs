@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 
 const NAMESPACE: &str = "mana_ai";
@@ -40,6 +40,30 @@ pub struct Metrics {
     pub missions_due: IntCounter,
     pub wheel_unparseable: IntCounter,
     pub due_to_start: Histogram,
+    // -- mission runs (contract names) --
+    pub ticks: IntCounter,
+    pub tick_duration: Histogram,
+    pub plans_produced: IntCounter,
+    pub plans_written_back: IntCounter,
+    pub parse_failures: IntCounter,
+    pub mission_errors: IntCounter,
+    pub planner_request_duration: Histogram,
+    pub agent_decisions: IntCounterVec,
+    pub tokens_used: IntCounterVec,
+    pub runs_in_flight: IntGauge,
+    pub run_panics: IntCounter,
+    pub run_outcomes: IntCounterVec,
+    pub research_failures: IntCounter,
+    // -- grants (contract names) --
+    pub decrypts: IntCounterVec,
+    pub grant_scope_violations: IntCounterVec,
+    pub grant_skips: IntCounterVec,
+    pub audit_write_failures: IntCounter,
+    // -- HTTP (contract names; `path` is the route template) --
+    pub http_requests: IntCounterVec,
+    pub http_request_duration: HistogramVec,
+    // -- leadership --
+    pub is_leader: IntGauge,
     /// Unix milliseconds of the last notification (0 = none yet); turned
     /// into `seconds_since_notification` at scrape time.
     last_notification_ms: AtomicI64,
@@ -126,6 +150,18 @@ impl Metrics {
             "due_to_start_seconds",
             "From a mission's nextRunAt to its timer handing it to the runner",
         );
+        let http_request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "http_request_duration_seconds",
+                "HTTP request duration by method, route template and status",
+            )
+            .namespace(NAMESPACE)
+            .buckets(latency_buckets()),
+            &["method", "path", "status"],
+        )
+        .expect("static metric definition is valid");
+        r.register(Box::new(http_request_duration.clone()))
+            .expect("metric names are unique");
         Arc::new(Metrics {
             notifications_received: counter(r, "notifications_received_total", "NOTIFY messages received on the listen channel"),
             listener_reconnects: counter(r, "listener_reconnects_total", "Times the LISTEN connection was lost or failed and is being re-established"),
@@ -145,6 +181,26 @@ impl Metrics {
             missions_due: counter(r, "missions_due_total", "Timers fired: missions handed to the runner"),
             wheel_unparseable: counter(r, "wheel_unparseable_next_run_total", "Missions not armed because nextRunAt is not an ISO-8601 time"),
             due_to_start,
+            ticks: counter(r, "ticks_total", "Runs of every due mission requested through /internal/tick"),
+            tick_duration: histogram(r, "tick_duration_seconds", "Duration of /internal/tick runs"),
+            plans_produced: counter(r, "plans_produced_total", "Planner answers parsed into a plan"),
+            plans_written_back: counter(r, "plans_written_back_total", "Iterations written back to sync_changes"),
+            parse_failures: counter(r, "parse_failures_total", "Planner answers that failed the strict parser"),
+            mission_errors: counter(r, "mission_errors_total", "Mission runs that failed (LLM, database, panic)"),
+            planner_request_duration: histogram(r, "planner_request_duration_seconds", "Duration of one LLM call including retries"),
+            agent_decisions: counter_vec(r, "agent_decisions_total", "Agent gate decisions per run", &["decision"]),
+            tokens_used: counter_vec(r, "tokens_used_total", "LLM tokens used, by agent", &["agent_id"]),
+            runs_in_flight: int_gauge(r, "runs_in_flight", "Mission runs currently executing"),
+            run_panics: counter(r, "run_panics_total", "Mission runs that panicked (caught; the reactor went on)"),
+            run_outcomes: counter_vec(r, "run_outcomes_total", "Finished mission runs by outcome", &["outcome"]),
+            research_failures: counter(r, "research_failures_total", "Research pre-steps that failed (planning went on without them)"),
+            decrypts: counter_vec(r, "decrypts_total", "Records decrypted under a key-grant, by table", &["table"]),
+            grant_scope_violations: counter_vec(r, "grant_scope_violations_total", "Inputs outside their grant's allowlist (alert above 0)", &["table"]),
+            grant_skips: counter_vec(r, "grant_skips_total", "Grants not used, by reason", &["reason"]),
+            audit_write_failures: counter(r, "audit_write_failures_total", "decrypt_audit rows that could not be written"),
+            http_requests: counter_vec(r, "http_requests_total", "HTTP requests by method, route template and status", &["method", "path", "status"]),
+            http_request_duration,
+            is_leader: int_gauge(r, "is_leader", "1 while this instance holds the leader lock"),
             last_notification_ms: AtomicI64::new(0),
             registry,
         })
