@@ -35,6 +35,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         Arc::new(DbClock::new()),
         due_tx,
         stop.clone(),
+        reactor::Hooks::default(),
     )
     .await?;
     let runner = tokio::spawn(hand_off_due(due_rx, config.tick_enabled));

@@ -90,6 +90,12 @@ pub async fn rebuild_wheel(pool: &Pool, wheel: &WheelHandle) -> anyhow::Result<u
     Ok(total)
 }
 
+/// Optional observers of the reactor's work (benchmarks, tests).
+#[derive(Default)]
+pub struct Hooks {
+    pub applied: Option<mpsc::UnboundedSender<applier::Applied>>,
+}
+
 /// Starts the reactor; it runs until `shutdown` is cancelled.
 pub async fn start(
     config: &Config,
@@ -98,6 +104,7 @@ pub async fn start(
     clock: Arc<DbClock>,
     due_tx: mpsc::UnboundedSender<DueMission>,
     shutdown: CancellationToken,
+    hooks: Hooks,
 ) -> anyhow::Result<Reactor> {
     let offset = measure_clock(&pool, &clock).await?;
     metrics
@@ -119,7 +126,7 @@ pub async fn start(
     );
 
     let wake = Arc::new(Notify::new());
-    let applier = applier::Applier::new(
+    let mut applier = applier::Applier::new(
         pool,
         wheel.clone(),
         metrics.clone(),
@@ -127,6 +134,7 @@ pub async fn start(
         config.apply_batch,
         config.max_field_bytes,
     );
+    applier.observer = hooks.applied;
     let processed = applier.processed.subscribe();
     let applier_task =
         tokio::spawn(applier.run(wake.clone(), config.sweep_interval, shutdown.clone()));

@@ -74,6 +74,7 @@ impl TestDb {
             Arc::new(DbClock::new()),
             due_tx,
             shutdown,
+            reactor::Hooks::default(),
         )
         .await
         .expect("reactor starts");
