@@ -4,9 +4,11 @@
 //! records into a prompt and an answer into a plan, and is tested in place.
 
 pub mod history;
+pub mod llm;
 pub mod parser;
 pub mod policy;
 pub mod prompt;
+pub mod research;
 pub mod research_trigger;
 mod text;
 pub mod tools;
