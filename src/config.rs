@@ -110,6 +110,9 @@ pub struct Config {
     pub jwt_issuer: Option<String>,
     /// `MANA_AUTH_AUDIENCE`: required `aud` of user tokens, when set.
     pub jwt_audience: Option<String>,
+    /// `MANA_AI_RETRY_BACKOFF_SECS`: waits after the 1st, 2nd, ... failed
+    /// run of a slot, comma-separated (the last repeats).
+    pub retry_backoff: Vec<Duration>,
     /// `MANA_AI_SHUTDOWN_GRACE_SECS`: how long runs in flight may finish on SIGTERM.
     pub shutdown_grace: Duration,
     /// `MANA_AI_LEADER_RETRY_SECS`: how often a standby tries to become leader.
@@ -208,6 +211,7 @@ impl Config {
             },
             jwt_issuer: get("MANA_AUTH_ISSUER"),
             jwt_audience: get("MANA_AUTH_AUDIENCE"),
+            retry_backoff: parse_backoff(&get)?,
             shutdown_grace: Duration::from_secs(parse_num(
                 &get,
                 "MANA_AI_SHUTDOWN_GRACE_SECS",
@@ -240,6 +244,22 @@ fn parse_http_url(
         return Err(err(var, format!("{raw:?} has no host")));
     }
     Ok(url)
+}
+
+fn parse_backoff(get: &impl Fn(&str) -> Option<String>) -> Result<Vec<Duration>, ConfigError> {
+    const VAR: &str = "MANA_AI_RETRY_BACKOFF_SECS";
+    let raw = get(VAR).unwrap_or_else(|| "60,300,900".into());
+    raw.split(',')
+        .map(|part| match part.trim().parse::<f64>() {
+            Ok(secs) if secs.is_finite() && secs > 0.0 && secs <= 86_400.0 => {
+                Ok(Duration::from_secs_f64(secs))
+            }
+            _ => Err(err(
+                VAR,
+                format!("{part:?} is not a number of seconds in (0, 86400]"),
+            )),
+        })
+        .collect()
 }
 
 fn check_pg_url(var: &'static str, url: &str) -> Result<(), ConfigError> {
@@ -344,6 +364,7 @@ mod tests {
             ("MANA_LLM_URL", "localhost:3020"),
             ("MANA_AUTH_JWKS_URL", "ftp://auth/jwks"),
             ("MANA_AI_MAX_CONCURRENT_RUNS", "0"),
+            ("MANA_AI_RETRY_BACKOFF_SECS", "60,,900"),
         ] {
             let e = config(&[URL, (var, value)]).unwrap_err();
             assert_eq!(e.var, var, "{e}");

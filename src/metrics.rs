@@ -148,7 +148,7 @@ impl Metrics {
         let due_to_start = histogram(
             r,
             "due_to_start_seconds",
-            "From a mission's nextRunAt to its timer handing it to the runner",
+            "From a mission's nextRunAt to its run starting (timer-triggered runs)",
         );
         let http_request_duration = HistogramVec::new(
             HistogramOpts::new(

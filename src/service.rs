@@ -1,22 +1,245 @@
 //! `mana-ai serve`: everything one process runs, wired together.
+//!
+//! Any number of instances may run against one database. Each serves HTTP;
+//! one leads, through a session advisory lock held on a dedicated
+//! connection, and only the leader listens, applies and runs missions. The
+//! others retry the lock every `MANA_AI_LEADER_RETRY_SECS`. A leader that
+//! loses its lock connection stops at once (another may already lead; the
+//! slot claim's token keeps a zombie from writing).
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::mpsc;
+use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::crypto::GrantKey;
 use crate::db;
 use crate::metrics::Metrics;
-use crate::reactor;
-use crate::schedule::clock::DbClock;
-use crate::schedule::wheel::DueMission;
+use crate::planner::llm::{LlmClient, LlmConfig, ServiceKey};
+use crate::planner::research::{ResearchClient, DEFAULT_DISCOVER_TIMEOUT, DEFAULT_SEARCH_TIMEOUT};
+use crate::planner::ToolCatalog;
+use crate::reactor::{self, Reactor};
+use crate::run::{Planner, Runner, RunnerDeps};
+use crate::schedule::clock::{Clock, DbClock};
+use crate::schedule::wheel::WheelHandle;
+
+/// Advisory lock key of the leader ("manaaild").
+pub const LEADER_LOCK: i64 = 0x6d61_6e61_6169_6c64;
+
+/// Loads the grant key: a bad or missing key turns grants off with a
+/// warning, or stops the start when `MANA_AI_REQUIRE_GRANTS=true`.
+pub fn load_grant_key(config: &Config) -> anyhow::Result<Option<GrantKey>> {
+    if config.private_key_pem.is_empty() {
+        if config.require_grants {
+            anyhow::bail!("MANA_AI_PRIVATE_KEY_PEM: is not set, and MANA_AI_REQUIRE_GRANTS=true");
+        }
+        tracing::info!("MANA_AI_PRIVATE_KEY_PEM not set: mission grants are off");
+        return Ok(None);
+    }
+    match GrantKey::from_pkcs8_pem(config.private_key_pem.expose()) {
+        Ok(key) => Ok(Some(key)),
+        Err(e) if config.require_grants => Err(anyhow::anyhow!("MANA_AI_PRIVATE_KEY_PEM: {e}")),
+        Err(e) => {
+            tracing::warn!(error = %e, "MANA_AI_PRIVATE_KEY_PEM unusable: mission grants are off");
+            Ok(None)
+        }
+    }
+}
+
+/// Loads the tool catalog: `MANA_AI_TOOL_CATALOG` or the built-in one.
+pub fn load_catalog(config: &Config) -> anyhow::Result<ToolCatalog> {
+    match &config.tool_catalog {
+        Some(path) => ToolCatalog::from_json_file(path)
+            .map_err(|e| anyhow::anyhow!("MANA_AI_TOOL_CATALOG: {e}")),
+        None => Ok(ToolCatalog::builtin()),
+    }
+}
+
+/// The LLM planner of a config.
+pub fn llm_planner(config: &Config, metrics: &Metrics) -> anyhow::Result<Planner> {
+    let mut llm = LlmConfig::new(
+        config.llm_url.clone(),
+        ServiceKey::new(config.service_key.expose()),
+        config.llm_model.clone(),
+    );
+    llm.timeout = config.llm_timeout;
+    llm.max_attempts = config.llm_max_attempts;
+    let client = LlmClient::new(llm)
+        .map_err(|e| anyhow::anyhow!("MANA_LLM_URL: {e}"))?
+        .with_duration_histogram(metrics.planner_request_duration.clone());
+    Ok(Planner::Llm(client))
+}
+
+/// Everything the runner needs that comes from configuration, checked at
+/// start so a bad catalog or key stops the process with its reason.
+pub struct RunnerSetup {
+    pub planner: Planner,
+    pub catalog: ToolCatalog,
+    pub grant_key: Option<GrantKey>,
+    pub research: Option<ResearchClient>,
+}
+
+impl RunnerSetup {
+    pub fn from_config(config: &Config, metrics: &Metrics) -> anyhow::Result<RunnerSetup> {
+        Ok(RunnerSetup {
+            planner: llm_planner(config, metrics)?,
+            catalog: load_catalog(config)?,
+            grant_key: load_grant_key(config)?,
+            research: Some(
+                ResearchClient::new(
+                    &config.api_url,
+                    DEFAULT_DISCOVER_TIMEOUT,
+                    DEFAULT_SEARCH_TIMEOUT,
+                )
+                .map_err(|e| anyhow::anyhow!("MANA_API_URL: {e}"))?,
+            ),
+        })
+    }
+
+    pub fn into_runner(
+        self,
+        config: &Config,
+        pool: deadpool_postgres::Pool,
+        metrics: Arc<Metrics>,
+        clock: Arc<dyn Clock>,
+        wheel: WheelHandle,
+        instance_id: uuid::Uuid,
+    ) -> Arc<Runner> {
+        Runner::new(RunnerDeps {
+            pool,
+            metrics,
+            clock,
+            wheel,
+            planner: self.planner,
+            research: self.research,
+            catalog: self.catalog,
+            grant_key: self.grant_key,
+            default_tz: config.default_timezone,
+            max_concurrent: config.max_concurrent_runs,
+            max_failures: config.max_failures,
+            backoff: config.retry_backoff.clone(),
+            instance_id,
+            failpoint: std::env::var("MANA_AI_FAILPOINT").ok(),
+        })
+    }
+}
+
+/// What a leader runs: the reactor and, with `TICK_ENABLED`, the runner.
+pub struct Leadership {
+    pub reactor: Reactor,
+    pub runner: Option<Arc<Runner>>,
+    runner_task: Option<tokio::task::JoinHandle<()>>,
+    stop: CancellationToken,
+}
+
+impl Leadership {
+    /// Starts the reactor and the runner on `pool`.
+    pub async fn start(
+        config: &Config,
+        pool: deadpool_postgres::Pool,
+        metrics: Arc<Metrics>,
+        setup: RunnerSetup,
+        instance_id: uuid::Uuid,
+        hooks: reactor::Hooks,
+    ) -> anyhow::Result<Leadership> {
+        let stop = CancellationToken::new();
+        let clock = Arc::new(DbClock::new());
+        let (due_tx, due_rx) = mpsc::unbounded_channel();
+        let reactor = reactor::start(
+            config,
+            pool.clone(),
+            metrics.clone(),
+            clock.clone(),
+            due_tx,
+            stop.child_token(),
+            hooks,
+        )
+        .await?;
+        let (runner, runner_task) = if config.tick_enabled {
+            let runner = setup.into_runner(
+                config,
+                pool,
+                metrics,
+                clock,
+                reactor.wheel.clone(),
+                instance_id,
+            );
+            let task = tokio::spawn(runner.clone().run_loop(
+                due_rx,
+                stop.child_token(),
+                config.shutdown_grace,
+            ));
+            (Some(runner), Some(task))
+        } else {
+            (None, None)
+        };
+        Ok(Leadership {
+            reactor,
+            runner,
+            runner_task,
+            stop,
+        })
+    }
+
+    /// Stops taking work, lets runs finish up to the grace period, stops the reactor.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        if let Some(task) = self.runner_task {
+            let _ = task.await;
+        }
+        self.reactor.stop().await;
+    }
+}
+
+/// Shared state the HTTP surface reads.
+#[derive(Default)]
+pub struct Status {
+    pub leader: AtomicBool,
+    pub runner: std::sync::Mutex<Option<Arc<Runner>>>,
+}
+
+/// Holds the leader lock on its own connection; resolves when it is lost.
+async fn acquire_leadership(
+    config: &Config,
+    stop: &CancellationToken,
+) -> Option<(tokio_postgres::Client, tokio::task::JoinHandle<()>)> {
+    loop {
+        let attempt = async {
+            let mut pg: tokio_postgres::Config = config.database_url.expose().parse()?;
+            pg.application_name("mana-ai-leader")
+                .connect_timeout(Duration::from_secs(10));
+            let (client, connection) = pg.connect(NoTls).await?;
+            let task = tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            let locked: bool = client
+                .query_one("SELECT pg_try_advisory_lock($1)", &[&LEADER_LOCK])
+                .await?
+                .get(0);
+            anyhow::Ok(locked.then_some((client, task)))
+        };
+        match attempt.await {
+            Ok(Some(held)) => return Some(held),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "leader lock attempt failed"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return None,
+            _ = tokio::time::sleep(config.leader_retry) => {}
+        }
+    }
+}
 
 /// Runs the service until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let metrics = Metrics::new();
+    let instance_id = uuid::Uuid::new_v4();
     let pool = db::pool(config.database_url.expose(), config.pool_size, "mana-ai")?;
     {
         let mut client = pool
@@ -26,39 +249,75 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         let report = db::migrate::migrate(&mut client).await?;
         tracing::info!(applied = ?report.applied, already = report.already, "migrations");
     }
+    // Checked before leading, so a bad catalog or key fails the start.
+    drop(RunnerSetup::from_config(&config, &metrics)?);
+    let status = Arc::new(Status::default());
     let stop = CancellationToken::new();
-    let (due_tx, due_rx) = mpsc::unbounded_channel();
-    let reactor = reactor::start(
-        &config,
-        pool,
+    let leading = tokio::spawn(lead_while_possible(
+        config.clone(),
+        pool.clone(),
         metrics.clone(),
-        Arc::new(DbClock::new()),
-        due_tx,
+        status.clone(),
+        instance_id,
         stop.clone(),
-        reactor::Hooks::default(),
-    )
-    .await?;
-    let runner = tokio::spawn(hand_off_due(due_rx, config.tick_enabled));
-    tracing::info!(
-        armed = reactor.rebuilt,
-        tick_enabled = config.tick_enabled,
-        "mana-ai running"
-    );
+    ));
+    tracing::info!(%instance_id, tick_enabled = config.tick_enabled, "mana-ai started");
     shutdown.await;
     tracing::info!("shutting down");
-    reactor.stop().await;
-    runner.abort();
+    stop.cancel();
+    let _ = leading.await;
+    pool.close();
     Ok(())
 }
 
-/// Where due missions go. Mission runs (planner, write-back) are the next
-/// milestone; until then each due mission is logged with its ids.
-async fn hand_off_due(mut due: mpsc::UnboundedReceiver<DueMission>, tick_enabled: bool) {
-    while let Some(mission) = due.recv().await {
-        if tick_enabled {
-            tracing::info!(user_id = %mission.user_id, mission_id = %mission.mission_id, due_at = %mission.due_at, "mission due");
-        } else {
-            tracing::debug!(mission_id = %mission.mission_id, "mission due; TICK_ENABLED=false, not run");
+/// Becomes leader whenever possible, leads until the lock or the process goes.
+pub async fn lead_while_possible(
+    config: Config,
+    pool: deadpool_postgres::Pool,
+    metrics: Arc<Metrics>,
+    status: Arc<Status>,
+    instance_id: uuid::Uuid,
+    stop: CancellationToken,
+) {
+    while let Some((lock_client, mut lock_task)) = acquire_leadership(&config, &stop).await {
+        tracing::info!(%instance_id, "leading");
+        let leadership = match RunnerSetup::from_config(&config, &metrics) {
+            Ok(setup) => {
+                Leadership::start(
+                    &config,
+                    pool.clone(),
+                    metrics.clone(),
+                    setup,
+                    instance_id,
+                    reactor::Hooks::default(),
+                )
+                .await
+            }
+            Err(e) => Err(e),
+        };
+        let leadership = match leadership {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "could not start leading; retrying");
+                drop(lock_client);
+                tokio::time::sleep(config.leader_retry).await;
+                continue;
+            }
+        };
+        status.leader.store(true, Ordering::Relaxed);
+        metrics.is_leader.set(1);
+        *status.runner.lock().unwrap_or_else(|p| p.into_inner()) = leadership.runner.clone();
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = &mut lock_task => tracing::error!("leader lock connection lost; stepping down"),
+        }
+        status.leader.store(false, Ordering::Relaxed);
+        metrics.is_leader.set(0);
+        *status.runner.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        leadership.stop().await;
+        drop(lock_client);
+        if stop.is_cancelled() {
+            return;
         }
     }
 }

@@ -9,8 +9,10 @@ use anyhow::{bail, Context};
 use sha2::{Digest, Sha256};
 
 /// (version, name, SQL) in order.
-pub const MIGRATIONS: &[(i32, &str, &str)] =
-    &[(1, "snapshots", include_str!("../../sql/0001_snapshots.sql"))];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "snapshots", include_str!("../../sql/0001_snapshots.sql")),
+    (2, "runs", include_str!("../../sql/0002_runs.sql")),
+];
 
 /// Arbitrary constant: the advisory lock key of migrations ("manaaimi").
 const MIGRATION_LOCK: i64 = 0x6d61_6e61_6169_6d69;

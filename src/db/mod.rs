@@ -33,8 +33,12 @@ pub fn pool(url: &str, size: usize, application_name: &str) -> anyhow::Result<Po
             recycling_method: RecyclingMethod::Fast,
         },
     );
+    // A bounded wait: a starved pool is an error with a cause, not a hang.
     Pool::builder(manager)
         .max_size(size)
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .wait_timeout(Some(std::time::Duration::from_secs(30)))
+        .create_timeout(Some(std::time::Duration::from_secs(10)))
         .build()
         .context("building the connection pool")
 }

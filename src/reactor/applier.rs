@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use super::store::{self, DeadChange, QueueRow, Snapshot, SnapshotKey, SnapshotWrite};
 use crate::metrics::Metrics;
 use crate::schedule::clock::Clock;
-use crate::schedule::wheel::{MissionKey, WheelHandle, WheelUpdate};
+use crate::schedule::wheel::{parse_next_run, MissionKey, WheelHandle, WheelUpdate};
 use crate::sync::change::{self, Kind, Poison, ValidChange};
 use crate::sync::fold::ChangeRow;
 
@@ -239,8 +239,19 @@ impl Applier {
                     created += 1;
                 }
                 let write = fold_into(key, snapshot.unwrap_or_default(), &rows);
-                if kind == Kind::Mission {
-                    updates.push(wheel_update(&write));
+                match kind {
+                    Kind::Mission => updates.push(wheel_update(&write)),
+                    Kind::Agent => {
+                        for (mission, next) in
+                            store::armable_missions_of_agent(&tx, &write.user_id, &write.record_id)
+                                .await?
+                        {
+                            updates.push(WheelUpdate::Arm {
+                                key: MissionKey::new(&write.user_id, &mission),
+                                next_run_at: next,
+                            });
+                        }
+                    }
                 }
                 writes.push(write);
             }
@@ -406,6 +417,7 @@ fn fold_into(key: SnapshotKey, mut snapshot: Snapshot, rows: &[ChangeRow]) -> Sn
     SnapshotWrite {
         state: text("state"),
         next_run_at: text("nextRunAt"),
+        next_run_ts: text("nextRunAt").as_deref().and_then(parse_next_run),
         agent_id: text("agentId"),
         deleted: snapshot.fold.is_deleted(),
         fold: serde_json::to_value(&snapshot.fold).unwrap_or(Value::Null),

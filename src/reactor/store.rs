@@ -148,6 +148,8 @@ pub struct SnapshotWrite {
     pub deleted: bool,
     pub state: Option<String>,
     pub next_run_at: Option<String>,
+    /// `next_run_at` parsed; None when absent or not ISO-8601.
+    pub next_run_ts: Option<DateTime<Utc>>,
     pub agent_id: Option<String>,
     pub change_count: i64,
     pub last_applied_at: DateTime<Utc>,
@@ -174,23 +176,25 @@ pub async fn upsert_snapshots(
             let states: Vec<Option<&str>> = rows.iter().map(|r| r.state.as_deref()).collect();
             let next: Vec<Option<&str>> = rows.iter().map(|r| r.next_run_at.as_deref()).collect();
             let agents: Vec<Option<&str>> = rows.iter().map(|r| r.agent_id.as_deref()).collect();
+            let next_ts: Vec<Option<DateTime<Utc>>> = rows.iter().map(|r| r.next_run_ts).collect();
             tx.execute(
                 "INSERT INTO mana_ai.mission_snapshots
                    (user_id, mission_id, record, fold_state, deleted, state, next_run_at, agent_id,
-                    change_count, last_applied_at, updated_at)
-                 SELECT u, m, r, f, d, st, n, a, c, l, now()
+                    change_count, last_applied_at, next_run_ts, updated_at)
+                 SELECT u, m, r, f, d, st, n, a, c, l, nt, now()
                  FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::jsonb[], $5::bool[],
-                             $6::text[], $7::text[], $8::text[], $9::int8[], $10::timestamptz[])
-                      AS t(u, m, r, f, d, st, n, a, c, l)
+                             $6::text[], $7::text[], $8::text[], $9::int8[], $10::timestamptz[],
+                             $11::timestamptz[])
+                      AS t(u, m, r, f, d, st, n, a, c, l, nt)
                  ON CONFLICT (user_id, mission_id) DO UPDATE SET
                    record = EXCLUDED.record, fold_state = EXCLUDED.fold_state,
                    deleted = EXCLUDED.deleted, state = EXCLUDED.state,
                    next_run_at = EXCLUDED.next_run_at, agent_id = EXCLUDED.agent_id,
-                   change_count = EXCLUDED.change_count,
+                   change_count = EXCLUDED.change_count, next_run_ts = EXCLUDED.next_run_ts,
                    last_applied_at = EXCLUDED.last_applied_at, updated_at = now()",
                 &[
                     &users, &ids, &records, &folds, &deleted, &states, &next, &agents, &counts,
-                    &applied,
+                    &applied, &next_ts,
                 ],
             )
             .await?;
@@ -297,4 +301,22 @@ pub async fn queue_gauges(
         )
         .await?;
     Ok((row.get(0), row.get(1)))
+}
+
+/// Armable missions of one agent: re-armed when the agent changes, so a
+/// mission skipped while its agent was paused runs once it is active again.
+pub async fn armable_missions_of_agent(
+    tx: &Transaction<'_>,
+    user_id: &str,
+    agent_id: &str,
+) -> Result<Vec<(String, String)>, tokio_postgres::Error> {
+    let rows = tx
+        .query(
+            "SELECT mission_id, next_run_at FROM mana_ai.mission_snapshots
+             WHERE user_id = $1 AND agent_id = $2
+               AND NOT deleted AND state = 'active' AND next_run_at IS NOT NULL",
+            &[&user_id, &agent_id],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }

@@ -279,9 +279,6 @@ pub fn spawn_wheel(
             match event {
                 Event::Due(due) => {
                     metrics.missions_due.inc();
-                    metrics.due_to_start.observe(
-                        (due.fired_at - due.due_at).num_microseconds().unwrap_or(0) as f64 / 1e6,
-                    );
                     tracing::debug!(user_id = %due.user_id, mission_id = %due.mission_id, due_at = %due.due_at, "mission due");
                     let _ = due_tx.send(due);
                 }

@@ -161,24 +161,12 @@ pub fn validate(raw: RawChange, max_field_bytes: usize) -> Result<ValidChange, P
     let kind = Kind::from_table(&raw.table_name)
         .filter(|_| raw.app_id == "ai")
         .ok_or_else(|| Poison::UnknownTable(clip(&raw.table_name, 100).to_string()))?;
-    let op: Op = raw
-        .op
-        .parse()
-        .map_err(|_| Poison::UnknownOp(clip(&raw.op, 40).to_string()))?;
     if raw.record_id.len() > MAX_ID_BYTES {
         return Err(Poison::RecordIdTooLong(raw.record_id.len()));
     }
-    let data = match raw.data {
-        None | Some(Value::Null) => Map::new(),
-        Some(Value::Object(map)) => map,
-        Some(other) => return Err(Poison::DataNotObject(json_type(&other))),
-    };
-    let field_timestamps = match raw.field_timestamps {
-        None | Some(Value::Null) => Map::new(),
-        Some(Value::Object(map)) => map,
-        Some(other) => return Err(Poison::FieldTimestampsNotObject(json_type(&other))),
-    };
-    for (field, value) in &data {
+    let record_id = raw.record_id.clone();
+    let row = to_row(raw)?;
+    for (field, value) in &row.data {
         let bytes = json_len(value);
         if bytes > max_field_bytes {
             return Err(Poison::FieldTooLarge {
@@ -189,21 +177,41 @@ pub fn validate(raw: RawChange, max_field_bytes: usize) -> Result<ValidChange, P
         }
     }
     if kind == Kind::Mission {
-        match data.get("nextRunAt") {
+        match row.data.get("nextRunAt") {
             None | Some(Value::Null) | Some(Value::String(_)) => {}
             Some(other) => return Err(Poison::NextRunAtNotString(json_type(other))),
         }
     }
     Ok(ValidChange {
         kind,
-        record_id: raw.record_id,
-        row: ChangeRow {
-            id: raw.id,
-            op,
-            data,
-            field_timestamps,
-            created_at: raw.created_at,
-        },
+        record_id,
+        row,
+    })
+}
+
+/// The checks every change row needs before any fold (op, data and
+/// field_timestamps shapes), whatever app it belongs to.
+pub fn to_row(raw: RawChange) -> Result<ChangeRow, Poison> {
+    let op: Op = raw
+        .op
+        .parse()
+        .map_err(|_| Poison::UnknownOp(clip(&raw.op, 40).to_string()))?;
+    let data = match raw.data {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(map)) => map,
+        Some(other) => return Err(Poison::DataNotObject(json_type(&other))),
+    };
+    let field_timestamps = match raw.field_timestamps {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(map)) => map,
+        Some(other) => return Err(Poison::FieldTimestampsNotObject(json_type(&other))),
+    };
+    Ok(ChangeRow {
+        id: raw.id,
+        op,
+        data,
+        field_timestamps,
+        created_at: raw.created_at,
     })
 }
 

@@ -175,3 +175,135 @@ pub fn iso_in(seconds: i64) -> String {
     (chrono::Utc::now() + chrono::Duration::seconds(seconds))
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
+
+/// A leader (reactor + runner) started in-process against the test database.
+pub struct Leading {
+    pub lead: mana_ai::service::Leadership,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Leading {
+    pub fn runner(&self) -> &Arc<mana_ai::run::Runner> {
+        self.lead.runner.as_ref().expect("TICK_ENABLED")
+    }
+
+    pub async fn stop(self) {
+        self.lead.stop().await;
+    }
+}
+
+impl TestDb {
+    /// Starts reactor and runner with `overrides` on top of the test config
+    /// (point MANA_LLM_URL at a fake; retries are fast by default here).
+    pub async fn lead(&self, overrides: &[(&str, &str)]) -> Leading {
+        let mut all: Vec<(&str, &str)> = vec![
+            ("MANA_AI_RETRY_BACKOFF_SECS", "0.2"),
+            ("MANA_API_URL", "http://127.0.0.1:9"),
+            ("MANA_SERVICE_KEY", "test-service-key"),
+            ("MANA_LLM_TIMEOUT_SECS", "5"),
+        ];
+        all.extend_from_slice(overrides);
+        let config = self.config(&all);
+        let metrics = Metrics::new();
+        let setup =
+            mana_ai::service::RunnerSetup::from_config(&config, &metrics).expect("runner setup");
+        let mut lead = mana_ai::service::Leadership::start(
+            &config,
+            self.pool.clone(),
+            metrics.clone(),
+            setup,
+            uuid::Uuid::new_v4(),
+            reactor::Hooks::default(),
+        )
+        .await
+        .expect("leadership starts");
+        tokio::time::timeout(Duration::from_secs(30), lead.reactor.wait_listening())
+            .await
+            .expect("the listener registers within 30 s");
+        Leading { lead, metrics }
+    }
+
+    /// Every row of a mission, folded as the webapp folds it.
+    pub async fn folded_mission(&self, user: &str, id: &str) -> serde_json::Map<String, Value> {
+        let mut client = self.sync_client().await;
+        let tx = mana_ai::db::begin_user(&mut client, user).await.unwrap();
+        let rows = tx
+            .query(
+                "SELECT id, op, data, field_timestamps, created_at FROM sync_changes
+                 WHERE app_id = 'ai' AND table_name = 'aiMissions' AND record_id = $1",
+                &[&id],
+            )
+            .await
+            .unwrap();
+        let rows: Vec<mana_ai::sync::fold::ChangeRow> = rows
+            .iter()
+            .map(|r| {
+                mana_ai::sync::change::to_row(mana_ai::sync::change::RawChange {
+                    id: r.get(0),
+                    app_id: "ai".into(),
+                    table_name: "aiMissions".into(),
+                    record_id: id.into(),
+                    op: r.get(1),
+                    data: r.get(2),
+                    field_timestamps: r.get(3),
+                    created_at: r.get(4),
+                })
+                .unwrap()
+            })
+            .collect();
+        mana_ai::sync::fold::replay(id, &rows)
+            .expect("mission rows")
+            .record
+    }
+
+    /// The write-back rows mana-ai wrote for a mission, oldest first.
+    pub async fn writebacks(&self, user: &str, id: &str) -> Vec<tokio_postgres::Row> {
+        let mut client = self.sync_client().await;
+        let tx = mana_ai::db::begin_user(&mut client, user).await.unwrap();
+        tx.query(
+            "SELECT data, field_timestamps, actor, client_id, op, schema_version FROM sync_changes
+             WHERE record_id = $1 AND client_id = 'mana-ai-runner' ORDER BY created_at",
+            &[&id],
+        )
+        .await
+        .unwrap()
+    }
+}
+
+/// Waits (bounded, 30 s) until `check` holds.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !check().await {
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A due mission as the webapp creates it.
+pub fn mission_data(extra: Value) -> Value {
+    let mut base = serde_json::json!({
+        "title": "Wochenplanung",
+        "conceptMarkdown": "Plane die Woche.",
+        "objective": "Eine ruhige Woche planen",
+        "state": "active",
+        "nextRunAt": iso_in(-5),
+        "cadence": {"kind": "interval", "everyMinutes": 60},
+        "iterations": [],
+        "inputs": [],
+    });
+    if let (Some(base), Value::Object(extra)) = (base.as_object_mut(), extra) {
+        base.extend(extra);
+    }
+    base
+}
+
+/// A valid planner answer with one create_task step.
+pub fn plan_answer() -> String {
+    "Hier ist der Plan:\n```json\n{\"summary\": \"Woche geplant\", \"steps\": [{\"summary\": \"Aufgabe anlegen\", \"toolName\": \"create_task\", \"params\": {\"title\": \"Montag planen\"}, \"rationale\": \"Ein Anfang hilft.\"}]}\n```".into()
+}

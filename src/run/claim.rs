@@ -1,0 +1,153 @@
+//! The durable claim of a due slot (`mana_ai.mission_runs`).
+//!
+//! A slot is (mission, the `nextRunAt` it was due at). Claiming inserts or
+//! takes over its row with a fresh token; the write-back marks it `done` in
+//! the same transaction as the iteration, and only while the token is still
+//! ours. So:
+//! - a slot that was written is never run again (`done` is never claimed);
+//! - a run that died (crash, SIGKILL, lost leadership) leaves `running` with
+//!   another instance's id, which the next leader takes over;
+//! - a zombie whose slot was taken over cannot write (its token is stale);
+//! - a failed run leaves `retry` with a time before which it is not retried.
+
+use chrono::{DateTime, Utc};
+use tokio_postgres::GenericClient;
+use uuid::Uuid;
+
+/// What claiming a slot found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// Ours: run it. `failures` counts earlier failed attempts of this slot.
+    Claimed { token: Uuid, failures: i32 },
+    /// The slot already has its iteration.
+    Done,
+    /// Backing off after a failure until this time.
+    RetryAt(DateTime<Utc>),
+    /// This instance is running it right now.
+    Running,
+}
+
+/// Identifies a slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    pub user_id: String,
+    pub mission_id: String,
+    /// The `nextRunAt` string exactly as the snapshot holds it.
+    pub slot: String,
+}
+
+pub async fn claim(
+    client: &impl GenericClient,
+    slot: &Slot,
+    instance: Uuid,
+) -> Result<Claim, tokio_postgres::Error> {
+    let token = Uuid::new_v4();
+    let claimed = client
+        .query_opt(
+            "INSERT INTO mana_ai.mission_runs AS r (user_id, mission_id, slot, state, token, claimed_by)
+             VALUES ($1, $2, $3, 'running', $4, $5)
+             ON CONFLICT (user_id, mission_id, slot) DO UPDATE
+               SET state = 'running', token = EXCLUDED.token, claimed_by = EXCLUDED.claimed_by,
+                   claimed_at = now(), attempts = r.attempts + 1, retry_at = NULL
+               WHERE (r.state = 'retry' AND (r.retry_at IS NULL OR r.retry_at <= now()))
+                  OR (r.state = 'running' AND r.claimed_by <> EXCLUDED.claimed_by)
+             RETURNING failures",
+            &[&slot.user_id, &slot.mission_id, &slot.slot, &token, &instance],
+        )
+        .await?;
+    if let Some(row) = claimed {
+        return Ok(Claim::Claimed {
+            token,
+            failures: row.get(0),
+        });
+    }
+    let row = client
+        .query_one(
+            "SELECT state, retry_at FROM mana_ai.mission_runs
+             WHERE user_id = $1 AND mission_id = $2 AND slot = $3",
+            &[&slot.user_id, &slot.mission_id, &slot.slot],
+        )
+        .await?;
+    Ok(match (row.get::<_, String>(0).as_str(), row.get(1)) {
+        ("done", _) => Claim::Done,
+        ("retry", Some(at)) => Claim::RetryAt(at),
+        _ => Claim::Running,
+    })
+}
+
+/// Gives a claim back without counting a failure (an agent gate said not now).
+pub async fn release(
+    client: &impl GenericClient,
+    slot: &Slot,
+    token: Uuid,
+    retry_at: Option<DateTime<Utc>>,
+    outcome: &str,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "UPDATE mana_ai.mission_runs
+             SET state = 'retry', retry_at = $5, outcome = $6
+             WHERE user_id = $1 AND mission_id = $2 AND slot = $3 AND token = $4 AND state = 'running'",
+            &[&slot.user_id, &slot.mission_id, &slot.slot, &token, &retry_at, &outcome],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Records a failed attempt and when to try again.
+pub async fn back_off(
+    client: &impl GenericClient,
+    slot: &Slot,
+    token: Uuid,
+    retry_at: DateTime<Utc>,
+    outcome: &str,
+    error: &str,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "UPDATE mana_ai.mission_runs
+             SET state = 'retry', failures = failures + 1, retry_at = $5, outcome = $6, last_error = $7
+             WHERE user_id = $1 AND mission_id = $2 AND slot = $3 AND token = $4 AND state = 'running'",
+            &[&slot.user_id, &slot.mission_id, &slot.slot, &token, &retry_at, &outcome, &error],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Marks the slot done; false if the claim was taken over meanwhile (then the
+/// caller must roll back its write).
+pub async fn complete(
+    client: &impl GenericClient,
+    slot: &Slot,
+    token: Uuid,
+    iteration_id: &str,
+    outcome: &str,
+) -> Result<bool, tokio_postgres::Error> {
+    let n = client
+        .execute(
+            "UPDATE mana_ai.mission_runs
+             SET state = 'done', iteration_id = $5, outcome = $6, finished_at = now(), retry_at = NULL
+             WHERE user_id = $1 AND mission_id = $2 AND slot = $3 AND token = $4 AND state = 'running'",
+            &[&slot.user_id, &slot.mission_id, &slot.slot, &token, &iteration_id, &outcome],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
+/// Recent runs of one user's missions, newest first (operators' view).
+pub async fn recent_runs(
+    client: &impl GenericClient,
+    user_id: &str,
+    per_mission: i64,
+) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
+    client
+        .query(
+            "SELECT mission_id, slot, state, attempts, failures, outcome, claimed_at, finished_at, retry_at
+             FROM (SELECT r.*, row_number() OVER (PARTITION BY mission_id ORDER BY claimed_at DESC) AS n
+                   FROM mana_ai.mission_runs r WHERE user_id = $1) recent
+             WHERE n <= $2
+             ORDER BY mission_id, claimed_at DESC",
+            &[&user_id, &per_mission],
+        )
+        .await
+}

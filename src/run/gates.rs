@@ -1,0 +1,130 @@
+//! Agent gates: archived and paused agents skip, `maxConcurrentMissions` is
+//! real in-flight concurrency, `maxTokensPerDay` is a rolling 24 h window
+//! over `mana_ai.token_usage`.
+
+use serde_json::{Map, Value};
+use tokio_postgres::GenericClient;
+
+/// The owning agent as a run needs it.
+#[derive(Debug, Clone)]
+pub struct Agent {
+    pub id: String,
+    pub record: Value,
+    pub name: String,
+    pub state: String,
+    pub max_concurrent: usize,
+    pub max_tokens_per_day: Option<i64>,
+}
+
+impl Agent {
+    pub fn from_record(id: &str, record: Map<String, Value>) -> Agent {
+        let text = |k: &str| record.get(k).and_then(Value::as_str).map(str::to_string);
+        let positive = |k: &str| {
+            record
+                .get(k)
+                .and_then(Value::as_f64)
+                .filter(|n| n.is_finite() && *n >= 0.0)
+        };
+        Agent {
+            id: id.to_string(),
+            name: text("name").unwrap_or_else(|| "Agent".into()),
+            state: text("state").unwrap_or_else(|| "active".into()),
+            max_concurrent: positive("maxConcurrentMissions").map_or(1, |n| (n as usize).max(1)),
+            max_tokens_per_day: positive("maxTokensPerDay").map(|n| n as i64),
+            record: Value::Object(record),
+        }
+    }
+
+    /// The decision that needs no database: archived or paused.
+    pub fn state_gate(&self) -> Option<&'static str> {
+        match self.state.as_str() {
+            "archived" => Some("skipped-archived"),
+            "paused" => Some("skipped-paused"),
+            _ => None,
+        }
+    }
+}
+
+/// Loads an agent snapshot; None if absent or deleted.
+pub async fn load_agent(
+    client: &impl GenericClient,
+    user_id: &str,
+    agent_id: &str,
+) -> Result<Option<Agent>, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            "SELECT record FROM mana_ai.agent_snapshots WHERE user_id = $1 AND agent_id = $2 AND NOT deleted",
+            &[&user_id, &agent_id],
+        )
+        .await?;
+    Ok(row.and_then(|r| match r.get::<_, Value>(0) {
+        Value::Object(map) => Some(Agent::from_record(agent_id, map)),
+        _ => None,
+    }))
+}
+
+/// Tokens the agent used in the last 24 hours.
+pub async fn tokens_last_day(
+    client: &impl GenericClient,
+    user_id: &str,
+    agent_id: &str,
+) -> Result<i64, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT coalesce(sum(tokens_used), 0)::int8 FROM mana_ai.token_usage
+             WHERE user_id = $1 AND agent_id = $2 AND ts > now() - interval '24 hours'",
+            &[&user_id, &agent_id],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Drops usage rows no window can see any more.
+pub async fn prune_token_usage(client: &impl GenericClient) -> Result<u64, tokio_postgres::Error> {
+    client
+        .execute(
+            "DELETE FROM mana_ai.token_usage WHERE ts < now() - interval '25 hours'",
+            &[],
+        )
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn agent(v: Value) -> Agent {
+        Agent::from_record("a", v.as_object().unwrap().clone())
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let a = agent(json!({"name": "R"}));
+        assert_eq!(
+            (a.state.as_str(), a.max_concurrent, a.max_tokens_per_day),
+            ("active", 1, None)
+        );
+        assert_eq!(a.state_gate(), None);
+    }
+
+    #[test]
+    fn paused_and_archived_gate() {
+        assert_eq!(
+            agent(json!({"state": "paused"})).state_gate(),
+            Some("skipped-paused")
+        );
+        assert_eq!(
+            agent(json!({"state": "archived"})).state_gate(),
+            Some("skipped-archived")
+        );
+    }
+
+    #[test]
+    fn odd_numbers_are_read_safely() {
+        let a = agent(json!({"maxConcurrentMissions": -3, "maxTokensPerDay": "lots"}));
+        assert_eq!((a.max_concurrent, a.max_tokens_per_day), (1, None));
+        let b = agent(json!({"maxConcurrentMissions": 4, "maxTokensPerDay": 1000}));
+        assert_eq!((b.max_concurrent, b.max_tokens_per_day), (4, Some(1000)));
+    }
+}

@@ -1,0 +1,330 @@
+//! Input resolvers: turn a mission's `inputs` into text for the planner.
+//!
+//! Each input names (module, table, id). Its record is folded from
+//! `sync_changes` (full replay, inside the user's RLS transaction). `goals`
+//! is plaintext; the other modules are end-to-end encrypted and need the
+//! run's unwrapped grant key: the allowlist is checked before anything is
+//! read, every `enc:1:` field is decrypted, and each attempt leaves an audit
+//! note (written by the caller after the reads, so an audit failure cannot
+//! break the run). Decrypted text lives only in the returned inputs.
+
+use serde_json::{Map, Value};
+use tokio_postgres::Transaction;
+
+use crate::crypto::{decrypt_record_fields, Mdk, MissionGrant};
+use crate::planner::ResolvedInput;
+use crate::sync::change;
+use crate::sync::fold::{replay, ChangeRow};
+
+/// Longest single field value shown to the model.
+pub const MAX_FIELD_CHARS: usize = 2_000;
+
+/// One entry of a mission's `inputs`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputRef {
+    pub module: String,
+    pub table: String,
+    pub id: String,
+}
+
+/// Reads `inputs` leniently: entries without module, table or id are skipped.
+pub fn input_refs(mission: &Map<String, Value>) -> Vec<InputRef> {
+    let Some(Value::Array(list)) = mission.get("inputs") else {
+        return Vec::new();
+    };
+    list.iter()
+        .filter_map(|entry| {
+            let field = |k: &str| entry.get(k).and_then(Value::as_str).map(str::to_string);
+            Some(InputRef {
+                module: field("module")?,
+                table: field("table")?,
+                id: field("id")?,
+            })
+        })
+        .collect()
+}
+
+/// How a module's records are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Storage {
+    Plain(&'static str),
+    Encrypted(&'static str),
+}
+
+/// The resolver registry: module -> app and storage (contract section 7).
+fn storage(module: &str) -> Option<Storage> {
+    Some(match module {
+        "goals" => Storage::Plain("companion"),
+        "notes" => Storage::Encrypted("notes"),
+        "tasks" | "todo" => Storage::Encrypted("todo"),
+        "calendar" => Storage::Encrypted("calendar"),
+        "journal" => Storage::Encrypted("journal"),
+        "kontext" => Storage::Encrypted("kontext"),
+        "profile" => Storage::Encrypted("profile"),
+        _ => return None,
+    })
+}
+
+/// The run's grant, unwrapped.
+pub struct GrantAccess<'a> {
+    pub grant: &'a MissionGrant,
+    pub mdk: &'a Mdk,
+}
+
+/// What an encrypted read did, for `decrypt_audit`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditNote {
+    pub table_name: String,
+    pub record_id: String,
+    pub status: &'static str,
+    pub reason: Option<&'static str>,
+}
+
+/// Resolved inputs and the audit notes of the encrypted ones.
+#[derive(Debug, Default)]
+pub struct Resolved {
+    pub inputs: Vec<ResolvedInput>,
+    pub audit: Vec<AuditNote>,
+    /// Tables of inputs refused by the grant's allowlist.
+    pub scope_violations: Vec<String>,
+    /// Tables of records decrypted.
+    pub decrypted: Vec<String>,
+}
+
+/// Resolves every input the registry knows; unknown modules are skipped.
+pub async fn resolve(
+    tx: &Transaction<'_>,
+    refs: &[InputRef],
+    access: Option<&GrantAccess<'_>>,
+) -> anyhow::Result<Resolved> {
+    let mut out = Resolved::default();
+    for input in refs {
+        let Some(storage) = storage(&input.module) else {
+            tracing::debug!(module = %input.module, "no resolver for input module; skipped");
+            continue;
+        };
+        match storage {
+            Storage::Plain(app) => {
+                if let Some(record) = fold_record(tx, app, input).await? {
+                    out.inputs.push(goal_input(input, &record));
+                }
+            }
+            Storage::Encrypted(app) => {
+                let Some(access) = access else {
+                    continue;
+                };
+                if !access.grant.allows(&input.table, &input.id) {
+                    out.audit.push(note(
+                        input,
+                        "scope-violation",
+                        Some("record-not-in-grant-allowlist"),
+                    ));
+                    out.scope_violations.push(input.table.clone());
+                    continue;
+                }
+                let Some(mut record) = fold_record(tx, app, input).await? else {
+                    continue;
+                };
+                match decrypt_record_fields(access.mdk, &mut record) {
+                    Ok(_) => {
+                        out.audit.push(note(input, "ok", None));
+                        out.decrypted.push(input.table.clone());
+                        out.inputs.push(record_input(input, &record));
+                    }
+                    Err(e) => out
+                        .audit
+                        .push(note(input, "failed", Some(e.audit_reason()))),
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn note(input: &InputRef, status: &'static str, reason: Option<&'static str>) -> AuditNote {
+    AuditNote {
+        table_name: input.table.clone(),
+        record_id: input.id.clone(),
+        status,
+        reason,
+    }
+}
+
+/// Folds one record of another app; None when it has no rows or is deleted.
+async fn fold_record(
+    tx: &Transaction<'_>,
+    app: &str,
+    input: &InputRef,
+) -> anyhow::Result<Option<Map<String, Value>>> {
+    let rows = tx
+        .query(
+            "SELECT id, op, data, field_timestamps, created_at FROM public.sync_changes
+             WHERE app_id = $1 AND table_name = $2 AND record_id = $3
+             ORDER BY created_at, id",
+            &[&app, &input.table, &input.id],
+        )
+        .await?;
+    let rows: Vec<ChangeRow> = rows
+        .iter()
+        .filter_map(|r| {
+            let raw = change::RawChange {
+                id: r.get(0),
+                app_id: app.to_string(),
+                table_name: input.table.clone(),
+                record_id: input.id.clone(),
+                op: r.get(1),
+                data: r.get(2),
+                field_timestamps: r.get(3),
+                created_at: r.get(4),
+            };
+            // A malformed row of another app is left out of the fold, as the
+            // webapp would fail to apply it too.
+            change::to_row(raw).ok()
+        })
+        .collect();
+    Ok(replay(&input.id, &rows)
+        .filter(|f| !f.deleted)
+        .map(|f| f.record))
+}
+
+fn text<'a>(record: &'a Map<String, Value>, keys: &[&str]) -> Option<&'a str> {
+    keys.iter()
+        .find_map(|k| record.get(*k).and_then(Value::as_str))
+        .filter(|s| !s.trim().is_empty())
+}
+
+/// `Fortschritt: <currentValue or 0> / <target.value or ?> (<period or unbekannt>)`.
+fn goal_input(input: &InputRef, record: &Map<String, Value>) -> ResolvedInput {
+    let number = |v: Option<&Value>| match v {
+        Some(Value::Number(n)) => Some(n.to_string()),
+        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        _ => None,
+    };
+    let current = number(record.get("currentValue")).unwrap_or_else(|| "0".into());
+    let target =
+        number(record.get("target").and_then(|t| t.get("value"))).unwrap_or_else(|| "?".into());
+    let period = record
+        .get("target")
+        .and_then(|t| t.get("period"))
+        .or_else(|| record.get("period"))
+        .and_then(Value::as_str)
+        .unwrap_or("unbekannt");
+    ResolvedInput {
+        id: input.id.clone(),
+        module: input.module.clone(),
+        table: input.table.clone(),
+        title: text(record, &["title", "name"])
+            .unwrap_or(&input.id)
+            .to_string(),
+        content: format!("Fortschritt: {current} / {target} ({period})"),
+    }
+}
+
+/// Fields that say nothing to the planner.
+const BOOKKEEPING: &[&str] = &[
+    "id",
+    "userId",
+    "createdAt",
+    "updatedAt",
+    "deletedAt",
+    "fieldTimestamps",
+];
+
+/// A decrypted record as `key: value` lines, each value clipped.
+fn record_input(input: &InputRef, record: &Map<String, Value>) -> ResolvedInput {
+    let mut lines = Vec::new();
+    for (key, value) in record {
+        if BOOKKEEPING.contains(&key.as_str()) || value.is_null() {
+            continue;
+        }
+        let shown = match value {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        let clipped: String = shown.chars().take(MAX_FIELD_CHARS).collect();
+        lines.push(format!("{key}: {clipped}"));
+    }
+    ResolvedInput {
+        id: input.id.clone(),
+        module: input.module.clone(),
+        table: input.table.clone(),
+        title: text(record, &["title", "name", "summary"])
+            .unwrap_or(&input.id)
+            .to_string(),
+        content: lines.join("\n"),
+    }
+}
+
+/// Writes audit notes in their own user-scoped transaction. A failure is
+/// logged and counted by the caller; it never fails the run.
+pub async fn write_audit(
+    client: &mut tokio_postgres::Client,
+    user_id: &str,
+    mission_id: &str,
+    iteration_id: &str,
+    notes: &[AuditNote],
+) -> anyhow::Result<()> {
+    if notes.is_empty() {
+        return Ok(());
+    }
+    let tx = crate::db::begin_user(client, user_id).await?;
+    for n in notes {
+        tx.execute(
+            "INSERT INTO mana_ai.decrypt_audit (user_id, mission_id, iteration_id, table_name, record_id, status, reason)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[&user_id, &mission_id, &iteration_id, &n.table_name, &change::clip(&n.record_id, 512), &n.status, &n.reason],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn input_refs_skip_incomplete_entries() {
+        let mission = json!({"inputs": [
+            {"module": "notes", "table": "notes", "id": "n1"},
+            {"module": "notes", "id": "n2"},
+            "garbage",
+        ]});
+        let refs = input_refs(mission.as_object().unwrap());
+        assert_eq!(refs.len(), 1);
+        assert_eq!(refs[0].id, "n1");
+    }
+
+    #[test]
+    fn goal_content_matches_the_contract() {
+        let input = InputRef {
+            module: "goals".into(),
+            table: "companionGoals".into(),
+            id: "g".into(),
+        };
+        let record =
+            json!({"title": "Wasser", "currentValue": 3, "target": {"value": 8, "period": "day"}});
+        let r = goal_input(&input, record.as_object().unwrap());
+        assert_eq!(r.title, "Wasser");
+        assert_eq!(r.content, "Fortschritt: 3 / 8 (day)");
+        let bare = goal_input(&input, json!({}).as_object().unwrap());
+        assert_eq!(bare.content, "Fortschritt: 0 / ? (unbekannt)");
+    }
+
+    #[test]
+    fn records_are_rendered_without_bookkeeping_and_clipped() {
+        let input = InputRef {
+            module: "notes".into(),
+            table: "notes".into(),
+            id: "n".into(),
+        };
+        let long = "x".repeat(5_000);
+        let record = json!({"id": "n", "title": "T", "content": long, "updatedAt": "…"});
+        let r = record_input(&input, record.as_object().unwrap());
+        assert_eq!(r.title, "T");
+        assert!(!r.content.contains("updatedAt"));
+        assert!(r.content.len() < 2_100);
+    }
+}
