@@ -8,6 +8,7 @@ pub mod audit;
 pub mod config;
 pub mod crypto;
 pub mod db;
+pub mod http;
 pub mod metrics;
 pub mod pgenv;
 pub mod planner;

@@ -1,0 +1,199 @@
+//! The HTTP surface: health, metrics, the internal operator routes and the
+//! user's audit API, on hyper 1 without a web framework.
+//!
+//! Rules:
+//! - The server knows nothing of the database: everything it answers comes
+//!   from a [`Backend`], so it is tested with a fake and wired to the service
+//!   elsewhere.
+//! - `/internal/*` is gated by `X-Service-Key`, compared in constant time; an
+//!   empty configured key refuses every request.
+//! - The audit API trusts only a JWT verified against mana-auth's JWKS; the
+//!   user id handed to the backend comes from the token's `sub` and from
+//!   nothing the client can otherwise choose.
+//! - Every response except `/metrics` is JSON with a content type; errors are
+//!   `{"error": "<message>"}` and never echo a key, a token or an internal
+//!   error.
+//! - Metrics and spans are labelled by route template
+//!   (`/internal/missions/{userId}`), unknown paths as `other`: never the raw
+//!   path, so a user id can't leak into a label or explode cardinality.
+
+mod auth;
+mod jwks;
+mod params;
+mod routes;
+mod server;
+
+use std::future::Future;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::audit::AuditEntry;
+use crate::config::{Config, Secret};
+use crate::run::TickStats;
+
+pub use server::serve;
+
+/// What the HTTP layer asks of the running service.
+pub trait Backend: Send + Sync + 'static {
+    /// The health document; `ok == false` answers 503 with the same body.
+    fn health(&self) -> impl Future<Output = Health> + Send;
+    /// Prometheus text format 0.0.4, already rendered; the backend refreshes
+    /// scrape-time gauges (queue depth, seconds since notification) first.
+    fn metrics_text(&self) -> impl Future<Output = String> + Send;
+    /// Runs every due mission now (`POST /internal/tick`).
+    fn tick(&self) -> impl Future<Output = anyhow::Result<TickStats>> + Send;
+    /// The operator's read-only view of one user's missions.
+    fn user_missions(
+        &self,
+        user_id: &str,
+    ) -> impl Future<Output = anyhow::Result<serde_json::Value>> + Send;
+    /// The user's own decrypt audit rows, newest first; `limit` is already
+    /// clamped to 1..=1000.
+    fn audit(
+        &self,
+        user_id: &str,
+        mission_id: Option<&str>,
+        limit: i64,
+    ) -> impl Future<Output = anyhow::Result<Vec<AuditEntry>>> + Send;
+}
+
+/// Whether this instance holds the leader lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Leader,
+    Standby,
+}
+
+/// `GET /health`: what is running, for people and orchestrator probes.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Health {
+    /// False while the database is unreachable or the listener has been down
+    /// past its grace period: the route then answers 503.
+    pub ok: bool,
+    /// Always `mana-ai`.
+    pub service: &'static str,
+    /// The crate version.
+    pub version: &'static str,
+    pub role: Role,
+    pub tick: TickHealth,
+    pub listener: ListenerHealth,
+    /// Rows waiting in `mana_ai.change_queue`; `None` when it couldn't be read.
+    pub queue_depth: Option<i64>,
+    pub armed_missions: i64,
+    pub runs_in_flight: i64,
+}
+
+/// The mission runner's state.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TickHealth {
+    /// `TICK_ENABLED`: whether due missions are run at all.
+    pub enabled: bool,
+    /// Whether the runner is up on this instance (a standby's is not).
+    pub running: bool,
+}
+
+/// The LISTEN connection's state.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListenerHealth {
+    pub connected: bool,
+    /// `None` before the first notification.
+    pub seconds_since_notification: Option<f64>,
+}
+
+impl Health {
+    /// A healthy document for `role` with nothing running yet; the backend
+    /// fills in the rest.
+    pub fn new(role: Role) -> Health {
+        Health {
+            ok: true,
+            service: "mana-ai",
+            version: env!("CARGO_PKG_VERSION"),
+            role,
+            tick: TickHealth {
+                enabled: false,
+                running: false,
+            },
+            listener: ListenerHealth {
+                connected: false,
+                seconds_since_notification: None,
+            },
+            queue_depth: None,
+            armed_missions: 0,
+            runs_in_flight: 0,
+        }
+    }
+}
+
+/// How the server behaves; [`HttpSettings::from_config`] gives production values.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// `MANA_SERVICE_KEY`; empty refuses every `/internal/*` request.
+    pub service_key: Secret,
+    /// mana-auth's JWKS; `None` answers the audit API with 503.
+    pub jwks: Option<JwksSettings>,
+    /// Request bodies above this many bytes answer 413.
+    pub max_body_bytes: usize,
+    /// A client that hasn't sent its whole request head within this time is
+    /// disconnected (slowloris).
+    pub header_read_timeout: Duration,
+    /// On shutdown, how long requests in flight may take to finish before
+    /// their connections are dropped.
+    pub shutdown_grace: Duration,
+}
+
+/// Where and how JWTs for the audit API are verified.
+#[derive(Debug, Clone)]
+pub struct JwksSettings {
+    /// `MANA_AUTH_JWKS_URL`.
+    pub url: String,
+    /// `MANA_AUTH_ISSUER`: when set, `iss` must equal it.
+    pub issuer: Option<String>,
+    /// `MANA_AUTH_AUDIENCE`: when set, `aud` must contain it.
+    pub audience: Option<String>,
+    /// A token with an unknown `kid` re-fetches the set at most this often,
+    /// so garbage kids can't make us hammer mana-auth.
+    pub refresh_min_interval: Duration,
+    /// Keys older than this are re-fetched before use, so a key mana-auth
+    /// withdrew stops being accepted.
+    pub max_age: Duration,
+    /// Timeout of one JWKS fetch.
+    pub fetch_timeout: Duration,
+}
+
+impl JwksSettings {
+    /// Production defaults for `url`: refresh at most every 30 s, keys kept
+    /// 10 min, 5 s fetch timeout.
+    pub fn new(url: impl Into<String>) -> JwksSettings {
+        JwksSettings {
+            url: url.into(),
+            issuer: None,
+            audience: None,
+            refresh_min_interval: Duration::from_secs(30),
+            max_age: Duration::from_secs(600),
+            fetch_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl HttpSettings {
+    /// Settings from the process configuration with production limits
+    /// (64 KiB bodies, 10 s to send headers, 10 s shutdown grace).
+    pub fn from_config(config: &Config) -> HttpSettings {
+        HttpSettings {
+            service_key: config.service_key.clone(),
+            jwks: config.jwks_url.as_ref().map(|url| JwksSettings {
+                issuer: config.jwt_issuer.clone(),
+                audience: config.jwt_audience.clone(),
+                ..JwksSettings::new(url.clone())
+            }),
+            max_body_bytes: 64 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! Routing and the handlers of each route.
+//!
+//! Rules: a path is matched to a route template first (unknown: 404), then
+//! the method (wrong: 405 with `Allow`), then the body is read under the size
+//! cap (413) even where a route ignores it, then credentials, then the
+//! request's own parameters. Every response but `/metrics` is JSON.
+//!
+//! `GET /api/v1/me/ai-audit` answers `{"entries": [AuditEntry, ...]}` (an
+//! object, so fields can be added later without breaking clients).
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::header::{
+    HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE,
+};
+use hyper::{HeaderMap, Method, Request, Response, StatusCode};
+use serde::Serialize;
+
+use super::auth::{bearer_token, service_key_matches};
+use super::jwks::TokenError;
+use super::params::{percent_decode, AuditQuery};
+use super::server::AppState;
+use super::Backend;
+
+pub(crate) type Body = Full<Bytes>;
+
+/// A recognised route; `UserMissions` carries the raw (still encoded) id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Route {
+    Health,
+    Metrics,
+    Tick,
+    UserMissions(String),
+    Audit,
+    Other,
+}
+
+impl Route {
+    pub(crate) fn recognise(path: &str) -> Route {
+        match path {
+            "/health" => Route::Health,
+            "/metrics" => Route::Metrics,
+            "/internal/tick" => Route::Tick,
+            "/api/v1/me/ai-audit" => Route::Audit,
+            _ => match path.strip_prefix("/internal/missions/") {
+                Some(id) if !id.contains('/') => Route::UserMissions(id.to_owned()),
+                _ => Route::Other,
+            },
+        }
+    }
+
+    /// The label used in metrics and spans: never the raw path.
+    pub(crate) fn template(&self) -> &'static str {
+        match self {
+            Route::Health => "/health",
+            Route::Metrics => "/metrics",
+            Route::Tick => "/internal/tick",
+            Route::UserMissions(_) => "/internal/missions/{userId}",
+            Route::Audit => "/api/v1/me/ai-audit",
+            Route::Other => "other",
+        }
+    }
+
+    /// The one method each route answers; `None` for unknown paths.
+    fn method(&self) -> Option<Method> {
+        match self {
+            Route::Tick => Some(Method::POST),
+            Route::Other => None,
+            _ => Some(Method::GET),
+        }
+    }
+}
+
+pub(crate) async fn dispatch<B: Backend>(
+    state: &AppState<B>,
+    route: Route,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let Some(allowed) = route.method() else {
+        return error(StatusCode::NOT_FOUND, "not found");
+    };
+    if req.method() != allowed {
+        let mut response = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+        let allow = HeaderValue::from_str(allowed.as_str()).expect("a method is a header value");
+        response.headers_mut().insert(ALLOW, allow);
+        return response;
+    }
+    let (parts, body) = req.into_parts();
+    if let Err(response) = read_body(body, &parts.headers, state.settings.max_body_bytes).await {
+        return response;
+    }
+    match route {
+        Route::Health => {
+            let health = state.backend.health().await;
+            let status = if health.ok {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            json(status, &health)
+        }
+        Route::Metrics => text(state.backend.metrics_text().await),
+        Route::Tick => tick(state, &parts.headers).await,
+        Route::UserMissions(raw_id) => user_missions(state, &parts.headers, &raw_id).await,
+        Route::Audit => audit(state, &parts.headers, parts.uri.query()).await,
+        Route::Other => error(StatusCode::NOT_FOUND, "not found"),
+    }
+}
+
+/// Reads the body, refusing more than `limit` bytes: first by the declared
+/// Content-Length, then while streaming (chunked bodies declare nothing).
+async fn read_body(
+    body: Incoming,
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<Bytes, Response<Body>> {
+    let too_large = || error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => Err(too_large()),
+        Err(e) => {
+            tracing::debug!(error = %e, "reading request body failed");
+            Err(error(
+                StatusCode::BAD_REQUEST,
+                "could not read request body",
+            ))
+        }
+    }
+}
+
+async fn tick<B: Backend>(state: &AppState<B>, headers: &HeaderMap) -> Response<Body> {
+    if !service_key_matches(&state.settings.service_key, headers) {
+        return error(StatusCode::UNAUTHORIZED, "missing or wrong service key");
+    }
+    match state.backend.tick().await {
+        Ok(stats) => json(StatusCode::OK, &stats),
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "tick failed");
+            error(StatusCode::INTERNAL_SERVER_ERROR, "tick failed")
+        }
+    }
+}
+
+async fn user_missions<B: Backend>(
+    state: &AppState<B>,
+    headers: &HeaderMap,
+    raw_id: &str,
+) -> Response<Body> {
+    if !service_key_matches(&state.settings.service_key, headers) {
+        return error(StatusCode::UNAUTHORIZED, "missing or wrong service key");
+    }
+    let user_id = match percent_decode(raw_id, false) {
+        Some(id) if !id.is_empty() => id,
+        Some(_) => return error(StatusCode::BAD_REQUEST, "user id is empty"),
+        None => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "user id is not valid percent-encoded UTF-8",
+            )
+        }
+    };
+    match state.backend.user_missions(&user_id).await {
+        Ok(view) => json(StatusCode::OK, &view),
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "reading a user's missions failed");
+            error(StatusCode::INTERNAL_SERVER_ERROR, "could not read missions")
+        }
+    }
+}
+
+async fn audit<B: Backend>(
+    state: &AppState<B>,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Response<Body> {
+    let Some(verifier) = &state.jwks else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "audit API not configured");
+    };
+    let Some(token) = bearer_token(headers) else {
+        return unauthorized_bearer("missing bearer token");
+    };
+    // The only source of the user id: a query or header can't name another user.
+    let user_id = match verifier.verify(token).await {
+        Ok(sub) => sub,
+        Err(TokenError::Invalid(reason)) => {
+            tracing::debug!(reason, "bearer token refused");
+            return unauthorized_bearer("invalid token");
+        }
+        Err(e @ TokenError::Unavailable(_)) => {
+            tracing::warn!(error = %e, "audit request without verification keys");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "token verification unavailable",
+            );
+        }
+    };
+    let query = match AuditQuery::parse(query) {
+        Ok(q) => q,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
+    match state
+        .backend
+        .audit(&user_id, query.mission_id.as_deref(), query.limit)
+        .await
+    {
+        Ok(entries) => {
+            let mut response = json(StatusCode::OK, &serde_json::json!({ "entries": entries }));
+            // A user's own audit trail: no shared cache may keep it.
+            response
+                .headers_mut()
+                .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            response
+        }
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "reading the audit trail failed");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "could not read the audit trail",
+            )
+        }
+    }
+}
+
+/// A JSON response.
+pub(crate) fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response<Body> {
+    match serde_json::to_vec(value) {
+        Ok(bytes) => respond(status, "application/json", bytes.into()),
+        Err(e) => {
+            tracing::error!(error = %e, "serialising a response failed");
+            respond(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "application/json",
+                Bytes::from_static(br#"{"error":"internal error"}"#),
+            )
+        }
+    }
+}
+
+/// `{"error": message}` with `status`.
+pub(crate) fn error(status: StatusCode, message: &str) -> Response<Body> {
+    json(status, &serde_json::json!({ "error": message }))
+}
+
+fn unauthorized_bearer(message: &str) -> Response<Body> {
+    let mut response = error(StatusCode::UNAUTHORIZED, message);
+    response
+        .headers_mut()
+        .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+fn text(body: String) -> Response<Body> {
+    respond(
+        StatusCode::OK,
+        "text/plain; version=0.0.4; charset=utf-8",
+        body.into(),
+    )
+}
+
+fn respond(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Body> {
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_by_template() {
+        assert_eq!(
+            Route::recognise("/internal/missions/u%201"),
+            Route::UserMissions("u%201".into())
+        );
+        assert_eq!(
+            Route::recognise("/internal/missions/"),
+            Route::UserMissions(String::new())
+        );
+        assert_eq!(Route::recognise("/internal/missions/a/b"), Route::Other);
+        assert_eq!(Route::recognise("/internal/missions"), Route::Other);
+        assert_eq!(Route::recognise("/health/"), Route::Other);
+        assert_eq!(
+            Route::UserMissions("x".into()).template(),
+            "/internal/missions/{userId}"
+        );
+    }
+}

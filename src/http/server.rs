@@ -1,0 +1,174 @@
+//! The accept loop, one HTTP/1 connection per task, and what wraps every
+//! request: its span, its metrics and a panic guard.
+//!
+//! Rules: slow clients are cut off by hyper's header read timeout; on
+//! shutdown the listener is closed at once (new connections are refused),
+//! idle keep-alive connections are closed, and requests in flight get
+//! `shutdown_grace` to finish before their connections are dropped. A
+//! panicking handler answers 500 and the server goes on.
+
+use std::convert::Infallible;
+use std::panic::AssertUnwindSafe;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::jwks::JwksVerifier;
+use super::routes::{dispatch, error, Body, Route};
+use super::{Backend, HttpSettings};
+use crate::metrics::Metrics;
+
+/// What every connection shares.
+pub(crate) struct AppState<B> {
+    pub(crate) backend: Arc<B>,
+    pub(crate) settings: HttpSettings,
+    /// `None` when no JWKS URL is configured: the audit API answers 503.
+    pub(crate) jwks: Option<JwksVerifier>,
+    metrics: Arc<Metrics>,
+}
+
+/// Serves HTTP on `listener` until `shutdown` is cancelled, then lets
+/// requests in flight finish (up to `settings.shutdown_grace`) and returns.
+pub async fn serve<B: Backend>(
+    listener: TcpListener,
+    backend: Arc<B>,
+    settings: HttpSettings,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let jwks = settings.jwks.clone().map(JwksVerifier::new).transpose()?;
+    let grace = settings.shutdown_grace;
+    let state = Arc::new(AppState {
+        backend,
+        settings,
+        jwks,
+        metrics,
+    });
+    tracing::info!(addr = ?listener.local_addr().ok(), "HTTP server listening");
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => {
+                    connections.spawn(connection(stream, state.clone(), shutdown.clone()));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off rather
+                    // than spin on an error that repeats at once.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(finished) = connections.join_next(), if !connections.is_empty() => {
+                if let Err(e) = finished {
+                    tracing::error!(error = %e, "HTTP connection task failed");
+                }
+            }
+        }
+    }
+    drop(listener);
+    let drained = tokio::time::timeout(grace, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            connections = connections.len(),
+            "HTTP requests still running after the shutdown grace; dropping them"
+        );
+        connections.shutdown().await;
+    }
+    tracing::info!("HTTP server stopped");
+    Ok(())
+}
+
+/// One client connection, closed gracefully (after the request in flight)
+/// when `shutdown` fires.
+async fn connection<B: Backend>(
+    stream: TcpStream,
+    state: Arc<AppState<B>>,
+    shutdown: CancellationToken,
+) {
+    // Responses are small and written whole: don't wait to coalesce them.
+    let _ = stream.set_nodelay(true);
+    let header_read_timeout = state.settings.header_read_timeout;
+    let service = service_fn(move |req| {
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(handle(&state, req).await) }
+    });
+    let mut conn = pin!(http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .serve_connection(TokioIo::new(stream), service));
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        () = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        // Timeouts, resets, malformed requests: the client's problem.
+        tracing::debug!(error = %e, "HTTP connection ended with an error");
+    }
+}
+
+/// Routes one request inside its span and records it in the metrics.
+async fn handle<B: Backend>(state: &AppState<B>, req: Request<Incoming>) -> Response<Body> {
+    let started = Instant::now();
+    let route = Route::recognise(req.uri().path());
+    let template = route.template();
+    let method = method_label(req.method());
+    let span = tracing::info_span!(
+        "http_request",
+        method,
+        route = template,
+        status = tracing::field::Empty
+    );
+    let response = AssertUnwindSafe(dispatch(state, route, req))
+        .catch_unwind()
+        .instrument(span.clone())
+        .await
+        .unwrap_or_else(|_| {
+            tracing::error!(parent: &span, "HTTP handler panicked");
+            error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+        });
+    let status = response.status();
+    span.record("status", status.as_u16());
+    let labels = [method, template, status.as_str()];
+    state.metrics.http_requests.with_label_values(&labels).inc();
+    state
+        .metrics
+        .http_request_duration
+        .with_label_values(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    tracing::debug!(parent: &span, elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "HTTP request");
+    response
+}
+
+/// The method as a metric label; anything unusual becomes `other` so clients
+/// can't mint label values.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::HEAD => "HEAD",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
