@@ -94,6 +94,39 @@ pub async fn peak_ingest(
     Ok(())
 }
 
+/// Blocks of sync_changes and its indexes found in shared_buffers (hit)
+/// and read from outside them (the OS cache or the disk), so far.
+async fn log_blocks(admin: &tokio_postgres::Client) -> anyhow::Result<(i64, i64)> {
+    let row = admin
+        .query_one(
+            "SELECT (coalesce(heap_blks_hit, 0) + coalesce(idx_blks_hit, 0))::int8,
+                    (coalesce(heap_blks_read, 0) + coalesce(idx_blks_read, 0))::int8
+             FROM pg_statio_user_tables WHERE relid = 'public.sync_changes'::regclass",
+            &[],
+        )
+        .await?;
+    Ok((row.get(0), row.get(1)))
+}
+
+/// [`log_blocks`] once the applier's counts are in: a backend publishes its
+/// statistics when it goes idle, at most once a second, so wait a second
+/// and give every pooled connection a statement to go idle after.
+async fn settled_log_blocks(
+    bench: &BenchDb,
+    admin: &tokio_postgres::Client,
+) -> anyhow::Result<(i64, i64)> {
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut held = Vec::new();
+    for _ in 0..bench.pool.status().size {
+        let client = bench.pool.get().await?;
+        client.batch_execute("SELECT 1").await?;
+        held.push(client);
+    }
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    log_blocks(admin).await
+}
+
 /// Section 4: the drain of the same number of fresh changes with the log
 /// pre-filled to each size; per-change cost and its growth.
 pub async fn log_size(server: &PgServer, scale: &Scale, report: &mut Report) -> anyhow::Result<()> {
@@ -111,14 +144,35 @@ pub async fn log_size(server: &PgServer, scale: &Scale, report: &mut Report) -> 
             filling.elapsed().as_secs_f64()
         );
         setup::queue_changes(&bench.db, users, MISSIONS_PER_USER, per_mission, LOADERS).await?;
+        // VACUUM on a connection of its own that closes (a backend publishes
+        // its statistics on exit), so its block counts stay out of the delta.
         setup::vacuum(&bench.db.admin().await?).await?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let admin = bench.db.admin().await?;
+        let before = log_blocks(&admin).await?;
         let (n, took) = timed_drain(&bench, &wheel, 500).await?;
+        let after = settled_log_blocks(&bench, &admin).await?;
         let micros = took.as_secs_f64() * 1e6 / n.max(1) as f64;
         report.add(
             "log-size",
             format!("per change, log of {size} rows ({n} drained)"),
             micros,
             "us",
+            Target::Info,
+        );
+        let per = |a: i64, b: i64| (a - b) as f64 / n.max(1) as f64;
+        report.add(
+            "log-size",
+            "  sync_changes blocks hit in shared_buffers per change",
+            per(after.0, before.0),
+            "blocks",
+            Target::Info,
+        );
+        report.add(
+            "log-size",
+            "  sync_changes blocks read from outside them per change",
+            per(after.1, before.1),
+            "blocks",
             Target::Info,
         );
         costs.push((size, micros));
