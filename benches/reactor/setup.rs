@@ -248,13 +248,19 @@ pub async fn fill_log(db: &TempDb, total: u64) -> anyhow::Result<u64> {
     Ok(total.saturating_sub(have as u64))
 }
 
-/// VACUUM ANALYZE of every table the applier touches, so each measurement
-/// starts from the same steady state whatever the earlier ones left behind.
+/// VACUUM ANALYZE of every table the applier touches, then a CHECKPOINT, so
+/// each measurement starts from the same steady state whatever the earlier
+/// ones left behind (a million filler rows otherwise leave the checkpointer
+/// writing back their pages during the next measurement).
 pub async fn vacuum(admin: &Client) -> anyhow::Result<()> {
     admin
         .batch_execute(
             "VACUUM ANALYZE public.sync_changes, mana_ai.change_queue, mana_ai.mission_snapshots",
         )
         .await
-        .context("VACUUM ANALYZE")
+        .context("VACUUM ANALYZE")?;
+    admin
+        .batch_execute("CHECKPOINT")
+        .await
+        .context("CHECKPOINT")
 }
