@@ -73,7 +73,7 @@ pub fn llm_planner(config: &Config, metrics: &Metrics) -> anyhow::Result<Planner
     let client = LlmClient::new(llm)
         .map_err(|e| anyhow::anyhow!("MANA_LLM_URL: {e}"))?
         .with_duration_histogram(metrics.planner_request_duration.clone());
-    Ok(Planner::Llm(client))
+    Ok(Planner::Llm(Box::new(client)))
 }
 
 /// Everything the runner needs that comes from configuration, checked at

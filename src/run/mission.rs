@@ -229,7 +229,6 @@ impl Runner {
             tx.commit().await?;
             resolved
         };
-        drop(access);
         drop(mdk);
         for table in &resolved.decrypted {
             deps.metrics.decrypts.with_label_values(&[table]).inc();

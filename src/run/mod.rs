@@ -47,7 +47,7 @@ pub struct TickStats {
 /// Where plans come from.
 pub enum Planner {
     /// An OpenAI-compatible gateway.
-    Llm(LlmClient),
+    Llm(Box<LlmClient>),
     /// No LLM configured: a fixed, honest example plan (`mana-ai demo`).
     Offline,
 }
@@ -329,9 +329,13 @@ struct InFlightGuard<'a> {
 
 impl<'a> InFlightGuard<'a> {
     fn enter(runner: &'a Runner, key: MissionKey) -> Option<Self> {
-        let mut set = runner.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        set.insert(key.clone())
-            .then_some(InFlightGuard { runner, key })
+        let inserted = runner
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone());
+        // Built only after the lock is released: its Drop takes the lock.
+        inserted.then(|| InFlightGuard { runner, key })
     }
 }
 

@@ -30,6 +30,13 @@ pub struct TestDb {
 }
 
 pub async fn setup() -> TestDb {
+    // RUST_LOG=mana_ai=debug cargo test -- --nocapture shows the service's logs.
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
     let db = TempDb::create(server(), "mana_ai_t")
         .await
         .expect("test database");
