@@ -18,3 +18,40 @@ pub struct AuditEntry {
     pub reason: Option<String>,
     pub ts: DateTime<Utc>,
 }
+
+/// The user's own audit rows, newest first, optionally for one mission.
+/// Read inside the user's RLS scope: the table's policy is the guarantee,
+/// the `WHERE user_id` only helps the index.
+pub async fn read(
+    client: &mut tokio_postgres::Client,
+    user_id: &str,
+    mission_id: Option<&str>,
+    limit: i64,
+) -> anyhow::Result<Vec<AuditEntry>> {
+    let limit = limit.clamp(1, 1000);
+    let tx = crate::db::begin_user(client, user_id).await?;
+    let rows = tx
+        .query(
+            "SELECT id, mission_id, iteration_id, table_name, record_id, status, reason, ts
+             FROM mana_ai.decrypt_audit
+             WHERE user_id = $1 AND ($2::text IS NULL OR mission_id = $2)
+             ORDER BY ts DESC, id DESC
+             LIMIT $3",
+            &[&user_id, &mission_id, &limit],
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(rows
+        .iter()
+        .map(|r| AuditEntry {
+            id: r.get(0),
+            mission_id: r.get(1),
+            iteration_id: r.get(2),
+            table_name: r.get(3),
+            record_id: r.get(4),
+            status: r.get(5),
+            reason: r.get(6),
+            ts: r.get(7),
+        })
+        .collect())
+}

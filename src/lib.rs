@@ -5,6 +5,7 @@
 //! in a timer wheel that fires at its `nextRunAt`. See `DESIGN.md`.
 
 pub mod audit;
+pub mod backend;
 pub mod config;
 pub mod crypto;
 pub mod db;

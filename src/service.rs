@@ -8,7 +8,6 @@
 //! slot claim's token keeps a zombie from writing).
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +16,7 @@ use tokio::sync::mpsc;
 use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 
+use crate::backend::{Leading, ServiceBackend};
 use crate::config::Config;
 use crate::crypto::GrantKey;
 use crate::db;
@@ -197,13 +197,6 @@ impl Leadership {
     }
 }
 
-/// Shared state the HTTP surface reads.
-#[derive(Default)]
-pub struct Status {
-    pub leader: AtomicBool,
-    pub runner: std::sync::Mutex<Option<Arc<Runner>>>,
-}
-
 /// Holds the leader lock on its own connection; resolves when it is lost.
 async fn acquire_leadership(
     config: &Config,
@@ -251,22 +244,41 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     }
     // Checked before leading, so a bad catalog or key fails the start.
     drop(RunnerSetup::from_config(&config, &metrics)?);
-    let status = Arc::new(Status::default());
+    let backend = ServiceBackend::new(pool.clone(), metrics.clone(), config.tick_enabled);
+    let listener = tokio::net::TcpListener::bind(("0.0.0.0", config.port))
+        .await
+        .with_context(|| format!("PORT: cannot listen on {}", config.port))?;
+    tracing::info!(addr = %listener.local_addr()?, "HTTP listening");
     let stop = CancellationToken::new();
+    let http = tokio::spawn(crate::http::serve(
+        listener,
+        backend.clone(),
+        crate::http::HttpSettings::from_config(&config),
+        metrics.clone(),
+        stop.clone(),
+    ));
     let leading = tokio::spawn(lead_while_possible(
         config.clone(),
         pool.clone(),
         metrics.clone(),
-        status.clone(),
+        backend,
         instance_id,
         stop.clone(),
     ));
     tracing::info!(%instance_id, tick_enabled = config.tick_enabled, "mana-ai started");
     shutdown.await;
-    tracing::info!("shutting down");
+    tracing::info!("shutting down: no new runs; waiting for runs in flight");
     stop.cancel();
     let _ = leading.await;
+    match http.await {
+        Ok(Err(e)) => {
+            tracing::warn!(error = %format!("{e:#}"), "HTTP server stopped with an error")
+        }
+        Err(e) => tracing::warn!(error = %e, "HTTP server task failed"),
+        Ok(Ok(())) => {}
+    }
     pool.close();
+    tracing::info!("stopped");
     Ok(())
 }
 
@@ -275,7 +287,7 @@ pub async fn lead_while_possible(
     config: Config,
     pool: deadpool_postgres::Pool,
     metrics: Arc<Metrics>,
-    status: Arc<Status>,
+    backend: Arc<ServiceBackend>,
     instance_id: uuid::Uuid,
     stop: CancellationToken,
 ) {
@@ -300,20 +312,23 @@ pub async fn lead_while_possible(
             Err(e) => {
                 tracing::error!(error = %format!("{e:#}"), "could not start leading; retrying");
                 drop(lock_client);
-                tokio::time::sleep(config.leader_retry).await;
-                continue;
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(config.leader_retry) => continue,
+                }
             }
         };
-        status.leader.store(true, Ordering::Relaxed);
         metrics.is_leader.set(1);
-        *status.runner.lock().unwrap_or_else(|p| p.into_inner()) = leadership.runner.clone();
+        backend.set_leading(Some(Leading {
+            runner: leadership.runner.clone(),
+            wheel: leadership.reactor.wheel.clone(),
+        }));
         tokio::select! {
             _ = stop.cancelled() => {}
             _ = &mut lock_task => tracing::error!("leader lock connection lost; stepping down"),
         }
-        status.leader.store(false, Ordering::Relaxed);
         metrics.is_leader.set(0);
-        *status.runner.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        backend.set_leading(None);
         leadership.stop().await;
         drop(lock_client);
         if stop.is_cancelled() {
