@@ -9,6 +9,7 @@ pub mod backend;
 pub mod config;
 pub mod crypto;
 pub mod db;
+pub mod demo;
 pub mod http;
 pub mod metrics;
 pub mod pgenv;

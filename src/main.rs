@@ -20,6 +20,32 @@ enum Command {
     Serve,
     /// Apply the migrations of schema mana_ai and exit.
     Migrate,
+    /// Show the whole path on a throwaway database: seed a mission, run it, show the write-back.
+    Demo {
+        /// Keep serving HTTP (PORT) after the run, until Ctrl-C.
+        #[arg(long)]
+        keep_running: bool,
+    },
+    /// Mint a key-grant for local testing (prints the grant JSON).
+    Grant {
+        /// SPKI PEM file of the service's public key.
+        #[arg(long)]
+        public_key: std::path::PathBuf,
+        /// The user's 32-byte master key, base64.
+        #[arg(long)]
+        master_key: String,
+        #[arg(long)]
+        mission_id: String,
+        /// Tables in scope, comma-separated (e.g. notes,tasks).
+        #[arg(long, value_delimiter = ',')]
+        tables: Vec<String>,
+        /// Records in scope as <table>:<id>, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        records: Vec<String>,
+        /// Validity in hours.
+        #[arg(long, default_value_t = 24)]
+        hours: i64,
+    },
     /// The DBA trigger kit.
     Triggers {
         #[command(subcommand)]
@@ -56,7 +82,7 @@ enum KitFile {
 
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tokio_postgres=warn"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     if std::env::var("MANA_AI_LOG_FORMAT").as_deref() == Ok("json") {
         builder.json().init();
@@ -104,6 +130,22 @@ async fn main() -> std::process::ExitCode {
             );
             Ok(())
         }
+        Command::Demo { keep_running } => mana_ai::demo::run(keep_running).await,
+        Command::Grant {
+            public_key,
+            master_key,
+            mission_id,
+            tables,
+            records,
+            hours,
+        } => mint(
+            &public_key,
+            &master_key,
+            &mission_id,
+            &tables,
+            &records,
+            hours,
+        ),
         command => run(command).await,
     };
     match result {
@@ -113,6 +155,39 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+fn mint(
+    public_key: &std::path::Path,
+    master_key: &str,
+    mission_id: &str,
+    tables: &[String],
+    records: &[String],
+    hours: i64,
+) -> anyhow::Result<()> {
+    use base64::Engine;
+    let pem = std::fs::read_to_string(public_key)
+        .map_err(|e| anyhow::anyhow!("--public-key {}: {e}", public_key.display()))?;
+    let key = mana_ai::crypto::GrantPublicKey::from_public_pem(&pem)
+        .map_err(|e| anyhow::anyhow!("--public-key: {e}"))?;
+    let master: [u8; 32] = base64::engine::general_purpose::STANDARD
+        .decode(master_key.trim())
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| anyhow::anyhow!("--master-key: not base64 of exactly 32 bytes"))?;
+    let now = chrono::Utc::now();
+    let grant = mana_ai::crypto::mint_grant(
+        &key,
+        &master,
+        mission_id,
+        tables,
+        records,
+        now,
+        now + chrono::Duration::hours(hours),
+    )
+    .map_err(|_| anyhow::anyhow!("wrapping the mission key failed"))?;
+    println!("{}", serde_json::to_string_pretty(&grant)?);
+    Ok(())
 }
 
 async fn run(command: Command) -> anyhow::Result<()> {
@@ -128,6 +203,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Demo { .. } | Command::Grant { .. } => unreachable!("handled without Config"),
         Command::Triggers { action } => {
             let client = connect(&config).await?;
             match action {

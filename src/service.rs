@@ -83,6 +83,8 @@ pub struct RunnerSetup {
     pub catalog: ToolCatalog,
     pub grant_key: Option<GrantKey>,
     pub research: Option<ResearchClient>,
+    /// See [`RunnerDeps::prompt_observer`].
+    pub prompt_observer: Option<mpsc::UnboundedSender<crate::run::PromptSummary>>,
 }
 
 impl RunnerSetup {
@@ -99,6 +101,7 @@ impl RunnerSetup {
                 )
                 .map_err(|e| anyhow::anyhow!("MANA_API_URL: {e}"))?,
             ),
+            prompt_observer: None,
         })
     }
 
@@ -125,6 +128,7 @@ impl RunnerSetup {
             max_failures: config.max_failures,
             backoff: config.retry_backoff.clone(),
             instance_id,
+            prompt_observer: self.prompt_observer,
             failpoint: std::env::var("MANA_AI_FAILPOINT").ok(),
         })
     }

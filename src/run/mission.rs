@@ -287,6 +287,19 @@ impl Runner {
             tools: &tools,
             now: Some(started),
         });
+        if let Some(observer) = &deps.prompt_observer {
+            let _ = observer.send(super::PromptSummary {
+                mission_id: mission_id.to_string(),
+                system_chars: prompt.system.chars().count(),
+                user_chars: prompt.user.chars().count(),
+                tools: tools.len(),
+                inputs: resolved_inputs
+                    .iter()
+                    .map(|i| format!("{}/{}: {}", i.module, i.table, i.title))
+                    .collect(),
+                offline: matches!(deps.planner, Planner::Offline),
+            });
+        }
         drop(resolved_inputs);
         // No pooled connection is held while the model thinks.
         drop(client);

@@ -44,6 +44,18 @@ pub struct TickStats {
     pub errors: u64,
 }
 
+/// What a run sent the planner, without the content.
+#[derive(Debug, Clone)]
+pub struct PromptSummary {
+    pub mission_id: String,
+    pub system_chars: usize,
+    pub user_chars: usize,
+    pub tools: usize,
+    /// `module/table: title` of each resolved input.
+    pub inputs: Vec<String>,
+    pub offline: bool,
+}
+
 /// Where plans come from.
 pub enum Planner {
     /// An OpenAI-compatible gateway.
@@ -111,6 +123,9 @@ pub struct RunnerDeps {
     pub backoff: Vec<Duration>,
     /// This process; claims by other ids are stale once we lead.
     pub instance_id: uuid::Uuid,
+    /// Told what each run asked the planner (sizes and names, never content):
+    /// `mana-ai demo` prints it.
+    pub prompt_observer: Option<mpsc::UnboundedSender<PromptSummary>>,
     /// Test hook (`MANA_AI_FAILPOINT=after-llm`): abort the process right
     /// after the planner answered, to prove a crash there loses nothing.
     pub failpoint: Option<String>,
