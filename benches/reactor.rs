@@ -15,6 +15,8 @@ mod ingest;
 mod latency;
 #[path = "reactor/report.rs"]
 mod report;
+#[path = "reactor/runs.rs"]
+mod runs;
 #[path = "reactor/setup.rs"]
 mod setup;
 #[path = "reactor/trigger.rs"]
@@ -63,6 +65,7 @@ enum Section {
     Rebuild,
     Due,
     Trigger,
+    Runs,
 }
 
 /// How big each section is; `--quick` divides by ten.
@@ -82,6 +85,10 @@ pub struct Scale {
     pub due_missions: usize,
     pub due_spread: Duration,
     pub trigger_secs: Duration,
+    /// Missions run one at a time for the per-run overhead.
+    pub run_missions_sequential: usize,
+    /// Missions due at the same instant for the throughput figure.
+    pub run_missions_burst: usize,
 }
 
 impl Scale {
@@ -104,6 +111,8 @@ impl Scale {
             due_missions: 100_000 / d,
             due_spread: Duration::from_secs(5) / d as u32,
             trigger_secs: Duration::from_secs(3) / d as u32,
+            run_missions_sequential: 500 / d,
+            run_missions_burst: 10_000 / d,
         }
     }
 }
@@ -204,6 +213,7 @@ async fn main() -> anyhow::Result<()> {
             Section::Rebuild => wheel::rebuild(&server, &scale, r).await,
             Section::Due => wheel::due_to_start(&server, &scale, r).await,
             Section::Trigger => trigger::trigger_cost(&server, &scale, r).await,
+            Section::Runs => runs::runs(&server, &scale, r).await,
         };
         if let Err(e) = outcome {
             report.note(format!("section {name} failed: {e:#}"));
