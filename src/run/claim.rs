@@ -36,13 +36,18 @@ pub struct Slot {
     pub slot: String,
 }
 
+/// The claim commits without waiting for its WAL flush: a claim lost in a
+/// database crash only means the slot is claimed again, and the write-back
+/// that marks it done commits synchronously with the iteration.
 pub async fn claim(
-    client: &impl GenericClient,
+    client: &mut tokio_postgres::Client,
     slot: &Slot,
     instance: Uuid,
 ) -> Result<Claim, tokio_postgres::Error> {
     let token = Uuid::new_v4();
-    let claimed = client
+    let tx = client.transaction().await?;
+    tx.batch_execute("SET LOCAL synchronous_commit = off").await?;
+    let claimed = tx
         .query_opt(
             "INSERT INTO mana_ai.mission_runs AS r (user_id, mission_id, slot, state, token, claimed_by)
              VALUES ($1, $2, $3, 'running', $4, $5)
@@ -56,18 +61,20 @@ pub async fn claim(
         )
         .await?;
     if let Some(row) = claimed {
+        tx.commit().await?;
         return Ok(Claim::Claimed {
             token,
             failures: row.get(0),
         });
     }
-    let row = client
+    let row = tx
         .query_one(
             "SELECT state, retry_at FROM mana_ai.mission_runs
              WHERE user_id = $1 AND mission_id = $2 AND slot = $3",
             &[&slot.user_id, &slot.mission_id, &slot.slot],
         )
         .await?;
+    tx.commit().await?;
     Ok(match (row.get::<_, String>(0).as_str(), row.get(1)) {
         ("done", _) => Claim::Done,
         ("retry", Some(at)) => Claim::RetryAt(at),

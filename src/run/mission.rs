@@ -139,7 +139,7 @@ impl Runner {
             mission_id: mission_id.into(),
             slot: slot_text,
         };
-        let (token, failures) = match claim::claim(&**client, &slot, deps.instance_id).await? {
+        let (token, failures) = match claim::claim(&mut client, &slot, deps.instance_id).await? {
             Claim::Claimed { token, failures } => (token, failures.max(0) as u32),
             Claim::Done => return Ok(Outcome::AlreadyDone),
             Claim::Running => return Ok(Outcome::InFlight),
@@ -223,7 +223,9 @@ impl Runner {
             (Some(grant), Some(mdk)) => Some(GrantAccess { grant, mdk }),
             _ => None,
         };
-        let resolved = {
+        let resolved = if refs.is_empty() {
+            inputs::Resolved::default()
+        } else {
             let tx = crate::db::begin_user(&mut client, user_id).await?;
             let resolved = inputs::resolve(&tx, &refs, access.as_ref()).await?;
             tx.commit().await?;
