@@ -46,7 +46,8 @@ pub async fn claim(
 ) -> Result<Claim, tokio_postgres::Error> {
     let token = Uuid::new_v4();
     let tx = client.transaction().await?;
-    tx.batch_execute("SET LOCAL synchronous_commit = off").await?;
+    tx.batch_execute("SET LOCAL synchronous_commit = off")
+        .await?;
     let claimed = tx
         .query_opt(
             "INSERT INTO mana_ai.mission_runs AS r (user_id, mission_id, slot, state, token, claimed_by)
@@ -155,6 +156,22 @@ pub async fn recent_runs(
              WHERE n <= $2
              ORDER BY mission_id, claimed_at DESC",
             &[&user_id, &per_mission],
+        )
+        .await
+}
+
+/// Gives back every slot this instance still has `running` (shutdown past
+/// its grace): the next leader may run them at once. A run of ours that is
+/// still going cannot write afterwards: completing requires `running`.
+pub async fn release_instance(
+    client: &impl GenericClient,
+    instance: Uuid,
+) -> Result<u64, tokio_postgres::Error> {
+    client
+        .execute(
+            "UPDATE mana_ai.mission_runs SET state = 'retry', retry_at = now(), outcome = 'abandoned'
+             WHERE claimed_by = $1 AND state = 'running'",
+            &[&instance],
         )
         .await
 }

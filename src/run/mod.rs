@@ -197,6 +197,21 @@ impl Runner {
                 "runs still in flight at the shutdown deadline; their slots are released"
             );
             tasks.shutdown().await;
+            let released = match self.deps.pool.get().await {
+                Ok(client) => claim::release_instance(&**client, self.deps.instance_id)
+                    .await
+                    .map_err(anyhow::Error::from),
+                Err(e) => Err(e.into()),
+            };
+            match released {
+                Ok(n) => tracing::info!(
+                    released = n,
+                    "unfinished slots released for the next leader"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "could not release unfinished slots; the next leader takes them over")
+                }
+            }
         }
     }
 
@@ -280,7 +295,9 @@ impl Runner {
         let task = tokio::spawn(
             async move { runner.execute(&user, &mission).await }.instrument(span.clone()),
         );
-        let outcome = match task.await {
+        // Aborting this run (shutdown past its grace) aborts the run's task too.
+        let mut task = AbortOnDrop(task);
+        let outcome = match (&mut task.0).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(e)) => {
                 tracing::error!(parent: &span, error = %format!("{e:#}"), "mission run failed");
@@ -362,5 +379,14 @@ impl Drop for InFlightGuard<'_> {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         set.remove(&self.key);
+    }
+}
+
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
