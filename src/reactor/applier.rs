@@ -197,18 +197,25 @@ impl Applier {
     }
 
     /// One transaction: claim up to `limit` rows, fold, commit, re-arm.
+    ///
+    /// Round trips, every statement prepared: BEGIN; the claim; the reads
+    /// (every user's `set_config` and read, pipelined); the snapshot loads
+    /// (both kinds pipelined, a kind without rows skipped); the writes
+    /// (upserts, the changed agents' missions, poison rows, pipelined);
+    /// COMMIT.
     pub async fn apply_batch(&mut self, limit: i64) -> Result<BatchStats, ApplyError> {
         let mut client = self
             .pool
             .get()
             .await
             .context("getting a pooled connection")?;
+        let st = store::Prepared::get(&client).await?;
         let tx = client.transaction().await?;
-        let claimed = store::claim(&tx, limit).await?;
+        let claimed = store::claim(&*tx, &st, limit).await?;
         if claimed.is_empty() {
             return Ok(BatchStats::default());
         }
-        let (valid, mut dead) = self.read_changes(&tx, &claimed).await?;
+        let (valid, mut dead) = self.read_changes(&tx, &st, &claimed).await?;
         let mut by_record: BTreeMap<(Kind, SnapshotKey), Vec<ChangeRow>> = BTreeMap::new();
         let mut queued_at = Vec::with_capacity(valid.len());
         let mut change_ids = Vec::with_capacity(valid.len());
@@ -220,44 +227,57 @@ impl Applier {
                 .or_default()
                 .push(change.row);
         }
-        let mut updates = Vec::new();
-        let (mut created, mut changed) = (0u64, 0u64);
-        for kind in [Kind::Mission, Kind::Agent] {
-            let keys: Vec<SnapshotKey> = by_record
+        let keys_of = |kind: Kind| -> Vec<SnapshotKey> {
+            by_record
                 .keys()
                 .filter(|(k, _)| *k == kind)
                 .map(|(_, key)| key.clone())
-                .collect();
-            let mut existing = store::load_snapshots(&tx, kind, &keys).await?;
-            let mut writes = Vec::with_capacity(keys.len());
-            for key in keys {
-                let rows = by_record.remove(&(kind, key.clone())).unwrap_or_default();
-                let snapshot = existing.remove(&key);
-                if snapshot.is_some() {
-                    changed += 1;
-                } else {
-                    created += 1;
-                }
-                let write = fold_into(key, snapshot.unwrap_or_default(), &rows);
-                match kind {
-                    Kind::Mission => updates.push(wheel_update(&write)),
-                    Kind::Agent => {
-                        for (mission, next) in
-                            store::armable_missions_of_agent(&tx, &write.user_id, &write.record_id)
-                                .await?
-                        {
-                            updates.push(WheelUpdate::Arm {
-                                key: MissionKey::new(&write.user_id, &mission),
-                                next_run_at: next,
-                            });
-                        }
+                .collect()
+        };
+        let (mission_keys, agent_keys) = (keys_of(Kind::Mission), keys_of(Kind::Agent));
+        let (missions, agents) = futures_util::try_join!(
+            store::load_snapshots_prepared(&*tx, &st, Kind::Mission, &mission_keys),
+            store::load_snapshots_prepared(&*tx, &st, Kind::Agent, &agent_keys),
+        )?;
+        let (mut created, mut changed) = (0u64, 0u64);
+        let mut fold_kind =
+            |kind: Kind, keys: Vec<SnapshotKey>, mut existing: HashMap<SnapshotKey, Snapshot>| {
+                let mut writes = Vec::with_capacity(keys.len());
+                for key in keys {
+                    let rows = by_record.remove(&(kind, key.clone())).unwrap_or_default();
+                    let snapshot = existing.remove(&key);
+                    if snapshot.is_some() {
+                        changed += 1;
+                    } else {
+                        created += 1;
                     }
+                    writes.push(fold_into(key, snapshot.unwrap_or_default(), &rows));
                 }
-                writes.push(write);
-            }
-            store::upsert_snapshots(&tx, kind, &writes).await?;
-        }
-        store::insert_dead(&*tx, &dead).await?;
+                writes
+            };
+        let mission_writes = fold_kind(Kind::Mission, mission_keys, missions);
+        let agent_writes = fold_kind(Kind::Agent, agent_keys, agents);
+        let mut updates: Vec<WheelUpdate> = mission_writes.iter().map(wheel_update).collect();
+        let changed_agents: Vec<(&str, &str)> = agent_writes
+            .iter()
+            .map(|w| (w.user_id.as_str(), w.record_id.as_str()))
+            .collect();
+        // Pipelined in this order: the agents' missions are read after the
+        // batch's own mission writes.
+        let ((), armable, (), ()) = futures_util::try_join!(
+            store::upsert_snapshots(&*tx, &st, Kind::Mission, &mission_writes),
+            store::armable_missions_of_agents(&*tx, &st, &changed_agents),
+            store::upsert_snapshots(&*tx, &st, Kind::Agent, &agent_writes),
+            store::insert_dead(&*tx, &st, &dead),
+        )?;
+        updates.extend(
+            armable
+                .into_iter()
+                .map(|(user, mission, next)| WheelUpdate::Arm {
+                    key: MissionKey::new(&user, &mission),
+                    next_run_at: next,
+                }),
+        );
         tx.commit().await?;
 
         self.wheel.apply(updates).await;
@@ -297,6 +317,7 @@ impl Applier {
     async fn read_changes(
         &self,
         tx: &deadpool_postgres::Transaction<'_>,
+        st: &store::Prepared,
         claimed: &[QueueRow],
     ) -> Result<(Vec<(QueueRow, ValidChange)>, Vec<DeadChange>), ApplyError> {
         let mut dead = Vec::new();
@@ -311,8 +332,7 @@ impl Applier {
                 }),
             }
         }
-        let set_user = tx.prepare_cached(store::SET_USER).await?;
-        let read = tx.prepare_cached(store::READ_CHANGES).await?;
+        let (set_user, read) = (&st.set_user, &st.read);
         let users: Vec<&str> = by_user.keys().copied().collect();
         let args: Vec<(&(dyn ToSql + Sync), &(dyn ToSql + Sync))> = by_user
             .iter()
@@ -320,8 +340,8 @@ impl Applier {
             .collect();
         let mut requests = Vec::with_capacity(args.len() * 2);
         for (user, ids) in &args {
-            requests.push(tx.query(&set_user, std::slice::from_ref(user)));
-            requests.push(tx.query(&read, std::slice::from_ref(ids)));
+            requests.push(tx.query(set_user, std::slice::from_ref(user)));
+            requests.push(tx.query(read, std::slice::from_ref(ids)));
         }
         // try_join_all polls in order, and a query is sent on its first poll.
         let results = futures_util::future::try_join_all(requests).await?;
@@ -366,8 +386,9 @@ impl Applier {
             .get()
             .await
             .context("getting a pooled connection")?;
+        let st = store::Prepared::get(&client).await?;
         let tx = client.transaction().await?;
-        let Some(head) = store::claim(&tx, 1).await?.pop() else {
+        let Some(head) = store::claim(&*tx, &st, 1).await?.pop() else {
             return Ok(0);
         };
         let dead = DeadChange {
@@ -375,7 +396,7 @@ impl Applier {
             record_id: None,
             poison: Poison::ApplyFailed(format!("{code}: {message}")),
         };
-        store::insert_dead(&*tx, std::slice::from_ref(&dead)).await?;
+        store::insert_dead(&*tx, &st, std::slice::from_ref(&dead)).await?;
         tx.commit().await?;
         self.note_poison(&dead);
         self.isolate = self.isolate.saturating_sub(1);
