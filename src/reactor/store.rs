@@ -409,6 +409,21 @@ pub async fn armable_missions(
     Ok(rows.map_ok(|r| (r.get(0), r.get(1), r.get(2))))
 }
 
+/// How many missions [`armable_missions`] will stream (the same partial
+/// index, an index-only count), so the wheel can be sized once.
+pub async fn count_armable_missions(
+    client: &impl GenericClient,
+) -> Result<i64, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT count(*) FROM mana_ai.mission_snapshots
+             WHERE NOT deleted AND state = 'active' AND next_run_at IS NOT NULL",
+            &[],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
 /// Queue depth and NOTIFY queue usage, read at scrape time.
 pub async fn queue_gauges(
     client: &impl GenericClient,
