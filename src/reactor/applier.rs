@@ -12,6 +12,7 @@
 //! blocks the rows behind it.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -197,18 +198,26 @@ impl Applier {
     }
 
     /// One transaction: claim up to `limit` rows, fold, commit, re-arm.
+    ///
+    /// Four round trips, every statement prepared: BEGIN with the claim; the
+    /// reads (every user's `set_config` and read, pipelined); the snapshot
+    /// loads (both kinds pipelined, a kind without rows skipped); the writes
+    /// (upserts, the changed agents' missions, poison rows) with COMMIT.
     pub async fn apply_batch(&mut self, limit: i64) -> Result<BatchStats, ApplyError> {
-        let mut client = self
+        let client = self
             .pool
             .get()
             .await
             .context("getting a pooled connection")?;
-        let tx = client.transaction().await?;
-        let claimed = store::claim(&tx, limit).await?;
+        let st = store::Prepared::get(&client).await?;
+        let tx = BatchTx::new(&client);
+        let (begun, claimed) = futures_util::join!(tx.begin(), store::claim(tx.client, &st, limit));
+        begun?;
+        let claimed = claimed?;
         if claimed.is_empty() {
             return Ok(BatchStats::default());
         }
-        let (valid, mut dead) = self.read_changes(&tx, &claimed).await?;
+        let (valid, mut dead) = self.read_changes(tx.client, &st, &claimed).await?;
         let mut by_record: BTreeMap<(Kind, SnapshotKey), Vec<ChangeRow>> = BTreeMap::new();
         let mut queued_at = Vec::with_capacity(valid.len());
         let mut change_ids = Vec::with_capacity(valid.len());
@@ -220,45 +229,66 @@ impl Applier {
                 .or_default()
                 .push(change.row);
         }
-        let mut updates = Vec::new();
-        let (mut created, mut changed) = (0u64, 0u64);
-        for kind in [Kind::Mission, Kind::Agent] {
-            let keys: Vec<SnapshotKey> = by_record
+        let keys_of = |kind: Kind| -> Vec<SnapshotKey> {
+            by_record
                 .keys()
                 .filter(|(k, _)| *k == kind)
                 .map(|(_, key)| key.clone())
-                .collect();
-            let mut existing = store::load_snapshots(&tx, kind, &keys).await?;
-            let mut writes = Vec::with_capacity(keys.len());
-            for key in keys {
-                let rows = by_record.remove(&(kind, key.clone())).unwrap_or_default();
-                let snapshot = existing.remove(&key);
-                if snapshot.is_some() {
-                    changed += 1;
-                } else {
-                    created += 1;
-                }
-                let write = fold_into(key, snapshot.unwrap_or_default(), &rows);
-                match kind {
-                    Kind::Mission => updates.push(wheel_update(&write)),
-                    Kind::Agent => {
-                        for (mission, next) in
-                            store::armable_missions_of_agent(&tx, &write.user_id, &write.record_id)
-                                .await?
-                        {
-                            updates.push(WheelUpdate::Arm {
-                                key: MissionKey::new(&write.user_id, &mission),
-                                next_run_at: next,
-                            });
-                        }
+                .collect()
+        };
+        let (mission_keys, agent_keys) = (keys_of(Kind::Mission), keys_of(Kind::Agent));
+        let (missions, agents) = futures_util::try_join!(
+            store::load_snapshots_prepared(tx.client, &st, Kind::Mission, &mission_keys),
+            store::load_snapshots_prepared(tx.client, &st, Kind::Agent, &agent_keys),
+        )?;
+        let (mut created, mut changed) = (0u64, 0u64);
+        let mut fold_kind =
+            |kind: Kind, keys: Vec<SnapshotKey>, mut existing: HashMap<SnapshotKey, Snapshot>| {
+                let mut writes = Vec::with_capacity(keys.len());
+                for key in keys {
+                    let rows = by_record.remove(&(kind, key.clone())).unwrap_or_default();
+                    let snapshot = existing.remove(&key);
+                    if snapshot.is_some() {
+                        changed += 1;
+                    } else {
+                        created += 1;
                     }
+                    writes.push(fold_into(key, snapshot.unwrap_or_default(), &rows));
                 }
-                writes.push(write);
-            }
-            store::upsert_snapshots(&tx, kind, &writes).await?;
-        }
-        store::insert_dead(&*tx, &dead).await?;
-        tx.commit().await?;
+                writes
+            };
+        let mission_writes = fold_kind(Kind::Mission, mission_keys, missions);
+        let agent_writes = fold_kind(Kind::Agent, agent_keys, agents);
+        let mut updates: Vec<WheelUpdate> = mission_writes.iter().map(wheel_update).collect();
+        let changed_agents: Vec<(&str, &str)> = agent_writes
+            .iter()
+            .map(|w| (w.user_id.as_str(), w.record_id.as_str()))
+            .collect();
+        // Pipelined in this order: the agents' missions are read after the
+        // batch's own mission writes, and COMMIT follows them all. Every
+        // future runs to the end (join, not try_join), so COMMIT is always
+        // sent; after a failed write it ends the aborted transaction (the
+        // server answers ROLLBACK) and the write's error is returned.
+        let (missions_written, armable, agents_written, dead_written, committed) = futures_util::join!(
+            store::upsert_snapshots(tx.client, &st, Kind::Mission, &mission_writes),
+            store::armable_missions_of_agents(tx.client, &st, &changed_agents),
+            store::upsert_snapshots(tx.client, &st, Kind::Agent, &agent_writes),
+            store::insert_dead(tx.client, &st, &dead),
+            tx.commit(),
+        );
+        missions_written?;
+        let armable = armable?;
+        agents_written?;
+        dead_written?;
+        committed?;
+        updates.extend(
+            armable
+                .into_iter()
+                .map(|(user, mission, next)| WheelUpdate::Arm {
+                    key: MissionKey::new(&user, &mission),
+                    next_run_at: next,
+                }),
+        );
 
         self.wheel.apply(updates).await;
         if let Some(observer) = &self.observer {
@@ -296,7 +326,8 @@ impl Applier {
     /// order: each `set_config` precedes its user's read.
     async fn read_changes(
         &self,
-        tx: &deadpool_postgres::Transaction<'_>,
+        tx: &tokio_postgres::Client,
+        st: &store::Prepared,
         claimed: &[QueueRow],
     ) -> Result<(Vec<(QueueRow, ValidChange)>, Vec<DeadChange>), ApplyError> {
         let mut dead = Vec::new();
@@ -311,8 +342,7 @@ impl Applier {
                 }),
             }
         }
-        let set_user = tx.prepare_cached(store::SET_USER).await?;
-        let read = tx.prepare_cached(store::READ_CHANGES).await?;
+        let (set_user, read) = (&st.set_user, &st.read);
         let users: Vec<&str> = by_user.keys().copied().collect();
         let args: Vec<(&(dyn ToSql + Sync), &(dyn ToSql + Sync))> = by_user
             .iter()
@@ -320,8 +350,8 @@ impl Applier {
             .collect();
         let mut requests = Vec::with_capacity(args.len() * 2);
         for (user, ids) in &args {
-            requests.push(tx.query(&set_user, std::slice::from_ref(user)));
-            requests.push(tx.query(&read, std::slice::from_ref(ids)));
+            requests.push(tx.query(set_user, std::slice::from_ref(user)));
+            requests.push(tx.query(read, std::slice::from_ref(ids)));
         }
         // try_join_all polls in order, and a query is sent on its first poll.
         let results = futures_util::future::try_join_all(requests).await?;
@@ -366,8 +396,9 @@ impl Applier {
             .get()
             .await
             .context("getting a pooled connection")?;
+        let st = store::Prepared::get(&client).await?;
         let tx = client.transaction().await?;
-        let Some(head) = store::claim(&tx, 1).await?.pop() else {
+        let Some(head) = store::claim(&*tx, &st, 1).await?.pop() else {
             return Ok(0);
         };
         let dead = DeadChange {
@@ -375,7 +406,7 @@ impl Applier {
             record_id: None,
             poison: Poison::ApplyFailed(format!("{code}: {message}")),
         };
-        store::insert_dead(&*tx, std::slice::from_ref(&dead)).await?;
+        store::insert_dead(&*tx, &st, std::slice::from_ref(&dead)).await?;
         tx.commit().await?;
         self.note_poison(&dead);
         self.isolate = self.isolate.saturating_sub(1);
@@ -396,6 +427,60 @@ impl Applier {
             detail = %d.poison,
             "change set aside in mana_ai.dead_changes"
         );
+    }
+}
+
+/// A batch's transaction on a pooled connection, begun and ended by hand
+/// (tokio-postgres' `Transaction` awaits BEGIN alone and takes COMMIT by
+/// value) so that BEGIN is pipelined with the claim and COMMIT with the
+/// writes. Requests go out in the order their futures are first polled
+/// (tokio-postgres, "Pipelining"), which `futures_util::join!` does in
+/// argument order.
+///
+/// Dropped while open (an error, a cancelled batch), it queues a ROLLBACK
+/// on the connection without waiting, as `Transaction`'s own drop does: the
+/// ROLLBACK runs before anything the connection's next user sends.
+struct BatchTx<'a> {
+    client: &'a tokio_postgres::Client,
+    /// BEGIN may have been sent and COMMIT has not.
+    open: std::sync::atomic::AtomicBool,
+}
+
+impl<'a> BatchTx<'a> {
+    fn new(client: &'a tokio_postgres::Client) -> Self {
+        BatchTx {
+            client,
+            open: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Sends BEGIN; statements polled after this one run inside the
+    /// transaction.
+    fn begin(&self) -> impl std::future::Future<Output = Result<(), tokio_postgres::Error>> + 'a {
+        self.open.store(true, Relaxed);
+        self.client.batch_execute("BEGIN")
+    }
+
+    /// Sends COMMIT; once it is sent the transaction is over whatever the
+    /// answer (a COMMIT that fails, or one after a failed statement, rolls
+    /// back), so a drop after that sends no ROLLBACK.
+    async fn commit(&self) -> Result<(), tokio_postgres::Error> {
+        let mut commit = std::pin::pin!(self.client.batch_execute("COMMIT"));
+        let first = futures_util::poll!(commit.as_mut());
+        self.open.store(false, Relaxed);
+        match first {
+            std::task::Poll::Ready(result) => result,
+            std::task::Poll::Pending => commit.await,
+        }
+    }
+}
+
+impl Drop for BatchTx<'_> {
+    fn drop(&mut self) {
+        if self.open.load(Relaxed) {
+            // The first poll sends the request; its answer is not awaited.
+            let _ = futures_util::FutureExt::now_or_never(self.client.batch_execute("ROLLBACK"));
+        }
     }
 }
 
@@ -438,5 +523,200 @@ fn wheel_update(write: &SnapshotWrite) -> WheelUpdate {
             next_run_at: next.clone(),
         },
         _ => WheelUpdate::Disarm(key),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The applier against a real Postgres (found as `pgenv` says): the
+    //! pipelined transaction's edges, which tests/reactor.rs reaches only
+    //! through the whole reactor.
+    use super::*;
+    use crate::pgenv::{PgServer, TempDb, SERVICE_ROLE, SYNC_ROLE};
+    use crate::schedule::clock::DbClock;
+    use crate::schedule::wheel::spawn_wheel;
+    use serde_json::json;
+
+    struct Fixture {
+        db: TempDb,
+        pool: Pool,
+        wheel: WheelHandle,
+        applier: Applier,
+        _shutdown: tokio_util::sync::DropGuard,
+    }
+
+    /// One pooled connection only: a transaction left open by a batch
+    /// would be seen by the next one.
+    async fn fixture() -> Fixture {
+        let server = PgServer::discover().expect("a Postgres for the tests");
+        let db = TempDb::create(&server, "mana_ai_t").await.unwrap();
+        crate::triggers::install(&db.admin().await.unwrap(), SERVICE_ROLE)
+            .await
+            .unwrap();
+        let pool = crate::db::pool(&db.url_as(SERVICE_ROLE), 1, "mana-ai-test").unwrap();
+        crate::db::migrate::migrate(&mut pool.get().await.unwrap())
+            .await
+            .unwrap();
+        let shutdown = CancellationToken::new();
+        let clock: Arc<dyn Clock> = Arc::new(DbClock::new());
+        let (due_tx, due_rx) = mpsc::unbounded_channel();
+        std::mem::forget(due_rx);
+        let (wheel, _task) = spawn_wheel(clock.clone(), Metrics::new(), due_tx, shutdown.clone());
+        let applier = Applier::new(
+            pool.clone(),
+            wheel.clone(),
+            Metrics::new(),
+            clock,
+            500,
+            1 << 20,
+        );
+        Fixture {
+            db,
+            pool,
+            wheel,
+            applier,
+            _shutdown: shutdown.drop_guard(),
+        }
+    }
+
+    async fn write(db: &TempDb, user: &str, table: &str, record: &str, data: Value) {
+        let mut client = db.connect_as(SYNC_ROLE).await.unwrap();
+        let tx = crate::db::begin_user(&mut client, user).await.unwrap();
+        tx.execute(
+            "INSERT INTO public.sync_changes (app_id, table_name, record_id, user_id, op, data, client_id)
+             VALUES ('ai', $1, $2, $3, 'insert', $4, 'test')",
+            &[&table, &record, &user, &data],
+        )
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+    }
+
+    fn tomorrow() -> String {
+        (chrono::Utc::now() + chrono::Duration::days(1))
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    }
+
+    async fn count(pool: &Pool, sql: &str) -> i64 {
+        pool.get()
+            .await
+            .unwrap()
+            .query_one(sql, &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    /// No transaction is left open on the (only) pooled connection: in one
+    /// simple-protocol statement outside a transaction block, the
+    /// transaction started with the statement.
+    async fn assert_no_open_transaction(pool: &Pool) {
+        let client = pool.get().await.unwrap();
+        let rows = client
+            .simple_query(
+                "SELECT now() = statement_timestamp() AND txid_current_if_assigned() IS NULL",
+            )
+            .await
+            .unwrap();
+        let value = rows.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        });
+        assert_eq!(value.as_deref(), Some("t"), "a transaction is still open");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_write_rolls_back_the_batch_and_the_row_is_set_aside_alone() {
+        let mut f = fixture().await;
+        // A row the snapshot table refuses at write time (SQLSTATE 23514).
+        f.db.admin()
+            .await
+            .unwrap()
+            .batch_execute(
+                "ALTER TABLE mana_ai.mission_snapshots
+                   ADD CONSTRAINT test_no_bad CHECK (record->>'title' IS DISTINCT FROM 'bad')",
+            )
+            .await
+            .unwrap();
+        let next = tomorrow();
+        let active = |title: &str| json!({"title": title, "state": "active", "nextRunAt": next});
+        write(&f.db, "alice", "aiMissions", "m1", active("ok")).await;
+        write(&f.db, "alice", "aiMissions", "m2", active("bad")).await;
+        write(
+            &f.db,
+            "bob",
+            "agents",
+            "a1",
+            json!({"name": "A", "state": "active"}),
+        )
+        .await;
+        write(&f.db, "bob", "aiMissions", "m3", active("ok")).await;
+
+        assert_eq!(f.applier.drain().await.unwrap(), 4);
+        assert_no_open_transaction(&f.pool).await;
+        assert_eq!(
+            count(
+                &f.pool,
+                "SELECT count(*) FROM mana_ai.dead_changes WHERE reason = 'apply-failed'"
+            )
+            .await,
+            1
+        );
+        assert_eq!(
+            count(&f.pool, "SELECT count(*) FROM mana_ai.change_queue").await,
+            0
+        );
+        assert_eq!(
+            count(&f.pool, "SELECT count(*) FROM mana_ai.mission_snapshots").await,
+            2
+        );
+        assert_eq!(
+            count(&f.pool, "SELECT count(*) FROM mana_ai.agent_snapshots").await,
+            1
+        );
+        assert!(f.wheel.armed_at("alice", "m1").await.is_some());
+        assert!(f.wheel.armed_at("alice", "m2").await.is_none());
+        assert!(f.wheel.armed_at("bob", "m3").await.is_some());
+        // A data error anywhere in a pipeline leaves nothing half-done.
+        assert_eq!(f.applier.drain().await.unwrap(), 0);
+        assert_no_open_transaction(&f.pool).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_agent_change_rearms_its_missions_including_ones_in_the_same_batch() {
+        let mut f = fixture().await;
+        let next = tomorrow();
+        write(
+            &f.db,
+            "bob",
+            "aiMissions",
+            "m1",
+            json!({"state": "active", "nextRunAt": next, "agentId": "a1"}),
+        )
+        .await;
+        f.applier.drain().await.unwrap();
+        f.wheel
+            .apply(vec![WheelUpdate::Disarm(MissionKey::new("bob", "m1"))])
+            .await;
+        // One batch: a second mission of the agent and the agent itself.
+        write(
+            &f.db,
+            "bob",
+            "aiMissions",
+            "m2",
+            json!({"state": "active", "nextRunAt": next, "agentId": "a1"}),
+        )
+        .await;
+        write(&f.db, "bob", "agents", "a1", json!({"name": "A"})).await;
+        assert_eq!(f.applier.drain().await.unwrap(), 2);
+        let due = parse_next_run(&next);
+        assert_eq!(f.wheel.armed_at("bob", "m1").await, due);
+        assert_eq!(f.wheel.armed_at("bob", "m2").await, due);
+        // An empty claim ends its transaction too.
+        assert_eq!(
+            f.applier.apply_batch(10).await.unwrap(),
+            BatchStats::default()
+        );
+        assert_no_open_transaction(&f.pool).await;
     }
 }

@@ -67,6 +67,12 @@ pub async fn measure_clock(pool: &Pool, clock: &DbClock) -> anyhow::Result<chron
 /// Arms every armable mission from `mission_snapshots`; returns how many.
 pub async fn rebuild_wheel(pool: &Pool, wheel: &WheelHandle) -> anyhow::Result<usize> {
     let client = pool.get().await.context("connecting to the database")?;
+    // Sized once for the count: growing by doublings would leave the wheel
+    // up to twice as large as needed, and rehash it on every doubling.
+    let count = store::count_armable_missions(&**client)
+        .await
+        .context("counting armable missions")?;
+    wheel.reserve(usize::try_from(count).unwrap_or(0));
     let rows = store::armable_missions(&**client)
         .await
         .context("reading armable missions")?;
