@@ -456,3 +456,40 @@ pub async fn armable_missions_of_agents(
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect())
 }
+
+/// Folds one record from its change rows (full replay, contract section 2),
+/// inside whatever user scope the caller's transaction has. Malformed rows
+/// are left out, as the webapp would fail to apply them too. None when the
+/// record has no rows.
+pub async fn fold_record(
+    client: &impl GenericClient,
+    app_id: &str,
+    table_name: &str,
+    record_id: &str,
+) -> Result<Option<crate::sync::fold::Folded>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT id, op, data, field_timestamps, created_at FROM public.sync_changes
+             WHERE app_id = $1 AND table_name = $2 AND record_id = $3
+             ORDER BY created_at, id",
+            &[&app_id, &table_name, &record_id],
+        )
+        .await?;
+    let rows: Vec<crate::sync::fold::ChangeRow> = rows
+        .iter()
+        .filter_map(|r| {
+            crate::sync::change::to_row(RawChange {
+                id: r.get(0),
+                app_id: app_id.to_string(),
+                table_name: table_name.to_string(),
+                record_id: record_id.to_string(),
+                op: r.get(1),
+                data: r.get(2),
+                field_timestamps: r.get(3),
+                created_at: r.get(4),
+            })
+            .ok()
+        })
+        .collect();
+    Ok(crate::sync::fold::replay(record_id, &rows))
+}

@@ -14,7 +14,6 @@ use tokio_postgres::Transaction;
 use crate::crypto::{decrypt_record_fields, Mdk, MissionGrant};
 use crate::planner::ResolvedInput;
 use crate::sync::change;
-use crate::sync::fold::{replay, ChangeRow};
 
 /// Longest single field value shown to the model.
 pub const MAX_FIELD_CHARS: usize = 2_000;
@@ -156,35 +155,8 @@ async fn fold_record(
     app: &str,
     input: &InputRef,
 ) -> anyhow::Result<Option<Map<String, Value>>> {
-    let rows = tx
-        .query(
-            "SELECT id, op, data, field_timestamps, created_at FROM public.sync_changes
-             WHERE app_id = $1 AND table_name = $2 AND record_id = $3
-             ORDER BY created_at, id",
-            &[&app, &input.table, &input.id],
-        )
-        .await?;
-    let rows: Vec<ChangeRow> = rows
-        .iter()
-        .filter_map(|r| {
-            let raw = change::RawChange {
-                id: r.get(0),
-                app_id: app.to_string(),
-                table_name: input.table.clone(),
-                record_id: input.id.clone(),
-                op: r.get(1),
-                data: r.get(2),
-                field_timestamps: r.get(3),
-                created_at: r.get(4),
-            };
-            // A malformed row of another app is left out of the fold, as the
-            // webapp would fail to apply it too.
-            change::to_row(raw).ok()
-        })
-        .collect();
-    Ok(replay(&input.id, &rows)
-        .filter(|f| !f.deleted)
-        .map(|f| f.record))
+    let folded = crate::reactor::store::fold_record(tx, app, &input.table, &input.id).await?;
+    Ok(folded.filter(|f| !f.deleted).map(|f| f.record))
 }
 
 fn text<'a>(record: &'a Map<String, Value>, keys: &[&str]) -> Option<&'a str> {

@@ -98,6 +98,13 @@ impl Drop for AgentSlot<'_> {
     }
 }
 
+/// Why an attempt failed: the `errorDetails` of a final failed iteration.
+struct Failure {
+    name: &'static str,
+    message: String,
+    phase: &'static str,
+}
+
 /// Retry a skipped-concurrency run this much later.
 const CONCURRENCY_RETRY: chrono::Duration = chrono::Duration::seconds(30);
 /// Retry an over-budget run this much later (the window moves continuously).
@@ -337,6 +344,11 @@ impl Runner {
         let answer = match answer {
             Ok(a) => a,
             Err(e) => {
+                let failure = Failure {
+                    name: "PlannerError",
+                    message: e.to_string(),
+                    phase: "planner",
+                };
                 let final_ = self
                     .fail(
                         &mut client,
@@ -344,9 +356,7 @@ impl Runner {
                         &mut write,
                         failures,
                         started,
-                        "PlannerError",
-                        &e.to_string(),
-                        "planner",
+                        failure,
                     )
                     .await?;
                 return Ok(Outcome::PlannerFailed { final_ });
@@ -361,6 +371,11 @@ impl Runner {
             Ok(plan) => plan,
             Err(e) => {
                 deps.metrics.parse_failures.inc();
+                let failure = Failure {
+                    name: "ParseError",
+                    message: e.to_string(),
+                    phase: "parse",
+                };
                 let final_ = self
                     .fail(
                         &mut client,
@@ -368,9 +383,7 @@ impl Runner {
                         &mut write,
                         failures,
                         started,
-                        "ParseError",
-                        &e.to_string(),
-                        "parse",
+                        failure,
                     )
                     .await?;
                 return Ok(Outcome::ParseFailed { final_ });
@@ -405,7 +418,6 @@ impl Runner {
 
     /// A failed attempt: back off, or after `max_failures` write a failed
     /// iteration and move on to the next slot. Returns whether it was final.
-    #[allow(clippy::too_many_arguments)]
     async fn fail(
         &self,
         client: &mut tokio_postgres::Client,
@@ -413,10 +425,14 @@ impl Runner {
         write: &mut WriteBack,
         failures: u32,
         started: DateTime<Utc>,
-        name: &str,
-        message: &str,
-        phase: &str,
+        failure: Failure,
     ) -> anyhow::Result<bool> {
+        let Failure {
+            name,
+            message,
+            phase,
+        } = failure;
+        let message = message.as_str();
         let deps = &self.deps;
         deps.metrics.mission_errors.inc();
         tracing::warn!(phase, error = %message, failures = failures + 1, "mission run failed");

@@ -234,31 +234,9 @@ impl TestDb {
     pub async fn folded_mission(&self, user: &str, id: &str) -> serde_json::Map<String, Value> {
         let mut client = self.sync_client().await;
         let tx = mana_ai::db::begin_user(&mut client, user).await.unwrap();
-        let rows = tx
-            .query(
-                "SELECT id, op, data, field_timestamps, created_at FROM sync_changes
-                 WHERE app_id = 'ai' AND table_name = 'aiMissions' AND record_id = $1",
-                &[&id],
-            )
+        mana_ai::reactor::store::fold_record(&tx, "ai", "aiMissions", id)
             .await
-            .unwrap();
-        let rows: Vec<mana_ai::sync::fold::ChangeRow> = rows
-            .iter()
-            .map(|r| {
-                mana_ai::sync::change::to_row(mana_ai::sync::change::RawChange {
-                    id: r.get(0),
-                    app_id: "ai".into(),
-                    table_name: "aiMissions".into(),
-                    record_id: id.into(),
-                    op: r.get(1),
-                    data: r.get(2),
-                    field_timestamps: r.get(3),
-                    created_at: r.get(4),
-                })
-                .unwrap()
-            })
-            .collect();
-        mana_ai::sync::fold::replay(id, &rows)
+            .unwrap()
             .expect("mission rows")
             .record
     }
