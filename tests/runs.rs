@@ -289,6 +289,16 @@ async fn two_ticks_at_once_run_a_slot_once_and_a_dead_claim_is_taken_over() {
         t.writebacks("dora", "m2").await.len() == 1
     })
     .await;
+    // The write-back reaches the snapshot through the queue; until the
+    // applier folds it, a run finds the old slot done (AlreadyDone).
+    eventually("the next slot folded into the snapshot", || async {
+        t.mission("dora", "m2").await.is_some_and(|(record, _, _)| {
+            record["nextRunAt"]
+                .as_str()
+                .is_some_and(|next| next != slot)
+        })
+    })
+    .await;
     assert_eq!(
         runner.run_one("dora", "m2", None).await,
         Outcome::NotDue,
