@@ -4,12 +4,12 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use deadpool_postgres::Pool;
 use serde_json::{json, Value};
 
 use crate::audit::{self, AuditEntry};
-use crate::http::{Backend, Health, ListenerHealth, Role, TickHealth};
+use crate::http::{Backend, Health, ListenerHealth, Role, TickError, TickHealth};
 use crate::metrics::Metrics;
 use crate::reactor::store;
 use crate::run::{claim, Runner, TickStats};
@@ -123,13 +123,11 @@ impl Backend for ServiceBackend {
         self.metrics.render()
     }
 
-    async fn tick(&self) -> anyhow::Result<TickStats> {
+    async fn tick(&self) -> Result<TickStats, TickError> {
         match self.leading().and_then(|l| l.runner) {
-            Some(runner) => runner.run_due_now().await,
-            None if !self.tick_enabled => {
-                bail!("TICK_ENABLED=false: this instance runs no missions")
-            }
-            None => bail!("this instance is a standby; POST /internal/tick to the leader"),
+            Some(runner) => Ok(runner.run_due_now().await?),
+            None if !self.tick_enabled => Err(TickError::Disabled),
+            None => Err(TickError::Standby),
         }
     }
 

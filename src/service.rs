@@ -4,8 +4,10 @@
 //! one leads, through a session advisory lock held on a dedicated
 //! connection, and only the leader listens, applies and runs missions. The
 //! others retry the lock every `MANA_AI_LEADER_RETRY_SECS`. A leader that
-//! loses its lock connection stops at once (another may already lead; the
-//! slot claim's token keeps a zombie from writing).
+//! loses its lock connection stops at once, abandoning runs in flight and
+//! giving their claims back (another may already lead; the slot claim's
+//! token keeps a zombie from writing). Every term claims slots under a fresh
+//! id, so a process that leads again takes over what its earlier term left.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -140,19 +142,23 @@ pub struct Leadership {
     pub runner: Option<Arc<Runner>>,
     runner_task: Option<tokio::task::JoinHandle<()>>,
     stop: CancellationToken,
+    abandon: CancellationToken,
 }
 
 impl Leadership {
-    /// Starts the reactor and the runner on `pool`.
+    /// Starts the reactor and the runner on `pool`. `term_id` marks this
+    /// term's slot claims; it must be fresh for every term, so a claim left
+    /// `running` by an earlier term of the same process is taken over.
     pub async fn start(
         config: &Config,
         pool: deadpool_postgres::Pool,
         metrics: Arc<Metrics>,
         setup: RunnerSetup,
-        instance_id: uuid::Uuid,
+        term_id: uuid::Uuid,
         hooks: reactor::Hooks,
     ) -> anyhow::Result<Leadership> {
         let stop = CancellationToken::new();
+        let abandon = CancellationToken::new();
         let clock = Arc::new(DbClock::new());
         let (due_tx, due_rx) = mpsc::unbounded_channel();
         let reactor = reactor::start(
@@ -166,17 +172,12 @@ impl Leadership {
         )
         .await?;
         let (runner, runner_task) = if config.tick_enabled {
-            let runner = setup.into_runner(
-                config,
-                pool,
-                metrics,
-                clock,
-                reactor.wheel.clone(),
-                instance_id,
-            );
+            let runner =
+                setup.into_runner(config, pool, metrics, clock, reactor.wheel.clone(), term_id);
             let task = tokio::spawn(runner.clone().run_loop(
                 due_rx,
                 stop.child_token(),
+                abandon.clone(),
                 config.shutdown_grace,
             ));
             (Some(runner), Some(task))
@@ -188,11 +189,24 @@ impl Leadership {
             runner,
             runner_task,
             stop,
+            abandon,
         })
     }
 
     /// Stops taking work, lets runs finish up to the grace period, stops the reactor.
     pub async fn stop(self) {
+        self.stop.cancel();
+        if let Some(task) = self.runner_task {
+            let _ = task.await;
+        }
+        self.reactor.stop().await;
+    }
+
+    /// Stops at once after the leader lock was lost: another instance may
+    /// already lead and take over these runs, so waiting would only spend
+    /// tokens on plans whose write the claim token refuses anyway.
+    pub async fn abandon(self) {
+        self.abandon.cancel();
         self.stop.cancel();
         if let Some(task) = self.runner_task {
             let _ = task.await;
@@ -296,7 +310,8 @@ pub async fn lead_while_possible(
     stop: CancellationToken,
 ) {
     while let Some((lock_client, mut lock_task)) = acquire_leadership(&config, &stop).await {
-        tracing::info!(%instance_id, "leading");
+        let term_id = uuid::Uuid::new_v4();
+        tracing::info!(%instance_id, %term_id, "leading");
         let leadership = match RunnerSetup::from_config(&config, &metrics) {
             Ok(setup) => {
                 Leadership::start(
@@ -304,7 +319,7 @@ pub async fn lead_while_possible(
                     pool.clone(),
                     metrics.clone(),
                     setup,
-                    instance_id,
+                    term_id,
                     reactor::Hooks::default(),
                 )
                 .await
@@ -327,13 +342,18 @@ pub async fn lead_while_possible(
             runner: leadership.runner.clone(),
             wheel: leadership.reactor.wheel.clone(),
         }));
-        tokio::select! {
-            _ = stop.cancelled() => {}
-            _ = &mut lock_task => tracing::error!("leader lock connection lost; stepping down"),
-        }
+        let lock_lost = tokio::select! {
+            _ = stop.cancelled() => false,
+            _ = &mut lock_task => true,
+        };
         metrics.is_leader.set(0);
         backend.set_leading(None);
-        leadership.stop().await;
+        if lock_lost {
+            tracing::error!(%term_id, "leader lock connection lost; stepping down now");
+            leadership.abandon().await;
+        } else {
+            leadership.stop().await;
+        }
         drop(lock_client);
         if stop.is_cancelled() {
             return;

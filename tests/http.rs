@@ -3,7 +3,7 @@
 //! serving the public halves of the test-only keys in tests/fixtures/jwt/.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,7 +11,7 @@ use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{encode, get_current_timestamp, Algorithm, EncodingKey, Header};
 use mana_ai::audit::AuditEntry;
 use mana_ai::config::Secret;
-use mana_ai::http::{serve, Backend, Health, HttpSettings, JwksSettings, Role};
+use mana_ai::http::{serve, Backend, Health, HttpSettings, JwksSettings, Role, TickError};
 use mana_ai::metrics::Metrics;
 use mana_ai::run::TickStats;
 use serde_json::{json, Value};
@@ -33,6 +33,8 @@ enum Call {
 struct Fake {
     unhealthy: AtomicBool,
     tick_fails: AtomicBool,
+    /// 1: answer as a standby, 2: as an instance with TICK_ENABLED=false.
+    tick_refusal: AtomicU8,
     /// When set, `tick` announces itself on `tick_started` and waits for
     /// the gate: a request held in flight.
     tick_gate: Option<Arc<Notify>>,
@@ -63,16 +65,20 @@ impl Backend for Fake {
             .map(|m| m.render())
             .unwrap_or_default()
     }
-    async fn tick(&self) -> anyhow::Result<TickStats> {
+    async fn tick(&self) -> Result<TickStats, TickError> {
         self.record(Call::Tick);
         if let Some(gate) = &self.tick_gate {
             self.tick_started.notify_one();
             gate.notified().await;
         }
-        anyhow::ensure!(
-            !self.tick_fails.load(Ordering::SeqCst),
-            "db password=hunter2 rejected"
-        );
+        match self.tick_refusal.load(Ordering::SeqCst) {
+            1 => return Err(TickError::Standby),
+            2 => return Err(TickError::Disabled),
+            _ => {}
+        }
+        if self.tick_fails.load(Ordering::SeqCst) {
+            return Err(anyhow::anyhow!("db password=hunter2 rejected").into());
+        }
         Ok(TickStats {
             due_mission_count: 2,
             plans_produced: 1,
@@ -340,6 +346,26 @@ async fn tick_needs_the_service_key() {
         (r.status, r.json),
         (500, json!({ "error": "tick failed" })),
         "no internals"
+    );
+
+    app.fake.tick_refusal.store(1, Ordering::SeqCst);
+    let r = app.keyed("POST", "/internal/tick").await;
+    assert_eq!(r.status, 503, "a standby: try the leader");
+    assert!(
+        r.json["error"].as_str().unwrap().contains("standby"),
+        "{}",
+        r.json
+    );
+    app.fake.tick_refusal.store(2, Ordering::SeqCst);
+    let r = app.keyed("POST", "/internal/tick").await;
+    assert_eq!(r.status, 409, "ticks are off here");
+    assert!(
+        r.json["error"]
+            .as_str()
+            .unwrap()
+            .contains("TICK_ENABLED=false"),
+        "{}",
+        r.json
     );
 }
 

@@ -743,7 +743,7 @@ async fn a_standby_takes_over_a_killed_leader_and_its_slot_runs_once() {
         .call(reqwest::Method::POST, "/internal/tick", Some(KEY))
         .await
         .unwrap();
-    assert_eq!(status, 500, "a standby runs nothing");
+    assert_eq!(status, 503, "a standby runs nothing");
 
     seed(&t, "fay", "m-fail", json!({})).await;
     within(
@@ -799,6 +799,73 @@ async fn a_standby_takes_over_a_killed_leader_and_its_slot_runs_once() {
     let stats = standby.tick().await;
     assert_eq!(stats["dueMissionCount"], 0, "{stats}");
     assert_eq!(t.writebacks("fay", "m-fail").await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_lock_connection_is_cut_steps_down_at_once_and_leads_again() {
+    let t = setup().await;
+    // The first answer would come after a minute, past any test deadline:
+    // only abandoning that run and claiming the slot again gets it written.
+    let llm = FakeLlm::start(vec![
+        slow_llm(Duration::from_secs(60)),
+        FakeLlm::answer(&plan_answer()),
+    ])
+    .await
+    .unwrap();
+    let mut only = Service::start(
+        "only",
+        &t,
+        &llm,
+        &[
+            ("MANA_AI_SHUTDOWN_GRACE_SECS", "120"),
+            ("MANA_LLM_TIMEOUT_SECS", "120"),
+        ],
+    )
+    .await;
+    only.leading(Duration::from_secs(30)).await;
+    seed(&t, "hal", "m-cut", json!({})).await;
+    within(
+        Duration::from_secs(30),
+        "the LLM got the request",
+        || async { !llm.requests().is_empty() },
+    )
+    .await;
+    let cut: i64 = t
+        .admin()
+        .await
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE datname = current_database() AND application_name = 'mana-ai-leader'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(cut, 1, "one leader lock connection");
+    common::eventually("the slot written by the next term", || async {
+        t.writebacks("hal", "m-cut").await.len() == 1
+    })
+    .await;
+    only.leading(Duration::from_secs(10)).await;
+    assert_eq!(llm.requests().len(), 2, "the abandoned run and its retry");
+    assert_eq!(iterations(&t, "hal", "m-cut").await.len(), 1);
+    let runs = runs_of(&t, "hal", "m-cut").await;
+    assert_eq!(
+        runs.iter().map(|r| (r.1.as_str(), r.2)).collect::<Vec<_>>(),
+        [("done", 2)],
+        "claimed by the first term, taken over by the second"
+    );
+    let logs = only.logs();
+    assert!(logs.contains("stepping down now"), "{logs}");
+    assert!(
+        logs.contains("runs still in flight when leadership was lost"),
+        "{logs}"
+    );
+    only.signal("TERM");
+    assert_eq!(
+        only.exit_within(Duration::from_secs(15)).await.code(),
+        Some(0)
+    );
 }
 
 // ---- 3. SIGTERM during a slow run ----

@@ -42,7 +42,7 @@ pub trait Backend: Send + Sync + 'static {
     /// scrape-time gauges (queue depth, seconds since notification) first.
     fn metrics_text(&self) -> impl Future<Output = String> + Send;
     /// Runs every due mission now (`POST /internal/tick`).
-    fn tick(&self) -> impl Future<Output = anyhow::Result<TickStats>> + Send;
+    fn tick(&self) -> impl Future<Output = Result<TickStats, TickError>> + Send;
     /// The operator's read-only view of one user's missions.
     fn user_missions(
         &self,
@@ -56,6 +56,21 @@ pub trait Backend: Send + Sync + 'static {
         mission_id: Option<&str>,
         limit: i64,
     ) -> impl Future<Output = anyhow::Result<Vec<AuditEntry>>> + Send;
+}
+
+/// Why `POST /internal/tick` ran nothing. The first two are the operator's
+/// to act on and are answered with their reason; a failure is logged and
+/// answered without detail.
+#[derive(Debug, thiserror::Error)]
+pub enum TickError {
+    /// Another instance leads; this one runs no missions (503: try the leader).
+    #[error("this instance is a standby; POST /internal/tick to the leader")]
+    Standby,
+    /// `TICK_ENABLED=false` (409: this instance never runs missions).
+    #[error("TICK_ENABLED=false: this instance runs no missions")]
+    Disabled,
+    #[error(transparent)]
+    Failed(#[from] anyhow::Error),
 }
 
 /// Whether this instance holds the leader lock.

@@ -21,7 +21,7 @@ use super::auth::{bearer_token, service_key_matches};
 use super::jwks::TokenError;
 use super::params::{percent_decode, AuditQuery};
 use super::server::AppState;
-use super::Backend;
+use super::{Backend, TickError};
 
 pub(crate) type Body = Full<Bytes>;
 
@@ -142,7 +142,9 @@ async fn tick<B: Backend>(state: &AppState<B>, headers: &HeaderMap) -> Response<
     }
     match state.backend.tick().await {
         Ok(stats) => json(StatusCode::OK, &stats),
-        Err(e) => {
+        Err(e @ TickError::Standby) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        Err(e @ TickError::Disabled) => error(StatusCode::CONFLICT, &e.to_string()),
+        Err(TickError::Failed(e)) => {
             tracing::error!(error = format!("{e:#}"), "tick failed");
             error(StatusCode::INTERNAL_SERVER_ERROR, "tick failed")
         }

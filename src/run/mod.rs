@@ -121,7 +121,9 @@ pub struct RunnerDeps {
     pub max_failures: u32,
     /// Waits after the 1st, 2nd, ... consecutive failure (the last repeats).
     pub backoff: Vec<Duration>,
-    /// This process; claims by other ids are stale once we lead.
+    /// This leadership term (fresh each time an instance becomes leader):
+    /// claims by any other id, including this process's earlier terms, are
+    /// stale once we lead.
     pub instance_id: uuid::Uuid,
     /// Told what each run asked the planner (sizes and names, never content):
     /// `mana-ai demo` prints it.
@@ -159,12 +161,14 @@ impl Runner {
     }
 
     /// Runs due missions from the wheel until `stop`; then lets runs in
-    /// flight finish for up to `grace` and abandons the rest (their claims
-    /// go back, so the next leader takes them).
+    /// flight finish for up to `grace` (cut short by `abandon`, when
+    /// leadership is lost and another instance may already run them) and
+    /// abandons the rest: their claims go back, so the next leader takes them.
     pub async fn run_loop(
         self: Arc<Self>,
         mut due: mpsc::UnboundedReceiver<DueMission>,
         stop: CancellationToken,
+        abandon: CancellationToken,
         grace: Duration,
     ) {
         let mut tasks = JoinSet::new();
@@ -189,12 +193,15 @@ impl Runner {
                 "waiting for runs in flight"
             );
         }
-        let finished =
-            tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
-        if finished.is_err() {
+        let left_because = tokio::select! {
+            _ = async { while tasks.join_next().await.is_some() {} } => None,
+            _ = tokio::time::sleep(grace) => Some("at the shutdown deadline"),
+            _ = abandon.cancelled() => Some("when leadership was lost"),
+        };
+        if let Some(why) = left_because {
             tracing::warn!(
                 abandoned = tasks.len(),
-                "runs still in flight at the shutdown deadline; their slots are released"
+                "runs still in flight {why}; their slots are released"
             );
             tasks.shutdown().await;
             let released = match self.deps.pool.get().await {
