@@ -245,11 +245,12 @@ async fn lead(t: &TestDb, llm: &FakeLlm, with_key: bool) -> Leading {
 }
 
 /// Waits for the run's write-back; returns the one prompt the model got.
-async fn wait_written(t: &TestDb, llm: &FakeLlm) -> String {
+async fn wait_written(t: &TestDb, llm: &FakeLlm, lead: &Leading) -> String {
     eventually("the mission's iteration is written back", || async {
         t.writebacks(USER, MISSION).await.len() == 1
     })
     .await;
+    lead.settled().await;
     let prompts = llm.prompts();
     assert_eq!(prompts.len(), 1, "one planner call");
     format!("{}\n{}", prompts[0].system, prompts[0].user)
@@ -290,7 +291,7 @@ async fn a_granted_mission_reads_exactly_its_allowlisted_records() {
         .await
         .unwrap();
     let lead = lead(&t, &llm, true).await;
-    let prompt = wait_written(&t, &llm).await;
+    let prompt = wait_written(&t, &llm, &lead).await;
 
     // The prompt holds the decrypted granted records, and nothing else.
     for text in [N1_TITLE, N1_BODY, N2_TITLE, N2_BODY, T1_TITLE] {
@@ -364,7 +365,7 @@ async fn an_expired_grant_runs_without_the_encrypted_inputs() {
         .await
         .unwrap();
     let lead = lead(&t, &llm, true).await;
-    let prompt = wait_written(&t, &llm).await;
+    let prompt = wait_written(&t, &llm, &lead).await;
 
     assert_absent(&prompt, "the prompt", &PLAINTEXTS);
     assert_absent(&prompt, "the prompt", &["enc:1:"]);
@@ -395,7 +396,7 @@ async fn without_a_configured_key_the_grant_is_skipped_as_not_configured() {
         .await
         .unwrap();
     let lead = lead(&t, &llm, false).await;
-    let prompt = wait_written(&t, &llm).await;
+    let prompt = wait_written(&t, &llm, &lead).await;
 
     assert_absent(&prompt, "the prompt", &PLAINTEXTS);
     assert_absent(&prompt, "the prompt", &["enc:1:"]);
@@ -422,7 +423,7 @@ async fn a_tampered_ciphertext_is_audited_as_failed_and_left_out() {
         .await
         .unwrap();
     let lead = lead(&t, &llm, true).await;
-    let prompt = wait_written(&t, &llm).await;
+    let prompt = wait_written(&t, &llm, &lead).await;
 
     for text in [N1_TITLE, N1_BODY, N2_TITLE, N2_BODY] {
         assert!(prompt.contains(text), "prompt lacks {text:?}");
@@ -575,7 +576,7 @@ async fn decrypted_values_and_keys_never_reach_logs_or_metrics() {
         .await
         .unwrap();
     let lead = lead(&t, &llm, true).await;
-    let prompt = wait_written(&t, &llm).await;
+    let prompt = wait_written(&t, &llm, &lead).await;
     assert!(prompt.contains(N1_BODY), "the run did decrypt");
     eventually("the run's end is logged", || async {
         captured_logs().contains("mission run finished")

@@ -143,6 +143,7 @@ async fn a_due_mission_is_planned_and_written_back_as_the_contract_says() {
         count(&t, "SELECT sum(tokens_used)::int8 FROM mana_ai.token_usage").await,
         2_000
     );
+    lead.settled().await;
     assert_eq!(lead.metrics.plans_written_back.get(), 2);
     assert_eq!(
         lead.metrics
@@ -237,14 +238,14 @@ async fn planner_errors_of_every_kind_are_outcomes_not_crashes() {
             "unknown-tool" | "no-rationale" | "no-json" => "parse-failed",
             _ => "planner-failed",
         };
-        assert_eq!(
-            lead.metrics
-                .run_outcomes
-                .with_label_values(&[expected])
-                .get(),
-            1,
-            "{name}"
-        );
+        // The outcome is counted when the run returns, just after its
+        // back-off committed.
+        let outcome = lead.metrics.run_outcomes.with_label_values(&[expected]);
+        eventually(&format!("{name}: outcome {expected} counted"), || async {
+            outcome.get() >= 1
+        })
+        .await;
+        assert_eq!(outcome.get(), 1, "{name}");
         assert!(t.writebacks("cleo", name).await.is_empty());
         lead.stop().await;
     }

@@ -326,8 +326,10 @@ impl Runner {
         }
         span.record("outcome", outcome.as_str());
         tracing::info!(parent: &span, outcome = outcome.as_str(), "mission run finished");
-        metrics.runs_in_flight.dec();
+        // Counted before the run leaves the in-flight gauge, so whoever sees
+        // `runs_in_flight` drop sees the run's outcome counted.
         self.finish(outcome);
+        metrics.runs_in_flight.dec();
         outcome
     }
 
