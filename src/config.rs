@@ -59,6 +59,10 @@ pub struct Config {
     /// `MANA_AI_LISTEN_DATABASE_URL`: a direct connection for LISTEN when the
     /// pool sits behind a transaction pooler (which breaks LISTEN).
     pub listen_database_url: Secret,
+    /// `MANA_AI_PG_ROOT_CERT`: PEM file of the CA certificates that sign the
+    /// database server's certificate (URLs with `sslmode=require`; without
+    /// it the web PKI roots are used). See `db::tls`.
+    pub pg_root_cert: Option<std::path::PathBuf>,
     /// `PORT`: HTTP port.
     pub port: u16,
     /// `TICK_ENABLED`: false boots without running missions.
@@ -165,6 +169,7 @@ impl Config {
         Ok(Config {
             database_url: Secret::new(database_url),
             listen_database_url: Secret::new(listen_database_url),
+            pg_root_cert: get("MANA_AI_PG_ROOT_CERT").map(std::path::PathBuf::from),
             port: parse_num(&get, "PORT", 3067u16, 0..=u16::MAX)?,
             tick_enabled: parse_bool(&get, "TICK_ENABLED", true)?,
             pool_size: parse_num(&get, "MANA_AI_DB_POOL_SIZE", 8usize, 2..=256)?,
@@ -263,14 +268,25 @@ fn parse_backoff(get: &impl Fn(&str) -> Option<String>) -> Result<Vec<Duration>,
 }
 
 fn check_pg_url(var: &'static str, url: &str) -> Result<(), ConfigError> {
+    if url.contains("sslmode=verify-") {
+        return Err(err(
+            var,
+            "sslmode=verify-ca/verify-full are not accepted: use sslmode=require, which here \
+             verifies the certificate chain and host name (CA file: MANA_AI_PG_ROOT_CERT)",
+        ));
+    }
     url.parse::<tokio_postgres::Config>()
         .map(|_| ())
-        // The parser's message never includes the password; the URL itself is not echoed.
+        // The parser's messages name options, never values; the URL itself
+        // (with its password) is not echoed.
         .map_err(|e| {
-            err(
-                var,
-                format!("is not a valid Postgres connection string: {e}"),
-            )
+            let mut problem = format!("is not a valid Postgres connection string: {e}");
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                problem.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            err(var, problem)
         })
 }
 
@@ -369,6 +385,29 @@ mod tests {
             let e = config(&[URL, (var, value)]).unwrap_err();
             assert_eq!(e.var, var, "{e}");
         }
+    }
+
+    #[test]
+    fn bad_database_urls_say_what_is_wrong_and_never_echo_the_password() {
+        for (url, says) in [
+            (
+                "postgres://svc:pw@h/db?sslmode=verify-full",
+                "use sslmode=require",
+            ),
+            ("postgres://svc:pw@h/db?sslmode=bogus", "sslmode"),
+            ("postgres://svc:pw@h/db?colour=blue", "colour"),
+        ] {
+            let e = config(&[("SYNC_DATABASE_URL", url)]).unwrap_err();
+            let text = e.to_string();
+            assert!(text.starts_with("SYNC_DATABASE_URL: "), "{text}");
+            assert!(text.contains(says), "{url}: {text}");
+            assert!(!text.contains("pw"), "{text}");
+        }
+        let c = config(&[URL, ("MANA_AI_PG_ROOT_CERT", "/etc/ssl/db-ca.pem")]).unwrap();
+        assert_eq!(
+            c.pg_root_cert.as_deref(),
+            Some(std::path::Path::new("/etc/ssl/db-ca.pem"))
+        );
     }
 
     #[test]

@@ -58,7 +58,7 @@ pub async fn run(keep_running: bool) -> anyhow::Result<()> {
     ));
     let admin = db.admin().await?;
     crate::triggers::install(&admin, SERVICE_ROLE).await?;
-    let pool = crate::db::pool(&db.url_as(SERVICE_ROLE), 8, "mana-ai-demo")?;
+    let pool = crate::db::pool(&db.url_as(SERVICE_ROLE), 8, "mana-ai-demo", None)?;
     crate::db::migrate::migrate(&mut *pool.get().await?).await?;
     say(format!("2. Installed triggers/install.sql for role {SERVICE_ROLE} (NOSUPERUSER NOBYPASSRLS) and the migrations"));
 

@@ -1,6 +1,8 @@
 //! The `mana-ai` command line: a thin shell over the library.
 
+use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use mana_ai::db::tls::{self, PgTls};
 use mana_ai::{config::Config, db, service, triggers};
 
 #[derive(Parser)]
@@ -92,11 +94,15 @@ fn init_logging() {
 }
 
 async fn connect(config: &Config) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, connection) =
-        tokio_postgres::connect(config.database_url.expose(), tokio_postgres::NoTls)
-            .await
-            .map_err(|e| anyhow::anyhow!("connecting to SYNC_DATABASE_URL: {e}"))?;
-    tokio::spawn(connection);
+    let pg: tokio_postgres::Config = config
+        .database_url
+        .expose()
+        .parse()
+        .context("SYNC_DATABASE_URL")?;
+    let tls = PgTls::for_config(&pg, config.pg_root_cert.as_deref())?;
+    let (client, _task) = tls::connect(&pg, &tls, |_| {})
+        .await
+        .context("connecting to SYNC_DATABASE_URL")?;
     Ok(client)
 }
 

@@ -61,7 +61,13 @@ impl PgServer {
                 cluster_dir: None,
             });
         }
-        start_cluster()
+        start_cluster(None)
+    }
+
+    /// Starts a throwaway cluster that also accepts TLS with `tls`'s
+    /// certificate (the TLS tests; plain connections still work).
+    pub fn start_with_tls(tls: &ServerTls) -> anyhow::Result<PgServer> {
+        start_cluster(Some(tls))
     }
 
     /// A libpq connection string for `dbname`, as the admin or as `user`.
@@ -180,7 +186,13 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn start_cluster() -> anyhow::Result<PgServer> {
+/// A server certificate and its key, PEM.
+pub struct ServerTls {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+fn start_cluster(tls: Option<&ServerTls>) -> anyhow::Result<PgServer> {
     let bin = find_pg_bin().context(
         "no Postgres found: set DATABASE_URL, run one on 127.0.0.1:5432, or install the server \
          (Debian: apt-get install postgresql) so initdb and pg_ctl can start a throwaway cluster",
@@ -191,6 +203,19 @@ fn start_cluster() -> anyhow::Result<PgServer> {
         .tempdir()
         .context("creating a temp dir for the cluster")?
         .keep();
+    let mut options = String::new();
+    if let Some(tls) = tls {
+        let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
+        std::fs::write(&cert, &tls.cert_pem).context("writing the server certificate")?;
+        std::fs::write(&key, &tls.key_pem).context("writing the server key")?;
+        // Postgres refuses a key others can read.
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        options = format!(
+            " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+            cert.display(),
+            key.display()
+        );
+    }
     if let Some(u) = &user {
         let status = Command::new("chown").arg("-R").arg(u).arg(&dir).status()?;
         if !status.success() {
@@ -217,7 +242,7 @@ fn start_cluster() -> anyhow::Result<PgServer> {
     }
     let port = free_port()?;
     let options = format!(
-        "-c listen_addresses=127.0.0.1 -p {port} -k {} -c fsync=off -c max_connections=200",
+        "-c listen_addresses=127.0.0.1 -p {port} -k {} -c fsync=off -c max_connections=200{options}",
         dir.display()
     );
     let out = command_as(user.as_deref(), &bin.join("pg_ctl"))

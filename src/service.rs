@@ -15,13 +15,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::mpsc;
-use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Leading, ServiceBackend};
 use crate::config::Config;
 use crate::crypto::GrantKey;
 use crate::db;
+use crate::db::tls::{self, PgTls};
 use crate::metrics::Metrics;
 use crate::planner::llm::{LlmClient, LlmConfig, ServiceKey};
 use crate::planner::research::{ResearchClient, DEFAULT_DISCOVER_TIMEOUT, DEFAULT_SEARCH_TIMEOUT};
@@ -219,16 +219,14 @@ impl Leadership {
 async fn acquire_leadership(
     config: &Config,
     stop: &CancellationToken,
-) -> Option<(tokio_postgres::Client, tokio::task::JoinHandle<()>)> {
+) -> Option<(tokio_postgres::Client, tls::ConnectionTask)> {
     loop {
         let attempt = async {
             let mut pg: tokio_postgres::Config = config.database_url.expose().parse()?;
             pg.application_name("mana-ai-leader")
                 .connect_timeout(Duration::from_secs(10));
-            let (client, connection) = pg.connect(NoTls).await?;
-            let task = tokio::spawn(async move {
-                let _ = connection.await;
-            });
+            let tls = PgTls::for_config(&pg, config.pg_root_cert.as_deref())?;
+            let (client, task) = tls::connect(&pg, &tls, |_| {}).await?;
             let locked: bool = client
                 .query_one("SELECT pg_try_advisory_lock($1)", &[&LEADER_LOCK])
                 .await?
@@ -251,7 +249,12 @@ async fn acquire_leadership(
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let metrics = Metrics::new();
     let instance_id = uuid::Uuid::new_v4();
-    let pool = db::pool(config.database_url.expose(), config.pool_size, "mana-ai")?;
+    let pool = db::pool(
+        config.database_url.expose(),
+        config.pool_size,
+        "mana-ai",
+        config.pg_root_cert.as_deref(),
+    )?;
     {
         let mut client = pool
             .get()

@@ -289,7 +289,7 @@ async fn batch_floor(bench: &BenchDb, report: &mut Report) -> anyhow::Result<()>
         ))
         .await?;
     // Settings apply at connection start: the existing pool keeps `on`.
-    let async_pool = mana_ai::db::pool(&bench.db.url_as(SERVICE_ROLE), 2, "mana-ai-bench")?;
+    let async_pool = mana_ai::db::pool(&bench.db.url_as(SERVICE_ROLE), 2, "mana-ai-bench", None)?;
     for (label, pool) in [
         ("synchronous_commit on", &bench.pool),
         ("synchronous_commit off", &async_pool),

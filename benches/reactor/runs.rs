@@ -73,7 +73,7 @@ async fn drain(
     let metrics = Metrics::new();
     let mut runner_setup = RunnerSetup::from_config(&config, &metrics)?;
     runner_setup.research = None;
-    let pool = mana_ai::db::pool(&bench.db.url_as(SERVICE_ROLE), 16, "mana-ai-bench")?;
+    let pool = mana_ai::db::pool(&bench.db.url_as(SERVICE_ROLE), 16, "mana-ai-bench", None)?;
     let lead = Leadership::start(
         &config,
         pool.clone(),

@@ -37,7 +37,7 @@ pub async fn install_kit(db: &TempDb) -> anyhow::Result<()> {
 pub async fn with_reactor_schema(server: &PgServer) -> anyhow::Result<BenchDb> {
     let db = bare(server).await?;
     install_kit(&db).await?;
-    let pool = mana_ai::db::pool(&db.url_as(SERVICE_ROLE), 4, "mana-ai-bench")?;
+    let pool = mana_ai::db::pool(&db.url_as(SERVICE_ROLE), 4, "mana-ai-bench", None)?;
     let mut client = pool.get().await.context("service role connection")?;
     mana_ai::db::migrate::migrate(&mut client).await?;
     drop(client);

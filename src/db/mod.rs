@@ -3,10 +3,15 @@
 //! only knows how to connect and how to scope a transaction to one user.
 
 pub mod migrate;
+pub mod tls;
+
+use std::path::Path;
 
 use anyhow::Context;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::{NoTls, Transaction};
+
+use tls::PgTls;
 
 /// Refused before touching the database: RLS with an empty user id would
 /// silently match nothing, which hides bugs.
@@ -19,20 +24,27 @@ pub enum ScopeError {
 }
 
 /// Builds the pool from a connection string; no connection is made yet.
-pub fn pool(url: &str, size: usize, application_name: &str) -> anyhow::Result<Pool> {
+/// TLS as [`tls`] describes: with `sslmode=require`, verified against
+/// `root_cert` or the web PKI roots.
+pub fn pool(
+    url: &str,
+    size: usize,
+    application_name: &str,
+    root_cert: Option<&Path>,
+) -> anyhow::Result<Pool> {
     let mut pg: tokio_postgres::Config = url
         .parse()
         .context("parsing the database connection string")?;
     if pg.get_application_name().is_none() {
         pg.application_name(application_name);
     }
-    let manager = Manager::from_config(
-        pg,
-        NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
+    let manager_config = ManagerConfig {
+        recycling_method: RecyclingMethod::Fast,
+    };
+    let manager = match PgTls::for_config(&pg, root_cert)? {
+        PgTls::Plain => Manager::from_config(pg, NoTls, manager_config),
+        PgTls::Verified(tls) => Manager::from_config(pg, tls, manager_config),
+    };
     // A bounded wait: a starved pool is an error with a cause, not a hang.
     Pool::builder(manager)
         .max_size(size)

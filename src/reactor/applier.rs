@@ -553,7 +553,7 @@ mod tests {
         crate::triggers::install(&db.admin().await.unwrap(), SERVICE_ROLE)
             .await
             .unwrap();
-        let pool = crate::db::pool(&db.url_as(SERVICE_ROLE), 1, "mana-ai-test").unwrap();
+        let pool = crate::db::pool(&db.url_as(SERVICE_ROLE), 1, "mana-ai-test", None).unwrap();
         crate::db::migrate::migrate(&mut pool.get().await.unwrap())
             .await
             .unwrap();

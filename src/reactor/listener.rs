@@ -10,13 +10,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use futures_util::StreamExt;
 use rand::Rng;
 use tokio::sync::{watch, Notify};
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Secret;
+use crate::db::tls::{self, PgTls};
 use crate::metrics::Metrics;
 use crate::schedule::clock::DbClock;
 
@@ -26,6 +26,8 @@ pub const APPLICATION_NAME: &str = "mana-ai-listener";
 
 pub struct Listener {
     pub url: Secret,
+    /// `MANA_AI_PG_ROOT_CERT` (see `db::tls`).
+    pub root_cert: Option<std::path::PathBuf>,
     pub channel: String,
     pub heartbeat: Duration,
     pub wake: Arc<Notify>,
@@ -73,24 +75,18 @@ impl Listener {
         config
             .application_name(APPLICATION_NAME)
             .connect_timeout(Duration::from_secs(10));
-        let (client, mut connection) = config.connect(NoTls).await.context("connecting")?;
+        let tls = PgTls::for_config(&config, self.root_cert.as_deref())?;
         let wake = self.wake.clone();
         let metrics = self.metrics.clone();
-        // The connection's own task: reads every message as it arrives.
-        let mut reader = tokio::spawn(async move {
-            let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-            while let Some(message) = messages.next().await {
-                match message {
-                    Ok(AsyncMessage::Notification(_)) => {
-                        metrics.note_notification();
-                        wake.notify_one();
-                    }
-                    Ok(_) => {}
-                    Err(e) => return Err(e),
-                }
+        // The connection's own task reads every message as it arrives.
+        let (client, mut reader) = tls::connect(&config, &tls, move |message| {
+            if let AsyncMessage::Notification(_) = message {
+                metrics.note_notification();
+                wake.notify_one();
             }
-            Ok(())
-        });
+        })
+        .await
+        .context("connecting")?;
         let result = async {
             self.listen(&client).await?;
             *backoff = Duration::from_secs(1);

@@ -147,6 +147,7 @@ pub async fn start(
     let (connected, listening) = watch::channel(false);
     let listener = listener::Listener {
         url: config.listen_database_url.clone(),
+        root_cert: config.pg_root_cert.clone(),
         channel: config.listen_channel.clone(),
         heartbeat: config.listen_heartbeat,
         wake,

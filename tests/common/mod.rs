@@ -37,14 +37,19 @@ pub async fn setup() -> TestDb {
             .with_test_writer()
             .try_init();
     }
-    let db = TempDb::create(server(), "mana_ai_t")
+    setup_on(server()).await
+}
+
+/// [`setup`] on a given server (the TLS tests start their own).
+pub async fn setup_on(server: &PgServer) -> TestDb {
+    let db = TempDb::create(server, "mana_ai_t")
         .await
         .expect("test database");
     let admin = db.admin().await.unwrap();
     mana_ai::triggers::install(&admin, SERVICE_ROLE)
         .await
         .expect("install.sql");
-    let pool = mana_ai::db::pool(&db.url_as(SERVICE_ROLE), 4, "mana-ai-test").unwrap();
+    let pool = mana_ai::db::pool(&db.url_as(SERVICE_ROLE), 4, "mana-ai-test", None).unwrap();
     let mut client = pool.get().await.unwrap();
     mana_ai::db::migrate::migrate(&mut client)
         .await
@@ -196,6 +201,16 @@ impl Leading {
 
     pub async fn stop(self) {
         self.lead.stop().await;
+    }
+
+    /// Waits until no run is in flight. A run counts its metrics before it
+    /// leaves the gauge, so after a write-back was seen this makes the
+    /// run's counters safe to read.
+    pub async fn settled(&self) {
+        eventually("no run in flight", || async {
+            self.metrics.runs_in_flight.get() == 0
+        })
+        .await;
     }
 }
 
