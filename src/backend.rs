@@ -186,6 +186,12 @@ impl Backend for ServiceBackend {
         Ok(json!({"userId": user_id, "missions": out}))
     }
 
+    async fn dead_changes(&self, user_id: Option<&str>, limit: i64) -> anyhow::Result<Value> {
+        let client = self.pool.get().await.context("connecting")?;
+        let (total, rows) = store::dead_changes(&**client, user_id, limit).await?;
+        Ok(json!({ "total": total, "deadChanges": rows }))
+    }
+
     async fn audit(
         &self,
         user_id: &str,

@@ -70,6 +70,37 @@ impl PgServer {
         start_cluster(Some(tls))
     }
 
+    /// Starts a throwaway cluster of its own, whatever else answers (tests
+    /// that restart the server).
+    pub fn start_throwaway() -> anyhow::Result<PgServer> {
+        start_cluster(None)
+    }
+
+    /// Restarts a cluster this process started (`pg_ctl restart -m fast`,
+    /// same options): every connection to it is cut.
+    pub fn restart(&self) -> anyhow::Result<()> {
+        let dir = self
+            .cluster_dir
+            .as_ref()
+            .context("only a cluster this process started can be restarted")?;
+        let bin = find_pg_bin().context("pg_ctl not found")?;
+        let out = command_as(cluster_user().as_deref(), &bin.join("pg_ctl"))
+            .args(["-w", "-m", "fast", "-l"])
+            .arg(dir.join("log"))
+            .arg("-D")
+            .arg(dir.join("data"))
+            .arg("restart")
+            .output()
+            .context("running pg_ctl restart")?;
+        if !out.status.success() {
+            bail!(
+                "pg_ctl restart failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
     /// A libpq connection string for `dbname`, as the admin or as `user`.
     pub fn conninfo(&self, dbname: &str, user: Option<(&str, &str)>) -> String {
         let mut parts = Vec::new();

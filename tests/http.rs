@@ -26,6 +26,7 @@ const KEY: &str = "test-service-key";
 enum Call {
     Tick,
     Missions(String),
+    DeadChanges(Option<String>, i64),
     Audit(String, Option<String>, i64),
 }
 
@@ -88,6 +89,10 @@ impl Backend for Fake {
     async fn user_missions(&self, user_id: &str) -> anyhow::Result<Value> {
         self.record(Call::Missions(user_id.into()));
         Ok(json!({ "userId": user_id, "missions": [] }))
+    }
+    async fn dead_changes(&self, user_id: Option<&str>, limit: i64) -> anyhow::Result<Value> {
+        self.record(Call::DeadChanges(user_id.map(String::from), limit));
+        Ok(json!({ "total": 0, "deadChanges": [] }))
     }
     async fn audit(
         &self,
@@ -419,6 +424,41 @@ async fn user_missions_are_gated_and_get_the_decoded_id() {
         "bad escape"
     );
     assert_eq!(app.fake.calls().len(), 1);
+}
+
+#[tokio::test]
+async fn dead_changes_are_gated_filtered_and_clamped() {
+    let app = spawn(settings(KEY, None)).await;
+    assert_eq!(
+        app.call("GET", "/internal/dead-changes", &[]).await.status,
+        401
+    );
+    let r = app.keyed("GET", "/internal/dead-changes").await;
+    assert_eq!(
+        (r.status, r.json),
+        (200, json!({ "total": 0, "deadChanges": [] }))
+    );
+    let r = app
+        .keyed("GET", "/internal/dead-changes?userId=u%201&limit=5000")
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        app.keyed("GET", "/internal/dead-changes?limit=many")
+            .await
+            .status,
+        400
+    );
+    assert_eq!(
+        app.keyed("POST", "/internal/dead-changes").await.status,
+        405
+    );
+    assert_eq!(
+        app.fake.calls(),
+        vec![
+            Call::DeadChanges(None, 200),
+            Call::DeadChanges(Some("u 1".into()), 1000)
+        ]
+    );
 }
 
 // ---- the audit API ----

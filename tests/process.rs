@@ -565,6 +565,8 @@ async fn the_binary_serves_health_metrics_tick_and_the_missions_view() {
         assert!(serde_json::from_str::<Value>(&body).unwrap()["error"].is_string());
         let (status, _) = svc.get("/internal/missions/uma", key).await.unwrap();
         assert_eq!(status, 401);
+        let (status, _) = svc.get("/internal/dead-changes", key).await.unwrap();
+        assert_eq!(status, 401);
     }
     caught_up(&t, "uma", "m-granted").await;
     caught_up(&t, "uma", "m-broken").await;
@@ -617,6 +619,46 @@ async fn the_binary_serves_health_metrics_tick_and_the_missions_view() {
     }
     let other = svc.json("/internal/missions/nobody").await;
     assert_eq!(other, json!({"userId": "nobody", "missions": []}));
+
+    // A poison change: set aside, and shown to operators without its data.
+    write(
+        &mut sync,
+        &[Change::mission(
+            "uma",
+            "m-poison",
+            "insert",
+            json!("Geheimer Text statt eines Objekts"),
+        )],
+    )
+    .await;
+    common::eventually("the poison change is listed", || async {
+        svc.json("/internal/dead-changes?userId=uma").await["total"] == 1
+    })
+    .await;
+    let dead = svc.json("/internal/dead-changes?userId=uma&limit=10").await;
+    let row = &dead["deadChanges"][0];
+    assert_eq!(
+        (
+            &row["userId"],
+            &row["tableName"],
+            &row["recordId"],
+            &row["reason"]
+        ),
+        (
+            &json!("uma"),
+            &json!("aiMissions"),
+            &json!("m-poison"),
+            &json!("data-not-object")
+        ),
+        "{dead}"
+    );
+    assert!(
+        row["changeId"].is_string() && row["deadAt"].is_string(),
+        "{dead}"
+    );
+    assert!(!dead.to_string().contains("Geheimer"), "{dead}");
+    let none = svc.json("/internal/dead-changes?userId=nobody").await;
+    assert_eq!(none, json!({"total": 0, "deadChanges": []}));
 
     // Metrics: valid text format with every contract name.
     let (status, metrics) = svc.get("/metrics", None).await.unwrap();
@@ -866,6 +908,47 @@ async fn a_leader_whose_lock_connection_is_cut_steps_down_at_once_and_leads_agai
         only.exit_within(Duration::from_secs(15)).await.code(),
         Some(0)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_restart_cuts_every_connection_and_nothing_is_lost() {
+    // Its own cluster: restarting the shared server would break other tests.
+    let server = mana_ai::pgenv::PgServer::start_throwaway()
+        .expect("a throwaway cluster (needs initdb and pg_ctl)");
+    let t = common::setup_on(&server).await;
+    let llm = FakeLlm::start(vec![FakeLlm::answer(&plan_answer())])
+        .await
+        .unwrap();
+    let only = Service::start("only", &t, &llm, &[]).await;
+    only.leading(Duration::from_secs(30)).await;
+    seed(&t, "ivo", "m-before", json!({})).await;
+    common::eventually("written before the restart", || async {
+        t.writebacks("ivo", "m-before").await.len() == 1
+    })
+    .await;
+
+    let server_for_restart = server.clone();
+    tokio::task::spawn_blocking(move || server_for_restart.restart())
+        .await
+        .unwrap()
+        .expect("pg_ctl restart");
+    let restarted = Instant::now();
+    // A change committed as soon as the database is back; the service may
+    // not have reconnected yet: the queue keeps it.
+    seed(&t, "ivo", "m-after", json!({})).await;
+    only.leading(Duration::from_secs(30)).await;
+    eprintln!(
+        "restart: leading again {:?} after the restart",
+        restarted.elapsed()
+    );
+    common::eventually("written after the restart", || async {
+        t.writebacks("ivo", "m-after").await.len() == 1
+    })
+    .await;
+    assert_eq!(t.writebacks("ivo", "m-before").await.len(), 1);
+    assert_eq!(llm.requests().len(), 2, "one run per mission");
+    let logs = only.logs();
+    assert!(logs.contains("stepping down now"), "lost its lock: {logs}");
 }
 
 // ---- 3. SIGTERM during a slow run ----

@@ -48,6 +48,14 @@ pub trait Backend: Send + Sync + 'static {
         &self,
         user_id: &str,
     ) -> impl Future<Output = anyhow::Result<serde_json::Value>> + Send;
+    /// Changes set aside as poison (`mana_ai.dead_changes`), newest first,
+    /// optionally of one user: `{total, deadChanges: [...]}`. Ids, reasons
+    /// and value-free details only. `limit` is already clamped to 1..=1000.
+    fn dead_changes(
+        &self,
+        user_id: Option<&str>,
+        limit: i64,
+    ) -> impl Future<Output = anyhow::Result<serde_json::Value>> + Send;
     /// The user's own decrypt audit rows, newest first; `limit` is already
     /// clamped to 1..=1000.
     fn audit(

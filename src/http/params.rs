@@ -1,26 +1,29 @@
-//! Request parameters: percent-decoding and the audit API's query.
+//! Request parameters: percent-decoding and the list queries.
 //!
 //! Rules: a broken `%` escape or non-UTF-8 result is an error (400), never
 //! silently passed on; `limit` defaults to 200 and is clamped to 1..=1000
 //! (contract section 9), and only a non-integer is refused.
 
-/// Audit rows per request: default and upper bound.
-const AUDIT_LIMIT_DEFAULT: i64 = 200;
-const AUDIT_LIMIT_MAX: i64 = 1000;
+/// Rows per request: default and upper bound.
+const LIMIT_DEFAULT: i64 = 200;
+const LIMIT_MAX: i64 = 1000;
 
-/// `?missionId=&limit=` of the audit API.
+/// `?<filter>=&limit=` of a list route: the audit API filters by
+/// `missionId`, the dead-changes view by `userId`.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) struct AuditQuery {
-    pub(crate) mission_id: Option<String>,
+pub(crate) struct ListQuery {
+    /// The filter's value; `None` when absent or empty.
+    pub(crate) filter: Option<String>,
     /// Clamped to 1..=1000; 200 when absent or empty.
     pub(crate) limit: i64,
 }
 
-impl AuditQuery {
-    pub(crate) fn parse(query: Option<&str>) -> Result<AuditQuery, &'static str> {
-        let mut parsed = AuditQuery {
-            mission_id: None,
-            limit: AUDIT_LIMIT_DEFAULT,
+impl ListQuery {
+    /// Parses `query`, taking `filter_key` as the filter; other keys are ignored.
+    pub(crate) fn parse(query: Option<&str>, filter_key: &str) -> Result<ListQuery, &'static str> {
+        let mut parsed = ListQuery {
+            filter: None,
+            limit: LIMIT_DEFAULT,
         };
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -29,11 +32,14 @@ impl AuditQuery {
                 percent_decode(key, true).ok_or(bad)?,
                 percent_decode(value, true).ok_or(bad)?,
             );
-            match key.as_str() {
-                "missionId" => parsed.mission_id = Some(value).filter(|v| !v.is_empty()),
-                "limit" if value.is_empty() => parsed.limit = AUDIT_LIMIT_DEFAULT,
-                "limit" => parsed.limit = parse_limit(&value)?,
-                _ => {}
+            if key == filter_key {
+                parsed.filter = Some(value).filter(|v| !v.is_empty());
+            } else if key == "limit" {
+                parsed.limit = if value.is_empty() {
+                    LIMIT_DEFAULT
+                } else {
+                    parse_limit(&value)?
+                };
             }
         }
         Ok(parsed)
@@ -43,7 +49,7 @@ impl AuditQuery {
 /// An integer clamped to 1..=1000; integers too large for i64 clamp too.
 fn parse_limit(value: &str) -> Result<i64, &'static str> {
     match value.parse::<i64>() {
-        Ok(n) => Ok(n.clamp(1, AUDIT_LIMIT_MAX)),
+        Ok(n) => Ok(n.clamp(1, LIMIT_MAX)),
         Err(_) => {
             let digits = value.strip_prefix('-').unwrap_or(value);
             if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
@@ -51,7 +57,7 @@ fn parse_limit(value: &str) -> Result<i64, &'static str> {
             } else if value.starts_with('-') {
                 Ok(1)
             } else {
-                Ok(AUDIT_LIMIT_MAX)
+                Ok(LIMIT_MAX)
             }
         }
     }
@@ -103,12 +109,12 @@ mod tests {
     }
 
     #[test]
-    fn audit_query_defaults_and_clamps() {
-        let q = |s| AuditQuery::parse(Some(s));
+    fn list_query_defaults_and_clamps() {
+        let q = |s| ListQuery::parse(Some(s), "missionId");
         assert_eq!(
-            AuditQuery::parse(None).unwrap(),
-            AuditQuery {
-                mission_id: None,
+            ListQuery::parse(None, "missionId").unwrap(),
+            ListQuery {
+                filter: None,
                 limit: 200
             }
         );
@@ -120,12 +126,19 @@ mod tests {
         assert_eq!(q("limit=").unwrap().limit, 200);
         assert_eq!(
             q("limit=7&missionId=m%201").unwrap(),
-            AuditQuery {
-                mission_id: Some("m 1".into()),
+            ListQuery {
+                filter: Some("m 1".into()),
                 limit: 7
             }
         );
-        assert_eq!(q("missionId=").unwrap().mission_id, None);
+        assert_eq!(q("missionId=").unwrap().filter, None);
+        assert_eq!(q("userId=u1").unwrap().filter, None, "only its own key");
+        assert_eq!(
+            ListQuery::parse(Some("userId=u%2B1"), "userId")
+                .unwrap()
+                .filter,
+            Some("u+1".into())
+        );
         assert!(q("limit=ten").is_err());
         assert!(q("limit=1.5").is_err());
         assert!(q("limit=-").is_err());

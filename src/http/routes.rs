@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use super::auth::{bearer_token, service_key_matches};
 use super::jwks::TokenError;
-use super::params::{percent_decode, AuditQuery};
+use super::params::{percent_decode, ListQuery};
 use super::server::AppState;
 use super::{Backend, TickError};
 
@@ -32,6 +32,7 @@ pub(crate) enum Route {
     Metrics,
     Tick,
     UserMissions(String),
+    DeadChanges,
     Audit,
     Other,
 }
@@ -42,6 +43,7 @@ impl Route {
             "/health" => Route::Health,
             "/metrics" => Route::Metrics,
             "/internal/tick" => Route::Tick,
+            "/internal/dead-changes" => Route::DeadChanges,
             "/api/v1/me/ai-audit" => Route::Audit,
             _ => match path.strip_prefix("/internal/missions/") {
                 Some(id) if !id.contains('/') => Route::UserMissions(id.to_owned()),
@@ -57,6 +59,7 @@ impl Route {
             Route::Metrics => "/metrics",
             Route::Tick => "/internal/tick",
             Route::UserMissions(_) => "/internal/missions/{userId}",
+            Route::DeadChanges => "/internal/dead-changes",
             Route::Audit => "/api/v1/me/ai-audit",
             Route::Other => "other",
         }
@@ -103,6 +106,7 @@ pub(crate) async fn dispatch<B: Backend>(
         Route::Metrics => text(state.backend.metrics_text().await),
         Route::Tick => tick(state, &parts.headers).await,
         Route::UserMissions(raw_id) => user_missions(state, &parts.headers, &raw_id).await,
+        Route::DeadChanges => dead_changes(state, &parts.headers, parts.uri.query()).await,
         Route::Audit => audit(state, &parts.headers, parts.uri.query()).await,
         Route::Other => error(StatusCode::NOT_FOUND, "not found"),
     }
@@ -178,6 +182,34 @@ async fn user_missions<B: Backend>(
     }
 }
 
+async fn dead_changes<B: Backend>(
+    state: &AppState<B>,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Response<Body> {
+    if !service_key_matches(&state.settings.service_key, headers) {
+        return error(StatusCode::UNAUTHORIZED, "missing or wrong service key");
+    }
+    let query = match ListQuery::parse(query, "userId") {
+        Ok(q) => q,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
+    match state
+        .backend
+        .dead_changes(query.filter.as_deref(), query.limit)
+        .await
+    {
+        Ok(view) => json(StatusCode::OK, &view),
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "reading dead changes failed");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "could not read dead changes",
+            )
+        }
+    }
+}
+
 async fn audit<B: Backend>(
     state: &AppState<B>,
     headers: &HeaderMap,
@@ -204,13 +236,13 @@ async fn audit<B: Backend>(
             );
         }
     };
-    let query = match AuditQuery::parse(query) {
+    let query = match ListQuery::parse(query, "missionId") {
         Ok(q) => q,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
     match state
         .backend
-        .audit(&user_id, query.mission_id.as_deref(), query.limit)
+        .audit(&user_id, query.filter.as_deref(), query.limit)
         .await
     {
         Ok(entries) => {

@@ -383,6 +383,61 @@ pub async fn insert_dead(
     Ok(())
 }
 
+/// One row of `mana_ai.dead_changes` as operators see it (ids, reason and a
+/// detail that never carries field values).
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadChangeRow {
+    pub id: i64,
+    pub change_id: Uuid,
+    pub user_id: String,
+    pub table_name: String,
+    pub record_id: Option<String>,
+    pub reason: String,
+    pub detail: String,
+    pub dead_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Set-aside changes, newest first, optionally of one user; with how many
+/// there are in all (of that user).
+pub async fn dead_changes(
+    client: &impl GenericClient,
+    user_id: Option<&str>,
+    limit: i64,
+) -> Result<(i64, Vec<DeadChangeRow>), tokio_postgres::Error> {
+    let total: i64 = client
+        .query_one(
+            "SELECT count(*) FROM mana_ai.dead_changes WHERE $1::text IS NULL OR user_id = $1",
+            &[&user_id],
+        )
+        .await?
+        .get(0);
+    let rows = client
+        .query(
+            "SELECT id, change_id, user_id, table_name, record_id, reason, detail, dead_at
+             FROM mana_ai.dead_changes WHERE $1::text IS NULL OR user_id = $1
+             ORDER BY id DESC LIMIT $2",
+            &[&user_id, &limit],
+        )
+        .await?;
+    let rows = rows
+        .iter()
+        .map(|r| {
+            Ok(DeadChangeRow {
+                id: r.try_get(0)?,
+                change_id: r.try_get(1)?,
+                user_id: r.try_get(2)?,
+                table_name: r.try_get(3)?,
+                record_id: r.try_get(4)?,
+                reason: r.try_get(5)?,
+                detail: r.try_get(6)?,
+                dead_at: r.try_get(7)?,
+            })
+        })
+        .collect::<Result<_, tokio_postgres::Error>>()?;
+    Ok((total, rows))
+}
+
 /// Deletes one queue row outside a batch (used when a change could not be
 /// applied at all and is set aside by itself).
 pub async fn delete_queue_row(tx: &Transaction<'_>, id: i64) -> Result<u64, tokio_postgres::Error> {
