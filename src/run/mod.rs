@@ -33,6 +33,9 @@ use crate::planner::ToolCatalog;
 use crate::schedule::clock::Clock;
 use crate::schedule::wheel::{DueMission, MissionKey, WheelHandle};
 
+/// How long giving back abandoned claims may take before we step down anyway.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// What one "run every due mission now" did (`POST /internal/tick`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -204,12 +207,16 @@ impl Runner {
                 "runs still in flight {why}; their slots are released"
             );
             tasks.shutdown().await;
-            let released = match self.deps.pool.get().await {
-                Ok(client) => claim::release_instance(&**client, self.deps.instance_id)
-                    .await
-                    .map_err(anyhow::Error::from),
-                Err(e) => Err(e.into()),
+            // Bounded: with the database gone (often why leadership was
+            // lost) this must not hold up stepping down; the claims are
+            // taken over anyway, only a little later.
+            let release = async {
+                let client = self.deps.pool.get().await?;
+                anyhow::Ok(claim::release_instance(&**client, self.deps.instance_id).await?)
             };
+            let released = tokio::time::timeout(RELEASE_TIMEOUT, release)
+                .await
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out after {RELEASE_TIMEOUT:?}")));
             match released {
                 Ok(n) => tracing::info!(
                     released = n,
