@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{iso_in, setup, write, Change};
+use common::{eventually, iso_in, setup, write, Change};
 use mana_ai::schedule::wheel::parse_next_run;
 use serde_json::json;
 
@@ -551,4 +551,51 @@ async fn the_service_role_sees_one_user_at_a_time_and_is_not_privileged() {
         mana_ai::db::begin_user(&mut svc, "").await,
         Err(mana_ai::db::ScopeError::EmptyUserId)
     ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_changes_column_of_another_type_is_retried_and_nothing_is_lost() {
+    let t = setup().await;
+    let admin = t.admin().await;
+    // sync_changes is the sync server's table: a migration there could
+    // change a column's type. That is an error to retry, never a panic.
+    admin
+        .batch_execute("ALTER TABLE sync_changes ALTER COLUMN created_at TYPE timestamp")
+        .await
+        .unwrap();
+    let run = t.start(&[]).await;
+    let mut sync = t.sync_client().await;
+    write(
+        &mut sync,
+        &[Change::mission(
+            "finn",
+            "m1",
+            "insert",
+            json!({"state": "active", "nextRunAt": iso_in(60)}),
+        )],
+    )
+    .await;
+    eventually("the failed apply is counted", || async {
+        run.metrics.apply_errors.get() >= 1
+    })
+    .await;
+    assert!(t.mission("finn", "m1").await.is_none());
+    admin
+        .batch_execute("ALTER TABLE sync_changes ALTER COLUMN created_at TYPE timestamptz")
+        .await
+        .unwrap();
+    eventually("applied once the column is right again", || async {
+        t.mission("finn", "m1").await.is_some()
+    })
+    .await;
+    let dead: i64 = t
+        .pool
+        .get()
+        .await
+        .unwrap()
+        .query_one("SELECT count(*) FROM mana_ai.dead_changes", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(dead, 0, "not poison: kept in the queue and applied");
 }

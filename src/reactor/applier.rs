@@ -209,7 +209,22 @@ impl Applier {
             .get()
             .await
             .context("getting a pooled connection")?;
-        let st = store::Prepared::get(&client).await?;
+        let result = self.apply_batch_on(&client, limit).await;
+        if let Err(ApplyError::Transient(_)) = &result {
+            // After a DDL change on a table they read (sync_changes is the
+            // sync server's), cached statements fail with "cached plan must
+            // not change result type" until prepared anew.
+            client.statement_cache.clear();
+        }
+        result
+    }
+
+    async fn apply_batch_on(
+        &mut self,
+        client: &deadpool_postgres::ClientWrapper,
+        limit: i64,
+    ) -> Result<BatchStats, ApplyError> {
+        let st = store::Prepared::get(client).await?;
         let tx = BatchTx::new(&client);
         let (begun, claimed) = futures_util::join!(tx.begin(), store::claim(tx.client, &st, limit));
         begun?;
@@ -358,7 +373,7 @@ impl Applier {
         let mut found = HashMap::new();
         for (i, user) in users.iter().enumerate() {
             for row in &results[2 * i + 1] {
-                let raw = store::raw_change(row);
+                let raw = store::raw_change(row)?;
                 found.insert((*user, raw.id), raw);
             }
         }

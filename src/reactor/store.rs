@@ -68,17 +68,20 @@ pub const READ_CHANGES: &str =
 /// Sets the RLS scope for the statements that follow in the transaction.
 pub const SET_USER: &str = "SELECT set_config('app.current_user_id', $1, true)";
 
-pub fn raw_change(row: &Row) -> RawChange {
-    RawChange {
-        id: row.get(0),
-        app_id: row.get(1),
-        table_name: row.get(2),
-        record_id: row.get(3),
-        op: row.get(4),
-        data: row.get(5),
-        field_timestamps: row.get(6),
-        created_at: row.get(7),
-    }
+/// A `sync_changes` row as read by [`READ_CHANGES`]. The table is the sync
+/// server's, not ours: a column of another type than the contract's is an
+/// error naming the column, never a panic.
+pub fn raw_change(row: &Row) -> Result<RawChange, tokio_postgres::Error> {
+    Ok(RawChange {
+        id: row.try_get(0)?,
+        app_id: row.try_get(1)?,
+        table_name: row.try_get(2)?,
+        record_id: row.try_get(3)?,
+        op: row.try_get(4)?,
+        data: row.try_get(5)?,
+        field_timestamps: row.try_get(6)?,
+        created_at: row.try_get(7)?,
+    })
 }
 
 /// Loads and locks snapshots by (user id, record id) pairs.
@@ -530,21 +533,23 @@ pub async fn fold_record(
             &[&app_id, &table_name, &record_id],
         )
         .await?;
-    let rows: Vec<crate::sync::fold::ChangeRow> = rows
-        .iter()
-        .filter_map(|r| {
-            crate::sync::change::to_row(RawChange {
-                id: r.get(0),
-                app_id: app_id.to_string(),
-                table_name: table_name.to_string(),
-                record_id: record_id.to_string(),
-                op: r.get(1),
-                data: r.get(2),
-                field_timestamps: r.get(3),
-                created_at: r.get(4),
-            })
-            .ok()
-        })
-        .collect();
+    let mut changes = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let raw = RawChange {
+            id: r.try_get(0)?,
+            app_id: app_id.to_string(),
+            table_name: table_name.to_string(),
+            record_id: record_id.to_string(),
+            op: r.try_get(1)?,
+            data: r.try_get(2)?,
+            field_timestamps: r.try_get(3)?,
+            created_at: r.try_get(4)?,
+        };
+        // A row the applier would set aside as poison is skipped here too.
+        if let Ok(row) = crate::sync::change::to_row(raw) {
+            changes.push(row);
+        }
+    }
+    let rows = changes;
     Ok(crate::sync::fold::replay(record_id, &rows))
 }

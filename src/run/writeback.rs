@@ -141,13 +141,16 @@ pub async fn current_mission(
         return Ok(snapshot.record);
     }
     let rows = tx.query(store::READ_CHANGES, &[&queued]).await?;
-    let mut pending: Vec<_> = rows
-        .iter()
-        .map(store::raw_change)
-        .filter(|raw| raw.record_id == mission_id)
-        .filter_map(|raw| change::validate(raw, usize::MAX).ok())
-        .map(|valid| valid.row)
-        .collect();
+    let mut pending = Vec::new();
+    for row in &rows {
+        let raw = store::raw_change(row)?;
+        if raw.record_id != mission_id {
+            continue;
+        }
+        if let Ok(valid) = change::validate(raw, usize::MAX) {
+            pending.push(valid.row);
+        }
+    }
     pending.sort_by_key(|row| (row.created_at, row.id));
     let mut fold: FoldState = snapshot.fold;
     for row in &pending {
