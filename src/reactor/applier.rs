@@ -225,7 +225,7 @@ impl Applier {
         limit: i64,
     ) -> Result<BatchStats, ApplyError> {
         let st = store::Prepared::get(client).await?;
-        let tx = BatchTx::new(&client);
+        let tx = BatchTx::new(client);
         let (begun, claimed) = futures_util::join!(tx.begin(), store::claim(tx.client, &st, limit));
         begun?;
         let claimed = claimed?;
