@@ -53,6 +53,7 @@ pub struct Metrics {
     pub runs_in_flight: IntGauge,
     pub run_panics: IntCounter,
     pub run_outcomes: IntCounterVec,
+    pub runs_abandoned: IntCounter,
     pub research_failures: IntCounter,
     // -- grants (contract names) --
     pub decrypts: IntCounterVec,
@@ -64,6 +65,7 @@ pub struct Metrics {
     pub http_request_duration: HistogramVec,
     // -- leadership --
     pub is_leader: IntGauge,
+    pub leader_lock_lost: IntCounter,
     /// Unix milliseconds of the last notification (0 = none yet); turned
     /// into `seconds_since_notification` at scrape time.
     last_notification_ms: AtomicI64,
@@ -193,6 +195,7 @@ impl Metrics {
             runs_in_flight: int_gauge(r, "runs_in_flight", "Mission runs currently executing"),
             run_panics: counter(r, "run_panics_total", "Mission runs that panicked (caught; the reactor went on)"),
             run_outcomes: counter_vec(r, "run_outcomes_total", "Finished mission runs by outcome", &["outcome"]),
+            runs_abandoned: counter(r, "runs_abandoned_total", "Runs stopped unfinished (shutdown past its grace, or leadership lost); their slots go to the next leader"),
             research_failures: counter(r, "research_failures_total", "Research pre-steps that failed (planning went on without them)"),
             decrypts: counter_vec(r, "decrypts_total", "Records decrypted under a key-grant, by table", &["table"]),
             grant_scope_violations: counter_vec(r, "grant_scope_violations_total", "Inputs outside their grant's allowlist (alert above 0)", &["table"]),
@@ -201,6 +204,7 @@ impl Metrics {
             http_requests: counter_vec(r, "http_requests_total", "HTTP requests by method, route template and status", &["method", "path", "status"]),
             http_request_duration,
             is_leader: int_gauge(r, "is_leader", "1 while this instance holds the leader lock"),
+            leader_lock_lost: counter(r, "leader_lock_lost_total", "Times the leader lock connection was lost and this instance stepped down"),
             last_notification_ms: AtomicI64::new(0),
             registry,
         })

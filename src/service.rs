@@ -352,6 +352,7 @@ pub async fn lead_while_possible(
         metrics.is_leader.set(0);
         backend.set_leading(None);
         if lock_lost {
+            metrics.leader_lock_lost.inc();
             tracing::error!(%term_id, "leader lock connection lost; stepping down now");
             leadership.abandon().await;
         } else {

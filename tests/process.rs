@@ -903,6 +903,14 @@ async fn a_leader_whose_lock_connection_is_cut_steps_down_at_once_and_leads_agai
         logs.contains("runs still in flight when leadership was lost"),
         "{logs}"
     );
+    let (_, metrics) = only.get("/metrics", None).await.unwrap();
+    for line in [
+        "mana_ai_leader_lock_lost_total 1",
+        "mana_ai_runs_abandoned_total 1",
+        "mana_ai_is_leader 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line}:\n{metrics}");
+    }
     only.signal("TERM");
     assert_eq!(
         only.exit_within(Duration::from_secs(15)).await.code(),

@@ -202,6 +202,7 @@ impl Runner {
             _ = abandon.cancelled() => Some("when leadership was lost"),
         };
         if let Some(why) = left_because {
+            self.deps.metrics.runs_abandoned.inc_by(tasks.len() as u64);
             tracing::warn!(
                 abandoned = tasks.len(),
                 "runs still in flight {why}; their slots are released"
