@@ -306,6 +306,21 @@ async fn two_ticks_at_once_run_a_slot_once_and_a_dead_claim_is_taken_over() {
         "the next slot is in the future"
     );
     assert_eq!(iterations(&t, "dora", "m2").await.len(), 1);
+
+    // A snapshot still at a slot that is already written (its write-back not
+    // folded yet) is not counted as due by a tick.
+    t.admin()
+        .await
+        .execute(
+            "UPDATE mana_ai.mission_snapshots
+             SET next_run_at = $1::text, next_run_ts = $1::text::timestamptz
+             WHERE user_id = 'dora' AND mission_id = 'm2'",
+            &[&slot],
+        )
+        .await
+        .unwrap();
+    let stats = runner.run_due_now().await.unwrap();
+    assert_eq!(stats.due_mission_count, 0, "{stats:?}");
     lead.stop().await;
 }
 

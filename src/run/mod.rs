@@ -237,8 +237,14 @@ impl Runner {
         let client = self.deps.pool.get().await?;
         let due = client
             .query(
-                "SELECT user_id, mission_id FROM mana_ai.mission_snapshots
-                 WHERE NOT deleted AND state = 'active' AND next_run_ts <= $1",
+                // A slot already written whose write-back the applier has
+                // not folded yet is not due: it would only end as done.
+                "SELECT s.user_id, s.mission_id FROM mana_ai.mission_snapshots s
+                 WHERE NOT s.deleted AND s.state = 'active' AND s.next_run_ts <= $1
+                   AND NOT EXISTS (
+                     SELECT 1 FROM mana_ai.mission_runs r
+                     WHERE r.user_id = s.user_id AND r.mission_id = s.mission_id
+                       AND r.slot = s.next_run_at AND r.state = 'done')",
                 &[&self.deps.clock.now()],
             )
             .await?;
