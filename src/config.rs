@@ -146,6 +146,16 @@ impl Config {
             }
             None => database_url.clone(),
         };
+        let pg_root_cert = get("MANA_AI_PG_ROOT_CERT").map(std::path::PathBuf::from);
+        if pg_root_cert.is_some()
+            && !asks_for_tls(&database_url)
+            && !asks_for_tls(&listen_database_url)
+        {
+            return Err(err(
+                "MANA_AI_PG_ROOT_CERT",
+                "is set but no database URL asks for TLS: add sslmode=require to SYNC_DATABASE_URL",
+            ));
+        }
         let timezone_name =
             get("MANA_AI_DEFAULT_TIMEZONE").unwrap_or_else(|| "Europe/Berlin".into());
         let default_timezone = timezone_name.parse::<chrono_tz::Tz>().map_err(|_| {
@@ -169,7 +179,7 @@ impl Config {
         Ok(Config {
             database_url: Secret::new(database_url),
             listen_database_url: Secret::new(listen_database_url),
-            pg_root_cert: get("MANA_AI_PG_ROOT_CERT").map(std::path::PathBuf::from),
+            pg_root_cert,
             port: parse_num(&get, "PORT", 3067u16, 0..=u16::MAX)?,
             tick_enabled: parse_bool(&get, "TICK_ENABLED", true)?,
             pool_size: parse_num(&get, "MANA_AI_DB_POOL_SIZE", 8usize, 2..=256)?,
@@ -265,6 +275,12 @@ fn parse_backoff(get: &impl Fn(&str) -> Option<String>) -> Result<Vec<Duration>,
             )),
         })
         .collect()
+}
+
+/// Whether a (valid) connection string says `sslmode=require`.
+fn asks_for_tls(url: &str) -> bool {
+    url.parse::<tokio_postgres::Config>()
+        .is_ok_and(|c| c.get_ssl_mode() == tokio_postgres::config::SslMode::Require)
 }
 
 fn check_pg_url(var: &'static str, url: &str) -> Result<(), ConfigError> {
@@ -403,11 +419,25 @@ mod tests {
             assert!(text.contains(says), "{url}: {text}");
             assert!(!text.contains("pw"), "{text}");
         }
-        let c = config(&[URL, ("MANA_AI_PG_ROOT_CERT", "/etc/ssl/db-ca.pem")]).unwrap();
+        let ca = ("MANA_AI_PG_ROOT_CERT", "/etc/ssl/db-ca.pem");
+        let e = config(&[URL, ca]).unwrap_err();
+        assert_eq!(e.var, "MANA_AI_PG_ROOT_CERT");
+        assert!(e.to_string().contains("sslmode=require"), "{e}");
+        let tls_url = (
+            "SYNC_DATABASE_URL",
+            "postgres://svc:pw@db/mana_sync?sslmode=require",
+        );
+        let c = config(&[tls_url, ca]).unwrap();
         assert_eq!(
             c.pg_root_cert.as_deref(),
             Some(std::path::Path::new("/etc/ssl/db-ca.pem"))
         );
+        // A direct LISTEN URL may go without TLS while the pooler's has it.
+        let listen = (
+            "MANA_AI_LISTEN_DATABASE_URL",
+            "postgres://svc:pw@localhost/mana_sync",
+        );
+        assert!(config(&[tls_url, listen, ca]).is_ok());
     }
 
     #[test]

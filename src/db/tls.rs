@@ -40,10 +40,6 @@ pub enum TlsSetupError {
     },
     #[error("setting up TLS: {0}")]
     Rustls(#[from] rustls::Error),
-    #[error(
-        "MANA_AI_PG_ROOT_CERT is set but the database URL does not ask for TLS: add sslmode=require"
-    )]
-    RootCertWithoutTls,
 }
 
 /// How to reach one Postgres URL.
@@ -73,10 +69,9 @@ impl PgTls {
         root_cert: Option<&Path>,
     ) -> Result<PgTls, TlsSetupError> {
         if pg.get_ssl_mode() != SslMode::Require {
-            return match root_cert {
-                Some(_) => Err(TlsSetupError::RootCertWithoutTls),
-                None => Ok(PgTls::Plain),
-            };
+            // `Config` refuses a CA file when no URL asks for TLS; with two
+            // URLs (a pooler and a direct LISTEN URL) one may go without.
+            return Ok(PgTls::Plain);
         }
         let roots = match root_cert {
             Some(path) => roots_from_file(path)?,
@@ -196,10 +191,11 @@ mod tests {
     }
 
     #[test]
-    fn a_root_cert_without_tls_is_a_mistake_named() {
-        let e =
-            PgTls::for_config(&parsed("postgres://u@h/db"), Some(Path::new("/x.pem"))).unwrap_err();
-        assert!(e.to_string().contains("sslmode=require"), "{e}");
+    fn a_root_cert_is_only_read_for_a_url_that_asks_for_tls() {
+        let missing = Some(Path::new("/nonexistent/ca.pem"));
+        let plain = PgTls::for_config(&parsed("postgres://u@h/db"), missing).unwrap();
+        assert!(!plain.is_tls());
+        assert!(PgTls::for_config(&parsed("postgres://u@h/db?sslmode=require"), missing).is_err());
     }
 
     #[test]
