@@ -471,9 +471,17 @@ impl<'a> BatchTx<'a> {
 
     /// Sends BEGIN; statements polled after this one run inside the
     /// transaction.
+    ///
+    /// The batch commits without waiting for its WAL flush: snapshots are
+    /// derived state, and the queue rows go in the same transaction, so a
+    /// batch lost in a database crash is applied again from the queue.
+    /// Nothing durable can build on a lost batch either: a run's write-back
+    /// commits synchronously, which flushes the WAL up to it, earlier
+    /// batches included.
     fn begin(&self) -> impl std::future::Future<Output = Result<(), tokio_postgres::Error>> + 'a {
         self.open.store(true, Relaxed);
-        self.client.batch_execute("BEGIN")
+        self.client
+            .batch_execute("BEGIN; SET LOCAL synchronous_commit = off")
     }
 
     /// Sends COMMIT; once it is sent the transaction is over whatever the
