@@ -127,55 +127,100 @@ async fn settled_log_blocks(
     log_blocks(admin).await
 }
 
+/// Drains per log size in the log-size section; the median counts.
+const LOG_SIZE_ROUNDS: usize = 3;
+
+/// One database of the log-size section, its log filled to `size` rows.
+struct SizedLog {
+    size: u64,
+    bench: BenchDb,
+    wheel: Wheel,
+    rounds: Vec<f64>,
+    hits: i64,
+    reads: i64,
+    drained: usize,
+}
+
 /// Section 4: the drain of the same number of fresh changes with the log
-/// pre-filled to each size; per-change cost and its growth.
+/// pre-filled to each size; per-change cost and its growth. One database per
+/// size, and the drains take turns between them (small, large, small, ...):
+/// the machine's drift then falls on every size alike, and the median of
+/// each size's drains is compared.
 pub async fn log_size(server: &PgServer, scale: &Scale, report: &mut Report) -> anyhow::Result<()> {
-    let bench = setup::with_reactor_schema(server).await?;
-    let wheel = Wheel::spawn();
     let users = scale.users;
-    warm(&bench, &wheel, users).await?;
     let per_mission = (scale.log_probe_changes / (users * MISSIONS_PER_USER)).max(1);
-    let mut costs: Vec<(u64, f64)> = Vec::new();
+    let mut logs = Vec::with_capacity(scale.log_sizes.len());
     for &size in &scale.log_sizes {
+        let bench = setup::with_reactor_schema(server).await?;
+        let wheel = Wheel::spawn();
+        warm(&bench, &wheel, users).await?;
         let filling = Instant::now();
         let added = setup::fill_log(&bench.db, size).await?;
         eprintln!(
             "[log-size] log at {size} rows (+{added} filler in {:.1} s)",
             filling.elapsed().as_secs_f64()
         );
-        setup::queue_changes(&bench.db, users, MISSIONS_PER_USER, per_mission, LOADERS).await?;
-        // VACUUM on a connection of its own that closes (a backend publishes
-        // its statistics on exit), so its block counts stay out of the delta.
-        setup::vacuum(&bench.db.admin().await?).await?;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let admin = bench.db.admin().await?;
-        let before = log_blocks(&admin).await?;
-        let (n, took) = timed_drain(&bench, &wheel, 500).await?;
-        let after = settled_log_blocks(&bench, &admin).await?;
-        let micros = took.as_secs_f64() * 1e6 / n.max(1) as f64;
+        logs.push(SizedLog {
+            size,
+            bench,
+            wheel,
+            rounds: Vec::with_capacity(LOG_SIZE_ROUNDS),
+            hits: 0,
+            reads: 0,
+            drained: 0,
+        });
+    }
+    for _ in 0..LOG_SIZE_ROUNDS {
+        for log in &mut logs {
+            let bench = &log.bench;
+            setup::queue_changes(&bench.db, users, MISSIONS_PER_USER, per_mission, LOADERS)
+                .await?;
+            // VACUUM on a connection of its own that closes (a backend
+            // publishes its statistics on exit), so its block counts stay
+            // out of the delta.
+            setup::vacuum(&bench.db.admin().await?).await?;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let admin = bench.db.admin().await?;
+            let before = log_blocks(&admin).await?;
+            let (n, took) = timed_drain(bench, &log.wheel, 500).await?;
+            let after = settled_log_blocks(bench, &admin).await?;
+            log.rounds.push(took.as_secs_f64() * 1e6 / n.max(1) as f64);
+            log.hits += after.0 - before.0;
+            log.reads += after.1 - before.1;
+            log.drained += n;
+        }
+    }
+    let mut costs: Vec<(u64, f64)> = Vec::new();
+    for log in &mut logs {
+        log.rounds.sort_by(f64::total_cmp);
+        let micros = log.rounds[log.rounds.len() / 2];
         report.add(
             "log-size",
-            format!("per change, log of {size} rows ({n} drained)"),
+            format!(
+                "per change, log of {} rows (median of {LOG_SIZE_ROUNDS} drains of {})",
+                log.size,
+                log.drained / LOG_SIZE_ROUNDS
+            ),
             micros,
             "us",
             Target::Info,
         );
-        let per = |a: i64, b: i64| (a - b) as f64 / n.max(1) as f64;
+        let per = |blocks: i64| blocks as f64 / log.drained.max(1) as f64;
         report.add(
             "log-size",
             "  sync_changes blocks hit in shared_buffers per change",
-            per(after.0, before.0),
+            per(log.hits),
             "blocks",
             Target::Info,
         );
         report.add(
             "log-size",
             "  sync_changes blocks read from outside them per change",
-            per(after.1, before.1),
+            per(log.reads),
             "blocks",
             Target::Info,
         );
-        costs.push((size, micros));
+        costs.push((log.size, micros));
     }
     if let Some(&(small, base)) = costs.first() {
         for &(size, micros) in &costs[1..] {
