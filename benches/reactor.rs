@@ -169,6 +169,16 @@ async fn machine_facts(server: &PgServer, args: &Args, report: &mut Report) -> a
     Ok(())
 }
 
+/// A CHECKPOINT on the server.
+async fn quiesce(server: &PgServer) -> anyhow::Result<()> {
+    server
+        .connect_admin("postgres")
+        .await?
+        .batch_execute("CHECKPOINT")
+        .await
+        .context("CHECKPOINT")
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -202,6 +212,12 @@ async fn main() -> anyhow::Result<()> {
             "== {name} ({:.0} s into the run)",
             started.elapsed().as_secs_f64()
         );
+        // Each section starts on a quiet server: what the last one wrote
+        // (a million filler rows, a dropped database) is flushed first, not
+        // during the next measurement.
+        if let Err(e) = quiesce(&server).await {
+            report.note(format!("before {name}: {e:#}"));
+        }
         let r = &mut report;
         let outcome = match section {
             Section::Notify => latency::notify_floor(&server, &scale, r)
