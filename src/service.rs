@@ -195,11 +195,7 @@ impl Leadership {
 
     /// Stops taking work, lets runs finish up to the grace period, stops the reactor.
     pub async fn stop(self) {
-        self.stop.cancel();
-        if let Some(task) = self.runner_task {
-            let _ = task.await;
-        }
-        self.reactor.stop().await;
+        self.wind_down().await;
     }
 
     /// Stops at once after the leader lock was lost: another instance may
@@ -207,6 +203,10 @@ impl Leadership {
     /// tokens on plans whose write the claim token refuses anyway.
     pub async fn abandon(self) {
         self.abandon.cancel();
+        self.wind_down().await;
+    }
+
+    async fn wind_down(self) {
         self.stop.cancel();
         if let Some(task) = self.runner_task {
             let _ = task.await;

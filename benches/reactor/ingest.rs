@@ -173,8 +173,7 @@ pub async fn log_size(server: &PgServer, scale: &Scale, report: &mut Report) -> 
     for _ in 0..LOG_SIZE_ROUNDS {
         for log in &mut logs {
             let bench = &log.bench;
-            setup::queue_changes(&bench.db, users, MISSIONS_PER_USER, per_mission, LOADERS)
-                .await?;
+            setup::queue_changes(&bench.db, users, MISSIONS_PER_USER, per_mission, LOADERS).await?;
             // VACUUM on a connection of its own that closes (a backend
             // publishes its statistics on exit), so its block counts stay
             // out of the delta.
