@@ -506,3 +506,37 @@ async fn policy_deny_removes_a_tool_and_research_feeds_the_prompt() {
     );
     lead.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_with_retry_after_is_waited_out_within_the_run() {
+    let t = setup().await;
+    let llm = FakeLlm::start(vec![
+        FakeReply::raw(429, "slow down").header("Retry-After", "3"),
+        FakeLlm::answer(&plan_answer()),
+    ])
+    .await
+    .unwrap();
+    let lead = t
+        .lead(&[("MANA_LLM_URL", &llm.url()), ("MANA_LLM_MAX_ATTEMPTS", "2")])
+        .await;
+    seed(&t, "fritz", "m1", json!({})).await;
+    eventually("the LLM was asked", || async { !llm.requests().is_empty() }).await;
+    let asked = std::time::Instant::now();
+    eventually("written", || async {
+        t.writebacks("fritz", "m1").await.len() == 1
+    })
+    .await;
+    // The backoff before a second attempt is at most 1 s: a wait of 3 s can
+    // only come from Retry-After. A lower bound only, so load cannot fail it.
+    let waited = asked.elapsed();
+    assert!(
+        waited >= Duration::from_millis(2500),
+        "waited only {waited:?}"
+    );
+    assert_eq!(llm.requests().len(), 2, "one retry, within the same run");
+    lead.settled().await;
+    let outcomes = &lead.metrics.run_outcomes;
+    assert_eq!(outcomes.with_label_values(&["written"]).get(), 1);
+    assert_eq!(iterations(&t, "fritz", "m1").await.len(), 1);
+    lead.stop().await;
+}
