@@ -255,6 +255,16 @@ fn slow_llm(delay: Duration) -> FakeReply {
     FakeLlm::answer(&plan_answer()).delay(delay)
 }
 
+/// Waits (30 s at most) until the fake LLM received its first request.
+async fn llm_asked(llm: &FakeLlm) {
+    within(
+        Duration::from_secs(30),
+        "the LLM got the request",
+        || async { !llm.requests().is_empty() },
+    )
+    .await;
+}
+
 // ---- Prometheus text format 0.0.4 ----
 
 fn valid_metric_name(name: &str) -> bool {
@@ -788,12 +798,7 @@ async fn a_standby_takes_over_a_killed_leader_and_its_slot_runs_once() {
     assert_eq!(status, 503, "a standby runs nothing");
 
     seed(&t, "fay", "m-fail", json!({})).await;
-    within(
-        Duration::from_secs(30),
-        "the LLM got the leader's request",
-        || async { !llm.requests().is_empty() },
-    )
-    .await;
+    llm_asked(&llm).await;
     assert_eq!(runs_of(&t, "fay", "m-fail").await[0].1, "running");
     leader.child.start_kill().unwrap();
     let killed = Instant::now();
@@ -866,12 +871,7 @@ async fn a_leader_whose_lock_connection_is_cut_steps_down_at_once_and_leads_agai
     .await;
     only.leading(Duration::from_secs(30)).await;
     seed(&t, "hal", "m-cut", json!({})).await;
-    within(
-        Duration::from_secs(30),
-        "the LLM got the request",
-        || async { !llm.requests().is_empty() },
-    )
-    .await;
+    llm_asked(&llm).await;
     let cut: i64 = t
         .admin()
         .await
@@ -971,12 +971,7 @@ async fn sigterm_lets_the_run_in_flight_finish_and_exits_zero() {
         Service::start("first", &t, &llm, &[("MANA_AI_SHUTDOWN_GRACE_SECS", "10")]).await;
     first.leading(Duration::from_secs(30)).await;
     seed(&t, "gus", "m-term", json!({})).await;
-    within(
-        Duration::from_secs(30),
-        "the LLM got the request",
-        || async { !llm.requests().is_empty() },
-    )
-    .await;
+    llm_asked(&llm).await;
     first.signal("TERM");
     let sent = Instant::now();
     let status = first.exit_within(Duration::from_secs(15)).await;
@@ -1061,12 +1056,7 @@ async fn a_run_past_the_shutdown_grace_is_abandoned_and_taken_by_the_next_start(
         Service::start("first", &t, &llm, &[("MANA_AI_SHUTDOWN_GRACE_SECS", "1")]).await;
     first.leading(Duration::from_secs(30)).await;
     seed(&t, "ida", "m-grace", json!({})).await;
-    within(
-        Duration::from_secs(30),
-        "the LLM got the request",
-        || async { !llm.requests().is_empty() },
-    )
-    .await;
+    llm_asked(&llm).await;
     first.signal("TERM");
     let sent = Instant::now();
     let status = first.exit_within(Duration::from_secs(6)).await;
