@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod pgenv;
 pub mod planner;
 pub mod reactor;
+pub mod retention;
 pub mod run;
 pub mod schedule;
 pub mod service;
