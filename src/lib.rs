@@ -14,6 +14,7 @@ pub mod http;
 pub mod metrics;
 pub mod pgenv;
 pub mod planner;
+pub mod privilege;
 pub mod reactor;
 pub mod retention;
 pub mod run;

@@ -271,6 +271,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             .get()
             .await
             .context("connecting to SYNC_DATABASE_URL")?;
+        crate::privilege::check_service_role(&**client, config.allow_privileged).await?;
         let report = db::migrate::migrate(&mut client).await?;
         tracing::info!(applied = ?report.applied, already = report.already, "migrations");
     }
