@@ -47,13 +47,16 @@ impl Pruned {
 
     /// Deletes up to `$1` rows; `$2` is the retention in days (not a
     /// parameter of `token_usage`, whose horizon is the budget window).
+    /// Each batch walks an index in age order (`token_usage_ts`,
+    /// `mission_runs_prunable`, `dead_changes_dead_at`) and deletes by key:
+    /// a batch costs the rows it deletes, not the size of the table.
     fn delete_batch_sql(self) -> &'static str {
         match self {
             Pruned::TokenUsage => {
-                "DELETE FROM mana_ai.token_usage WHERE id IN (
+                "DELETE FROM mana_ai.token_usage WHERE id = ANY (ARRAY(
                      SELECT id FROM mana_ai.token_usage
                      WHERE ts < now() - interval '24 hours'
-                     LIMIT $1)"
+                     ORDER BY ts LIMIT $1))"
             }
             // FOR UPDATE SKIP LOCKED passes over a row a claim is updating,
             // and the DELETE re-checks `state` on the row's latest version.
@@ -62,6 +65,7 @@ impl Pruned {
                      SELECT user_id, mission_id, slot FROM mana_ai.mission_runs
                      WHERE state <> 'running'
                        AND greatest(claimed_at, finished_at, retry_at) < now() - make_interval(days => $2::int4)
+                     ORDER BY greatest(claimed_at, finished_at, retry_at)
                      LIMIT $1
                      FOR UPDATE SKIP LOCKED)
                  DELETE FROM mana_ai.mission_runs r USING old
@@ -69,10 +73,10 @@ impl Pruned {
                    AND r.state <> 'running'"
             }
             Pruned::DeadChanges => {
-                "DELETE FROM mana_ai.dead_changes WHERE id IN (
+                "DELETE FROM mana_ai.dead_changes WHERE id = ANY (ARRAY(
                      SELECT id FROM mana_ai.dead_changes
                      WHERE dead_at < now() - make_interval(days => $2::int4)
-                     LIMIT $1)"
+                     ORDER BY dead_at LIMIT $1))"
             }
         }
     }

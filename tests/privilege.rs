@@ -262,14 +262,20 @@ async fn holds(admin: &tokio_postgres::Client, kind: &str, object: &str, privile
 
 #[tokio::test]
 async fn uninstall_takes_back_every_grant_and_the_policy() {
-    for with_role in [true, false] {
+    // psql naming the role, psql leaving it to the kit, and the library.
+    for (with_role, through_psql) in [(true, true), (false, true), (false, false)] {
         let t = setup().await;
         let admin = t.admin().await;
         for (kind, object, privilege) in GRANTED {
             assert!(holds(&admin, kind, object, privilege).await);
         }
-        let (ok, err) = psql(&t.db, "uninstall.sql", with_role.then_some(SERVICE_ROLE));
-        assert!(ok, "{err}");
+        let role = with_role.then_some(SERVICE_ROLE);
+        if through_psql {
+            let (ok, err) = psql(&t.db, "uninstall.sql", role);
+            assert!(ok, "{err}");
+        } else {
+            mana_ai::triggers::uninstall(&admin, role).await.unwrap();
+        }
         for (kind, object, privilege) in GRANTED {
             assert!(
                 !holds(&admin, kind, object, privilege).await,
