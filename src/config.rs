@@ -121,6 +121,12 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// `MANA_AI_LEADER_RETRY_SECS`: how often a standby tries to become leader.
     pub leader_retry: Duration,
+    /// `MANA_AI_ALLOW_PRIVILEGED`: start even when the database role is
+    /// SUPERUSER or BYPASSRLS (development only; a loud warning is logged).
+    pub allow_privileged: bool,
+    /// `MANA_AI_RETENTION_DAYS`: how long finished `mission_runs` rows and
+    /// `dead_changes` rows are kept before the leader prunes them.
+    pub retention_days: u32,
 }
 
 impl Config {
@@ -239,6 +245,8 @@ impl Config {
                 3u64,
                 1..=60,
             )?),
+            allow_privileged: parse_bool(&get, "MANA_AI_ALLOW_PRIVILEGED", false)?,
+            retention_days: parse_num(&get, "MANA_AI_RETENTION_DAYS", 30u32, 1..=3_650)?,
         })
     }
 }
@@ -374,6 +382,8 @@ mod tests {
         assert_eq!(c.llm_url, "http://localhost:3020");
         assert_eq!(c.api_url, "http://localhost:3060");
         assert!(c.service_key.is_empty());
+        assert!(!c.allow_privileged);
+        assert_eq!(c.retention_days, 30);
     }
 
     #[test]
@@ -397,6 +407,8 @@ mod tests {
             ("MANA_AUTH_JWKS_URL", "ftp://auth/jwks"),
             ("MANA_AI_MAX_CONCURRENT_RUNS", "0"),
             ("MANA_AI_RETRY_BACKOFF_SECS", "60,,900"),
+            ("MANA_AI_ALLOW_PRIVILEGED", "sometimes"),
+            ("MANA_AI_RETENTION_DAYS", "0"),
         ] {
             let e = config(&[URL, (var, value)]).unwrap_err();
             assert_eq!(e.var, var, "{e}");

@@ -66,6 +66,8 @@ pub struct Metrics {
     // -- leadership --
     pub is_leader: IntGauge,
     pub leader_lock_lost: IntCounter,
+    // -- retention --
+    pub rows_pruned: IntCounterVec,
     /// Unix milliseconds of the last notification (0 = none yet); turned
     /// into `seconds_since_notification` at scrape time.
     last_notification_ms: AtomicI64,
@@ -127,6 +129,20 @@ fn latency_buckets() -> Vec<f64> {
         0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
         5.0, 10.0,
     ]
+}
+
+/// `rows_pruned_total{table}`, every table's series present (at 0) from the start.
+fn rows_pruned(registry: &Registry) -> IntCounterVec {
+    let c = counter_vec(
+        registry,
+        "rows_pruned_total",
+        "Rows deleted by retention (token_usage past the budget window, mission_runs and dead_changes past MANA_AI_RETENTION_DAYS), by table",
+        &["table"],
+    );
+    for table in crate::retention::Pruned::ALL {
+        c.with_label_values(&[table.label()]);
+    }
+    c
 }
 
 impl Metrics {
@@ -205,6 +221,7 @@ impl Metrics {
             http_request_duration,
             is_leader: int_gauge(r, "is_leader", "1 while this instance holds the leader lock"),
             leader_lock_lost: counter(r, "leader_lock_lost_total", "Times the leader lock connection was lost and this instance stepped down"),
+            rows_pruned: rows_pruned(r),
             last_notification_ms: AtomicI64::new(0),
             registry,
         })

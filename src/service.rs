@@ -136,11 +136,13 @@ impl RunnerSetup {
     }
 }
 
-/// What a leader runs: the reactor and, with `TICK_ENABLED`, the runner.
+/// What a leader runs: the reactor, retention (see `crate::retention`) and,
+/// with `TICK_ENABLED`, the runner.
 pub struct Leadership {
     pub reactor: Reactor,
     pub runner: Option<Arc<Runner>>,
     runner_task: Option<tokio::task::JoinHandle<()>>,
+    retention_task: tokio::task::JoinHandle<()>,
     stop: CancellationToken,
     abandon: CancellationToken,
 }
@@ -171,6 +173,13 @@ impl Leadership {
             hooks,
         )
         .await?;
+        let retention_task = crate::retention::spawn(
+            pool.clone(),
+            metrics.clone(),
+            config.sweep_interval,
+            config.retention_days,
+            stop.child_token(),
+        );
         let (runner, runner_task) = if config.tick_enabled {
             let runner =
                 setup.into_runner(config, pool, metrics, clock, reactor.wheel.clone(), term_id);
@@ -188,6 +197,7 @@ impl Leadership {
             reactor,
             runner,
             runner_task,
+            retention_task,
             stop,
             abandon,
         })
@@ -211,6 +221,7 @@ impl Leadership {
         if let Some(task) = self.runner_task {
             let _ = task.await;
         }
+        let _ = self.retention_task.await;
         self.reactor.stop().await;
     }
 }
@@ -260,6 +271,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             .get()
             .await
             .context("connecting to SYNC_DATABASE_URL")?;
+        crate::privilege::check_service_role(&**client, config.allow_privileged).await?;
         let report = db::migrate::migrate(&mut client).await?;
         tracing::info!(applied = ?report.applied, already = report.already, "migrations");
     }

@@ -42,8 +42,14 @@ pub async fn install(client: &tokio_postgres::Client, service_role: &str) -> any
         .context("running triggers/install.sql")
 }
 
-/// Removes the trigger, its function and the queue.
-pub async fn uninstall(client: &tokio_postgres::Client) -> anyhow::Result<()> {
+/// Removes the trigger, its function, the queue and the restrictive policy,
+/// and revokes what install granted: from `service_role`, or (None) from the
+/// roles the policy names and those that may delete from the queue.
+pub async fn uninstall(
+    client: &tokio_postgres::Client,
+    service_role: Option<&str>,
+) -> anyhow::Result<()> {
+    set_role_setting(client, service_role.unwrap_or("")).await?;
     client
         .batch_execute(body(UNINSTALL_SQL))
         .await

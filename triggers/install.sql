@@ -15,7 +15,13 @@
 --   * grants <role> exactly what the service needs: USAGE and CREATE on schema
 --     mana_ai (its migrations create its own tables there), SELECT and DELETE
 --     on the queue, SELECT and INSERT on public.sync_changes (row-level
---     security still limits it to one user per transaction).
+--     security still limits it to one user per transaction);
+--   * adds the restrictive row-level policy mana_ai_writeback_only on
+--     public.sync_changes: <role> may insert only write-back rows
+--     (app_id 'ai', table_name 'aiMissions', client_id 'mana-ai-runner');
+--   * takes back ownership of the kit's objects from <role> if it had any
+--     (an owner of the queue or the trigger function could run code as the
+--     trigger's definer).
 --
 -- The NOTIFY payload is empty: it is a wake-up hint, never data, so it stays
 -- far below the 8000-byte limit whatever the ids, and Postgres folds the
@@ -90,6 +96,33 @@ REVOKE ALL ON FUNCTION mana_ai.enqueue_change() FROM PUBLIC;
 COMMENT ON FUNCTION mana_ai.enqueue_change() IS
     'mana-ai: queue a mission/agent change and wake the service';
 
+-- The kit's objects belong to the installer, never to the service role: an
+-- owner of the schema, the queue or the SECURITY DEFINER function could run
+-- code as the function's owner on every sync_changes insert.
+DO $owners$
+DECLARE
+    svc text := current_setting('mana_ai.service_role');
+    obj record;
+BEGIN
+    FOR obj IN
+        SELECT 'SCHEMA' AS kind, 'mana_ai' AS name, nspowner AS owner
+        FROM pg_namespace WHERE nspname = 'mana_ai'
+        UNION ALL
+        SELECT 'TABLE', oid::regclass::text, relowner FROM pg_class
+        WHERE oid IN ('mana_ai.change_queue'::regclass, 'mana_ai.install_log'::regclass)
+        UNION ALL
+        SELECT 'FUNCTION', 'mana_ai.enqueue_change()', proowner FROM pg_proc
+        WHERE oid = 'mana_ai.enqueue_change()'::regprocedure
+    LOOP
+        IF pg_has_role(svc, obj.owner, 'MEMBER') THEN
+            RAISE NOTICE 'install.sql: % % was owned by %; now owned by %',
+                lower(obj.kind), obj.name, obj.owner::regrole, current_user;
+            EXECUTE format('ALTER %s %s OWNER TO %I', obj.kind, obj.name, current_user);
+        END IF;
+    END LOOP;
+END
+$owners$;
+
 -- Blocks concurrent inserts until COMMIT: every change is either committed
 -- before (and backfilled) or after (and seen by the trigger).
 LOCK TABLE public.sync_changes IN SHARE ROW EXCLUSIVE MODE;
@@ -119,6 +152,34 @@ BEGIN
     EXECUTE format('GRANT SELECT, INSERT ON public.sync_changes TO %I', svc);
 END
 $grant$;
+
+-- What the service role may insert: its write-back rows and nothing else
+-- (row-level security on sync_changes still limits it to one user). Roles
+-- an earlier install named keep their place in the policy.
+DO $policy$
+DECLARE
+    svc text := current_setting('mana_ai.service_role');
+    roles text;
+BEGIN
+    SELECT string_agg(DISTINCT quote_ident(r.rolname), ', ') INTO roles
+    FROM (
+        SELECT svc AS rolname
+        UNION ALL
+        SELECT a.rolname
+        FROM pg_policy p
+        JOIN pg_roles a ON a.oid = ANY (p.polroles)
+        WHERE p.polrelid = 'public.sync_changes'::regclass
+          AND p.polname = 'mana_ai_writeback_only'
+          AND NOT p.polpermissive AND p.polcmd = 'a'
+    ) r;
+    DROP POLICY IF EXISTS mana_ai_writeback_only ON public.sync_changes;
+    EXECUTE format(
+        $sql$CREATE POLICY mana_ai_writeback_only ON public.sync_changes
+               AS RESTRICTIVE FOR INSERT TO %s
+               WITH CHECK (app_id = 'ai' AND table_name = 'aiMissions' AND client_id = 'mana-ai-runner')$sql$,
+        roles);
+END
+$policy$;
 
 -- Wake a running service so it drains the backfill now.
 SELECT pg_notify('mana_ai_changes', '');

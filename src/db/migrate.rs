@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "snapshots", include_str!("../../sql/0001_snapshots.sql")),
     (2, "runs", include_str!("../../sql/0002_runs.sql")),
+    (5, "retention", include_str!("../../sql/0005_retention.sql")),
 ];
 
 /// Arbitrary constant: the advisory lock key of migrations ("manaaimi").

@@ -1,0 +1,145 @@
+//! Retention: the leader prunes `token_usage` past the 24 h budget window and
+//! `mission_runs` / `dead_changes` past `MANA_AI_RETENTION_DAYS`, in batches,
+//! on start and on every safety sweep; never a slot still `running`.
+
+mod common;
+
+use common::{eventually, setup, TestDb};
+
+async fn count(t: &TestDb, sql: &str) -> i64 {
+    t.pool
+        .get()
+        .await
+        .unwrap()
+        .query_one(sql, &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Rows of every kind, old and recent, as the service role.
+async fn seed(t: &TestDb) {
+    let client = t.pool.get().await.unwrap();
+    client
+        .batch_execute(
+            "INSERT INTO mana_ai.token_usage (user_id, agent_id, mission_id, tokens_used, ts)
+             SELECT 'u1', 'a1', 'm-old', 10, now() - interval '25 hours' - make_interval(secs => n)
+             FROM generate_series(1, 2500) AS n;
+             INSERT INTO mana_ai.token_usage (user_id, agent_id, mission_id, tokens_used, ts)
+             SELECT 'u1', 'a1', 'm-recent', 10, now() - interval '23 hours'
+             FROM generate_series(1, 3);
+
+             INSERT INTO mana_ai.mission_runs
+               (user_id, mission_id, slot, state, token, claimed_by, claimed_at, finished_at, retry_at)
+             VALUES
+               ('u1', 'old-done', 's', 'done', gen_random_uuid(), gen_random_uuid(),
+                now() - interval '31 days', now() - interval '31 days', NULL),
+               ('u1', 'old-retry', 's', 'retry', gen_random_uuid(), gen_random_uuid(),
+                now() - interval '40 days', NULL, now() - interval '40 days'),
+               ('u1', 'old-running', 's', 'running', gen_random_uuid(), gen_random_uuid(),
+                now() - interval '90 days', NULL, NULL),
+               ('u1', 'recent-done', 's', 'done', gen_random_uuid(), gen_random_uuid(),
+                now() - interval '40 days', now() - interval '2 days', NULL),
+               ('u1', 'recent-retry', 's', 'retry', gen_random_uuid(), gen_random_uuid(),
+                now() - interval '1 day', NULL, now() + interval '1 hour');
+
+             INSERT INTO mana_ai.dead_changes
+               (queue_id, change_id, user_id, table_name, reason, detail, dead_at)
+             VALUES
+               (1, gen_random_uuid(), 'u1', 'aiMissions', 'data-not-object', 'old', now() - interval '31 days'),
+               (2, gen_random_uuid(), 'u1', 'aiMissions', 'data-not-object', 'recent', now() - interval '12 hours');",
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_prunes_old_rows_in_batches_and_keeps_recent_ones_and_running_slots() {
+    let t = setup().await;
+    seed(&t).await;
+    let lead = t.lead(&[("MANA_AI_SWEEP_INTERVAL_SECS", "1")]).await;
+
+    eventually("old rows pruned", || async {
+        count(&t, "SELECT count(*) FROM mana_ai.token_usage").await == 3
+            && count(&t, "SELECT count(*) FROM mana_ai.mission_runs").await == 3
+            && count(&t, "SELECT count(*) FROM mana_ai.dead_changes").await == 1
+    })
+    .await;
+    assert_eq!(
+        count(
+            &t,
+            "SELECT count(*) FROM mana_ai.token_usage WHERE mission_id = 'm-recent'"
+        )
+        .await,
+        3
+    );
+    let kept: Vec<String> = t
+        .pool
+        .get()
+        .await
+        .unwrap()
+        .query(
+            "SELECT mission_id FROM mana_ai.mission_runs ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(kept, ["old-running", "recent-done", "recent-retry"]);
+    assert_eq!(
+        count(
+            &t,
+            "SELECT count(*) FROM mana_ai.dead_changes WHERE detail = 'recent'"
+        )
+        .await,
+        1
+    );
+    let text = lead.metrics.render();
+    for line in [
+        "mana_ai_rows_pruned_total{table=\"token_usage\"} 2500",
+        "mana_ai_rows_pruned_total{table=\"mission_runs\"} 2",
+        "mana_ai_rows_pruned_total{table=\"dead_changes\"} 1",
+    ] {
+        assert!(text.contains(line), "missing {line} in\n{text}");
+    }
+
+    // The next sweep prunes what aged since.
+    t.pool
+        .get()
+        .await
+        .unwrap()
+        .batch_execute(
+            "UPDATE mana_ai.dead_changes SET dead_at = now() - interval '45 days';
+             UPDATE mana_ai.mission_runs SET finished_at = now() - interval '45 days'
+             WHERE mission_id = 'recent-done'",
+        )
+        .await
+        .unwrap();
+    eventually("aged rows pruned on a later sweep", || async {
+        count(&t, "SELECT count(*) FROM mana_ai.dead_changes").await == 0
+            && count(&t, "SELECT count(*) FROM mana_ai.mission_runs").await == 2
+    })
+    .await;
+    lead.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_days_are_configurable_and_the_counters_start_at_zero() {
+    let t = setup().await;
+    seed(&t).await;
+    let lead = t.lead(&[("MANA_AI_RETENTION_DAYS", "1")]).await;
+    eventually("rows older than a day pruned", || async {
+        count(&t, "SELECT count(*) FROM mana_ai.dead_changes").await == 1
+            && count(&t, "SELECT count(*) FROM mana_ai.mission_runs").await == 2
+    })
+    .await;
+    lead.stop().await;
+
+    let fresh = mana_ai::metrics::Metrics::new().render();
+    for table in ["token_usage", "mission_runs", "dead_changes"] {
+        let line = format!("mana_ai_rows_pruned_total{{table=\"{table}\"}} 0");
+        assert!(fresh.contains(&line), "missing {line} in\n{fresh}");
+    }
+}
