@@ -136,7 +136,7 @@ async fn main() -> std::process::ExitCode {
             );
             Ok(())
         }
-        Command::Demo { keep_running } => mana_ai::demo::run(keep_running).await,
+        Command::Demo { keep_running } => mana_ai::demo::run(keep_running, shutdown_signal()).await,
         Command::Grant {
             public_key,
             master_key,
