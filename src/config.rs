@@ -291,6 +291,16 @@ fn check_pg_url(var: &'static str, url: &str) -> Result<(), ConfigError> {
              verifies the certificate chain and host name (CA file: MANA_AI_PG_ROOT_CERT)",
         ));
     }
+    if let Some((scheme, _)) = url.split_once("://") {
+        if !matches!(scheme, "postgres" | "postgresql") {
+            return Err(err(
+                var,
+                format!(
+                    "is a {scheme:?} URL; mana-ai needs Postgres: postgres://USER:PASSWORD@HOST:5432/mana_sync"
+                ),
+            ));
+        }
+    }
     url.parse::<tokio_postgres::Config>()
         .map(|_| ())
         // The parser's messages name options, never values; the URL itself
@@ -318,10 +328,21 @@ where
     let Some(raw) = get(var) else {
         return Ok(default);
     };
-    let value: T = raw
-        .trim()
-        .parse()
-        .map_err(|_| err(var, format!("{raw:?} is not a number")))?;
+    let value: T = raw.trim().parse().map_err(|_| {
+        // "70000" for a port is a number, just not one that fits.
+        let problem = match raw.trim().parse::<f64>() {
+            Ok(_) => "is out of range",
+            Err(_) => "is not a number",
+        };
+        err(
+            var,
+            format!(
+                "{raw:?} {problem} (allowed: {}..={})",
+                range.start(),
+                range.end()
+            ),
+        )
+    })?;
     if !range.contains(&value) {
         return Err(err(
             var,

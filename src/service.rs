@@ -46,11 +46,26 @@ pub fn load_grant_key(config: &Config) -> anyhow::Result<Option<GrantKey>> {
     }
     match GrantKey::from_pkcs8_pem(config.private_key_pem.expose()) {
         Ok(key) => Ok(Some(key)),
-        Err(e) if config.require_grants => Err(anyhow::anyhow!("MANA_AI_PRIVATE_KEY_PEM: {e}")),
+        Err(e) if config.require_grants => Err(anyhow::anyhow!(
+            "MANA_AI_PRIVATE_KEY_PEM: {e}{}",
+            pem_hint(config.private_key_pem.expose())
+        )),
         Err(e) => {
-            tracing::warn!(error = %e, "MANA_AI_PRIVATE_KEY_PEM unusable: mission grants are off");
+            let hint = pem_hint(config.private_key_pem.expose());
+            tracing::warn!(error = %format!("{e}{hint}"), "MANA_AI_PRIVATE_KEY_PEM unusable: mission grants are off");
             Ok(None)
         }
+    }
+}
+
+/// A value that looks like a file path where the PEM text was expected.
+fn pem_hint(value: &str) -> &'static str {
+    let value = value.trim();
+    if !value.contains("-----") && !value.contains('\n') && value.len() < 4096 {
+        "; the variable holds the PEM text itself, not a file path \
+         (MANA_AI_PRIVATE_KEY_PEM=\"$(cat key.pem)\")"
+    } else {
+        ""
     }
 }
 
@@ -256,10 +271,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         config.pg_root_cert.as_deref(),
     )?;
     {
-        let mut client = pool
-            .get()
-            .await
-            .context("connecting to SYNC_DATABASE_URL")?;
+        let mut client = db::errors::first_connection(&pool, "SYNC_DATABASE_URL").await?;
         let report = db::migrate::migrate(&mut client).await?;
         tracing::info!(applied = ?report.applied, already = report.already, "migrations");
     }

@@ -70,7 +70,12 @@ fn demo_stopped_by(signal: &str, marker: &str) -> (std::process::ExitStatus, Vec
 fn database_of(lines: &[String]) -> String {
     lines
         .iter()
-        .find_map(|l| l.trim().strip_prefix("database ")?.split_whitespace().next())
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("database ")?
+                .split_whitespace()
+                .next()
+        })
         .expect("the demo names its database")
         .to_string()
 }
@@ -97,7 +102,10 @@ async fn sigterm_and_sigint_end_the_demo_cleanly_at_any_step() {
     ] {
         let (status, lines) = demo_stopped_by(signal, marker);
         let all = lines.join("\n");
-        assert!(status.success(), "{signal} after {marker:?}: {status:?}\n{all}");
+        assert!(
+            status.success(),
+            "{signal} after {marker:?}: {status:?}\n{all}"
+        );
         assert_eq!(
             lines.last().map(String::as_str),
             Some("Done: database dropped."),
