@@ -96,6 +96,9 @@ pub struct Config {
     pub llm_timeout: Duration,
     /// `MANA_LLM_MAX_ATTEMPTS`: tries per run for retryable failures.
     pub llm_max_attempts: u32,
+    /// `MANA_AI_PLANNER`: `llm` (the default) or `offline`, a fixed example
+    /// plan for trying `serve` without a model (never chosen silently).
+    pub offline_planner: bool,
     /// `MANA_API_URL`: mana-api, for the research pre-step.
     pub api_url: String,
     /// `MANA_AI_PRIVATE_KEY_PEM`: PKCS#8 PEM that unwraps mission key-grants.
@@ -214,6 +217,7 @@ impl Config {
                 1..=600,
             )?),
             llm_max_attempts: parse_num(&get, "MANA_LLM_MAX_ATTEMPTS", 3u32, 1..=10)?,
+            offline_planner: parse_planner(&get)?,
             api_url: parse_http_url(&get, "MANA_API_URL", "http://localhost:3060")?,
             private_key_pem: Secret::new(get("MANA_AI_PRIVATE_KEY_PEM").unwrap_or_default()),
             require_grants: parse_bool(&get, "MANA_AI_REQUIRE_GRANTS", false)?,
@@ -354,6 +358,17 @@ where
         ));
     }
     Ok(value)
+}
+
+fn parse_planner(get: &impl Fn(&str) -> Option<String>) -> Result<bool, ConfigError> {
+    match get("MANA_AI_PLANNER").as_deref().map(str::trim) {
+        None | Some("") | Some("llm") => Ok(false),
+        Some("offline") => Ok(true),
+        Some(other) => Err(err(
+            "MANA_AI_PLANNER",
+            format!("{other:?} is not one of llm, offline"),
+        )),
+    }
 }
 
 fn parse_bool(

@@ -21,7 +21,6 @@ use crate::config::Config;
 use crate::crypto::{derive_mdk, encrypt_value, mint_grant, GrantKey};
 use crate::metrics::Metrics;
 use crate::pgenv::{PgServer, TempDb, SERVICE_ROLE, SYNC_ROLE};
-use crate::run::Planner;
 use crate::service::{Leadership, RunnerSetup};
 use crate::sync::fold::iso_millis;
 
@@ -133,6 +132,9 @@ fn service_setup(db: &TempDb) -> anyhow::Result<(Config, DemoSetup, PromptReceiv
         ("SYNC_DATABASE_URL", db.url_as(SERVICE_ROLE)),
         ("MANA_AI_PRIVATE_KEY_PEM", DEMO_KEY_PEM.to_string()),
     ];
+    if llm.is_none() {
+        env.push(("MANA_AI_PLANNER", "offline".into()));
+    }
     for var in [
         "MANA_LLM_URL",
         "MANA_LLM_MODEL",
@@ -154,7 +156,6 @@ fn service_setup(db: &TempDb) -> anyhow::Result<(Config, DemoSetup, PromptReceiv
     }
     let (prompt_tx, prompts) = mpsc::unbounded_channel();
     let setup = DemoSetup {
-        offline: llm.is_none(),
         research: std::env::var_os("MANA_API_URL").is_some(),
         prompt_tx,
     };
@@ -165,7 +166,6 @@ type PromptReceiver = mpsc::UnboundedReceiver<crate::run::PromptSummary>;
 
 /// What the demo changes in the service's runner set-up.
 struct DemoSetup {
-    offline: bool,
     research: bool,
     prompt_tx: mpsc::UnboundedSender<crate::run::PromptSummary>,
 }
@@ -173,9 +173,6 @@ struct DemoSetup {
 impl DemoSetup {
     fn build(self, config: &Config, metrics: &Metrics) -> anyhow::Result<RunnerSetup> {
         let mut setup = RunnerSetup::from_config(config, metrics)?;
-        if self.offline {
-            setup.planner = Planner::Offline;
-        }
         if !self.research {
             setup.research = None;
         }

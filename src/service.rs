@@ -106,8 +106,16 @@ pub struct RunnerSetup {
 
 impl RunnerSetup {
     pub fn from_config(config: &Config, metrics: &Metrics) -> anyhow::Result<RunnerSetup> {
+        let planner = if config.offline_planner {
+            tracing::warn!(
+                "MANA_AI_PLANNER=offline: missions get a fixed example plan, not a model's answer"
+            );
+            Planner::Offline
+        } else {
+            llm_planner(config, metrics)?
+        };
         Ok(RunnerSetup {
-            planner: llm_planner(config, metrics)?,
+            planner,
             catalog: load_catalog(config)?,
             grant_key: load_grant_key(config)?,
             research: Some(

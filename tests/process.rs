@@ -42,7 +42,7 @@ impl Service {
         let port = free_port();
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join(format!("{name}.log"));
-        // tracing's fmt layer writes to stdout; both go to the one file.
+        // Logs go to stderr, anything else to stdout: both into the one file.
         let stderr = std::fs::File::create(&log).unwrap();
         let stdout = stderr.try_clone().unwrap();
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_mana-ai"));
@@ -1091,4 +1091,35 @@ async fn a_run_past_the_shutdown_grace_is_abandoned_and_taken_by_the_next_start(
     assert_eq!(runs.len(), 1, "{runs:?}");
     assert_eq!(runs[0].1, "done");
     assert_eq!(llm.requests().len(), 2, "once per process");
+}
+
+// ---- 6. trying serve without a model ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_with_the_offline_planner_writes_a_plan_without_any_llm_and_says_so() {
+    let t = setup().await;
+    let llm = FakeLlm::start(vec![FakeLlm::answer(&plan_answer())])
+        .await
+        .unwrap();
+    let service = Service::start("offline", &t, &llm, &[("MANA_AI_PLANNER", "offline")]).await;
+    service.leading(Duration::from_secs(30)).await;
+    seed(&t, "olga", "m-offline", json!({})).await;
+    common::eventually("the offline plan was written back", || async {
+        t.writebacks("olga", "m-offline").await.len() == 1
+    })
+    .await;
+    let iterations = iterations(&t, "olga", "m-offline").await;
+    assert_eq!(iterations.len(), 1, "{iterations:?}");
+    assert!(
+        iterations[0]["plan"]
+            .as_array()
+            .is_some_and(|p| !p.is_empty()),
+        "{}",
+        iterations[0]
+    );
+    assert!(llm.requests().is_empty(), "no LLM was asked");
+    assert!(
+        service.logs().contains("MANA_AI_PLANNER=offline"),
+        "the start says the planner is offline"
+    );
 }
