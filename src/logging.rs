@@ -2,10 +2,22 @@
 //! or JSON lines, always on stderr so a command's own output on stdout (the
 //! demo's steps, `triggers print`) stays clean. Both variables are
 //! validated: a typo is a start-up error that names the variable.
+//!
+//! Traces: with `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) set, every span (apply batches,
+//! mission runs and their phases) also goes out over OTLP/HTTP in protobuf,
+//! batched on the SDK's own thread; the standard `OTEL_*` variables
+//! (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_BSP_*`,
+//! `OTEL_EXPORTER_OTLP_HEADERS`, ...) apply. Spans carry ids as attributes,
+//! never content. Without the variable no exporter runs.
 
 use std::io::IsTerminal;
 
-use tracing_subscriber::EnvFilter;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 /// The default filter when `RUST_LOG` is unset.
 const DEFAULT_FILTER: &str = "info,tokio_postgres=warn";
@@ -49,18 +61,80 @@ pub fn settings(
     })
 }
 
+/// Keeps the trace exporter alive; dropping it sends the spans still queued.
+#[must_use = "dropping the guard stops the trace exporter"]
+pub struct TelemetryGuard {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take() {
+            if let Err(e) = provider.shutdown() {
+                eprintln!("mana-ai: flushing traces at exit failed: {e}");
+            }
+        }
+    }
+}
+
+type BoxedLayer = Box<dyn Layer<Registry> + Send + Sync>;
+
 /// Installs the global subscriber from the process environment.
-pub fn init() -> anyhow::Result<()> {
-    let s = settings(&|k| std::env::var(k).ok(), std::io::stderr().is_terminal())?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(s.filter)
+pub fn init() -> anyhow::Result<TelemetryGuard> {
+    let env = |k: &str| std::env::var(k).ok();
+    let s = settings(&env, std::io::stderr().is_terminal())?;
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(s.ansi);
-    match s.format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+    let mut layers: Vec<BoxedLayer> = vec![match s.format {
+        LogFormat::Json => fmt.json().boxed(),
+        LogFormat::Text => fmt.boxed(),
+    }];
+    let provider = otlp_provider(&env)?;
+    if let Some(provider) = &provider {
+        let tracer = provider.tracer("mana-ai");
+        layers.push(tracing_opentelemetry::layer().with_tracer(tracer).boxed());
     }
-    Ok(())
+    tracing_subscriber::registry()
+        .with(layers.with_filter(s.filter))
+        .init();
+    if provider.is_some() {
+        tracing::info!("exporting traces over OTLP/HTTP");
+    }
+    Ok(TelemetryGuard { provider })
+}
+
+/// The OTLP/HTTP trace pipeline, when an endpoint is configured.
+fn otlp_provider(
+    env: &dyn Fn(&str) -> Option<String>,
+) -> anyhow::Result<Option<SdkTracerProvider>> {
+    let configured = [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    ]
+    .iter()
+    .any(|k| env(k).is_some_and(|v| !v.trim().is_empty()));
+    if !configured {
+        return Ok(None);
+    }
+    use opentelemetry_otlp::{Protocol, WithExportConfig};
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(Protocol::HttpBinary)
+        .build()
+        .map_err(|e| anyhow::anyhow!("OTEL_EXPORTER_OTLP_ENDPOINT: {e}"))?;
+    let service = env("OTEL_SERVICE_NAME")
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| "mana-ai".into());
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(service)
+        .build();
+    Ok(Some(
+        SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(resource)
+            .build(),
+    ))
 }
 
 #[cfg(test)]

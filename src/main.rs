@@ -109,10 +109,14 @@ async fn shutdown_signal() {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    if let Err(e) = mana_ai::logging::init() {
-        eprintln!("mana-ai: {e:#}");
-        return std::process::ExitCode::FAILURE;
-    }
+    // Held to the end of main: dropping it sends the spans still queued.
+    let _telemetry = match mana_ai::logging::init() {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("mana-ai: {e:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     let cli = Cli::parse();
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Triggers {

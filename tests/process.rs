@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use common::{mission_data, plan_answer, setup, write, Change, TestDb};
 use mana_ai::pgenv::SERVICE_ROLE;
 use mana_ai::testkit::fake_llm::FakeLlm;
-use mana_ai::testkit::http::FakeReply;
+use mana_ai::testkit::http::{FakeReply, TestServer};
 use serde_json::{json, Value};
 
 const KEY: &str = "process-test-key";
@@ -1121,5 +1121,59 @@ async fn serve_with_the_offline_planner_writes_a_plan_without_any_llm_and_says_s
     assert!(
         service.logs().contains("MANA_AI_PLANNER=offline"),
         "the start says the planner is offline"
+    );
+}
+
+// ---- 7. OpenTelemetry traces ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traces_reach_an_otlp_receiver_with_ids_and_without_content() {
+    let t = setup().await;
+    let collector = TestServer::start(|_| async {
+        FakeReply::raw(200, "")
+            .header("content-type", "application/x-protobuf")
+            .into_response()
+            .await
+    })
+    .await
+    .unwrap();
+    let llm = FakeLlm::start(vec![FakeLlm::answer(&plan_answer())])
+        .await
+        .unwrap();
+    let endpoint = collector.url();
+    let service = Service::start(
+        "traced",
+        &t,
+        &llm,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    )
+    .await;
+    service.leading(Duration::from_secs(30)).await;
+    const CONTENT: &str = "INHALT-DER-MISSION-5521";
+    seed(&t, "tara", "m-traced", json!({"conceptMarkdown": CONTENT})).await;
+    common::eventually("the mission was written back", || async {
+        t.writebacks("tara", "m-traced").await.len() == 1
+    })
+    .await;
+    let exported = |needle: &'static [u8]| {
+        collector
+            .requests()
+            .iter()
+            .any(|r| r.path == "/v1/traces" && r.body.windows(needle.len()).any(|w| w == needle))
+    };
+    within(
+        Duration::from_secs(20),
+        "the run's span reached the receiver",
+        || async { exported(b"mission_run") && exported(b"m-traced") && exported(b"mana-ai") },
+    )
+    .await;
+    assert!(!exported(CONTENT.as_bytes()), "no content in any span");
+    let request = &collector.requests()[0];
+    assert_eq!(
+        request.header("content-type"),
+        Some("application/x-protobuf")
     );
 }
