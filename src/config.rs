@@ -96,6 +96,9 @@ pub struct Config {
     pub llm_timeout: Duration,
     /// `MANA_LLM_MAX_ATTEMPTS`: tries per run for retryable failures.
     pub llm_max_attempts: u32,
+    /// `MANA_AI_PLANNER`: `llm` (the default) or `offline`, a fixed example
+    /// plan for trying `serve` without a model (never chosen silently).
+    pub offline_planner: bool,
     /// `MANA_API_URL`: mana-api, for the research pre-step.
     pub api_url: String,
     /// `MANA_AI_PRIVATE_KEY_PEM`: PKCS#8 PEM that unwraps mission key-grants.
@@ -220,6 +223,7 @@ impl Config {
                 1..=600,
             )?),
             llm_max_attempts: parse_num(&get, "MANA_LLM_MAX_ATTEMPTS", 3u32, 1..=10)?,
+            offline_planner: parse_planner(&get)?,
             api_url: parse_http_url(&get, "MANA_API_URL", "http://localhost:3060")?,
             private_key_pem: Secret::new(get("MANA_AI_PRIVATE_KEY_PEM").unwrap_or_default()),
             require_grants: parse_bool(&get, "MANA_AI_REQUIRE_GRANTS", false)?,
@@ -299,6 +303,16 @@ fn check_pg_url(var: &'static str, url: &str) -> Result<(), ConfigError> {
              verifies the certificate chain and host name (CA file: MANA_AI_PG_ROOT_CERT)",
         ));
     }
+    if let Some((scheme, _)) = url.split_once("://") {
+        if !matches!(scheme, "postgres" | "postgresql") {
+            return Err(err(
+                var,
+                format!(
+                    "is a {scheme:?} URL; mana-ai needs Postgres: postgres://USER:PASSWORD@HOST:5432/mana_sync"
+                ),
+            ));
+        }
+    }
     url.parse::<tokio_postgres::Config>()
         .map(|_| ())
         // The parser's messages name options, never values; the URL itself
@@ -326,10 +340,21 @@ where
     let Some(raw) = get(var) else {
         return Ok(default);
     };
-    let value: T = raw
-        .trim()
-        .parse()
-        .map_err(|_| err(var, format!("{raw:?} is not a number")))?;
+    let value: T = raw.trim().parse().map_err(|_| {
+        // "70000" for a port is a number, just not one that fits.
+        let problem = match raw.trim().parse::<f64>() {
+            Ok(_) => "is out of range",
+            Err(_) => "is not a number",
+        };
+        err(
+            var,
+            format!(
+                "{raw:?} {problem} (allowed: {}..={})",
+                range.start(),
+                range.end()
+            ),
+        )
+    })?;
     if !range.contains(&value) {
         return Err(err(
             var,
@@ -341,6 +366,17 @@ where
         ));
     }
     Ok(value)
+}
+
+fn parse_planner(get: &impl Fn(&str) -> Option<String>) -> Result<bool, ConfigError> {
+    match get("MANA_AI_PLANNER").as_deref().map(str::trim) {
+        None | Some("") | Some("llm") => Ok(false),
+        Some("offline") => Ok(true),
+        Some(other) => Err(err(
+            "MANA_AI_PLANNER",
+            format!("{other:?} is not one of llm, offline"),
+        )),
+    }
 }
 
 fn parse_bool(

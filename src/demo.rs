@@ -21,7 +21,6 @@ use crate::config::Config;
 use crate::crypto::{derive_mdk, encrypt_value, mint_grant, GrantKey};
 use crate::metrics::Metrics;
 use crate::pgenv::{PgServer, TempDb, SERVICE_ROLE, SYNC_ROLE};
-use crate::run::Planner;
 use crate::service::{Leadership, RunnerSetup};
 use crate::sync::fold::iso_millis;
 
@@ -37,36 +36,95 @@ fn say(line: impl AsRef<str>) {
     println!("{}", line.as_ref());
 }
 
-/// Runs the demo; with `keep_running` it then serves HTTP until Ctrl-C.
-pub async fn run(keep_running: bool) -> anyhow::Result<()> {
+/// Runs the demo; with `keep_running` it then serves HTTP until `shutdown`.
+/// `shutdown` (SIGTERM or SIGINT from `main`) at any step ends it the same
+/// way: the service stopped, the database dropped, exit 0.
+pub async fn run(
+    keep_running: bool,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     if std::env::var_os("SYNC_DATABASE_URL").is_some() {
         bail!("mana-ai demo makes its own throwaway database; unset SYNC_DATABASE_URL (use DATABASE_URL to point it at a Postgres superuser URL)");
     }
+    let stop = CancellationToken::new();
+    let signalled = stop.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        signalled.cancel();
+    });
     say("mana-ai demo");
-    let server = tokio::task::spawn_blocking(PgServer::discover).await??;
+    let server = tokio::select! {
+        found = tokio::task::spawn_blocking(PgServer::discover) => found??,
+        _ = stop.cancelled() => {
+            say("Stopped by a signal before a database was made.");
+            return Ok(());
+        }
+    };
     match &server.cluster_dir {
         Some(dir) => say(format!(
             "1. Postgres: started a throwaway cluster in {} (removed on exit)",
             dir.display()
         )),
-        None => say("1. Postgres: using the server from DATABASE_URL or on 127.0.0.1:5432"),
+        None => say("1. Postgres: using the server from DATABASE_URL, the libpq environment or 127.0.0.1:5432"),
     }
     let db = TempDb::create(&server, "mana_ai_demo").await?;
     say(format!(
         "   database {} with sync_changes (row-level security forced); dropped on exit",
         db.name
     ));
+    let pool = crate::db::pool(&db.url_as(SERVICE_ROLE), 8, "mana-ai-demo", None)?;
+    let outcome = show(&db, &pool, keep_running, &stop).await;
+    pool.close();
+    drop(db);
+    say("Done: database dropped.");
+    outcome
+}
+
+/// Steps 2 to 8, then serving until `stop` when `keep_running`.
+async fn show(
+    db: &TempDb,
+    pool: &deadpool_postgres::Pool,
+    keep_running: bool,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
     let admin = db.admin().await?;
     crate::triggers::install(&admin, SERVICE_ROLE).await?;
-    let pool = crate::db::pool(&db.url_as(SERVICE_ROLE), 8, "mana-ai-demo", None)?;
     crate::db::migrate::migrate(&mut *pool.get().await?).await?;
     say(format!("2. Installed triggers/install.sql for role {SERVICE_ROLE} (NOSUPERUSER NOBYPASSRLS) and the migrations"));
 
     let key = GrantKey::from_pkcs8_pem(DEMO_KEY_PEM).context("the demo key")?;
     let due_at = Utc::now() + chrono::Duration::seconds(3);
-    seed(&db, &key, due_at).await?;
+    seed(db, &key, due_at).await?;
     say(format!("3. Seeded {USER}: agent \"Recherche-Assistentin\", a goal, an encrypted note under a grant, and mission {MISSION} due at {}", iso_millis(due_at)));
 
+    let (config, setup, mut prompts) = service_setup(db)?;
+    let metrics = Metrics::new();
+    let mut lead = Leadership::start(
+        &config,
+        pool.clone(),
+        metrics.clone(),
+        setup.build(&config, &metrics)?,
+        uuid::Uuid::new_v4(),
+        Default::default(),
+    )
+    .await?;
+    let walked = tokio::select! {
+        walked = walk_through(db, pool, &mut lead, &mut prompts, &metrics) => walked,
+        _ = stop.cancelled() => {
+            say("Stopped by a signal.");
+            Ok(())
+        }
+    };
+    if walked.is_ok() && keep_running && !stop.is_cancelled() {
+        serve_until(stop, &config, pool, &lead, metrics).await?;
+    }
+    lead.stop().await;
+    walked
+}
+
+/// The demo's service configuration: its database, its key, and the
+/// caller's LLM settings; the offline planner without `MANA_LLM_URL`.
+fn service_setup(db: &TempDb) -> anyhow::Result<(Config, DemoSetup, PromptReceiver)> {
     let llm = std::env::var("MANA_LLM_URL")
         .ok()
         .filter(|v| !v.trim().is_empty());
@@ -74,6 +132,9 @@ pub async fn run(keep_running: bool) -> anyhow::Result<()> {
         ("SYNC_DATABASE_URL", db.url_as(SERVICE_ROLE)),
         ("MANA_AI_PRIVATE_KEY_PEM", DEMO_KEY_PEM.to_string()),
     ];
+    if llm.is_none() {
+        env.push(("MANA_AI_PLANNER", "offline".into()));
+    }
     for var in [
         "MANA_LLM_URL",
         "MANA_LLM_MODEL",
@@ -87,36 +148,51 @@ pub async fn run(keep_running: bool) -> anyhow::Result<()> {
     }
     let config =
         Config::from_lookup(|k| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()))?;
-    let metrics = Metrics::new();
-    let mut setup = RunnerSetup::from_config(&config, &metrics)?;
-    if llm.is_none() {
-        setup.planner = Planner::Offline;
-    }
-    if std::env::var_os("MANA_API_URL").is_none() {
-        setup.research = None;
-    }
-    let (prompt_tx, mut prompts) = mpsc::unbounded_channel();
-    setup.prompt_observer = Some(prompt_tx);
     match &llm {
         Some(url) => say(format!("4. Planner: the LLM at {url}")),
         None => {
             say("4. Planner: OFFLINE (no MANA_LLM_URL): a fixed example plan, not a model's answer")
         }
     }
-    let mut lead = Leadership::start(
-        &config,
-        pool.clone(),
-        metrics.clone(),
-        setup,
-        uuid::Uuid::new_v4(),
-        Default::default(),
-    )
-    .await?;
+    let (prompt_tx, prompts) = mpsc::unbounded_channel();
+    let setup = DemoSetup {
+        research: std::env::var_os("MANA_API_URL").is_some(),
+        prompt_tx,
+    };
+    Ok((config, setup, prompts))
+}
+
+type PromptReceiver = mpsc::UnboundedReceiver<crate::run::PromptSummary>;
+
+/// What the demo changes in the service's runner set-up.
+struct DemoSetup {
+    research: bool,
+    prompt_tx: mpsc::UnboundedSender<crate::run::PromptSummary>,
+}
+
+impl DemoSetup {
+    fn build(self, config: &Config, metrics: &Metrics) -> anyhow::Result<RunnerSetup> {
+        let mut setup = RunnerSetup::from_config(config, metrics)?;
+        if !self.research {
+            setup.research = None;
+        }
+        setup.prompt_observer = Some(self.prompt_tx);
+        Ok(setup)
+    }
+}
+
+/// Steps 5 to 8: the snapshot, the timer, the prompt, the write-back, the audit.
+async fn walk_through(
+    db: &TempDb,
+    pool: &deadpool_postgres::Pool,
+    lead: &mut Leadership,
+    prompts: &mut PromptReceiver,
+    metrics: &Metrics,
+) -> anyhow::Result<()> {
     tokio::time::timeout(Duration::from_secs(30), lead.reactor.wait_listening())
         .await
         .context("the listener did not register within 30 s")?;
-
-    let snapshot = wait_for(Duration::from_secs(30), || snapshot_line(&pool))
+    let snapshot = wait_for(Duration::from_secs(30), || snapshot_line(pool))
         .await
         .context("the mission never reached its snapshot")?;
     say(format!("5. Snapshot: {snapshot}"));
@@ -132,6 +208,24 @@ pub async fn run(keep_running: bool) -> anyhow::Result<()> {
         .await
         .context("the mission did not run within 60 s")?
         .context("the runner stopped")?;
+    say_prompt(&summary);
+    let written = wait_for(Duration::from_secs(60), || written_iteration(db))
+        .await
+        .context("no iteration was written within 60 s")?;
+    say("7. Written back to sync_changes (client mana-ai-runner):");
+    say(serde_json::to_string_pretty(&written).unwrap_or_default());
+    for line in audit_lines(pool).await? {
+        say(format!("8. Audit: {line}"));
+    }
+    say(format!(
+        "   plans written: {}, decrypts: {}",
+        metrics.plans_written_back.get(),
+        metrics.decrypts.with_label_values(&["notes"]).get()
+    ));
+    Ok(())
+}
+
+fn say_prompt(summary: &crate::run::PromptSummary) {
     say(format!(
         "6. Prompt: system {} chars, user {} chars, {} tools{}",
         summary.system_chars,
@@ -146,49 +240,39 @@ pub async fn run(keep_running: bool) -> anyhow::Result<()> {
     for input in &summary.inputs {
         say(format!("   input {input}"));
     }
-    let written = wait_for(Duration::from_secs(60), || written_iteration(&db))
-        .await
-        .context("no iteration was written within 60 s")?;
-    say("7. Written back to sync_changes (client mana-ai-runner):");
-    say(serde_json::to_string_pretty(&written).unwrap_or_default());
-    for line in audit_lines(&pool).await? {
-        say(format!("8. Audit: {line}"));
-    }
-    say(format!(
-        "   plans written: {}, decrypts: {}",
-        metrics.plans_written_back.get(),
-        metrics.decrypts.with_label_values(&["notes"]).get()
-    ));
+}
 
-    if keep_running {
-        let stop = CancellationToken::new();
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", config.port))
-            .await
-            .with_context(|| format!("PORT {}", config.port))?;
-        say(format!(
-            "Serving http://{} (GET /health, /metrics; Ctrl-C stops and cleans up)",
-            listener.local_addr()?
-        ));
-        let backend = crate::backend::ServiceBackend::new(pool.clone(), metrics.clone(), true);
-        backend.set_leading(Some(crate::backend::Leading {
-            runner: lead.runner.clone(),
-            wheel: lead.reactor.wheel.clone(),
-        }));
-        let http = tokio::spawn(crate::http::serve(
-            listener,
-            backend,
-            crate::http::HttpSettings::from_config(&config),
-            metrics,
-            stop.clone(),
-        ));
-        let _ = tokio::signal::ctrl_c().await;
-        stop.cancel();
-        let _ = http.await;
-    }
-    lead.stop().await;
-    pool.close();
-    drop(db);
-    say("Done: database dropped.");
+/// `--keep-running`: HTTP on `PORT` until `stop`.
+async fn serve_until(
+    stop: &CancellationToken,
+    config: &Config,
+    pool: &deadpool_postgres::Pool,
+    lead: &Leadership,
+    metrics: std::sync::Arc<Metrics>,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", config.port))
+        .await
+        .with_context(|| format!("PORT {}", config.port))?;
+    say(format!(
+        "Serving http://{} (GET /health, /metrics; Ctrl-C or SIGTERM stops and cleans up)",
+        listener.local_addr()?
+    ));
+    let backend = crate::backend::ServiceBackend::new(pool.clone(), metrics.clone(), true);
+    backend.set_leading(Some(crate::backend::Leading {
+        runner: lead.runner.clone(),
+        wheel: lead.reactor.wheel.clone(),
+    }));
+    let http_stop = CancellationToken::new();
+    let http = tokio::spawn(crate::http::serve(
+        listener,
+        backend,
+        crate::http::HttpSettings::from_config(config),
+        metrics,
+        http_stop.clone(),
+    ));
+    stop.cancelled().await;
+    http_stop.cancel();
+    let _ = http.await;
     Ok(())
 }
 

@@ -11,6 +11,7 @@ pub mod crypto;
 pub mod db;
 pub mod demo;
 pub mod http;
+pub mod logging;
 pub mod metrics;
 pub mod pgenv;
 pub mod planner;

@@ -82,17 +82,6 @@ enum KitFile {
     Uninstall,
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tokio_postgres=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if std::env::var("MANA_AI_LOG_FORMAT").as_deref() == Ok("json") {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
 async fn connect(config: &Config) -> anyhow::Result<tokio_postgres::Client> {
     let pg: tokio_postgres::Config = config
         .database_url
@@ -102,7 +91,7 @@ async fn connect(config: &Config) -> anyhow::Result<tokio_postgres::Client> {
     let tls = PgTls::for_config(&pg, config.pg_root_cert.as_deref())?;
     let (client, _task) = tls::connect(&pg, &tls, |_| {})
         .await
-        .context("connecting to SYNC_DATABASE_URL")?;
+        .map_err(|e| anyhow::anyhow!("SYNC_DATABASE_URL: {}", db::errors::describe(&e)))?;
     Ok(client)
 }
 
@@ -120,7 +109,14 @@ async fn shutdown_signal() {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    init_logging();
+    // Held to the end of main: dropping it sends the spans still queued.
+    let _telemetry = match mana_ai::logging::init() {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("mana-ai: {e:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     let cli = Cli::parse();
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Triggers {
@@ -136,7 +132,7 @@ async fn main() -> std::process::ExitCode {
             );
             Ok(())
         }
-        Command::Demo { keep_running } => mana_ai::demo::run(keep_running).await,
+        Command::Demo { keep_running } => mana_ai::demo::run(keep_running, shutdown_signal()).await,
         Command::Grant {
             public_key,
             master_key,

@@ -46,11 +46,26 @@ pub fn load_grant_key(config: &Config) -> anyhow::Result<Option<GrantKey>> {
     }
     match GrantKey::from_pkcs8_pem(config.private_key_pem.expose()) {
         Ok(key) => Ok(Some(key)),
-        Err(e) if config.require_grants => Err(anyhow::anyhow!("MANA_AI_PRIVATE_KEY_PEM: {e}")),
+        Err(e) if config.require_grants => Err(anyhow::anyhow!(
+            "MANA_AI_PRIVATE_KEY_PEM: {e}{}",
+            pem_hint(config.private_key_pem.expose())
+        )),
         Err(e) => {
-            tracing::warn!(error = %e, "MANA_AI_PRIVATE_KEY_PEM unusable: mission grants are off");
+            let hint = pem_hint(config.private_key_pem.expose());
+            tracing::warn!(error = %format!("{e}{hint}"), "MANA_AI_PRIVATE_KEY_PEM unusable: mission grants are off");
             Ok(None)
         }
+    }
+}
+
+/// A value that looks like a file path where the PEM text was expected.
+fn pem_hint(value: &str) -> &'static str {
+    let value = value.trim();
+    if !value.contains("-----") && !value.contains('\n') && value.len() < 4096 {
+        "; the variable holds the PEM text itself, not a file path \
+         (MANA_AI_PRIVATE_KEY_PEM=\"$(cat key.pem)\")"
+    } else {
+        ""
     }
 }
 
@@ -91,8 +106,16 @@ pub struct RunnerSetup {
 
 impl RunnerSetup {
     pub fn from_config(config: &Config, metrics: &Metrics) -> anyhow::Result<RunnerSetup> {
+        let planner = if config.offline_planner {
+            tracing::warn!(
+                "MANA_AI_PLANNER=offline: missions get a fixed example plan, not a model's answer"
+            );
+            Planner::Offline
+        } else {
+            llm_planner(config, metrics)?
+        };
         Ok(RunnerSetup {
-            planner: llm_planner(config, metrics)?,
+            planner,
             catalog: load_catalog(config)?,
             grant_key: load_grant_key(config)?,
             research: Some(
@@ -267,10 +290,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         config.pg_root_cert.as_deref(),
     )?;
     {
-        let mut client = pool
-            .get()
-            .await
-            .context("connecting to SYNC_DATABASE_URL")?;
+        let mut client = db::errors::first_connection(&pool, "SYNC_DATABASE_URL").await?;
         crate::privilege::check_service_role(&**client, config.allow_privileged).await?;
         let report = db::migrate::migrate(&mut client).await?;
         tracing::info!(applied = ?report.applied, already = report.already, "migrations");

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use common::{mission_data, plan_answer, setup, write, Change, TestDb};
 use mana_ai::pgenv::SERVICE_ROLE;
 use mana_ai::testkit::fake_llm::FakeLlm;
-use mana_ai::testkit::http::FakeReply;
+use mana_ai::testkit::http::{FakeReply, TestServer};
 use serde_json::{json, Value};
 
 const KEY: &str = "process-test-key";
@@ -42,7 +42,7 @@ impl Service {
         let port = free_port();
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join(format!("{name}.log"));
-        // tracing's fmt layer writes to stdout; both go to the one file.
+        // Logs go to stderr, anything else to stdout: both into the one file.
         let stderr = std::fs::File::create(&log).unwrap();
         let stdout = stderr.try_clone().unwrap();
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_mana-ai"));
@@ -1091,4 +1091,89 @@ async fn a_run_past_the_shutdown_grace_is_abandoned_and_taken_by_the_next_start(
     assert_eq!(runs.len(), 1, "{runs:?}");
     assert_eq!(runs[0].1, "done");
     assert_eq!(llm.requests().len(), 2, "once per process");
+}
+
+// ---- 6. trying serve without a model ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_with_the_offline_planner_writes_a_plan_without_any_llm_and_says_so() {
+    let t = setup().await;
+    let llm = FakeLlm::start(vec![FakeLlm::answer(&plan_answer())])
+        .await
+        .unwrap();
+    let service = Service::start("offline", &t, &llm, &[("MANA_AI_PLANNER", "offline")]).await;
+    service.leading(Duration::from_secs(30)).await;
+    seed(&t, "olga", "m-offline", json!({})).await;
+    common::eventually("the offline plan was written back", || async {
+        t.writebacks("olga", "m-offline").await.len() == 1
+    })
+    .await;
+    let iterations = iterations(&t, "olga", "m-offline").await;
+    assert_eq!(iterations.len(), 1, "{iterations:?}");
+    assert!(
+        iterations[0]["plan"]
+            .as_array()
+            .is_some_and(|p| !p.is_empty()),
+        "{}",
+        iterations[0]
+    );
+    assert!(llm.requests().is_empty(), "no LLM was asked");
+    assert!(
+        service.logs().contains("MANA_AI_PLANNER=offline"),
+        "the start says the planner is offline"
+    );
+}
+
+// ---- 7. OpenTelemetry traces ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traces_reach_an_otlp_receiver_with_ids_and_without_content() {
+    let t = setup().await;
+    let collector = TestServer::start(|_| async {
+        FakeReply::raw(200, "")
+            .header("content-type", "application/x-protobuf")
+            .into_response()
+            .await
+    })
+    .await
+    .unwrap();
+    let llm = FakeLlm::start(vec![FakeLlm::answer(&plan_answer())])
+        .await
+        .unwrap();
+    let endpoint = collector.url();
+    let service = Service::start(
+        "traced",
+        &t,
+        &llm,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    )
+    .await;
+    service.leading(Duration::from_secs(30)).await;
+    const CONTENT: &str = "INHALT-DER-MISSION-5521";
+    seed(&t, "tara", "m-traced", json!({"conceptMarkdown": CONTENT})).await;
+    common::eventually("the mission was written back", || async {
+        t.writebacks("tara", "m-traced").await.len() == 1
+    })
+    .await;
+    let exported = |needle: &'static [u8]| {
+        collector
+            .requests()
+            .iter()
+            .any(|r| r.path == "/v1/traces" && r.body.windows(needle.len()).any(|w| w == needle))
+    };
+    within(
+        Duration::from_secs(20),
+        "the run's span reached the receiver",
+        || async { exported(b"mission_run") && exported(b"m-traced") && exported(b"mana-ai") },
+    )
+    .await;
+    assert!(!exported(CONTENT.as_bytes()), "no content in any span");
+    let request = &collector.requests()[0];
+    assert_eq!(
+        request.header("content-type"),
+        Some("application/x-protobuf")
+    );
 }

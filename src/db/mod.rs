@@ -2,6 +2,7 @@
 //! migrations. All SQL of the reactor lives in `reactor::store`; this module
 //! only knows how to connect and how to scope a transaction to one user.
 
+pub mod errors;
 pub mod migrate;
 pub mod tls;
 

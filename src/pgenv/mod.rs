@@ -1,9 +1,10 @@
 //! Finding or starting a Postgres for the tests, the benchmark and the demo.
 //!
-//! Order: `DATABASE_URL` / `SYNC_DATABASE_URL` (a superuser URL) when set;
-//! else a server answering on 127.0.0.1:5432 (user `postgres`); else a
-//! throwaway cluster made with `initdb`/`pg_ctl` (found on PATH or under
-//! `/usr/lib/postgresql/*/bin`) in a temp dir. initdb refuses to run as root,
+//! Order ([`discover`]): `DATABASE_URL` / `SYNC_DATABASE_URL` (a superuser
+//! URL) when set; else the libpq environment; else 127.0.0.1:5432 as
+//! `postgres` if it lets us in; else a throwaway cluster made with
+//! `initdb`/`pg_ctl` (found on PATH or under `/usr/lib/postgresql/*/bin`) in
+//! a temp dir. initdb refuses to run as root,
 //! so as root the cluster runs as the `postgres` user (or `nobody`). A
 //! watcher process stops the cluster and removes its directory when the
 //! process that started it exits, however it exits.
@@ -11,16 +12,18 @@
 //! Each caller then gets its own database ([`TempDb`]), dropped afterwards,
 //! and the roles that play the sync server and the mana-ai service.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+pub mod discover;
+pub mod pgpass;
+
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 use anyhow::{bail, Context};
 use tokio_postgres::NoTls;
 
 /// The mana_sync side of the contract (section 1), for databases we create.
-pub const SYNC_FIXTURE: &str = include_str!("../fixtures/mana_sync.sql");
+pub const SYNC_FIXTURE: &str = include_str!("../../fixtures/mana_sync.sql");
 
 /// A Postgres server we may create databases and roles on.
 #[derive(Debug, Clone)]
@@ -37,37 +40,33 @@ fn quote(value: &str) -> String {
 }
 
 impl PgServer {
-    /// Finds a server as the module documentation describes.
+    /// Finds a server as [`discover`] describes, from the process environment.
     pub fn discover() -> anyhow::Result<PgServer> {
-        for var in ["DATABASE_URL", "SYNC_DATABASE_URL"] {
-            if let Ok(url) = std::env::var(var) {
-                if !url.trim().is_empty() {
-                    let admin = url
-                        .parse()
-                        .with_context(|| format!("{var} is not a valid Postgres URL"))?;
-                    return Ok(PgServer {
-                        admin,
-                        cluster_dir: None,
-                    });
-                }
-            }
-        }
-        if std::env::var("MANA_AI_PG").as_deref() != Ok("cluster") && local_server_answers() {
-            let admin = "host=127.0.0.1 port=5432 user=postgres"
-                .parse()
-                .expect("static connection string");
-            return Ok(PgServer {
-                admin,
-                cluster_dir: None,
-            });
-        }
-        start_cluster(None)
+        discover::discover_with(&|k| std::env::var(k).ok())
     }
 
     /// Starts a throwaway cluster that also accepts TLS with `tls`'s
     /// certificate (the TLS tests; plain connections still work).
     pub fn start_with_tls(tls: &ServerTls) -> anyhow::Result<PgServer> {
         start_cluster(Some(tls))
+    }
+
+    /// Starts a throwaway cluster that, like a stock Debian server, asks for
+    /// a password (scram-sha-256) on TCP; `postgres` has `password`.
+    pub fn start_with_password(password: &str) -> anyhow::Result<PgServer> {
+        start_cluster_with(None, Some(password))
+    }
+
+    /// The server's host and port (the first of each).
+    pub fn host_port(&self) -> (String, u16) {
+        let host = match self.admin.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            _ => "127.0.0.1".into(),
+        };
+        (
+            host,
+            self.admin.get_ports().first().copied().unwrap_or(5432),
+        )
     }
 
     /// Starts a throwaway cluster of its own, whatever else answers (tests
@@ -147,11 +146,6 @@ pub async fn connect(conninfo: &str) -> anyhow::Result<tokio_postgres::Client> {
     Ok(client)
 }
 
-fn local_server_answers() -> bool {
-    let addr: SocketAddr = "127.0.0.1:5432".parse().expect("static address");
-    TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok()
-}
-
 /// `initdb` and `pg_ctl`: on PATH, else the newest /usr/lib/postgresql/*/bin.
 pub fn find_pg_bin() -> Option<PathBuf> {
     if let Ok(path) = std::env::var("PATH") {
@@ -224,6 +218,10 @@ pub struct ServerTls {
 }
 
 fn start_cluster(tls: Option<&ServerTls>) -> anyhow::Result<PgServer> {
+    start_cluster_with(tls, None)
+}
+
+fn start_cluster_with(tls: Option<&ServerTls>, password: Option<&str>) -> anyhow::Result<PgServer> {
     let bin = find_pg_bin().context(
         "no Postgres found: set DATABASE_URL, run one on 127.0.0.1:5432, or install the server \
          (Debian: apt-get install postgresql) so initdb and pg_ctl can start a throwaway cluster",
@@ -254,17 +252,22 @@ fn start_cluster(tls: Option<&ServerTls>) -> anyhow::Result<PgServer> {
         }
     }
     let data = dir.join("data");
-    let out = command_as(user.as_deref(), &bin.join("initdb"))
-        .args([
-            "-A",
-            "trust",
-            "-U",
-            "postgres",
-            "--no-sync",
-            "-E",
-            "UTF8",
-            "-D",
-        ])
+    let mut initdb = command_as(user.as_deref(), &bin.join("initdb"));
+    match password {
+        Some(password) => {
+            let file = dir.join("pwfile");
+            std::fs::write(&file, password).context("writing the password file")?;
+            if let Some(u) = &user {
+                Command::new("chown").arg(u).arg(&file).status()?;
+            }
+            initdb.args(["-A", "scram-sha-256", "--pwfile"]).arg(file);
+        }
+        None => {
+            initdb.args(["-A", "trust"]);
+        }
+    }
+    let out = initdb
+        .args(["-U", "postgres", "--no-sync", "-E", "UTF8", "-D"])
         .arg(&data)
         .output()
         .context("running initdb")?;
@@ -292,9 +295,11 @@ fn start_cluster(tls: Option<&ServerTls>) -> anyhow::Result<PgServer> {
         );
     }
     spawn_reaper(&bin, user.as_deref(), &dir)?;
-    let admin = format!("host=127.0.0.1 port={port} user=postgres")
-        .parse()
-        .expect("generated connection string");
+    let mut admin = tokio_postgres::Config::new();
+    admin.host("127.0.0.1").port(port).user("postgres");
+    if let Some(password) = password {
+        admin.password(password);
+    }
     Ok(PgServer {
         admin,
         cluster_dir: Some(dir),
