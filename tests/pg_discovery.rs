@@ -85,3 +85,32 @@ async fn a_wrong_password_is_a_reason_never_echoed() {
     );
     assert!(!reason.contains("not-it-7731") && !first.label.contains("not-it-7731"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_roles_tests_and_the_demo_create_carry_a_password_only_this_user_knows() {
+    use mana_ai::pgenv::{role_password, TempDb, SERVICE_ROLE};
+    let server = tokio::task::spawn_blocking(|| PgServer::start_with_password(PASSWORD))
+        .await
+        .unwrap()
+        .expect("a throwaway cluster with password auth");
+    let db = TempDb::create(&server, "mana_ai_pw")
+        .await
+        .expect("a database");
+    db.connect_as(SERVICE_ROLE)
+        .await
+        .expect("the role logs in with this user's password");
+    let known = server.conninfo(&db.name, Some((SERVICE_ROLE, "mana-ai-local")));
+    assert!(
+        mana_ai::pgenv::connect(&known).await.is_err(),
+        "the password earlier versions used for everyone no longer works"
+    );
+    assert!(role_password().len() >= 32);
+    if let Some(home) = std::env::var_os("HOME") {
+        use std::os::unix::fs::PermissionsExt;
+        let kept = std::path::Path::new(&home).join(".cache/mana-ai/local-role-password");
+        if std::env::var_os("XDG_CACHE_HOME").is_none() && kept.exists() {
+            let mode = std::fs::metadata(&kept).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "only its owner may read the secret");
+        }
+    }
+}

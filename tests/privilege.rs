@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::setup;
-use mana_ai::pgenv::{TempDb, ROLE_PASSWORD, SERVICE_ROLE};
+use mana_ai::pgenv::{role_password, TempDb, SERVICE_ROLE};
 
 fn kit(file: &str) -> String {
     format!("{}/triggers/{file}", env!("CARGO_MANIFEST_DIR"))
@@ -147,7 +147,8 @@ async fn serve_refuses_a_bypassrls_role() {
     let admin = t.admin().await;
     admin
         .batch_execute(&format!(
-            "CREATE ROLE {role} LOGIN NOSUPERUSER BYPASSRLS PASSWORD '{ROLE_PASSWORD}'"
+            "CREATE ROLE {role} LOGIN NOSUPERUSER BYPASSRLS PASSWORD '{}'",
+            role_password()
         ))
         .await
         .unwrap();

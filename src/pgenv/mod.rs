@@ -339,9 +339,46 @@ fn spawn_reaper(bin: &Path, user: Option<&str>, dir: &Path) -> anyhow::Result<()
     Ok(())
 }
 
-/// Password of the roles created for tests and the demo. They are LOGIN
-/// roles on a throwaway or local development server only.
-pub const ROLE_PASSWORD: &str = "mana-ai-local";
+/// Password of the LOGIN roles created for tests and the demo (on a
+/// throwaway or local development server only): made from a random secret
+/// kept in this user's cache directory (mode 0600), so every process of this
+/// user agrees on it and nobody else knows it; a random one per process when
+/// there is no cache directory to keep it in.
+pub fn role_password() -> &'static str {
+    static PASSWORD: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PASSWORD
+        .get_or_init(|| kept_secret().unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()))
+}
+
+fn kept_secret() -> Option<String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    let file = cache.join("mana-ai").join("local-role-password");
+    if let Some(secret) = std::fs::read_to_string(&file)
+        .ok()
+        .filter(|s| s.trim().len() >= 32)
+    {
+        return Some(secret.trim().to_string());
+    }
+    std::fs::create_dir_all(file.parent()?).ok()?;
+    let secret = uuid::Uuid::new_v4().simple().to_string();
+    let created = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&file)
+        .and_then(|mut f| f.write_all(secret.as_bytes()));
+    match created {
+        Ok(()) => Some(secret),
+        // Another process made it first: use theirs.
+        Err(_) => std::fs::read_to_string(&file)
+            .ok()
+            .map(|s| s.trim().to_string()),
+    }
+}
 
 /// The sync server's stand-in: an ordinary role that writes sync_changes.
 pub const SYNC_ROLE: &str = "mana_ai_local_sync";
@@ -369,13 +406,21 @@ impl TempDb {
             name,
         };
         let client = db.admin().await?;
+        // Roles are cluster-wide and tests run in parallel: one thread of
+        // this process at a time (a concurrent ALTER ROLE fails), and a
+        // race with another process tolerated.
+        static ROLES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+        let _one_at_a_time = ROLES.lock().await;
+        let password = role_password();
         for role in [SYNC_ROLE, SERVICE_ROLE] {
-            // Roles are cluster-wide and tests run in parallel: tolerate a race.
+            // An existing role gets this user's password (an older one may
+            // have been created with a password everyone knew).
             client
                 .batch_execute(&format!(
                     "DO $$ BEGIN
-                       CREATE ROLE {role} LOGIN NOSUPERUSER NOBYPASSRLS PASSWORD '{ROLE_PASSWORD}';
-                     EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+                       CREATE ROLE {role} LOGIN NOSUPERUSER NOBYPASSRLS PASSWORD '{password}';
+                     EXCEPTION WHEN duplicate_object OR unique_violation THEN
+                       ALTER ROLE {role} PASSWORD '{password}';
                      END $$;"
                 ))
                 .await
@@ -401,7 +446,7 @@ impl TempDb {
     /// Connection string as `role`.
     pub fn url_as(&self, role: &str) -> String {
         self.server
-            .conninfo(&self.name, Some((role, ROLE_PASSWORD)))
+            .conninfo(&self.name, Some((role, role_password())))
     }
 
     pub async fn admin(&self) -> anyhow::Result<tokio_postgres::Client> {
