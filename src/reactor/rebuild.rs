@@ -98,6 +98,24 @@ async fn rebuild_user(
         )
         .await?;
     }
+    let records = fold_history(&tx, st, user, max_field_bytes).await?;
+    tx.execute(
+        "DELETE FROM mana_ai.fold_rebuild WHERE user_id = $1",
+        &[&user],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(records)
+}
+
+/// Folds the user's history into snapshot writes, a portal's page at a time
+/// (a user's whole history need not fit in memory); returns the records.
+async fn fold_history(
+    tx: &Transaction<'_>,
+    st: &store::Prepared,
+    user: &str,
+    max_field_bytes: usize,
+) -> anyhow::Result<usize> {
     let portal = tx.bind(history_sql().as_str(), &[&user]).await?;
     let mut writes = Writes::default();
     let mut current: Option<Current> = None;
@@ -125,7 +143,7 @@ async fn rebuild_user(
                 fold_row(id, snapshot, &valid.row);
             }
         }
-        writes.flush(&tx, st, WRITE_CHUNK).await?;
+        writes.flush(tx, st, WRITE_CHUNK).await?;
         if rows.len() < FETCH as usize {
             break;
         }
@@ -133,13 +151,7 @@ async fn rebuild_user(
     if let Some(done) = current.take() {
         writes.push(user, done);
     }
-    writes.flush(&tx, st, 0).await?;
-    tx.execute(
-        "DELETE FROM mana_ai.fold_rebuild WHERE user_id = $1",
-        &[&user],
-    )
-    .await?;
-    tx.commit().await?;
+    writes.flush(tx, st, 0).await?;
     Ok(writes.records)
 }
 
