@@ -4,19 +4,20 @@
 //!
 //! The leader runs it once at start, before it rebuilds the wheel and starts
 //! the applier, so nothing else writes snapshots meanwhile. One REPEATABLE
-//! READ transaction per user: the user's snapshots are deleted and folded
+//! READ transaction per 50 users, each read in its own RLS scope: a user's
+//! snapshots are deleted and folded
 //! anew from every mission/agent row that is neither still queued nor set
 //! aside, read in [`store::REPLAY_ORDER`] and numbered with negative `seq`s;
 //! queued rows are left to the applier, whose queue ids are positive, so a
 //! transaction whose rows were only partly applied still folds in insertion
 //! order (the applied rows had the lower queue ids). The one snapshot makes
 //! the queue and the history agree: a row committed later is in neither.
-//! The user's entry is deleted in the same commit, so an interrupted rebuild
-//! resumes with the users not yet done.
+//! The users' entries are deleted in the same commit, so an interrupted
+//! rebuild resumes with the users not yet done.
 
 use anyhow::Context;
 use deadpool_postgres::Pool;
-use tokio_postgres::{IsolationLevel, Row, Transaction};
+use tokio_postgres::{IsolationLevel, Row, Statement, Transaction};
 
 use super::applier::fold_into;
 use super::store::{self, Snapshot, SnapshotWrite, REPLAY_ORDER};
@@ -26,33 +27,34 @@ use crate::sync::change::{self, Kind, RawChange};
 const FETCH: i32 = 200;
 /// Snapshot rows per upsert.
 const WRITE_CHUNK: usize = 200;
+/// Users rebuilt per transaction.
+const USERS_PER_TX: i64 = 50;
 
 /// Rebuilds every listed user's snapshots; returns how many users and how
 /// many records were rebuilt.
 pub async fn rebuild_listed(pool: &Pool, max_field_bytes: usize) -> anyhow::Result<(usize, usize)> {
     let mut client = pool.get().await.context("connecting to the database")?;
     let st = store::Prepared::get(&client).await?;
+    let history = client.prepare_cached(&history_sql()).await?;
     let (mut users, mut records) = (0, 0);
     loop {
         let listed: Vec<String> = client
             .query(
-                "SELECT user_id FROM mana_ai.fold_rebuild ORDER BY user_id LIMIT 100",
-                &[],
+                "SELECT user_id FROM mana_ai.fold_rebuild ORDER BY user_id LIMIT $1",
+                &[&USERS_PER_TX],
             )
             .await
             .context("reading mana_ai.fold_rebuild")?
             .iter()
             .map(|r| r.try_get(0))
             .collect::<Result<_, _>>()?;
-        if listed.is_empty() {
+        let Some(from) = listed.first() else {
             return Ok((users, records));
-        }
-        for user in &listed {
-            records += rebuild_user(&mut client, &st, user, max_field_bytes)
-                .await
-                .with_context(|| format!("rebuilding the snapshots of user {user:?}"))?;
-            users += 1;
-        }
+        };
+        records += rebuild_users(&mut client, &st, &history, &listed, max_field_bytes)
+            .await
+            .with_context(|| format!("rebuilding the snapshots of users from {from:?}"))?;
+        users += listed.len();
     }
 }
 
@@ -73,10 +75,13 @@ fn history_sql() -> String {
 /// The record being folded: its kind, id and snapshot so far.
 type Current = (Kind, String, Snapshot);
 
-async fn rebuild_user(
+/// Rebuilds some users' snapshots in one transaction, each user's history
+/// read in that user's RLS scope; returns the records written.
+async fn rebuild_users(
     client: &mut tokio_postgres::Client,
     st: &store::Prepared,
-    user: &str,
+    history: &Statement,
+    users: &[String],
     max_field_bytes: usize,
 ) -> anyhow::Result<usize> {
     let tx = client
@@ -84,40 +89,41 @@ async fn rebuild_user(
         .isolation_level(IsolationLevel::RepeatableRead)
         .start()
         .await?;
-    if user.is_empty() {
-        tx.execute("DELETE FROM mana_ai.fold_rebuild WHERE user_id = ''", &[])
-            .await?;
-        tx.commit().await?;
-        return Ok(0);
-    }
-    crate::db::set_user(&tx, user).await?;
-    for table in ["mission_snapshots", "agent_snapshots"] {
-        tx.execute(
-            &format!("DELETE FROM mana_ai.{table} WHERE user_id = $1"),
-            &[&user],
-        )
+    // Derived state, like the applier's batches: a rebuild lost in a crash
+    // loses its fold_rebuild deletions too and runs again.
+    tx.batch_execute("SET LOCAL synchronous_commit = off")
         .await?;
+    for table in ["mission_snapshots", "agent_snapshots"] {
+        let sql = format!("DELETE FROM mana_ai.{table} WHERE user_id = ANY($1)");
+        tx.execute(sql.as_str(), &[&users]).await?;
     }
-    let records = fold_history(&tx, st, user, max_field_bytes).await?;
+    let mut writes = Writes::default();
+    // An empty user id has no scope (and no snapshots): only its entry goes.
+    for user in users.iter().filter(|user| !user.is_empty()) {
+        tx.execute(&st.set_user, &[user]).await?;
+        fold_history(&tx, st, history, user, max_field_bytes, &mut writes).await?;
+    }
+    writes.flush(&tx, st, 0).await?;
     tx.execute(
-        "DELETE FROM mana_ai.fold_rebuild WHERE user_id = $1",
-        &[&user],
+        "DELETE FROM mana_ai.fold_rebuild WHERE user_id = ANY($1)",
+        &[&users],
     )
     .await?;
     tx.commit().await?;
-    Ok(records)
+    Ok(writes.records)
 }
 
-/// Folds the user's history into snapshot writes, a portal's page at a time
-/// (a user's whole history need not fit in memory); returns the records.
+/// Folds one user's history into snapshot writes, a portal's page at a time
+/// (a user's whole history need not fit in memory).
 async fn fold_history(
     tx: &Transaction<'_>,
     st: &store::Prepared,
+    history: &Statement,
     user: &str,
     max_field_bytes: usize,
-) -> anyhow::Result<usize> {
-    let portal = tx.bind(history_sql().as_str(), &[&user]).await?;
-    let mut writes = Writes::default();
+    writes: &mut Writes,
+) -> anyhow::Result<()> {
+    let portal = tx.bind(history, &[&user]).await?;
     let mut current: Option<Current> = None;
     // Below every queue id (those start at 1), in fold order.
     let mut seq = i64::MIN;
@@ -151,8 +157,7 @@ async fn fold_history(
     if let Some(done) = current.take() {
         writes.push(user, done);
     }
-    writes.flush(tx, st, 0).await?;
-    Ok(writes.records)
+    Ok(())
 }
 
 fn raw_change(row: &Row, seq: i64) -> Result<RawChange, tokio_postgres::Error> {
