@@ -310,3 +310,60 @@ async fn listed_users_are_rebuilt_from_history_at_start() {
     assert_eq!(left, 0);
     run.reactor.stop().await;
 }
+
+/// Physical order is not insertion order, even in an append-only table:
+/// after VACUUM has recorded free space, a row that does not fit the page
+/// the transaction is filling goes to an earlier page with room. The replay
+/// orders ties by the inserting command (`cmin`) before `ctid`, so it still
+/// folds in written order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_replay_folds_in_written_order_where_ctid_order_differs() {
+    let t = setup().await;
+    let admin = t.admin().await;
+    // Pages of five ~1.4 kB rows of another app, each leaving ~1.1 kB free.
+    admin
+        .batch_execute(
+            "INSERT INTO sync_changes (app_id, table_name, record_id, user_id, op, data, client_id)
+             SELECT 'notes', 'notes', 'n' || g, 'x', 'insert',
+                    jsonb_build_object('t', substr(repeat(md5(g::text), 40), 1, 1270)), 'filler'
+             FROM generate_series(1, 50) g",
+        )
+        .await
+        .unwrap();
+    admin.batch_execute("VACUUM sync_changes").await.unwrap();
+    // One transaction: four ~1.9 kB rows fill a new page, then a ~0.8 kB row.
+    let mut sync = t.sync_client().await;
+    let pad = |n: usize| "p".repeat(n);
+    let mut rows: Vec<Change> = (0..4)
+        .map(|i| {
+            Change::mission(
+                "fay",
+                "m1",
+                if i == 0 { "insert" } else { "update" },
+                json!({"state": "done", "pad": pad(1770)}),
+            )
+        })
+        .collect();
+    rows.push(Change::mission(
+        "fay",
+        "m1",
+        "update",
+        json!({"state": "active", "pad": pad(670)}),
+    ));
+    write(&mut sync, &rows).await;
+    let order: Vec<String> = admin
+        .query(
+            "SELECT data->>'state' FROM sync_changes WHERE record_id = 'm1' ORDER BY created_at, ctid",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        order[0], "active",
+        "the last row written is stored first: {order:?}"
+    );
+    assert_eq!(replayed(&t, "fay", "m1").await.record["state"], "active");
+}
