@@ -93,7 +93,7 @@ async fn a_mission_written_by_a_browser_is_snapshotted_and_armed() {
     run.processed(5).await;
     assert!(run.reactor.wheel.armed_at("alice", "m1").await.is_some());
 
-    // deletedAt deletes and disarms; a later change cannot revive it.
+    // deletedAt deletes and disarms; a newer row clearing it restores it.
     write(
         &mut sync,
         &[Change::mission(
@@ -118,11 +118,8 @@ async fn a_mission_written_by_a_browser_is_snapshotted_and_armed() {
     )
     .await;
     run.processed(7).await;
-    assert!(
-        t.mission("alice", "m1").await.unwrap().1,
-        "deleted stays deleted"
-    );
-    assert_eq!(run.reactor.wheel.armed_at("alice", "m1").await, None);
+    assert!(!t.mission("alice", "m1").await.unwrap().1, "restored");
+    assert!(run.reactor.wheel.armed_at("alice", "m1").await.is_some());
 
     // op=delete on another mission.
     write(

@@ -140,7 +140,7 @@ FROM public.sync_changes
 WHERE app_id = 'ai'
   AND table_name IN ('aiMissions', 'agents')
   AND NOT EXISTS (SELECT 1 FROM mana_ai.install_log WHERE step = 'backfill')
-ORDER BY created_at, id;
+ORDER BY created_at, cmin::text::bigint, ctid;  -- insertion order (see src/sync/fold.rs)
 INSERT INTO mana_ai.install_log (step) VALUES ('backfill') ON CONFLICT DO NOTHING;
 
 DO $grant$

@@ -12,6 +12,11 @@ use sha2::{Digest, Sha256};
 pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "snapshots", include_str!("../../sql/0001_snapshots.sql")),
     (2, "runs", include_str!("../../sql/0002_runs.sql")),
+    (
+        3,
+        "fold_rebuild",
+        include_str!("../../sql/0003_fold_rebuild.sql"),
+    ),
     (5, "retention", include_str!("../../sql/0005_retention.sql")),
 ];
 

@@ -383,7 +383,7 @@ impl Applier {
             if refused.contains(&q.id) {
                 continue;
             }
-            let Some(raw) = found.remove(&(q.user_id.as_str(), q.change_id)) else {
+            let Some(mut raw) = found.remove(&(q.user_id.as_str(), q.change_id)) else {
                 dead.push(DeadChange {
                     queue: q.clone(),
                     record_id: None,
@@ -391,6 +391,7 @@ impl Applier {
                 });
                 continue;
             };
+            raw.seq = q.id; // insertion order: the trigger numbers rows as inserted
             let record_id = raw.record_id.clone();
             match change::validate(raw, self.max_field_bytes) {
                 Ok(v) => valid.push((q.clone(), v)),
@@ -508,7 +509,11 @@ impl Drop for BatchTx<'_> {
 }
 
 /// Folds `rows` into a snapshot and prepares its write.
-fn fold_into(key: SnapshotKey, mut snapshot: Snapshot, rows: &[ChangeRow]) -> SnapshotWrite {
+pub(crate) fn fold_into(
+    key: SnapshotKey,
+    mut snapshot: Snapshot,
+    rows: &[ChangeRow],
+) -> SnapshotWrite {
     let (user_id, record_id) = key;
     for row in rows {
         snapshot.fold.apply(&record_id, &mut snapshot.record, row);
@@ -527,7 +532,7 @@ fn fold_into(key: SnapshotKey, mut snapshot: Snapshot, rows: &[ChangeRow]) -> Sn
         next_run_at: text("nextRunAt"),
         next_run_ts: text("nextRunAt").as_deref().and_then(parse_next_run),
         agent_id: text("agentId"),
-        deleted: snapshot.fold.is_deleted(),
+        deleted: snapshot.fold.is_deleted(&snapshot.record),
         fold: serde_json::to_value(&snapshot.fold).unwrap_or(Value::Null),
         record: Value::Object(snapshot.record),
         change_count: snapshot.change_count,

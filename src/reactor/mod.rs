@@ -1,12 +1,14 @@
 //! The reactor: listener -> applier -> snapshots -> timer wheel.
 //!
-//! [`start`] measures the database clock, rebuilds the wheel from
+//! [`start`] measures the database clock, rebuilds the snapshots migration
+//! 0003 listed (once, see `rebuild.rs`), rebuilds the wheel from
 //! `mission_snapshots`, then starts the applier (which drains at once) and
 //! the listener (which wakes the applier on every notification and after
 //! every successful LISTEN). Due missions go to the channel the caller gives.
 
 pub mod applier;
 pub mod listener;
+pub mod rebuild;
 pub mod store;
 
 use std::sync::Arc;
@@ -123,6 +125,17 @@ pub async fn start(
         due_tx,
         shutdown.clone(),
     );
+    let started = std::time::Instant::now();
+    let (users, records) = rebuild::rebuild_listed(&pool, config.max_field_bytes).await?;
+    if users > 0 {
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        tracing::info!(
+            users,
+            records,
+            elapsed_ms,
+            "snapshots rebuilt by the new fold"
+        );
+    }
     let started = std::time::Instant::now();
     let rebuilt = rebuild_wheel(&pool, &wheel).await?;
     tracing::info!(

@@ -70,7 +70,8 @@ pub const SET_USER: &str = "SELECT set_config('app.current_user_id', $1, true)";
 
 /// A `sync_changes` row as read by [`READ_CHANGES`]. The table is the sync
 /// server's, not ours: a column of another type than the contract's is an
-/// error naming the column, never a panic.
+/// error naming the column, never a panic. Its `seq` is 0: the caller sets
+/// the insertion order it knows, the row's queue id.
 pub fn raw_change(row: &Row) -> Result<RawChange, tokio_postgres::Error> {
     Ok(RawChange {
         id: row.try_get(0)?,
@@ -81,6 +82,7 @@ pub fn raw_change(row: &Row) -> Result<RawChange, tokio_postgres::Error> {
         data: row.try_get(5)?,
         field_timestamps: row.try_get(6)?,
         created_at: row.try_get(7)?,
+        seq: 0,
     })
 }
 
@@ -515,6 +517,14 @@ pub async fn armable_missions_of_agents(
         .collect())
 }
 
+/// A record's rows in fold order when there is no queue id to go by:
+/// `created_at`, then the inserting command's number within its transaction
+/// (`cmin`, exact for separate INSERT statements), then physical position
+/// (`ctid`, which is NOT insertion order once VACUUM has recorded free
+/// space; see the header of `sync/fold.rs`). `cid` has no ordering operator,
+/// hence the cast.
+pub const REPLAY_ORDER: &str = "created_at, cmin::text::bigint, ctid";
+
 /// Folds one record from its change rows (full replay, contract section 2),
 /// inside whatever user scope the caller's transaction has. Malformed rows
 /// are left out, as the webapp would fail to apply them too. None when the
@@ -527,14 +537,16 @@ pub async fn fold_record(
 ) -> Result<Option<crate::sync::fold::Folded>, tokio_postgres::Error> {
     let rows = client
         .query(
-            "SELECT id, op, data, field_timestamps, created_at FROM public.sync_changes
-             WHERE app_id = $1 AND table_name = $2 AND record_id = $3
-             ORDER BY created_at, id",
+            &format!(
+                "SELECT id, op, data, field_timestamps, created_at FROM public.sync_changes
+                 WHERE app_id = $1 AND table_name = $2 AND record_id = $3
+                 ORDER BY {REPLAY_ORDER}"
+            ),
             &[&app_id, &table_name, &record_id],
         )
         .await?;
     let mut changes = Vec::with_capacity(rows.len());
-    for r in &rows {
+    for (seq, r) in (0i64..).zip(&rows) {
         let raw = RawChange {
             id: r.try_get(0)?,
             app_id: app_id.to_string(),
@@ -544,12 +556,12 @@ pub async fn fold_record(
             data: r.try_get(2)?,
             field_timestamps: r.try_get(3)?,
             created_at: r.try_get(4)?,
+            seq,
         };
         // A row the applier would set aside as poison is skipped here too.
         if let Ok(row) = crate::sync::change::to_row(raw) {
             changes.push(row);
         }
     }
-    let rows = changes;
-    Ok(crate::sync::fold::replay(record_id, &rows))
+    Ok(crate::sync::fold::replay(record_id, &changes))
 }

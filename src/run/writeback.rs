@@ -123,15 +123,17 @@ pub async fn current_mission(
     user_id: &str,
     mission_id: &str,
 ) -> anyhow::Result<Map<String, Value>> {
-    let queued: Vec<uuid::Uuid> = tx
+    // change id -> queue id, the rows' insertion order for the fold.
+    let seqs: std::collections::HashMap<uuid::Uuid, i64> = tx
         .query(
-            "SELECT change_id FROM mana_ai.change_queue WHERE user_id = $1 AND table_name = 'aiMissions'",
+            "SELECT change_id, id FROM mana_ai.change_queue WHERE user_id = $1 AND table_name = 'aiMissions'",
             &[&user_id],
         )
         .await?
         .iter()
-        .map(|r| r.get(0))
+        .map(|r| (r.get(0), r.get(1)))
         .collect();
+    let queued: Vec<uuid::Uuid> = seqs.keys().copied().collect();
     let key = (user_id.to_string(), mission_id.to_string());
     let mut snapshot = store::load_snapshots(tx, Kind::Mission, std::slice::from_ref(&key))
         .await?
@@ -143,15 +145,16 @@ pub async fn current_mission(
     let rows = tx.query(store::READ_CHANGES, &[&queued]).await?;
     let mut pending = Vec::new();
     for row in &rows {
-        let raw = store::raw_change(row)?;
+        let mut raw = store::raw_change(row)?;
         if raw.record_id != mission_id {
             continue;
         }
+        raw.seq = seqs.get(&raw.id).copied().unwrap_or_default();
         if let Ok(valid) = change::validate(raw, usize::MAX) {
             pending.push(valid.row);
         }
     }
-    pending.sort_by_key(|row| (row.created_at, row.id));
+    pending.sort_by_key(|row| (row.created_at, row.seq));
     let mut fold: FoldState = snapshot.fold;
     for row in &pending {
         fold.apply(mission_id, &mut snapshot.record, row);

@@ -42,6 +42,10 @@ pub struct RawChange {
     pub data: Option<Value>,
     pub field_timestamps: Option<Value>,
     pub created_at: DateTime<Utc>,
+    /// Insertion order among rows of the same `created_at` (the fold's
+    /// `ChangeRow::seq`): the queue id when applying, the position in
+    /// `(created_at, cmin, ctid)` order when replaying.
+    pub seq: i64,
 }
 
 /// A change that passed every check, ready for the fold.
@@ -208,6 +212,7 @@ pub fn to_row(raw: RawChange) -> Result<ChangeRow, Poison> {
     };
     Ok(ChangeRow {
         id: raw.id,
+        seq: raw.seq,
         op,
         data,
         field_timestamps,
@@ -230,6 +235,7 @@ mod tests {
             data: Some(data),
             field_timestamps: Some(json!({})),
             created_at: Utc::now(),
+            seq: 0,
         }
     }
 

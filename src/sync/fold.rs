@@ -1,56 +1,101 @@
-//! Field-level last-writer-wins fold (contract section 2).
+//! Field-level last-writer-wins fold (contract section 2), as the webapp
+//! folds.
 //!
 //! # The rule
 //!
 //! A record's value is the fold of its change rows in order. The first row
-//! seeds `{id: record_id, ...data}`; its `field_timestamps` seed the stamps of
-//! its fields (a field without a string entry there has no stamp). For each
-//! later row and each key in its `data`, the stamp is `field_timestamps[key]`
-//! when that is a string, else the row's `created_at` as JavaScript's
-//! `toISOString()` writes it ([`iso_millis`]); the value wins when
-//! `stamp >= current stamp` (strings compare bytewise; a field with no stamp
-//! loses to any stamp). A row with op `delete`, or whose `data` carries a
-//! non-empty `deletedAt` (anything but `null`, `""`, `false`), deletes the
-//! record, and a deleted record stays deleted whatever arrives later.
+//! seeds `{id: record_id, ...data}`, and its `field_timestamps` seed the
+//! stamp of every field they name with a string, also of a field that row
+//! does not carry in `data` (that field then has a stamp and no value: a
+//! later row must reach the stamp to set it). A first-row field without a
+//! string stamp has no stamp. For each later row and each key in its `data`,
+//! the stamp is `field_timestamps[key]` when that is a string, else the row's
+//! `created_at` as JavaScript's `toISOString()` writes it ([`iso_millis`]);
+//! the value wins when `stamp >= current stamp` (strings compare bytewise; a
+//! field with no stamp loses to any stamp). A later row's stamps for keys it
+//! does not carry are ignored.
+//!
+//! Deletion: a row with op `delete` deletes the record for good, whatever
+//! arrives later or earlier. `deletedAt` is a field like any other: the
+//! record counts as deleted while its folded `deletedAt` is non-empty
+//! (anything but absent, `null`, `""`, `false`), so a newer row clearing it
+//! (an undo, a restore from the trash) makes the record live again.
+//!
+//! Values pass through unchanged: serde_json is built with `float_roundtrip`,
+//! so a number parses to the nearest `f64` and prints back as the shortest
+//! text of that `f64`, which is the text a browser's `JSON.stringify` wrote
+//! (no browser writes more digits than an `f64` holds).
 //!
 //! # Order
 //!
-//! Rows of one transaction share `created_at`, so "created_at order" is made
-//! total as `(created_at, id)`: `created_at` in microseconds (Postgres'
-//! precision), then the change id compared as 16 bytes, which is how Postgres
-//! orders `uuid`, so `ORDER BY created_at, id` reads rows in fold order.
+//! Rows in `created_at` order; rows with the same `created_at` (one
+//! transaction's) in the order they were inserted, never by their random
+//! `id`. `created_at` counts in microseconds (Postgres' precision); the
+//! insertion order is [`ChangeRow::seq`], which the reader supplies:
+//!
+//! - applying queued changes: the `mana_ai.change_queue` id, an identity the
+//!   trigger assigns row by row as the rows are inserted, so it is exactly
+//!   the insertion order;
+//! - replaying a record (`store::fold_record`, the rebuild): the position in
+//!   `ORDER BY created_at, cmin, ctid`. Physical order (`ctid`) alone is NOT
+//!   insertion order, not even in an append-only table: once VACUUM (which
+//!   since Postgres 13 also runs on insert-only tables) has recorded free
+//!   space, a row that does not fit the current page goes to an earlier page
+//!   with room, so a transaction that inserts a large row and then a small
+//!   one can store the small one first (seen on Postgres 15). `cmin`, the
+//!   inserting command's number within its transaction, orders rows of
+//!   separate INSERT statements exactly (and survives VACUUM FULL); only
+//!   rows of one multi-row INSERT fall back to `ctid`. The original runner's
+//!   index scan returned ties in `ctid` order, so this is never worse.
+//!
+//! `id` only breaks a tie of `(created_at, seq)`, which the readers never
+//! produce, and identifies a row given twice.
 //!
 //! # Incremental fold
 //!
 //! Rows reach the reactor in any order and any batch split, so it cannot
 //! replay. It keeps a [`FoldState`] beside the record instead, built on this
-//! invariant: in a sequential replay a field ends with the value of the row
-//! that maximises the rank `(stamp, created_at, id)`, where the first row's
-//! unstamped fields have stamp `None` (below every string) and every other
-//! row's fields have a string stamp. (By induction: a later row's
-//! `(created_at, id)` is greater, so `stamp >= current` is exactly
-//! `rank > current rank`.) Taking a maximum does not care about arrival order;
-//! the one thing that does is which row is first, so the state remembers the
-//! first row and, when an earlier row displaces it, re-ranks its unstamped
-//! fields with their now-real stamp `iso(created_at)`. [`replay`] is the
-//! plain sequential fold; the property tests in `fold_props.rs` check that
-//! any permutation and batching of rows through [`FoldState::apply`] (state
-//! round-tripped through JSON between batches) gives what [`replay`] gives.
+//! invariant: in a sequential replay a field ends with the value of the offer
+//! that maximises the rank `(stamp, created_at, seq, id)`, where the offers
+//! are every row's `data[key]` and the first row's stamps for keys it does
+//! not carry (an offer of "no value"); the first row's unstamped fields rank
+//! with stamp `None`, below every string. (By induction: a later row's
+//! `(created_at, seq, id)` is greater, so `stamp >= current` is exactly
+//! `rank > current rank`.) Taking a maximum does not care about arrival
+//! order; the one thing that does is which row is first, so the state
+//! remembers the first row and, when an earlier row displaces it, re-ranks
+//! its unstamped fields with their now-real stamp `iso(created_at)` and
+//! withdraws its stamp-only offers. [`replay`] is the plain sequential fold;
+//! the property tests in `fold_props.rs` check that any permutation and
+//! batching of rows through [`FoldState::apply`] (state round-tripped through
+//! JSON between batches) gives what [`replay`] gives.
 //!
-//! Ambiguities settled here: a `field_timestamps` entry for a key absent from
-//! `data` is ignored, also on the first row; `data.id` overrides the seeded
-//! `id` like any field (a JS spread does the same); a delete row's `data` is
-//! folded like any other, and the record value keeps folding after deletion;
-//! a row's non-empty `deletedAt` deletes even if that value loses the field
-//! (deletion is a property of rows, which keeps it independent of order).
+//! # Stored states from before this rule
+//!
+//! The state persisted in `fold_state` changed shape (ranks carry `seq`,
+//! the first row keeps the offers its stamp-only fields beat, the flag `d`
+//! now means "an op delete was seen"), and the records stored by the old
+//! rule are wrong in the ways issue 8 measured (a restored mission stays
+//! deleted, digits lost, ties broken by uuid), which no decoding can repair:
+//! the rows they came from are needed. So they are rebuilt, not decoded:
+//! migration 0003 lists every user with a snapshot in
+//! `mana_ai.fold_rebuild`, and the leader replays those users' histories
+//! before it rebuilds the wheel (`reactor::rebuild`). The service role may
+//! not insert into `change_queue`, so re-queueing was not an option.
+//!
+//! Ambiguities settled here: `data.id` overrides the seeded `id` like any
+//! field (a JS spread does the same), and a stamp-only `id` offer that wins
+//! leaves the seeded record id; a delete row's `data` is folded like any
+//! other, and the record value keeps folding after deletion.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::str::FromStr;
 
 use chrono::{DateTime, Datelike, Timelike, Utc};
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
+
+pub use super::fold_state::FoldState;
 
 /// The `op` column of `sync_changes`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,6 +127,10 @@ impl FromStr for Op {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ChangeRow {
     pub id: Uuid,
+    /// Insertion order among rows with the same `created_at` (see "Order"):
+    /// the queue id when applying, the position in `(created_at, cmin,
+    /// ctid)` order when replaying. Only compared between rows of one reader.
+    pub seq: i64,
     pub op: Op,
     /// The changed fields; a SQL `NULL` is an empty map.
     pub data: Map<String, Value>,
@@ -93,21 +142,29 @@ pub struct ChangeRow {
 
 impl ChangeRow {
     /// This row's position in fold order.
-    fn order_key(&self) -> (i64, Uuid) {
-        (self.created_at.timestamp_micros(), self.id)
+    pub(super) fn order_key(&self) -> (i64, i64, Uuid) {
+        (self.created_at.timestamp_micros(), self.seq, self.id)
     }
 
-    fn explicit_stamp(&self, key: &str) -> Option<&str> {
+    pub(super) fn explicit_stamp(&self, key: &str) -> Option<&str> {
         self.field_timestamps.get(key).and_then(Value::as_str)
     }
 
-    fn deletes(&self) -> bool {
-        self.op == Op::Delete || self.data.get("deletedAt").is_some_and(is_non_empty)
+    /// Stamps of keys this row does not carry: they count on the first row
+    /// only, as stamps without a value.
+    pub(super) fn stamp_only(&self) -> impl Iterator<Item = (&String, &str)> {
+        self.field_timestamps
+            .iter()
+            .filter(|(key, _)| !self.data.contains_key(*key))
+            .filter_map(|(key, stamp)| Some((key, stamp.as_str()?)))
     }
 }
 
-fn is_non_empty(value: &Value) -> bool {
-    !matches!(value, Value::Null | Value::Bool(false)) && value.as_str() != Some("")
+/// Whether a folded record counts as deleted by its `deletedAt` field.
+pub fn deleted_at_set(record: &Map<String, Value>) -> bool {
+    record.get("deletedAt").is_some_and(|value| {
+        !matches!(value, Value::Null | Value::Bool(false)) && value.as_str() != Some("")
+    })
 }
 
 /// `created_at` as JavaScript's `Date.prototype.toISOString()` writes it:
@@ -140,8 +197,9 @@ pub struct Folded {
 }
 
 /// Full sequential replay, worded as the contract words it: rows in
-/// `(created_at, id)` order (a row given twice counts once), the first seeds,
-/// each later field wins on `stamp >= current`. `None` when there are no rows.
+/// `(created_at, seq, id)` order (a row given twice counts once), the first
+/// seeds values and stamps, each later field wins on `stamp >= current`.
+/// `None` when there are no rows.
 ///
 /// The reference for [`FoldState`], and the way other apps' records are read,
 /// one at a time, when a mission lists them as inputs.
@@ -160,7 +218,8 @@ pub fn replay(record_id: &str, rows: &[ChangeRow]) -> Option<Folded> {
             stamps.insert(key, stamp);
         }
     }
-    let mut deleted = first.deletes();
+    stamps.extend(first.stamp_only().map(|(key, stamp)| (key.as_str(), stamp)));
+    let mut delete_op = first.op == Op::Delete;
 
     let derived: Vec<String> = later.iter().map(|row| iso_millis(row.created_at)).collect();
     for (row, derived) in later.iter().zip(&derived) {
@@ -174,218 +233,10 @@ pub fn replay(record_id: &str, rows: &[ChangeRow]) -> Option<Folded> {
                 stamps.insert(key, stamp);
             }
         }
-        deleted |= row.deletes();
+        delete_op |= row.op == Op::Delete;
     }
+    let deleted = delete_op || deleted_at_set(&record);
     Some(Folded { record, deleted })
-}
-
-/// Where a field's value came from, ordered as LWW orders it: the derived
-/// `Ord` compares `stamp`, then `at`, then `change` (`None` below any stamp).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-struct Rank {
-    /// The stamp the value won with; `None` only for unstamped fields of the
-    /// current first row (a displaced first row's fields are raised).
-    #[serde(rename = "s", default, skip_serializing_if = "Option::is_none")]
-    stamp: Option<String>,
-    /// The row's `created_at` in microseconds since the epoch.
-    #[serde(rename = "t")]
-    at: i64,
-    /// The row's change id: breaks ties and identifies the row.
-    #[serde(rename = "c")]
-    change: Uuid,
-}
-
-/// The earliest row applied so far: the only row whose fields can be
-/// unstamped, until an earlier row arrives.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-struct FirstRow {
-    #[serde(rename = "t")]
-    at: i64,
-    #[serde(rename = "c")]
-    change: Uuid,
-    /// Values of its unstamped fields that it does NOT hold (it lost them).
-    /// Held ones are in the record; these would be lost for good, yet when an
-    /// earlier row displaces this one they get the stamp `iso(created_at)`
-    /// and may win back what they lost while unstamped.
-    #[serde(rename = "u", default, skip_serializing_if = "Map::is_empty")]
-    lost: Map<String, Value>,
-}
-
-/// What the incremental fold keeps beside a record (persisted as JSON with
-/// the snapshot, hence the one-letter names). The values themselves live only
-/// in the record map, except `FirstRow::lost`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct FoldState {
-    /// Per field, the rank of the row whose value the record holds. A field
-    /// missing here has no winner (for `id`: the seeded record id).
-    #[serde(rename = "f", default, skip_serializing_if = "BTreeMap::is_empty")]
-    fields: BTreeMap<String, Rank>,
-    /// The earliest row so far; `None` before the first apply.
-    #[serde(rename = "r", default, skip_serializing_if = "Option::is_none")]
-    first: Option<FirstRow>,
-    /// Sticky: set by any deleting row, whatever its position.
-    #[serde(rename = "d", default, skip_serializing_if = "is_false")]
-    deleted: bool,
-    /// Rows applied. The queue applies each change once; a row applied again
-    /// is recognised and not counted when it is the first row or holds a
-    /// field. One that is neither is counted again (telling it apart would
-    /// mean keeping every id), though it changes nothing else.
-    #[serde(rename = "n", default)]
-    rows: u64,
-}
-
-fn is_false(b: &bool) -> bool {
-    !*b
-}
-
-impl FoldState {
-    /// Folds one row into `record`, in any order relative to other rows.
-    /// `record` is the map persisted with this state (empty before the first
-    /// apply). Returns whether the record value or the deleted flag changed,
-    /// so a caller can skip re-arming a timer. Re-applying a row changes
-    /// neither (see `rows_applied` for the counter).
-    pub fn apply(
-        &mut self,
-        record_id: &str,
-        record: &mut Map<String, Value>,
-        row: &ChangeRow,
-    ) -> bool {
-        let (at, change) = row.order_key();
-        if self.already_applied(row) {
-            return false;
-        }
-        self.rows += 1;
-        let mut changed = false;
-        let is_later = self
-            .first
-            .as_ref()
-            .is_some_and(|first| (at, change) > (first.at, first.change));
-        if is_later {
-            let derived = iso_millis(row.created_at);
-            for (key, value) in &row.data {
-                let stamp = row.explicit_stamp(key).unwrap_or(&derived);
-                let rank = Rank {
-                    stamp: Some(stamp.to_owned()),
-                    at,
-                    change,
-                };
-                changed |= self.merge(record, key, value, rank);
-            }
-        } else {
-            changed |= self.displace_first(record);
-            self.first = Some(FirstRow {
-                at,
-                change,
-                lost: Map::new(),
-            });
-            for (key, value) in &row.data {
-                let stamp = row.explicit_stamp(key).map(str::to_owned);
-                changed |= self.merge(record, key, value, Rank { stamp, at, change });
-            }
-        }
-        if row.deletes() && !self.deleted {
-            self.deleted = true;
-            changed = true;
-        }
-        if !self.fields.contains_key("id")
-            && record.get("id").and_then(Value::as_str) != Some(record_id)
-        {
-            record.insert("id".to_owned(), Value::String(record_id.to_owned()));
-            changed = true;
-        }
-        changed
-    }
-
-    pub fn is_deleted(&self) -> bool {
-        self.deleted
-    }
-
-    pub fn rows_applied(&self) -> u64 {
-        self.rows
-    }
-
-    /// Cheap duplicate check: the row is the first row, or holds a field.
-    fn already_applied(&self, row: &ChangeRow) -> bool {
-        let (at, change) = row.order_key();
-        let same = |rank_at: i64, rank_change: Uuid| rank_at == at && rank_change == change;
-        self.first
-            .as_ref()
-            .is_some_and(|first| same(first.at, first.change))
-            || row.data.keys().any(|key| {
-                self.fields
-                    .get(key)
-                    .is_some_and(|rank| same(rank.at, rank.change))
-            })
-    }
-
-    /// Offers `value` for `key` with `rank`; it replaces the held value iff
-    /// its rank is greater (or nothing is held). Keeps `FirstRow::lost`
-    /// current: an unstamped value of the first row that loses, now or later,
-    /// moves there. Returns whether the record value changed.
-    fn merge(
-        &mut self,
-        record: &mut Map<String, Value>,
-        key: &str,
-        value: &Value,
-        rank: Rank,
-    ) -> bool {
-        match self.fields.get_mut(key) {
-            Some(held) if rank <= *held => {
-                if rank.stamp.is_none() {
-                    self.remember_lost(key, value.clone());
-                }
-                false
-            }
-            held => {
-                let unstamped_loses = held.as_ref().is_some_and(|held| held.stamp.is_none());
-                match held {
-                    Some(held) => *held = rank,
-                    None => {
-                        self.fields.insert(key.to_owned(), rank);
-                    }
-                }
-                let previous = record.insert(key.to_owned(), value.clone());
-                let changed = previous.as_ref() != Some(value);
-                if let (true, Some(previous)) = (unstamped_loses, previous) {
-                    self.remember_lost(key, previous);
-                }
-                changed
-            }
-        }
-    }
-
-    fn remember_lost(&mut self, key: &str, value: Value) {
-        if let Some(first) = &mut self.first {
-            first.lost.insert(key.to_owned(), value);
-        }
-    }
-
-    /// The first row stops being first: its unstamped fields now carry
-    /// `iso(created_at)` like any later row's. The ones it holds just get the
-    /// stamp; the ones it lost compete again and may win. Leaves `first` empty.
-    fn displace_first(&mut self, record: &mut Map<String, Value>) -> bool {
-        let Some(old) = self.first.take() else {
-            return false;
-        };
-        // `at` came from a DateTime, so only a corrupted state falls back.
-        let created_at =
-            DateTime::from_timestamp_micros(old.at).unwrap_or(DateTime::<Utc>::MIN_UTC);
-        let stamp = iso_millis(created_at);
-        // Only the first row's fields are unstamped, so no need to match ids.
-        for held in self.fields.values_mut().filter(|held| held.stamp.is_none()) {
-            held.stamp = Some(stamp.clone());
-        }
-        let mut changed = false;
-        for (key, value) in &old.lost {
-            let rank = Rank {
-                stamp: Some(stamp.clone()),
-                at: old.at,
-                change: old.change,
-            };
-            changed |= self.merge(record, key, value, rank);
-        }
-        changed
-    }
 }
 
 #[cfg(test)]
@@ -409,6 +260,7 @@ mod tests {
         };
         ChangeRow {
             id: Uuid::from_u128(n),
+            seq: n as i64,
             op,
             data: as_map(data),
             field_timestamps: as_map(stamps),
@@ -428,13 +280,8 @@ mod tests {
             state.apply(ID, &mut record, r);
         }
         let replayed = replay(ID, rows).unwrap();
-        assert_eq!(
-            replayed,
-            Folded {
-                record,
-                deleted: state.is_deleted()
-            }
-        );
+        let deleted = state.is_deleted(&record);
+        assert_eq!(replayed, Folded { record, deleted });
         replayed
     }
 
@@ -553,7 +400,7 @@ mod tests {
     }
 
     #[test]
-    fn deleted_stays_deleted_when_older_rows_arrive_later() {
+    fn op_delete_is_final_even_against_older_rows_arriving_later() {
         let delete = row(3, 5_000, Op::Delete, json!({}), json!({}));
         let undelete = upd(
             2,
@@ -564,11 +411,126 @@ mod tests {
         let insert = row(1, 0, Op::Insert, json!({"x": 1}), json!({}));
         let (mut state, mut record) = (FoldState::default(), Map::new());
         assert!(state.apply(ID, &mut record, &delete));
-        assert!(state.is_deleted());
+        assert!(state.is_deleted(&record));
         state.apply(ID, &mut record, &undelete);
         state.apply(ID, &mut record, &insert);
-        assert!(state.is_deleted());
+        assert!(state.is_deleted(&record));
         assert!(fold(&[delete, undelete, insert]).deleted);
+    }
+
+    /// Issue 8 (b): `deletedAt` is a field; a newer row clearing it (an
+    /// undo, a restore from the trash) makes the record live again.
+    #[test]
+    fn deleted_at_cleared_by_a_newer_row_restores_the_record() {
+        let insert = row(1, 0, Op::Insert, json!({"state": "active"}), json!({}));
+        let trash = upd(
+            2,
+            1_000,
+            json!({"deletedAt": "2025-01-01T00:00:00.001Z"}),
+            json!({}),
+        );
+        let restore = upd(3, 2_000, json!({"deletedAt": null}), json!({}));
+        assert!(fold(&[insert.clone(), trash.clone()]).deleted);
+        let restored = fold(&[restore.clone(), insert.clone(), trash.clone()]);
+        assert!(!restored.deleted);
+        assert_eq!(restored.record["deletedAt"], Value::Null);
+        // A restore stamped before the trashing loses: still deleted.
+        let mut stale = restore;
+        stale.field_timestamps = json!({"deletedAt": "2024-12-31T00:00:00.000Z"})
+            .as_object()
+            .unwrap()
+            .clone();
+        assert!(fold(&[insert, stale, trash]).deleted);
+    }
+
+    /// Issue 8 (a): rows of one transaction share `created_at` and fold in
+    /// insertion order (`seq`), not by their random ids.
+    #[test]
+    fn same_created_at_folds_in_insertion_order_not_id_order() {
+        // Inserted first, but with the larger id.
+        let mut done = upd(9, 0, json!({"state": "done"}), json!({}));
+        done.seq = 1;
+        let mut active = upd(2, 0, json!({"state": "active"}), json!({}));
+        active.seq = 2;
+        let mut first = row(5, -1_000, Op::Insert, json!({"title": "t"}), json!({}));
+        first.seq = 0;
+        assert_eq!(
+            fold(&[active.clone(), done.clone(), first.clone()]).record["state"],
+            json!("active")
+        );
+        (done.seq, active.seq) = (2, 1);
+        assert_eq!(fold(&[active, done, first]).record["state"], json!("done"));
+    }
+
+    /// Issue 8 (c): the first row's stamps seed fields it does not carry.
+    #[test]
+    fn first_row_stamps_seed_fields_it_does_not_carry() {
+        let first = row(
+            1,
+            0,
+            Op::Insert,
+            json!({"title": "a"}),
+            json!({"title": "2025-01-01T00:00:00.000Z", "state": "2030-01-01T00:00:00.000Z"}),
+        );
+        let later = upd(2, 5_000, json!({"state": "active"}), json!({}));
+        let folded = fold(&[later.clone(), first.clone()]);
+        assert_eq!(folded.record.get("state"), None, "{:?}", folded.record);
+        let newer = upd(
+            3,
+            6_000,
+            json!({"state": "paused"}),
+            json!({"state": "2030-01-01T00:00:00.000Z"}),
+        );
+        assert_eq!(
+            fold(&[newer.clone(), first.clone(), later.clone()]).record["state"],
+            json!("paused")
+        );
+        // Only the first row's stamps count: once an earlier row comes, the
+        // stamp is withdrawn and the best value it held off comes back.
+        let earlier = row(4, -1_000, Op::Insert, json!({}), json!({}));
+        let (mut state, mut record) = (FoldState::default(), Map::new());
+        for r in [&first, &later] {
+            state.apply(ID, &mut record, r);
+        }
+        assert_eq!(record.get("state"), None);
+        assert!(state.apply(ID, &mut record, &earlier));
+        assert_eq!(record["state"], json!("active"));
+        assert_eq!(
+            fold(&[first, later, earlier]).record["state"],
+            json!("active")
+        );
+        // A stamp-only `id` keeps the record id against an older data.id.
+        let id_first = row(
+            5,
+            0,
+            Op::Insert,
+            json!({}),
+            json!({"id": "2030-01-01T00:00:00.000Z"}),
+        );
+        let id_later = upd(6, 1_000, json!({"id": "other"}), json!({}));
+        assert_eq!(fold(&[id_later, id_first]).record["id"], json!(ID));
+    }
+
+    /// Issue 8 (d): numbers keep every digit an f64 holds (serde_json's
+    /// `float_roundtrip`), as the browser's JSON.parse/JSON.stringify do.
+    #[test]
+    fn numbers_round_trip_exactly() {
+        for text in [
+            "0.024451889831603846",
+            "1.7976931348623157e308",
+            "5e-324",
+            "0.1",
+            "123456789.12345679",
+        ] {
+            let value: Value = serde_json::from_str(text).unwrap();
+            let parsed: f64 = text.parse().unwrap();
+            assert_eq!(value.as_f64(), Some(parsed), "{text}");
+            let back: Value = serde_json::from_str(&value.to_string()).unwrap();
+            assert_eq!(back, value, "{text}");
+        }
+        let text = r#"{"x":0.024451889831603846}"#;
+        let v: Value = serde_json::from_str(text).unwrap();
+        assert_eq!(v.to_string(), text);
     }
 
     /// The first row's unstamped fields rank lowest only while it is first.
@@ -643,8 +605,12 @@ mod tests {
         assert!(!state.apply(ID, &mut record, &rows[1]));
         assert_eq!(record, before.1);
         assert_eq!(state.rows_applied(), 4);
-        state.rows = 3;
-        assert_eq!(state, before.0);
+        let without_counter = |state: &FoldState| {
+            let mut v = serde_json::to_value(state).unwrap();
+            v.as_object_mut().unwrap().remove("n");
+            v
+        };
+        assert_eq!(without_counter(&state), without_counter(&before.0));
     }
 
     #[test]
@@ -663,7 +629,7 @@ mod tests {
         let text = serde_json::to_string(&state).unwrap();
         assert_eq!(
             text,
-            r#"{"f":{"x":{"s":"2025-01-01T00:00:00.000Z","t":1735689600000000,"c":"00000000-0000-0000-0000-000000000007"}},"r":{"t":1735689600000000,"c":"00000000-0000-0000-0000-000000000007"},"n":1}"#
+            r#"{"f":{"x":{"s":"2025-01-01T00:00:00.000Z","t":1735689600000000,"q":7,"c":"00000000-0000-0000-0000-000000000007"}},"r":{"t":1735689600000000,"q":7,"c":"00000000-0000-0000-0000-000000000007"},"n":1}"#
         );
         assert_eq!(serde_json::from_str::<FoldState>(&text).unwrap(), state);
         assert_eq!(

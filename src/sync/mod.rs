@@ -2,3 +2,4 @@
 
 pub mod change;
 pub mod fold;
+mod fold_state;

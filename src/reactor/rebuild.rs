@@ -1,0 +1,218 @@
+//! Rebuilds snapshots from their change history: the users listed in
+//! `mana_ai.fold_rebuild` (migration 0003 lists every user whose snapshots
+//! were folded by the rule before issue 8; see the header of `sync/fold.rs`).
+//!
+//! The leader runs it once at start, before it rebuilds the wheel and starts
+//! the applier, so nothing else writes snapshots meanwhile. One REPEATABLE
+//! READ transaction per 50 users, each read in its own RLS scope: a user's
+//! snapshots are deleted and folded
+//! anew from every mission/agent row that is neither still queued nor set
+//! aside, read in [`store::REPLAY_ORDER`] and numbered with negative `seq`s;
+//! queued rows are left to the applier, whose queue ids are positive, so a
+//! transaction whose rows were only partly applied still folds in insertion
+//! order (the applied rows had the lower queue ids). The one snapshot makes
+//! the queue and the history agree: a row committed later is in neither.
+//! The users' entries are deleted in the same commit, so an interrupted
+//! rebuild resumes with the users not yet done.
+
+use anyhow::Context;
+use deadpool_postgres::Pool;
+use tokio_postgres::{IsolationLevel, Row, Statement, Transaction};
+
+use super::applier::fold_into;
+use super::store::{self, Snapshot, SnapshotWrite, REPLAY_ORDER};
+use crate::sync::change::{self, Kind, RawChange};
+
+/// Rows fetched per round trip (mission rows can carry long iteration lists).
+const FETCH: i32 = 200;
+/// Snapshot rows per upsert.
+const WRITE_CHUNK: usize = 200;
+/// Users rebuilt per transaction.
+const USERS_PER_TX: i64 = 50;
+
+/// Rebuilds every listed user's snapshots; returns how many users and how
+/// many records were rebuilt.
+pub async fn rebuild_listed(pool: &Pool, max_field_bytes: usize) -> anyhow::Result<(usize, usize)> {
+    let mut client = pool.get().await.context("connecting to the database")?;
+    let st = store::Prepared::get(&client).await?;
+    let history = client.prepare_cached(&history_sql()).await?;
+    let (mut users, mut records) = (0, 0);
+    loop {
+        let listed: Vec<String> = client
+            .query(
+                "SELECT user_id FROM mana_ai.fold_rebuild ORDER BY user_id LIMIT $1",
+                &[&USERS_PER_TX],
+            )
+            .await
+            .context("reading mana_ai.fold_rebuild")?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?;
+        let Some(from) = listed.first() else {
+            return Ok((users, records));
+        };
+        records += rebuild_users(&mut client, &st, &history, &listed, max_field_bytes)
+            .await
+            .with_context(|| format!("rebuilding the snapshots of users from {from:?}"))?;
+        users += listed.len();
+    }
+}
+
+/// One user's mission/agent rows in fold order, record by record, without
+/// the rows still queued or set aside.
+fn history_sql() -> String {
+    format!(
+        "SELECT c.id, c.app_id, c.table_name, c.record_id, c.op, c.data, c.field_timestamps,
+                c.created_at
+         FROM public.sync_changes c
+         WHERE c.user_id = $1 AND c.app_id = 'ai' AND c.table_name IN ('aiMissions', 'agents')
+           AND NOT EXISTS (SELECT 1 FROM mana_ai.change_queue q WHERE q.change_id = c.id)
+           AND NOT EXISTS (SELECT 1 FROM mana_ai.dead_changes d WHERE d.change_id = c.id)
+         ORDER BY c.table_name, c.record_id, {REPLAY_ORDER}"
+    )
+}
+
+/// The record being folded: its kind, id and snapshot so far.
+type Current = (Kind, String, Snapshot);
+
+/// Rebuilds some users' snapshots in one transaction, each user's history
+/// read in that user's RLS scope; returns the records written.
+async fn rebuild_users(
+    client: &mut tokio_postgres::Client,
+    st: &store::Prepared,
+    history: &Statement,
+    users: &[String],
+    max_field_bytes: usize,
+) -> anyhow::Result<usize> {
+    let tx = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .start()
+        .await?;
+    // Derived state, like the applier's batches: a rebuild lost in a crash
+    // loses its fold_rebuild deletions too and runs again.
+    tx.batch_execute("SET LOCAL synchronous_commit = off")
+        .await?;
+    for table in ["mission_snapshots", "agent_snapshots"] {
+        let sql = format!("DELETE FROM mana_ai.{table} WHERE user_id = ANY($1)");
+        tx.execute(sql.as_str(), &[&users]).await?;
+    }
+    let mut writes = Writes::default();
+    // An empty user id has no scope (and no snapshots): only its entry goes.
+    for user in users.iter().filter(|user| !user.is_empty()) {
+        tx.execute(&st.set_user, &[user]).await?;
+        fold_history(&tx, st, history, user, max_field_bytes, &mut writes).await?;
+    }
+    writes.flush(&tx, st, 0).await?;
+    tx.execute(
+        "DELETE FROM mana_ai.fold_rebuild WHERE user_id = ANY($1)",
+        &[&users],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(writes.records)
+}
+
+/// Folds one user's history into snapshot writes, a portal's page at a time
+/// (a user's whole history need not fit in memory).
+async fn fold_history(
+    tx: &Transaction<'_>,
+    st: &store::Prepared,
+    history: &Statement,
+    user: &str,
+    max_field_bytes: usize,
+    writes: &mut Writes,
+) -> anyhow::Result<()> {
+    let portal = tx.bind(history, &[&user]).await?;
+    let mut current: Option<Current> = None;
+    // Below every queue id (those start at 1), in fold order.
+    let mut seq = i64::MIN;
+    loop {
+        let rows = tx.query_portal(&portal, FETCH).await?;
+        for row in &rows {
+            let raw = raw_change(row, seq)?;
+            seq += 1;
+            // A row the applier would set aside is left out, as it was then.
+            let Ok(valid) = change::validate(raw, max_field_bytes) else {
+                continue;
+            };
+            let same = current
+                .as_ref()
+                .is_some_and(|(kind, id, _)| *kind == valid.kind && *id == valid.record_id);
+            if !same {
+                if let Some(done) = current.take() {
+                    writes.push(user, done);
+                }
+                current = Some((valid.kind, valid.record_id, Snapshot::default()));
+            }
+            if let Some((_, id, snapshot)) = &mut current {
+                fold_row(id, snapshot, &valid.row);
+            }
+        }
+        writes.flush(tx, st, WRITE_CHUNK).await?;
+        if rows.len() < FETCH as usize {
+            break;
+        }
+    }
+    if let Some(done) = current.take() {
+        writes.push(user, done);
+    }
+    Ok(())
+}
+
+fn raw_change(row: &Row, seq: i64) -> Result<RawChange, tokio_postgres::Error> {
+    Ok(RawChange {
+        seq,
+        ..store::raw_change(row)?
+    })
+}
+
+/// One row into a snapshot being rebuilt, counted as the applier counts.
+fn fold_row(record_id: &str, snapshot: &mut Snapshot, row: &crate::sync::fold::ChangeRow) {
+    snapshot.fold.apply(record_id, &mut snapshot.record, row);
+    snapshot.change_count += 1;
+    if snapshot
+        .last_applied_at
+        .map_or(true, |t| t < row.created_at)
+    {
+        snapshot.last_applied_at = Some(row.created_at);
+    }
+}
+
+/// Snapshot rows waiting to be written, per kind.
+#[derive(Default)]
+struct Writes {
+    missions: Vec<SnapshotWrite>,
+    agents: Vec<SnapshotWrite>,
+    records: usize,
+}
+
+impl Writes {
+    fn push(&mut self, user: &str, (kind, id, snapshot): Current) {
+        let write = fold_into((user.to_owned(), id), snapshot, &[]);
+        self.records += 1;
+        match kind {
+            Kind::Mission => self.missions.push(write),
+            Kind::Agent => self.agents.push(write),
+        }
+    }
+
+    /// Writes each kind's rows once there are more than `keep`.
+    async fn flush(
+        &mut self,
+        tx: &Transaction<'_>,
+        st: &store::Prepared,
+        keep: usize,
+    ) -> Result<(), tokio_postgres::Error> {
+        for (kind, rows) in [
+            (Kind::Mission, &mut self.missions),
+            (Kind::Agent, &mut self.agents),
+        ] {
+            if rows.len() > keep {
+                store::upsert_snapshots(tx, st, kind, rows).await?;
+                rows.clear();
+            }
+        }
+        Ok(())
+    }
+}
