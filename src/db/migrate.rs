@@ -12,6 +12,11 @@ use sha2::{Digest, Sha256};
 pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "snapshots", include_str!("../../sql/0001_snapshots.sql")),
     (2, "runs", include_str!("../../sql/0002_runs.sql")),
+    (
+        4,
+        "writeback_change",
+        include_str!("../../sql/0004_writeback_change.sql"),
+    ),
 ];
 
 /// Arbitrary constant: the advisory lock key of migrations ("manaaimi").

@@ -7,11 +7,14 @@
 //! unwrap the grant, resolve inputs, research, prompt, plan, parse, write
 //! back with the next `nextRunAt`, record tokens (see `mission.rs`).
 
+mod admit;
 pub mod claim;
 pub mod gates;
 pub mod inputs;
 mod mission;
 pub mod offline;
+pub mod phase;
+pub mod stall;
 pub mod writeback;
 
 use std::collections::{HashMap, HashSet};
