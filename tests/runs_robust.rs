@@ -514,8 +514,14 @@ async fn the_writeback_appends_to_a_queued_browser_history_and_is_known_as_its_o
 
     let mut client = t.pool.get().await.unwrap();
     let tx = mana_ai::db::begin_user(&mut client, "ned").await.unwrap();
-    let source = writeback::iterations_source(&tx, "ned", "m1").await.unwrap();
-    assert_eq!(source, IterationsSource::Change(update), "the newest row wins");
+    let source = writeback::iterations_source(&tx, "ned", "m1")
+        .await
+        .unwrap();
+    assert_eq!(
+        source,
+        IterationsSource::Change(update),
+        "the newest row wins"
+    );
     drop(tx);
 
     let slot = Slot {
@@ -524,7 +530,8 @@ async fn the_writeback_appends_to_a_queued_browser_history_and_is_known_as_its_o
         slot: "2026-01-01T00:00:00.000Z".into(),
     };
     let instance = uuid::Uuid::new_v4();
-    let Claim::Claimed { token, .. } = claim::claim(&mut client, &slot, instance).await.unwrap()
+    let Claim::Claimed { token: stale, .. } =
+        claim::claim(&mut client, &slot, instance).await.unwrap()
     else {
         panic!("claimable");
     };
@@ -545,6 +552,14 @@ async fn the_writeback_appends_to_a_queued_browser_history_and_is_known_as_its_o
         tokens_used: 0,
         outcome: "written",
     };
+    let zombie = WriteBack {
+        token: stale,
+        ..write.clone()
+    };
+    assert!(
+        !writeback::commit(&mut client, &zombie).await.unwrap(),
+        "the run it took over cannot write"
+    );
     assert!(writeback::commit(&mut client, &write).await.unwrap());
     let ids: Vec<String> = folded_iterations(&t, "ned", "m1")
         .await

@@ -23,7 +23,7 @@ pub(super) struct Admitted<'a> {
 }
 
 pub(super) enum Admission<'a> {
-    Run(Admitted<'a>),
+    Run(Box<Admitted<'a>>),
     /// Not now; `retry_at` None waits for a change of the mission or agent.
     Skip {
         decision: Decision,
@@ -47,7 +47,7 @@ impl Runner {
                 policy: None,
                 _slot: None,
             };
-            return Ok(Admission::Run(legacy));
+            return Ok(Admission::Run(Box::new(legacy)));
         };
         tracing::Span::current().record("agent_id", agent_id);
         let Some(agent) = gates::load_agent(client, user_id, agent_id).await? else {
@@ -76,11 +76,11 @@ impl Runner {
             }
         }
         let agent = Some(agent);
-        Ok(Admission::Run(Admitted {
+        Ok(Admission::Run(Box::new(Admitted {
             agent,
             policy,
             _slot: Some(slot),
-        }))
+        })))
     }
 }
 
