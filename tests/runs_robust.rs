@@ -671,3 +671,58 @@ async fn measure_a_run_with_10_and_with_10000_iterations() {
     }
     lead.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writeback_set_aside_is_reported_as_a_stalled_mission() {
+    let t = setup().await;
+    let llm = FakeLlm::start(vec![FakeLlm::answer(&plan_answer())])
+        .await
+        .unwrap();
+    let slot = common::iso_in(-5);
+    seed(&t, "pia", "m1", json!({"nextRunAt": slot})).await;
+    let lead = t.lead(&[("MANA_LLM_URL", &llm.url())]).await;
+    written_once(&t).await;
+    lead.settled().await;
+    // As if the applier had set the write-back aside (any poison reason):
+    // the snapshot keeps the written slot.
+    let admin = t.admin().await;
+    admin
+        .execute(
+            "INSERT INTO mana_ai.dead_changes (queue_id, change_id, user_id, table_name, reason, detail)
+             SELECT 0, change_id, user_id, 'aiMissions', 'apply-failed', 'test'
+             FROM mana_ai.mission_runs WHERE mission_id = 'm1'",
+            &[],
+        )
+        .await
+        .unwrap();
+    admin
+        .execute(
+            "UPDATE mana_ai.mission_snapshots SET next_run_at = $1::text, next_run_ts = $1::text::timestamptz
+             WHERE mission_id = 'm1'",
+            &[&slot],
+        )
+        .await
+        .unwrap();
+    let outcome = lead.runner().run_one("pia", "m1", None).await;
+    assert_eq!(outcome, mana_ai::run::Outcome::AlreadyDone);
+    let stalled = lead
+        .metrics
+        .missions_stalled
+        .with_label_values(&["write-back-set-aside"]);
+    assert_eq!(stalled.get(), 1);
+    let client = t.pool.get().await.unwrap();
+    let blocked = mana_ai::run::stall::blocked(&**client, "pia")
+        .await
+        .unwrap();
+    assert_eq!(blocked["m1"]["reason"], "write-back-set-aside");
+    assert_eq!(blocked["m1"]["detail"], "apply-failed");
+    assert!(captured_logs().contains("the mission cannot advance: its write-back was set aside"));
+    lead.stop().await;
+}
+
+async fn written_once(t: &TestDb) {
+    eventually("written", || async {
+        t.writebacks("pia", "m1").await.len() == 1
+    })
+    .await;
+}
