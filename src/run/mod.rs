@@ -14,6 +14,7 @@ pub mod inputs;
 mod mission;
 pub mod offline;
 pub mod phase;
+mod prepare;
 pub mod stall;
 pub mod writeback;
 
