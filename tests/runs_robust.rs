@@ -717,6 +717,28 @@ async fn a_writeback_set_aside_is_reported_as_a_stalled_mission() {
     assert_eq!(blocked["m1"]["reason"], "write-back-set-aside");
     assert_eq!(blocked["m1"]["detail"], "apply-failed");
     assert!(captured_logs().contains("the mission cannot advance: its write-back was set aside"));
+
+    // A cadence that does not parse: written with no next run, and said so.
+    let odd = json!({"cadence": {"kind": "interval", "everyMinutes": "oft"}});
+    seed(&t, "pia", "m2", odd).await;
+    eventually("m2 written", || async {
+        t.writebacks("pia", "m2").await.len() == 1
+    })
+    .await;
+    lead.settled().await;
+    assert_eq!(
+        t.folded_mission("pia", "m2").await["nextRunAt"],
+        Value::Null
+    );
+    let no_next = lead
+        .metrics
+        .missions_stalled
+        .with_label_values(&["no-next-run"]);
+    assert_eq!(no_next.get(), 1);
+    let blocked = mana_ai::run::stall::blocked(&**client, "pia")
+        .await
+        .unwrap();
+    assert_eq!(blocked["m2"]["reason"], "no-next-run", "{blocked:?}");
     lead.stop().await;
 }
 

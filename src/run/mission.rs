@@ -320,8 +320,8 @@ impl Runner {
         match Cadence::parse(cadence) {
             Ok(c) => c.next_after_run(slot, self.deps.clock.now(), self.deps.default_tz),
             Err(e) => {
-                self.stalled(Stall::CadenceUnreadable);
-                tracing::warn!(error = %e, stall = Stall::CadenceUnreadable.as_str(), "mission cadence unreadable; no next run");
+                self.stalled(Stall::NoNextRun);
+                tracing::warn!(error = %e, stall = Stall::NoNextRun.as_str(), "mission cadence unreadable; no next run");
                 None
             }
         }

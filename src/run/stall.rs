@@ -16,8 +16,9 @@ pub enum Stall {
     /// Its slot is written, but the write-back was set aside as poison, so
     /// the snapshot keeps the old slot.
     WriteBackSetAside,
-    /// The cadence does not parse: no next run was scheduled.
-    CadenceUnreadable,
+    /// The cadence gave no next run (it does not parse): the run wrote
+    /// `nextRunAt: null` although the mission is not manual.
+    NoNextRun,
     /// `agentId` names no live agent.
     MissingAgent,
     /// The agent's policy does not parse.
@@ -28,7 +29,7 @@ impl Stall {
     pub fn as_str(self) -> &'static str {
         match self {
             Stall::WriteBackSetAside => "write-back-set-aside",
-            Stall::CadenceUnreadable => "cadence-unreadable",
+            Stall::NoNextRun => "no-next-run",
             Stall::MissingAgent => "missing-agent",
             Stall::BadPolicy => "bad-policy",
         }
@@ -78,7 +79,9 @@ pub async fn blocked(
     let rows = client
         .query(
             "SELECT DISTINCT ON (r.mission_id) r.mission_id, r.state, r.outcome, d.reason,
-                    s.next_run_at = r.slot
+                    s.next_run_at = r.slot,
+                    s.next_run_at IS NULL AND s.state = 'active' AND NOT s.deleted
+                      AND coalesce(s.record->'cadence'->>'kind', '') <> 'manual'
              FROM mana_ai.mission_runs r
              LEFT JOIN mana_ai.dead_changes d ON d.change_id = r.change_id
              LEFT JOIN mana_ai.mission_snapshots s
@@ -93,10 +96,12 @@ pub async fn blocked(
         let (state, outcome): (String, Option<String>) = (row.try_get(1)?, row.try_get(2)?);
         let dead: Option<String> = row.try_get(3)?;
         let at_slot: Option<bool> = row.try_get(4)?;
+        let no_next: Option<bool> = row.try_get(5)?;
         let stall = match (state.as_str(), outcome.as_deref(), dead) {
             ("done", _, Some(poison)) if at_slot == Some(true) => {
                 Some((Stall::WriteBackSetAside, Some(poison)))
             }
+            ("done", _, None) if no_next == Some(true) => Some((Stall::NoNextRun, None)),
             ("retry", Some("skipped-missing-agent"), _) => Some((Stall::MissingAgent, None)),
             ("retry", Some("skipped-bad-policy"), _) => Some((Stall::BadPolicy, None)),
             _ => None,
