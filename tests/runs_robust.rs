@@ -735,10 +735,18 @@ async fn a_writeback_set_aside_is_reported_as_a_stalled_mission() {
         .missions_stalled
         .with_label_values(&["no-next-run"]);
     assert_eq!(no_next.get(), 1);
-    let blocked = mana_ai::run::stall::blocked(&**client, "pia")
-        .await
-        .unwrap();
-    assert_eq!(blocked["m2"]["reason"], "no-next-run", "{blocked:?}");
+    eventually(
+        "m2 shown as blocked once its write-back is folded",
+        || async {
+            let blocked = mana_ai::run::stall::blocked(&**client, "pia")
+                .await
+                .unwrap();
+            blocked
+                .get("m2")
+                .is_some_and(|b| b["reason"] == "no-next-run")
+        },
+    )
+    .await;
     lead.stop().await;
 }
 
