@@ -523,7 +523,7 @@ async fn the_writeback_appends_to_a_queued_browser_history_and_is_known_as_its_o
 
     let mut client = t.pool.get().await.unwrap();
     let tx = mana_ai::db::begin_user(&mut client, "ned").await.unwrap();
-    let source = writeback::iterations_source(&tx, "ned", "m1")
+    let source = writeback::iterations_source(&tx, "ned", "m1", 1 << 20)
         .await
         .unwrap();
     assert_eq!(
@@ -531,6 +531,21 @@ async fn the_writeback_appends_to_a_queued_browser_history_and_is_known_as_its_o
         IterationsSource::Change(update),
         "the newest row wins"
     );
+    drop(tx);
+    // A newer row whose iterations the applier will set aside (over the
+    // limit) is never what the write-back extends: the service would
+    // otherwise carry the oversized value past the limit as its own.
+    let huge = json!({"iterations": [{"id": "h", "summary": "z".repeat(5000)}]});
+    browser_row(&t, "ned", "aiMissions", "m1", "update", huge).await;
+    let tx = mana_ai::db::begin_user(&mut client, "ned").await.unwrap();
+    let within = writeback::iterations_source(&tx, "ned", "m1", 4000)
+        .await
+        .unwrap();
+    assert_eq!(within, IterationsSource::Change(update));
+    let unlimited = writeback::iterations_source(&tx, "ned", "m1", 1 << 20)
+        .await
+        .unwrap();
+    assert_ne!(unlimited, IterationsSource::Change(update));
     drop(tx);
 
     let slot = Slot {
@@ -560,6 +575,7 @@ async fn the_writeback_appends_to_a_queued_browser_history_and_is_known_as_its_o
         now: chrono::Utc::now(),
         tokens_used: 0,
         outcome: "written",
+        max_field_bytes: 4000,
     };
     let zombie = WriteBack {
         token: stale,

@@ -152,6 +152,7 @@ impl Runner {
             now: deps.clock.now(),
             tokens_used: 0,
             outcome: "written",
+            max_field_bytes: deps.max_field_bytes,
         };
         let mut client = deps.pool.get().await.context("connecting")?;
         let answer = match answer {

@@ -126,6 +126,8 @@ pub struct RunnerDeps {
     pub default_tz: chrono_tz::Tz,
     pub max_concurrent: usize,
     pub max_failures: u32,
+    /// `MANA_AI_MAX_FIELD_BYTES`, as the applier applies it.
+    pub max_field_bytes: usize,
     /// Waits after the 1st, 2nd, ... consecutive failure (the last repeats).
     pub backoff: Vec<Duration>,
     /// This leadership term (fresh each time an instance becomes leader):

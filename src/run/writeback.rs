@@ -59,6 +59,9 @@ pub struct WriteBack {
     pub tokens_used: i64,
     /// `run_outcomes_total` label and `mission_runs.outcome`.
     pub outcome: &'static str,
+    /// The applier's `MANA_AI_MAX_FIELD_BYTES`: a queued row over it is
+    /// never what the write-back extends.
+    pub max_field_bytes: usize,
 }
 
 /// A planned iteration as the webapp expects it.
@@ -145,13 +148,41 @@ const SNAPSHOT_MARKED: &str = "SELECT CASE WHEN record ? 'iterations'
      FROM mana_ai.mission_snapshots WHERE user_id = $1 AND mission_id = $2 FOR UPDATE";
 
 /// Queued change rows of one record with their `iterations` replaced by a
-/// marker naming the row; the columns of `store::READ_CHANGES`.
-const CHANGES_MARKED: &str = "SELECT id, app_id, table_name, record_id, op,
-        CASE WHEN jsonb_typeof(data) = 'object' AND data ? 'iterations'
-             THEN jsonb_set(data, '{iterations}', jsonb_build_object('mana-ai-source', $3::text, 'from', id::text))
-             ELSE data END,
-        field_timestamps, created_at, false
-     FROM public.sync_changes WHERE id = ANY($1) AND record_id = $2";
+/// marker naming the row: the columns of `store::READ_CHANGES`, then the
+/// length of the iterations as jsonb text (never shorter than the compact
+/// JSON the field limit counts).
+const CHANGES_MARKED: &str = "SELECT c.id, c.app_id, c.table_name, c.record_id, c.op,
+        CASE WHEN jsonb_typeof(c.data) = 'object' AND c.data ? 'iterations'
+             THEN jsonb_set(c.data, '{iterations}', jsonb_build_object('mana-ai-source', $3::text, 'from', c.id::text))
+             ELSE c.data END,
+        c.field_timestamps, c.created_at,
+        EXISTS (SELECT 1 FROM mana_ai.mission_runs r WHERE r.change_id = c.id),
+        CASE WHEN jsonb_typeof(c.data) = 'object' THEN octet_length((c.data->'iterations')::text) END
+     FROM public.sync_changes c WHERE c.id = ANY($1) AND c.record_id = $2";
+
+/// Whether a queued row's `iterations` is over the field limit, so the
+/// applier will set the row aside: then it must not be what the write-back
+/// extends (that would carry a browser's oversized value past the limit).
+/// Only rows whose jsonb text is over the limit are read.
+async fn iterations_over_limit(
+    tx: &Transaction<'_>,
+    row: &tokio_postgres::Row,
+    max_field_bytes: usize,
+) -> anyhow::Result<bool> {
+    let (own, text_len): (bool, Option<i32>) = (row.try_get(8)?, row.try_get(9)?);
+    if own || !text_len.is_some_and(|n| n as usize > max_field_bytes) {
+        return Ok(false);
+    }
+    let id: uuid::Uuid = row.try_get(0)?;
+    let value: Option<Value> = tx
+        .query_one(
+            "SELECT data->'iterations' FROM public.sync_changes WHERE id = $1",
+            &[&id],
+        )
+        .await?
+        .try_get(0)?;
+    Ok(value.is_some_and(|v| change::json_len(&v) > max_field_bytes))
+}
 
 /// Folds the snapshot and the queued changes with markers in place of the
 /// iterations (the fold decides by stamps, never by value) and says which
@@ -161,6 +192,7 @@ pub async fn iterations_source(
     tx: &Transaction<'_>,
     user_id: &str,
     mission_id: &str,
+    max_field_bytes: usize,
 ) -> anyhow::Result<IterationsSource> {
     let marker = uuid::Uuid::new_v4().to_string();
     let queued: Vec<uuid::Uuid> = tx
@@ -191,7 +223,11 @@ pub async fn iterations_source(
             .await?;
         let mut pending = Vec::new();
         for row in &rows {
-            if let Ok(valid) = change::validate(store::raw_change(row)?, usize::MAX) {
+            if iterations_over_limit(tx, row, max_field_bytes).await? {
+                continue;
+            }
+            // Rows the applier will set aside are not folded here either.
+            if let Ok(valid) = change::validate(store::raw_change(row)?, max_field_bytes) {
                 pending.push(valid.row);
             }
         }
@@ -241,7 +277,8 @@ pub async fn commit(
     write: &WriteBack,
 ) -> anyhow::Result<bool> {
     let tx = crate::db::begin_user(client, &write.slot.user_id).await?;
-    let source = iterations_source(&tx, &write.slot.user_id, &write.slot.mission_id)
+    let (user_id, mission_id) = (&write.slot.user_id, &write.slot.mission_id);
+    let source = iterations_source(&tx, user_id, mission_id, write.max_field_bytes)
         .await
         .context("re-reading the mission")?;
     let change_id = uuid::Uuid::new_v4();

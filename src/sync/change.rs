@@ -146,7 +146,8 @@ impl io::Write for ByteCounter {
     }
 }
 
-fn json_len(v: &Value) -> usize {
+/// The size of a value as compact JSON text, as the field limit counts it.
+pub fn json_len(v: &Value) -> usize {
     let mut counter = ByteCounter(0);
     // Writing a Value into an infallible writer cannot fail.
     let _ = serde_json::to_writer(&mut counter, v);
