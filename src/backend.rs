@@ -146,6 +146,7 @@ impl Backend for ServiceBackend {
             )
             .await?;
         let runs = claim::recent_runs(&**client, user_id, 5).await?;
+        let blocked = crate::run::stall::blocked(&**client, user_id).await?;
         let wheel = self.leading().map(|l| l.wheel);
         let mut out = Vec::with_capacity(missions.len());
         for m in &missions {
@@ -181,6 +182,8 @@ impl Backend for ServiceBackend {
                 "snapshotUpdatedAt": m.get::<_, chrono::DateTime<chrono::Utc>>(9),
                 "armedAt": armed_at,
                 "recentRuns": recent,
+                // Why the mission cannot advance now, if it cannot.
+                "blocked": blocked.get(&id),
             }));
         }
         Ok(json!({"userId": user_id, "missions": out}))

@@ -55,6 +55,7 @@ pub struct Metrics {
     pub run_outcomes: IntCounterVec,
     pub runs_abandoned: IntCounter,
     pub research_failures: IntCounter,
+    pub missions_stalled: IntCounterVec,
     // -- grants (contract names) --
     pub decrypts: IntCounterVec,
     pub grant_scope_violations: IntCounterVec,
@@ -213,6 +214,7 @@ impl Metrics {
             run_outcomes: counter_vec(r, "run_outcomes_total", "Finished mission runs by outcome", &["outcome"]),
             runs_abandoned: counter(r, "runs_abandoned_total", "Runs stopped unfinished (shutdown past its grace, or leadership lost); their slots go to the next leader"),
             research_failures: counter(r, "research_failures_total", "Research pre-steps that failed (planning went on without them)"),
+            missions_stalled: counter_vec(r, "missions_stalled_total", "Runs that found their mission unable to advance, by reason", &["reason"]),
             decrypts: counter_vec(r, "decrypts_total", "Records decrypted under a key-grant, by table", &["table"]),
             grant_scope_violations: counter_vec(r, "grant_scope_violations_total", "Inputs outside their grant's allowlist (alert above 0)", &["table"]),
             grant_skips: counter_vec(r, "grant_skips_total", "Grants not used, by reason", &["reason"]),

@@ -151,6 +151,7 @@ impl RunnerSetup {
             default_tz: config.default_timezone,
             max_concurrent: config.max_concurrent_runs,
             max_failures: config.max_failures,
+            max_field_bytes: config.max_field_bytes,
             backoff: config.retry_backoff.clone(),
             instance_id,
             prompt_observer: self.prompt_observer,

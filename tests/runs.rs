@@ -195,7 +195,7 @@ async fn llm_failures_retry_back_off_and_finally_record_a_failed_iteration() {
     assert_eq!(its.len(), 1);
     assert_eq!(its[0]["overallStatus"], "failed");
     assert_eq!(its[0]["errorDetails"]["name"], "ParseError");
-    assert_eq!(its[0]["errorDetails"]["phase"], "parse");
+    assert_eq!(its[0]["errorDetails"]["phase"], "parsing-response");
     assert_eq!(lead.metrics.parse_failures.get(), 3);
     let next = t.folded_mission("ben", "m2").await["nextRunAt"].clone();
     assert!(next.is_string(), "moved on to the next slot");

@@ -17,6 +17,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "fold_rebuild",
         include_str!("../../sql/0003_fold_rebuild.sql"),
     ),
+    (
+        4,
+        "writeback_change",
+        include_str!("../../sql/0004_writeback_change.sql"),
+    ),
     (5, "retention", include_str!("../../sql/0005_retention.sql")),
 ];
 

@@ -17,7 +17,10 @@
 //! - a `summary` or `params` that is present but of the wrong type fails
 //!   (`null` reads as absent);
 //! - an answer over [`MAX_ANSWER_BYTES`] is refused before any scanning;
-//!   all work below is linear in the answer's length.
+//!   all work below is linear in the answer's length;
+//! - a reason never quotes the answer, not even a tool name the model made
+//!   up: the answer may repeat decrypted input, and the reason goes to logs
+//!   and to the user's `errorDetails`. It names what was wrong and where.
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -26,8 +29,6 @@ use serde_json::{Map, Value};
 pub const MAX_ANSWER_BYTES: usize = 256 * 1024;
 /// The prompt asks for 1 to 5 steps.
 pub const MAX_STEPS: usize = 5;
-/// Model-chosen text quoted in an error is cut so a log line stays a line.
-const MAX_QUOTED_CHARS: usize = 80;
 
 const FENCE: &str = "```";
 
@@ -56,8 +57,13 @@ pub enum ParseError {
     UnclosedFence,
     #[error("answer has neither a ```json block nor a bare {{...}} object")]
     NoJson,
-    #[error("plan is not valid JSON: {0}")]
-    NotJson(String),
+    /// Where and what kind (`syntax`, `eof`, `data`), never the text.
+    #[error("plan is not valid JSON ({kind} error at line {line}, column {column})")]
+    NotJson {
+        kind: &'static str,
+        line: usize,
+        column: usize,
+    },
     #[error("plan is not a JSON object")]
     NotAnObject,
     #[error("plan has no `steps`")]
@@ -72,8 +78,8 @@ pub enum ParseError {
     StepNotObject(usize),
     #[error("steps[{0}] has no string `toolName`")]
     MissingToolName(usize),
-    #[error("steps[{0}] uses tool {1:?}, which is not available")]
-    UnknownTool(usize, String),
+    #[error("steps[{0}] names a tool that is not available")]
+    UnknownTool(usize),
     #[error("steps[{0}] has no non-empty string `rationale`")]
     MissingRationale(usize),
     #[error("steps[{0}] `params` is not an object")]
@@ -96,8 +102,16 @@ pub fn parse_plan(
         });
     }
     let json = extract_json(text)?;
-    let value: Value =
-        serde_json::from_str(json).map_err(|e| ParseError::NotJson(e.to_string()))?;
+    let value: Value = serde_json::from_str(json).map_err(|e| ParseError::NotJson {
+        kind: match e.classify() {
+            serde_json::error::Category::Io => "io",
+            serde_json::error::Category::Syntax => "syntax",
+            serde_json::error::Category::Data => "data",
+            serde_json::error::Category::Eof => "eof",
+        },
+        line: e.line(),
+        column: e.column(),
+    })?;
     let plan = value.as_object().ok_or(ParseError::NotAnObject)?;
     let summary = optional_string(plan.get("summary")).ok_or(ParseError::SummaryNotString)?;
     let steps = match plan.get("steps") {
@@ -130,8 +144,7 @@ fn parse_step(
         .and_then(Value::as_str)
         .ok_or(ParseError::MissingToolName(i))?;
     if !is_allowed(tool_name) {
-        let quoted = super::text::truncate(tool_name, MAX_QUOTED_CHARS).into_owned();
-        return Err(ParseError::UnknownTool(i, quoted));
+        return Err(ParseError::UnknownTool(i));
     }
     let rationale = step.get("rationale").and_then(Value::as_str).map(str::trim);
     let rationale = rationale

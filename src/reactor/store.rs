@@ -61,9 +61,12 @@ pub async fn claim(
 }
 
 /// Reads change rows by id; run after `set_user` so RLS limits it to one user.
+/// The last column says whether the row is one of the service's own
+/// write-backs (recorded in `mission_runs`, which only the service writes).
 pub const READ_CHANGES: &str =
-    "SELECT id, app_id, table_name, record_id, op, data, field_timestamps, created_at
-     FROM public.sync_changes WHERE id = ANY($1)";
+    "SELECT c.id, c.app_id, c.table_name, c.record_id, c.op, c.data, c.field_timestamps, c.created_at,
+            EXISTS (SELECT 1 FROM mana_ai.mission_runs r WHERE r.change_id = c.id)
+     FROM public.sync_changes c WHERE c.id = ANY($1)";
 
 /// Sets the RLS scope for the statements that follow in the transaction.
 pub const SET_USER: &str = "SELECT set_config('app.current_user_id', $1, true)";
@@ -83,6 +86,7 @@ pub fn raw_change(row: &Row) -> Result<RawChange, tokio_postgres::Error> {
         field_timestamps: row.try_get(6)?,
         created_at: row.try_get(7)?,
         seq: 0,
+        own_writeback: row.try_get(8)?,
     })
 }
 
@@ -557,6 +561,7 @@ pub async fn fold_record(
             field_timestamps: r.try_get(3)?,
             created_at: r.try_get(4)?,
             seq,
+            own_writeback: false,
         };
         // A row the applier would set aside as poison is skipped here too.
         if let Ok(row) = crate::sync::change::to_row(raw) {

@@ -8,11 +8,19 @@
 //! - a run that died (crash, SIGKILL, lost leadership) leaves `running` with
 //!   another instance's id, which the next leader takes over;
 //! - a zombie whose slot was taken over cannot write (its token is stale);
-//! - a failed run leaves `retry` with a time before which it is not retried.
+//! - a failed run leaves `retry` with a time before which it is not retried;
+//! - a run that ended in an error gives its claim back through a
+//!   [`ClaimGuard`], retrying until the database answers; a row still
+//!   `running` under this instance's own id is a leftover of such a run (the
+//!   runner never claims a mission it is running), so claiming takes it over.
+
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
+
+use super::phase::Phase;
 
 /// What claiming a slot found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,7 +31,8 @@ pub enum Claim {
     Done,
     /// Backing off after a failure until this time.
     RetryAt(DateTime<Utc>),
-    /// This instance is running it right now.
+    /// Another claim holds it (kept for callers; [`claim`] takes over every
+    /// `running` row, since its caller is the only run of this mission here).
     Running,
 }
 
@@ -39,6 +48,11 @@ pub struct Slot {
 /// The claim commits without waiting for its WAL flush: a claim lost in a
 /// database crash only means the slot is claimed again, and the write-back
 /// that marks it done commits synchronously with the iteration.
+///
+/// A `running` row is taken over whoever claimed it: another instance or an
+/// earlier term is gone (we lead), and a run of this term cannot be in
+/// flight, because the caller holds the mission's in-flight guard. A run that
+/// somehow went on could not write anyway: its token is stale.
 pub async fn claim(
     client: &mut tokio_postgres::Client,
     slot: &Slot,
@@ -56,7 +70,7 @@ pub async fn claim(
                SET state = 'running', token = EXCLUDED.token, claimed_by = EXCLUDED.claimed_by,
                    claimed_at = now(), attempts = r.attempts + 1, retry_at = NULL
                WHERE (r.state = 'retry' AND (r.retry_at IS NULL OR r.retry_at <= now()))
-                  OR (r.state = 'running' AND r.claimed_by <> EXCLUDED.claimed_by)
+                  OR r.state = 'running'
              RETURNING failures",
             &[&slot.user_id, &slot.mission_id, &slot.slot, &token, &instance],
         )
@@ -130,16 +144,90 @@ pub async fn complete(
     token: Uuid,
     iteration_id: &str,
     outcome: &str,
+    change_id: Uuid,
 ) -> Result<bool, tokio_postgres::Error> {
     let n = client
         .execute(
             "UPDATE mana_ai.mission_runs
-             SET state = 'done', iteration_id = $5, outcome = $6, finished_at = now(), retry_at = NULL
+             SET state = 'done', iteration_id = $5, outcome = $6, finished_at = now(), retry_at = NULL,
+                 change_id = $7
              WHERE user_id = $1 AND mission_id = $2 AND slot = $3 AND token = $4 AND state = 'running'",
-            &[&slot.user_id, &slot.mission_id, &slot.slot, &token, &iteration_id, &outcome],
+            &[&slot.user_id, &slot.mission_id, &slot.slot, &token, &iteration_id, &outcome, &change_id],
         )
         .await?;
     Ok(n == 1)
+}
+
+/// A claimed slot not yet completed. Dropped while still armed (a panic, an
+/// error, an abort at shutdown), it gives the slot back as a failed attempt,
+/// from a task that retries until the database answers, so the slot is
+/// retried and, after enough failures, recorded as failed.
+pub struct ClaimGuard {
+    pub pool: deadpool_postgres::Pool,
+    pub slot: Slot,
+    pub token: Uuid,
+    pub retry_at: DateTime<Utc>,
+    /// Where the run was: `mission_runs.outcome` if it does not finish.
+    pub phase: Phase,
+    pub armed: bool,
+}
+
+impl Drop for ClaimGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (pool, slot, token, retry_at, phase) = (
+            self.pool.clone(),
+            self.slot.clone(),
+            self.token,
+            self.retry_at,
+            self.phase,
+        );
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(give_back(pool, slot, token, retry_at, phase));
+        }
+    }
+}
+
+/// First and longest wait between attempts to give a claim back.
+const GIVE_BACK_WAITS: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
+
+/// Records a failed attempt of an unfinished run, until the database takes
+/// it. Once it does, the update either lands or finds the claim taken over
+/// (done, or claimed again): either way the slot is not left `running`.
+async fn give_back(
+    pool: deadpool_postgres::Pool,
+    slot: Slot,
+    token: Uuid,
+    retry_at: DateTime<Utc>,
+    phase: Phase,
+) {
+    let (mut wait, longest) = GIVE_BACK_WAITS;
+    let message = format!("run did not finish ({})", phase.as_str());
+    for attempt in 1u32.. {
+        let result = async {
+            let client = pool.get().await?;
+            back_off(&**client, &slot, token, retry_at, "error", &message).await?;
+            anyhow::Ok(())
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                if attempt > 1 {
+                    tracing::info!(attempt, slot = %slot.slot, "unfinished run's slot given back");
+                }
+                return;
+            }
+            Err(e) if attempt == 1 || attempt % 20 == 0 => tracing::warn!(
+                attempt, slot = %slot.slot, error = %format!("{e:#}"),
+                "giving an unfinished run's slot back failed; retrying until the database answers"
+            ),
+            Err(_) => {}
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(longest);
+    }
 }
 
 /// Recent runs of one user's missions, newest first (operators' view).

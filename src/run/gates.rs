@@ -1,9 +1,40 @@
 //! Agent gates: archived and paused agents skip, `maxConcurrentMissions` is
 //! real in-flight concurrency, `maxTokensPerDay` is a rolling 24 h window
-//! over `mana_ai.token_usage`.
+//! over `mana_ai.token_usage`. They fail closed: a mission whose agent is
+//! missing (deleted, or not synced yet) or whose policy does not parse is
+//! skipped, never run as the default agent or with every tool.
 
 use serde_json::{Map, Value};
 use tokio_postgres::GenericClient;
+
+/// What the gates decided (`agent_decisions_total{decision}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Ran,
+    SkippedPaused,
+    SkippedArchived,
+    SkippedConcurrency,
+    SkippedBudget,
+    /// `agentId` names no live agent snapshot; runs once the agent appears
+    /// (the applier re-arms an agent's missions when the agent changes).
+    SkippedMissingAgent,
+    /// The agent's `policy` does not parse; runs once the agent is fixed.
+    SkippedBadPolicy,
+}
+
+impl Decision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Ran => "ran",
+            Decision::SkippedPaused => "skipped-paused",
+            Decision::SkippedArchived => "skipped-archived",
+            Decision::SkippedConcurrency => "skipped-concurrency",
+            Decision::SkippedBudget => "skipped-budget",
+            Decision::SkippedMissingAgent => "skipped-missing-agent",
+            Decision::SkippedBadPolicy => "skipped-bad-policy",
+        }
+    }
+}
 
 /// The owning agent as a run needs it.
 #[derive(Debug, Clone)]
@@ -36,10 +67,10 @@ impl Agent {
     }
 
     /// The decision that needs no database: archived or paused.
-    pub fn state_gate(&self) -> Option<&'static str> {
+    pub fn state_gate(&self) -> Option<Decision> {
         match self.state.as_str() {
-            "archived" => Some("skipped-archived"),
-            "paused" => Some("skipped-paused"),
+            "archived" => Some(Decision::SkippedArchived),
+            "paused" => Some(Decision::SkippedPaused),
             _ => None,
         }
     }
@@ -112,11 +143,11 @@ mod tests {
     fn paused_and_archived_gate() {
         assert_eq!(
             agent(json!({"state": "paused"})).state_gate(),
-            Some("skipped-paused")
+            Some(Decision::SkippedPaused)
         );
         assert_eq!(
             agent(json!({"state": "archived"})).state_gate(),
-            Some("skipped-archived")
+            Some(Decision::SkippedArchived)
         );
     }
 

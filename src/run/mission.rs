@@ -7,108 +7,35 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use super::claim::{self, Claim, Slot};
-use super::gates::{self, Agent};
-use super::inputs::{self, GrantAccess};
+use super::admit::Admission;
+use super::claim::{self, Claim, ClaimGuard, Slot};
+use super::gates::Decision;
+use super::phase::Phase;
+use super::stall::Stall;
 use super::writeback::{self, Author, WriteBack};
 use super::{offline, Outcome, Planner, Runner};
-use crate::crypto::{unwrap_grant, GrantSkip, MissionGrant};
 use crate::planner::llm::LlmAnswer;
 use crate::planner::{
-    build_prompt, filter_tools, needs_research, parse_plan, research_input, AgentContext,
-    AgentPolicy, MissionView, PromptInput, ToolSpec,
+    build_prompt, filter_tools, parse_plan, AgentContext, MissionView, PromptInput, ToolSpec,
 };
 use crate::schedule::cadence::Cadence;
-
-/// A claimed slot not yet completed. Dropped while still armed (a panic, an
-/// error, an abort at shutdown), it gives the slot back as a failed attempt
-/// so it is retried and, after enough failures, recorded as failed.
-struct ClaimGuard {
-    pool: deadpool_postgres::Pool,
-    slot: Slot,
-    token: Uuid,
-    retry_at: DateTime<Utc>,
-    armed: bool,
-}
-
-impl Drop for ClaimGuard {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        let (pool, slot, token, retry_at) = (
-            self.pool.clone(),
-            self.slot.clone(),
-            self.token,
-            self.retry_at,
-        );
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move {
-                if let Ok(client) = pool.get().await {
-                    let _ = claim::back_off(
-                        &**client,
-                        &slot,
-                        token,
-                        retry_at,
-                        "error",
-                        "run did not finish",
-                    )
-                    .await;
-                }
-            });
-        }
-    }
-}
-
-/// Counts a run against its agent's `maxConcurrentMissions` while alive.
-struct AgentSlot<'a> {
-    runner: &'a Runner,
-    key: (String, String),
-}
-
-impl<'a> AgentSlot<'a> {
-    fn enter(runner: &'a Runner, user_id: &str, agent: &Agent) -> Option<Self> {
-        let key = (user_id.to_string(), agent.id.clone());
-        let mut map = runner
-            .agents_in_flight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let count = map.entry(key.clone()).or_insert(0);
-        if *count >= agent.max_concurrent {
-            return None;
-        }
-        *count += 1;
-        Some(AgentSlot { runner, key })
-    }
-}
-
-impl Drop for AgentSlot<'_> {
-    fn drop(&mut self) {
-        let mut map = self
-            .runner
-            .agents_in_flight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = map.get_mut(&self.key) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                map.remove(&self.key);
-            }
-        }
-    }
-}
 
 /// Why an attempt failed: the `errorDetails` of a final failed iteration.
 struct Failure {
     name: &'static str,
     message: String,
-    phase: &'static str,
+    phase: Phase,
 }
 
-/// Retry a skipped-concurrency run this much later.
-const CONCURRENCY_RETRY: chrono::Duration = chrono::Duration::seconds(30);
-/// Retry an over-budget run this much later (the window moves continuously).
-const BUDGET_RETRY: chrono::Duration = chrono::Duration::minutes(15);
+/// The snapshot as a run reads it: `iterations` cut to the last three (all
+/// the prompt shows), so a run's memory does not grow with the history.
+const LOAD_DUE: &str = "SELECT CASE WHEN jsonb_typeof(record->'iterations') = 'array'
+            THEN record || jsonb_build_object('iterations',
+                   jsonb_path_query_array(record->'iterations', '$[last-2 to last]'))
+            ELSE record END,
+        next_run_at, next_run_ts
+     FROM mana_ai.mission_snapshots
+     WHERE user_id = $1 AND mission_id = $2 AND NOT deleted AND state = 'active'";
 
 impl Runner {
     pub(super) async fn execute(
@@ -119,18 +46,12 @@ impl Runner {
         let deps = &self.deps;
         let started = deps.clock.now();
         let mut client = deps.pool.get().await.context("connecting")?;
-        let row = client
-            .query_opt(
-                "SELECT record, next_run_at, next_run_ts FROM mana_ai.mission_snapshots
-                 WHERE user_id = $1 AND mission_id = $2 AND NOT deleted AND state = 'active'",
-                &[&user_id, &mission_id],
-            )
-            .await?;
+        let row = client.query_opt(LOAD_DUE, &[&user_id, &mission_id]).await?;
         let Some(row) = row else {
             return Ok(Outcome::NotDue);
         };
         let (record_value, slot_text, slot_at): (Value, Option<String>, Option<DateTime<Utc>>) =
-            (row.get(0), row.get(1), row.get(2));
+            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
         let (Some(slot_text), Some(slot_at), Some(record)) =
             (slot_text, slot_at, record_value.as_object())
         else {
@@ -148,7 +69,10 @@ impl Runner {
         };
         let (token, failures) = match claim::claim(&mut client, &slot, deps.instance_id).await? {
             Claim::Claimed { token, failures } => (token, failures.max(0) as u32),
-            Claim::Done => return Ok(Outcome::AlreadyDone),
+            Claim::Done => {
+                self.check_done_slot(&**client, &slot).await;
+                return Ok(Outcome::AlreadyDone);
+            }
             Claim::Running => return Ok(Outcome::InFlight),
             Claim::RetryAt(at) => {
                 self.rearm(user_id, mission_id, at).await;
@@ -160,135 +84,36 @@ impl Runner {
             slot: slot.clone(),
             token,
             retry_at: started + self.backoff_after(failures),
+            phase: Phase::ResolvingInputs,
             armed: true,
         };
-
-        // Agent gates.
-        let agent_id = record
-            .get("agentId")
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty());
-        let agent = match agent_id {
-            Some(id) => gates::load_agent(&**client, user_id, id).await?,
-            None => None,
-        };
-        let mut _agent_slot = None;
-        if let Some(agent) = &agent {
-            tracing::Span::current().record("agent_id", agent.id.as_str());
-            let decision = match agent.state_gate() {
-                Some(d) => Some((d, None)),
-                None => match AgentSlot::enter(self, user_id, agent) {
-                    None => Some(("skipped-concurrency", Some(started + CONCURRENCY_RETRY))),
-                    Some(s) => {
-                        _agent_slot = Some(s);
-                        match agent.max_tokens_per_day {
-                            Some(max)
-                                if gates::tokens_last_day(&**client, user_id, &agent.id)
-                                    .await?
-                                    >= max =>
-                            {
-                                Some(("skipped-budget", Some(started + BUDGET_RETRY)))
-                            }
-                            _ => None,
-                        }
-                    }
-                },
-            };
-            if let Some((decision, retry_at)) = decision {
-                deps.metrics
-                    .agent_decisions
-                    .with_label_values(&[decision])
-                    .inc();
-                claim::release(&**client, &slot, token, retry_at, decision).await?;
+        let admitted = match self.admit(&**client, user_id, record, started).await? {
+            Admission::Run(admitted) => admitted,
+            Admission::Skip { decision, retry_at } => {
+                claim::release(&**client, &slot, token, retry_at, decision.as_str()).await?;
                 guard.armed = false;
-                if let Some(at) = retry_at {
-                    self.rearm(user_id, mission_id, at).await;
-                }
-                return Ok(Outcome::Skipped(decision));
+                return Ok(self.skipped(&slot, decision, retry_at).await);
             }
-        }
-        deps.metrics
-            .agent_decisions
-            .with_label_values(&["ran"])
-            .inc();
+        };
+        self.decided(Decision::Ran);
+        let agent = &admitted.agent;
 
-        // Inputs, under the grant if there is one; the key lives only here.
         let iteration_id = Uuid::new_v4().to_string();
-        let refs = inputs::input_refs(record);
-        let grant = self.grant_of(record, mission_id);
-        let mdk =
-            grant.as_ref().and_then(
-                |g| match unwrap_grant(deps.grant_key.as_ref(), g, started) {
-                    Ok(mdk) => Some(mdk),
-                    Err(skip) => {
-                        self.skip_grant(skip);
-                        None
-                    }
-                },
-            );
-        let access = match (&grant, &mdk) {
-            (Some(grant), Some(mdk)) => Some(GrantAccess { grant, mdk }),
-            _ => None,
-        };
-        let resolved = if refs.is_empty() {
-            inputs::Resolved::default()
-        } else {
-            let tx = crate::db::begin_user(&mut client, user_id).await?;
-            let resolved = inputs::resolve(&tx, &refs, access.as_ref()).await?;
-            tx.commit().await?;
-            resolved
-        };
-        drop(mdk);
-        for table in &resolved.decrypted {
-            deps.metrics.decrypts.with_label_values(&[table]).inc();
-        }
-        for table in &resolved.scope_violations {
-            deps.metrics
-                .grant_scope_violations
-                .with_label_values(&[table])
-                .inc();
-            tracing::warn!(table = %table, "mission input outside its grant's allowlist; not decrypted");
-        }
-        if let Err(e) = inputs::write_audit(
-            &mut client,
-            user_id,
-            mission_id,
-            &iteration_id,
-            &resolved.audit,
-        )
-        .await
-        {
-            deps.metrics.audit_write_failures.inc();
-            tracing::warn!(error = %format!("{e:#}"), "writing decrypt_audit rows failed; the run goes on");
-        }
-        let mut resolved_inputs = resolved.inputs;
-
-        // Research pre-step.
         let mission_view = MissionView::from_record(&record_value);
-        if let Some(research) = &deps.research {
-            if needs_research(mission_view.objective, mission_view.concept) {
-                match research.research(mission_view.objective).await {
-                    Ok(articles) => resolved_inputs.push(research_input(&articles)),
-                    Err(e) => {
-                        deps.metrics.research_failures.inc();
-                        tracing::warn!(error = %e, "research pre-step failed; planning without it");
-                    }
-                }
-            }
-        }
+        let resolved_inputs = self
+            .gather_inputs(
+                &mut client,
+                &slot,
+                record,
+                &iteration_id,
+                &mission_view,
+                started,
+            )
+            .await?;
 
         // Prompt, plan, parse.
-        let policy =
-            agent
-                .as_ref()
-                .and_then(|a| match AgentPolicy::from_record(a.record.get("policy")) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        tracing::warn!(reason = %e, "agent policy unreadable; using the default");
-                        None
-                    }
-                });
-        let tools: Vec<&ToolSpec> = filter_tools(&deps.catalog, policy.as_ref());
+        guard.phase = Phase::CallingLlm;
+        let tools: Vec<&ToolSpec> = filter_tools(&deps.catalog, admitted.policy.as_ref());
         let prompt = build_prompt(&PromptInput {
             mission: mission_view,
             inputs: &resolved_inputs,
@@ -296,19 +121,7 @@ impl Runner {
             tools: &tools,
             now: Some(started),
         });
-        if let Some(observer) = &deps.prompt_observer {
-            let _ = observer.send(super::PromptSummary {
-                mission_id: mission_id.to_string(),
-                system_chars: prompt.system.chars().count(),
-                user_chars: prompt.user.chars().count(),
-                tools: tools.len(),
-                inputs: resolved_inputs
-                    .iter()
-                    .map(|i| format!("{}/{}: {}", i.module, i.table, i.title))
-                    .collect(),
-                offline: matches!(deps.planner, Planner::Offline),
-            });
-        }
+        self.observe_prompt(mission_id, &prompt, tools.len(), &resolved_inputs);
         drop(resolved_inputs);
         // No pooled connection is held while the model thinks.
         drop(client);
@@ -321,7 +134,7 @@ impl Runner {
                 elapsed: std::time::Duration::ZERO,
             }),
         };
-        let author = match &agent {
+        let author = match agent {
             Some(a) => Author {
                 agent_id: Some(a.id.clone()),
                 display_name: a.name.clone(),
@@ -339,6 +152,7 @@ impl Runner {
             now: deps.clock.now(),
             tokens_used: 0,
             outcome: "written",
+            max_field_bytes: deps.max_field_bytes,
         };
         let mut client = deps.pool.get().await.context("connecting")?;
         let answer = match answer {
@@ -347,7 +161,7 @@ impl Runner {
                 let failure = Failure {
                     name: "PlannerError",
                     message: e.to_string(),
-                    phase: "planner",
+                    phase: Phase::CallingLlm,
                 };
                 let final_ = self
                     .fail(
@@ -366,6 +180,7 @@ impl Runner {
             tracing::error!("failpoint after-llm: aborting the process");
             std::process::abort();
         }
+        guard.phase = Phase::ParsingResponse;
         write.tokens_used = tokens(&answer, &prompt.system, &prompt.user);
         let plan = match parse_plan(&answer.content, |name| tools.iter().any(|t| t.name == name)) {
             Ok(plan) => plan,
@@ -374,7 +189,7 @@ impl Runner {
                 let failure = Failure {
                     name: "ParseError",
                     message: e.to_string(),
-                    phase: "parse",
+                    phase: Phase::ParsingResponse,
                 };
                 let final_ = self
                     .fail(
@@ -389,6 +204,7 @@ impl Runner {
                 return Ok(Outcome::ParseFailed { final_ });
             }
         };
+        guard.phase = Phase::Finalizing;
         deps.metrics.plans_produced.inc();
         write.now = deps.clock.now();
         write.iteration = writeback::planned_iteration(
@@ -416,6 +232,33 @@ impl Runner {
         Ok(Outcome::Written)
     }
 
+    fn decided(&self, decision: Decision) {
+        self.deps
+            .metrics
+            .agent_decisions
+            .with_label_values(&[decision.as_str()])
+            .inc();
+    }
+
+    /// A gate said not now: counted, the slot already given back.
+    async fn skipped(
+        &self,
+        slot: &Slot,
+        decision: Decision,
+        retry_at: Option<DateTime<Utc>>,
+    ) -> Outcome {
+        self.decided(decision);
+        match decision {
+            Decision::SkippedMissingAgent => self.stalled(Stall::MissingAgent),
+            Decision::SkippedBadPolicy => self.stalled(Stall::BadPolicy),
+            _ => {}
+        }
+        if let Some(at) = retry_at {
+            self.rearm(&slot.user_id, &slot.mission_id, at).await;
+        }
+        Outcome::Skipped(decision.as_str())
+    }
+
     /// A failed attempt: back off, or after `max_failures` write a failed
     /// iteration and move on to the next slot. Returns whether it was final.
     async fn fail(
@@ -435,7 +278,7 @@ impl Runner {
         let message = message.as_str();
         let deps = &self.deps;
         deps.metrics.mission_errors.inc();
-        tracing::warn!(phase, error = %message, failures = failures + 1, "mission run failed");
+        tracing::warn!(phase = phase.as_str(), error = %message, failures = failures + 1, "mission run failed");
         let now = deps.clock.now();
         if failures + 1 >= deps.max_failures {
             write.now = now;
@@ -457,7 +300,15 @@ impl Runner {
         if let Some(next) = write.next_run_at {
             retry_at = retry_at.min(next.max(now));
         }
-        claim::back_off(&*client, &write.slot, write.token, retry_at, phase, message).await?;
+        claim::back_off(
+            &*client,
+            &write.slot,
+            write.token,
+            retry_at,
+            phase.as_str(),
+            message,
+        )
+        .await?;
         guard.armed = false;
         self.rearm(&write.slot.user_id, &write.slot.mission_id, retry_at)
             .await;
@@ -470,30 +321,11 @@ impl Runner {
         match Cadence::parse(cadence) {
             Ok(c) => c.next_after_run(slot, self.deps.clock.now(), self.deps.default_tz),
             Err(e) => {
-                tracing::warn!(error = %e, "mission cadence unreadable; no next run");
+                self.stalled(Stall::NoNextRun);
+                tracing::warn!(error = %e, stall = Stall::NoNextRun.as_str(), "mission cadence unreadable; no next run");
                 None
             }
         }
-    }
-
-    fn grant_of(&self, record: &Map<String, Value>, mission_id: &str) -> Option<MissionGrant> {
-        let value = record.get("grant").filter(|g| !g.is_null())?;
-        match MissionGrant::from_value(value) {
-            Ok(g) if g.derivation.mission_id == mission_id => Some(g),
-            Ok(_) | Err(_) => {
-                self.skip_grant(GrantSkip::Malformed);
-                None
-            }
-        }
-    }
-
-    fn skip_grant(&self, skip: GrantSkip) {
-        self.deps
-            .metrics
-            .grant_skips
-            .with_label_values(&[skip.as_str()])
-            .inc();
-        tracing::info!(reason = skip.as_str(), "mission grant not used");
     }
 }
 

@@ -7,11 +7,15 @@
 //! unwrap the grant, resolve inputs, research, prompt, plan, parse, write
 //! back with the next `nextRunAt`, record tokens (see `mission.rs`).
 
+mod admit;
 pub mod claim;
 pub mod gates;
 pub mod inputs;
 mod mission;
 pub mod offline;
+pub mod phase;
+mod prepare;
+pub mod stall;
 pub mod writeback;
 
 use std::collections::{HashMap, HashSet};
@@ -122,6 +126,8 @@ pub struct RunnerDeps {
     pub default_tz: chrono_tz::Tz,
     pub max_concurrent: usize,
     pub max_failures: u32,
+    /// `MANA_AI_MAX_FIELD_BYTES`, as the applier applies it.
+    pub max_field_bytes: usize,
     /// Waits after the 1st, 2nd, ... consecutive failure (the last repeats).
     pub backoff: Vec<Duration>,
     /// This leadership term (fresh each time an instance becomes leader):

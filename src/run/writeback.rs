@@ -4,7 +4,12 @@
 //!
 //! The mission's `iterations` are re-read inside that transaction (snapshot
 //! plus every change still queued for it), so an iteration a browser added
-//! since the run started is kept, not overwritten.
+//! since the run started is kept, not overwritten. The fold only decides
+//! which row holds the newest value; the database appends the new iteration
+//! to it, so however long the history, the run never holds it in memory.
+//! The row's id is recorded with the slot (`mission_runs.change_id`): that
+//! is how the applier knows its own write-back, whose `iterations` may
+//! outgrow `MANA_AI_MAX_FIELD_BYTES` (the whole history is kept).
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
@@ -13,7 +18,7 @@ use tokio_postgres::Transaction;
 
 use super::claim::{self, Slot};
 use crate::reactor::store;
-use crate::sync::change::{self, Kind};
+use crate::sync::change;
 use crate::sync::fold::{iso_millis, FoldState};
 
 /// The client id every write-back carries.
@@ -54,6 +59,9 @@ pub struct WriteBack {
     pub tokens_used: i64,
     /// `run_outcomes_total` label and `mission_runs.outcome`.
     pub outcome: &'static str,
+    /// The applier's `MANA_AI_MAX_FIELD_BYTES`: a queued row over it is
+    /// never what the write-back extends.
+    pub max_field_bytes: usize,
 }
 
 /// A planned iteration as the webapp expects it.
@@ -101,7 +109,7 @@ pub fn failed_iteration(
     finished_at: DateTime<Utc>,
     error_name: &str,
     message: &str,
-    phase: &str,
+    phase: super::phase::Phase,
 ) -> Value {
     json!({
         "id": iteration_id,
@@ -111,18 +119,82 @@ pub fn failed_iteration(
         "source": "server",
         "overallStatus": "failed",
         "plan": [],
-        "errorDetails": {"name": error_name, "message": message, "phase": phase},
+        "errorDetails": {"name": error_name, "message": message, "phase": phase.as_str()},
     })
 }
 
-/// The mission as it is now: its snapshot plus every change still queued.
-/// The queue is read first, so a change applied in between is folded twice,
-/// which the fold ignores, rather than missed.
-pub async fn current_mission(
+/// Where the `iterations` a write-back extends come from: the mission as it
+/// is now (its snapshot plus every change still queued for it), decided
+/// without reading the iterations themselves, so a run's memory does not
+/// grow with the mission's history.
+#[derive(Debug, Clone, PartialEq)]
+pub enum IterationsSource {
+    /// The mission has no `iterations` yet.
+    None,
+    /// The snapshot's value is the newest.
+    Snapshot,
+    /// A queued change row (a browser's edit) holds the newest value.
+    Change(uuid::Uuid),
+    /// The fold state kept the winning value itself (rare: a value the first
+    /// row lost while unstamped and won back).
+    Value(Value),
+}
+
+/// The snapshot, locked, with its `iterations` replaced by a marker.
+const SNAPSHOT_MARKED: &str = "SELECT CASE WHEN record ? 'iterations'
+            THEN jsonb_set(record, '{iterations}', jsonb_build_object('mana-ai-source', $3::text, 'from', 'snapshot'))
+            ELSE record END,
+        fold_state
+     FROM mana_ai.mission_snapshots WHERE user_id = $1 AND mission_id = $2 FOR UPDATE";
+
+/// Queued change rows of one record with their `iterations` replaced by a
+/// marker naming the row: the columns of `store::READ_CHANGES`, then the
+/// length of the iterations as jsonb text (never shorter than the compact
+/// JSON the field limit counts).
+const CHANGES_MARKED: &str = "SELECT c.id, c.app_id, c.table_name, c.record_id, c.op,
+        CASE WHEN jsonb_typeof(c.data) = 'object' AND c.data ? 'iterations'
+             THEN jsonb_set(c.data, '{iterations}', jsonb_build_object('mana-ai-source', $3::text, 'from', c.id::text))
+             ELSE c.data END,
+        c.field_timestamps, c.created_at,
+        EXISTS (SELECT 1 FROM mana_ai.mission_runs r WHERE r.change_id = c.id),
+        CASE WHEN jsonb_typeof(c.data) = 'object' THEN octet_length((c.data->'iterations')::text) END
+     FROM public.sync_changes c WHERE c.id = ANY($1) AND c.record_id = $2";
+
+/// Whether a queued row's `iterations` is over the field limit, so the
+/// applier will set the row aside: then it must not be what the write-back
+/// extends (that would carry a browser's oversized value past the limit).
+/// Only rows whose jsonb text is over the limit are read.
+async fn iterations_over_limit(
+    tx: &Transaction<'_>,
+    row: &tokio_postgres::Row,
+    max_field_bytes: usize,
+) -> anyhow::Result<bool> {
+    let (own, text_len): (bool, Option<i32>) = (row.try_get(8)?, row.try_get(9)?);
+    if own || !text_len.is_some_and(|n| n as usize > max_field_bytes) {
+        return Ok(false);
+    }
+    let id: uuid::Uuid = row.try_get(0)?;
+    let value: Option<Value> = tx
+        .query_one(
+            "SELECT data->'iterations' FROM public.sync_changes WHERE id = $1",
+            &[&id],
+        )
+        .await?
+        .try_get(0)?;
+    Ok(value.is_some_and(|v| change::json_len(&v) > max_field_bytes))
+}
+
+/// Folds the snapshot and the queued changes with markers in place of the
+/// iterations (the fold decides by stamps, never by value) and says which
+/// marker won. The queue is read first, so a change applied in between is
+/// folded twice, which the fold ignores, rather than missed.
+pub async fn iterations_source(
     tx: &Transaction<'_>,
     user_id: &str,
     mission_id: &str,
-) -> anyhow::Result<Map<String, Value>> {
+    max_field_bytes: usize,
+) -> anyhow::Result<IterationsSource> {
+    let marker = uuid::Uuid::new_v4().to_string();
     // change id -> queue id, the rows' insertion order for the fold.
     let seqs: std::collections::HashMap<uuid::Uuid, i64> = tx
         .query(
@@ -133,34 +205,75 @@ pub async fn current_mission(
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
+    let snapshot = tx
+        .query_opt(SNAPSHOT_MARKED, &[&user_id, &mission_id, &marker])
+        .await?;
+    let (mut record, mut fold) = match snapshot {
+        Some(row) => match row.try_get::<_, Value>(0)? {
+            Value::Object(map) => (
+                map,
+                serde_json::from_value(row.try_get(1)?).unwrap_or_default(),
+            ),
+            _ => (Map::new(), FoldState::default()),
+        },
+        None => (Map::new(), FoldState::default()),
+    };
     let queued: Vec<uuid::Uuid> = seqs.keys().copied().collect();
-    let key = (user_id.to_string(), mission_id.to_string());
-    let mut snapshot = store::load_snapshots(tx, Kind::Mission, std::slice::from_ref(&key))
-        .await?
-        .remove(&key)
-        .unwrap_or_default();
-    if queued.is_empty() {
-        return Ok(snapshot.record);
-    }
-    let rows = tx.query(store::READ_CHANGES, &[&queued]).await?;
-    let mut pending = Vec::new();
-    for row in &rows {
-        let mut raw = store::raw_change(row)?;
-        if raw.record_id != mission_id {
-            continue;
+    if !queued.is_empty() {
+        let rows = tx
+            .query(CHANGES_MARKED, &[&queued, &mission_id, &marker])
+            .await?;
+        let mut pending = Vec::new();
+        for row in &rows {
+            if iterations_over_limit(tx, row, max_field_bytes).await? {
+                continue;
+            }
+            // Rows the applier will set aside are not folded here either.
+            let mut raw = store::raw_change(row)?;
+            raw.seq = seqs.get(&raw.id).copied().unwrap_or_default();
+            if let Ok(valid) = change::validate(raw, max_field_bytes) {
+                pending.push(valid.row);
+            }
         }
-        raw.seq = seqs.get(&raw.id).copied().unwrap_or_default();
-        if let Ok(valid) = change::validate(raw, usize::MAX) {
-            pending.push(valid.row);
+        pending.sort_by_key(|row| (row.created_at, row.seq));
+        for row in &pending {
+            fold.apply(mission_id, &mut record, row);
         }
     }
-    pending.sort_by_key(|row| (row.created_at, row.seq));
-    let mut fold: FoldState = snapshot.fold;
-    for row in &pending {
-        fold.apply(mission_id, &mut snapshot.record, row);
-    }
-    Ok(snapshot.record)
+    Ok(match record.remove("iterations") {
+        None => IterationsSource::None,
+        Some(value) => match value.get("mana-ai-source").and_then(Value::as_str) {
+            Some(m) if m == marker => match value.get("from").and_then(Value::as_str) {
+                Some("snapshot") => IterationsSource::Snapshot,
+                Some(id) => id
+                    .parse()
+                    .map(IterationsSource::Change)
+                    .context("a marker without a change id")?,
+                None => anyhow::bail!("a marker without its source"),
+            },
+            _ => IterationsSource::Value(value),
+        },
+    })
 }
+
+/// The write-back row: `data.iterations` is the current iterations with the
+/// new one appended, built by the database (an iteration already there by id
+/// is not added twice); a non-array current value starts a new list.
+const INSERT_WRITEBACK: &str = "INSERT INTO public.sync_changes
+       (id, app_id, table_name, record_id, user_id, op, data, field_timestamps, client_id, schema_version, actor)
+     SELECT $1, 'ai', 'aiMissions', $2, $3, 'update',
+            jsonb_build_object(
+              'iterations',
+              CASE WHEN coalesce(jsonb_typeof(src.it), '') <> 'array' THEN jsonb_build_array($4::jsonb)
+                   WHEN src.it @> jsonb_build_array(jsonb_build_object('id', $5::text)) THEN src.it
+                   ELSE src.it || jsonb_build_array($4::jsonb) END,
+              'updatedAt', $6::text, 'nextRunAt', $7::text),
+            $8, $9, 1, $10
+     FROM (SELECT CASE $11::text
+             WHEN 'snapshot' THEN (SELECT record->'iterations' FROM mana_ai.mission_snapshots
+                                   WHERE user_id = $3 AND mission_id = $2)
+             WHEN 'change' THEN (SELECT data->'iterations' FROM public.sync_changes WHERE id = $12)
+             ELSE $13::jsonb END AS it) src";
 
 /// Commits the write-back; false when the claim was taken over (nothing written).
 pub async fn commit(
@@ -168,25 +281,18 @@ pub async fn commit(
     write: &WriteBack,
 ) -> anyhow::Result<bool> {
     let tx = crate::db::begin_user(client, &write.slot.user_id).await?;
-    let mission = current_mission(&tx, &write.slot.user_id, &write.slot.mission_id)
+    let (user_id, mission_id) = (&write.slot.user_id, &write.slot.mission_id);
+    let source = iterations_source(&tx, user_id, mission_id, write.max_field_bytes)
         .await
         .context("re-reading the mission")?;
-    let mut iterations = match mission.get("iterations") {
-        Some(Value::Array(list)) => list.clone(),
-        _ => Vec::new(),
-    };
-    let already = iterations
-        .iter()
-        .any(|it| it.get("id").and_then(Value::as_str) == Some(write.iteration_id.as_str()));
-    if !already {
-        iterations.push(write.iteration.clone());
-    }
+    let change_id = uuid::Uuid::new_v4();
     if !claim::complete(
         &tx,
         &write.slot,
         write.token,
         &write.iteration_id,
         write.outcome,
+        change_id,
     )
     .await?
     {
@@ -194,7 +300,6 @@ pub async fn commit(
     }
     let now = iso_millis(write.now);
     let next = write.next_run_at.map(iso_millis);
-    let data = json!({"iterations": iterations, "updatedAt": now, "nextRunAt": next});
     let stamps = json!({"iterations": now, "updatedAt": now, "nextRunAt": now});
     let actor = json!({
         "kind": "ai",
@@ -204,11 +309,29 @@ pub async fn commit(
         "iterationId": write.iteration_id,
         "rationale": write.objective,
     });
+    let (kind, from_change, value) = match source {
+        IterationsSource::None => ("none", None, None),
+        IterationsSource::Snapshot => ("snapshot", None, None),
+        IterationsSource::Change(id) => ("change", Some(id), None),
+        IterationsSource::Value(v) => ("value", None, Some(v)),
+    };
     tx.execute(
-        "INSERT INTO public.sync_changes
-           (app_id, table_name, record_id, user_id, op, data, field_timestamps, client_id, schema_version, actor)
-         VALUES ('ai', 'aiMissions', $1, $2, 'update', $3, $4, $5, 1, $6)",
-        &[&write.slot.mission_id, &write.slot.user_id, &data, &stamps, &CLIENT_ID, &actor],
+        INSERT_WRITEBACK,
+        &[
+            &change_id,
+            &write.slot.mission_id,
+            &write.slot.user_id,
+            &write.iteration,
+            &write.iteration_id,
+            &now,
+            &next,
+            &stamps,
+            &CLIENT_ID,
+            &actor,
+            &kind,
+            &from_change,
+            &value,
+        ],
     )
     .await
     .context("inserting the write-back row")?;

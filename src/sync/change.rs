@@ -46,7 +46,15 @@ pub struct RawChange {
     /// `ChangeRow::seq`): the queue id when applying, the position in
     /// `(created_at, cmin, ctid)` order when replaying.
     pub seq: i64,
+    /// One of the service's own write-backs (its id is recorded in
+    /// `mana_ai.mission_runs`; a row that only carries the service's
+    /// `client_id` is not).
+    pub own_writeback: bool,
 }
+
+/// The field of its own write-backs the service lets grow past the field
+/// limit: a mission's whole history, which is never cut.
+pub const OWN_UNLIMITED_FIELD: &str = "iterations";
 
 /// A change that passed every check, ready for the fold.
 #[derive(Debug, Clone)]
@@ -142,7 +150,8 @@ impl io::Write for ByteCounter {
     }
 }
 
-fn json_len(v: &Value) -> usize {
+/// The size of a value as compact JSON text, as the field limit counts it.
+pub fn json_len(v: &Value) -> usize {
     let mut counter = ByteCounter(0);
     // Writing a Value into an infallible writer cannot fail.
     let _ = serde_json::to_writer(&mut counter, v);
@@ -169,8 +178,12 @@ pub fn validate(raw: RawChange, max_field_bytes: usize) -> Result<ValidChange, P
         return Err(Poison::RecordIdTooLong(raw.record_id.len()));
     }
     let record_id = raw.record_id.clone();
+    let own = raw.own_writeback && kind == Kind::Mission;
     let row = to_row(raw)?;
     for (field, value) in &row.data {
+        if own && field == OWN_UNLIMITED_FIELD {
+            continue;
+        }
         let bytes = json_len(value);
         if bytes > max_field_bytes {
             return Err(Poison::FieldTooLarge {
@@ -236,7 +249,30 @@ mod tests {
             field_timestamps: Some(json!({})),
             created_at: Utc::now(),
             seq: 0,
+            own_writeback: false,
         }
+    }
+
+    #[test]
+    fn only_an_own_writeback_may_carry_iterations_over_the_limit() {
+        let big = json!({"iterations": [{"summary": "x".repeat(2000)}]});
+        let mut r = raw(big.clone());
+        assert_eq!(
+            validate(r.clone(), 1024).unwrap_err().reason(),
+            "field-too-large",
+            "a row that is not recorded as the service's own"
+        );
+        r.own_writeback = true;
+        assert!(validate(r.clone(), 1024).is_ok());
+        r.data = Some(json!({"title": "x".repeat(2000)}));
+        assert_eq!(
+            validate(r.clone(), 1024).unwrap_err().reason(),
+            "field-too-large",
+            "every other field keeps the limit"
+        );
+        r.data = Some(big);
+        r.table_name = "agents".into();
+        assert!(validate(r, 1024).is_err(), "only missions");
     }
 
     #[test]
