@@ -44,7 +44,7 @@ fn demo_stopped_by(signal: &str, marker: &str) -> (std::process::ExitStatus, Vec
         .env("PORT", "0")
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("the binary runs");
     let stdout = child.stdout.take().expect("piped stdout");
@@ -64,7 +64,14 @@ fn demo_stopped_by(signal: &str, marker: &str) -> (std::process::ExitStatus, Vec
         }
     }
     lines.extend(reader.map_while(Result::ok));
-    (child.wait().expect("the demo exits"), lines)
+    let status = child.wait().expect("the demo exits");
+    if !status.success() {
+        let mut stderr = String::new();
+        let _ =
+            std::io::Read::read_to_string(&mut child.stderr.take().expect("piped"), &mut stderr);
+        lines.push(format!("stderr: {stderr}"));
+    }
+    (status, lines)
 }
 
 fn database_of(lines: &[String]) -> String {

@@ -74,6 +74,7 @@ fn exported() -> BTreeSet<String> {
         &metrics.tokens_used,
         &metrics.run_outcomes,
         &metrics.poison_changes,
+        &metrics.missions_stalled,
     ] {
         family.with_label_values(&["x"]).inc_by(0);
     }

@@ -408,23 +408,30 @@ impl TempDb {
         let client = db.admin().await?;
         // Roles are cluster-wide and tests run in parallel: one thread of
         // this process at a time (a concurrent ALTER ROLE fails), and a
-        // race with another process tolerated.
+        // race with another process retried.
         static ROLES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
         let _one_at_a_time = ROLES.lock().await;
         let password = role_password();
         for role in [SYNC_ROLE, SERVICE_ROLE] {
             // An existing role gets this user's password (an older one may
             // have been created with a password everyone knew).
-            client
-                .batch_execute(&format!(
-                    "DO $$ BEGIN
-                       CREATE ROLE {role} LOGIN NOSUPERUSER NOBYPASSRLS PASSWORD '{password}';
-                     EXCEPTION WHEN duplicate_object OR unique_violation THEN
-                       ALTER ROLE {role} PASSWORD '{password}';
-                     END $$;"
-                ))
-                .await
-                .with_context(|| format!("creating role {role}"))?;
+            let sql = format!(
+                "DO $$ BEGIN
+                   CREATE ROLE {role} LOGIN NOSUPERUSER NOBYPASSRLS PASSWORD '{password}';
+                 EXCEPTION WHEN duplicate_object OR unique_violation THEN
+                   ALTER ROLE {role} PASSWORD '{password}';
+                 END $$;"
+            );
+            // Another process doing the same at once makes one of them fail
+            // ("tuple concurrently updated"): try again.
+            let mut attempt = 0;
+            while let Err(e) = client.batch_execute(&sql).await {
+                attempt += 1;
+                if attempt == 5 {
+                    return Err(e).with_context(|| format!("creating role {role}"));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await;
+            }
         }
         client
             .batch_execute(SYNC_FIXTURE)
