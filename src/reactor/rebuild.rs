@@ -63,7 +63,8 @@ pub async fn rebuild_listed(pool: &Pool, max_field_bytes: usize) -> anyhow::Resu
 fn history_sql() -> String {
     format!(
         "SELECT c.id, c.app_id, c.table_name, c.record_id, c.op, c.data, c.field_timestamps,
-                c.created_at
+                c.created_at,
+                EXISTS (SELECT 1 FROM mana_ai.mission_runs r WHERE r.change_id = c.id)
          FROM public.sync_changes c
          WHERE c.user_id = $1 AND c.app_id = 'ai' AND c.table_name IN ('aiMissions', 'agents')
            AND NOT EXISTS (SELECT 1 FROM mana_ai.change_queue q WHERE q.change_id = c.id)
