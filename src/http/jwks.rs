@@ -140,7 +140,7 @@ impl JwksVerifier {
             let cache = self.cache.read().expect("JWKS cache lock");
             let may_fetch = cache
                 .last_attempt
-                .map_or(true, |t| t.elapsed() >= self.settings.refresh_min_interval);
+                .is_none_or(|t| t.elapsed() >= self.settings.refresh_min_interval);
             (cache.fetched_at.is_some(), may_fetch)
         };
         if may_fetch {

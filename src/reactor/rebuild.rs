@@ -172,10 +172,7 @@ fn raw_change(row: &Row, seq: i64) -> Result<RawChange, tokio_postgres::Error> {
 fn fold_row(record_id: &str, snapshot: &mut Snapshot, row: &crate::sync::fold::ChangeRow) {
     snapshot.fold.apply(record_id, &mut snapshot.record, row);
     snapshot.change_count += 1;
-    if snapshot
-        .last_applied_at
-        .map_or(true, |t| t < row.created_at)
-    {
+    if snapshot.last_applied_at.is_none_or(|t| t < row.created_at) {
         snapshot.last_applied_at = Some(row.created_at);
     }
 }

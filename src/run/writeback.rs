@@ -170,7 +170,7 @@ async fn iterations_over_limit(
     max_field_bytes: usize,
 ) -> anyhow::Result<bool> {
     let (own, text_len): (bool, Option<i32>) = (row.try_get(8)?, row.try_get(9)?);
-    if own || !text_len.is_some_and(|n| n as usize > max_field_bytes) {
+    if own || text_len.is_none_or(|n| n as usize <= max_field_bytes) {
         return Ok(false);
     }
     let id: uuid::Uuid = row.try_get(0)?;

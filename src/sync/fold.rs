@@ -227,7 +227,7 @@ pub fn replay(record_id: &str, rows: &[ChangeRow]) -> Option<Folded> {
             let stamp = row.explicit_stamp(key).unwrap_or(derived);
             if stamps
                 .get(key.as_str())
-                .map_or(true, |current| stamp >= *current)
+                .is_none_or(|current| stamp >= *current)
             {
                 record.insert(key.clone(), value.clone());
                 stamps.insert(key, stamp);

@@ -85,7 +85,7 @@ fn build(
             continue;
         };
         // deletedAt rarely, so that most records stay alive.
-        if KEYS[j] == "deletedAt" && i % 3 != 0 {
+        if KEYS[j] == "deletedAt" && !i.is_multiple_of(3) {
             continue;
         }
         data.insert(KEYS[j].to_owned(), value.clone());

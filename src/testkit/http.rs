@@ -217,9 +217,7 @@ impl FakeReply {
         let body = match self.body {
             ReplyBody::Whole(bytes) => Full::new(bytes).boxed(),
             ReplyBody::Chunked { chunk, count } => {
-                let frames = std::iter::repeat(chunk)
-                    .take(count)
-                    .map(|c| Ok(Frame::data(c)));
+                let frames = std::iter::repeat_n(chunk, count).map(|c| Ok(Frame::data(c)));
                 StreamBody::new(futures_util::stream::iter(frames)).boxed()
             }
         };
