@@ -6,6 +6,8 @@
 //! every successful LISTEN). Due missions go to the channel the caller gives.
 
 pub mod applier;
+pub mod decode;
+pub mod fold_batch;
 pub mod listener;
 pub mod store;
 
