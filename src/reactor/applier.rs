@@ -90,6 +90,7 @@ pub struct BatchStats {
     pub poisoned: usize,
 }
 
+#[derive(Clone)]
 pub struct Applier {
     pub pool: Pool,
     pub wheel: WheelHandle,
@@ -103,6 +104,8 @@ pub struct Applier {
     isolate: usize,
     /// Told about every committed batch (benchmarks measure latency with it).
     pub observer: Option<mpsc::UnboundedSender<Applied>>,
+    /// Called before every drain (tests inject a panic with it).
+    pub before_drain: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 /// A committed batch, reported after its timers were re-armed.
@@ -131,6 +134,7 @@ impl Applier {
             processed: watch::channel(0).0,
             isolate: 0,
             observer: None,
+            before_drain: None,
         }
     }
 
@@ -185,6 +189,9 @@ impl Applier {
 
     /// Applies queue rows until the queue is empty; returns rows processed.
     pub async fn drain(&mut self) -> Result<usize, ApplyError> {
+        if let Some(hook) = &self.before_drain {
+            hook();
+        }
         let mut total = 0;
         loop {
             let limit = if self.isolate > 0 { 1 } else { self.batch };

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use super::store::{DeadChange, Loaded, QueueRow, Snapshot, SnapshotKey, SnapshotWrite};
-use crate::sync::change::{clip, Kind, Poison};
+use crate::sync::change::{Kind, Poison};
 use crate::sync::fold::ChangeRow;
 
 /// The changes of one record in a batch, queue rows beside their change rows.
@@ -72,12 +72,8 @@ pub fn fold_records(
                 }
             }
             Err(panic) => {
-                let message = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
-                tracing::error!(panic = %clip(&message, 200), "the fold panicked; the record's changes of this batch are set aside");
+                let message = super::supervisor::panic_message(&*panic);
+                tracing::error!(panic = %message, "the fold panicked; the record's changes of this batch are set aside");
                 set_aside(&mut out.dead, group.queue, &record_id, Poison::FoldPanicked);
             }
         }

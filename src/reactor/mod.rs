@@ -10,6 +10,7 @@ pub mod decode;
 pub mod fold_batch;
 pub mod listener;
 pub mod store;
+pub mod supervisor;
 
 use std::sync::Arc;
 
@@ -23,7 +24,10 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::schedule::clock::{Clock, DbClock};
-use crate::schedule::wheel::{spawn_wheel, DueMission, MissionKey, WheelHandle, WheelUpdate};
+use crate::schedule::wheel::{
+    self, DueMission, MissionKey, TimerWheel, WheelCmd, WheelHandle, WheelUpdate,
+};
+use supervisor::{supervise, Backoff, TaskName};
 
 /// A running reactor.
 pub struct Reactor {
@@ -98,13 +102,98 @@ pub async fn rebuild_wheel(pool: &Pool, wheel: &WheelHandle) -> anyhow::Result<u
     Ok(total)
 }
 
+/// A wheel rebuilt from `mission_snapshots` (a restarted wheel task's).
+async fn rebuilt_wheel(
+    pool: &Pool,
+    clock: Arc<dyn Clock>,
+    metrics: &Metrics,
+) -> anyhow::Result<TimerWheel> {
+    let client = pool.get().await.context("connecting to the database")?;
+    let count = store::count_armable_missions(&**client)
+        .await
+        .context("counting armable missions")?;
+    let mut timers = TimerWheel::new(clock);
+    timers.reserve(usize::try_from(count).unwrap_or(0));
+    let rows = store::armable_missions(&**client)
+        .await
+        .context("reading armable missions")?;
+    futures_util::pin_mut!(rows);
+    while let Some((user, mission, next)) = rows.try_next().await? {
+        let key = MissionKey::new(&user, &mission);
+        let arm = WheelUpdate::Arm {
+            key,
+            next_run_at: next,
+        };
+        wheel::apply_update(&mut timers, metrics, arm);
+    }
+    Ok(timers)
+}
+
+/// The wheel task as the supervisor starts it: the first time with the
+/// (empty) wheel [`start`] rebuilds through the handle; after a crash with
+/// a wheel rebuilt from the snapshots before any queued command is served,
+/// so commands sent meanwhile (newer than the rebuild's read, or replays of
+/// what it read) apply on top in order.
+fn wheel_task(
+    pool: Pool,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+    due_tx: mpsc::UnboundedSender<DueMission>,
+    rx: mpsc::UnboundedReceiver<WheelCmd>,
+    shutdown: CancellationToken,
+) -> impl FnMut() -> futures_util::future::BoxFuture<'static, ()> + Send + 'static {
+    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    let mut first = Some(TimerWheel::new(clock.clone()));
+    move || {
+        let (initial, rx, pool, clock) = (first.take(), rx.clone(), pool.clone(), clock.clone());
+        let (metrics, due_tx, shutdown) = (metrics.clone(), due_tx.clone(), shutdown.clone());
+        Box::pin(async move {
+            let mut rx = rx.lock().await;
+            let timers = match initial {
+                Some(timers) => timers,
+                None => match rebuilt_wheel(&pool, clock, &metrics).await {
+                    Ok(timers) => timers,
+                    Err(e) => {
+                        tracing::warn!(error = %format!("{e:#}"), "rebuilding the timer wheel failed");
+                        return;
+                    }
+                },
+            };
+            wheel::run_wheel(timers, &mut rx, &metrics, &due_tx, &shutdown).await;
+        })
+    }
+}
+
 /// Optional observers of the reactor's work (benchmarks, tests).
 #[derive(Default)]
 pub struct Hooks {
     pub applied: Option<mpsc::UnboundedSender<applier::Applied>>,
+    /// Called before every drain (tests make the applier panic with it).
+    pub before_drain: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
-/// Starts the reactor; it runs until `shutdown` is cancelled.
+fn supervised<F, Fut>(
+    name: TaskName,
+    make: F,
+    metrics: &Arc<Metrics>,
+    shutdown: &CancellationToken,
+) -> JoinHandle<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    supervise(
+        name,
+        make,
+        Backoff::REACTOR,
+        metrics.clone(),
+        shutdown.clone(),
+    )
+}
+
+/// Starts the reactor; it runs until `shutdown` is cancelled. The
+/// listener, the applier and the wheel run supervised: restarted after a
+/// back-off whenever one ends or panics (see [`supervisor`]).
 pub async fn start(
     config: &Config,
     pool: Pool,
@@ -119,12 +208,16 @@ pub async fn start(
         .clock_offset_seconds
         .set(offset.num_microseconds().unwrap_or(0) as f64 / 1e6);
     let scheduler_clock: Arc<dyn Clock> = clock.clone();
-    let (wheel, wheel_task) = spawn_wheel(
+    let (wheel, wheel_rx) = wheel::wheel_channel();
+    let make_wheel = wheel_task(
+        pool.clone(),
         scheduler_clock.clone(),
         metrics.clone(),
         due_tx,
+        wheel_rx,
         shutdown.clone(),
     );
+    let wheel_task = supervised(TaskName::Wheel, make_wheel, &metrics, &shutdown);
     let started = std::time::Instant::now();
     let rebuilt = rebuild_wheel(&pool, &wheel).await?;
     tracing::info!(
@@ -143,9 +236,15 @@ pub async fn start(
         config.max_field_bytes,
     );
     applier.observer = hooks.applied;
+    applier.before_drain = hooks.before_drain;
     let processed = applier.processed.subscribe();
-    let applier_task =
-        tokio::spawn(applier.run(wake.clone(), config.sweep_interval, shutdown.clone()));
+    let (applier_wake, sweep, stop) = (wake.clone(), config.sweep_interval, shutdown.clone());
+    let make_applier = move || {
+        applier
+            .clone()
+            .run(applier_wake.clone(), sweep, stop.clone())
+    };
+    let applier_task = supervised(TaskName::Applier, make_applier, &metrics, &shutdown);
     let (connected, listening) = watch::channel(false);
     let listener = listener::Listener {
         url: config.listen_database_url.clone(),
@@ -153,11 +252,18 @@ pub async fn start(
         channel: config.listen_channel.clone(),
         heartbeat: config.listen_heartbeat,
         wake,
-        metrics,
+        metrics: metrics.clone(),
         clock,
         connected,
     };
-    let listener_task = tokio::spawn(listener.run(shutdown.clone()));
+    let stop = shutdown.clone();
+    let make_listener = move || {
+        let listener = listener.clone();
+        listener.metrics.listener_connected.set(0);
+        listener.connected.send_replace(false);
+        listener.run(stop.clone())
+    };
+    let listener_task = supervised(TaskName::Listener, make_listener, &metrics, &shutdown);
     Ok(Reactor {
         wheel,
         processed,

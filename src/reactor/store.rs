@@ -441,7 +441,7 @@ pub async fn dead_changes(
             &[&user_id],
         )
         .await?
-        .get(0);
+        .try_get(0)?;
     let rows = client
         .query(
             "SELECT id, change_id, user_id, table_name, record_id, reason, detail, dead_at
@@ -491,7 +491,7 @@ pub async fn armable_missions(
             params,
         )
         .await?;
-    Ok(rows.map_ok(|r| (r.get(0), r.get(1), r.get(2))))
+    Ok(rows.and_then(|r| async move { Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)) }))
 }
 
 /// How many missions [`armable_missions`] will stream (the same partial
@@ -506,7 +506,7 @@ pub async fn count_armable_missions(
             &[],
         )
         .await?;
-    Ok(row.get(0))
+    row.try_get(0)
 }
 
 /// Queue depth and NOTIFY queue usage, read at scrape time.
@@ -519,7 +519,7 @@ pub async fn queue_gauges(
             &[],
         )
         .await?;
-    Ok((row.get(0), row.get(1)))
+    Ok((row.try_get(0)?, row.try_get(1)?))
 }
 
 /// Armable missions (user id, mission id, nextRunAt) of the agents in
@@ -536,10 +536,9 @@ pub async fn armable_missions_of_agents(
     let users: Vec<&str> = agents.iter().map(|a| a.0).collect();
     let ids: Vec<&str> = agents.iter().map(|a| a.1).collect();
     let rows = client.query(&st.armable_of_agents, &[&users, &ids]).await?;
-    Ok(rows
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect())
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+        .collect()
 }
 
 /// Folds one record from its change rows (full replay, contract section 2),
