@@ -213,3 +213,39 @@ async fn an_unreadable_fold_state_sets_the_change_aside_and_later_rows_apply() {
     assert!(dead[1].1.contains("record"), "{dead:?}");
     run.reactor.stop().await;
 }
+
+/// Issue 8, statistics: a drain that applied many changes ANALYZEs the
+/// snapshot tables (the threshold lowered to 100 here), so plans made while
+/// they were empty do not outlive a backfill until autovacuum comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_drain_analyzes_the_snapshot_tables() {
+    let t = setup().await;
+    let reltuples = || async {
+        let c = t.pool.get().await.unwrap();
+        let row = c
+            .query_one(
+                "SELECT (SELECT reltuples FROM pg_class WHERE oid = 'mana_ai.mission_snapshots'::regclass),
+                        (SELECT reltuples FROM pg_class WHERE oid = 'mana_ai.agent_snapshots'::regclass)",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get::<_, f32>(0), row.get::<_, f32>(1))
+    };
+    assert_eq!(reltuples().await, (-1.0, -1.0), "never analyzed yet");
+    let mut run = t.start(&[("MANA_AI_ANALYZE_AFTER_ROWS", "100")]).await;
+    let ids: Vec<String> = (0..150).map(|i| format!("m{i}")).collect();
+    let changes: Vec<Change> = ids
+        .iter()
+        .map(|id| Change::mission("dora", id, "insert", json!({"title": "x"})))
+        .collect();
+    let mut sync = t.sync_client().await;
+    write(&mut sync, &changes).await;
+    processed(&mut run, 150).await;
+    common::eventually("the snapshot tables were analyzed", || async {
+        run.metrics.snapshot_analyzes.get() >= 1
+    })
+    .await;
+    assert_eq!(reltuples().await, (150.0, 0.0));
+    run.reactor.stop().await;
+}

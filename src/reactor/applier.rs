@@ -32,6 +32,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio_postgres::types::ToSql;
 use tokio_util::sync::CancellationToken;
 
+use super::analyze::{self, AnalyzeSchedule};
 use super::decode::RowError;
 use super::fold_batch::{self, Groups};
 use super::store::{self, DeadChange, QueueRow, Snapshot, SnapshotKey, SnapshotWrite};
@@ -106,6 +107,9 @@ pub struct Applier {
     pub observer: Option<mpsc::UnboundedSender<Applied>>,
     /// Called before every drain (tests inject a panic with it).
     pub before_drain: Option<Arc<dyn Fn() + Send + Sync>>,
+    /// Changes applied in one drain before the snapshot tables are
+    /// analyzed (see `analyze`); 0: never.
+    pub analyze_after: u64,
 }
 
 /// A committed batch, reported after its timers were re-armed.
@@ -135,6 +139,7 @@ impl Applier {
             isolate: 0,
             observer: None,
             before_drain: None,
+            analyze_after: super::analyze::ANALYZE_AFTER_ROWS,
         }
     }
 
@@ -193,13 +198,19 @@ impl Applier {
             hook();
         }
         let mut total = 0;
+        let mut analyze = AnalyzeSchedule::new(self.analyze_after);
         loop {
             let limit = if self.isolate > 0 { 1 } else { self.batch };
             match self.apply_batch(limit).await {
                 Ok(stats) => {
                     self.isolate = self.isolate.saturating_sub(stats.claimed);
                     total += stats.claimed;
-                    if (stats.claimed as i64) < limit {
+                    let done = (stats.claimed as i64) < limit;
+                    if analyze.note(stats.applied) || (done && analyze.due_at_end()) {
+                        analyze::analyze_snapshots(&self.pool, &self.metrics).await;
+                        analyze.analyzed();
+                    }
+                    if done {
                         return Ok(total);
                     }
                 }

@@ -5,6 +5,7 @@
 //! the listener (which wakes the applier on every notification and after
 //! every successful LISTEN). Due missions go to the channel the caller gives.
 
+pub mod analyze;
 pub mod applier;
 pub mod decode;
 pub mod fold_batch;
@@ -237,6 +238,7 @@ pub async fn start(
     );
     applier.observer = hooks.applied;
     applier.before_drain = hooks.before_drain;
+    applier.analyze_after = config.analyze_after_rows;
     let processed = applier.processed.subscribe();
     let (applier_wake, sweep, stop) = (wake.clone(), config.sweep_interval, shutdown.clone());
     let make_applier = move || {
