@@ -77,8 +77,8 @@ pub struct Config {
     pub listen_heartbeat: Duration,
     /// `MANA_AI_APPLY_BATCH`: queue rows claimed per applier transaction.
     pub apply_batch: i64,
-    /// `MANA_AI_ANALYZE_AFTER_ROWS`: changes one drain applies before the
-    /// snapshot tables are analyzed (`reactor::analyze`); 0 turns it off.
+    /// `MANA_AI_ANALYZE_AFTER_ROWS`: changes applied before the snapshot
+    /// tables are analyzed (`reactor::analyze`); 0 turns it off.
     pub analyze_after_rows: u64,
     /// `MANA_AI_MAX_FIELD_BYTES`: a change with a field larger than this (as
     /// JSON text) is set aside as poison.

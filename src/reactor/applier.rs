@@ -17,8 +17,9 @@
 //! [`super::decode::MAX_CHANGE_DEPTH`] = 100 levels so that whatever passes can be
 //! stored in `fold_state`, two levels deeper, and read back within serde_json's
 //! 127), a snapshot that cannot be read back sets aside its record's changes
-//! (`snapshot-unreadable`), and a fold that panics sets aside its record's
-//! changes of the batch (`fold-panicked`, see `fold_batch`).
+//! (`snapshot-unreadable`), a fold that panics sets aside its record's
+//! changes of the batch (`fold-panicked`, see `fold_batch`), and a check
+//! that panics its row (`check-panicked`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering::Relaxed;
@@ -107,9 +108,8 @@ pub struct Applier {
     pub observer: Option<mpsc::UnboundedSender<Applied>>,
     /// Called before every drain (tests inject a panic with it).
     pub before_drain: Option<Arc<dyn Fn() + Send + Sync>>,
-    /// Changes applied in one drain before the snapshot tables are
-    /// analyzed (see `analyze`); 0: never.
-    pub analyze_after: u64,
+    /// When the snapshot tables are analyzed next (see `analyze`).
+    pub analyze: AnalyzeSchedule,
 }
 
 /// A committed batch, reported after its timers were re-armed.
@@ -139,7 +139,7 @@ impl Applier {
             isolate: 0,
             observer: None,
             before_drain: None,
-            analyze_after: super::analyze::ANALYZE_AFTER_ROWS,
+            analyze: AnalyzeSchedule::new(analyze::ANALYZE_AFTER_ROWS),
         }
     }
 
@@ -198,19 +198,20 @@ impl Applier {
             hook();
         }
         let mut total = 0;
-        let mut analyze = AnalyzeSchedule::new(self.analyze_after);
         loop {
             let limit = if self.isolate > 0 { 1 } else { self.batch };
             match self.apply_batch(limit).await {
                 Ok(stats) => {
                     self.isolate = self.isolate.saturating_sub(stats.claimed);
                     total += stats.claimed;
-                    let done = (stats.claimed as i64) < limit;
-                    if analyze.note(stats.applied) || (done && analyze.due_at_end()) {
-                        analyze::analyze_snapshots(&self.pool, &self.metrics).await;
-                        analyze.analyzed();
+                    if self.analyze.note(stats.applied) {
+                        if let Some(rows) =
+                            analyze::analyze_snapshots(&self.pool, &self.metrics).await
+                        {
+                            self.analyze.analyzed(rows);
+                        }
                     }
-                    if done {
+                    if (stats.claimed as i64) < limit {
                         return Ok(total);
                     }
                 }
@@ -430,7 +431,11 @@ impl Applier {
                 }
             };
             let record_id = raw.record_id.clone();
-            match change::validate(raw, self.max_field_bytes) {
+            // A check that panics on this row fails this row alone.
+            let max = self.max_field_bytes;
+            let checked = std::panic::catch_unwind(|| change::validate(raw, max))
+                .unwrap_or(Err(Poison::CheckPanicked));
+            match checked {
                 Ok(v) => valid.push((q.clone(), v)),
                 Err(poison) => dead.push(DeadChange {
                     queue: q.clone(),

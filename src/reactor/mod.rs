@@ -238,7 +238,7 @@ pub async fn start(
     );
     applier.observer = hooks.applied;
     applier.before_drain = hooks.before_drain;
-    applier.analyze_after = config.analyze_after_rows;
+    applier.analyze = analyze::AnalyzeSchedule::new(config.analyze_after_rows);
     let processed = applier.processed.subscribe();
     let (applier_wake, sweep, stop) = (wake.clone(), config.sweep_interval, shutdown.clone());
     let make_applier = move || {
@@ -274,4 +274,68 @@ pub async fn start(
         shutdown,
         tasks: vec![listener_task, applier_task, wheel_task],
     })
+}
+
+#[cfg(test)]
+mod tests {
+    //! A restarted wheel task against a real Postgres.
+    use super::*;
+    use crate::pgenv::{PgServer, TempDb, SERVICE_ROLE};
+
+    /// The first wheel task dies (aborted here, as a panic would end it);
+    /// the next one is rebuilt from `mission_snapshots` and then serves the
+    /// command sent while none ran.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restarted_wheel_is_rebuilt_from_the_snapshots() {
+        let server = PgServer::discover().expect("a Postgres for the tests");
+        let db = TempDb::create(&server, "mana_ai_t").await.unwrap();
+        crate::triggers::install(&db.admin().await.unwrap(), SERVICE_ROLE)
+            .await
+            .unwrap();
+        let pool = crate::db::pool(&db.url_as(SERVICE_ROLE), 2, "mana-ai-test", None).unwrap();
+        crate::db::migrate::migrate(&mut pool.get().await.unwrap())
+            .await
+            .unwrap();
+        let next = (chrono::Utc::now() + chrono::Duration::days(1))
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        pool.get()
+            .await
+            .unwrap()
+            .execute(
+                "INSERT INTO mana_ai.mission_snapshots
+                   (user_id, mission_id, record, fold_state, state, next_run_at, last_applied_at)
+                 VALUES ('u', 'm1', '{}', '{}', 'active', $1, now())",
+                &[&next],
+            )
+            .await
+            .unwrap();
+        let shutdown = CancellationToken::new();
+        let (handle, rx) = wheel::wheel_channel();
+        let (due_tx, _due_rx) = mpsc::unbounded_channel();
+        let clock: Arc<dyn Clock> = Arc::new(DbClock::new());
+        let mut make = wheel_task(pool, clock, Metrics::new(), due_tx, rx, shutdown.clone());
+        let first = tokio::spawn(make());
+        assert_eq!(
+            handle.armed_at("u", "m1").await,
+            None,
+            "the first starts empty"
+        );
+        first.abort();
+        let _ = first.await;
+        let queued = WheelUpdate::Arm {
+            key: MissionKey::new("u", "m2"),
+            next_run_at: next.clone(),
+        };
+        let sent = tokio::spawn({
+            let handle = handle.clone();
+            async move { handle.apply(vec![queued]).await }
+        });
+        let second = tokio::spawn(make());
+        sent.await.unwrap();
+        let due = wheel::parse_next_run(&next);
+        assert_eq!(handle.armed_at("u", "m1").await, due, "rebuilt");
+        assert_eq!(handle.armed_at("u", "m2").await, due, "queued meanwhile");
+        shutdown.cancel();
+        second.await.unwrap();
+    }
 }

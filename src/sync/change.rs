@@ -101,6 +101,8 @@ pub enum Poison {
     },
     #[error("folding it into its snapshot panicked")]
     FoldPanicked,
+    #[error("checking it panicked")]
+    CheckPanicked,
 }
 
 impl Poison {
@@ -122,6 +124,7 @@ impl Poison {
             Poison::ColumnUndecodable { .. } => "column-undecodable",
             Poison::SnapshotUnreadable { .. } => "snapshot-unreadable",
             Poison::FoldPanicked => "fold-panicked",
+            Poison::CheckPanicked => "check-panicked",
         }
     }
 }
