@@ -2,6 +2,7 @@
 //! "Performance targets") measured against a real Postgres in one run.
 //!
 //!   cargo run --release --bin reactor-bench -- [--quick] [--only SECTION] [--json PATH] [--big]
+//!       [--backfill N] [--backfill-analyze-after N]
 //!
 //! Each section creates its own database (pgenv::TempDb, dropped when the
 //! section ends). The machine is shared and noisy: read the figures as
@@ -9,6 +10,8 @@
 
 #[path = "reactor/alloc.rs"]
 mod alloc;
+#[path = "reactor/backfill.rs"]
+mod backfill;
 #[path = "reactor/ingest.rs"]
 mod ingest;
 #[path = "reactor/latency.rs"]
@@ -54,6 +57,13 @@ struct Args {
     /// MANA_AI_APPLY_BATCH values the ingest section drains with.
     #[arg(long, value_delimiter = ',', default_values_t = [500i64, 2000])]
     batches: Vec<i64>,
+    /// Changes in the backfill section's burst (`--quick` divides by ten).
+    #[arg(long, default_value_t = 1_000_000)]
+    backfill: usize,
+    /// MANA_AI_ANALYZE_AFTER_ROWS for the backfill section (0: leave the
+    /// statistics to autovacuum, as before the service analyzed).
+    #[arg(long)]
+    backfill_analyze_after: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -66,6 +76,7 @@ enum Section {
     Due,
     Trigger,
     Runs,
+    Backfill,
 }
 
 /// How big each section is; `--quick` divides by ten.
@@ -89,6 +100,9 @@ pub struct Scale {
     pub run_missions_sequential: usize,
     /// Missions due at the same instant for the throughput figure.
     pub run_missions_burst: usize,
+    /// Changes in the backfill burst.
+    pub backfill: usize,
+    pub backfill_analyze_after: Option<u64>,
 }
 
 impl Scale {
@@ -113,6 +127,8 @@ impl Scale {
             trigger_secs: Duration::from_secs(3) / d as u32,
             run_missions_sequential: 500 / d,
             run_missions_burst: 10_000 / d,
+            backfill: args.backfill / d,
+            backfill_analyze_after: args.backfill_analyze_after,
         }
     }
 }
@@ -230,6 +246,7 @@ async fn main() -> anyhow::Result<()> {
             Section::Due => wheel::due_to_start(&server, &scale, r).await,
             Section::Trigger => trigger::trigger_cost(&server, &scale, r).await,
             Section::Runs => runs::runs(&server, &scale, r).await,
+            Section::Backfill => backfill::after_backfill(&server, &scale, r).await,
         };
         if let Err(e) = outcome {
             report.note(format!("section {name} failed: {e:#}"));

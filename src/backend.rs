@@ -111,7 +111,14 @@ impl Backend for ServiceBackend {
         health.armed_missions = self.metrics.armed_missions.get();
         health.runs_in_flight = self.metrics.runs_in_flight.get();
         let listener_failed = leading.is_some() && self.listener_down_too_long(connected);
-        health.ok = gauges.is_some() && !listener_failed;
+        if leading.is_some() {
+            health.tasks_down = crate::reactor::supervisor::TASKS
+                .iter()
+                .map(|task| task.as_str())
+                .filter(|task| self.metrics.task_up.with_label_values(&[task]).get() == 0)
+                .collect();
+        }
+        health.ok = gauges.is_some() && !listener_failed && health.tasks_down.is_empty();
         health
     }
 

@@ -77,6 +77,9 @@ pub struct Config {
     pub listen_heartbeat: Duration,
     /// `MANA_AI_APPLY_BATCH`: queue rows claimed per applier transaction.
     pub apply_batch: i64,
+    /// `MANA_AI_ANALYZE_AFTER_ROWS`: changes applied before the snapshot
+    /// tables are analyzed (`reactor::analyze`); 0 turns it off.
+    pub analyze_after_rows: u64,
     /// `MANA_AI_MAX_FIELD_BYTES`: a change with a field larger than this (as
     /// JSON text) is set aside as poison.
     pub max_field_bytes: usize,
@@ -205,6 +208,12 @@ impl Config {
                 1..=3_600,
             )?),
             apply_batch: parse_num(&get, "MANA_AI_APPLY_BATCH", 500i64, 1..=10_000)?,
+            analyze_after_rows: parse_num(
+                &get,
+                "MANA_AI_ANALYZE_AFTER_ROWS",
+                crate::reactor::analyze::ANALYZE_AFTER_ROWS,
+                0..=u64::MAX,
+            )?,
             max_field_bytes: parse_num(
                 &get,
                 "MANA_AI_MAX_FIELD_BYTES",

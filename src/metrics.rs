@@ -69,6 +69,10 @@ pub struct Metrics {
     pub leader_lock_lost: IntCounter,
     // -- retention --
     pub rows_pruned: IntCounterVec,
+    // -- reactor supervision and statistics --
+    pub task_restarts: IntCounterVec,
+    pub task_up: prometheus::IntGaugeVec,
+    pub snapshot_analyzes: IntCounter,
     /// Unix milliseconds of the last notification (0 = none yet); turned
     /// into `seconds_since_notification` at scrape time.
     last_notification_ms: AtomicI64,
@@ -90,6 +94,20 @@ fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> 
         .register(Box::new(c.clone()))
         .expect("metric names are unique");
     c
+}
+
+fn int_gauge_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::IntGaugeVec {
+    let g = prometheus::IntGaugeVec::new(Opts::new(name, help).namespace(NAMESPACE), labels)
+        .expect("static metric definition is valid");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("metric names are unique");
+    g
 }
 
 fn int_gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
@@ -181,7 +199,7 @@ impl Metrics {
         .expect("static metric definition is valid");
         r.register(Box::new(http_request_duration.clone()))
             .expect("metric names are unique");
-        Arc::new(Metrics {
+        let metrics = Arc::new(Metrics {
             notifications_received: counter(r, "notifications_received_total", "NOTIFY messages received on the listen channel"),
             listener_reconnects: counter(r, "listener_reconnects_total", "Times the LISTEN connection was lost or failed and is being re-established"),
             listener_connected: int_gauge(r, "listener_connected", "1 while the LISTEN connection is up and registered"),
@@ -224,9 +242,20 @@ impl Metrics {
             is_leader: int_gauge(r, "is_leader", "1 while this instance holds the leader lock"),
             leader_lock_lost: counter(r, "leader_lock_lost_total", "Times the leader lock connection was lost and this instance stepped down"),
             rows_pruned: rows_pruned(r),
+            task_restarts: counter_vec(r, "task_restarts_total", "Reactor tasks (listener, applier, wheel) restarted after they ended or panicked", &["task"]),
+            task_up: int_gauge_vec(r, "task_up", "1 while the reactor task runs on this instance (the leader)", &["task"]),
+            snapshot_analyzes: counter(r, "snapshot_analyzes_total", "ANALYZEs of the snapshot tables after the applier wrote many rows"),
             last_notification_ms: AtomicI64::new(0),
             registry,
-        })
+        });
+        for task in crate::reactor::supervisor::TASKS {
+            metrics
+                .task_restarts
+                .with_label_values(&[task.as_str()])
+                .inc_by(0);
+            metrics.task_up.with_label_values(&[task.as_str()]).set(0);
+        }
+        metrics
     }
 
     /// Records that a notification arrived now.

@@ -75,6 +75,7 @@ fn exported() -> BTreeSet<String> {
         &metrics.run_outcomes,
         &metrics.poison_changes,
         &metrics.missions_stalled,
+        &metrics.task_restarts,
     ] {
         family.with_label_values(&["x"]).inc_by(0);
     }

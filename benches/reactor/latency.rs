@@ -128,6 +128,7 @@ pub async fn change_to_snapshot(
         CancellationToken::new(),
         Hooks {
             applied: Some(applied_tx),
+            ..Hooks::default()
         },
     )
     .await?;

@@ -93,8 +93,9 @@ pub enum Role {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Health {
-    /// False while the database is unreachable or the listener has been down
-    /// past its grace period: the route then answers 503.
+    /// False while the database is unreachable, the listener has been down
+    /// past its grace period, or a reactor task is down: the route then
+    /// answers 503.
     pub ok: bool,
     /// Always `mana-ai`.
     pub service: &'static str,
@@ -107,6 +108,9 @@ pub struct Health {
     pub queue_depth: Option<i64>,
     pub armed_missions: i64,
     pub runs_in_flight: i64,
+    /// The leader's reactor tasks (`listener`, `applier`, `wheel`) that are
+    /// down, waiting for their restart; any makes the route answer 503.
+    pub tasks_down: Vec<&'static str>,
 }
 
 /// The mission runner's state.
@@ -148,6 +152,7 @@ impl Health {
             queue_depth: None,
             armed_missions: 0,
             runs_in_flight: 0,
+            tasks_down: Vec::new(),
         }
     }
 }

@@ -6,10 +6,20 @@
 //! exactly once: its queue row disappears in the same commit as its effect.
 //!
 //! Failures: a lost connection or a systemic error (permissions, missing
-//! table) leaves the queue untouched and is retried with backoff; a data error
-//! in a batch makes the applier take the next rows one at a time, and a single
-//! row that still fails is set aside with its SQLSTATE, so one bad row never
-//! blocks the rows behind it.
+//! table, a column of another type) leaves the queue untouched and is
+//! retried with backoff; a data error in a batch makes the applier take the
+//! next rows one at a time, and a single row that still fails is set aside
+//! with its SQLSTATE, so one bad row never blocks the rows behind it.
+//!
+//! Everything that fails because of one row's content is that row's poison
+//! and never an error of the batch: change columns are decoded row by row
+//! (`decode`: JSON as bytes, its depth checked before serde_json, limit
+//! [`super::decode::MAX_CHANGE_DEPTH`] = 100 levels so that whatever passes can be
+//! stored in `fold_state`, two levels deeper, and read back within serde_json's
+//! 127), a snapshot that cannot be read back sets aside its record's changes
+//! (`snapshot-unreadable`), a fold that panics sets aside its record's
+//! changes of the batch (`fold-panicked`, see `fold_batch`), and a check
+//! that panics its row (`check-panicked`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering::Relaxed;
@@ -23,6 +33,9 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio_postgres::types::ToSql;
 use tokio_util::sync::CancellationToken;
 
+use super::analyze::{self, AnalyzeSchedule};
+use super::decode::RowError;
+use super::fold_batch::{self, Groups};
 use super::store::{self, DeadChange, QueueRow, Snapshot, SnapshotKey, SnapshotWrite};
 use crate::metrics::Metrics;
 use crate::schedule::clock::Clock;
@@ -79,6 +92,7 @@ pub struct BatchStats {
     pub poisoned: usize,
 }
 
+#[derive(Clone)]
 pub struct Applier {
     pub pool: Pool,
     pub wheel: WheelHandle,
@@ -92,6 +106,10 @@ pub struct Applier {
     isolate: usize,
     /// Told about every committed batch (benchmarks measure latency with it).
     pub observer: Option<mpsc::UnboundedSender<Applied>>,
+    /// Called before every drain (tests inject a panic with it).
+    pub before_drain: Option<Arc<dyn Fn() + Send + Sync>>,
+    /// When the snapshot tables are analyzed next (see `analyze`).
+    pub analyze: AnalyzeSchedule,
 }
 
 /// A committed batch, reported after its timers were re-armed.
@@ -120,6 +138,8 @@ impl Applier {
             processed: watch::channel(0).0,
             isolate: 0,
             observer: None,
+            before_drain: None,
+            analyze: AnalyzeSchedule::new(analyze::ANALYZE_AFTER_ROWS),
         }
     }
 
@@ -174,6 +194,9 @@ impl Applier {
 
     /// Applies queue rows until the queue is empty; returns rows processed.
     pub async fn drain(&mut self) -> Result<usize, ApplyError> {
+        if let Some(hook) = &self.before_drain {
+            hook();
+        }
         let mut total = 0;
         loop {
             let limit = if self.isolate > 0 { 1 } else { self.batch };
@@ -181,6 +204,13 @@ impl Applier {
                 Ok(stats) => {
                     self.isolate = self.isolate.saturating_sub(stats.claimed);
                     total += stats.claimed;
+                    if self.analyze.note(stats.applied) {
+                        if let Some(rows) =
+                            analyze::analyze_snapshots(&self.pool, &self.metrics).await
+                        {
+                            self.analyze.analyzed(rows);
+                        }
+                    }
                     if (stats.claimed as i64) < limit {
                         return Ok(total);
                     }
@@ -233,47 +263,38 @@ impl Applier {
             return Ok(BatchStats::default());
         }
         let (valid, mut dead) = self.read_changes(tx.client, &st, &claimed).await?;
-        let mut by_record: BTreeMap<(Kind, SnapshotKey), Vec<ChangeRow>> = BTreeMap::new();
-        let mut queued_at = Vec::with_capacity(valid.len());
-        let mut change_ids = Vec::with_capacity(valid.len());
+        let mut groups = Groups::new();
         for (queue, change) in valid {
-            queued_at.push(queue.queued_at);
-            change_ids.push(queue.change_id);
-            by_record
-                .entry((change.kind, (queue.user_id, change.record_id)))
-                .or_default()
-                .push(change.row);
+            let group = groups
+                .entry((change.kind, (queue.user_id.clone(), change.record_id)))
+                .or_default();
+            group.queue.push(queue);
+            group.rows.push(change.row);
         }
-        let keys_of = |kind: Kind| -> Vec<SnapshotKey> {
-            by_record
-                .keys()
-                .filter(|(k, _)| *k == kind)
-                .map(|(_, key)| key.clone())
-                .collect()
-        };
-        let (mission_keys, agent_keys) = (keys_of(Kind::Mission), keys_of(Kind::Agent));
+        let mission_keys = fold_batch::keys_of(&groups, Kind::Mission);
+        let agent_keys = fold_batch::keys_of(&groups, Kind::Agent);
         let (missions, agents) = futures_util::try_join!(
             store::load_snapshots_prepared(tx.client, &st, Kind::Mission, &mission_keys),
             store::load_snapshots_prepared(tx.client, &st, Kind::Agent, &agent_keys),
         )?;
-        let (mut created, mut changed) = (0u64, 0u64);
-        let mut fold_kind =
-            |kind: Kind, keys: Vec<SnapshotKey>, mut existing: HashMap<SnapshotKey, Snapshot>| {
-                let mut writes = Vec::with_capacity(keys.len());
-                for key in keys {
-                    let rows = by_record.remove(&(kind, key.clone())).unwrap_or_default();
-                    let snapshot = existing.remove(&key);
-                    if snapshot.is_some() {
-                        changed += 1;
-                    } else {
-                        created += 1;
-                    }
-                    writes.push(fold_into(key, snapshot.unwrap_or_default(), &rows));
-                }
-                writes
-            };
-        let mission_writes = fold_kind(Kind::Mission, mission_keys, missions);
-        let agent_writes = fold_kind(Kind::Agent, agent_keys, agents);
+        // Each record on its own: an unreadable snapshot or a panicking fold
+        // sets aside that record's rows, never the batch.
+        let missions = fold_batch::fold_records(
+            &mut groups,
+            Kind::Mission,
+            mission_keys,
+            missions,
+            fold_into,
+        );
+        let agents =
+            fold_batch::fold_records(&mut groups, Kind::Agent, agent_keys, agents, fold_into);
+        let (created, changed) = (
+            missions.created + agents.created,
+            missions.changed + agents.changed,
+        );
+        let applied: Vec<QueueRow> = missions.applied.into_iter().chain(agents.applied).collect();
+        dead.extend(missions.dead.into_iter().chain(agents.dead));
+        let (mission_writes, agent_writes) = (missions.writes, agents.writes);
         let mut updates: Vec<WheelUpdate> = mission_writes.iter().map(wheel_update).collect();
         let changed_agents: Vec<(&str, &str)> = agent_writes
             .iter()
@@ -308,29 +329,29 @@ impl Applier {
         self.wheel.apply(updates).await;
         if let Some(observer) = &self.observer {
             let _ = observer.send(Applied {
-                change_ids,
+                change_ids: applied.iter().map(|q| q.change_id).collect(),
                 at: std::time::Instant::now(),
             });
         }
         self.metrics.snapshots_new.inc_by(created);
         self.metrics.snapshots_updated.inc_by(changed);
         let now = self.clock.now();
-        for queued in &queued_at {
-            let latency = (now - *queued).num_microseconds().unwrap_or(0).max(0);
+        for queued in applied.iter().map(|q| q.queued_at) {
+            let latency = (now - queued).num_microseconds().unwrap_or(0).max(0);
             self.metrics
                 .change_to_snapshot
                 .observe(latency as f64 / 1e6);
         }
         self.metrics
             .snapshot_rows_applied
-            .inc_by(queued_at.len() as u64);
+            .inc_by(applied.len() as u64);
         for d in dead.drain(..) {
             self.note_poison(&d);
         }
         let stats = BatchStats {
             claimed: claimed.len(),
-            applied: queued_at.len(),
-            poisoned: claimed.len() - queued_at.len(),
+            applied: applied.len(),
+            poisoned: claimed.len() - applied.len(),
         };
         self.processed.send_modify(|n| *n += claimed.len() as u64);
         Ok(stats)
@@ -373,8 +394,15 @@ impl Applier {
         let mut found = HashMap::new();
         for (i, user) in users.iter().enumerate() {
             for row in &results[2 * i + 1] {
-                let raw = store::raw_change(row)?;
-                found.insert((*user, raw.id), raw);
+                // The id must read (uuid, ours to match); any other column
+                // may fail for this row alone.
+                let id: uuid::Uuid = row.try_get(0)?;
+                let raw = match store::raw_change(row) {
+                    Ok(raw) => Ok(raw),
+                    Err(RowError::Poison(poison)) => Err((row.try_get(3).ok(), poison)),
+                    Err(RowError::Systemic(e)) => return Err(e.into()),
+                };
+                found.insert((*user, id), raw);
             }
         }
         let mut valid = Vec::with_capacity(claimed.len());
@@ -383,17 +411,32 @@ impl Applier {
             if refused.contains(&q.id) {
                 continue;
             }
-            let Some(mut raw) = found.remove(&(q.user_id.as_str(), q.change_id)) else {
-                dead.push(DeadChange {
-                    queue: q.clone(),
-                    record_id: None,
-                    poison: Poison::ChangeNotVisible,
-                });
-                continue;
+            let mut raw = match found.remove(&(q.user_id.as_str(), q.change_id)) {
+                Some(Ok(raw)) => raw,
+                Some(Err((record_id, poison))) => {
+                    dead.push(DeadChange {
+                        queue: q.clone(),
+                        record_id,
+                        poison,
+                    });
+                    continue;
+                }
+                None => {
+                    dead.push(DeadChange {
+                        queue: q.clone(),
+                        record_id: None,
+                        poison: Poison::ChangeNotVisible,
+                    });
+                    continue;
+                }
             };
             raw.seq = q.id; // insertion order: the trigger numbers rows as inserted
             let record_id = raw.record_id.clone();
-            match change::validate(raw, self.max_field_bytes) {
+            // A check that panics on this row fails this row alone.
+            let max = self.max_field_bytes;
+            let checked = std::panic::catch_unwind(|| change::validate(raw, max))
+                .unwrap_or(Err(Poison::CheckPanicked));
+            match checked {
                 Ok(v) => valid.push((q.clone(), v)),
                 Err(poison) => dead.push(DeadChange {
                     queue: q.clone(),

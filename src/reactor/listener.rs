@@ -24,6 +24,7 @@ use crate::schedule::clock::DbClock;
 /// `pg_stat_activity`).
 pub const APPLICATION_NAME: &str = "mana-ai-listener";
 
+#[derive(Clone)]
 pub struct Listener {
     pub url: Secret,
     /// `MANA_AI_PG_ROOT_CERT` (see `db::tls`).

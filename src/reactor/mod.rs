@@ -6,10 +6,14 @@
 //! the listener (which wakes the applier on every notification and after
 //! every successful LISTEN). Due missions go to the channel the caller gives.
 
+pub mod analyze;
 pub mod applier;
+pub mod decode;
+pub mod fold_batch;
 pub mod listener;
 pub mod rebuild;
 pub mod store;
+pub mod supervisor;
 
 use std::sync::Arc;
 
@@ -23,7 +27,10 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::schedule::clock::{Clock, DbClock};
-use crate::schedule::wheel::{spawn_wheel, DueMission, MissionKey, WheelHandle, WheelUpdate};
+use crate::schedule::wheel::{
+    self, DueMission, MissionKey, TimerWheel, WheelCmd, WheelHandle, WheelUpdate,
+};
+use supervisor::{supervise, Backoff, TaskName};
 
 /// A running reactor.
 pub struct Reactor {
@@ -98,13 +105,98 @@ pub async fn rebuild_wheel(pool: &Pool, wheel: &WheelHandle) -> anyhow::Result<u
     Ok(total)
 }
 
+/// A wheel rebuilt from `mission_snapshots` (a restarted wheel task's).
+async fn rebuilt_wheel(
+    pool: &Pool,
+    clock: Arc<dyn Clock>,
+    metrics: &Metrics,
+) -> anyhow::Result<TimerWheel> {
+    let client = pool.get().await.context("connecting to the database")?;
+    let count = store::count_armable_missions(&**client)
+        .await
+        .context("counting armable missions")?;
+    let mut timers = TimerWheel::new(clock);
+    timers.reserve(usize::try_from(count).unwrap_or(0));
+    let rows = store::armable_missions(&**client)
+        .await
+        .context("reading armable missions")?;
+    futures_util::pin_mut!(rows);
+    while let Some((user, mission, next)) = rows.try_next().await? {
+        let key = MissionKey::new(&user, &mission);
+        let arm = WheelUpdate::Arm {
+            key,
+            next_run_at: next,
+        };
+        wheel::apply_update(&mut timers, metrics, arm);
+    }
+    Ok(timers)
+}
+
+/// The wheel task as the supervisor starts it: the first time with the
+/// (empty) wheel [`start`] rebuilds through the handle; after a crash with
+/// a wheel rebuilt from the snapshots before any queued command is served,
+/// so commands sent meanwhile (newer than the rebuild's read, or replays of
+/// what it read) apply on top in order.
+fn wheel_task(
+    pool: Pool,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+    due_tx: mpsc::UnboundedSender<DueMission>,
+    rx: mpsc::UnboundedReceiver<WheelCmd>,
+    shutdown: CancellationToken,
+) -> impl FnMut() -> futures_util::future::BoxFuture<'static, ()> + Send + 'static {
+    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    let mut first = Some(TimerWheel::new(clock.clone()));
+    move || {
+        let (initial, rx, pool, clock) = (first.take(), rx.clone(), pool.clone(), clock.clone());
+        let (metrics, due_tx, shutdown) = (metrics.clone(), due_tx.clone(), shutdown.clone());
+        Box::pin(async move {
+            let mut rx = rx.lock().await;
+            let timers = match initial {
+                Some(timers) => timers,
+                None => match rebuilt_wheel(&pool, clock, &metrics).await {
+                    Ok(timers) => timers,
+                    Err(e) => {
+                        tracing::warn!(error = %format!("{e:#}"), "rebuilding the timer wheel failed");
+                        return;
+                    }
+                },
+            };
+            wheel::run_wheel(timers, &mut rx, &metrics, &due_tx, &shutdown).await;
+        })
+    }
+}
+
 /// Optional observers of the reactor's work (benchmarks, tests).
 #[derive(Default)]
 pub struct Hooks {
     pub applied: Option<mpsc::UnboundedSender<applier::Applied>>,
+    /// Called before every drain (tests make the applier panic with it).
+    pub before_drain: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
-/// Starts the reactor; it runs until `shutdown` is cancelled.
+fn supervised<F, Fut>(
+    name: TaskName,
+    make: F,
+    metrics: &Arc<Metrics>,
+    shutdown: &CancellationToken,
+) -> JoinHandle<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    supervise(
+        name,
+        make,
+        Backoff::REACTOR,
+        metrics.clone(),
+        shutdown.clone(),
+    )
+}
+
+/// Starts the reactor; it runs until `shutdown` is cancelled. The
+/// listener, the applier and the wheel run supervised: restarted after a
+/// back-off whenever one ends or panics (see [`supervisor`]).
 pub async fn start(
     config: &Config,
     pool: Pool,
@@ -119,12 +211,16 @@ pub async fn start(
         .clock_offset_seconds
         .set(offset.num_microseconds().unwrap_or(0) as f64 / 1e6);
     let scheduler_clock: Arc<dyn Clock> = clock.clone();
-    let (wheel, wheel_task) = spawn_wheel(
+    let (wheel, wheel_rx) = wheel::wheel_channel();
+    let make_wheel = wheel_task(
+        pool.clone(),
         scheduler_clock.clone(),
         metrics.clone(),
         due_tx,
+        wheel_rx,
         shutdown.clone(),
     );
+    let wheel_task = supervised(TaskName::Wheel, make_wheel, &metrics, &shutdown);
     let started = std::time::Instant::now();
     let (users, records) = rebuild::rebuild_listed(&pool, config.max_field_bytes).await?;
     if users > 0 {
@@ -154,9 +250,16 @@ pub async fn start(
         config.max_field_bytes,
     );
     applier.observer = hooks.applied;
+    applier.before_drain = hooks.before_drain;
+    applier.analyze = analyze::AnalyzeSchedule::new(config.analyze_after_rows);
     let processed = applier.processed.subscribe();
-    let applier_task =
-        tokio::spawn(applier.run(wake.clone(), config.sweep_interval, shutdown.clone()));
+    let (applier_wake, sweep, stop) = (wake.clone(), config.sweep_interval, shutdown.clone());
+    let make_applier = move || {
+        applier
+            .clone()
+            .run(applier_wake.clone(), sweep, stop.clone())
+    };
+    let applier_task = supervised(TaskName::Applier, make_applier, &metrics, &shutdown);
     let (connected, listening) = watch::channel(false);
     let listener = listener::Listener {
         url: config.listen_database_url.clone(),
@@ -164,11 +267,18 @@ pub async fn start(
         channel: config.listen_channel.clone(),
         heartbeat: config.listen_heartbeat,
         wake,
-        metrics,
+        metrics: metrics.clone(),
         clock,
         connected,
     };
-    let listener_task = tokio::spawn(listener.run(shutdown.clone()));
+    let stop = shutdown.clone();
+    let make_listener = move || {
+        let listener = listener.clone();
+        listener.metrics.listener_connected.set(0);
+        listener.connected.send_replace(false);
+        listener.run(stop.clone())
+    };
+    let listener_task = supervised(TaskName::Listener, make_listener, &metrics, &shutdown);
     Ok(Reactor {
         wheel,
         processed,
@@ -177,4 +287,68 @@ pub async fn start(
         shutdown,
         tasks: vec![listener_task, applier_task, wheel_task],
     })
+}
+
+#[cfg(test)]
+mod tests {
+    //! A restarted wheel task against a real Postgres.
+    use super::*;
+    use crate::pgenv::{PgServer, TempDb, SERVICE_ROLE};
+
+    /// The first wheel task dies (aborted here, as a panic would end it);
+    /// the next one is rebuilt from `mission_snapshots` and then serves the
+    /// command sent while none ran.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restarted_wheel_is_rebuilt_from_the_snapshots() {
+        let server = PgServer::discover().expect("a Postgres for the tests");
+        let db = TempDb::create(&server, "mana_ai_t").await.unwrap();
+        crate::triggers::install(&db.admin().await.unwrap(), SERVICE_ROLE)
+            .await
+            .unwrap();
+        let pool = crate::db::pool(&db.url_as(SERVICE_ROLE), 2, "mana-ai-test", None).unwrap();
+        crate::db::migrate::migrate(&mut pool.get().await.unwrap())
+            .await
+            .unwrap();
+        let next = (chrono::Utc::now() + chrono::Duration::days(1))
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        pool.get()
+            .await
+            .unwrap()
+            .execute(
+                "INSERT INTO mana_ai.mission_snapshots
+                   (user_id, mission_id, record, fold_state, state, next_run_at, last_applied_at)
+                 VALUES ('u', 'm1', '{}', '{}', 'active', $1, now())",
+                &[&next],
+            )
+            .await
+            .unwrap();
+        let shutdown = CancellationToken::new();
+        let (handle, rx) = wheel::wheel_channel();
+        let (due_tx, _due_rx) = mpsc::unbounded_channel();
+        let clock: Arc<dyn Clock> = Arc::new(DbClock::new());
+        let mut make = wheel_task(pool, clock, Metrics::new(), due_tx, rx, shutdown.clone());
+        let first = tokio::spawn(make());
+        assert_eq!(
+            handle.armed_at("u", "m1").await,
+            None,
+            "the first starts empty"
+        );
+        first.abort();
+        let _ = first.await;
+        let queued = WheelUpdate::Arm {
+            key: MissionKey::new("u", "m2"),
+            next_run_at: next.clone(),
+        };
+        let sent = tokio::spawn({
+            let handle = handle.clone();
+            async move { handle.apply(vec![queued]).await }
+        });
+        let second = tokio::spawn(make());
+        sent.await.unwrap();
+        let due = wheel::parse_next_run(&next);
+        assert_eq!(handle.armed_at("u", "m1").await, due, "rebuilt");
+        assert_eq!(handle.armed_at("u", "m2").await, due, "queued meanwhile");
+        shutdown.cancel();
+        second.await.unwrap();
+    }
 }

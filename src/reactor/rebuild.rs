@@ -20,6 +20,7 @@ use deadpool_postgres::Pool;
 use tokio_postgres::{IsolationLevel, Row, Statement, Transaction};
 
 use super::applier::fold_into;
+use super::decode::RowError;
 use super::store::{self, Snapshot, SnapshotWrite, REPLAY_ORDER};
 use crate::sync::change::{self, Kind, RawChange};
 
@@ -131,9 +132,14 @@ async fn fold_history(
     loop {
         let rows = tx.query_portal(&portal, FETCH).await?;
         for row in &rows {
-            let raw = raw_change(row, seq)?;
+            let read = raw_change(row, seq);
             seq += 1;
             // A row the applier would set aside is left out, as it was then.
+            let raw = match read {
+                Ok(raw) => raw,
+                Err(RowError::Systemic(e)) => return Err(e.into()),
+                Err(RowError::Poison(_)) => continue,
+            };
             let Ok(valid) = change::validate(raw, max_field_bytes) else {
                 continue;
             };
@@ -161,7 +167,7 @@ async fn fold_history(
     Ok(())
 }
 
-fn raw_change(row: &Row, seq: i64) -> Result<RawChange, tokio_postgres::Error> {
+fn raw_change(row: &Row, seq: i64) -> Result<RawChange, RowError> {
     Ok(RawChange {
         seq,
         ..store::raw_change(row)?

@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 use tokio_postgres::{GenericClient, Row, Statement, Transaction};
 use uuid::Uuid;
 
+use super::decode::{self, RowError};
 use crate::sync::change::{clip, Kind, Poison, RawChange};
 use crate::sync::fold::FoldState;
 
@@ -48,14 +49,16 @@ pub async fn claim(
     let rows = client.query(&st.claim, &[&limit]).await?;
     let mut claimed: Vec<QueueRow> = rows
         .iter()
-        .map(|r| QueueRow {
-            id: r.get(0),
-            change_id: r.get(1),
-            user_id: r.get(2),
-            table_name: r.get(3),
-            queued_at: r.get(4),
+        .map(|r| {
+            Ok(QueueRow {
+                id: r.try_get(0)?,
+                change_id: r.try_get(1)?,
+                user_id: r.try_get(2)?,
+                table_name: r.try_get(3)?,
+                queued_at: r.try_get(4)?,
+            })
         })
-        .collect();
+        .collect::<Result<_, tokio_postgres::Error>>()?;
     claimed.sort_by_key(|q| q.id);
     Ok(claimed)
 }
@@ -72,21 +75,23 @@ pub const READ_CHANGES: &str =
 pub const SET_USER: &str = "SELECT set_config('app.current_user_id', $1, true)";
 
 /// A `sync_changes` row as read by [`READ_CHANGES`]. The table is the sync
-/// server's, not ours: a column of another type than the contract's is an
-/// error naming the column, never a panic. Its `seq` is 0: the caller sets
-/// the insertion order it knows, the row's queue id.
-pub fn raw_change(row: &Row) -> Result<RawChange, tokio_postgres::Error> {
+/// server's, not ours: a column of another type than the contract's is a
+/// [`RowError::Systemic`] naming the column, never a panic; a value of this
+/// row that does not convert (JSON too deep, a number out of range, a time
+/// out of chrono's range) is [`RowError::Poison`] of this row alone.
+pub fn raw_change(row: &Row) -> Result<RawChange, RowError> {
+    let undecodable = |column| move |detail| Poison::ColumnUndecodable { column, detail };
     Ok(RawChange {
-        id: row.try_get(0)?,
-        app_id: row.try_get(1)?,
-        table_name: row.try_get(2)?,
-        record_id: row.try_get(3)?,
-        op: row.try_get(4)?,
-        data: row.try_get(5)?,
-        field_timestamps: row.try_get(6)?,
-        created_at: row.try_get(7)?,
+        id: decode::column(row, 0, undecodable("id"))?,
+        app_id: decode::column(row, 1, undecodable("app_id"))?,
+        table_name: decode::column(row, 2, undecodable("table_name"))?,
+        record_id: decode::column(row, 3, undecodable("record_id"))?,
+        op: decode::column(row, 4, undecodable("op"))?,
+        data: decode::change_json(row, 5, "data")?,
+        field_timestamps: decode::change_json(row, 6, "field_timestamps")?,
+        created_at: decode::column(row, 7, undecodable("created_at"))?,
         seq: 0,
-        own_writeback: row.try_get(8)?,
+        own_writeback: decode::column(row, 8, undecodable("own_writeback"))?,
     })
 }
 
@@ -221,7 +226,8 @@ pub struct Snapshot {
 /// (user id, record id)
 pub type SnapshotKey = (String, String);
 
-/// Loads (and locks) the snapshots of `keys`.
+/// Loads (and locks) the snapshots of `keys`; one that cannot be read is an
+/// error naming the column.
 pub async fn load_snapshots(
     tx: &Transaction<'_>,
     kind: Kind,
@@ -233,47 +239,67 @@ pub async fn load_snapshots(
     let users: Vec<&str> = keys.iter().map(|k| k.0.as_str()).collect();
     let ids: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
     let rows = tx.query(load_sql(kind), &[&users, &ids]).await?;
-    Ok(snapshots_from_rows(rows))
+    snapshots_from_rows(&rows)?
+        .into_iter()
+        .map(|(key, snapshot)| Ok((key, snapshot?)))
+        .collect::<Result<_, Poison>>()
+        .map_err(anyhow::Error::from)
 }
 
+/// Snapshots as loaded: each readable, or why not.
+pub type Loaded = HashMap<SnapshotKey, Result<Snapshot, Poison>>;
+
 /// [`load_snapshots`] with the applier's prepared statements; no query
-/// (and no round trip) when `keys` is empty.
+/// (and no round trip) when `keys` is empty. A snapshot that cannot be read
+/// is [`Poison::SnapshotUnreadable`] of its record alone.
 pub async fn load_snapshots_prepared(
     client: &impl GenericClient,
     st: &Prepared,
     kind: Kind,
     keys: &[SnapshotKey],
-) -> Result<HashMap<SnapshotKey, Snapshot>, tokio_postgres::Error> {
+) -> Result<Loaded, tokio_postgres::Error> {
     if keys.is_empty() {
         return Ok(HashMap::new());
     }
     let users: Vec<&str> = keys.iter().map(|k| k.0.as_str()).collect();
     let ids: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
     let rows = client.query(st.load(kind), &[&users, &ids]).await?;
-    Ok(snapshots_from_rows(rows))
+    snapshots_from_rows(&rows)
 }
 
-fn snapshots_from_rows(rows: Vec<Row>) -> HashMap<SnapshotKey, Snapshot> {
+/// The key columns must read (they are our own text columns); the rest may
+/// fail for one row.
+fn snapshots_from_rows(rows: &[Row]) -> Result<Loaded, tokio_postgres::Error> {
     let mut out = HashMap::with_capacity(rows.len());
     for row in rows {
-        let record = match row.get::<_, Value>(2) {
-            Value::Object(map) => map,
-            _ => Map::new(),
+        let key: SnapshotKey = (row.try_get(0)?, row.try_get(1)?);
+        let snapshot = match snapshot_from_row(row) {
+            Ok(snapshot) => Ok(snapshot),
+            Err(RowError::Poison(poison)) => Err(poison),
+            Err(RowError::Systemic(e)) => return Err(e),
         };
-        // A fold state this version cannot read is rebuilt from the record's
-        // current values; it only costs tie-break precision on that record.
-        let fold: FoldState = serde_json::from_value(row.get(3)).unwrap_or_default();
-        out.insert(
-            (row.get(0), row.get(1)),
-            Snapshot {
-                record,
-                fold,
-                change_count: row.get(4),
-                last_applied_at: Some(row.get(5)),
-            },
-        );
+        out.insert(key, snapshot);
     }
-    out
+    Ok(out)
+}
+
+fn snapshot_from_row(row: &Row) -> Result<Snapshot, RowError> {
+    let unreadable = |column| move |detail| Poison::SnapshotUnreadable { column, detail };
+    let record = match decode::stored_json(row, 2, "record")? {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    };
+    // A fold state of another shape (another version's) is rebuilt from the
+    // record's current values; it only costs tie-break precision on that
+    // record. One that is not decodable JSON at all is unreadable.
+    let fold = decode::stored_json(row, 3, "fold_state")?;
+    let fold: FoldState = serde_json::from_value(fold).unwrap_or_default();
+    Ok(Snapshot {
+        record,
+        fold,
+        change_count: decode::column(row, 4, unreadable("change_count"))?,
+        last_applied_at: Some(decode::column(row, 5, unreadable("last_applied_at"))?),
+    })
 }
 
 /// One snapshot row to write.
@@ -420,7 +446,7 @@ pub async fn dead_changes(
             &[&user_id],
         )
         .await?
-        .get(0);
+        .try_get(0)?;
     let rows = client
         .query(
             "SELECT id, change_id, user_id, table_name, record_id, reason, detail, dead_at
@@ -470,7 +496,7 @@ pub async fn armable_missions(
             params,
         )
         .await?;
-    Ok(rows.map_ok(|r| (r.get(0), r.get(1), r.get(2))))
+    Ok(rows.and_then(|r| async move { Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)) }))
 }
 
 /// How many missions [`armable_missions`] will stream (the same partial
@@ -485,7 +511,7 @@ pub async fn count_armable_missions(
             &[],
         )
         .await?;
-    Ok(row.get(0))
+    row.try_get(0)
 }
 
 /// Queue depth and NOTIFY queue usage, read at scrape time.
@@ -498,7 +524,7 @@ pub async fn queue_gauges(
             &[],
         )
         .await?;
-    Ok((row.get(0), row.get(1)))
+    Ok((row.try_get(0)?, row.try_get(1)?))
 }
 
 /// Armable missions (user id, mission id, nextRunAt) of the agents in
@@ -515,10 +541,9 @@ pub async fn armable_missions_of_agents(
     let users: Vec<&str> = agents.iter().map(|a| a.0).collect();
     let ids: Vec<&str> = agents.iter().map(|a| a.1).collect();
     let rows = client.query(&st.armable_of_agents, &[&users, &ids]).await?;
-    Ok(rows
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect())
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+        .collect()
 }
 
 /// A record's rows in fold order when there is no queue id to go by:
@@ -551,19 +576,27 @@ pub async fn fold_record(
         .await?;
     let mut changes = Vec::with_capacity(rows.len());
     for (seq, r) in (0i64..).zip(&rows) {
-        let raw = RawChange {
-            id: r.try_get(0)?,
-            app_id: app_id.to_string(),
-            table_name: table_name.to_string(),
-            record_id: record_id.to_string(),
-            op: r.try_get(1)?,
-            data: r.try_get(2)?,
-            field_timestamps: r.try_get(3)?,
-            created_at: r.try_get(4)?,
-            seq,
-            own_writeback: false,
+        let undecodable = |column| move |detail| Poison::ColumnUndecodable { column, detail };
+        let read = || -> Result<RawChange, RowError> {
+            Ok(RawChange {
+                id: decode::column(r, 0, undecodable("id"))?,
+                app_id: app_id.to_string(),
+                table_name: table_name.to_string(),
+                record_id: record_id.to_string(),
+                op: decode::column(r, 1, undecodable("op"))?,
+                data: decode::change_json(r, 2, "data")?,
+                field_timestamps: decode::change_json(r, 3, "field_timestamps")?,
+                created_at: decode::column(r, 4, undecodable("created_at"))?,
+                seq,
+                own_writeback: false,
+            })
         };
         // A row the applier would set aside as poison is skipped here too.
+        let raw = match read() {
+            Ok(raw) => raw,
+            Err(RowError::Systemic(e)) => return Err(e),
+            Err(RowError::Poison(_)) => continue,
+        };
         if let Ok(row) = crate::sync::change::to_row(raw) {
             changes.push(row);
         }

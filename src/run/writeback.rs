@@ -229,7 +229,12 @@ pub async fn iterations_source(
                 continue;
             }
             // Rows the applier will set aside are not folded here either.
-            let mut raw = store::raw_change(row)?;
+            // A row the applier will set aside is skipped here too.
+            let mut raw = match store::raw_change(row) {
+                Ok(raw) => raw,
+                Err(crate::reactor::decode::RowError::Poison(_)) => continue,
+                Err(crate::reactor::decode::RowError::Systemic(e)) => return Err(e.into()),
+            };
             raw.seq = seqs.get(&raw.id).copied().unwrap_or_default();
             if let Ok(valid) = change::validate(raw, max_field_bytes) {
                 pending.push(valid.row);

@@ -459,52 +459,80 @@ pub fn spawn_wheel(
     due_tx: mpsc::UnboundedSender<DueMission>,
     shutdown: CancellationToken,
 ) -> (WheelHandle, tokio::task::JoinHandle<()>) {
-    let (tx, mut rx) = mpsc::unbounded_channel::<WheelCmd>();
+    let (handle, mut rx) = wheel_channel();
     let task = tokio::spawn(async move {
-        let mut wheel = TimerWheel::new(clock);
-        enum Event {
-            Due(DueMission),
-            Cmd(Option<WheelCmd>),
-        }
-        loop {
-            // Due missions first: they are the time-critical path.
-            let next = poll_fn(|cx| {
-                if let Poll::Ready(Some(due)) = wheel.poll_due(cx) {
-                    return Poll::Ready(Event::Due(due));
-                }
-                rx.poll_recv(cx).map(Event::Cmd)
-            });
-            let event = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                event = next => event,
-            };
-            match event {
-                Event::Due(due) => {
-                    metrics.missions_due.inc();
-                    tracing::debug!(user_id = %due.user_id, mission_id = %due.mission_id, due_at = %due.due_at, "mission due");
-                    let _ = due_tx.send(due);
-                }
-                Event::Cmd(None) => break,
-                Event::Cmd(Some(WheelCmd::Apply(updates, ack))) => {
-                    for update in updates {
-                        apply_update(&mut wheel, &metrics, update);
-                    }
-                    if let Some(ack) = ack {
-                        let _ = ack.send(());
-                    }
-                }
-                Event::Cmd(Some(WheelCmd::Query(key, reply))) => {
-                    let _ = reply.send(wheel.armed_at(&key));
-                }
-                Event::Cmd(Some(WheelCmd::Reserve(additional))) => wheel.reserve(additional),
-            }
-            metrics.armed_missions.set(wheel.len() as i64);
-        }
+        run_wheel(
+            TimerWheel::new(clock),
+            &mut rx,
+            &metrics,
+            &due_tx,
+            &shutdown,
+        )
+        .await;
     });
-    (WheelHandle { tx }, task)
+    (handle, task)
 }
 
-fn apply_update(wheel: &mut TimerWheel, metrics: &Metrics, update: WheelUpdate) {
+/// A handle and the command stream [`run_wheel`] reads.
+pub fn wheel_channel() -> (WheelHandle, mpsc::UnboundedReceiver<WheelCmd>) {
+    let (tx, rx) = mpsc::unbounded_channel::<WheelCmd>();
+    (WheelHandle { tx }, rx)
+}
+
+/// The wheel task: serves `rx` and fires due missions into `due_tx` until
+/// `shutdown` or until every handle is gone. A supervisor that restarts it
+/// passes the same `rx` (commands sent meanwhile wait there) and a wheel
+/// rebuilt from the snapshots.
+pub async fn run_wheel(
+    mut wheel: TimerWheel,
+    rx: &mut mpsc::UnboundedReceiver<WheelCmd>,
+    metrics: &Metrics,
+    due_tx: &mpsc::UnboundedSender<DueMission>,
+    shutdown: &CancellationToken,
+) {
+    enum Event {
+        Due(DueMission),
+        Cmd(Option<WheelCmd>),
+    }
+    metrics.armed_missions.set(wheel.len() as i64);
+    loop {
+        // Due missions first: they are the time-critical path.
+        let next = poll_fn(|cx| {
+            if let Poll::Ready(Some(due)) = wheel.poll_due(cx) {
+                return Poll::Ready(Event::Due(due));
+            }
+            rx.poll_recv(cx).map(Event::Cmd)
+        });
+        let event = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            event = next => event,
+        };
+        match event {
+            Event::Due(due) => {
+                metrics.missions_due.inc();
+                tracing::debug!(user_id = %due.user_id, mission_id = %due.mission_id, due_at = %due.due_at, "mission due");
+                let _ = due_tx.send(due);
+            }
+            Event::Cmd(None) => break,
+            Event::Cmd(Some(WheelCmd::Apply(updates, ack))) => {
+                for update in updates {
+                    apply_update(&mut wheel, metrics, update);
+                }
+                if let Some(ack) = ack {
+                    let _ = ack.send(());
+                }
+            }
+            Event::Cmd(Some(WheelCmd::Query(key, reply))) => {
+                let _ = reply.send(wheel.armed_at(&key));
+            }
+            Event::Cmd(Some(WheelCmd::Reserve(additional))) => wheel.reserve(additional),
+        }
+        metrics.armed_missions.set(wheel.len() as i64);
+    }
+}
+
+/// Applies one update, counting a nextRunAt that does not parse.
+pub fn apply_update(wheel: &mut TimerWheel, metrics: &Metrics, update: WheelUpdate) {
     match update {
         WheelUpdate::Arm { key, next_run_at } => {
             if wheel.arm(key.clone(), &next_run_at) == ArmOutcome::Unparseable {

@@ -94,6 +94,27 @@ pub enum Poison {
     NextRunAtNotString(&'static str),
     #[error("applying it failed in the database: {0}")]
     ApplyFailed(String),
+    #[error("{column} is nested deeper than {limit} levels")]
+    JsonTooDeep { column: &'static str, limit: usize },
+    #[error("{column} is not JSON this service can decode: {detail}")]
+    JsonUndecodable {
+        column: &'static str,
+        detail: String,
+    },
+    #[error("column {column} does not convert: {detail}")]
+    ColumnUndecodable {
+        column: &'static str,
+        detail: String,
+    },
+    #[error("the stored snapshot's {column} cannot be read: {detail}")]
+    SnapshotUnreadable {
+        column: &'static str,
+        detail: String,
+    },
+    #[error("folding it into its snapshot panicked")]
+    FoldPanicked,
+    #[error("checking it panicked")]
+    CheckPanicked,
 }
 
 impl Poison {
@@ -110,6 +131,12 @@ impl Poison {
             Poison::FieldTooLarge { .. } => "field-too-large",
             Poison::NextRunAtNotString(_) => "next-run-at-not-string",
             Poison::ApplyFailed(_) => "apply-failed",
+            Poison::JsonTooDeep { .. } => "json-too-deep",
+            Poison::JsonUndecodable { .. } => "json-undecodable",
+            Poison::ColumnUndecodable { .. } => "column-undecodable",
+            Poison::SnapshotUnreadable { .. } => "snapshot-unreadable",
+            Poison::FoldPanicked => "fold-panicked",
+            Poison::CheckPanicked => "check-panicked",
         }
     }
 }

@@ -1,0 +1,225 @@
+//! Section backfill: change-to-snapshot right after a backfill (a burst of
+//! `--backfill N` changes, 10^6 by default, drained by a reactor that
+//! started on empty snapshot tables), against the steady state of the same
+//! database once its tables are vacuumed and analyzed. Autovacuum is off on
+//! the snapshot tables meanwhile, so only the service's own ANALYZE
+//! (`reactor::analyze`) can have refreshed their statistics.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use mana_ai::config::Config;
+use mana_ai::metrics::Metrics;
+use mana_ai::pgenv::SERVICE_ROLE;
+use mana_ai::reactor::{self, applier::Applied, Hooks, Reactor};
+use mana_ai::schedule::clock::DbClock;
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::report::{percentiles, Percentiles, Report, Target};
+use crate::setup::{self, mission_id, user_id, BenchDb, ChangeWriter};
+use crate::Scale;
+
+/// Measured missions: the first `USERS` users' first `MISSIONS` missions,
+/// all of them part of the backfill.
+const USERS: usize = 100;
+const MISSIONS: usize = 10;
+const PER_MISSION: usize = 10;
+const WRITERS: usize = 8;
+
+type AppliedAt = Arc<Mutex<HashMap<uuid::Uuid, Instant>>>;
+
+fn config(db: &mana_ai::pgenv::TempDb, analyze_after: Option<u64>) -> anyhow::Result<Config> {
+    let mut env: HashMap<&str, String> = HashMap::from([
+        ("SYNC_DATABASE_URL", db.url_as(SERVICE_ROLE)),
+        ("MANA_AI_SWEEP_INTERVAL_SECS", "3600".into()),
+        ("MANA_AI_LISTEN_HEARTBEAT_SECS", "30".into()),
+    ]);
+    if let Some(n) = analyze_after {
+        env.insert("MANA_AI_ANALYZE_AFTER_ROWS", n.to_string());
+    }
+    Ok(Config::from_lookup(|k| env.get(k).cloned())?)
+}
+
+pub async fn after_backfill(
+    server: &mana_ai::pgenv::PgServer,
+    scale: &Scale,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let bench = setup::with_reactor_schema(server).await?;
+    bench
+        .db
+        .admin()
+        .await?
+        .batch_execute(
+            "ALTER TABLE mana_ai.mission_snapshots SET (autovacuum_enabled = false);
+             ALTER TABLE mana_ai.agent_snapshots SET (autovacuum_enabled = false);",
+        )
+        .await?;
+    let applied_at: AppliedAt = Arc::default();
+    let (applied_tx, mut applied_rx) = mpsc::unbounded_channel::<Applied>();
+    let sink = applied_at.clone();
+    tokio::spawn(async move {
+        while let Some(a) = applied_rx.recv().await {
+            let mut map = sink.lock().unwrap_or_else(|p| p.into_inner());
+            for id in a.change_ids {
+                map.insert(id, a.at);
+            }
+        }
+    });
+    let metrics = Metrics::new();
+    let (due_tx, _due_rx) = mpsc::unbounded_channel();
+    let mut running = reactor::start(
+        &config(&bench.db, scale.backfill_analyze_after)?,
+        bench.pool.clone(),
+        metrics.clone(),
+        Arc::new(DbClock::new()),
+        due_tx,
+        CancellationToken::new(),
+        Hooks {
+            applied: Some(applied_tx),
+            ..Hooks::default()
+        },
+    )
+    .await?;
+    tokio::time::timeout(Duration::from_secs(30), running.wait_listening())
+        .await
+        .context("the listener did not register within 30 s")?;
+
+    let users = (scale.backfill / (MISSIONS * PER_MISSION)).max(USERS);
+    let started = Instant::now();
+    let queued = setup::queue_changes(&bench.db, users, MISSIONS, PER_MISSION, 4).await? as u64;
+    tokio::time::timeout(Duration::from_secs(1800), running.wait_processed(queued))
+        .await
+        .context("the backfill was not applied within 30 minutes")?;
+    let drained = started.elapsed();
+    report.add(
+        "backfill",
+        "backfill changes",
+        queued as f64,
+        "changes",
+        Target::Info,
+    );
+    report.add(
+        "backfill",
+        "backfill queued and drained in",
+        drained.as_secs_f64(),
+        "s",
+        Target::Info,
+    );
+    report.add(
+        "backfill",
+        "ANALYZEs by the service during the drain",
+        metrics.snapshot_analyzes.get() as f64,
+        "",
+        Target::Info,
+    );
+
+    let after = paced(&bench, &mut running, &applied_at, scale).await?;
+    let admin = bench.db.admin().await?;
+    setup::vacuum(&admin).await?;
+    admin
+        .batch_execute("VACUUM ANALYZE mana_ai.agent_snapshots")
+        .await?;
+    admin.batch_execute("CHECKPOINT").await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let steady = paced(&bench, &mut running, &applied_at, scale).await?;
+    running.stop().await;
+
+    report.latencies(
+        "backfill",
+        "right after the backfill",
+        &after,
+        [Target::Info; 4],
+    );
+    report.latencies(
+        "backfill",
+        "steady state (vacuumed, analyzed)",
+        &steady,
+        [Target::Info; 4],
+    );
+    let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64().max(1e-9);
+    report.add(
+        "backfill",
+        "after backfill / steady, p50",
+        ratio(after.p50, steady.p50),
+        "x",
+        Target::AtMost(1.5),
+    );
+    report.add(
+        "backfill",
+        "after backfill / steady, p99",
+        ratio(after.p99, steady.p99),
+        "x",
+        Target::Info,
+    );
+    Ok(())
+}
+
+/// `scale.rate` single-change transactions a second for
+/// `scale.latency_secs` over the measured missions; their change-to-snapshot
+/// latencies (Applied.at minus the writer's COMMIT).
+async fn paced(
+    bench: &BenchDb,
+    running: &mut Reactor,
+    applied_at: &AppliedAt,
+    scale: &Scale,
+) -> anyhow::Result<Percentiles> {
+    let total = (scale.rate as f64 * scale.latency_secs) as usize;
+    let period = Duration::from_secs_f64(1.0 / scale.rate as f64);
+    let start = Instant::now() + Duration::from_millis(100);
+    let next_run = setup::next_run_tomorrow();
+    let before = *running.processed.borrow();
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let mut writer = ChangeWriter::connect(&bench.db).await?;
+        let next_run = next_run.clone();
+        writers.push(tokio::spawn(async move {
+            let mut written = Vec::new();
+            for k in (w..total).step_by(WRITERS) {
+                tokio::time::sleep_until((start + period * k as u32).into()).await;
+                let user = user_id(k % USERS);
+                let mission = mission_id(&user, (k / USERS) % MISSIONS);
+                let data =
+                    json!({"title": format!("t{k}"), "state": "active", "nextRunAt": next_run});
+                let id = writer
+                    .write(&user, "ai", "aiMissions", &mission, &data)
+                    .await?;
+                written.push((id, Instant::now()));
+            }
+            anyhow::Ok(written)
+        }));
+    }
+    let mut written = Vec::with_capacity(total);
+    for w in writers {
+        written.extend(w.await??);
+    }
+    let waited = tokio::time::timeout(
+        Duration::from_secs(120),
+        running.wait_processed(before + total as u64),
+    )
+    .await;
+    if waited.is_err() {
+        bail!("the paced changes were not applied within 120 s");
+    }
+    // The Applied event follows the processed count by a moment.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let map = applied_at.lock().unwrap_or_else(|p| p.into_inner());
+    let mut latencies: Vec<Duration> = written
+        .iter()
+        .filter_map(|(id, committed)| {
+            map.get(id)
+                .map(|at| at.saturating_duration_since(*committed))
+        })
+        .collect();
+    if latencies.len() < total {
+        bail!(
+            "{} of {total} paced changes had no Applied event",
+            total - latencies.len()
+        );
+    }
+    Ok(percentiles(&mut latencies))
+}

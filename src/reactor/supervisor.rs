@@ -1,0 +1,220 @@
+//! Supervision of the reactor's long-running tasks (listener, applier,
+//! wheel): a task that ends or panics before shutdown is started again
+//! after a back-off (doubling from `first` to `max`, back to `first` once a
+//! run lasted `healthy_after`), counted in
+//! `mana_ai_task_restarts_total{task}`, and `mana_ai_task_up{task}` is 0
+//! while it is down (`/health` answers 503 and names it).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+
+/// The supervised tasks; `as_str` is the metric label and the name
+/// `/health` reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TaskName {
+    Listener,
+    Applier,
+    Wheel,
+}
+
+pub const TASKS: [TaskName; 3] = [TaskName::Listener, TaskName::Applier, TaskName::Wheel];
+
+impl TaskName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskName::Listener => "listener",
+            TaskName::Applier => "applier",
+            TaskName::Wheel => "wheel",
+        }
+    }
+}
+
+/// A caught panic's message (empty when it was not a string), cut to 200
+/// bytes.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let message = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or_default();
+    crate::sync::change::clip(message, 200).to_string()
+}
+
+/// How long to wait before a restart.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    pub first: Duration,
+    pub max: Duration,
+    /// A run that lasted this long resets the wait to `first`.
+    pub healthy_after: Duration,
+}
+
+impl Backoff {
+    /// The reactor's: 0.5 s doubling to 30 s, reset after a minute up.
+    pub const REACTOR: Backoff = Backoff {
+        first: Duration::from_millis(500),
+        max: Duration::from_secs(30),
+        healthy_after: Duration::from_secs(60),
+    };
+}
+
+/// Runs `make()` as a task until `shutdown`, starting it again whenever it
+/// ends or panics before then. `task_up` is 1 from this call on (so a
+/// health check right after start sees it up) and 0 while the task is down
+/// or after shutdown. The returned handle ends after the task has ended
+/// following `shutdown`.
+pub fn supervise<F, Fut>(
+    name: TaskName,
+    mut make: F,
+    backoff: Backoff,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> JoinHandle<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let up = metrics.task_up.with_label_values(&[name.as_str()]);
+    let restarts = metrics.task_restarts.with_label_values(&[name.as_str()]);
+    up.set(1);
+    tokio::spawn(async move {
+        let mut wait = backoff.first;
+        loop {
+            let started = tokio::time::Instant::now();
+            let ended = tokio::spawn(make()).await;
+            up.set(0);
+            if shutdown.is_cancelled() {
+                return;
+            }
+            match ended {
+                Err(e) if e.is_panic() => {
+                    let message = panic_message(&*e.into_panic());
+                    tracing::error!(task = name.as_str(), panic = %message, retry_in_ms = wait.as_millis() as u64, "reactor task panicked; restarting");
+                }
+                _ => {
+                    tracing::error!(
+                        task = name.as_str(),
+                        retry_in_ms = wait.as_millis() as u64,
+                        "reactor task ended unexpectedly; restarting"
+                    )
+                }
+            }
+            if started.elapsed() >= backoff.healthy_after {
+                wait = backoff.first;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            wait = (wait * 2).min(backoff.max);
+            restarts.inc();
+            up.set(1);
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    const FAST: Backoff = Backoff {
+        first: Duration::from_millis(10),
+        max: Duration::from_millis(40),
+        healthy_after: Duration::from_secs(60),
+    };
+
+    fn up(metrics: &Metrics, task: TaskName) -> i64 {
+        metrics.task_up.with_label_values(&[task.as_str()]).get()
+    }
+
+    fn restarts(metrics: &Metrics, task: TaskName) -> u64 {
+        metrics
+            .task_restarts
+            .with_label_values(&[task.as_str()])
+            .get()
+    }
+
+    /// Panics twice, then ends once, then runs until shutdown.
+    #[tokio::test]
+    async fn a_task_that_panics_or_ends_is_restarted_and_counted() {
+        let metrics = Metrics::new();
+        assert!(metrics
+            .render()
+            .contains("mana_ai_task_restarts_total{task=\"applier\"} 0"));
+        let shutdown = CancellationToken::new();
+        let starts = Arc::new(AtomicU32::new(0));
+        let (counted, stop) = (starts.clone(), shutdown.clone());
+        let handle = supervise(
+            TaskName::Applier,
+            move || {
+                let n = counted.fetch_add(1, Ordering::SeqCst);
+                let stop = stop.clone();
+                async move {
+                    match n {
+                        0 | 1 => panic!("injected failure {n}"),
+                        2 => {}
+                        _ => stop.cancelled().await,
+                    }
+                }
+            },
+            FAST,
+            metrics.clone(),
+            shutdown.clone(),
+        );
+        assert_eq!(up(&metrics, TaskName::Applier), 1);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while starts.load(Ordering::SeqCst) < 4 {
+            assert!(tokio::time::Instant::now() < deadline, "not restarted");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(restarts(&metrics, TaskName::Applier), 3);
+        assert_eq!(up(&metrics, TaskName::Applier), 1);
+        assert_eq!(restarts(&metrics, TaskName::Wheel), 0);
+        shutdown.cancel();
+        handle.await.unwrap();
+        assert_eq!(up(&metrics, TaskName::Applier), 0);
+        assert_eq!(
+            starts.load(Ordering::SeqCst),
+            4,
+            "no restart after shutdown"
+        );
+    }
+
+    /// While the task waits for its restart it is down.
+    #[tokio::test(start_paused = true)]
+    async fn a_task_is_down_during_its_back_off() {
+        let metrics = Metrics::new();
+        let shutdown = CancellationToken::new();
+        let slow = Backoff {
+            first: Duration::from_secs(10),
+            max: Duration::from_secs(60),
+            ..FAST
+        };
+        let handle = supervise(
+            TaskName::Wheel,
+            || async { panic!("always") },
+            slow,
+            metrics.clone(),
+            shutdown.clone(),
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(up(&metrics, TaskName::Wheel), 0);
+        assert_eq!(restarts(&metrics, TaskName::Wheel), 0);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(restarts(&metrics, TaskName::Wheel), 1);
+        // The second wait is twice as long.
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        assert_eq!(restarts(&metrics, TaskName::Wheel), 1);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(restarts(&metrics, TaskName::Wheel), 2);
+        shutdown.cancel();
+        handle.await.unwrap();
+    }
+}
