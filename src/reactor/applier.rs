@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use tracing::Instrument;
 use deadpool_postgres::Pool;
 use serde_json::Value;
 use tokio::sync::{mpsc, watch, Notify};
@@ -233,13 +234,31 @@ impl Applier {
     /// reads (every user's `set_config` and read, pipelined); the snapshot
     /// loads (both kinds pipelined, a kind without rows skipped); the writes
     /// (upserts, the changed agents' missions, poison rows) with COMMIT.
+    /// Traced as one `apply_batch` span with the rows claimed, applied and
+    /// set aside (ids and counts only).
     pub async fn apply_batch(&mut self, limit: i64) -> Result<BatchStats, ApplyError> {
+        let span = tracing::info_span!(
+            "apply_batch",
+            limit,
+            claimed = tracing::field::Empty,
+            applied = tracing::field::Empty,
+            poisoned = tracing::field::Empty,
+        );
         let client = self
             .pool
             .get()
+            .instrument(span.clone())
             .await
             .context("getting a pooled connection")?;
-        let result = self.apply_batch_on(&client, limit).await;
+        let result = self
+            .apply_batch_on(&client, limit)
+            .instrument(span.clone())
+            .await;
+        if let Ok(stats) = &result {
+            span.record("claimed", stats.claimed);
+            span.record("applied", stats.applied);
+            span.record("poisoned", stats.poisoned);
+        }
         if let Err(ApplyError::Transient(_)) = &result {
             // After a DDL change on a table they read (sync_changes is the
             // sync server's), cached statements fail with "cached plan must
