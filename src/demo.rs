@@ -77,6 +77,9 @@ pub async fn run(keep_running: bool) -> anyhow::Result<()> {
     for var in [
         "MANA_LLM_URL",
         "MANA_LLM_MODEL",
+        "MANA_LLM_TIMEOUT_SECS",
+        "MANA_LLM_MAX_ATTEMPTS",
+        "MANA_LLM_STRUCTURED",
         "MANA_SERVICE_KEY",
         "PORT",
         "MANA_API_URL",
@@ -146,9 +149,10 @@ pub async fn run(keep_running: bool) -> anyhow::Result<()> {
     for input in &summary.inputs {
         say(format!("   input {input}"));
     }
-    let written = wait_for(Duration::from_secs(60), || written_iteration(&db))
+    let limit = llm_wait(&config);
+    let written = wait_for(limit, || written_iteration(&db))
         .await
-        .context("no iteration was written within 60 s")?;
+        .with_context(|| format!("no iteration was written within {} s", limit.as_secs()))?;
     say("7. Written back to sync_changes (client mana-ai-runner):");
     say(serde_json::to_string_pretty(&written).unwrap_or_default());
     for line in audit_lines(&pool).await? {
@@ -267,6 +271,16 @@ async fn seed(db: &TempDb, key: &GrantKey, due_at: chrono::DateTime<Utc>) -> any
         }),
     )
     .await
+}
+
+/// How long the demo waits for the written iteration: every LLM attempt
+/// may take the whole `MANA_LLM_TIMEOUT_SECS`, plus the backoffs between
+/// them (at most 10 s each) and 30 s for the rest of the run.
+fn llm_wait(config: &Config) -> Duration {
+    let attempts = config.llm_max_attempts.max(1);
+    config.llm_timeout * attempts
+        + Duration::from_secs(10) * (attempts - 1)
+        + Duration::from_secs(30)
 }
 
 async fn wait_for<T, F, Fut>(limit: Duration, mut probe: F) -> anyhow::Result<T>
