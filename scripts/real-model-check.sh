@@ -31,6 +31,7 @@ ROLE=mana_ai_rmc_service
 WORK=$(mktemp -d -t mana-ai-rmc.XXXXXX)
 PIDS=()
 DBS=()
+export PGOPTIONS="-c client_min_messages=warning"
 
 log() { printf '%s\n' "$*" >&2; }
 psql_admin() { psql -X -q -t -A -v ON_ERROR_STOP=1 "$@"; }
@@ -183,8 +184,9 @@ run_mode() { # $1: structured mode
     stop_pid "$LLM_PID"
     grep -o '[0-9]* prefix-match hit, remaining [0-9]* prompt tokens' "$llm_log" \
         | sed "s/^/$mode\t/" >>"$WORK/cache.tsv" || true
-    grep 'LLM server takes this structured-output form' "$svc_log" | sed 's/\x1b\[[0-9;]*m//g' \
-        | sed "s/^/$mode learned: /" >>"$WORK/learned.txt" || true
+    sed 's/\x1b\[[0-9;]*m//g' "$svc_log" \
+        | sed -n "s/.*structured-output form.*form=\"\([a-z_]*\)\" refused=\(.*\)$/MANA_LLM_STRUCTURED=$mode: the server takes \1; refused: \2/p" \
+        >>"$WORK/learned.txt" || true
 }
 
 report() {
