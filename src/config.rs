@@ -48,6 +48,11 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// `MANA_LLM_TIMEOUT_SECS` default: a small model on two CPU cores takes
+/// about 25 s to read the planner's 3,100-token prompt the first time, and a
+/// few-billion-parameter one several times that.
+pub const DEFAULT_LLM_TIMEOUT_SECS: u64 = 180;
+
 /// The channel the DBA trigger notifies (see `triggers/install.sql`).
 pub const DEFAULT_CHANNEL: &str = "mana_ai_changes";
 
@@ -97,6 +102,9 @@ pub struct Config {
     pub llm_model: String,
     /// `MANA_LLM_TIMEOUT_SECS`: per request.
     pub llm_timeout: Duration,
+    /// `MANA_LLM_STRUCTURED`: auto|json_schema|json_object|off, how the plan's
+    /// JSON schema is sent (see `planner::structured`).
+    pub llm_structured: crate::planner::structured::StructuredMode,
     /// `MANA_LLM_MAX_ATTEMPTS`: tries per run for retryable failures.
     pub llm_max_attempts: u32,
     /// `MANA_AI_PLANNER`: `llm` (the default) or `offline`, a fixed example
@@ -228,9 +236,13 @@ impl Config {
             llm_timeout: Duration::from_secs(parse_num(
                 &get,
                 "MANA_LLM_TIMEOUT_SECS",
-                60u64,
-                1..=600,
+                DEFAULT_LLM_TIMEOUT_SECS,
+                1..=3_600,
             )?),
+            llm_structured: match get("MANA_LLM_STRUCTURED") {
+                Some(raw) => raw.parse().map_err(|e| err("MANA_LLM_STRUCTURED", e))?,
+                None => Default::default(),
+            },
             llm_max_attempts: parse_num(&get, "MANA_LLM_MAX_ATTEMPTS", 3u32, 1..=10)?,
             offline_planner: parse_planner(&get)?,
             api_url: parse_http_url(&get, "MANA_API_URL", "http://localhost:3060")?,
@@ -429,6 +441,16 @@ mod tests {
         assert!(c.service_key.is_empty());
         assert!(!c.allow_privileged);
         assert_eq!(c.retention_days, 30);
+        assert_eq!(c.llm_timeout, Duration::from_secs(DEFAULT_LLM_TIMEOUT_SECS));
+        assert_eq!(
+            c.llm_structured,
+            crate::planner::structured::StructuredMode::Auto
+        );
+        let off = config(&[URL, ("MANA_LLM_STRUCTURED", "off")]).unwrap();
+        assert_eq!(
+            off.llm_structured,
+            crate::planner::structured::StructuredMode::Off
+        );
     }
 
     #[test]
@@ -454,6 +476,8 @@ mod tests {
             ("MANA_AI_RETRY_BACKOFF_SECS", "60,,900"),
             ("MANA_AI_ALLOW_PRIVILEGED", "sometimes"),
             ("MANA_AI_RETENTION_DAYS", "0"),
+            ("MANA_LLM_STRUCTURED", "strict"),
+            ("MANA_LLM_TIMEOUT_SECS", "0"),
         ] {
             let e = config(&[URL, (var, value)]).unwrap_err();
             assert_eq!(e.var, var, "{e}");

@@ -109,7 +109,7 @@ async fn show(
     )
     .await?;
     let walked = tokio::select! {
-        walked = walk_through(db, pool, &mut lead, &mut prompts, &metrics) => walked,
+        walked = walk_through(db, pool, &mut lead, &mut prompts, &metrics, llm_wait(&config)) => walked,
         _ = stop.cancelled() => {
             say("Stopped by a signal.");
             Ok(())
@@ -138,6 +138,9 @@ fn service_setup(db: &TempDb) -> anyhow::Result<(Config, DemoSetup, PromptReceiv
     for var in [
         "MANA_LLM_URL",
         "MANA_LLM_MODEL",
+        "MANA_LLM_TIMEOUT_SECS",
+        "MANA_LLM_MAX_ATTEMPTS",
+        "MANA_LLM_STRUCTURED",
         "MANA_SERVICE_KEY",
         "PORT",
         "MANA_API_URL",
@@ -188,6 +191,7 @@ async fn walk_through(
     lead: &mut Leadership,
     prompts: &mut PromptReceiver,
     metrics: &Metrics,
+    llm_wait: Duration,
 ) -> anyhow::Result<()> {
     tokio::time::timeout(Duration::from_secs(30), lead.reactor.wait_listening())
         .await
@@ -209,9 +213,9 @@ async fn walk_through(
         .context("the mission did not run within 60 s")?
         .context("the runner stopped")?;
     say_prompt(&summary);
-    let written = wait_for(Duration::from_secs(60), || written_iteration(db))
+    let written = wait_for(llm_wait, || written_iteration(db))
         .await
-        .context("no iteration was written within 60 s")?;
+        .with_context(|| format!("no iteration was written within {} s", llm_wait.as_secs()))?;
     say("7. Written back to sync_changes (client mana-ai-runner):");
     say(serde_json::to_string_pretty(&written).unwrap_or_default());
     for line in audit_lines(pool).await? {
@@ -351,6 +355,16 @@ async fn seed(db: &TempDb, key: &GrantKey, due_at: chrono::DateTime<Utc>) -> any
         }),
     )
     .await
+}
+
+/// How long the demo waits for the written iteration: every LLM attempt
+/// may take the whole `MANA_LLM_TIMEOUT_SECS`, plus the backoffs between
+/// them (at most 10 s each) and 30 s for the rest of the run.
+fn llm_wait(config: &Config) -> Duration {
+    let attempts = config.llm_max_attempts.max(1);
+    config.llm_timeout * attempts
+        + Duration::from_secs(10) * (attempts - 1)
+        + Duration::from_secs(30)
 }
 
 async fn wait_for<T, F, Fut>(limit: Duration, mut probe: F) -> anyhow::Result<T>

@@ -469,8 +469,19 @@ async fn policy_deny_removes_a_tool_and_research_feeds_the_prompt() {
     })
     .await;
     let prompt = &llm.prompts()[0];
-    assert!(!prompt.system.contains("create_note"), "denied tool hidden");
-    assert!(prompt.system.contains("create_task"));
+    // The catalog stays in the cached prefix; the denied tool is stated as
+    // denied after it and left out of the schema's enum (docs/planner.md).
+    assert!(prompt
+        .system
+        .contains("gesperrt (nicht verwenden): create_note\n"));
+    let body = llm.requests()[0].json().unwrap();
+    let schema = &body["response_format"]["json_schema"]["schema"];
+    let names = &schema["properties"]["steps"]["items"]["properties"]["toolName"]["enum"];
+    assert!(
+        !names.as_array().unwrap().contains(&json!("create_note")),
+        "denied tool not allowed"
+    );
+    assert!(names.as_array().unwrap().contains(&json!("create_task")));
     assert!(
         prompt.user.contains("https://news.example/rust-2026"),
         "research in the prompt"

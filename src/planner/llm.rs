@@ -3,6 +3,8 @@
 //! `POST {base}/v1/chat/completions` with `Authorization: Bearer <service key>`
 //! and `{model, temperature: 0.3, messages: [system, user]}`; the answer is
 //! `choices[0].message.content` plus `usage` when the gateway sends it.
+//! [`LlmClient::complete_plan`] adds a `response_format` with the plan's JSON
+//! schema, in the form [`super::structured`] picks (and learns in auto mode).
 //!
 //! Rules:
 //! - one call retries connect errors, timeouts, 5xx and 429 with capped
@@ -23,6 +25,8 @@ use rand::Rng;
 use reqwest::header::{HeaderMap, CONTENT_TYPE, RETRY_AFTER};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use super::structured::{Form, FormPicker, StructuredMode};
 
 /// The mana service key. `Debug` prints a placeholder, so configs can be logged.
 #[derive(Clone)]
@@ -63,6 +67,8 @@ pub struct LlmConfig {
     pub retry_after_cap: Duration,
     /// Larger answers are [`LlmError::BadAnswer`]; a plan is a few KiB.
     pub max_body_bytes: usize,
+    /// `MANA_LLM_STRUCTURED`: how [`LlmClient::complete_plan`] sends the schema.
+    pub structured: StructuredMode,
 }
 
 impl LlmConfig {
@@ -75,13 +81,14 @@ impl LlmConfig {
             base_url: base_url.into(),
             service_key,
             model: model.into(),
-            // Local models can take a minute for a long plan.
-            timeout: Duration::from_secs(120),
+            // A small local model takes minutes to read a long prompt cold.
+            timeout: Duration::from_secs(crate::config::DEFAULT_LLM_TIMEOUT_SECS),
             max_attempts: 3,
             backoff_base: Duration::from_millis(500),
             backoff_cap: Duration::from_secs(10),
             retry_after_cap: Duration::from_secs(30),
             max_body_bytes: 2 * 1024 * 1024,
+            structured: StructuredMode::Auto,
         }
     }
 }
@@ -138,6 +145,8 @@ struct ChatRequest<'a> {
     model: &'a str,
     temperature: f64,
     messages: [ChatMessage<'a>; 2],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_format: Option<Value>,
 }
 
 #[derive(Serialize)]
@@ -152,7 +161,20 @@ enum AttemptError {
     Retryable {
         reason: String,
         retry_after: Option<Duration>,
+        /// The HTTP status, when the server answered.
+        status: Option<u16>,
     },
+}
+
+impl AttemptError {
+    /// The HTTP status the server answered, if it did.
+    fn status(&self) -> Option<u16> {
+        match self {
+            AttemptError::Final(LlmError::Rejected { status }) => Some(*status),
+            AttemptError::Retryable { status, .. } => *status,
+            AttemptError::Final(_) => None,
+        }
+    }
 }
 
 impl LlmClient {
@@ -184,52 +206,59 @@ impl LlmClient {
         &self.config
     }
 
-    /// Sends one chat completion, retrying as the module header describes.
+    /// Sends one chat completion as free text, retrying as the module header
+    /// describes.
     pub async fn complete(&self, system: &str, user: &str) -> Result<LlmAnswer, LlmError> {
-        let request = ChatRequest {
-            model: &self.config.model,
-            temperature: 0.3,
-            messages: [
-                ChatMessage {
-                    role: "system",
-                    content: system,
-                },
-                ChatMessage {
-                    role: "user",
-                    content: user,
-                },
-            ],
-        };
-        let body = serde_json::to_vec(&request).map_err(|e| LlmError::Config(e.to_string()))?;
+        self.complete_plan(system, user, None).await
+    }
+
+    /// Like [`LlmClient::complete`], asking for an answer that follows
+    /// `schema` (the plan's JSON schema) when one is given, in the form the
+    /// configured [`StructuredMode`] picks. In auto mode a server's refusal of
+    /// a form sends the request again in the next form without counting an
+    /// attempt (see [`super::structured`]).
+    pub async fn complete_plan(
+        &self,
+        system: &str,
+        user: &str,
+        schema: Option<&Value>,
+    ) -> Result<LlmAnswer, LlmError> {
+        let mut picker = FormPicker::new(
+            self.config.structured,
+            self.endpoint.as_str(),
+            schema.is_some(),
+        );
         let started = Instant::now();
         let max_attempts = self.config.max_attempts.max(1);
         let mut attempt = 0;
         let outcome = loop {
             attempt += 1;
-            match self.attempt(body.clone()).await {
-                Ok((content, usage)) => break Ok((content, usage)),
-                Err(AttemptError::Final(error)) => break Err(error),
-                Err(AttemptError::Retryable {
+            let body = self.request_body(system, user, picker.form(), schema)?;
+            let error = match self.attempt(body).await {
+                Ok(answer) => {
+                    picker.accepted();
+                    break Ok(answer);
+                }
+                Err(error) => error,
+            };
+            if error.status().is_some_and(|status| picker.refused(status)) {
+                attempt -= 1;
+                continue;
+            }
+            match error {
+                AttemptError::Final(error) => break Err(error),
+                AttemptError::Retryable {
                     reason,
                     retry_after,
-                }) => {
+                    ..
+                } => {
                     if attempt >= max_attempts {
                         break Err(LlmError::Exhausted {
                             attempts: attempt,
                             last: reason,
                         });
                     }
-                    let wait = match retry_after {
-                        Some(asked) => asked.min(self.config.retry_after_cap),
-                        None => backoff_delay(
-                            attempt,
-                            self.config.backoff_base,
-                            self.config.backoff_cap,
-                            rand::rng().random::<f64>(),
-                        ),
-                    };
-                    tracing::warn!(attempt, wait_ms = wait.as_millis() as u64, %reason, "LLM attempt failed, retrying");
-                    tokio::time::sleep(wait).await;
+                    self.wait_before_retry(attempt, retry_after, &reason).await;
                 }
             }
         };
@@ -243,6 +272,45 @@ impl LlmClient {
             attempts: attempt,
             elapsed,
         })
+    }
+
+    fn request_body(
+        &self,
+        system: &str,
+        user: &str,
+        form: Form,
+        schema: Option<&Value>,
+    ) -> Result<Vec<u8>, LlmError> {
+        let request = ChatRequest {
+            model: &self.config.model,
+            temperature: 0.3,
+            messages: [
+                ChatMessage {
+                    role: "system",
+                    content: system,
+                },
+                ChatMessage {
+                    role: "user",
+                    content: user,
+                },
+            ],
+            response_format: schema.and_then(|schema| form.response_format(schema)),
+        };
+        serde_json::to_vec(&request).map_err(|e| LlmError::Config(e.to_string()))
+    }
+
+    async fn wait_before_retry(&self, attempt: u32, retry_after: Option<Duration>, reason: &str) {
+        let wait = match retry_after {
+            Some(asked) => asked.min(self.config.retry_after_cap),
+            None => backoff_delay(
+                attempt,
+                self.config.backoff_base,
+                self.config.backoff_cap,
+                rand::rng().random::<f64>(),
+            ),
+        };
+        tracing::warn!(attempt, wait_ms = wait.as_millis() as u64, %reason, "LLM attempt failed, retrying");
+        tokio::time::sleep(wait).await;
     }
 
     async fn attempt(&self, body: Vec<u8>) -> Result<(String, Option<Usage>), AttemptError> {
@@ -261,6 +329,7 @@ impl LlmClient {
             return Err(AttemptError::Retryable {
                 reason: format!("HTTP {}", status.as_u16()),
                 retry_after,
+                status: Some(status.as_u16()),
             });
         }
         if !status.is_success() {
@@ -288,6 +357,7 @@ impl LlmClient {
         AttemptError::Retryable {
             reason,
             retry_after: None,
+            status: None,
         }
     }
 }

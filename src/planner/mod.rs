@@ -10,6 +10,7 @@ pub mod policy;
 pub mod prompt;
 pub mod research;
 pub mod research_trigger;
+pub mod structured;
 mod text;
 pub mod tools;
 

@@ -7,6 +7,15 @@
 //! all caps hit the user message stays under roughly 50,000 characters, about
 //! 12,000 tokens, which leaves room for the tool list and the answer in the
 //! 32k context of the small local models a deployment may use.
+//!
+//! Cache-friendly order: model servers keep the KV cache of the longest
+//! prefix they saw before, so the system message starts with a static part
+//! that is byte-identical for every run of the process ([`static_prefix`]:
+//! the instructions, then the whole tool catalog in its fixed order), and
+//! only then comes what varies: the tools the agent's policy denies, the
+//! agent block, the time; the user message holds the mission. A denied tool
+//! is listed in the catalog but stated as denied, left out of the schema's
+//! `toolName` enum ([`Prompt::schema`]) and refused by the parser.
 
 use std::fmt::{self, Write};
 
@@ -14,6 +23,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::Value;
 
 use super::history::render_history;
+use super::structured::plan_schema;
 use super::text::{clip, defuse_agent_tags, is_ciphertext};
 use super::tools::ToolSpec;
 
@@ -103,18 +113,25 @@ pub struct PromptInput<'a> {
     pub mission: MissionView<'a>,
     pub inputs: &'a [ResolvedInput],
     pub agent: Option<AgentContext<'a>>,
-    /// The tools left after the agent's policy (`policy::filter_tools`).
+    /// The whole catalog in its fixed order: the static part lists all of it.
+    pub catalog: &'a [ToolSpec],
+    /// The tools left after the agent's policy (`policy::filter_tools`): the
+    /// only ones the schema and the parser allow.
     pub tools: &'a [&'a ToolSpec],
     /// Start of the run, so the model can resolve "morgen" or a due date;
     /// `None` leaves the line out.
     pub now: Option<DateTime<Utc>>,
 }
 
-/// The system and user messages of one planner request.
+/// The system and user messages of one planner request, and the plan's
+/// JSON schema for structured output.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Prompt {
     pub system: String,
     pub user: String,
+    /// `toolName` is an enum of exactly the allowed tools; `None` when no
+    /// tool is allowed (see [`plan_schema`]).
+    pub schema: Option<Value>,
 }
 
 /// Holds decrypted inputs, so `Debug` shows only sizes.
@@ -131,6 +148,7 @@ pub fn build_prompt(input: &PromptInput<'_>) -> Prompt {
     Prompt {
         system: system_message(input),
         user: user_message(input),
+        schema: plan_schema(input.tools),
     }
 }
 
@@ -140,8 +158,8 @@ langfristigen Mission. Bei jedem Lauf planst du die nächste Iteration: 1 bis 5 
 die die Mission voranbringen.
 
 Regeln:
-- Jeder Schritt ist genau ein Aufruf eines der unten aufgeführten Werkzeuge. Andere Werkzeuge \
-gibt es nicht.
+- Jeder Schritt ist genau ein Aufruf eines der unten aufgeführten Werkzeuge, die für diesen Lauf \
+erlaubt sind. Andere Werkzeuge gibt es nicht.
 - Verwende nur die aufgeführten Parameter. Pflichtparameter müssen gesetzt sein; bei Parametern \
 mit Werteliste in eckigen Klammern ist nur einer dieser Werte erlaubt.
 - IDs (z. B. noteId, taskId) nur verwenden, wenn sie in den Eingaben stehen; niemals erfinden.
@@ -165,28 +183,66 @@ Schritt\"}]}
 ```
 ";
 
-fn system_message(input: &PromptInput<'_>) -> String {
+/// The static part of every system message for `catalog`: byte-identical
+/// for all agents, missions and times, so model servers can cache it.
+pub fn static_prefix(catalog: &[ToolSpec]) -> String {
     let mut out = String::with_capacity(8 * 1024);
-    if let Some(agent) = &input.agent {
-        render_agent(&mut out, agent);
-    }
     out.push_str(INSTRUCTIONS);
-    if let Some(now) = input.now {
-        let now = now.to_rfc3339_opts(SecondsFormat::Secs, true);
-        let _ = writeln!(out, "\nAktueller Zeitpunkt (UTC): {now}");
-    }
     out.push_str("\nVerfügbare Werkzeuge:\n");
-    if input.tools.is_empty() {
-        out.push_str("(keine: antworte mit einer leeren Liste \"steps\")\n");
-    }
-    for tool in input.tools {
+    for tool in catalog {
         render_tool(&mut out, tool);
     }
     out
 }
 
-/// The agent block precedes the instructions, as the webapp's prompt does.
-/// Agent text is the user's own, but it is still capped, and tags inside it
+/// The first line of the part of the system message that varies per run.
+pub const RUN_HEADING: &str = "\n# Dieser Lauf\n";
+
+fn system_message(input: &PromptInput<'_>) -> String {
+    let mut out = static_prefix(input.catalog);
+    out.push_str(RUN_HEADING);
+    render_restriction(&mut out, input.catalog, input.tools);
+    if let Some(agent) = &input.agent {
+        render_agent(&mut out, agent);
+    }
+    if let Some(now) = input.now {
+        let now = now.to_rfc3339_opts(SecondsFormat::Secs, true);
+        let _ = writeln!(out, "Aktueller Zeitpunkt (UTC): {now}");
+    }
+    out
+}
+
+/// Which catalog tools this run may use: all, or the shorter of the lists
+/// of denied and of allowed tools, in catalog order.
+fn render_restriction(out: &mut String, catalog: &[ToolSpec], allowed: &[&ToolSpec]) {
+    let is_allowed = |t: &ToolSpec| allowed.iter().any(|a| a.name == t.name);
+    let (permitted, denied): (Vec<&ToolSpec>, Vec<&ToolSpec>) =
+        catalog.iter().partition(|t| is_allowed(t));
+    let names = |tools: &[&ToolSpec]| {
+        let names: Vec<&str> = tools.iter().map(|t| t.name.as_str()).collect();
+        names.join(", ")
+    };
+    if permitted.is_empty() {
+        out.push_str("Für diesen Lauf ist kein Werkzeug erlaubt: antworte mit einer leeren Liste \"steps\".\n\n");
+    } else if denied.is_empty() {
+        out.push_str("Alle aufgeführten Werkzeuge sind erlaubt.\n\n");
+    } else if denied.len() <= permitted.len() {
+        let _ = writeln!(
+            out,
+            "Für diesen Lauf gesperrt (nicht verwenden): {}\n",
+            names(&denied)
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "Für diesen Lauf sind nur diese Werkzeuge erlaubt: {}. Alle anderen sind gesperrt.\n",
+            names(&permitted)
+        );
+    }
+}
+
+/// The agent block follows the static part (contract section 6 allows it),
+/// so the cached prefix is the same for every agent. Agent text is the user's own, but it is still capped, and tags inside it
 /// are defused so it cannot end the block early.
 fn render_agent(out: &mut String, agent: &AgentContext<'_>) {
     let field = |s: &str, max| defuse_agent_tags(&clip(s, max)).into_owned();

@@ -1,7 +1,7 @@
 //! The tool catalog: which tools the planner may propose (contract section 6).
 //!
 //! The webapp owns the catalog. The built-in copy is `builtin_tools.json`,
-//! the 31 `propose` tools of `shared/contract/propose-tools.json` plus German
+//! the 31 `propose` tools of `fixtures/propose-tools.json` (the webapp's list) plus German
 //! descriptions (the model reads them), embedded in the binary. A deployment
 //! whose webapp has more tools points `MANA_AI_TOOL_CATALOG` at a JSON file of
 //! the same shape; a bad file is a start-up error that names the problem,
@@ -238,18 +238,13 @@ mod tests {
     }
 
     #[test]
-    fn builtin_matches_the_shared_contract_file() {
-        let path =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/contract/propose-tools.json");
-        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-            panic!(
-                "cannot read {} ({e}); CI must check out shared/ beside this crate",
-                path.display()
-            )
-        });
-        let shared: Value = serde_json::from_str(&text).expect("shared catalog is JSON");
+    fn builtin_matches_the_webapps_tool_list_fixture() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/propose-tools.json");
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("cannot read {} ({e})", path.display()));
+        let webapp: Value = serde_json::from_str(&text).expect("the fixture is JSON");
         let builtin = ToolCatalog::builtin();
-        assert_eq!(shape_of_catalog(&builtin), shape_of_value(&shared));
+        assert_eq!(shape_of_catalog(&builtin), shape_of_value(&webapp));
         assert_eq!(builtin.len(), 31);
         let modules: HashSet<_> = builtin.tools().iter().map(|t| &t.module).collect();
         assert_eq!(modules.len(), 16);

@@ -27,12 +27,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tracing::Instrument;
 use deadpool_postgres::Pool;
 use serde_json::Value;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio_postgres::types::ToSql;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::analyze::{self, AnalyzeSchedule};
 use super::decode::RowError;

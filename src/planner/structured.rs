@@ -1,0 +1,332 @@
+//! Structured output: the JSON schema of a plan, the two ways of asking a
+//! model server for it, and which way a server takes (learned once per URL).
+//!
+//! The schema is the contract's plan shape with `toolName` an enum of exactly
+//! the tools the agent may use, 1 to 5 steps and a required `rationale`. A
+//! server that honours it constrains the model's sampling to it, so a small
+//! model cannot wander off into prose or a denied tool. The strict parser
+//! still judges every answer: a server may ignore the schema.
+//!
+//! The two request forms:
+//! - [`Form::JsonSchema`]: `{"type": "json_schema", "json_schema": {name,
+//!   schema, strict}}`, OpenAI's form, also taken by vLLM and Ollama;
+//! - [`Form::JsonObject`]: `{"type": "json_object", "schema": ...}`, the form
+//!   of llama.cpp's servers (which answer the first one with HTTP 500).
+//!
+//! `strict` is `false`: OpenAI's strict mode demands `additionalProperties:
+//! false` on every object, which would force `params` to be `{}`.
+//!
+//! In [`StructuredMode::Auto`] a call tries the forms in that order and then
+//! free text, as long as the server has not yet accepted one: a refusal of a
+//! form ([`is_form_refusal`]) sends the same request again at once in the
+//! next form, without counting an attempt. The first form a server answers
+//! with a 2xx is remembered for the life of the process (per endpoint URL,
+//! across leadership terms) and logged once; a call in which every form was
+//! refused remembers nothing, so the next call probes again.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::{Mutex, OnceLock};
+
+use serde_json::{json, Value};
+
+use super::parser::MAX_STEPS;
+use super::tools::ToolSpec;
+
+/// `MANA_LLM_STRUCTURED`: how the client asks for structured output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StructuredMode {
+    /// Learn per URL which form the server takes (json_schema, json_object, none).
+    #[default]
+    Auto,
+    /// Always OpenAI's `json_schema` form.
+    JsonSchema,
+    /// Always the `json_object` + `schema` form.
+    JsonObject,
+    /// Never send `response_format`: free text, judged by the parser alone.
+    Off,
+}
+
+impl StructuredMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StructuredMode::Auto => "auto",
+            StructuredMode::JsonSchema => "json_schema",
+            StructuredMode::JsonObject => "json_object",
+            StructuredMode::Off => "off",
+        }
+    }
+}
+
+impl FromStr for StructuredMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<StructuredMode, String> {
+        let word = s.trim();
+        [
+            StructuredMode::Auto,
+            StructuredMode::JsonSchema,
+            StructuredMode::JsonObject,
+            StructuredMode::Off,
+        ]
+        .into_iter()
+        .find(|m| word.eq_ignore_ascii_case(m.as_str()))
+        .ok_or_else(|| format!("{s:?} is not one of auto|json_schema|json_object|off"))
+    }
+}
+
+/// One way of sending a request: with a `response_format`, or as free text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Form {
+    JsonSchema,
+    JsonObject,
+    Text,
+}
+
+impl Form {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Form::JsonSchema => "json_schema",
+            Form::JsonObject => "json_object",
+            Form::Text => "text",
+        }
+    }
+
+    /// The next form to try when a server refuses this one.
+    pub fn next(self) -> Option<Form> {
+        match self {
+            Form::JsonSchema => Some(Form::JsonObject),
+            Form::JsonObject => Some(Form::Text),
+            Form::Text => None,
+        }
+    }
+
+    /// The request's `response_format` for `schema`; `None` for free text.
+    pub fn response_format(self, schema: &Value) -> Option<Value> {
+        match self {
+            Form::JsonSchema => Some(json!({
+                "type": "json_schema",
+                "json_schema": {"name": "mission_plan", "schema": schema, "strict": false},
+            })),
+            Form::JsonObject => Some(json!({"type": "json_object", "schema": schema})),
+            Form::Text => None,
+        }
+    }
+}
+
+/// The JSON schema of a plan whose steps may use only `allowed` tools, in
+/// their given order. `None` when no tool is allowed: an empty enum is no
+/// valid schema, and the only valid plan then is one without steps.
+pub fn plan_schema(allowed: &[&ToolSpec]) -> Option<Value> {
+    if allowed.is_empty() {
+        return None;
+    }
+    let names: Vec<&str> = allowed.iter().map(|t| t.name.as_str()).collect();
+    Some(json!({
+        "type": "object",
+        "properties": {
+            "summary": {"type": "string"},
+            "steps": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": MAX_STEPS,
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "summary": {"type": "string"},
+                        "toolName": {"type": "string", "enum": names},
+                        "params": {"type": "object"},
+                        "rationale": {"type": "string", "minLength": 1},
+                    },
+                    "required": ["summary", "toolName", "params", "rationale"],
+                },
+            },
+        },
+        "required": ["summary", "steps"],
+    }))
+}
+
+/// Whether an HTTP status, answered to a form not yet known to work, means
+/// "not this form": any 4xx or 5xx except those that say something else
+/// (401/403 a bad key, 408/429 load, 502/503/504 a gateway or server away),
+/// which keep their usual meaning (final, or retried).
+pub fn is_form_refusal(status: u16) -> bool {
+    matches!(status, 400..=599) && !matches!(status, 401 | 403 | 408 | 429 | 502 | 503 | 504)
+}
+
+/// Forms that servers accepted, per endpoint URL, for the life of the process.
+fn learned() -> &'static Mutex<HashMap<String, Form>> {
+    static LEARNED: OnceLock<Mutex<HashMap<String, Form>>> = OnceLock::new();
+    LEARNED.get_or_init(Default::default)
+}
+
+/// The form an endpoint is known to take, if a call has found it out.
+pub fn known_form(endpoint: &str) -> Option<Form> {
+    // A poisoned lock only means a panic elsewhere; the map itself is whole.
+    let map = learned().lock().unwrap_or_else(|e| e.into_inner());
+    map.get(endpoint).copied()
+}
+
+/// Records that `endpoint` answered `form` with a 2xx. Logs the first time
+/// only; `refused` says what was refused before, for that one log line.
+pub fn remember(endpoint: &str, form: Form, refused: &[(Form, u16)]) {
+    let mut map = learned().lock().unwrap_or_else(|e| e.into_inner());
+    if map.contains_key(endpoint) {
+        return;
+    }
+    map.insert(endpoint.to_string(), form);
+    drop(map);
+    let refused: Vec<String> = refused
+        .iter()
+        .map(|(f, status)| format!("{} (HTTP {status})", f.as_str()))
+        .collect();
+    // The URL may carry credentials: it is not logged.
+    tracing::info!(
+        form = form.as_str(),
+        refused = %refused.join(", "),
+        "LLM server takes this structured-output form; remembered for this process"
+    );
+}
+
+/// The form a call starts with: the learned one, else the first of the mode.
+pub fn first_form(mode: StructuredMode, endpoint: &str) -> Form {
+    match mode {
+        StructuredMode::Off => Form::Text,
+        StructuredMode::JsonSchema => Form::JsonSchema,
+        StructuredMode::JsonObject => Form::JsonObject,
+        StructuredMode::Auto => known_form(endpoint).unwrap_or(Form::JsonSchema),
+    }
+}
+
+/// The form of each request of one call, and the learning in auto mode.
+#[derive(Debug)]
+pub struct FormPicker<'a> {
+    endpoint: &'a str,
+    form: Form,
+    /// Auto mode, a schema to send, and nothing learned for the endpoint yet.
+    learning: bool,
+    refused: Vec<(Form, u16)>,
+}
+
+impl<'a> FormPicker<'a> {
+    /// Without a schema every request is free text.
+    pub fn new(mode: StructuredMode, endpoint: &'a str, has_schema: bool) -> FormPicker<'a> {
+        let form = if has_schema {
+            first_form(mode, endpoint)
+        } else {
+            Form::Text
+        };
+        let learning = has_schema && mode == StructuredMode::Auto && known_form(endpoint).is_none();
+        FormPicker {
+            endpoint,
+            form,
+            learning,
+            refused: Vec::new(),
+        }
+    }
+
+    pub fn form(&self) -> Form {
+        self.form
+    }
+
+    /// The server answered `status` to the current form. `true`: send the
+    /// request again at once in the next form (auto mode, still learning,
+    /// and the status refuses the form); `false`: handle it as usual.
+    pub fn refused(&mut self, status: u16) -> bool {
+        let next = match self.form.next() {
+            Some(next) if self.learning && is_form_refusal(status) => next,
+            _ => return false,
+        };
+        tracing::debug!(
+            form = self.form.as_str(),
+            status,
+            next = next.as_str(),
+            "LLM server refused a structured-output form"
+        );
+        self.refused.push((self.form, status));
+        self.form = next;
+        true
+    }
+
+    /// The server answered the current form with a 2xx.
+    pub fn accepted(&self) {
+        if self.learning {
+            remember(self.endpoint, self.form, &self.refused);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::planner::tools::ToolCatalog;
+
+    #[test]
+    fn modes_parse_and_name_themselves() {
+        for mode in ["auto", "json_schema", "JSON_OBJECT", " off "] {
+            let parsed: StructuredMode = mode.parse().unwrap();
+            assert!(mode.trim().eq_ignore_ascii_case(parsed.as_str()));
+        }
+        let e = "strict".parse::<StructuredMode>().unwrap_err();
+        assert!(e.contains("auto|json_schema|json_object|off"), "{e}");
+    }
+
+    #[test]
+    fn schema_enumerates_exactly_the_allowed_tools() {
+        let catalog = ToolCatalog::builtin();
+        let allowed: Vec<&ToolSpec> = catalog.tools().iter().take(3).collect();
+        let schema = plan_schema(&allowed).unwrap();
+        let step = &schema["properties"]["steps"];
+        assert_eq!(
+            (step["minItems"].clone(), step["maxItems"].clone()),
+            (json!(1), json!(5))
+        );
+        let names: Vec<&str> = allowed.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(
+            step["items"]["properties"]["toolName"]["enum"],
+            json!(names)
+        );
+        let required = &step["items"]["required"];
+        assert!(required.as_array().unwrap().contains(&json!("rationale")));
+        assert_eq!(plan_schema(&[]), None);
+    }
+
+    #[test]
+    fn both_forms_carry_the_schema_and_text_none() {
+        let schema = json!({"type": "object"});
+        let a = Form::JsonSchema.response_format(&schema).unwrap();
+        assert_eq!(a["type"], "json_schema");
+        assert_eq!(a["json_schema"]["schema"], schema);
+        assert_eq!(a["json_schema"]["name"], "mission_plan");
+        let b = Form::JsonObject.response_format(&schema).unwrap();
+        assert_eq!(
+            (b["type"].clone(), b["schema"].clone()),
+            (json!("json_object"), schema.clone())
+        );
+        assert_eq!(Form::Text.response_format(&schema), None);
+    }
+
+    #[test]
+    fn refusals_exclude_auth_and_load_statuses() {
+        for status in [400, 404, 415, 422, 500, 501] {
+            assert!(is_form_refusal(status), "{status}");
+        }
+        for status in [200, 401, 403, 408, 429, 502, 503, 504] {
+            assert!(!is_form_refusal(status), "{status}");
+        }
+    }
+
+    #[test]
+    fn a_learned_form_is_kept_and_first_in_auto_only() {
+        let url = "http://unit-test.invalid/v1/chat/completions";
+        assert_eq!(first_form(StructuredMode::Auto, url), Form::JsonSchema);
+        remember(url, Form::JsonObject, &[(Form::JsonSchema, 500)]);
+        remember(url, Form::Text, &[]);
+        assert_eq!(first_form(StructuredMode::Auto, url), Form::JsonObject);
+        assert_eq!(
+            first_form(StructuredMode::JsonSchema, url),
+            Form::JsonSchema
+        );
+        assert_eq!(first_form(StructuredMode::Off, url), Form::Text);
+    }
+}
