@@ -1158,7 +1158,7 @@ async fn traces_reach_an_otlp_receiver_with_ids_and_without_content() {
         t.writebacks("tara", "m-traced").await.len() == 1
     })
     .await;
-    let exported = |needle: &'static [u8]| {
+    let exported = |needle: &[u8]| {
         collector
             .requests()
             .iter()

@@ -27,16 +27,19 @@ pub const MAX_PARAMS_CHARS: usize = 300;
 /// Short codes: timestamps, statuses, tool names.
 const MAX_CODE_CHARS: usize = 60;
 
-/// Appends the last three iterations (oldest first) to `out`.
-pub fn render_history(out: &mut String, iterations: &[Value]) {
-    let total = iterations.len();
-    if total == 0 {
+/// Appends the last three iterations (oldest first) to `out`; `iterations`
+/// are the last of a history of `total` (at least `iterations.len()`).
+pub fn render_history(out: &mut String, iterations: &[Value], total: usize) {
+    let shown = iterations.len();
+    let total = total.max(shown);
+    if shown == 0 {
         out.push_str("Noch keine Iterationen: dies ist der erste Lauf der Mission.\n");
         return;
     }
-    let first = total.saturating_sub(MAX_ITERATIONS);
+    let first = shown.saturating_sub(MAX_ITERATIONS);
+    let skipped = total - shown;
     for (offset, iteration) in iterations[first..].iter().enumerate() {
-        render_iteration(out, first + offset + 1, total, iteration);
+        render_iteration(out, skipped + first + offset + 1, total, iteration);
     }
 }
 
@@ -169,8 +172,19 @@ mod tests {
 
     fn render(iterations: &[Value]) -> String {
         let mut out = String::new();
-        render_history(&mut out, iterations);
+        render_history(&mut out, iterations, iterations.len());
         out
+    }
+
+    #[test]
+    fn the_last_three_of_a_long_history_are_numbered_in_it() {
+        let last: Vec<Value> = (8..=10).map(iteration).collect();
+        let mut out = String::new();
+        render_history(&mut out, &last, 10);
+        for n in 8..=10 {
+            assert!(out.contains(&format!("### Iteration {n} von 10")), "{out}");
+        }
+        assert!(!out.contains("Iteration 1 von"), "{out}");
     }
 
     fn iteration(n: usize) -> Value {

@@ -46,8 +46,11 @@ pub struct MissionView<'a> {
     pub title: &'a str,
     pub concept: &'a str,
     pub objective: &'a str,
-    /// MissionIteration JSON, oldest first, read defensively.
+    /// MissionIteration JSON, oldest first, read defensively: the last
+    /// ones of the history (a run reads only the three the prompt shows).
     pub iterations: &'a [Value],
+    /// How many iterations the whole history holds, for "Iteration n von m".
+    pub iteration_count: usize,
 }
 
 impl<'a> MissionView<'a> {
@@ -59,6 +62,7 @@ impl<'a> MissionView<'a> {
             concept: str_field(record, "conceptMarkdown"),
             objective: str_field(record, "objective"),
             iterations: iterations.map(Vec::as_slice).unwrap_or(&[]),
+            iteration_count: iterations.map_or(0, Vec::len),
         }
     }
 }
@@ -312,7 +316,7 @@ fn user_message(input: &PromptInput<'_>) -> String {
     out.push_str("## Eingaben\n");
     render_inputs(&mut out, input.inputs);
     out.push_str("## Bisherige Iterationen (die letzten drei, älteste zuerst)\n");
-    render_history(&mut out, mission.iterations);
+    render_history(&mut out, mission.iterations, mission.iteration_count);
     out.push_str("Plane jetzt die nächste Iteration und antworte nur mit dem json-Codeblock.\n");
     out
 }

@@ -37,6 +37,7 @@ fn mission() -> MissionView<'static> {
         concept: "Mehr Bewegung im Alltag.",
         objective: "Jede Woche drei Sporteinheiten planen",
         iterations: &[],
+        iteration_count: 0,
     }
 }
 
@@ -157,6 +158,7 @@ fn system_prefix_is_byte_identical_across_missions_agents_and_times() {
         concept: "Belege sammeln.",
         objective: "Bis Mai abgeben",
         iterations: &[],
+        iteration_count: 0,
     };
     let a = build_prompt(&PromptInput {
         mission: mission(),
@@ -246,6 +248,7 @@ fn user_message_holds_mission_inputs_and_history() {
         .collect();
     let mission = MissionView {
         iterations: &iterations,
+        iteration_count: 0,
         ..mission()
     };
     let inputs = [input("- Äpfel\n- Hafer"), input("")];

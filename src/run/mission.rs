@@ -5,6 +5,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::admit::Admission;
@@ -33,7 +34,9 @@ const LOAD_DUE: &str = "SELECT CASE WHEN jsonb_typeof(record->'iterations') = 'a
             THEN record || jsonb_build_object('iterations',
                    jsonb_path_query_array(record->'iterations', '$[last-2 to last]'))
             ELSE record END,
-        next_run_at, next_run_ts
+        next_run_at, next_run_ts,
+        CASE WHEN jsonb_typeof(record->'iterations') = 'array'
+            THEN jsonb_array_length(record->'iterations') ELSE 0 END
      FROM mana_ai.mission_snapshots
      WHERE user_id = $1 AND mission_id = $2 AND NOT deleted AND state = 'active'";
 
@@ -67,7 +70,10 @@ impl Runner {
             mission_id: mission_id.into(),
             slot: slot_text,
         };
-        let (token, failures) = match claim::claim(&mut client, &slot, deps.instance_id).await? {
+        let (token, failures) = match claim::claim(&mut client, &slot, deps.instance_id)
+            .instrument(tracing::info_span!("claim"))
+            .await?
+        {
             Claim::Claimed { token, failures } => (token, failures.max(0) as u32),
             Claim::Done => {
                 self.check_done_slot(&**client, &slot).await;
@@ -87,7 +93,11 @@ impl Runner {
             phase: Phase::ResolvingInputs,
             armed: true,
         };
-        let admitted = match self.admit(&**client, user_id, record, started).await? {
+        let admitted = match self
+            .admit(&**client, user_id, record, started)
+            .instrument(tracing::info_span!("gate"))
+            .await?
+        {
             Admission::Run(admitted) => admitted,
             Admission::Skip { decision, retry_at } => {
                 claim::release(&**client, &slot, token, retry_at, decision.as_str()).await?;
@@ -99,7 +109,10 @@ impl Runner {
         let agent = &admitted.agent;
 
         let iteration_id = Uuid::new_v4().to_string();
-        let mission_view = MissionView::from_record(&record_value);
+        let mut mission_view = MissionView::from_record(&record_value);
+        // The record holds the last three; the prompt numbers them in the whole history.
+        let count: i32 = row.try_get(3)?;
+        mission_view.iteration_count = usize::try_from(count).unwrap_or_default();
         let resolved_inputs = self
             .gather_inputs(
                 &mut client,
@@ -109,6 +122,7 @@ impl Runner {
                 &mission_view,
                 started,
             )
+            .instrument(tracing::info_span!("inputs"))
             .await?;
 
         // Prompt, plan, parse.
@@ -129,6 +143,7 @@ impl Runner {
         let answer = match &deps.planner {
             Planner::Llm(llm) => {
                 llm.complete_plan(&prompt.system, &prompt.user, prompt.schema.as_ref())
+                    .instrument(tracing::info_span!("llm_call"))
                     .await
             }
             Planner::Offline => Ok(LlmAnswer {
@@ -218,7 +233,9 @@ impl Runner {
             &plan.summary,
             &plan.steps,
         );
-        let written = writeback::commit(&mut client, &write).await?;
+        let written = writeback::commit(&mut client, &write)
+            .instrument(tracing::info_span!("write_back"))
+            .await?;
         guard.armed = false;
         if !written {
             return Ok(Outcome::Fenced);
