@@ -22,5 +22,7 @@ pub mod run;
 pub mod schedule;
 pub mod service;
 pub mod sync;
+#[cfg(test)]
+mod testenv;
 pub mod testkit;
 pub mod triggers;

@@ -141,14 +141,7 @@ fn otlp_provider(
 mod tests {
     use super::*;
 
-    fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
-        move |k| {
-            pairs
-                .iter()
-                .find(|(n, _)| *n == k)
-                .map(|(_, v)| v.to_string())
-        }
-    }
+    use crate::testenv::env;
 
     #[test]
     fn colour_only_on_a_terminal_without_no_color() {

@@ -144,7 +144,7 @@ pub fn probe(config: &tokio_postgres::Config) -> Result<(), String> {
             let (client, connection) = tokio::time::timeout(PROBE_TIMEOUT, connecting)
                 .await
                 .map_err(|_| "no answer within 3 s".to_string())?
-                .map_err(|e| reason(&e))?;
+                .map_err(|e| crate::db::errors::describe(&e))?;
             tokio::spawn(connection);
             let row = client
                 .query_one(
@@ -152,7 +152,7 @@ pub fn probe(config: &tokio_postgres::Config) -> Result<(), String> {
                     &[],
                 )
                 .await
-                .map_err(|e| reason(&e))?;
+                .map_err(|e| crate::db::errors::describe(&e))?;
             match row.try_get::<_, bool>(0) {
                 Ok(true) => Ok(()),
                 _ => Err("lets us in, but not as a superuser".to_string()),
@@ -164,41 +164,11 @@ pub fn probe(config: &tokio_postgres::Config) -> Result<(), String> {
         .unwrap_or_else(|_| Err("the probe panicked".into()))
 }
 
-/// A connection error in words a newcomer can act on.
-fn reason(e: &tokio_postgres::Error) -> String {
-    let text = match e.as_db_error() {
-        Some(db) => db.message().to_string(),
-        None => {
-            // tokio-postgres keeps the cause ("password missing") in the source.
-            let mut text = e.to_string();
-            let mut source = std::error::Error::source(e);
-            while let Some(cause) = source {
-                text = format!("{text}: {cause}");
-                source = cause.source();
-            }
-            text
-        }
-    };
-    if text.contains("password missing") {
-        return "the server asks for a password and none is set \
-                (PGPASSWORD, ~/.pgpass or DATABASE_URL)"
-            .into();
-    }
-    text
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
-        move |k| {
-            pairs
-                .iter()
-                .find(|(n, _)| *n == k)
-                .map(|(_, v)| v.to_string())
-        }
-    }
+    use crate::testenv::env;
 
     #[test]
     fn without_libpq_variables_only_the_local_server_is_tried() {
