@@ -48,6 +48,10 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// `MANA_LLM_MAX_TOKENS` default: a plan of five steps is a few hundred
+/// tokens; this leaves room for a verbose model and stops a looping one.
+pub const DEFAULT_LLM_MAX_TOKENS: u32 = 1024;
+
 /// `MANA_LLM_TIMEOUT_SECS` default: a small model on two CPU cores takes
 /// about 25 s to read the planner's 3,100-token prompt the first time, and a
 /// few-billion-parameter one several times that.
@@ -107,6 +111,8 @@ pub struct Config {
     pub llm_structured: crate::planner::structured::StructuredMode,
     /// `MANA_LLM_MAX_ATTEMPTS`: tries per run for retryable failures.
     pub llm_max_attempts: u32,
+    /// `MANA_LLM_MAX_TOKENS`: `max_tokens` of every request (0: not sent).
+    pub llm_max_tokens: u32,
     /// `MANA_AI_PLANNER`: `llm` (the default) or `offline`, a fixed example
     /// plan for trying `serve` without a model (never chosen silently).
     pub offline_planner: bool,
@@ -244,6 +250,12 @@ impl Config {
                 None => Default::default(),
             },
             llm_max_attempts: parse_num(&get, "MANA_LLM_MAX_ATTEMPTS", 3u32, 1..=10)?,
+            llm_max_tokens: parse_num(
+                &get,
+                "MANA_LLM_MAX_TOKENS",
+                DEFAULT_LLM_MAX_TOKENS,
+                0..=1_000_000,
+            )?,
             offline_planner: parse_planner(&get)?,
             api_url: parse_http_url(&get, "MANA_API_URL", "http://localhost:3060")?,
             private_key_pem: Secret::new(get("MANA_AI_PRIVATE_KEY_PEM").unwrap_or_default()),

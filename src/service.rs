@@ -87,6 +87,7 @@ pub fn llm_planner(config: &Config, metrics: &Metrics) -> anyhow::Result<Planner
     );
     llm.timeout = config.llm_timeout;
     llm.max_attempts = config.llm_max_attempts;
+    llm.max_tokens = (config.llm_max_tokens > 0).then_some(config.llm_max_tokens);
     llm.structured = config.llm_structured;
     let client = LlmClient::new(llm)
         .map_err(|e| anyhow::anyhow!("MANA_LLM_URL: {e}"))?

@@ -74,6 +74,7 @@ async fn request_has_exactly_the_contract_wire_format() {
         json!({
             "model": "gemma3:4b",
             "temperature": 0.3,
+            "max_tokens": 1024,
             "messages": [
                 {"role": "system", "content": "Du planst."},
                 {"role": "user", "content": "Mission: Ä ü"},

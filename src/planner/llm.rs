@@ -69,6 +69,10 @@ pub struct LlmConfig {
     pub max_body_bytes: usize,
     /// `MANA_LLM_STRUCTURED`: how [`LlmClient::complete_plan`] sends the schema.
     pub structured: StructuredMode,
+    /// `MANA_LLM_MAX_TOKENS`: the answer's length cap sent as `max_tokens`
+    /// (`None`: not sent). A small model that loops stops there instead of
+    /// writing until the timeout while holding the server's only slot.
+    pub max_tokens: Option<u32>,
 }
 
 impl LlmConfig {
@@ -89,6 +93,7 @@ impl LlmConfig {
             retry_after_cap: Duration::from_secs(30),
             max_body_bytes: 2 * 1024 * 1024,
             structured: StructuredMode::Auto,
+            max_tokens: Some(crate::config::DEFAULT_LLM_MAX_TOKENS),
         }
     }
 }
@@ -145,6 +150,8 @@ struct ChatRequest<'a> {
     model: &'a str,
     temperature: f64,
     messages: [ChatMessage<'a>; 2],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tokens: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     response_format: Option<Value>,
 }
@@ -294,6 +301,7 @@ impl LlmClient {
                     content: user,
                 },
             ],
+            max_tokens: self.config.max_tokens,
             response_format: schema.and_then(|schema| form.response_format(schema)),
         };
         serde_json::to_vec(&request).map_err(|e| LlmError::Config(e.to_string()))
