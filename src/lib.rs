@@ -2,7 +2,7 @@
 //!
 //! Triggers on `sync_changes` queue each mission/agent change; the reactor
 //! folds just that change into snapshot rows and keeps every active mission
-//! in a timer wheel that fires at its `nextRunAt`. See `DESIGN.md`.
+//! in a timer wheel that fires at its `nextRunAt`. See `docs/design.md`.
 
 pub mod audit;
 pub mod backend;
