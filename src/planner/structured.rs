@@ -114,6 +114,12 @@ impl Form {
     }
 }
 
+/// Longest summary (the plan's or a step's) the schema allows: a line the
+/// user reads. Bounding the strings bounds how long a small model writes.
+pub const MAX_SUMMARY_CHARS: usize = 160;
+/// Longest rationale the schema allows: two or three sentences.
+pub const MAX_RATIONALE_CHARS: usize = 280;
+
 /// The JSON schema of a plan whose steps may use only `allowed` tools, in
 /// their given order. `None` when no tool is allowed: an empty enum is no
 /// valid schema, and the only valid plan then is one without steps.
@@ -125,7 +131,7 @@ pub fn plan_schema(allowed: &[&ToolSpec]) -> Option<Value> {
     Some(json!({
         "type": "object",
         "properties": {
-            "summary": {"type": "string"},
+            "summary": {"type": "string", "maxLength": MAX_SUMMARY_CHARS},
             "steps": {
                 "type": "array",
                 "minItems": 1,
@@ -133,10 +139,14 @@ pub fn plan_schema(allowed: &[&ToolSpec]) -> Option<Value> {
                 "items": {
                     "type": "object",
                     "properties": {
-                        "summary": {"type": "string"},
+                        "summary": {"type": "string", "maxLength": MAX_SUMMARY_CHARS},
                         "toolName": {"type": "string", "enum": names},
                         "params": {"type": "object"},
-                        "rationale": {"type": "string", "minLength": 1},
+                        "rationale": {
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": MAX_RATIONALE_CHARS,
+                        },
                     },
                     "required": ["summary", "toolName", "params", "rationale"],
                 },
@@ -288,6 +298,15 @@ mod tests {
         );
         let required = &step["items"]["required"];
         assert!(required.as_array().unwrap().contains(&json!("rationale")));
+        // The strings are bounded, so a small model's answer is too.
+        let fields = &step["items"]["properties"];
+        assert_eq!(fields["summary"]["maxLength"], json!(MAX_SUMMARY_CHARS));
+        assert_eq!(fields["rationale"]["maxLength"], json!(MAX_RATIONALE_CHARS));
+        assert_eq!(fields["rationale"]["minLength"], json!(1));
+        assert_eq!(
+            schema["properties"]["summary"]["maxLength"],
+            json!(MAX_SUMMARY_CHARS)
+        );
         assert_eq!(plan_schema(&[]), None);
     }
 
