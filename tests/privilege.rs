@@ -5,35 +5,11 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::setup;
-use mana_ai::pgenv::{role_password, TempDb, SERVICE_ROLE};
-
-fn kit(file: &str) -> String {
-    format!("{}/triggers/{file}", env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Runs a kit file with psql as the superuser; returns (success, stderr).
-fn psql(db: &TempDb, file: &str, role: Option<&str>) -> (bool, String) {
-    let mut cmd = Command::new("psql");
-    cmd.arg("-X").arg("-q").args(["-v", "ON_ERROR_STOP=1"]);
-    if let Some(role) = role {
-        cmd.arg("-v").arg(format!("service_role={role}"));
-    }
-    let out = cmd
-        .arg("-d")
-        .arg(db.admin_url())
-        .arg("-f")
-        .arg(kit(file))
-        .output()
-        .expect("psql is installed (Debian: postgresql-client)");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use common::{psql, setup};
+use mana_ai::pgenv::{role_password, SERVICE_ROLE};
 
 fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

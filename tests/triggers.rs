@@ -5,33 +5,9 @@ mod common;
 
 use std::process::Command;
 
-use common::{write, Change};
+use common::{psql, write, Change};
 use mana_ai::pgenv::{TempDb, SERVICE_ROLE, SYNC_ROLE};
 use serde_json::json;
-
-fn kit(file: &str) -> String {
-    format!("{}/triggers/{file}", env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Runs a kit file with psql as the superuser; returns (success, stderr).
-fn psql(db: &TempDb, file: &str, role: Option<&str>) -> (bool, String) {
-    let mut cmd = Command::new("psql");
-    cmd.arg("-X").arg("-q").args(["-v", "ON_ERROR_STOP=1"]);
-    if let Some(role) = role {
-        cmd.arg("-v").arg(format!("service_role={role}"));
-    }
-    let out = cmd
-        .arg("-d")
-        .arg(db.admin_url())
-        .arg("-f")
-        .arg(kit(file))
-        .output()
-        .expect("psql is installed (Debian: postgresql-client)");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 async fn count(client: &tokio_postgres::Client, sql: &str) -> i64 {
     client.query_one(sql, &[]).await.unwrap().get(0)

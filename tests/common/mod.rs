@@ -307,3 +307,29 @@ pub fn mission_data(extra: Value) -> Value {
 pub fn plan_answer() -> String {
     "Hier ist der Plan:\n```json\n{\"summary\": \"Woche geplant\", \"steps\": [{\"summary\": \"Aufgabe anlegen\", \"toolName\": \"create_task\", \"params\": {\"title\": \"Montag planen\"}, \"rationale\": \"Ein Anfang hilft.\"}]}\n```".into()
 }
+
+/// A file of the DBA kit (`triggers/`).
+pub fn kit(file: &str) -> String {
+    format!("{}/triggers/{file}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs a kit file with psql as the superuser, as a DBA would; returns
+/// (success, stderr).
+pub fn psql(db: &TempDb, file: &str, role: Option<&str>) -> (bool, String) {
+    let mut cmd = std::process::Command::new("psql");
+    cmd.arg("-X").arg("-q").args(["-v", "ON_ERROR_STOP=1"]);
+    if let Some(role) = role {
+        cmd.arg("-v").arg(format!("service_role={role}"));
+    }
+    let out = cmd
+        .arg("-d")
+        .arg(db.admin_url())
+        .arg("-f")
+        .arg(kit(file))
+        .output()
+        .expect("psql is installed (Debian: postgresql-client)");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
