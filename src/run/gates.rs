@@ -110,16 +110,6 @@ pub async fn tokens_last_day(
     Ok(row.get(0))
 }
 
-/// Drops usage rows no window can see any more.
-pub async fn prune_token_usage(client: &impl GenericClient) -> Result<u64, tokio_postgres::Error> {
-    client
-        .execute(
-            "DELETE FROM mana_ai.token_usage WHERE ts < now() - interval '25 hours'",
-            &[],
-        )
-        .await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
