@@ -9,12 +9,12 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use chrono::{Duration, Utc};
+use common::logs::{capture_logs, captured_logs};
 use common::{eventually, mission_data, plan_answer, setup, write, Change, Leading, TestDb};
 use mana_ai::audit::{self, AuditEntry};
 use mana_ai::crypto::{derive_mdk, encrypt_value, mint_grant, GrantPublicKey, Mdk, MissionGrant};
@@ -64,60 +64,6 @@ fn pem_body_lines() -> Vec<&'static str> {
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with("-----"))
         .collect()
-}
-
-// ---------------------------------------------------------------- log capture
-
-/// Every formatted log line of this test binary (all tests share the process).
-fn log_buffer() -> &'static Arc<Mutex<Vec<u8>>> {
-    static BUF: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    BUF.get_or_init(|| Arc::new(Mutex::new(Vec::new())))
-}
-
-#[derive(Clone)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
-    type Writer = Capture;
-
-    fn make_writer(&'a self) -> Capture {
-        self.clone()
-    }
-}
-
-/// Installs the capturing subscriber once for the whole binary. Every test
-/// calls it first, so whichever runs first installs it before any service
-/// code logs (the common `setup()` only installs one when RUST_LOG is set,
-/// with `try_init`, which then loses to this one).
-fn capture_logs() {
-    static INSTALLED: OnceLock<()> = OnceLock::new();
-    INSTALLED.get_or_init(|| {
-        let subscriber = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new("mana_ai=debug"))
-            .with_ansi(false)
-            .with_writer(Capture(log_buffer().clone()))
-            .finish();
-        tracing::subscriber::set_global_default(subscriber)
-            .expect("no other global subscriber in this binary");
-    });
-}
-
-fn captured_logs() -> String {
-    String::from_utf8_lossy(&log_buffer().lock().unwrap_or_else(|p| p.into_inner())).into_owned()
 }
 
 // ------------------------------------------------------------------- fixture

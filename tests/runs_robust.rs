@@ -6,70 +6,19 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use common::logs::{capture_logs, captured_logs};
 use common::{eventually, mission_data, plan_answer, write, Change, TestDb};
 use mana_ai::testkit::fake_llm::FakeLlm;
 use mana_ai::testkit::http::FakeReply;
 use serde_json::{json, Value};
-
-// ---------------------------------------------------------------- log capture
-
-/// Every formatted log line of this test binary (all tests share the process).
-fn log_buffer() -> &'static Arc<Mutex<Vec<u8>>> {
-    static BUF: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    BUF.get_or_init(|| Arc::new(Mutex::new(Vec::new())))
-}
-
-#[derive(Clone)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
-    type Writer = Capture;
-
-    fn make_writer(&'a self) -> Capture {
-        self.clone()
-    }
-}
 
 /// Every test calls this first, so the capturing subscriber is installed
 /// before any service code logs.
 async fn setup() -> TestDb {
     capture_logs();
     common::setup().await
-}
-
-fn capture_logs() {
-    static INSTALLED: OnceLock<()> = OnceLock::new();
-    INSTALLED.get_or_init(|| {
-        let subscriber = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new("mana_ai=debug"))
-            .with_ansi(false)
-            .with_writer(Capture(log_buffer().clone()))
-            .finish();
-        tracing::subscriber::set_global_default(subscriber)
-            .expect("no other global subscriber in this binary");
-    });
-}
-
-fn captured_logs() -> String {
-    String::from_utf8_lossy(&log_buffer().lock().unwrap_or_else(|p| p.into_inner())).into_owned()
 }
 
 // ---------------------------------------------------------------- helpers

@@ -2,6 +2,8 @@
 //! the reactor started against it as the unprivileged service role.
 #![allow(dead_code)]
 
+pub mod logs;
+
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
