@@ -70,6 +70,45 @@ async fn kill_lock_waiters(admin: &tokio_postgres::Client) -> i64 {
         .get(0)
 }
 
+/// Waits until mission `id` of the first test user has its claim row.
+async fn claimed(t: &TestDb, id: &str) {
+    let sql = format!("SELECT count(*) FROM mana_ai.mission_runs WHERE mission_id = '{id}'");
+    eventually("claimed", || async { count(t, &sql).await == 1 }).await;
+}
+
+/// Locks mission `id`'s claim row, so its write-back waits on it.
+async fn hold_claim<'a>(
+    admin: &'a mut tokio_postgres::Client,
+    id: &str,
+) -> tokio_postgres::Transaction<'a> {
+    let lock = admin.transaction().await.unwrap();
+    let sql = format!("SELECT 1 FROM mana_ai.mission_runs WHERE mission_id = '{id}' FOR UPDATE");
+    lock.execute(sql.as_str(), &[]).await.unwrap();
+    lock
+}
+
+/// Mission `m1` of `user` is written (`what`), and after the runs settled it
+/// has exactly one iteration and no slot is left `running`.
+async fn written_exactly_once(t: &TestDb, lead: &common::Leading, user: &str, what: &str) {
+    eventually(what, || async { t.writebacks(user, "m1").await.len() == 1 }).await;
+    lead.settled().await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        t.writebacks(user, "m1").await.len(),
+        1,
+        "exactly one iteration"
+    );
+    assert_eq!(folded_iterations(t, user, "m1").await.len(), 1);
+    assert_eq!(
+        count(
+            t,
+            "SELECT count(*) FROM mana_ai.mission_runs WHERE state = 'running'"
+        )
+        .await,
+        0
+    );
+}
+
 // ------------------------------------------------------------------- tests
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -167,22 +206,8 @@ async fn a_writeback_whose_connections_are_cut_gives_the_slot_back_and_runs_once
     // connection that waits there: the write-back's, then the give-back's.
     let mut admin = t.admin().await;
     seed(&t, "ida", "m1", json!({})).await;
-    eventually("claimed", || async {
-        count(
-            &t,
-            "SELECT count(*) FROM mana_ai.mission_runs WHERE mission_id = 'm1'",
-        )
-        .await
-            == 1
-    })
-    .await;
-    let lock = admin.transaction().await.unwrap();
-    lock.execute(
-        "SELECT 1 FROM mana_ai.mission_runs WHERE mission_id = 'm1' FOR UPDATE",
-        &[],
-    )
-    .await
-    .unwrap();
+    claimed(&t, "m1").await;
+    let lock = hold_claim(&mut admin, "m1").await;
     let killer = t.admin().await;
     let mut killed = 0;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -195,26 +220,7 @@ async fn a_writeback_whose_connections_are_cut_gives_the_slot_back_and_runs_once
         "the write-back and its give-back were cut ({killed})"
     );
     lock.rollback().await.unwrap();
-    eventually("written once the database answers", || async {
-        t.writebacks("ida", "m1").await.len() == 1
-    })
-    .await;
-    lead.settled().await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(
-        t.writebacks("ida", "m1").await.len(),
-        1,
-        "exactly one iteration"
-    );
-    assert_eq!(folded_iterations(&t, "ida", "m1").await.len(), 1);
-    assert_eq!(
-        count(
-            &t,
-            "SELECT count(*) FROM mana_ai.mission_runs WHERE state = 'running'"
-        )
-        .await,
-        0
-    );
+    written_exactly_once(&t, &lead, "ida", "written once the database answers").await;
     lead.stop().await;
 }
 
@@ -232,24 +238,10 @@ async fn a_database_restart_during_the_writeback_still_yields_one_iteration() {
     .unwrap();
     let lead = t.lead(&[("MANA_LLM_URL", &llm.url())]).await;
     seed(&t, "jo", "m1", json!({})).await;
-    eventually("claimed", || async {
-        count(
-            &t,
-            "SELECT count(*) FROM mana_ai.mission_runs WHERE mission_id = 'm1'",
-        )
-        .await
-            == 1
-    })
-    .await;
+    claimed(&t, "m1").await;
     // The write-back waits on the claim row while the database restarts.
     let mut admin = t.admin().await;
-    let lock = admin.transaction().await.unwrap();
-    lock.execute(
-        "SELECT 1 FROM mana_ai.mission_runs WHERE mission_id = 'm1' FOR UPDATE",
-        &[],
-    )
-    .await
-    .unwrap();
+    let lock = hold_claim(&mut admin, "m1").await;
     let watcher = t.admin().await;
     eventually("the write-back waits on the claim", || async {
         watcher
@@ -270,26 +262,7 @@ async fn a_database_restart_during_the_writeback_still_yields_one_iteration() {
         .unwrap()
         .expect("pg_ctl restart");
     drop((lock, watcher));
-    eventually("written after the restart", || async {
-        t.writebacks("jo", "m1").await.len() == 1
-    })
-    .await;
-    lead.settled().await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(
-        t.writebacks("jo", "m1").await.len(),
-        1,
-        "exactly one iteration"
-    );
-    assert_eq!(folded_iterations(&t, "jo", "m1").await.len(), 1);
-    assert_eq!(
-        count(
-            &t,
-            "SELECT count(*) FROM mana_ai.mission_runs WHERE state = 'running'"
-        )
-        .await,
-        0
-    );
+    written_exactly_once(&t, &lead, "jo", "written after the restart").await;
     lead.stop().await;
 }
 
