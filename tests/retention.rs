@@ -6,17 +6,6 @@ mod common;
 
 use common::{eventually, setup, TestDb};
 
-async fn count(t: &TestDb, sql: &str) -> i64 {
-    t.pool
-        .get()
-        .await
-        .unwrap()
-        .query_one(sql, &[])
-        .await
-        .unwrap()
-        .get(0)
-}
-
 /// Rows of every kind, old and recent, as the service role.
 async fn seed(t: &TestDb) {
     let client = t.pool.get().await.unwrap();
@@ -60,17 +49,14 @@ async fn the_leader_prunes_old_rows_in_batches_and_keeps_recent_ones_and_running
     let lead = t.lead(&[("MANA_AI_SWEEP_INTERVAL_SECS", "1")]).await;
 
     eventually("old rows pruned", || async {
-        count(&t, "SELECT count(*) FROM mana_ai.token_usage").await == 3
-            && count(&t, "SELECT count(*) FROM mana_ai.mission_runs").await == 3
-            && count(&t, "SELECT count(*) FROM mana_ai.dead_changes").await == 1
+        t.count("SELECT count(*) FROM mana_ai.token_usage").await == 3
+            && t.count("SELECT count(*) FROM mana_ai.mission_runs").await == 3
+            && t.count("SELECT count(*) FROM mana_ai.dead_changes").await == 1
     })
     .await;
     assert_eq!(
-        count(
-            &t,
-            "SELECT count(*) FROM mana_ai.token_usage WHERE mission_id = 'm-recent'"
-        )
-        .await,
+        t.count("SELECT count(*) FROM mana_ai.token_usage WHERE mission_id = 'm-recent'")
+            .await,
         3
     );
     let kept: Vec<String> = t
@@ -89,11 +75,8 @@ async fn the_leader_prunes_old_rows_in_batches_and_keeps_recent_ones_and_running
         .collect();
     assert_eq!(kept, ["old-running", "recent-done", "recent-retry"]);
     assert_eq!(
-        count(
-            &t,
-            "SELECT count(*) FROM mana_ai.dead_changes WHERE detail = 'recent'"
-        )
-        .await,
+        t.count("SELECT count(*) FROM mana_ai.dead_changes WHERE detail = 'recent'")
+            .await,
         1
     );
     let text = lead.metrics.render();
@@ -118,8 +101,8 @@ async fn the_leader_prunes_old_rows_in_batches_and_keeps_recent_ones_and_running
         .await
         .unwrap();
     eventually("aged rows pruned on a later sweep", || async {
-        count(&t, "SELECT count(*) FROM mana_ai.dead_changes").await == 0
-            && count(&t, "SELECT count(*) FROM mana_ai.mission_runs").await == 2
+        t.count("SELECT count(*) FROM mana_ai.dead_changes").await == 0
+            && t.count("SELECT count(*) FROM mana_ai.mission_runs").await == 2
     })
     .await;
     lead.stop().await;
@@ -131,8 +114,8 @@ async fn retention_days_are_configurable_and_the_counters_start_at_zero() {
     seed(&t).await;
     let lead = t.lead(&[("MANA_AI_RETENTION_DAYS", "1")]).await;
     eventually("rows older than a day pruned", || async {
-        count(&t, "SELECT count(*) FROM mana_ai.dead_changes").await == 1
-            && count(&t, "SELECT count(*) FROM mana_ai.mission_runs").await == 2
+        t.count("SELECT count(*) FROM mana_ai.dead_changes").await == 1
+            && t.count("SELECT count(*) FROM mana_ai.mission_runs").await == 2
     })
     .await;
     lead.stop().await;

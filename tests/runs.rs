@@ -12,17 +12,6 @@ use mana_ai::testkit::fake_llm::FakeLlm;
 use mana_ai::testkit::http::FakeReply;
 use serde_json::{json, Value};
 
-async fn count(t: &TestDb, sql: &str) -> i64 {
-    t.pool
-        .get()
-        .await
-        .unwrap()
-        .query_one(sql, &[])
-        .await
-        .unwrap()
-        .get(0)
-}
-
 async fn seed(t: &TestDb, user: &str, id: &str, extra: Value) {
     let mut sync = t.sync_client().await;
     write(
@@ -70,11 +59,8 @@ async fn a_due_mission_is_planned_and_written_back_as_the_contract_says() {
     seed(&t, "ana", "m-legacy", json!({})).await;
     let lead = t.lead(&[("MANA_LLM_URL", &llm.url())]).await;
     eventually("both missions written", || async {
-        count(
-            &t,
-            "SELECT count(*) FROM mana_ai.mission_runs WHERE state = 'done'",
-        )
-        .await
+        t.count("SELECT count(*) FROM mana_ai.mission_runs WHERE state = 'done'")
+            .await
             == 2
     })
     .await;
@@ -140,7 +126,8 @@ async fn a_due_mission_is_planned_and_written_back_as_the_contract_says() {
         .await;
     }
     assert_eq!(
-        count(&t, "SELECT sum(tokens_used)::int8 FROM mana_ai.token_usage").await,
+        t.count("SELECT sum(tokens_used)::int8 FROM mana_ai.token_usage")
+            .await,
         2_000
     );
     lead.settled().await;
@@ -233,7 +220,7 @@ async fn planner_errors_of_every_kind_are_outcomes_not_crashes() {
             .await;
         seed(&t, "cleo", name, json!({})).await;
         let sql = format!("SELECT count(*) FROM mana_ai.mission_runs WHERE mission_id = '{name}' AND state = 'retry'");
-        eventually(name, || async { count(&t, &sql).await == 1 }).await;
+        eventually(name, || async { t.count(&sql).await == 1 }).await;
         let expected = match name {
             "unknown-tool" | "no-rationale" | "no-json" => "parse-failed",
             _ => "planner-failed",

@@ -111,6 +111,18 @@ impl TestDb {
         self.db.admin().await.unwrap()
     }
 
+    /// A single `int8` the service role reads with `sql` (a count, a sum).
+    pub async fn count(&self, sql: &str) -> i64 {
+        self.pool
+            .get()
+            .await
+            .unwrap()
+            .query_one(sql, &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+
     /// The snapshot record of a mission, if any.
     pub async fn mission(&self, user: &str, id: &str) -> Option<(Value, bool, i64)> {
         let c = self.pool.get().await.unwrap();
