@@ -13,11 +13,9 @@ use anyhow::{bail, Context};
 use mana_ai::config::Config;
 use mana_ai::metrics::Metrics;
 use mana_ai::pgenv::SERVICE_ROLE;
-use mana_ai::reactor::{self, applier::Applied, Hooks, Reactor};
-use mana_ai::schedule::clock::DbClock;
+use mana_ai::reactor::{applier::Applied, Reactor};
 use serde_json::json;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 use crate::report::{percentiles, Percentiles, Report, Target};
 use crate::setup::{self, mission_id, user_id, BenchDb, ChangeWriter};
@@ -71,23 +69,9 @@ pub async fn after_backfill(
         }
     });
     let metrics = Metrics::new();
-    let (due_tx, _due_rx) = mpsc::unbounded_channel();
-    let mut running = reactor::start(
-        &config(&bench.db, scale.backfill_analyze_after)?,
-        bench.pool.clone(),
-        metrics.clone(),
-        Arc::new(DbClock::new()),
-        due_tx,
-        CancellationToken::new(),
-        Hooks {
-            applied: Some(applied_tx),
-            ..Hooks::default()
-        },
-    )
-    .await?;
-    tokio::time::timeout(Duration::from_secs(30), running.wait_listening())
-        .await
-        .context("the listener did not register within 30 s")?;
+    let config = config(&bench.db, scale.backfill_analyze_after)?;
+    let mut running =
+        setup::start_observed(&config, bench.pool.clone(), metrics.clone(), applied_tx).await?;
 
     let users = (scale.backfill / (MISSIONS * PER_MISSION)).max(USERS);
     let started = Instant::now();

@@ -2,7 +2,6 @@
 //! latency with the real reactor running in-process.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -10,12 +9,10 @@ use futures_util::StreamExt;
 use mana_ai::config::Config;
 use mana_ai::metrics::Metrics;
 use mana_ai::pgenv::{PgServer, SERVICE_ROLE};
-use mana_ai::reactor::{self, applier::Applied, Hooks};
-use mana_ai::schedule::clock::DbClock;
+use mana_ai::reactor::applier::Applied;
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, NoTls};
-use tokio_util::sync::CancellationToken;
 
 use crate::report::{ms, percentiles, Percentiles, Report, Target};
 use crate::setup::{self, mission_id, user_id, BenchDb, ChangeWriter, Wheel};
@@ -118,23 +115,9 @@ pub async fn change_to_snapshot(
         }
         (at, batches)
     });
-    let (due_tx, _due_rx) = mpsc::unbounded_channel();
-    let mut running = reactor::start(
-        &reactor_config(&bench.db)?,
-        bench.pool.clone(),
-        Metrics::new(),
-        Arc::new(DbClock::new()),
-        due_tx,
-        CancellationToken::new(),
-        Hooks {
-            applied: Some(applied_tx),
-            ..Hooks::default()
-        },
-    )
-    .await?;
-    tokio::time::timeout(Duration::from_secs(30), running.wait_listening())
-        .await
-        .context("the listener did not register within 30 s")?;
+    let config = reactor_config(&bench.db)?;
+    let mut running =
+        setup::start_observed(&config, bench.pool.clone(), Metrics::new(), applied_tx).await?;
     tokio::time::timeout(Duration::from_secs(60), running.wait_processed(seeded))
         .await
         .context("the seed changes were not applied within 60 s")?;

@@ -264,3 +264,31 @@ pub async fn vacuum(admin: &Client) -> anyhow::Result<()> {
         .await
         .context("CHECKPOINT")
 }
+
+/// Starts the reactor on `pool` with every committed batch reported to
+/// `applied`, and waits until its listener is registered.
+pub async fn start_observed(
+    config: &mana_ai::config::Config,
+    pool: Pool,
+    metrics: Arc<Metrics>,
+    applied: mpsc::UnboundedSender<mana_ai::reactor::applier::Applied>,
+) -> anyhow::Result<mana_ai::reactor::Reactor> {
+    let (due_tx, _due_rx) = mpsc::unbounded_channel();
+    let mut running = mana_ai::reactor::start(
+        config,
+        pool,
+        metrics,
+        Arc::new(DbClock::new()),
+        due_tx,
+        CancellationToken::new(),
+        mana_ai::reactor::Hooks {
+            applied: Some(applied),
+            ..Default::default()
+        },
+    )
+    .await?;
+    tokio::time::timeout(std::time::Duration::from_secs(30), running.wait_listening())
+        .await
+        .context("the listener did not register within 30 s")?;
+    Ok(running)
+}
