@@ -21,6 +21,7 @@ pub mod retention;
 pub mod run;
 pub mod schedule;
 pub mod service;
+pub(crate) mod store;
 pub mod sync;
 #[cfg(test)]
 mod testenv;

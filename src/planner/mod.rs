@@ -4,6 +4,7 @@
 //! records into a prompt and an answer into a plan, and is tested in place.
 
 pub mod history;
+pub mod limiter;
 pub mod llm;
 pub mod parser;
 pub mod policy;

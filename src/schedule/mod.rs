@@ -3,4 +3,5 @@
 
 pub mod cadence;
 pub mod clock;
+pub mod fair;
 pub mod wheel;

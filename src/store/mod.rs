@@ -1,0 +1,23 @@
+//! The store layer: every SQL statement the running service issues, by table
+//! family. Nothing outside this folder, `db::migrate` (migrations) and
+//! `triggers` (the DBA's trigger kit) writes SQL.
+//!
+//! Each module takes a `tokio_postgres` client or transaction and returns
+//! typed rows; callers never index columns by position.
+
+// Queue and change log (owned by the reactor).
+pub(crate) mod history;
+pub(crate) mod maintenance;
+pub(crate) mod notify;
+pub(crate) mod queue;
+pub(crate) mod snapshots;
+
+// Runs, claims, write-backs, audit and usage (owned by the runner).
+pub(crate) mod audit;
+pub(crate) mod records;
+pub(crate) mod runs;
+pub(crate) mod usage;
+pub(crate) mod writeback;
+
+// Process-level: leadership and sessions.
+pub(crate) mod leader;
