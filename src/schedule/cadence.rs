@@ -22,6 +22,12 @@
 //! not once per missed slot, because the runner computes the next slot from the
 //! run's own time ([`Cadence::next_after_run`]), and `next_after(t) > t` for
 //! every kind.
+//!
+//! Interval floor (`MANA_AI_MIN_INTERVAL_MINUTES`, default
+//! [`DEFAULT_MIN_INTERVAL`]): [`Cadence::next_after_floored`] and
+//! [`Cadence::next_after_run_floored`] run an interval shorter than the floor
+//! at the floor and say so ([`Floored::floored`]), so the caller can count it.
+//! Every other kind, and every interval at or above the floor, is unchanged.
 
 use std::fmt;
 use std::str::FromStr;
@@ -36,6 +42,17 @@ use serde_json::Value;
 
 /// Longest accepted interval: ten years. Keeps `from + every` far from overflow.
 const MAX_EVERY_MINUTES: f64 = 10.0 * 366.0 * 24.0 * 60.0;
+
+/// The interval floor when `MANA_AI_MIN_INTERVAL_MINUTES` is not set: one minute.
+pub const DEFAULT_MIN_INTERVAL: Duration = Duration::minutes(1);
+
+/// A next run computed under the interval floor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Floored {
+    pub at: DateTime<Utc>,
+    /// The cadence is an interval shorter than the floor: `at` is `from + floor`.
+    pub floored: bool,
+}
 
 /// When a mission runs next. Parsed from the mission's `cadence` JSON value.
 #[derive(Debug, Clone, PartialEq)]
@@ -172,6 +189,38 @@ impl Cadence {
         default_tz: Tz,
     ) -> Option<DateTime<Utc>> {
         self.next_after(slot.max(ran_at), default_tz)
+    }
+
+    /// [`Cadence::next_after`] with an interval shorter than `floor` run at
+    /// `floor` (flagged). A floor of zero or less changes nothing.
+    pub fn next_after_floored(
+        &self,
+        from: DateTime<Utc>,
+        default_tz: Tz,
+        floor: Duration,
+    ) -> Option<Floored> {
+        match self {
+            Cadence::Interval { every } if *every < floor => Some(Floored {
+                at: from.checked_add_signed(floor)?,
+                floored: true,
+            }),
+            _ => Some(Floored {
+                at: self.next_after(from, default_tz)?,
+                floored: false,
+            }),
+        }
+    }
+
+    /// [`Cadence::next_after_run`] under the interval floor, as
+    /// [`Cadence::next_after_floored`].
+    pub fn next_after_run_floored(
+        &self,
+        slot: DateTime<Utc>,
+        ran_at: DateTime<Utc>,
+        default_tz: Tz,
+        floor: Duration,
+    ) -> Option<Floored> {
+        self.next_after_floored(slot.max(ran_at), default_tz, floor)
     }
 }
 
@@ -614,6 +663,57 @@ mod tests {
                 .unwrap();
             assert!(skewed > now, "{c}");
         }
+    }
+
+    #[test]
+    fn an_interval_below_the_floor_runs_at_the_floor_and_says_so() {
+        let tiny = cad(json!({"kind": "interval", "everyMinutes": 0.001}));
+        let from = utc("2025-01-01T10:00:00Z");
+        let next = tiny
+            .next_after_floored(from, Berlin, DEFAULT_MIN_INTERVAL)
+            .unwrap();
+        assert_eq!(next.at, utc("2025-01-01T10:01:00Z"));
+        assert!(next.floored);
+        // After a run, from the later of slot and run time, as without the floor.
+        let ran = utc("2025-01-01T10:00:30Z");
+        let after_run = tiny
+            .next_after_run_floored(from, ran, Berlin, DEFAULT_MIN_INTERVAL)
+            .unwrap();
+        assert_eq!(after_run.at, utc("2025-01-01T10:01:30Z"));
+        assert!(after_run.floored);
+        // A larger floor passed in applies the same way.
+        let five = tiny
+            .next_after_floored(from, Berlin, Duration::minutes(5))
+            .unwrap();
+        assert_eq!((five.at, five.floored), (utc("2025-01-01T10:05:00Z"), true));
+    }
+
+    #[test]
+    fn the_floor_leaves_everything_at_or_above_it_alone() {
+        let from = utc("2025-10-26T00:45:00Z");
+        let mut kinds = every_kind();
+        kinds.push(cad(json!({"kind": "interval", "everyMinutes": 1.5})));
+        for c in kinds {
+            let floored = c
+                .next_after_floored(from, Berlin, DEFAULT_MIN_INTERVAL)
+                .unwrap();
+            assert_eq!(floored.at, c.next_after(from, Berlin).unwrap(), "{c}");
+            assert!(!floored.floored, "{c}");
+            let run = c
+                .next_after_run_floored(from, from, Berlin, DEFAULT_MIN_INTERVAL)
+                .unwrap();
+            assert_eq!(Some(run.at), c.next_after_run(from, from, Berlin), "{c}");
+        }
+        let tiny = cad(json!({"kind": "interval", "everyMinutes": 0.001}));
+        let unfloored = tiny
+            .next_after_floored(from, Berlin, Duration::zero())
+            .unwrap();
+        assert_eq!(unfloored.at, from + Duration::milliseconds(60));
+        assert!(!unfloored.floored);
+        assert_eq!(
+            Cadence::Manual.next_after_floored(from, Berlin, DEFAULT_MIN_INTERVAL),
+            None
+        );
     }
 
     proptest::proptest! {
