@@ -1,9 +1,8 @@
 //! Fair queue of due runs across users (issue 9).
 //!
-//! Pure: no clock, no I/O, no locks; the runner owns one [`FairQueue`] behind
-//! its mutex, [`FairQueue::push`]es each due mission, starts what
-//! [`FairQueue::pop_ready`] hands out, and calls [`FairQueue::finish`] when a
-//! run ends (then pops again: a finished run may have made room).
+//! Pure (no clock, no I/O, no locks): the runner keeps one behind its mutex,
+//! [`FairQueue::push`]es due missions, starts what [`FairQueue::pop_ready`]
+//! hands out, and on each run's end calls [`FairQueue::finish`] and pops again.
 //!
 //! Rules, in the order `pop_ready` applies them:
 //! 1. **Caps.** At most `total` runs in flight, at most `per_user` per user,
@@ -15,29 +14,20 @@
 //!    while any on-time entry is eligible. The tier is fixed at push: an
 //!    on-time entry that waits behind a backlog does not become catch-up.
 //! 3. **Users in turn: round robin.** Users with queued entries stand in a
-//!    ring; the first user in the ring with an eligible entry (of the best
-//!    tier any user has eligible) is served and goes to the back; users
-//!    skipped because they are at a cap keep their place, so they are served
-//!    first once they have room. A user joining the ring starts at the back.
-//!    Hence between two runs of user A, every user B that had an eligible
-//!    entry the whole time gets exactly one run (B is served and goes behind
-//!    A), and no user's due run waits more than one round of the other users.
-//! 4. **Within a user, first in first out** among the entries that are
-//!    eligible; an entry blocked by its agent does not block the user's other
-//!    agents (one lane per agent, the lane with the oldest head goes first).
+//!    ring (joining at the back); the first one with an eligible entry of the
+//!    best tier is served and goes to the back; users skipped at a cap keep
+//!    their place. So between two runs of user A, every user B eligible all
+//!    along gets exactly one run: a due run waits at most one round.
+//! 4. **Within a user, first in first out** among eligible entries; one lane
+//!    per agent, so an agent at its max holds up none of the user's others.
 //!
-//! Why round robin and not deficit or weighted fair queuing: the cost of a
-//! run (LLM latency, tokens) is unknown when it starts and varies tenfold,
-//! so there is nothing to weigh a quantum against; with a unit cost per run
-//! DRR degenerates to exactly this round robin. The per-user cap bounds what
-//! one user's long runs can hold, which is the part of cost fairness that
-//! matters here. Weights per user could be added as a quantum > 1.
+//! Why round robin, not deficit or weighted fair queuing: a run's cost (LLM
+//! latency, tokens) is unknown when it starts and varies tenfold, so there is
+//! nothing to weigh; with unit cost DRR is exactly this round robin. The
+//! per-user cap bounds what one user's long runs hold.
 //!
-//! A mission is never queued twice: [`FairQueue::push`] refuses a key that
-//! is already queued ([`Pushed::AlreadyQueued`]) or in flight
-//! ([`Pushed::InFlight`]). When the agent of a mission is known only once
-//! its run has loaded it, [`FairQueue::attach_agent`] counts the run against
-//! the agent or, when the agent is full, puts the entry back in its place.
+//! A mission queued or in flight is not queued again ([`Pushed`]). An agent
+//! known only once the run has loaded it: [`FairQueue::attach_agent`].
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
@@ -105,8 +95,7 @@ pub struct Ready {
 pub enum Attached {
     /// The run counts against the agent and goes on.
     Run,
-    /// The agent is full: the entry is queued again in its old place and the
-    /// run must stop (it is no longer in flight).
+    /// The agent is full: the run must stop; its entry is queued again.
     Requeued,
     /// The key is not in flight (or already has an agent): nothing changed.
     NotInFlight,
@@ -129,7 +118,7 @@ pub struct FairQueue {
     /// Runs in flight per (user, agent).
     agents: HashMap<(String, String), usize>,
     queued: HashSet<MissionKey>,
-    in_flight: HashMap<MissionKey, Running>,
+    in_flight: HashMap<MissionKey, Waiting>,
     next_seq: u64,
 }
 
@@ -147,16 +136,12 @@ struct Lane {
     tiers: [VecDeque<Waiting>; 2],
 }
 
+/// A queued or running entry; `seq` is its place in line.
 #[derive(Debug)]
 struct Waiting {
     seq: u64,
     ready: Ready,
-}
-
-#[derive(Debug)]
-struct Running {
-    seq: u64,
-    ready: Ready,
+    /// Running only: the run counts against `ready.entry.agent`.
     agent_counted: bool,
 }
 
@@ -175,10 +160,6 @@ impl FairQueue {
             in_flight: HashMap::new(),
             next_seq: 0,
         }
-    }
-
-    pub fn config(&self) -> FairConfig {
-        self.config
     }
 
     /// Queues a due run; `now` decides its tier and is its `queued_at`.
@@ -200,7 +181,11 @@ impl FairQueue {
             tier,
             queued_at: now,
         };
-        self.enqueue(Waiting { seq, ready });
+        self.enqueue(Waiting {
+            seq,
+            ready,
+            agent_counted: false,
+        });
         Pushed::Queued(tier)
     }
 
@@ -261,16 +246,15 @@ impl FairQueue {
             *self.agents.entry(agent_key).or_insert(0) += 1;
             return Attached::Run;
         }
-        let Some(running) = self.in_flight.remove(key) else {
-            return Attached::NotInFlight;
-        };
-        if let Some(queue) = self.users.get_mut(&user) {
-            queue.in_flight = queue.in_flight.saturating_sub(1);
+        if let Some(running) = self.in_flight.remove(key) {
+            if let Some(queue) = self.users.get_mut(&user) {
+                queue.in_flight = queue.in_flight.saturating_sub(1);
+            }
+            self.enqueue(Waiting {
+                agent_counted: false,
+                ..running
+            });
         }
-        self.enqueue(Waiting {
-            seq: running.seq,
-            ready: running.ready,
-        });
         Attached::Requeued
     }
 
@@ -328,21 +312,13 @@ impl FairQueue {
         }
         queue.queued += 1;
         let agent = waiting.ready.entry.agent.clone();
-        let agent_id = agent.as_ref().map(|a| a.agent_id.as_str());
-        let index = match queue
-            .lanes
-            .iter()
-            .position(|l| l.agent.as_ref().map(|a| a.agent_id.as_str()) == agent_id)
-        {
-            Some(index) => index,
-            None => {
-                queue.lanes.push(Lane {
-                    agent: None,
-                    tiers: [VecDeque::new(), VecDeque::new()],
-                });
-                queue.lanes.len() - 1
-            }
-        };
+        let id = |a: &Option<AgentLimit>| a.as_ref().map(|a| a.agent_id.clone());
+        let found = queue.lanes.iter().position(|l| id(&l.agent) == id(&agent));
+        let index = found.unwrap_or_else(|| {
+            let tiers = [VecDeque::new(), VecDeque::new()];
+            queue.lanes.push(Lane { agent: None, tiers });
+            queue.lanes.len() - 1
+        });
         let lane = &mut queue.lanes[index];
         // The latest limit wins: an agent's `maxConcurrentMissions` may change.
         lane.agent = agent;
@@ -405,10 +381,9 @@ impl FairQueue {
                 .or_insert(0) += 1;
         }
         let ready = waiting.ready.clone();
-        let running = Running {
-            seq: waiting.seq,
-            ready: waiting.ready,
+        let running = Waiting {
             agent_counted,
+            ..waiting
         };
         self.in_flight.insert(key, running);
         ready

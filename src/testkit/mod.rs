@@ -6,6 +6,7 @@
 
 pub mod fake_api;
 pub mod fake_llm;
+pub mod gateway;
 pub mod http;
 
 pub use fake_api::FakeManaApi;
