@@ -39,8 +39,7 @@ struct State {
 /// without a record (a cancelled request), it counts as [`Response::Other`].
 #[derive(Debug)]
 pub struct GatewayPermit {
-    shared: Arc<Shared>,
-    permit: Option<OwnedSemaphorePermit>,
+    held: Option<Held>,
     round: u64,
     in_flight: usize,
     sent: Instant,
@@ -85,6 +84,11 @@ impl GatewayLimiter {
             .acquire_owned()
             .await
             .expect("the limiter never closes its semaphore");
+        // Given back through the debt also when this wait is cancelled.
+        let held = Held {
+            shared: Arc::clone(&self.shared),
+            permit: Some(permit),
+        };
         // Holding the permit keeps the queue's order across a pause.
         loop {
             let pause = self.shared.lock().paused_until;
@@ -96,8 +100,7 @@ impl GatewayLimiter {
         let mut state = self.shared.lock();
         state.in_flight += 1;
         GatewayPermit {
-            shared: Arc::clone(&self.shared),
-            permit: Some(permit),
+            held: Some(held),
             round: state.core.round(),
             in_flight: state.in_flight,
             sent: Instant::now(),
@@ -167,7 +170,7 @@ impl GatewayPermit {
     }
 
     fn finish(&mut self, response: Response) {
-        let Some(permit) = self.permit.take() else {
+        let Some(held) = self.held.take() else {
             return;
         };
         let sample = Sample {
@@ -176,7 +179,7 @@ impl GatewayPermit {
             in_flight: self.in_flight,
             round: self.round,
         };
-        self.shared.finish(permit, sample);
+        held.shared.record(sample);
     }
 }
 
@@ -191,7 +194,7 @@ impl Shared {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn finish(&self, permit: OwnedSemaphorePermit, sample: Sample) {
+    fn record(&self, sample: Sample) {
         let mut state = self.lock();
         state.in_flight = state.in_flight.saturating_sub(1);
         if sample.response.is_overload() {
@@ -213,11 +216,30 @@ impl Shared {
             state.debt -= repaid;
             self.permits.add_permits(grow - repaid);
         }
+    }
+
+    fn give_back(&self, permit: OwnedSemaphorePermit) {
+        let mut state = self.lock();
         if state.debt > 0 {
             state.debt -= 1;
             permit.forget();
         } else {
             drop(permit);
+        }
+    }
+}
+
+/// A semaphore permit that goes back through the debt when dropped.
+#[derive(Debug)]
+struct Held {
+    shared: Arc<Shared>,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(permit) = self.permit.take() {
+            self.shared.give_back(permit);
         }
     }
 }

@@ -376,6 +376,27 @@ mod tests {
         assert_eq!((limiter.overloads(), limiter.in_flight()), (1, 0));
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_cancelled_during_a_pause_gives_its_room_back() {
+        let limiter = GatewayLimiter::new(LimitConfig {
+            initial: 2,
+            ..LimitConfig::new(8)
+        });
+        limiter.acquire().await.record(Response::Overload {
+            retry_after: Some(Duration::from_secs(5)),
+        });
+        assert_eq!(limiter.limit(), 1);
+        let cancelled = tokio::time::timeout(Duration::from_secs(1), limiter.acquire()).await;
+        assert!(cancelled.is_err(), "paused for 5 s");
+        let first = limiter.acquire().await;
+        assert_eq!(first.waited(), Duration::from_secs(4));
+        let second = tokio::time::timeout(Duration::from_secs(60), limiter.acquire()).await;
+        assert!(second.is_err(), "the limit is 1");
+        first.record(Response::Success);
+        assert_eq!(limiter.acquire().await.waited(), Duration::ZERO);
+        assert_eq!(limiter.in_flight(), 0);
+    }
+
     /// A gateway that admits `capacity` requests at once and answers 429
     /// with `Retry-After: 1` beyond that; each answer takes 300 ms.
     struct SimGateway {
