@@ -21,6 +21,7 @@ use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
 use super::phase::Phase;
+pub use crate::store::runs::RecentRun;
 use crate::store::runs::{self, ClaimRow, RunState};
 
 /// What claiming a slot found.
@@ -191,6 +192,16 @@ pub async fn recent_runs(
     per_mission: i64,
 ) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
     runs::recent_runs(client, user_id, per_mission).await
+}
+
+/// [`recent_runs`], typed.
+pub async fn recent(
+    client: &impl GenericClient,
+    user_id: &str,
+    per_mission: i64,
+) -> Result<Vec<RecentRun>, tokio_postgres::Error> {
+    let rows = runs::recent_runs(client, user_id, per_mission).await?;
+    rows.iter().map(RecentRun::from_row).collect()
 }
 
 /// Gives back every slot this instance still has `running` (shutdown past

@@ -160,10 +160,41 @@ pub(crate) async fn complete(
     Ok(n == 1)
 }
 
+/// One row of [`recent_runs`], typed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecentRun {
+    pub mission_id: String,
+    pub slot: String,
+    /// `running`, `retry` or `done`.
+    pub state: String,
+    pub attempts: i32,
+    pub failures: i32,
+    pub outcome: Option<String>,
+    pub claimed_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub retry_at: Option<DateTime<Utc>>,
+}
+
+impl RecentRun {
+    pub(crate) fn from_row(row: &Row) -> Result<RecentRun, tokio_postgres::Error> {
+        Ok(RecentRun {
+            mission_id: row.try_get("mission_id")?,
+            slot: row.try_get("slot")?,
+            state: row.try_get("state")?,
+            attempts: row.try_get("attempts")?,
+            failures: row.try_get("failures")?,
+            outcome: row.try_get("outcome")?,
+            claimed_at: row.try_get("claimed_at")?,
+            finished_at: row.try_get("finished_at")?,
+            retry_at: row.try_get("retry_at")?,
+        })
+    }
+}
+
 /// Recent runs of one user's missions, newest first, at most `per_mission`
-/// each. Rows, because the operators' view (`backend`) reads them by column
-/// position: mission_id, slot, state, attempts, failures, outcome,
-/// claimed_at, finished_at, retry_at.
+/// each. Rows, because the operators' view (`backend`) still reads them by
+/// column position (see [`RecentRun`] for the typed form): mission_id, slot,
+/// state, attempts, failures, outcome, claimed_at, finished_at, retry_at.
 pub(crate) async fn recent_runs(
     client: &impl GenericClient,
     user_id: &str,
