@@ -13,10 +13,42 @@ pub struct AuditEntry {
     pub iteration_id: Option<String>,
     pub table_name: String,
     pub record_id: String,
-    /// `ok`, `failed` or `scope-violation`.
+    /// `ok`, `failed` or `scope-violation` ([`AuditStatus`]).
     pub status: String,
     pub reason: Option<String>,
     pub ts: DateTime<Utc>,
+}
+
+/// What an audit row says about one record (`decrypt_audit.status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditStatus {
+    /// Decrypted under the grant.
+    Ok,
+    /// Allowed, but decryption failed (the reason says why).
+    Failed,
+    /// Not in the grant's allowlist: not read.
+    ScopeViolation,
+}
+
+impl AuditStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditStatus::Ok => "ok",
+            AuditStatus::Failed => "failed",
+            AuditStatus::ScopeViolation => "scope-violation",
+        }
+    }
+
+    /// A status read back from the table; None for one this build does not know.
+    pub fn parse(text: &str) -> Option<AuditStatus> {
+        [
+            AuditStatus::Ok,
+            AuditStatus::Failed,
+            AuditStatus::ScopeViolation,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+    }
 }
 
 /// The user's own audit rows, newest first, optionally for one mission.
@@ -30,28 +62,24 @@ pub async fn read(
 ) -> anyhow::Result<Vec<AuditEntry>> {
     let limit = limit.clamp(1, 1000);
     let tx = crate::db::begin_user(client, user_id).await?;
-    let rows = tx
-        .query(
-            "SELECT id, mission_id, iteration_id, table_name, record_id, status, reason, ts
-             FROM mana_ai.decrypt_audit
-             WHERE user_id = $1 AND ($2::text IS NULL OR mission_id = $2)
-             ORDER BY ts DESC, id DESC
-             LIMIT $3",
-            &[&user_id, &mission_id, &limit],
-        )
-        .await?;
+    let rows = crate::store::audit::read(&tx, user_id, mission_id, limit).await?;
     tx.commit().await?;
-    Ok(rows
-        .iter()
-        .map(|r| AuditEntry {
-            id: r.get(0),
-            mission_id: r.get(1),
-            iteration_id: r.get(2),
-            table_name: r.get(3),
-            record_id: r.get(4),
-            status: r.get(5),
-            reason: r.get(6),
-            ts: r.get(7),
-        })
-        .collect())
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AuditStatus;
+
+    #[test]
+    fn statuses_round_trip() {
+        for s in [
+            AuditStatus::Ok,
+            AuditStatus::Failed,
+            AuditStatus::ScopeViolation,
+        ] {
+            assert_eq!(AuditStatus::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(AuditStatus::parse("maybe"), None);
+    }
 }

@@ -6,7 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::{eventually, mission_data, plan_answer, setup, write, Change, TestDb};
-use mana_ai::planner::llm::{LlmClient, LlmConfig, LlmError, ServiceKey};
+use mana_ai::config::Secret as ServiceKey;
+use mana_ai::planner::llm::{LlmClient, LlmConfig, LlmError};
 use mana_ai::planner::structured::StructuredMode;
 use mana_ai::planner::ToolCatalog;
 use mana_ai::testkit::fake_llm::FakeLlm;

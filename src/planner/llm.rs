@@ -18,43 +18,36 @@
 //! - the service key never appears in `Debug` output or error messages, and
 //!   neither do URLs (a base URL may carry credentials).
 
-use std::fmt;
+mod error;
+mod transport;
+mod wire;
+
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use reqwest::header::{HeaderMap, CONTENT_TYPE, RETRY_AFTER};
-use serde::{Deserialize, Serialize};
+use reqwest::header::CONTENT_TYPE;
 use serde_json::Value;
 
 use super::structured::{Form, FormPicker, StructuredMode};
+use crate::config::Secret;
+use error::AttemptError;
+pub use error::LlmError;
+pub use transport::backoff_delay;
+use transport::retry_after;
+pub(crate) use transport::{describe, join_path, read_body_limited, BodyError};
+use wire::{parse_answer, ChatMessage, ChatRequest};
+pub use wire::{LlmAnswer, Usage};
 
-/// The mana service key. `Debug` prints a placeholder, so configs can be logged.
-#[derive(Clone)]
-pub struct ServiceKey(String);
-
-impl ServiceKey {
-    pub fn new(key: impl Into<String>) -> ServiceKey {
-        ServiceKey(key.into())
-    }
-
-    /// The key itself, for the one place that sends it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for ServiceKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ServiceKey(<redacted>)")
-    }
-}
+/// The service key is a [`Secret`] like every other; this name stays only
+/// for callers not yet moved to `Secret` (`service::llm_planner`).
+pub type ServiceKey = Secret;
 
 /// Settings of an [`LlmClient`]. [`LlmConfig::new`] fills in production defaults.
 #[derive(Debug, Clone)]
 pub struct LlmConfig {
     /// `MANA_LLM_URL`, e.g. `http://localhost:3020`; the client appends the path.
     pub base_url: String,
-    pub service_key: ServiceKey,
+    pub service_key: Secret,
     pub model: String,
     /// One attempt, from connect to the last body byte.
     pub timeout: Duration,
@@ -78,7 +71,7 @@ pub struct LlmConfig {
 impl LlmConfig {
     pub fn new(
         base_url: impl Into<String>,
-        service_key: ServiceKey,
+        service_key: Secret,
         model: impl Into<String>,
     ) -> LlmConfig {
         LlmConfig {
@@ -98,44 +91,6 @@ impl LlmConfig {
     }
 }
 
-/// Token counts as the gateway reports them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(default)]
-pub struct Usage {
-    pub prompt_tokens: u64,
-    pub completion_tokens: u64,
-    pub total_tokens: u64,
-}
-
-/// A successful completion.
-#[derive(Debug, Clone)]
-pub struct LlmAnswer {
-    /// `choices[0].message.content`, unparsed.
-    pub content: String,
-    pub usage: Option<Usage>,
-    /// Attempts this call took (1 = no retry).
-    pub attempts: u32,
-    /// Whole call, retries and backoff included.
-    pub elapsed: Duration,
-}
-
-/// Why a completion failed; the runner branches on the kind.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum LlmError {
-    /// Every attempt hit a retryable failure; `last` describes the final one.
-    #[error("LLM unavailable after {attempts} attempt(s): {last}")]
-    Exhausted { attempts: u32, last: String },
-    /// The gateway refused the request (4xx other than 429, or another non-2xx).
-    #[error("LLM gateway rejected the request with HTTP {status}")]
-    Rejected { status: u16 },
-    /// A 2xx whose body is unusable: too large, not JSON, no content.
-    #[error("LLM answer unusable: {0}")]
-    BadAnswer(String),
-    /// The client could not be built (bad base URL, TLS setup).
-    #[error("LLM client misconfigured: {0}")]
-    Config(String),
-}
-
 /// Client for one gateway; cheap to share behind an `Arc`.
 #[derive(Debug)]
 pub struct LlmClient {
@@ -143,45 +98,6 @@ pub struct LlmClient {
     endpoint: reqwest::Url,
     config: LlmConfig,
     duration: Option<prometheus::Histogram>,
-}
-
-#[derive(Serialize)]
-struct ChatRequest<'a> {
-    model: &'a str,
-    temperature: f64,
-    messages: [ChatMessage<'a>; 2],
-    #[serde(skip_serializing_if = "Option::is_none")]
-    max_tokens: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    response_format: Option<Value>,
-}
-
-#[derive(Serialize)]
-struct ChatMessage<'a> {
-    role: &'static str,
-    content: &'a str,
-}
-
-/// How one attempt ended, short of success.
-enum AttemptError {
-    Final(LlmError),
-    Retryable {
-        reason: String,
-        retry_after: Option<Duration>,
-        /// The HTTP status, when the server answered.
-        status: Option<u16>,
-    },
-}
-
-impl AttemptError {
-    /// The HTTP status the server answered, if it did.
-    fn status(&self) -> Option<u16> {
-        match self {
-            AttemptError::Final(LlmError::Rejected { status }) => Some(*status),
-            AttemptError::Retryable { status, .. } => *status,
-            AttemptError::Final(_) => None,
-        }
-    }
 }
 
 impl LlmClient {
@@ -370,149 +286,15 @@ impl LlmClient {
     }
 }
 
-/// `choices[0].message.content` and `usage` of a chat-completion body.
-fn parse_answer(bytes: &[u8]) -> Result<(String, Option<Usage>), String> {
-    let body: Value = serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
-    let choice = body
-        .get("choices")
-        .and_then(|c| c.get(0))
-        .ok_or("no choices")?;
-    let content = choice
-        .get("message")
-        .and_then(|m| m.get("content"))
-        .and_then(Value::as_str)
-        .ok_or("choices[0].message.content is not a string")?;
-    // Usage is informational: a malformed one is dropped, not fatal.
-    let usage = body.get("usage").and_then(|u| Usage::deserialize(u).ok());
-    Ok((content.to_string(), usage))
-}
-
-/// Why a body could not be read.
-#[derive(Debug)]
-pub(crate) enum BodyError {
-    TooLarge(usize),
-    Transport(reqwest::Error),
-}
-
-/// Reads a body of at most `limit` bytes: refused up front when the declared
-/// length is larger, and dropped mid-stream once a chunked body passes the limit.
-pub(crate) async fn read_body_limited(
-    mut response: reqwest::Response,
-    limit: usize,
-) -> Result<Vec<u8>, BodyError> {
-    let declared = response.content_length().unwrap_or(0);
-    if declared > limit as u64 {
-        return Err(BodyError::TooLarge(limit));
-    }
-    let mut body = Vec::with_capacity(declared as usize);
-    while let Some(chunk) = response.chunk().await.map_err(BodyError::Transport)? {
-        if body.len() + chunk.len() > limit {
-            return Err(BodyError::TooLarge(limit));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
-}
-
-/// `Retry-After` in seconds; the HTTP-date form falls back to the backoff.
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let value = headers.get(RETRY_AFTER)?.to_str().ok()?;
-    value.trim().parse::<u64>().ok().map(Duration::from_secs)
-}
-
-/// Wait after failed attempt number `attempt` (1-based): `base * 2^(attempt-1)`
-/// capped at `cap`, then "equal jitter": half of it fixed, half scaled by
-/// `jitter` in [0, 1), so retries of many missions spread out but never fire at once.
-pub fn backoff_delay(attempt: u32, base: Duration, cap: Duration, jitter: f64) -> Duration {
-    let exponent = attempt.saturating_sub(1).min(30);
-    let full = base.saturating_mul(1u32 << exponent).min(cap);
-    full / 2 + (full / 2).mul_f64(jitter.clamp(0.0, 1.0))
-}
-
-/// `base` with `path` appended below its own path (keeps a `/llm` prefix).
-pub(crate) fn join_path(base: &reqwest::Url, path: &str) -> reqwest::Url {
-    let mut url = base.clone();
-    let joined = format!(
-        "{}/{}",
-        base.path().trim_end_matches('/'),
-        path.trim_start_matches('/')
-    );
-    url.set_path(&joined);
-    url
-}
-
-/// A transport error with its causes, without the URL.
-pub(crate) fn describe(e: &reqwest::Error) -> String {
-    let mut text = if e.is_connect() {
-        "connect failed".to_string()
-    } else {
-        "request failed".to_string()
-    };
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn backoff_doubles_caps_and_jitters_within_half() {
-        let (base, cap) = (Duration::from_millis(100), Duration::from_secs(1));
-        assert_eq!(backoff_delay(1, base, cap, 0.0), Duration::from_millis(50));
-        assert_eq!(backoff_delay(1, base, cap, 1.0), Duration::from_millis(100));
-        assert_eq!(backoff_delay(3, base, cap, 1.0), Duration::from_millis(400));
-        assert_eq!(backoff_delay(10, base, cap, 1.0), cap);
-        assert_eq!(
-            backoff_delay(u32::MAX, base, cap, 0.5),
-            Duration::from_millis(750)
-        );
-    }
-
-    #[test]
-    fn retry_after_reads_seconds_only() {
-        let mut headers = HeaderMap::new();
-        assert_eq!(retry_after(&headers), None);
-        headers.insert(RETRY_AFTER, " 7 ".parse().unwrap());
-        assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
-        headers.insert(
-            RETRY_AFTER,
-            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
-        );
-        assert_eq!(retry_after(&headers), None);
-    }
-
-    #[test]
     fn debug_never_prints_the_key() {
-        let config = LlmConfig::new("http://x", ServiceKey::new("sk-very-secret"), "m");
+        let config = LlmConfig::new("http://x", Secret::new("sk-very-secret"), "m");
         assert!(!format!("{config:?}").contains("sk-very-secret"));
         let client = LlmClient::new(config).unwrap();
         assert!(!format!("{client:?}").contains("sk-very-secret"));
-    }
-
-    #[test]
-    fn endpoint_keeps_a_path_prefix() {
-        let url = |base: &str| {
-            join_path(&reqwest::Url::parse(base).unwrap(), "v1/chat/completions").to_string()
-        };
-        assert_eq!(url("http://h:3020"), "http://h:3020/v1/chat/completions");
-        assert_eq!(url("http://h/llm/"), "http://h/llm/v1/chat/completions");
-    }
-
-    #[test]
-    fn answers_are_parsed_strictly_and_usage_leniently() {
-        let ok = br#"{"choices":[{"message":{"content":"hi"}}],"usage":{"total_tokens":"x"}}"#;
-        assert_eq!(parse_answer(ok).unwrap(), ("hi".to_string(), None));
-        assert_eq!(
-            parse_answer(br#"{"choices":[]}"#).unwrap_err(),
-            "no choices"
-        );
-        assert!(parse_answer(b"<html>").unwrap_err().starts_with("not JSON"));
-        assert!(parse_answer(br#"{"choices":[{"message":{"content":null}}]}"#).is_err());
     }
 }

@@ -1,4 +1,5 @@
-//! Planner: tool catalog, agent policy, prompt, strict parser, LLM and research clients.
+//! Planner: tool catalog, agent policy, prompt, strict parser, LLM and research
+//! clients, and [`Planner`], the one interface a run asks for a plan.
 //!
 //! Everything here except the LLM and research clients is pure: it turns
 //! records into a prompt and an answer into a plan, and is tested in place.
@@ -6,11 +7,13 @@
 pub mod history;
 pub mod limiter;
 pub mod llm;
+pub mod offline;
 pub mod parser;
 pub mod policy;
 pub mod prompt;
 pub mod research;
 pub mod research_trigger;
+mod source;
 pub mod structured;
 mod text;
 pub mod tools;
@@ -19,4 +22,5 @@ pub use parser::{parse_plan, ParseError, PlannedIteration, PlannedStep};
 pub use policy::{filter_tools, AgentPolicy, Decision, PolicyError};
 pub use prompt::{build_prompt, AgentContext, MissionView, Prompt, PromptInput, ResolvedInput};
 pub use research_trigger::{needs_research, research_input, Article};
+pub use source::Planner;
 pub use tools::{CatalogError, CatalogProblem, ParamSpec, ToolCatalog, ToolSpec};

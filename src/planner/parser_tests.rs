@@ -123,23 +123,44 @@ fn step_errors_name_the_step_and_the_reason() {
 }
 
 #[test]
-fn plan_level_errors() {
+fn steps_missing_or_not_an_array() {
     assert_eq!(parse(r#"{"summary": "s"}"#), Err(ParseError::StepsMissing));
     assert_eq!(parse(r#"{"steps": {}}"#), Err(ParseError::StepsNotArray));
+}
+
+#[test]
+fn a_plan_must_be_an_object() {
     assert_eq!(parse(r#"```json [1, 2] ```"#), Err(ParseError::NotAnObject));
+}
+
+#[test]
+fn the_summary_must_be_a_string() {
     assert_eq!(
         parse(r#"{"summary": 1, "steps": []}"#),
         Err(ParseError::SummaryNotString)
     );
+}
+
+#[test]
+fn text_without_json_is_no_json() {
     assert_eq!(
         parse("Ich kann leider nicht helfen."),
         Err(ParseError::NoJson)
     );
     assert_eq!(parse(""), Err(ParseError::NoJson));
+}
+
+#[test]
+fn an_unclosed_fence_is_refused() {
+    // `\u{7b}` is an opening brace, written so to keep this test balanced.
     assert_eq!(
-        parse("```json\n{\"steps\": [] "),
+        parse("```json\n\u{7b}\"steps\": [] "),
         Err(ParseError::UnclosedFence)
     );
+}
+
+#[test]
+fn broken_json_is_not_json() {
     assert!(matches!(
         parse("```json\n{steps: []}\n```"),
         Err(ParseError::NotJson { .. })
@@ -148,6 +169,10 @@ fn plan_level_errors() {
         parse("{\"steps\": [}"),
         Err(ParseError::NotJson { .. })
     ));
+}
+
+#[test]
+fn more_than_five_steps_are_too_many() {
     let step = json!({"toolName": "create_task", "rationale": "r"});
     let six = json!({"steps": vec![step; 6]});
     assert_eq!(

@@ -139,6 +139,15 @@ fn denied_tools_are_stated_and_left_out_of_the_schema() {
     assert_eq!(none.schema, None);
 }
 
+fn coach() -> AgentContext<'static> {
+    AgentContext {
+        name: "Coach",
+        role: "Fitness",
+        system_prompt: Some("Sei knapp."),
+        memory: None,
+    }
+}
+
 #[test]
 fn system_prefix_is_byte_identical_across_missions_agents_and_times() {
     let catalog = ToolCatalog::builtin();
@@ -147,12 +156,7 @@ fn system_prefix_is_byte_identical_across_missions_agents_and_times() {
         AgentPolicy::parse(&json!({"tools": {"create_task": "deny"}, "defaultForAi": "propose"}));
     let some = filter_tools(&catalog, Some(&policy.unwrap()));
     let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
-    let coach = AgentContext {
-        name: "Coach",
-        role: "Fitness",
-        system_prompt: Some("Sei knapp."),
-        memory: None,
-    };
+    let coach = coach();
     let other_mission = MissionView {
         title: "Steuererklärung",
         concept: "Belege sammeln.",

@@ -6,7 +6,8 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use tokio_postgres::GenericClient;
 
-use super::gates::{self, Agent, Decision};
+use super::gates::{self, Agent, GateDecision};
+use super::writeback::Author;
 use super::Runner;
 use crate::planner::AgentPolicy;
 
@@ -22,11 +23,24 @@ pub(super) struct Admitted<'a> {
     _slot: Option<AgentSlot<'a>>,
 }
 
+impl Admitted<'_> {
+    /// Who the webapp shows as the iteration's author.
+    pub fn author(&self) -> Author {
+        match &self.agent {
+            Some(a) => Author {
+                agent_id: Some(a.id.clone()),
+                display_name: a.name.clone(),
+            },
+            None => Author::legacy(),
+        }
+    }
+}
+
 pub(super) enum Admission<'a> {
     Run(Box<Admitted<'a>>),
     /// Not now; `retry_at` None waits for a change of the mission or agent.
     Skip {
-        decision: Decision,
+        decision: GateDecision,
         retry_at: Option<DateTime<Utc>>,
     },
 }
@@ -52,13 +66,13 @@ impl Runner {
         tracing::Span::current().record("agent_id", agent_id);
         let Some(agent) = gates::load_agent(client, user_id, agent_id).await? else {
             tracing::warn!("the mission's agent does not exist (deleted, or not synced yet); skipped until it does");
-            return skip(Decision::SkippedMissingAgent, None);
+            return skip(GateDecision::SkippedMissingAgent, None);
         };
         let policy = match AgentPolicy::from_record(agent.record.get("policy")) {
             Ok(policy) => policy,
             Err(e) => {
                 tracing::warn!(reason = %e, "the agent's policy does not parse; skipped until it is fixed");
-                return skip(Decision::SkippedBadPolicy, None);
+                return skip(GateDecision::SkippedBadPolicy, None);
             }
         };
         if let Some(decision) = agent.state_gate() {
@@ -66,13 +80,13 @@ impl Runner {
         }
         let Some(slot) = AgentSlot::enter(self, user_id, &agent) else {
             return skip(
-                Decision::SkippedConcurrency,
+                GateDecision::SkippedConcurrency,
                 Some(started + CONCURRENCY_RETRY),
             );
         };
         if let Some(max) = agent.max_tokens_per_day {
             if gates::tokens_last_day(client, user_id, &agent.id).await? >= max {
-                return skip(Decision::SkippedBudget, Some(started + BUDGET_RETRY));
+                return skip(GateDecision::SkippedBudget, Some(started + BUDGET_RETRY));
             }
         }
         let agent = Some(agent);

@@ -21,6 +21,8 @@ use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
 use super::phase::Phase;
+pub use crate::store::runs::RecentRun;
+use crate::store::runs::{self, ClaimRow, RunState};
 
 /// What claiming a slot found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,41 +61,13 @@ pub async fn claim(
     instance: Uuid,
 ) -> Result<Claim, tokio_postgres::Error> {
     let token = Uuid::new_v4();
-    let tx = client.transaction().await?;
-    tx.batch_execute("SET LOCAL synchronous_commit = off")
-        .await?;
-    let claimed = tx
-        .query_opt(
-            "INSERT INTO mana_ai.mission_runs AS r (user_id, mission_id, slot, state, token, claimed_by)
-             VALUES ($1, $2, $3, 'running', $4, $5)
-             ON CONFLICT (user_id, mission_id, slot) DO UPDATE
-               SET state = 'running', token = EXCLUDED.token, claimed_by = EXCLUDED.claimed_by,
-                   claimed_at = now(), attempts = r.attempts + 1, retry_at = NULL
-               WHERE (r.state = 'retry' AND (r.retry_at IS NULL OR r.retry_at <= now()))
-                  OR r.state = 'running'
-             RETURNING failures",
-            &[&slot.user_id, &slot.mission_id, &slot.slot, &token, &instance],
-        )
-        .await?;
-    if let Some(row) = claimed {
-        tx.commit().await?;
-        return Ok(Claim::Claimed {
-            token,
-            failures: row.get(0),
-        });
-    }
-    let row = tx
-        .query_one(
-            "SELECT state, retry_at FROM mana_ai.mission_runs
-             WHERE user_id = $1 AND mission_id = $2 AND slot = $3",
-            &[&slot.user_id, &slot.mission_id, &slot.slot],
-        )
-        .await?;
-    tx.commit().await?;
-    Ok(match (row.get::<_, String>(0).as_str(), row.get(1)) {
-        ("done", _) => Claim::Done,
-        ("retry", Some(at)) => Claim::RetryAt(at),
-        _ => Claim::Running,
+    Ok(match runs::claim(client, slot, token, instance).await? {
+        ClaimRow::Claimed { failures } => Claim::Claimed { token, failures },
+        ClaimRow::Held { state, retry_at } => match (state, retry_at) {
+            (Some(RunState::Done), _) => Claim::Done,
+            (Some(RunState::Retry), Some(at)) => Claim::RetryAt(at),
+            _ => Claim::Running,
+        },
     })
 }
 
@@ -105,15 +79,7 @@ pub async fn release(
     retry_at: Option<DateTime<Utc>>,
     outcome: &str,
 ) -> Result<(), tokio_postgres::Error> {
-    client
-        .execute(
-            "UPDATE mana_ai.mission_runs
-             SET state = 'retry', retry_at = $5, outcome = $6
-             WHERE user_id = $1 AND mission_id = $2 AND slot = $3 AND token = $4 AND state = 'running'",
-            &[&slot.user_id, &slot.mission_id, &slot.slot, &token, &retry_at, &outcome],
-        )
-        .await?;
-    Ok(())
+    runs::release(client, slot, token, retry_at, outcome).await
 }
 
 /// Records a failed attempt and when to try again.
@@ -125,15 +91,7 @@ pub async fn back_off(
     outcome: &str,
     error: &str,
 ) -> Result<(), tokio_postgres::Error> {
-    client
-        .execute(
-            "UPDATE mana_ai.mission_runs
-             SET state = 'retry', failures = failures + 1, retry_at = $5, outcome = $6, last_error = $7
-             WHERE user_id = $1 AND mission_id = $2 AND slot = $3 AND token = $4 AND state = 'running'",
-            &[&slot.user_id, &slot.mission_id, &slot.slot, &token, &retry_at, &outcome, &error],
-        )
-        .await?;
-    Ok(())
+    runs::back_off(client, slot, token, retry_at, outcome, error).await
 }
 
 /// Marks the slot done; false if the claim was taken over meanwhile (then the
@@ -146,16 +104,13 @@ pub async fn complete(
     outcome: &str,
     change_id: Uuid,
 ) -> Result<bool, tokio_postgres::Error> {
-    let n = client
-        .execute(
-            "UPDATE mana_ai.mission_runs
-             SET state = 'done', iteration_id = $5, outcome = $6, finished_at = now(), retry_at = NULL,
-                 change_id = $7
-             WHERE user_id = $1 AND mission_id = $2 AND slot = $3 AND token = $4 AND state = 'running'",
-            &[&slot.user_id, &slot.mission_id, &slot.slot, &token, &iteration_id, &outcome, &change_id],
-        )
-        .await?;
-    Ok(n == 1)
+    let done = runs::Completion {
+        token,
+        iteration_id,
+        outcome,
+        change_id,
+    };
+    runs::complete(client, slot, &done).await
 }
 
 /// A claimed slot not yet completed. Dropped while still armed (a panic, an
@@ -236,16 +191,17 @@ pub async fn recent_runs(
     user_id: &str,
     per_mission: i64,
 ) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
-    client
-        .query(
-            "SELECT mission_id, slot, state, attempts, failures, outcome, claimed_at, finished_at, retry_at
-             FROM (SELECT r.*, row_number() OVER (PARTITION BY mission_id ORDER BY claimed_at DESC) AS n
-                   FROM mana_ai.mission_runs r WHERE user_id = $1) recent
-             WHERE n <= $2
-             ORDER BY mission_id, claimed_at DESC",
-            &[&user_id, &per_mission],
-        )
-        .await
+    runs::recent_runs(client, user_id, per_mission).await
+}
+
+/// [`recent_runs`], typed.
+pub async fn recent(
+    client: &impl GenericClient,
+    user_id: &str,
+    per_mission: i64,
+) -> Result<Vec<RecentRun>, tokio_postgres::Error> {
+    let rows = runs::recent_runs(client, user_id, per_mission).await?;
+    rows.iter().map(RecentRun::from_row).collect()
 }
 
 /// Gives back every slot this instance still has `running` (shutdown past
@@ -255,11 +211,5 @@ pub async fn release_instance(
     client: &impl GenericClient,
     instance: Uuid,
 ) -> Result<u64, tokio_postgres::Error> {
-    client
-        .execute(
-            "UPDATE mana_ai.mission_runs SET state = 'retry', retry_at = now(), outcome = 'abandoned'
-             WHERE claimed_by = $1 AND state = 'running'",
-            &[&instance],
-        )
-        .await
+    runs::release_instance(client, instance).await
 }

@@ -9,7 +9,7 @@ use tokio_postgres::GenericClient;
 
 /// What the gates decided (`agent_decisions_total{decision}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
+pub enum GateDecision {
     Ran,
     SkippedPaused,
     SkippedArchived,
@@ -22,17 +22,32 @@ pub enum Decision {
     SkippedBadPolicy,
 }
 
-impl Decision {
+impl GateDecision {
     pub fn as_str(self) -> &'static str {
         match self {
-            Decision::Ran => "ran",
-            Decision::SkippedPaused => "skipped-paused",
-            Decision::SkippedArchived => "skipped-archived",
-            Decision::SkippedConcurrency => "skipped-concurrency",
-            Decision::SkippedBudget => "skipped-budget",
-            Decision::SkippedMissingAgent => "skipped-missing-agent",
-            Decision::SkippedBadPolicy => "skipped-bad-policy",
+            GateDecision::Ran => "ran",
+            GateDecision::SkippedPaused => "skipped-paused",
+            GateDecision::SkippedArchived => "skipped-archived",
+            GateDecision::SkippedConcurrency => "skipped-concurrency",
+            GateDecision::SkippedBudget => "skipped-budget",
+            GateDecision::SkippedMissingAgent => "skipped-missing-agent",
+            GateDecision::SkippedBadPolicy => "skipped-bad-policy",
         }
+    }
+
+    /// A decision read back from `mission_runs.outcome`; None for any other value.
+    pub fn parse(text: &str) -> Option<GateDecision> {
+        [
+            GateDecision::Ran,
+            GateDecision::SkippedPaused,
+            GateDecision::SkippedArchived,
+            GateDecision::SkippedConcurrency,
+            GateDecision::SkippedBudget,
+            GateDecision::SkippedMissingAgent,
+            GateDecision::SkippedBadPolicy,
+        ]
+        .into_iter()
+        .find(|d| d.as_str() == text)
     }
 }
 
@@ -67,10 +82,10 @@ impl Agent {
     }
 
     /// The decision that needs no database: archived or paused.
-    pub fn state_gate(&self) -> Option<Decision> {
+    pub fn state_gate(&self) -> Option<GateDecision> {
         match self.state.as_str() {
-            "archived" => Some(Decision::SkippedArchived),
-            "paused" => Some(Decision::SkippedPaused),
+            "archived" => Some(GateDecision::SkippedArchived),
+            "paused" => Some(GateDecision::SkippedPaused),
             _ => None,
         }
     }
@@ -82,13 +97,8 @@ pub async fn load_agent(
     user_id: &str,
     agent_id: &str,
 ) -> Result<Option<Agent>, tokio_postgres::Error> {
-    let row = client
-        .query_opt(
-            "SELECT record FROM mana_ai.agent_snapshots WHERE user_id = $1 AND agent_id = $2 AND NOT deleted",
-            &[&user_id, &agent_id],
-        )
-        .await?;
-    Ok(row.and_then(|r| match r.get::<_, Value>(0) {
+    let record = crate::store::runs::agent_record(client, user_id, agent_id).await?;
+    Ok(record.and_then(|r| match r {
         Value::Object(map) => Some(Agent::from_record(agent_id, map)),
         _ => None,
     }))
@@ -100,14 +110,7 @@ pub async fn tokens_last_day(
     user_id: &str,
     agent_id: &str,
 ) -> Result<i64, tokio_postgres::Error> {
-    let row = client
-        .query_one(
-            "SELECT coalesce(sum(tokens_used), 0)::int8 FROM mana_ai.token_usage
-             WHERE user_id = $1 AND agent_id = $2 AND ts > now() - interval '24 hours'",
-            &[&user_id, &agent_id],
-        )
-        .await?;
-    Ok(row.get(0))
+    crate::store::usage::tokens_last_day(client, user_id, agent_id).await
 }
 
 #[cfg(test)]
@@ -133,12 +136,24 @@ mod tests {
     fn paused_and_archived_gate() {
         assert_eq!(
             agent(json!({"state": "paused"})).state_gate(),
-            Some(Decision::SkippedPaused)
+            Some(GateDecision::SkippedPaused)
         );
         assert_eq!(
             agent(json!({"state": "archived"})).state_gate(),
-            Some(Decision::SkippedArchived)
+            Some(GateDecision::SkippedArchived)
         );
+    }
+
+    #[test]
+    fn decisions_round_trip() {
+        for d in [
+            GateDecision::Ran,
+            GateDecision::SkippedMissingAgent,
+            GateDecision::SkippedBadPolicy,
+        ] {
+            assert_eq!(GateDecision::parse(d.as_str()), Some(d));
+        }
+        assert_eq!(GateDecision::parse("calling-llm"), None);
     }
 
     #[test]

@@ -11,8 +11,10 @@
 use serde_json::{Map, Value};
 use tokio_postgres::Transaction;
 
+use crate::audit::AuditStatus;
 use crate::crypto::{decrypt_record_fields, Mdk, MissionGrant};
 use crate::planner::ResolvedInput;
+use crate::store::{self, audit::NewAuditRow};
 use crate::sync::change;
 
 /// Longest single field value shown to the model.
@@ -75,7 +77,7 @@ pub struct GrantAccess<'a> {
 pub struct AuditNote {
     pub table_name: String,
     pub record_id: String,
-    pub status: &'static str,
+    pub status: AuditStatus,
     pub reason: Option<&'static str>,
 }
 
@@ -115,7 +117,7 @@ pub async fn resolve(
                 if !access.grant.allows(&input.table, &input.id) {
                     out.audit.push(note(
                         input,
-                        "scope-violation",
+                        AuditStatus::ScopeViolation,
                         Some("record-not-in-grant-allowlist"),
                     ));
                     out.scope_violations.push(input.table.clone());
@@ -126,13 +128,14 @@ pub async fn resolve(
                 };
                 match decrypt_record_fields(access.mdk, &mut record) {
                     Ok(_) => {
-                        out.audit.push(note(input, "ok", None));
+                        out.audit.push(note(input, AuditStatus::Ok, None));
                         out.decrypted.push(input.table.clone());
                         out.inputs.push(record_input(input, &record));
                     }
-                    Err(e) => out
-                        .audit
-                        .push(note(input, "failed", Some(e.audit_reason()))),
+                    Err(e) => {
+                        out.audit
+                            .push(note(input, AuditStatus::Failed, Some(e.audit_reason())))
+                    }
                 }
             }
         }
@@ -140,7 +143,7 @@ pub async fn resolve(
     Ok(out)
 }
 
-fn note(input: &InputRef, status: &'static str, reason: Option<&'static str>) -> AuditNote {
+fn note(input: &InputRef, status: AuditStatus, reason: Option<&'static str>) -> AuditNote {
     AuditNote {
         table_name: input.table.clone(),
         record_id: input.id.clone(),
@@ -241,12 +244,16 @@ pub async fn write_audit(
     }
     let tx = crate::db::begin_user(client, user_id).await?;
     for n in notes {
-        tx.execute(
-            "INSERT INTO mana_ai.decrypt_audit (user_id, mission_id, iteration_id, table_name, record_id, status, reason)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            &[&user_id, &mission_id, &iteration_id, &n.table_name, &change::clip(&n.record_id, 512), &n.status, &n.reason],
-        )
-        .await?;
+        let row = NewAuditRow {
+            user_id,
+            mission_id,
+            iteration_id,
+            table_name: &n.table_name,
+            record_id: change::clip(&n.record_id, 512),
+            status: n.status.as_str(),
+            reason: n.reason,
+        };
+        store::audit::insert(&tx, &row).await?;
     }
     tx.commit().await?;
     Ok(())

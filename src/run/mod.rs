@@ -3,18 +3,22 @@
 //! The [`Runner`] takes due missions from the wheel (or every due mission at
 //! once for `/internal/tick`), runs each under a global concurrency limit and
 //! at most once at a time per mission, and catches a panicking run so the
-//! reactor goes on. One run: claim the slot durably, gate on the agent,
-//! unwrap the grant, resolve inputs, research, prompt, plan, parse, write
-//! back with the next `nextRunAt`, record tokens (see `mission.rs`).
+//! reactor goes on. One run is a short sequence of phases
+//! (see `mission.rs`): load the due slot, claim it durably, gate on the
+//! agent, gather inputs (grant, decryption, research), plan (prompt, planner,
+//! strict parse), write back with the next `nextRunAt` and the tokens used.
 
 mod admit;
 pub mod claim;
+mod finish;
 pub mod gates;
 pub mod inputs;
 mod mission;
-pub mod offline;
+mod outcome;
 pub mod phase;
+mod plan;
 mod prepare;
+mod shutdown;
 pub mod stall;
 pub mod writeback;
 
@@ -23,33 +27,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
-use serde::Serialize;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+pub use self::outcome::{Outcome, TickStats};
 use crate::crypto::GrantKey;
 use crate::metrics::Metrics;
-use crate::planner::llm::LlmClient;
 use crate::planner::research::ResearchClient;
+/// Where plans come from (it lives in `planner`; the runner holds one).
+pub use crate::planner::Planner;
 use crate::planner::ToolCatalog;
 use crate::schedule::clock::Clock;
-use crate::schedule::wheel::{DueMission, MissionKey, WheelHandle};
-
-/// How long giving back abandoned claims may take before we step down anyway.
-const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// What one "run every due mission now" did (`POST /internal/tick`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TickStats {
-    pub due_mission_count: u64,
-    pub plans_produced: u64,
-    pub plans_written_back: u64,
-    pub parse_failures: u64,
-    pub errors: u64,
-}
+use crate::schedule::wheel::{MissionKey, WheelHandle};
 
 /// What a run sent the planner, without the content.
 #[derive(Debug, Clone)]
@@ -61,56 +51,6 @@ pub struct PromptSummary {
     /// `module/table: title` of each resolved input.
     pub inputs: Vec<String>,
     pub offline: bool,
-}
-
-/// Where plans come from.
-pub enum Planner {
-    /// An OpenAI-compatible gateway.
-    Llm(Box<LlmClient>),
-    /// No LLM configured: a fixed, honest example plan (`mana-ai demo`).
-    Offline,
-}
-
-/// How one run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// An iteration was written back.
-    Written,
-    /// A plan was produced but another instance had taken the slot over.
-    Fenced,
-    /// The answer failed the parser; `final_` when a failed iteration was written.
-    ParseFailed { final_: bool },
-    /// The LLM failed (after its retries); `final_` as above.
-    PlannerFailed { final_: bool },
-    /// An agent gate said not now (decision label).
-    Skipped(&'static str),
-    /// Not due (any more): paused, deleted, moved to the future.
-    NotDue,
-    /// The slot already has its iteration.
-    AlreadyDone,
-    /// Waiting out a back-off from an earlier failure.
-    BackingOff,
-    /// Already running here.
-    InFlight,
-    /// The run failed unexpectedly (database, panic); retried later.
-    Error,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Written => "written",
-            Outcome::Fenced => "fenced",
-            Outcome::ParseFailed { .. } => "parse-failed",
-            Outcome::PlannerFailed { .. } => "planner-failed",
-            Outcome::Skipped(_) => "skipped",
-            Outcome::NotDue => "not-due",
-            Outcome::AlreadyDone => "already-done",
-            Outcome::BackingOff => "backing-off",
-            Outcome::InFlight => "in-flight",
-            Outcome::Error => "error",
-        }
-    }
 }
 
 /// Everything a runner needs.
@@ -150,11 +90,6 @@ pub struct Runner {
     agents_in_flight: Mutex<HashMap<(String, String), usize>>,
 }
 
-/// The back-off after failures: 1, 5, 15 minutes.
-pub fn default_backoff() -> Vec<Duration> {
-    [60, 300, 900].map(Duration::from_secs).to_vec()
-}
-
 impl Runner {
     pub fn new(deps: RunnerDeps) -> Arc<Runner> {
         Arc::new(Runner {
@@ -169,113 +104,28 @@ impl Runner {
         &self.deps.metrics
     }
 
-    /// Runs due missions from the wheel until `stop`; then lets runs in
-    /// flight finish for up to `grace` (cut short by `abandon`, when
-    /// leadership is lost and another instance may already run them) and
-    /// abandons the rest: their claims go back, so the next leader takes them.
-    pub async fn run_loop(
-        self: Arc<Self>,
-        mut due: mpsc::UnboundedReceiver<DueMission>,
-        stop: CancellationToken,
-        abandon: CancellationToken,
-        grace: Duration,
-    ) {
-        let mut tasks = JoinSet::new();
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => break,
-                next = due.recv() => match next {
-                    Some(mission) => {
-                        let runner = self.clone();
-                        tasks.spawn(async move { runner.run_one(&mission.user_id, &mission.mission_id, Some(mission.due_at)).await; });
-                    }
-                    None => break,
-                },
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-            }
-        }
-        let in_flight = tasks.len();
-        if in_flight > 0 {
-            tracing::info!(
-                in_flight,
-                grace_secs = grace.as_secs(),
-                "waiting for runs in flight"
-            );
-        }
-        let left_because = tokio::select! {
-            _ = async { while tasks.join_next().await.is_some() {} } => None,
-            _ = tokio::time::sleep(grace) => Some("at the shutdown deadline"),
-            _ = abandon.cancelled() => Some("when leadership was lost"),
-        };
-        if let Some(why) = left_because {
-            self.deps.metrics.runs_abandoned.inc_by(tasks.len() as u64);
-            tracing::warn!(
-                abandoned = tasks.len(),
-                "runs still in flight {why}; their slots are released"
-            );
-            tasks.shutdown().await;
-            // Bounded: with the database gone (often why leadership was
-            // lost) this must not hold up stepping down; the claims are
-            // taken over anyway, only a little later.
-            let release = async {
-                let client = self.deps.pool.get().await?;
-                anyhow::Ok(claim::release_instance(&**client, self.deps.instance_id).await?)
-            };
-            let released = tokio::time::timeout(RELEASE_TIMEOUT, release)
-                .await
-                .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out after {RELEASE_TIMEOUT:?}")));
-            match released {
-                Ok(n) => tracing::info!(
-                    released = n,
-                    "unfinished slots released for the next leader"
-                ),
-                Err(e) => {
-                    tracing::warn!(error = %format!("{e:#}"), "could not release unfinished slots; the next leader takes them over")
-                }
-            }
-        }
-    }
-
     /// Runs every mission due now (through the same slot claim) and waits.
     pub async fn run_due_now(self: &Arc<Self>) -> anyhow::Result<TickStats> {
         let started = std::time::Instant::now();
         self.deps.metrics.ticks.inc();
         let client = self.deps.pool.get().await?;
-        let due = client
-            .query(
-                // A slot already written whose write-back the applier has
-                // not folded yet is not due: it would only end as done.
-                "SELECT s.user_id, s.mission_id FROM mana_ai.mission_snapshots s
-                 WHERE NOT s.deleted AND s.state = 'active' AND s.next_run_ts <= $1
-                   AND NOT EXISTS (
-                     SELECT 1 FROM mana_ai.mission_runs r
-                     WHERE r.user_id = s.user_id AND r.mission_id = s.mission_id
-                       AND r.slot = s.next_run_at AND r.state = 'done')",
-                &[&self.deps.clock.now()],
-            )
-            .await?;
+        let due = crate::store::runs::due_missions(&**client, self.deps.clock.now()).await?;
         drop(client);
-        let mut runs = JoinSet::new();
-        for row in &due {
-            let (user, mission): (String, String) = (row.get(0), row.get(1));
-            let runner = self.clone();
-            runs.spawn(async move { runner.run_one(&user, &mission, None).await });
-        }
         let mut stats = TickStats {
             due_mission_count: due.len() as u64,
             ..TickStats::default()
         };
+        let mut runs = JoinSet::new();
+        for mission in due {
+            let runner = self.clone();
+            runs.spawn(async move {
+                runner
+                    .run_one(&mission.user_id, &mission.mission_id, None)
+                    .await
+            });
+        }
         while let Some(done) = runs.join_next().await {
-            match done.unwrap_or(Outcome::Error) {
-                Outcome::Written => {
-                    stats.plans_produced += 1;
-                    stats.plans_written_back += 1;
-                }
-                Outcome::Fenced => stats.plans_produced += 1,
-                Outcome::ParseFailed { .. } => stats.parse_failures += 1,
-                Outcome::PlannerFailed { .. } | Outcome::Error => stats.errors += 1,
-                _ => {}
-            }
+            stats.count(done.unwrap_or(Outcome::Error));
         }
         self.deps
             .metrics
@@ -317,6 +167,24 @@ impl Runner {
             slot = tracing::field::Empty,
             outcome = tracing::field::Empty,
         );
+        let outcome = self.run_guarded(user_id, mission_id, &span).await;
+        span.record("outcome", outcome.as_str());
+        tracing::info!(parent: &span, outcome = outcome.as_str(), "mission run finished");
+        // Counted before the run leaves the in-flight gauge, so whoever sees
+        // `runs_in_flight` drop sees the run's outcome counted.
+        self.finish(outcome);
+        metrics.runs_in_flight.dec();
+        outcome
+    }
+
+    /// Runs the mission in its own task (a panic ends only the run) and, when
+    /// it ended in an error, schedules the retry after the back-off.
+    async fn run_guarded(
+        self: &Arc<Self>,
+        user_id: &str,
+        mission_id: &str,
+        span: &tracing::Span,
+    ) -> Outcome {
         let runner = self.clone();
         let (user, mission) = (user_id.to_string(), mission_id.to_string());
         let task = tokio::spawn(
@@ -327,29 +195,23 @@ impl Runner {
         let outcome = match (&mut task.0).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(e)) => {
-                tracing::error!(parent: &span, error = %format!("{e:#}"), "mission run failed");
+                tracing::error!(parent: span, error = %format!("{e:#}"), "mission run failed");
                 Outcome::Error
             }
             Err(join) => {
                 if join.is_panic() {
-                    metrics.run_panics.inc();
-                    tracing::error!(parent: &span, "mission run panicked");
+                    self.deps.metrics.run_panics.inc();
+                    tracing::error!(parent: span, "mission run panicked");
                 }
                 Outcome::Error
             }
         };
         if outcome == Outcome::Error {
-            metrics.mission_errors.inc();
+            self.deps.metrics.mission_errors.inc();
             // The claim guard recorded the failure; try again after the back-off.
             let retry = self.deps.clock.now() + self.backoff_after(0);
             self.rearm(user_id, mission_id, retry).await;
         }
-        span.record("outcome", outcome.as_str());
-        tracing::info!(parent: &span, outcome = outcome.as_str(), "mission run finished");
-        // Counted before the run leaves the in-flight gauge, so whoever sees
-        // `runs_in_flight` drop sees the run's outcome counted.
-        self.finish(outcome);
-        metrics.runs_in_flight.dec();
         outcome
     }
 

@@ -5,80 +5,97 @@
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
-use super::claim::Slot;
 use super::inputs::{self, GrantAccess};
-use super::{Planner, Runner};
+use super::mission::DueRun;
+use super::Runner;
 use crate::crypto::{unwrap_grant, GrantSkip, MissionGrant};
 use crate::planner::{needs_research, research_input, MissionView, ResolvedInput};
 
 impl Runner {
-    /// Inputs, under the grant if there is one (the key lives only here),
-    /// their audit rows, and the research pre-step.
+    /// Phase 4: inputs, under the grant if there is one (the key lives only
+    /// here), their audit rows, and the research pre-step.
     pub(super) async fn gather_inputs(
         &self,
         client: &mut deadpool_postgres::Object,
-        slot: &Slot,
-        record: &Map<String, Value>,
+        due: &DueRun,
         iteration_id: &str,
-        mission_view: &MissionView<'_>,
         started: DateTime<Utc>,
     ) -> anyhow::Result<Vec<ResolvedInput>> {
-        let deps = &self.deps;
-        let (user_id, mission_id) = (slot.user_id.as_str(), slot.mission_id.as_str());
+        let (user_id, mission_id) = (due.slot.user_id.as_str(), due.slot.mission_id.as_str());
+        let resolved = self.resolve_inputs(client, due, started).await?;
+        self.count_reads(&resolved);
+        if let Err(e) =
+            inputs::write_audit(client, user_id, mission_id, iteration_id, &resolved.audit).await
+        {
+            self.deps.metrics.audit_write_failures.inc();
+            tracing::warn!(error = %format!("{e:#}"), "writing decrypt_audit rows failed; the run goes on");
+        }
+        let mut resolved_inputs = resolved.inputs;
+        if let Some(article) = self.research(&due.view()).await {
+            resolved_inputs.push(article);
+        }
+        Ok(resolved_inputs)
+    }
+
+    /// Folds (and under the grant decrypts) the mission's inputs in the
+    /// user's RLS scope. The unwrapped key is dropped on return.
+    async fn resolve_inputs(
+        &self,
+        client: &mut deadpool_postgres::Object,
+        due: &DueRun,
+        started: DateTime<Utc>,
+    ) -> anyhow::Result<inputs::Resolved> {
+        let record = due.fields();
         let refs = inputs::input_refs(record);
-        let grant = self.grant_of(record, mission_id);
-        let mdk =
-            grant.as_ref().and_then(
-                |g| match unwrap_grant(deps.grant_key.as_ref(), g, started) {
-                    Ok(mdk) => Some(mdk),
-                    Err(skip) => {
-                        self.skip_grant(skip);
-                        None
-                    }
-                },
-            );
+        // The grant is checked (and a bad one counted) even without inputs.
+        let grant = self.grant_of(record, &due.slot.mission_id);
+        let mdk = grant.as_ref().and_then(|g| {
+            unwrap_grant(self.deps.grant_key.as_ref(), g, started)
+                .map_err(|skip| self.skip_grant(skip))
+                .ok()
+        });
+        if refs.is_empty() {
+            return Ok(inputs::Resolved::default());
+        }
         let access = match (&grant, &mdk) {
             (Some(grant), Some(mdk)) => Some(GrantAccess { grant, mdk }),
             _ => None,
         };
-        let resolved = if refs.is_empty() {
-            inputs::Resolved::default()
-        } else {
-            let tx = crate::db::begin_user(client, user_id).await?;
-            let resolved = inputs::resolve(&tx, &refs, access.as_ref()).await?;
-            tx.commit().await?;
-            resolved
-        };
-        drop(mdk);
+        let tx = crate::db::begin_user(client, &due.slot.user_id).await?;
+        let resolved = inputs::resolve(&tx, &refs, access.as_ref()).await?;
+        tx.commit().await?;
+        Ok(resolved)
+    }
+
+    /// Counts decrypted records and scope violations.
+    fn count_reads(&self, resolved: &inputs::Resolved) {
+        let metrics = &self.deps.metrics;
         for table in &resolved.decrypted {
-            deps.metrics.decrypts.with_label_values(&[table]).inc();
+            metrics.decrypts.with_label_values(&[table]).inc();
         }
         for table in &resolved.scope_violations {
-            deps.metrics
+            metrics
                 .grant_scope_violations
                 .with_label_values(&[table])
                 .inc();
             tracing::warn!(table = %table, "mission input outside its grant's allowlist; not decrypted");
         }
-        if let Err(e) =
-            inputs::write_audit(client, user_id, mission_id, iteration_id, &resolved.audit).await
-        {
-            deps.metrics.audit_write_failures.inc();
-            tracing::warn!(error = %format!("{e:#}"), "writing decrypt_audit rows failed; the run goes on");
+    }
+
+    /// The research pre-step, when configured and the mission asks for it.
+    async fn research(&self, mission: &MissionView<'_>) -> Option<ResolvedInput> {
+        let research = self.deps.research.as_ref()?;
+        if !needs_research(mission.objective, mission.concept) {
+            return None;
         }
-        let mut resolved_inputs = resolved.inputs;
-        if let Some(research) = &deps.research {
-            if needs_research(mission_view.objective, mission_view.concept) {
-                match research.research(mission_view.objective).await {
-                    Ok(articles) => resolved_inputs.push(research_input(&articles)),
-                    Err(e) => {
-                        deps.metrics.research_failures.inc();
-                        tracing::warn!(error = %e, "research pre-step failed; planning without it");
-                    }
-                }
+        match research.research(mission.objective).await {
+            Ok(articles) => Some(research_input(&articles)),
+            Err(e) => {
+                self.deps.metrics.research_failures.inc();
+                tracing::warn!(error = %e, "research pre-step failed; planning without it");
+                None
             }
         }
-        Ok(resolved_inputs)
     }
 
     /// Tells the prompt observer (the demo) what the run asked, without content.
@@ -99,7 +116,7 @@ impl Runner {
                     .iter()
                     .map(|i| format!("{}/{}: {}", i.module, i.table, i.title))
                     .collect(),
-                offline: matches!(self.deps.planner, Planner::Offline),
+                offline: self.deps.planner.is_offline(),
             });
         }
     }

@@ -16,10 +16,17 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 use tokio_postgres::Transaction;
 
+use std::collections::HashMap;
+
 use super::claim::{self, Slot};
-use crate::reactor::store;
+use crate::reactor::decode::RowError;
+use crate::reactor::store as reactor_store;
+use crate::store::{
+    self,
+    writeback::{Base, MarkedChange, MarkedSnapshot, WriteBackRow},
+};
 use crate::sync::change;
-use crate::sync::fold::{iso_millis, FoldState};
+use crate::sync::fold::{iso_millis, ChangeRow, FoldState};
 
 /// The client id every write-back carries.
 pub const CLIENT_ID: &str = "mana-ai-runner";
@@ -140,47 +147,21 @@ pub enum IterationsSource {
     Value(Value),
 }
 
-/// The snapshot, locked, with its `iterations` replaced by a marker.
-const SNAPSHOT_MARKED: &str = "SELECT CASE WHEN record ? 'iterations'
-            THEN jsonb_set(record, '{iterations}', jsonb_build_object('mana-ai-source', $3::text, 'from', 'snapshot'))
-            ELSE record END,
-        fold_state
-     FROM mana_ai.mission_snapshots WHERE user_id = $1 AND mission_id = $2 FOR UPDATE";
-
-/// Queued change rows of one record with their `iterations` replaced by a
-/// marker naming the row: the columns of `store::READ_CHANGES`, then the
-/// length of the iterations as jsonb text (never shorter than the compact
-/// JSON the field limit counts).
-const CHANGES_MARKED: &str = "SELECT c.id, c.app_id, c.table_name, c.record_id, c.op,
-        CASE WHEN jsonb_typeof(c.data) = 'object' AND c.data ? 'iterations'
-             THEN jsonb_set(c.data, '{iterations}', jsonb_build_object('mana-ai-source', $3::text, 'from', c.id::text))
-             ELSE c.data END,
-        c.field_timestamps, c.created_at,
-        EXISTS (SELECT 1 FROM mana_ai.mission_runs r WHERE r.change_id = c.id),
-        CASE WHEN jsonb_typeof(c.data) = 'object' THEN octet_length((c.data->'iterations')::text) END
-     FROM public.sync_changes c WHERE c.id = ANY($1) AND c.record_id = $2";
-
 /// Whether a queued row's `iterations` is over the field limit, so the
 /// applier will set the row aside: then it must not be what the write-back
 /// extends (that would carry a browser's oversized value past the limit).
 /// Only rows whose jsonb text is over the limit are read.
 async fn iterations_over_limit(
     tx: &Transaction<'_>,
-    row: &tokio_postgres::Row,
+    change: &MarkedChange,
     max_field_bytes: usize,
 ) -> anyhow::Result<bool> {
-    let (own, text_len): (bool, Option<i32>) = (row.try_get(8)?, row.try_get(9)?);
-    if own || text_len.is_none_or(|n| n as usize <= max_field_bytes) {
+    let text_len = change.iterations_len;
+    if change.own_writeback || text_len.is_none_or(|n| n as usize <= max_field_bytes) {
         return Ok(false);
     }
-    let id: uuid::Uuid = row.try_get(0)?;
-    let value: Option<Value> = tx
-        .query_one(
-            "SELECT data->'iterations' FROM public.sync_changes WHERE id = $1",
-            &[&id],
-        )
-        .await?
-        .try_get(0)?;
+    let id: uuid::Uuid = change.row.try_get(0)?;
+    let value = store::writeback::change_iterations(tx, id).await?;
     Ok(value.is_some_and(|v| change::json_len(&v) > max_field_bytes))
 }
 
@@ -196,48 +177,22 @@ pub async fn iterations_source(
 ) -> anyhow::Result<IterationsSource> {
     let marker = uuid::Uuid::new_v4().to_string();
     // change id -> queue id, the rows' insertion order for the fold.
-    let seqs: std::collections::HashMap<uuid::Uuid, i64> = tx
-        .query(
-            "SELECT change_id, id FROM mana_ai.change_queue WHERE user_id = $1 AND table_name = 'aiMissions'",
-            &[&user_id],
-        )
-        .await?
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
-    let snapshot = tx
-        .query_opt(SNAPSHOT_MARKED, &[&user_id, &mission_id, &marker])
-        .await?;
+    let seqs = store::writeback::queued_mission_changes(tx, user_id).await?;
+    let snapshot = store::writeback::snapshot_marked(tx, user_id, mission_id, &marker).await?;
     let (mut record, mut fold) = match snapshot {
-        Some(row) => match row.try_get::<_, Value>(0)? {
-            Value::Object(map) => (
-                map,
-                serde_json::from_value(row.try_get(1)?).unwrap_or_default(),
-            ),
-            _ => (Map::new(), FoldState::default()),
-        },
-        None => (Map::new(), FoldState::default()),
+        Some(MarkedSnapshot {
+            record: Value::Object(map),
+            fold_state,
+        }) => (map, serde_json::from_value(fold_state).unwrap_or_default()),
+        _ => (Map::new(), FoldState::default()),
     };
-    let queued: Vec<uuid::Uuid> = seqs.keys().copied().collect();
-    if !queued.is_empty() {
-        let rows = tx
-            .query(CHANGES_MARKED, &[&queued, &mission_id, &marker])
-            .await?;
+    if !seqs.is_empty() {
+        let ids: Vec<uuid::Uuid> = seqs.keys().copied().collect();
+        let changes = store::writeback::changes_marked(tx, &ids, mission_id, &marker).await?;
         let mut pending = Vec::new();
-        for row in &rows {
-            if iterations_over_limit(tx, row, max_field_bytes).await? {
-                continue;
-            }
-            // Rows the applier will set aside are not folded here either.
-            // A row the applier will set aside is skipped here too.
-            let mut raw = match store::raw_change(row) {
-                Ok(raw) => raw,
-                Err(crate::reactor::decode::RowError::Poison(_)) => continue,
-                Err(crate::reactor::decode::RowError::Systemic(e)) => return Err(e.into()),
-            };
-            raw.seq = seqs.get(&raw.id).copied().unwrap_or_default();
-            if let Ok(valid) = change::validate(raw, max_field_bytes) {
-                pending.push(valid.row);
+        for marked in &changes {
+            if let Some(row) = foldable(tx, marked, &seqs, max_field_bytes).await? {
+                pending.push(row);
             }
         }
         pending.sort_by_key(|row| (row.created_at, row.seq));
@@ -245,40 +200,46 @@ pub async fn iterations_source(
             fold.apply(mission_id, &mut record, row);
         }
     }
-    Ok(match record.remove("iterations") {
-        None => IterationsSource::None,
-        Some(value) => match value.get("mana-ai-source").and_then(Value::as_str) {
-            Some(m) if m == marker => match value.get("from").and_then(Value::as_str) {
-                Some("snapshot") => IterationsSource::Snapshot,
-                Some(id) => id
-                    .parse()
-                    .map(IterationsSource::Change)
-                    .context("a marker without a change id")?,
-                None => anyhow::bail!("a marker without its source"),
-            },
-            _ => IterationsSource::Value(value),
-        },
-    })
+    marker_source(record.remove("iterations"), &marker)
 }
 
-/// The write-back row: `data.iterations` is the current iterations with the
-/// new one appended, built by the database (an iteration already there by id
-/// is not added twice); a non-array current value starts a new list.
-const INSERT_WRITEBACK: &str = "INSERT INTO public.sync_changes
-       (id, app_id, table_name, record_id, user_id, op, data, field_timestamps, client_id, schema_version, actor)
-     SELECT $1, 'ai', 'aiMissions', $2, $3, 'update',
-            jsonb_build_object(
-              'iterations',
-              CASE WHEN coalesce(jsonb_typeof(src.it), '') <> 'array' THEN jsonb_build_array($4::jsonb)
-                   WHEN src.it @> jsonb_build_array(jsonb_build_object('id', $5::text)) THEN src.it
-                   ELSE src.it || jsonb_build_array($4::jsonb) END,
-              'updatedAt', $6::text, 'nextRunAt', $7::text),
-            $8, $9, 1, $10
-     FROM (SELECT CASE $11::text
-             WHEN 'snapshot' THEN (SELECT record->'iterations' FROM mana_ai.mission_snapshots
-                                   WHERE user_id = $3 AND mission_id = $2)
-             WHEN 'change' THEN (SELECT data->'iterations' FROM public.sync_changes WHERE id = $12)
-             ELSE $13::jsonb END AS it) src";
+/// A queued row as the fold takes it, or None when the applier will set it
+/// aside (then it is not folded here either).
+async fn foldable(
+    tx: &Transaction<'_>,
+    marked: &MarkedChange,
+    seqs: &HashMap<uuid::Uuid, i64>,
+    max_field_bytes: usize,
+) -> anyhow::Result<Option<ChangeRow>> {
+    if iterations_over_limit(tx, marked, max_field_bytes).await? {
+        return Ok(None);
+    }
+    let mut raw = match reactor_store::raw_change(&marked.row) {
+        Ok(raw) => raw,
+        Err(RowError::Poison(_)) => return Ok(None),
+        Err(RowError::Systemic(e)) => return Err(e.into()),
+    };
+    raw.seq = seqs.get(&raw.id).copied().unwrap_or_default();
+    Ok(change::validate(raw, max_field_bytes).ok().map(|v| v.row))
+}
+
+/// Which marker the fold kept, if any.
+fn marker_source(iterations: Option<Value>, marker: &str) -> anyhow::Result<IterationsSource> {
+    let Some(value) = iterations else {
+        return Ok(IterationsSource::None);
+    };
+    if value.get("mana-ai-source").and_then(Value::as_str) != Some(marker) {
+        return Ok(IterationsSource::Value(value));
+    }
+    Ok(match value.get("from").and_then(Value::as_str) {
+        Some("snapshot") => IterationsSource::Snapshot,
+        Some(id) => id
+            .parse()
+            .map(IterationsSource::Change)
+            .context("a marker without a change id")?,
+        None => anyhow::bail!("a marker without its source"),
+    })
+}
 
 /// Commits the write-back; false when the claim was taken over (nothing written).
 pub async fn commit(
@@ -303,6 +264,24 @@ pub async fn commit(
     {
         return Ok(false);
     }
+    insert_row(&tx, write, change_id, &source)
+        .await
+        .context("inserting the write-back row")?;
+    if write.tokens_used > 0 {
+        let agent = write.author.agent_id.as_deref();
+        store::usage::record(&tx, user_id, agent, mission_id, write.tokens_used).await?;
+    }
+    tx.commit().await.context("committing the write-back")?;
+    Ok(true)
+}
+
+/// Inserts the write-back row: the iteration appended to `source`.
+async fn insert_row(
+    tx: &Transaction<'_>,
+    write: &WriteBack,
+    change_id: uuid::Uuid,
+    source: &IterationsSource,
+) -> Result<(), tokio_postgres::Error> {
     let now = iso_millis(write.now);
     let next = write.next_run_at.map(iso_millis);
     let stamps = json!({"iterations": now, "updatedAt": now, "nextRunAt": now});
@@ -314,39 +293,24 @@ pub async fn commit(
         "iterationId": write.iteration_id,
         "rationale": write.objective,
     });
-    let (kind, from_change, value) = match source {
-        IterationsSource::None => ("none", None, None),
-        IterationsSource::Snapshot => ("snapshot", None, None),
-        IterationsSource::Change(id) => ("change", Some(id), None),
-        IterationsSource::Value(v) => ("value", None, Some(v)),
+    let base = match source {
+        IterationsSource::None => Base::None,
+        IterationsSource::Snapshot => Base::Snapshot,
+        IterationsSource::Change(id) => Base::Change(*id),
+        IterationsSource::Value(v) => Base::Value(v),
     };
-    tx.execute(
-        INSERT_WRITEBACK,
-        &[
-            &change_id,
-            &write.slot.mission_id,
-            &write.slot.user_id,
-            &write.iteration,
-            &write.iteration_id,
-            &now,
-            &next,
-            &stamps,
-            &CLIENT_ID,
-            &actor,
-            &kind,
-            &from_change,
-            &value,
-        ],
-    )
-    .await
-    .context("inserting the write-back row")?;
-    if write.tokens_used > 0 {
-        tx.execute(
-            "INSERT INTO mana_ai.token_usage (user_id, agent_id, mission_id, tokens_used) VALUES ($1, $2, $3, $4)",
-            &[&write.slot.user_id, &write.author.agent_id, &write.slot.mission_id, &write.tokens_used],
-        )
-        .await?;
-    }
-    tx.commit().await.context("committing the write-back")?;
-    Ok(true)
+    let row = WriteBackRow {
+        change_id,
+        user_id: &write.slot.user_id,
+        mission_id: &write.slot.mission_id,
+        iteration: &write.iteration,
+        iteration_id: &write.iteration_id,
+        updated_at: &now,
+        next_run_at: next.as_deref(),
+        field_timestamps: &stamps,
+        client_id: CLIENT_ID,
+        actor: &actor,
+        base,
+    };
+    store::writeback::insert_writeback(tx, &row).await
 }

@@ -1,1 +1,37 @@
-//! (to be filled)
+//! `mana_ai.token_usage`: the tokens each run charged, for the agents'
+//! `maxTokensPerDay` budget.
+
+use tokio_postgres::GenericClient;
+
+/// Tokens the agent used in the last 24 hours.
+pub(crate) async fn tokens_last_day(
+    client: &impl GenericClient,
+    user_id: &str,
+    agent_id: &str,
+) -> Result<i64, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT coalesce(sum(tokens_used), 0)::int8 AS tokens FROM mana_ai.token_usage
+             WHERE user_id = $1 AND agent_id = $2 AND ts > now() - interval '24 hours'",
+            &[&user_id, &agent_id],
+        )
+        .await?;
+    row.try_get("tokens")
+}
+
+/// Charges one run's tokens (inside the write-back's transaction).
+pub(crate) async fn record(
+    client: &impl GenericClient,
+    user_id: &str,
+    agent_id: Option<&str>,
+    mission_id: &str,
+    tokens_used: i64,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "INSERT INTO mana_ai.token_usage (user_id, agent_id, mission_id, tokens_used) VALUES ($1, $2, $3, $4)",
+            &[&user_id, &agent_id, &mission_id, &tokens_used],
+        )
+        .await?;
+    Ok(())
+}

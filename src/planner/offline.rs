@@ -4,7 +4,7 @@
 
 use serde_json::json;
 
-use crate::planner::{MissionView, ToolSpec};
+use super::{MissionView, ToolSpec};
 
 /// A fenced JSON plan: one step with the first suitable allowed tool.
 pub fn offline_answer(mission: &MissionView<'_>, tools: &[&ToolSpec]) -> String {

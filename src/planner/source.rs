@@ -1,0 +1,47 @@
+//! Where plans come from: the LLM gateway, or the offline planner. A run
+//! asks [`Planner::plan`] and does not care which one answers.
+
+use std::time::Duration;
+
+use tracing::Instrument;
+
+use super::llm::{LlmAnswer, LlmClient, LlmError};
+use super::{offline, MissionView, Prompt, ToolSpec};
+
+/// Where plans come from.
+pub enum Planner {
+    /// An OpenAI-compatible gateway.
+    Llm(Box<LlmClient>),
+    /// No LLM configured: a fixed, honest example plan (`mana-ai demo`).
+    Offline,
+}
+
+impl Planner {
+    /// The answer to one prompt: the model's, or the offline planner's fixed
+    /// plan for `mission` with the first suitable of `tools`.
+    pub async fn plan(
+        &self,
+        prompt: &Prompt,
+        mission: &MissionView<'_>,
+        tools: &[&ToolSpec],
+    ) -> Result<LlmAnswer, LlmError> {
+        match self {
+            Planner::Llm(llm) => {
+                llm.complete_plan(&prompt.system, &prompt.user, prompt.schema.as_ref())
+                    .instrument(tracing::info_span!("llm_call"))
+                    .await
+            }
+            Planner::Offline => Ok(LlmAnswer {
+                content: offline::offline_answer(mission, tools),
+                usage: None,
+                attempts: 1,
+                elapsed: Duration::ZERO,
+            }),
+        }
+    }
+
+    /// Whether this is the offline planner (the demo says so).
+    pub fn is_offline(&self) -> bool {
+        matches!(self, Planner::Offline)
+    }
+}

@@ -1,0 +1,163 @@
+//! Phase 6 of a run: the write-back of a planned iteration, or of a failed
+//! one after `max_failures`, or the back-off after a failed attempt.
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+use tracing::Instrument;
+
+use super::claim;
+use super::mission::{Claimed, DueRun};
+use super::phase::Phase;
+use super::plan::{FailureKind, Planned};
+use super::stall::Stall;
+use super::writeback::{self, Author, WriteBack};
+use super::{Outcome, Runner};
+use crate::planner::PlannedIteration;
+use crate::schedule::cadence::Cadence;
+
+/// `mission_runs.outcome` of a written iteration.
+const WRITTEN: &str = "written";
+/// `mission_runs.outcome` of a failed iteration, written after `max_failures`.
+const FAILED: &str = "failed";
+
+impl Runner {
+    /// Writes the plan back, or records the failed attempt.
+    pub(super) async fn write_back(
+        &self,
+        due: &DueRun,
+        claimed: &mut Claimed,
+        author: Author,
+        iteration_id: String,
+        planned: Planned,
+        started: DateTime<Utc>,
+    ) -> anyhow::Result<Outcome> {
+        let mut write = WriteBack {
+            slot: due.slot.clone(),
+            token: claimed.guard.token,
+            iteration: Value::Null,
+            iteration_id,
+            next_run_at: self.next_run(due.fields(), due.slot_at),
+            author,
+            objective: due.view().objective.to_string(),
+            now: self.deps.clock.now(),
+            tokens_used: 0,
+            outcome: WRITTEN,
+            max_field_bytes: self.deps.max_field_bytes,
+        };
+        let mut client = self.deps.pool.get().await.context("connecting")?;
+        match planned {
+            Planned::Plan { plan, tokens_used } => {
+                write.tokens_used = tokens_used;
+                self.commit_plan(&mut client, claimed, write, &plan, started)
+                    .await
+            }
+            Planned::Failed {
+                kind,
+                message,
+                tokens_used,
+            } => {
+                write.tokens_used = tokens_used;
+                let final_ = self
+                    .fail(&mut client, claimed, &mut write, started, kind, &message)
+                    .await?;
+                Ok(kind.outcome(final_))
+            }
+        }
+    }
+
+    /// Commits the planned iteration with the slot's completion.
+    async fn commit_plan(
+        &self,
+        client: &mut tokio_postgres::Client,
+        claimed: &mut Claimed,
+        mut write: WriteBack,
+        plan: &PlannedIteration,
+        started: DateTime<Utc>,
+    ) -> anyhow::Result<Outcome> {
+        let deps = &self.deps;
+        claimed.guard.phase = Phase::Finalizing;
+        deps.metrics.plans_produced.inc();
+        write.now = deps.clock.now();
+        write.iteration = writeback::planned_iteration(
+            &write.iteration_id,
+            started,
+            write.now,
+            &plan.summary,
+            &plan.steps,
+        );
+        let written = writeback::commit(client, &write)
+            .instrument(tracing::info_span!("write_back"))
+            .await?;
+        claimed.guard.armed = false;
+        if !written {
+            return Ok(Outcome::Fenced);
+        }
+        deps.metrics.plans_written_back.inc();
+        let agent_label = write
+            .author
+            .agent_id
+            .as_deref()
+            .unwrap_or("legacy:ai-default");
+        deps.metrics
+            .tokens_used
+            .with_label_values(&[agent_label])
+            .inc_by(write.tokens_used.max(0) as u64);
+        Ok(Outcome::Written)
+    }
+
+    /// A failed attempt: back off, or after `max_failures` write a failed
+    /// iteration and move on to the next slot. Returns whether it was final.
+    async fn fail(
+        &self,
+        client: &mut tokio_postgres::Client,
+        claimed: &mut Claimed,
+        write: &mut WriteBack,
+        started: DateTime<Utc>,
+        kind: FailureKind,
+        message: &str,
+    ) -> anyhow::Result<bool> {
+        let (deps, failures, phase) = (&self.deps, claimed.failures, kind.phase());
+        deps.metrics.mission_errors.inc();
+        tracing::warn!(phase = phase.as_str(), error = %message, failures = failures + 1, "mission run failed");
+        let now = deps.clock.now();
+        if failures + 1 >= deps.max_failures {
+            write.now = now;
+            write.outcome = FAILED;
+            write.iteration = writeback::failed_iteration(
+                &write.iteration_id,
+                started,
+                now,
+                kind.name(),
+                message,
+                phase,
+            );
+            writeback::commit(client, write).await?;
+            claimed.guard.armed = false;
+            return Ok(true);
+        }
+        // Never past the mission's next regular slot.
+        let mut retry_at = now + self.backoff_after(failures);
+        if let Some(next) = write.next_run_at {
+            retry_at = retry_at.min(next.max(now));
+        }
+        let (slot, token) = (&write.slot, write.token);
+        claim::back_off(&*client, slot, token, retry_at, phase.as_str(), message).await?;
+        claimed.guard.armed = false;
+        self.rearm(&slot.user_id, &slot.mission_id, retry_at).await;
+        Ok(false)
+    }
+
+    /// The slot after this one, from the mission's cadence.
+    fn next_run(&self, record: &Map<String, Value>, slot: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let cadence = record.get("cadence")?;
+        match Cadence::parse(cadence) {
+            Ok(c) => c.next_after_run(slot, self.deps.clock.now(), self.deps.default_tz),
+            Err(e) => {
+                self.stalled(Stall::NoNextRun);
+                tracing::warn!(error = %e, stall = Stall::NoNextRun.as_str(), "mission cadence unreadable; no next run");
+                None
+            }
+        }
+    }
+}

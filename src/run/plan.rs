@@ -1,0 +1,127 @@
+//! Phase 5 of a run: the prompt, the planner's answer and its strict parse.
+
+use chrono::{DateTime, Utc};
+
+use super::admit::Admitted;
+use super::mission::{Claimed, DueRun};
+use super::phase::Phase;
+use super::{Outcome, Runner};
+use crate::planner::llm::LlmAnswer;
+use crate::planner::{
+    build_prompt, parse_plan, AgentContext, PlannedIteration, PromptInput, ResolvedInput, ToolSpec,
+};
+
+/// Why an attempt failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum FailureKind {
+    /// The planner (LLM) failed after its retries.
+    Planner,
+    /// The answer failed the strict parser.
+    Parse,
+}
+
+impl FailureKind {
+    /// `errorDetails.name` of a final failed iteration.
+    pub fn name(self) -> &'static str {
+        match self {
+            FailureKind::Planner => "PlannerError",
+            FailureKind::Parse => "ParseError",
+        }
+    }
+
+    pub fn phase(self) -> Phase {
+        match self {
+            FailureKind::Planner => Phase::CallingLlm,
+            FailureKind::Parse => Phase::ParsingResponse,
+        }
+    }
+
+    /// How the run ended; `final_` when a failed iteration was written.
+    pub fn outcome(self, final_: bool) -> Outcome {
+        match self {
+            FailureKind::Planner => Outcome::PlannerFailed { final_ },
+            FailureKind::Parse => Outcome::ParseFailed { final_ },
+        }
+    }
+}
+
+/// What the planning phase produced.
+pub(super) enum Planned {
+    /// A plan that passed the parser.
+    Plan {
+        plan: PlannedIteration,
+        tokens_used: i64,
+    },
+    /// No plan: why, and the tokens the answer cost (0 without one).
+    Failed {
+        kind: FailureKind,
+        message: String,
+        tokens_used: i64,
+    },
+}
+
+impl Runner {
+    /// Prompts the planner and parses its answer. Holds no pooled connection.
+    pub(super) async fn plan(
+        &self,
+        due: &DueRun,
+        admitted: &Admitted<'_>,
+        tools: &[&ToolSpec],
+        inputs: Vec<ResolvedInput>,
+        claimed: &mut Claimed,
+        started: DateTime<Utc>,
+    ) -> Planned {
+        let deps = &self.deps;
+        let prompt = build_prompt(&PromptInput {
+            mission: due.view(),
+            inputs: &inputs,
+            agent: admitted
+                .agent
+                .as_ref()
+                .map(|a| AgentContext::from_record(&a.record)),
+            catalog: deps.catalog.tools(),
+            tools,
+            now: Some(started),
+        });
+        self.observe_prompt(&due.slot.mission_id, &prompt, tools.len(), &inputs);
+        drop(inputs);
+        let answer = match deps.planner.plan(&prompt, &due.view(), tools).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                return Planned::Failed {
+                    kind: FailureKind::Planner,
+                    message: e.to_string(),
+                    tokens_used: 0,
+                }
+            }
+        };
+        if deps.failpoint.as_deref() == Some("after-llm") {
+            tracing::error!("failpoint after-llm: aborting the process");
+            std::process::abort();
+        }
+        claimed.guard.phase = Phase::ParsingResponse;
+        let tokens_used = tokens(&answer, &prompt.system, &prompt.user);
+        match parse_plan(&answer.content, |name| tools.iter().any(|t| t.name == name)) {
+            Ok(plan) => Planned::Plan { plan, tokens_used },
+            Err(e) => {
+                deps.metrics.parse_failures.inc();
+                Planned::Failed {
+                    kind: FailureKind::Parse,
+                    message: e.to_string(),
+                    tokens_used,
+                }
+            }
+        }
+    }
+}
+
+/// Tokens to charge: the gateway's count, else about four characters a token.
+fn tokens(answer: &LlmAnswer, system: &str, user: &str) -> i64 {
+    match &answer.usage {
+        Some(u) if u.total_tokens > 0 => u.total_tokens as i64,
+        Some(u) if u.prompt_tokens + u.completion_tokens > 0 => {
+            (u.prompt_tokens + u.completion_tokens) as i64
+        }
+        _ => ((system.len() + user.len() + answer.content.len()) / 4) as i64,
+    }
+}
