@@ -51,13 +51,10 @@ impl Runner {
         };
         drop(mdk);
         for table in &resolved.decrypted {
-            deps.metrics.decrypts.with_label_values(&[table]).inc();
+            deps.metrics.count_decrypt(table);
         }
         for table in &resolved.scope_violations {
-            deps.metrics
-                .grant_scope_violations
-                .with_label_values(&[table])
-                .inc();
+            deps.metrics.count_scope_violation(table);
             tracing::warn!(table = %table, "mission input outside its grant's allowlist; not decrypted");
         }
         if let Err(e) =
