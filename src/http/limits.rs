@@ -196,3 +196,33 @@ pub(crate) fn closing(mut response: Response<Body>) -> Response<Body> {
         .insert(CONNECTION, HeaderValue::from_static("close"));
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_refusal_declares_its_body_length() {
+        let text = std::str::from_utf8(REFUSAL).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+        assert!(serde_json::from_str::<serde_json::Value>(body).is_ok());
+    }
+
+    #[test]
+    fn a_request_starts_with_its_first_bytes_after_a_response() {
+        let clock = RequestClock::default();
+        let timeout = Duration::from_secs(10);
+        clock.read_some();
+        let first = clock.deadline(timeout);
+        std::thread::sleep(Duration::from_millis(5));
+        clock.read_some();
+        assert_eq!(clock.deadline(timeout), first, "the same request goes on");
+        clock.wrote();
+        clock.read_some();
+        assert!(
+            clock.deadline(timeout) > first,
+            "a new request after a response"
+        );
+    }
+}

@@ -53,8 +53,7 @@ pub async fn serve<B: Backend>(
 ) -> anyhow::Result<()> {
     let jwks = settings.jwks.clone().map(JwksVerifier::new).transpose()?;
     let grace = settings.shutdown_grace;
-    let cap = Arc::new(Semaphore::new(settings.max_connections.max(1)));
-    let refusing = Arc::new(Semaphore::new(settings.max_connections.max(1)));
+    let gate = Gate::new(settings.max_connections);
     let state = Arc::new(AppState {
         backend,
         settings,
@@ -67,19 +66,7 @@ pub async fn serve<B: Backend>(
         tokio::select! {
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => match cap.clone().try_acquire_owned() {
-                    Ok(permit) => {
-                        let open = Open::new(permit, &state.metrics);
-                        connections.spawn(connection(stream, state.clone(), shutdown.clone(), open));
-                    }
-                    Err(_) => {
-                        state.metrics.http_connections_refused.inc();
-                        // Beyond as many refusals again: closed at once.
-                        if let Ok(place) = refusing.clone().try_acquire_owned() {
-                            connections.spawn(refuse(stream, place));
-                        }
-                    }
-                },
+                Ok((stream, _peer)) => gate.admit(stream, &state, &shutdown, &mut connections),
                 Err(e) => {
                     // Out of file descriptors and the like: back off rather
                     // than spin on an error that repeats at once.
@@ -95,6 +82,13 @@ pub async fn serve<B: Backend>(
         }
     }
     drop(listener);
+    drain(connections, grace).await;
+    tracing::info!("HTTP server stopped");
+    Ok(())
+}
+
+/// Lets the connections finish for up to `grace`, then drops the rest.
+async fn drain(mut connections: JoinSet<()>, grace: Duration) {
     let drained = tokio::time::timeout(grace, async {
         while connections.join_next().await.is_some() {}
     })
@@ -106,8 +100,44 @@ pub async fn serve<B: Backend>(
         );
         connections.shutdown().await;
     }
-    tracing::info!("HTTP server stopped");
-    Ok(())
+}
+
+/// The cap on open connections, and on connections being refused.
+struct Gate {
+    open: Arc<Semaphore>,
+    refusing: Arc<Semaphore>,
+}
+
+impl Gate {
+    fn new(max_connections: usize) -> Gate {
+        Gate {
+            open: Arc::new(Semaphore::new(max_connections.max(1))),
+            refusing: Arc::new(Semaphore::new(max_connections.max(1))),
+        }
+    }
+
+    /// Serves `stream` if a place is free, else refuses it (see `limits`).
+    fn admit<B: Backend>(
+        &self,
+        stream: TcpStream,
+        state: &Arc<AppState<B>>,
+        shutdown: &CancellationToken,
+        connections: &mut JoinSet<()>,
+    ) {
+        match self.open.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let open = Open::new(permit, &state.metrics);
+                connections.spawn(connection(stream, state.clone(), shutdown.clone(), open));
+            }
+            Err(_) => {
+                state.metrics.http_connections_refused.inc();
+                // Beyond as many refusals again: closed at once.
+                if let Ok(place) = self.refusing.clone().try_acquire_owned() {
+                    connections.spawn(refuse(stream, place));
+                }
+            }
+        }
+    }
 }
 
 /// One open connection's place under the cap, given back when dropped.
