@@ -1,7 +1,7 @@
 //! The Prometheus registry and every metric mana-ai exports.
 //!
-//! Names and HELP texts live here and nowhere else: the table in
-//! [`metrics!`] below declares each field with its name and help. The
+//! Names and HELP texts live here and nowhere else: the table of
+//! `metrics!` below declares each field with its name and help. The
 //! contract's names (prefix `mana_ai_`) are what dashboards scrape; the
 //! reactor adds its own. Values that are cheaper to read than to track
 //! (queue depth, notification queue usage) are refreshed every few seconds
