@@ -1,12 +1,17 @@
 //! The running service as the HTTP surface sees it ([`crate::http::Backend`]).
+//!
+//! `/health` and `/metrics` cost no query: they read what this backend's
+//! refresher task and the running service keep up to date.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use deadpool_postgres::Pool;
 use serde_json::{json, Value};
+use tokio::sync::watch;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::audit::{self, AuditEntry};
 use crate::http::{Backend, Health, ListenerHealth, Role, TickError, TickHealth};
@@ -14,11 +19,16 @@ use crate::metrics::Metrics;
 use crate::reactor::store;
 use crate::run::{claim, Runner, TickStats};
 use crate::schedule::wheel::WheelHandle;
+use crate::store::views::{self, MissionOverview, RecentRun};
 
 /// How long the listener may be down before `/health` says 503.
 pub const LISTENER_GRACE: Duration = Duration::from_secs(30);
-/// Scrape-time and health queries give up after this.
+/// One refresh of the queue gauges gives up after this.
 const QUICK_QUERY: Duration = Duration::from_secs(2);
+/// How often the queue gauges behind `/health` and `/metrics` are read.
+const GAUGE_REFRESH: Duration = Duration::from_secs(5);
+/// A reading older than this (the refresher is stuck) counts as none.
+const GAUGE_STALE: Duration = Duration::from_secs(15);
 
 /// What a leader has running, for the HTTP surface.
 #[derive(Clone)]
@@ -27,7 +37,22 @@ pub struct Leading {
     pub wheel: WheelHandle,
 }
 
+/// The last refresh of the queue gauges.
+#[derive(Debug, Clone, Copy)]
+struct QueueReading {
+    /// Rows in `mana_ai.change_queue`; `None` when the database could not
+    /// be read.
+    depth: Option<i64>,
+    at: Instant,
+}
+
 /// Shared state of one process.
+///
+/// `/health` and `/metrics` never query a table: a task of this backend
+/// reads the queue gauges (`change_queue` rows, NOTIFY queue usage) every
+/// [`GAUGE_REFRESH`] under its own timeout and keeps the last reading, on
+/// leaders and standbys alike (a standby's health also says whether the
+/// database answers). The task ends when the backend is dropped.
 pub struct ServiceBackend {
     pub pool: Pool,
     pub metrics: Arc<Metrics>,
@@ -36,16 +61,30 @@ pub struct ServiceBackend {
     pub leading: Mutex<Option<Leading>>,
     /// Unix ms since when the leader's listener has been down (0 = up).
     listener_down_since: AtomicI64,
+    /// `None` until the first refresh finished.
+    queue: watch::Receiver<Option<QueueReading>>,
+    _refresher: DropGuard,
 }
 
 impl ServiceBackend {
+    /// The backend, with its gauge refresher started (needs a Tokio runtime).
     pub fn new(pool: Pool, metrics: Arc<Metrics>, tick_enabled: bool) -> Arc<ServiceBackend> {
+        let (tx, queue) = watch::channel(None);
+        let stop = CancellationToken::new();
+        tokio::spawn(refresh_queue_gauges(
+            pool.clone(),
+            metrics.clone(),
+            tx,
+            stop.clone(),
+        ));
         Arc::new(ServiceBackend {
             pool,
             metrics,
             tick_enabled,
             leading: Mutex::new(None),
             listener_down_since: AtomicI64::new(0),
+            queue,
+            _refresher: stop.drop_guard(),
         })
     }
 
@@ -60,13 +99,16 @@ impl ServiceBackend {
             .clone()
     }
 
-    /// Queue depth and NOTIFY queue usage, or None if the database is unreachable.
-    async fn queue_gauges(&self) -> Option<(i64, f64)> {
-        let read = async {
-            let client = self.pool.get().await.ok()?;
-            store::queue_gauges(&**client).await.ok()
-        };
-        tokio::time::timeout(QUICK_QUERY, read).await.ok().flatten()
+    /// The queue depth of the last refresh, or `None` when it failed or is
+    /// stale. Right after the start, waits for the first refresh.
+    async fn queue_depth(&self) -> Option<i64> {
+        let mut queue = self.queue.clone();
+        let first = tokio::time::timeout(QUICK_QUERY * 2, queue.wait_for(Option::is_some)).await;
+        let reading = match first {
+            Ok(Ok(reading)) => *reading,
+            _ => None,
+        }?;
+        reading.depth.filter(|_| reading.at.elapsed() < GAUGE_STALE)
     }
 
     /// True once the listener has been down longer than the grace period.
@@ -97,9 +139,9 @@ impl Backend for ServiceBackend {
         } else {
             Role::Standby
         });
-        let gauges = self.queue_gauges().await;
+        let depth = self.queue_depth().await;
         let connected = self.metrics.listener_connected.get() == 1;
-        health.queue_depth = gauges.map(|g| g.0);
+        health.queue_depth = depth;
         health.tick = TickHealth {
             enabled: self.tick_enabled,
             running: leading.as_ref().is_some_and(|l| l.runner.is_some()),
@@ -118,15 +160,11 @@ impl Backend for ServiceBackend {
                 .filter(|task| self.metrics.task_up.with_label_values(&[task]).get() == 0)
                 .collect();
         }
-        health.ok = gauges.is_some() && !listener_failed && health.tasks_down.is_empty();
+        health.ok = depth.is_some() && !listener_failed && health.tasks_down.is_empty();
         health
     }
 
     async fn metrics_text(&self) -> String {
-        if let Some((depth, usage)) = self.queue_gauges().await {
-            self.metrics.queue_depth.set(depth);
-            self.metrics.notification_queue_usage.set(usage);
-        }
         self.metrics.render()
     }
 
@@ -140,58 +178,30 @@ impl Backend for ServiceBackend {
 
     async fn user_missions(&self, user_id: &str) -> anyhow::Result<Value> {
         let client = self.pool.get().await.context("connecting")?;
-        let missions = client
-            .query(
-                "SELECT mission_id, deleted, state, next_run_at, agent_id, record->'cadence',
-                        coalesce(jsonb_array_length(CASE WHEN jsonb_typeof(record->'iterations') = 'array'
-                                                         THEN record->'iterations' END), 0),
-                        CASE WHEN jsonb_typeof(record->'iterations') = 'array'
-                             THEN record->'iterations'->-1->>'overallStatus' END,
-                        change_count, updated_at
-                 FROM mana_ai.mission_snapshots WHERE user_id = $1 ORDER BY mission_id",
-                &[&user_id],
-            )
-            .await?;
+        let missions = views::user_missions(&**client, user_id).await?;
         let runs = claim::recent_runs(&**client, user_id, 5).await?;
+        let runs = runs
+            .iter()
+            .map(RecentRun::from_row)
+            .collect::<Result<Vec<_>, _>>()?;
         let blocked = crate::run::stall::blocked(&**client, user_id).await?;
         let wheel = self.leading().map(|l| l.wheel);
         let mut out = Vec::with_capacity(missions.len());
-        for m in &missions {
-            let id: String = m.get(0);
+        for m in missions {
             let armed_at = match &wheel {
-                Some(w) => w.armed_at(user_id, &id).await.map(|t| t.to_rfc3339()),
+                Some(w) => w
+                    .armed_at(user_id, &m.mission_id)
+                    .await
+                    .map(|t| t.to_rfc3339()),
                 None => None,
             };
-            let recent: Vec<Value> = runs
+            let recent: Vec<&RecentRun> = runs
                 .iter()
-                .filter(|r| r.get::<_, String>(0) == id)
-                .map(|r| {
-                    json!({
-                        "slot": r.get::<_, String>(1), "state": r.get::<_, String>(2),
-                        "attempts": r.get::<_, i32>(3), "failures": r.get::<_, i32>(4),
-                        "outcome": r.get::<_, Option<String>>(5),
-                        "claimedAt": r.get::<_, chrono::DateTime<chrono::Utc>>(6),
-                        "finishedAt": r.get::<_, Option<chrono::DateTime<chrono::Utc>>>(7),
-                        "retryAt": r.get::<_, Option<chrono::DateTime<chrono::Utc>>>(8),
-                    })
-                })
+                .filter(|r| r.mission_id == m.mission_id)
                 .collect();
-            out.push(json!({
-                "missionId": id,
-                "deleted": m.get::<_, bool>(1),
-                "state": m.get::<_, Option<String>>(2),
-                "nextRunAt": m.get::<_, Option<String>>(3),
-                "agentId": m.get::<_, Option<String>>(4),
-                "cadence": m.get::<_, Option<Value>>(5),
-                "iterationCount": m.get::<_, i32>(6),
-                "lastIterationStatus": m.get::<_, Option<String>>(7),
-                "changeCount": m.get::<_, i64>(8),
-                "snapshotUpdatedAt": m.get::<_, chrono::DateTime<chrono::Utc>>(9),
-                "armedAt": armed_at,
-                "recentRuns": recent,
-                // Why the mission cannot advance now, if it cannot.
-                "blocked": blocked.get(&id),
-            }));
+            // Why the mission cannot advance now, if it cannot.
+            let blocked = blocked.get(&m.mission_id);
+            out.push(mission_json(m, armed_at, &recent, blocked));
         }
         Ok(json!({"userId": user_id, "missions": out}))
     }
@@ -211,4 +221,57 @@ impl Backend for ServiceBackend {
         let mut client = self.pool.get().await.context("connecting")?;
         audit::read(&mut client, user_id, mission_id, limit).await
     }
+}
+
+/// Reads the queue gauges every [`GAUGE_REFRESH`] into `metrics` and `tx`
+/// until `stop` (the backend is dropped).
+async fn refresh_queue_gauges(
+    pool: Pool,
+    metrics: Arc<Metrics>,
+    tx: watch::Sender<Option<QueueReading>>,
+    stop: CancellationToken,
+) {
+    loop {
+        let read = async {
+            let client = pool.get().await.ok()?;
+            store::queue_gauges(&**client).await.ok()
+        };
+        let gauges = tokio::time::timeout(QUICK_QUERY, read).await.ok().flatten();
+        if let Some((depth, usage)) = gauges {
+            metrics.queue_depth.set(depth);
+            metrics.notification_queue_usage.set(usage);
+        }
+        tx.send_replace(Some(QueueReading {
+            depth: gauges.map(|g| g.0),
+            at: Instant::now(),
+        }));
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(GAUGE_REFRESH) => {}
+        }
+    }
+}
+
+/// One mission of `GET /internal/missions/{userId}`.
+fn mission_json(
+    m: MissionOverview,
+    armed_at: Option<String>,
+    recent: &[&RecentRun],
+    blocked: Option<&Value>,
+) -> Value {
+    json!({
+        "missionId": m.mission_id,
+        "deleted": m.deleted,
+        "state": m.state,
+        "nextRunAt": m.next_run_at,
+        "agentId": m.agent_id,
+        "cadence": m.cadence,
+        "iterationCount": m.iteration_count,
+        "lastIterationStatus": m.last_iteration_status,
+        "changeCount": m.change_count,
+        "snapshotUpdatedAt": m.updated_at,
+        "armedAt": armed_at,
+        "recentRuns": recent,
+        "blocked": blocked,
+    })
 }

@@ -147,6 +147,33 @@ pub struct Config {
     /// `MANA_AI_RETENTION_DAYS`: how long finished `mission_runs` rows and
     /// `dead_changes` rows are kept before the leader prunes them.
     pub retention_days: u32,
+    /// `MANA_AI_HTTP_MAX_CONNECTIONS` and `MANA_AI_HTTP_REQUEST_TIMEOUT_SECS`.
+    pub http_limits: HttpLimits,
+}
+
+/// Limits of the HTTP server (see `http::HttpSettings`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// `MANA_AI_HTTP_MAX_CONNECTIONS`: connections open at once; more are
+    /// answered 503 and closed.
+    pub max_connections: usize,
+    /// `MANA_AI_HTTP_REQUEST_TIMEOUT_SECS`: a whole request (head and body)
+    /// must arrive within this.
+    pub request_timeout: Duration,
+}
+
+impl HttpLimits {
+    fn from_lookup(get: &impl Fn(&str) -> Option<String>) -> Result<HttpLimits, ConfigError> {
+        Ok(HttpLimits {
+            max_connections: parse_num(get, "MANA_AI_HTTP_MAX_CONNECTIONS", 256usize, 1..=65_536)?,
+            request_timeout: Duration::from_secs(parse_num(
+                get,
+                "MANA_AI_HTTP_REQUEST_TIMEOUT_SECS",
+                10u64,
+                1..=600,
+            )?),
+        })
+    }
 }
 
 impl Config {
@@ -284,6 +311,7 @@ impl Config {
             )?),
             allow_privileged: parse_bool(&get, "MANA_AI_ALLOW_PRIVILEGED", false)?,
             retention_days: parse_num(&get, "MANA_AI_RETENTION_DAYS", 30u32, 1..=3_650)?,
+            http_limits: HttpLimits::from_lookup(&get)?,
         })
     }
 }
@@ -547,5 +575,26 @@ mod tests {
         let c = config(&[URL, ("MANA_SERVICE_KEY", "sk-very-secret")]).unwrap();
         let debug = format!("{c:?}");
         assert!(!debug.contains("pw@") && !debug.contains("sk-very-secret"));
+    }
+
+    #[test]
+    fn http_limits_have_defaults_and_ranges() {
+        let limits = config(&[URL]).unwrap().http_limits;
+        assert_eq!(limits.max_connections, 256);
+        assert_eq!(limits.request_timeout, Duration::from_secs(10));
+        let set = config(&[
+            URL,
+            ("MANA_AI_HTTP_MAX_CONNECTIONS", "8"),
+            ("MANA_AI_HTTP_REQUEST_TIMEOUT_SECS", "3"),
+        ])
+        .unwrap()
+        .http_limits;
+        assert_eq!((set.max_connections, set.request_timeout.as_secs()), (8, 3));
+        for (var, bad) in [
+            ("MANA_AI_HTTP_MAX_CONNECTIONS", "0"),
+            ("MANA_AI_HTTP_REQUEST_TIMEOUT_SECS", "0"),
+        ] {
+            assert_eq!(config(&[URL, (var, bad)]).unwrap_err().var, var);
+        }
     }
 }

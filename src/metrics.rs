@@ -1,144 +1,187 @@
 //! The Prometheus registry and every metric mana-ai exports.
 //!
-//! Names and HELP texts live here and nowhere else. The contract's names
-//! (prefix `mana_ai_`) are what dashboards scrape; the reactor adds its own.
-//! Values that are cheaper to read than to track (queue depth, notification
-//! queue usage, seconds since the last notification) are set at scrape time
-//! by the HTTP layer through [`Metrics::gather_with`].
+//! Names and HELP texts live here and nowhere else: the table of
+//! `metrics!` below declares each field with its name and help. The
+//! contract's names (prefix `mana_ai_`) are what dashboards scrape; the
+//! reactor adds its own. Values that are cheaper to read than to track
+//! (queue depth, notification queue usage) are refreshed every few seconds
+//! by the backend's own task, never per scrape; seconds since the last
+//! notification is computed at render time.
+//!
+//! Label hygiene: every labelled family whose values are known in advance
+//! has each series at 0 from the start ([`labels`]), so an `increase()` sees
+//! the first event; a value taken from user data (an input's `table`) goes
+//! through a method here that maps it to the known set or `other`.
+
+pub mod labels;
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 const NAMESPACE: &str = "mana_ai";
 
-/// Every metric of the process, registered in one [`Registry`].
-pub struct Metrics {
-    pub registry: Registry,
-    // -- reactor: listener and queue --
-    pub notifications_received: IntCounter,
-    pub listener_reconnects: IntCounter,
-    pub listener_connected: IntGauge,
-    pub queue_depth: IntGauge,
-    pub notification_queue_usage: prometheus::Gauge,
-    pub seconds_since_notification: prometheus::Gauge,
-    pub sweep_rows_found: IntCounter,
-    pub poison_changes: IntCounterVec,
-    pub apply_errors: IntCounter,
-    pub change_to_snapshot: Histogram,
-    pub clock_offset_seconds: prometheus::Gauge,
-    // -- reactor: snapshots (contract names) --
-    pub snapshots_new: IntCounter,
-    pub snapshots_updated: IntCounter,
-    pub snapshot_rows_applied: IntCounter,
-    // -- timer wheel --
-    pub armed_missions: IntGauge,
-    pub missions_due: IntCounter,
-    pub wheel_unparseable: IntCounter,
-    pub due_to_start: Histogram,
-    // -- mission runs (contract names) --
-    pub ticks: IntCounter,
-    pub tick_duration: Histogram,
-    pub plans_produced: IntCounter,
-    pub plans_written_back: IntCounter,
-    pub parse_failures: IntCounter,
-    pub mission_errors: IntCounter,
-    pub planner_request_duration: Histogram,
-    pub agent_decisions: IntCounterVec,
-    pub tokens_used: IntCounterVec,
-    pub runs_in_flight: IntGauge,
-    pub run_panics: IntCounter,
-    pub run_outcomes: IntCounterVec,
-    pub runs_abandoned: IntCounter,
-    pub research_failures: IntCounter,
-    pub missions_stalled: IntCounterVec,
-    // -- grants (contract names) --
-    pub decrypts: IntCounterVec,
-    pub grant_scope_violations: IntCounterVec,
-    pub grant_skips: IntCounterVec,
-    pub audit_write_failures: IntCounter,
-    // -- HTTP (contract names; `path` is the route template) --
-    pub http_requests: IntCounterVec,
-    pub http_request_duration: HistogramVec,
-    // -- leadership --
-    pub is_leader: IntGauge,
-    pub leader_lock_lost: IntCounter,
-    // -- retention --
-    pub rows_pruned: IntCounterVec,
-    // -- reactor supervision and statistics --
-    pub task_restarts: IntCounterVec,
-    pub task_up: prometheus::IntGaugeVec,
-    pub snapshot_analyzes: IntCounter,
-    /// Unix milliseconds of the last notification (0 = none yet); turned
-    /// into `seconds_since_notification` at scrape time.
-    last_notification_ms: AtomicI64,
+/// Declares [`Metrics`] and its registration from one table of
+/// `field: Type = constructor(name, help, ...)`; each constructor is called
+/// with the registry first.
+macro_rules! metrics {
+    ($( $(#[$doc:meta])* $field:ident : $ty:ty = $ctor:ident ( $($arg:expr),* $(,)? ) ),* $(,)?) => {
+        /// Every metric of the process, registered in one [`Registry`].
+        pub struct Metrics {
+            pub registry: Registry,
+            $( $(#[$doc])* pub $field: $ty, )*
+            /// Unix milliseconds of the last notification (0 = none yet); turned
+            /// into `seconds_since_notification` at scrape time.
+            last_notification_ms: AtomicI64,
+        }
+
+        impl Metrics {
+            /// Every metric of the table, registered in `registry`.
+            fn register(registry: Registry) -> Metrics {
+                let r = &registry;
+                Metrics {
+                    $( $field: $ctor(r, $($arg),*), )*
+                    last_notification_ms: AtomicI64::new(0),
+                    registry,
+                }
+            }
+        }
+    };
 }
 
-fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
-    let c = IntCounter::with_opts(Opts::new(name, help).namespace(NAMESPACE))
-        .expect("static metric definition is valid");
+metrics! {
+    // -- reactor: listener and queue --
+    notifications_received: IntCounter = counter("notifications_received_total", "NOTIFY messages received on the listen channel"),
+    listener_reconnects: IntCounter = counter("listener_reconnects_total", "Times the LISTEN connection was lost or failed and is being re-established"),
+    listener_connected: IntGauge = int_gauge("listener_connected", "1 while the LISTEN connection is up and registered"),
+    queue_depth: IntGauge = int_gauge("queue_depth", "Rows waiting in mana_ai.change_queue (refreshed every few seconds)"),
+    notification_queue_usage: prometheus::Gauge = gauge("notification_queue_usage_ratio", "pg_notification_queue_usage() (refreshed every few seconds): 0..1 of the database's 8 GB NOTIFY queue"),
+    seconds_since_notification: prometheus::Gauge = gauge("seconds_since_last_notification", "Seconds since the listener last received a notification (-1 before the first)"),
+    sweep_rows_found: IntCounter = counter("sweep_rows_found_total", "Queue rows found by the periodic safety sweep rather than a notification (should stay 0)"),
+    poison_changes: IntCounterVec = counter_vec("poison_changes_total", "Changes set aside in mana_ai.dead_changes, by reason", &["reason"]),
+    apply_errors: IntCounter = counter("apply_errors_total", "Applier transactions that failed and were retried"),
+    change_to_snapshot: Histogram = histogram("change_to_snapshot_seconds", "From a change being queued by the trigger (database clock) to its snapshot committed and its timer re-armed"),
+    clock_offset_seconds: prometheus::Gauge = gauge("clock_offset_seconds", "Database clock minus local clock, as measured by the listener"),
+    // -- reactor: snapshots (contract names) --
+    snapshots_new: IntCounter = counter("snapshots_new_total", "Snapshot rows created (missions and agents)"),
+    snapshots_updated: IntCounter = counter("snapshots_updated_total", "Snapshot rows updated (missions and agents)"),
+    snapshot_rows_applied: IntCounter = counter("snapshot_rows_applied_total", "Change rows folded into snapshots"),
+    // -- timer wheel --
+    armed_missions: IntGauge = int_gauge("armed_missions", "Missions armed in the timer wheel"),
+    missions_due: IntCounter = counter("missions_due_total", "Timers fired: missions handed to the runner"),
+    wheel_unparseable: IntCounter = counter("wheel_unparseable_next_run_total", "Missions not armed because nextRunAt is not an ISO-8601 time"),
+    due_to_start: Histogram = histogram("due_to_start_seconds", "From a mission's nextRunAt to its run starting (timer-triggered runs)"),
+    // -- mission runs (contract names) --
+    ticks: IntCounter = counter("ticks_total", "Runs of every due mission requested through /internal/tick"),
+    tick_duration: Histogram = histogram("tick_duration_seconds", "Duration of /internal/tick runs"),
+    plans_produced: IntCounter = counter("plans_produced_total", "Planner answers parsed into a plan"),
+    plans_written_back: IntCounter = counter("plans_written_back_total", "Iterations written back to sync_changes"),
+    parse_failures: IntCounter = counter("parse_failures_total", "Planner answers that failed the strict parser"),
+    mission_errors: IntCounter = counter("mission_errors_total", "Mission runs that failed (LLM, database, panic)"),
+    planner_request_duration: Histogram = histogram("planner_request_duration_seconds", "Duration of one LLM call including retries"),
+    agent_decisions: IntCounterVec = counter_vec("agent_decisions_total", "Agent gate decisions per run", &["decision"]),
+    tokens_used: IntCounterVec = counter_vec("tokens_used_total", "LLM tokens used, by agent", &["agent_id"]),
+    runs_in_flight: IntGauge = int_gauge("runs_in_flight", "Mission runs currently executing"),
+    run_panics: IntCounter = counter("run_panics_total", "Mission runs that panicked (caught; the reactor went on)"),
+    run_outcomes: IntCounterVec = counter_vec("run_outcomes_total", "Finished mission runs by outcome", &["outcome"]),
+    runs_abandoned: IntCounter = counter("runs_abandoned_total", "Runs stopped unfinished (shutdown past its grace, or leadership lost); their slots go to the next leader"),
+    research_failures: IntCounter = counter("research_failures_total", "Research pre-steps that failed (planning went on without them)"),
+    missions_stalled: IntCounterVec = counter_vec("missions_stalled_total", "Runs that found their mission unable to advance, by reason", &["reason"]),
+    // -- grants (contract names); `table` is mapped by `labels::table` --
+    decrypts: IntCounterVec = counter_vec("decrypts_total", "Records decrypted under a key-grant, by table (unknown tables as other)", &["table"]),
+    grant_scope_violations: IntCounterVec = counter_vec("grant_scope_violations_total", "Inputs outside their grant's allowlist, by table (unknown tables as other; alert above 0)", &["table"]),
+    grant_skips: IntCounterVec = counter_vec("grant_skips_total", "Grants not used, by reason", &["reason"]),
+    audit_write_failures: IntCounter = counter("audit_write_failures_total", "decrypt_audit rows that could not be written"),
+    // -- HTTP (contract names; `path` is the route template) --
+    http_requests: IntCounterVec = counter_vec("http_requests_total", "HTTP requests by method, route template and status", &["method", "path", "status"]),
+    http_request_duration: HistogramVec = histogram_vec("http_request_duration_seconds", "HTTP request duration by method, route template and status", &["method", "path", "status"]),
+    http_connections_open: IntGauge = int_gauge("http_connections_open", "HTTP connections open (at most MANA_AI_HTTP_MAX_CONNECTIONS)"),
+    http_connections_refused: IntCounter = counter("http_connections_refused_total", "HTTP connections refused with 503 because MANA_AI_HTTP_MAX_CONNECTIONS were open"),
+    // -- leadership --
+    is_leader: IntGauge = int_gauge("is_leader", "1 while this instance holds the leader lock"),
+    leader_lock_lost: IntCounter = counter("leader_lock_lost_total", "Times the leader lock connection was lost and this instance stepped down"),
+    // -- retention --
+    rows_pruned: IntCounterVec = counter_vec("rows_pruned_total", "Rows deleted by retention (token_usage past the budget window, mission_runs and dead_changes past MANA_AI_RETENTION_DAYS), by table", &["table"]),
+    // -- reactor supervision and statistics --
+    task_restarts: IntCounterVec = counter_vec("task_restarts_total", "Reactor tasks (listener, applier, wheel) restarted after they ended or panicked", &["task"]),
+    task_up: IntGaugeVec = int_gauge_vec("task_up", "1 while the reactor task runs on this instance (the leader)", &["task"]),
+    snapshot_analyzes: IntCounter = counter("snapshot_analyzes_total", "ANALYZEs of the snapshot tables after the applier wrote many rows"),
+}
+
+/// Registers `metric` in `registry`; the table above names each once.
+fn registered<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: M,
+) -> M {
     registry
-        .register(Box::new(c.clone()))
+        .register(Box::new(metric.clone()))
         .expect("metric names are unique");
-    c
+    metric
+}
+
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(name, help).namespace(NAMESPACE)
+}
+
+const VALID: &str = "static metric definition is valid";
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    registered(
+        registry,
+        IntCounter::with_opts(opts(name, help)).expect(VALID),
+    )
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help).namespace(NAMESPACE), labels)
-        .expect("static metric definition is valid");
-    registry
-        .register(Box::new(c.clone()))
-        .expect("metric names are unique");
-    c
+    registered(
+        registry,
+        IntCounterVec::new(opts(name, help), labels).expect(VALID),
+    )
 }
 
-fn int_gauge_vec(
-    registry: &Registry,
-    name: &str,
-    help: &str,
-    labels: &[&str],
-) -> prometheus::IntGaugeVec {
-    let g = prometheus::IntGaugeVec::new(Opts::new(name, help).namespace(NAMESPACE), labels)
-        .expect("static metric definition is valid");
-    registry
-        .register(Box::new(g.clone()))
-        .expect("metric names are unique");
-    g
+fn int_gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    registered(
+        registry,
+        IntGaugeVec::new(opts(name, help), labels).expect(VALID),
+    )
 }
 
 fn int_gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
-    let g = IntGauge::with_opts(Opts::new(name, help).namespace(NAMESPACE))
-        .expect("static metric definition is valid");
-    registry
-        .register(Box::new(g.clone()))
-        .expect("metric names are unique");
-    g
+    registered(
+        registry,
+        IntGauge::with_opts(opts(name, help)).expect(VALID),
+    )
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> prometheus::Gauge {
-    let g = prometheus::Gauge::with_opts(Opts::new(name, help).namespace(NAMESPACE))
-        .expect("static metric definition is valid");
-    registry
-        .register(Box::new(g.clone()))
-        .expect("metric names are unique");
-    g
+    registered(
+        registry,
+        prometheus::Gauge::with_opts(opts(name, help)).expect(VALID),
+    )
+}
+
+fn histogram_opts(name: &str, help: &str) -> HistogramOpts {
+    HistogramOpts::new(name, help)
+        .namespace(NAMESPACE)
+        .buckets(latency_buckets())
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str) -> Histogram {
-    let h = Histogram::with_opts(
-        HistogramOpts::new(name, help)
-            .namespace(NAMESPACE)
-            .buckets(latency_buckets()),
+    registered(
+        registry,
+        Histogram::with_opts(histogram_opts(name, help)).expect(VALID),
     )
-    .expect("static metric definition is valid");
-    registry
-        .register(Box::new(h.clone()))
-        .expect("metric names are unique");
-    h
+}
+
+fn histogram_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    registered(
+        registry,
+        HistogramVec::new(histogram_opts(name, help), labels).expect(VALID),
+    )
 }
 
 /// Latency buckets from 0.1 ms to 10 s: the reactor's targets are in
@@ -148,20 +191,6 @@ fn latency_buckets() -> Vec<f64> {
         0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
         5.0, 10.0,
     ]
-}
-
-/// `rows_pruned_total{table}`, every table's series present (at 0) from the start.
-fn rows_pruned(registry: &Registry) -> IntCounterVec {
-    let c = counter_vec(
-        registry,
-        "rows_pruned_total",
-        "Rows deleted by retention (token_usage past the budget window, mission_runs and dead_changes past MANA_AI_RETENTION_DAYS), by table",
-        &["table"],
-    );
-    for table in crate::retention::Pruned::ALL {
-        c.with_label_values(&[table.label()]);
-    }
-    c
 }
 
 impl Metrics {
@@ -176,86 +205,49 @@ impl Metrics {
                 ),
             ))
             .expect("process collector registers once");
-        let r = &registry;
-        let change_to_snapshot = histogram(
-            r,
-            "change_to_snapshot_seconds",
-            "From a change being queued by the trigger (database clock) to its snapshot committed and its timer re-armed",
-        );
-        let due_to_start = histogram(
-            r,
-            "due_to_start_seconds",
-            "From a mission's nextRunAt to its run starting (timer-triggered runs)",
-        );
-        let http_request_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "http_request_duration_seconds",
-                "HTTP request duration by method, route template and status",
-            )
-            .namespace(NAMESPACE)
-            .buckets(latency_buckets()),
-            &["method", "path", "status"],
-        )
-        .expect("static metric definition is valid");
-        r.register(Box::new(http_request_duration.clone()))
-            .expect("metric names are unique");
-        let metrics = Arc::new(Metrics {
-            notifications_received: counter(r, "notifications_received_total", "NOTIFY messages received on the listen channel"),
-            listener_reconnects: counter(r, "listener_reconnects_total", "Times the LISTEN connection was lost or failed and is being re-established"),
-            listener_connected: int_gauge(r, "listener_connected", "1 while the LISTEN connection is up and registered"),
-            queue_depth: int_gauge(r, "queue_depth", "Rows waiting in mana_ai.change_queue (read at scrape time)"),
-            notification_queue_usage: gauge(r, "notification_queue_usage_ratio", "pg_notification_queue_usage() at scrape time: 0..1 of the database's 8 GB NOTIFY queue"),
-            seconds_since_notification: gauge(r, "seconds_since_last_notification", "Seconds since the listener last received a notification (-1 before the first)"),
-            sweep_rows_found: counter(r, "sweep_rows_found_total", "Queue rows found by the periodic safety sweep rather than a notification (should stay 0)"),
-            poison_changes: counter_vec(r, "poison_changes_total", "Changes set aside in mana_ai.dead_changes, by reason", &["reason"]),
-            apply_errors: counter(r, "apply_errors_total", "Applier transactions that failed and were retried"),
-            change_to_snapshot,
-            clock_offset_seconds: gauge(r, "clock_offset_seconds", "Database clock minus local clock, as measured by the listener"),
-            snapshots_new: counter(r, "snapshots_new_total", "Snapshot rows created (missions and agents)"),
-            snapshots_updated: counter(r, "snapshots_updated_total", "Snapshot rows updated (missions and agents)"),
-            snapshot_rows_applied: counter(r, "snapshot_rows_applied_total", "Change rows folded into snapshots"),
-            armed_missions: int_gauge(r, "armed_missions", "Missions armed in the timer wheel"),
-            missions_due: counter(r, "missions_due_total", "Timers fired: missions handed to the runner"),
-            wheel_unparseable: counter(r, "wheel_unparseable_next_run_total", "Missions not armed because nextRunAt is not an ISO-8601 time"),
-            due_to_start,
-            ticks: counter(r, "ticks_total", "Runs of every due mission requested through /internal/tick"),
-            tick_duration: histogram(r, "tick_duration_seconds", "Duration of /internal/tick runs"),
-            plans_produced: counter(r, "plans_produced_total", "Planner answers parsed into a plan"),
-            plans_written_back: counter(r, "plans_written_back_total", "Iterations written back to sync_changes"),
-            parse_failures: counter(r, "parse_failures_total", "Planner answers that failed the strict parser"),
-            mission_errors: counter(r, "mission_errors_total", "Mission runs that failed (LLM, database, panic)"),
-            planner_request_duration: histogram(r, "planner_request_duration_seconds", "Duration of one LLM call including retries"),
-            agent_decisions: counter_vec(r, "agent_decisions_total", "Agent gate decisions per run", &["decision"]),
-            tokens_used: counter_vec(r, "tokens_used_total", "LLM tokens used, by agent", &["agent_id"]),
-            runs_in_flight: int_gauge(r, "runs_in_flight", "Mission runs currently executing"),
-            run_panics: counter(r, "run_panics_total", "Mission runs that panicked (caught; the reactor went on)"),
-            run_outcomes: counter_vec(r, "run_outcomes_total", "Finished mission runs by outcome", &["outcome"]),
-            runs_abandoned: counter(r, "runs_abandoned_total", "Runs stopped unfinished (shutdown past its grace, or leadership lost); their slots go to the next leader"),
-            research_failures: counter(r, "research_failures_total", "Research pre-steps that failed (planning went on without them)"),
-            missions_stalled: counter_vec(r, "missions_stalled_total", "Runs that found their mission unable to advance, by reason", &["reason"]),
-            decrypts: counter_vec(r, "decrypts_total", "Records decrypted under a key-grant, by table", &["table"]),
-            grant_scope_violations: counter_vec(r, "grant_scope_violations_total", "Inputs outside their grant's allowlist (alert above 0)", &["table"]),
-            grant_skips: counter_vec(r, "grant_skips_total", "Grants not used, by reason", &["reason"]),
-            audit_write_failures: counter(r, "audit_write_failures_total", "decrypt_audit rows that could not be written"),
-            http_requests: counter_vec(r, "http_requests_total", "HTTP requests by method, route template and status", &["method", "path", "status"]),
-            http_request_duration,
-            is_leader: int_gauge(r, "is_leader", "1 while this instance holds the leader lock"),
-            leader_lock_lost: counter(r, "leader_lock_lost_total", "Times the leader lock connection was lost and this instance stepped down"),
-            rows_pruned: rows_pruned(r),
-            task_restarts: counter_vec(r, "task_restarts_total", "Reactor tasks (listener, applier, wheel) restarted after they ended or panicked", &["task"]),
-            task_up: int_gauge_vec(r, "task_up", "1 while the reactor task runs on this instance (the leader)", &["task"]),
-            snapshot_analyzes: counter(r, "snapshot_analyzes_total", "ANALYZEs of the snapshot tables after the applier wrote many rows"),
-            last_notification_ms: AtomicI64::new(0),
-            registry,
-        });
-        for task in crate::reactor::supervisor::TASKS {
-            metrics
-                .task_restarts
-                .with_label_values(&[task.as_str()])
-                .inc_by(0);
-            metrics.task_up.with_label_values(&[task.as_str()]).set(0);
+        let metrics = Metrics::register(registry);
+        metrics.zero_known_series();
+        Arc::new(metrics)
+    }
+
+    /// Creates every series whose label values are known in advance at 0,
+    /// so each family shows on the first scrape.
+    fn zero_known_series(&self) {
+        let families = [
+            (&self.decrypts, labels::tables()),
+            (&self.grant_scope_violations, labels::tables()),
+            (&self.grant_skips, labels::grant_skips()),
+            (&self.agent_decisions, labels::DECISIONS.to_vec()),
+            (&self.run_outcomes, labels::OUTCOMES.to_vec()),
+            (&self.poison_changes, labels::POISON_REASONS.to_vec()),
+            (&self.missions_stalled, labels::STALLS.to_vec()),
+            (&self.task_restarts, labels::tasks()),
+            (&self.rows_pruned, labels::pruned_tables()),
+        ];
+        for (family, values) in families {
+            for value in values {
+                family.with_label_values(&[value]).inc_by(0);
+            }
         }
-        metrics
+        for task in labels::tasks() {
+            self.task_up.with_label_values(&[task]).set(0);
+        }
+    }
+
+    /// Counts a record decrypted from `table` (an input's, i.e. user data:
+    /// mapped to the known tables or `other`).
+    pub fn count_decrypt(&self, table: &str) {
+        self.decrypts
+            .with_label_values(&[labels::table(table)])
+            .inc();
+    }
+
+    /// Counts an input of `table` refused by its grant's allowlist (`table`
+    /// mapped as in [`Metrics::count_decrypt`]).
+    pub fn count_scope_violation(&self, table: &str) {
+        self.grant_scope_violations
+            .with_label_values(&[labels::table(table)])
+            .inc();
     }
 
     /// Records that a notification arrived now.
@@ -306,5 +298,58 @@ mod tests {
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }
+    }
+
+    #[test]
+    fn every_known_series_is_zero_on_the_first_render() {
+        let text = Metrics::new().render();
+        let mut expected = Vec::new();
+        for table in labels::tables() {
+            expected.push(format!("mana_ai_decrypts_total{{table=\"{table}\"}} 0"));
+            expected.push(format!(
+                "mana_ai_grant_scope_violations_total{{table=\"{table}\"}} 0"
+            ));
+        }
+        for (family, label, values) in [
+            ("grant_skips_total", "reason", labels::grant_skips()),
+            (
+                "agent_decisions_total",
+                "decision",
+                labels::DECISIONS.to_vec(),
+            ),
+            ("run_outcomes_total", "outcome", labels::OUTCOMES.to_vec()),
+            (
+                "poison_changes_total",
+                "reason",
+                labels::POISON_REASONS.to_vec(),
+            ),
+            ("missions_stalled_total", "reason", labels::STALLS.to_vec()),
+            ("task_restarts_total", "task", labels::tasks()),
+            ("task_up", "task", labels::tasks()),
+            ("rows_pruned_total", "table", labels::pruned_tables()),
+        ] {
+            for value in values {
+                expected.push(format!("mana_ai_{family}{{{label}=\"{value}\"}} 0"));
+            }
+        }
+        for line in expected {
+            assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn user_tables_are_counted_under_the_known_set_or_other() {
+        let m = Metrics::new();
+        m.count_decrypt("notes");
+        m.count_decrypt("made-up-table");
+        m.count_scope_violation("also/made-up");
+        assert_eq!(m.decrypts.with_label_values(&["notes"]).get(), 1);
+        assert_eq!(m.decrypts.with_label_values(&["other"]).get(), 1);
+        assert_eq!(
+            m.grant_scope_violations.with_label_values(&["other"]).get(),
+            1
+        );
+        let text = m.render();
+        assert!(!text.contains("made-up"), "{text}");
     }
 }

@@ -133,6 +133,8 @@ fn settings(key: &str, jwks: Option<JwksSettings>) -> HttpSettings {
         jwks,
         max_body_bytes: 1024,
         header_read_timeout: Duration::from_millis(300),
+        request_timeout: Duration::from_secs(10),
+        max_connections: 64,
         shutdown_grace: Duration::from_secs(10),
     }
 }
@@ -816,5 +818,215 @@ async fn shutdown_lets_the_request_in_flight_finish() {
     assert!(
         TcpStream::connect(app.addr).await.is_err(),
         "the listener is closed after shutdown"
+    );
+}
+
+// ---- hardening: request deadline, credentials before the body, connection cap ----
+
+/// Reads what the server sends until it closes, resets or `wait` passes;
+/// whatever arrived before an error counts.
+async fn read_answer(stream: &mut tokio::net::tcp::OwnedReadHalf, wait: Duration) -> String {
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(wait, async {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stream.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Sends `head` and then one body byte every 200 ms (until the server stops
+/// taking them); the read half stays with the caller.
+async fn trickle(addr: SocketAddr, head: String) -> tokio::net::tcp::OwnedReadHalf {
+    let (read, mut write) = TcpStream::connect(addr).await.unwrap().into_split();
+    write.write_all(head.as_bytes()).await.unwrap();
+    tokio::spawn(async move {
+        for _ in 0..200 {
+            if write.write_all(b"a").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    read
+}
+
+#[tokio::test]
+async fn a_trickled_body_is_cut_off_at_the_deadline_while_health_stays_fast() {
+    let deadline = Duration::from_secs(2);
+    let app = spawn(HttpSettings {
+        request_timeout: deadline,
+        ..settings(KEY, None)
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let head = format!(
+        "POST /internal/tick HTTP/1.1\r\nhost: x\r\nx-service-key: {KEY}\r\ncontent-length: 1000\r\n\r\n"
+    );
+    let mut slow = trickle(app.addr, head).await;
+    let answer = tokio::spawn(async move { read_answer(&mut slow, Duration::from_secs(8)).await });
+    // While the body trickles in, /health answers at once, again and again.
+    let mut probes = 0;
+    while started.elapsed() < deadline - Duration::from_millis(500) {
+        let probe = std::time::Instant::now();
+        assert_eq!(app.call("GET", "/health", &[]).await.status, 200);
+        assert!(
+            probe.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            probe.elapsed()
+        );
+        probes += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(probes >= 3, "{probes} probes");
+    let answer = answer.await.unwrap();
+    let cut_after = started.elapsed();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(answer.contains("connection: close"), "{answer}");
+    assert!(
+        cut_after >= deadline - Duration::from_millis(300) && cut_after < deadline * 3,
+        "cut off after {cut_after:?}"
+    );
+    assert!(
+        app.fake.calls().is_empty(),
+        "no tick from a request never read whole"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_request_is_answered_before_its_body_is_read() {
+    let jwks = JwksSettings::new("http://127.0.0.1:9/jwks.json");
+    let app = spawn(settings(KEY, Some(jwks))).await;
+    for (head, status) in [
+        (
+            "POST /internal/tick HTTP/1.1\r\nhost: x\r\nx-service-key: wrong\r\ncontent-length: 1000\r\n\r\n",
+            "401",
+        ),
+        (
+            "GET /internal/dead-changes HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n3e8\r\n",
+            "401",
+        ),
+        (
+            "GET /api/v1/me/ai-audit HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n",
+            "401",
+        ),
+        // Far over the size cap, but the key is checked first.
+        (
+            "POST /internal/tick HTTP/1.1\r\nhost: x\r\ncontent-length: 10000000\r\n\r\n",
+            "401",
+        ),
+    ] {
+        let started = std::time::Instant::now();
+        let mut slow = trickle(app.addr, head.to_owned()).await;
+        let answer = read_answer(&mut slow, Duration::from_secs(5)).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{head:?}: {answer:?}"
+        );
+        assert!(answer.contains("connection: close"), "{answer}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{head:?} answered after {:?}",
+            started.elapsed()
+        );
+    }
+    assert!(app.fake.calls().is_empty());
+}
+
+/// Polls `check` every 20 ms for up to 5 s.
+async fn soon(what: &str, check: impl Fn() -> bool) {
+    let started = std::time::Instant::now();
+    while !check() {
+        assert!(started.elapsed() < Duration::from_secs(5), "not {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn connections_over_the_cap_are_answered_503_and_closed() {
+    let app = spawn(HttpSettings {
+        max_connections: 2,
+        ..settings(KEY, None)
+    })
+    .await;
+    // Two connections held open by requests whose bodies never come.
+    let head = format!(
+        "POST /internal/tick HTTP/1.1\r\nhost: x\r\nx-service-key: {KEY}\r\ncontent-length: 10\r\n\r\n"
+    );
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(app.addr).await.unwrap();
+        stream.write_all(head.as_bytes()).await.unwrap();
+        held.push(stream);
+    }
+    soon("two connections open", || {
+        app.metrics.http_connections_open.get() == 2
+    })
+    .await;
+    let refused = raw(app.addr, b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused:?}");
+    assert!(
+        refused.contains(r#"{"error":"too many connections"}"#),
+        "{refused}"
+    );
+    assert_eq!(app.metrics.http_connections_refused.get(), 1);
+    let text = app.call("GET", "/metrics", &[]).await;
+    assert_eq!(text.status, 503, "still full");
+    // Once the held connections go, new ones are served again.
+    drop(held);
+    soon("the held connections closed", || {
+        app.metrics.http_connections_open.get() == 0
+    })
+    .await;
+    let r = app.call("GET", "/metrics", &[]).await;
+    assert_eq!(r.status, 200);
+    assert!(
+        r.text.contains("mana_ai_http_connections_refused_total 2"),
+        "{}",
+        r.text
+    );
+}
+
+#[tokio::test]
+async fn every_labelled_family_is_on_the_first_scrape_and_user_tables_map_to_other() {
+    let app = spawn(settings(KEY, None)).await;
+    let first = app.call("GET", "/metrics", &[]).await.text;
+    for line in [
+        r#"mana_ai_decrypts_total{table="notes"} 0"#,
+        r#"mana_ai_decrypts_total{table="other"} 0"#,
+        r#"mana_ai_grant_scope_violations_total{table="notes"} 0"#,
+        r#"mana_ai_grant_skips_total{reason="wrap-rejected"} 0"#,
+        r#"mana_ai_agent_decisions_total{decision="ran"} 0"#,
+        r#"mana_ai_agent_decisions_total{decision="skipped-budget"} 0"#,
+        r#"mana_ai_run_outcomes_total{outcome="written"} 0"#,
+        r#"mana_ai_poison_changes_total{reason="apply-failed"} 0"#,
+        r#"mana_ai_missions_stalled_total{reason="no-next-run"} 0"#,
+        r#"mana_ai_task_up{task="applier"} 0"#,
+        r#"mana_ai_rows_pruned_total{table="mission_runs"} 0"#,
+    ] {
+        assert!(
+            first.lines().any(|l| l == line),
+            "missing {line} in\n{first}"
+        );
+    }
+    app.metrics.count_decrypt("notes");
+    app.metrics.count_decrypt("made-up-table");
+    app.metrics.count_scope_violation("another\"made-up");
+    let text = app.call("GET", "/metrics", &[]).await.text;
+    for line in [
+        r#"mana_ai_decrypts_total{table="notes"} 1"#,
+        r#"mana_ai_decrypts_total{table="other"} 1"#,
+        r#"mana_ai_grant_scope_violations_total{table="other"} 1"#,
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
+    }
+    assert!(
+        !text.contains("made-up"),
+        "a user's table name became a label"
     );
 }

@@ -6,7 +6,11 @@
 //!   from a [`Backend`], so it is tested with a fake and wired to the service
 //!   elsewhere.
 //! - `/internal/*` is gated by `X-Service-Key`, compared in constant time; an
-//!   empty configured key refuses every request.
+//!   empty configured key refuses every request. Credentials are checked
+//!   from the request head, before any body is read.
+//! - Open connections are capped and a whole request has one deadline
+//!   (`limits`); `/health` and `/metrics` read state the backend keeps
+//!   fresh on its own, never a table per request.
 //! - The audit API trusts only a JWT verified against mana-auth's JWKS; the
 //!   user id handed to the backend comes from the token's `sub` and from
 //!   nothing the client can otherwise choose.
@@ -19,6 +23,7 @@
 
 mod auth;
 mod jwks;
+mod limits;
 mod params;
 mod routes;
 mod server;
@@ -169,6 +174,13 @@ pub struct HttpSettings {
     /// A client that hasn't sent its whole request head within this time is
     /// disconnected (slowloris).
     pub header_read_timeout: Duration,
+    /// A request (head and body) must arrive whole within this of its first
+    /// byte: a head still arriving is disconnected, a body answered 408 and
+    /// its connection closed (`MANA_AI_HTTP_REQUEST_TIMEOUT_SECS`).
+    pub request_timeout: Duration,
+    /// Connections open at once; one more is answered 503 and closed
+    /// (`MANA_AI_HTTP_MAX_CONNECTIONS`).
+    pub max_connections: usize,
     /// On shutdown, how long requests in flight may take to finish before
     /// their connections are dropped.
     pub shutdown_grace: Duration,
@@ -210,7 +222,8 @@ impl JwksSettings {
 
 impl HttpSettings {
     /// Settings from the process configuration with production limits
-    /// (64 KiB bodies, 10 s to send headers, 10 s shutdown grace).
+    /// (64 KiB bodies, 10 s shutdown grace; the request deadline, which also
+    /// bounds the head, and the connection cap as configured).
     pub fn from_config(config: &Config) -> HttpSettings {
         HttpSettings {
             service_key: config.service_key.clone(),
@@ -220,7 +233,9 @@ impl HttpSettings {
                 ..JwksSettings::new(url.clone())
             }),
             max_body_bytes: 64 * 1024,
-            header_read_timeout: Duration::from_secs(10),
+            header_read_timeout: config.http_limits.request_timeout,
+            request_timeout: config.http_limits.request_timeout,
+            max_connections: config.http_limits.max_connections,
             shutdown_grace: Duration::from_secs(10),
         }
     }

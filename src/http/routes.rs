@@ -1,24 +1,27 @@
 //! Routing and the handlers of each route.
 //!
 //! Rules: a path is matched to a route template first (unknown: 404), then
-//! the method (wrong: 405 with `Allow`), then the body is read under the size
-//! cap (413) even where a route ignores it, then credentials, then the
+//! the method (wrong: 405 with `Allow`), then credentials from the head alone
+//! (401/503; a body is never read for a refused request, whose connection
+//! closes after the answer), then the body is read under the size cap (413)
+//! and the request's deadline (408) even where a route ignores it, then the
 //! request's own parameters. Every response but `/metrics` is JSON.
 //!
 //! `GET /api/v1/me/ai-audit` answers `{"entries": [AuditEntry, ...]}` (an
 //! object, so fields can be added later without breaking clients).
 
+use std::time::Instant;
+
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
-use hyper::body::Incoming;
-use hyper::header::{
-    HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE,
-};
+use http_body_util::Full;
+use hyper::body::{Body as _, Incoming};
+use hyper::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 use serde::Serialize;
 
 use super::auth::{bearer_token, service_key_matches};
 use super::jwks::TokenError;
+use super::limits::{closing, read_body};
 use super::params::{percent_decode, ListQuery};
 use super::server::AppState;
 use super::{Backend, TickError};
@@ -75,10 +78,21 @@ impl Route {
     }
 }
 
+/// Who a request was authorised as.
+enum Caller {
+    /// A route without credentials.
+    Anyone,
+    /// `X-Service-Key` matched.
+    Service,
+    /// The audit API: the verified token's `sub`.
+    User(String),
+}
+
 pub(crate) async fn dispatch<B: Backend>(
     state: &AppState<B>,
     route: Route,
     req: Request<Incoming>,
+    deadline: Instant,
 ) -> Response<Body> {
     let Some(allowed) = route.method() else {
         return error(StatusCode::NOT_FOUND, "not found");
@@ -90,11 +104,20 @@ pub(crate) async fn dispatch<B: Backend>(
         return response;
     }
     let (parts, body) = req.into_parts();
-    if let Err(response) = read_body(body, &parts.headers, state.settings.max_body_bytes).await {
+    let caller = match authorize(state, &route, &parts.headers).await {
+        Ok(caller) => caller,
+        // Refused before a byte of the body is read; a body still coming
+        // is not read at all: the connection closes after the answer.
+        Err(response) if body.is_end_stream() => return response,
+        Err(response) => return closing(response),
+    };
+    let limit = state.settings.max_body_bytes;
+    if let Err(response) = read_body(body, &parts.headers, limit, deadline).await {
         return response;
     }
-    match route {
-        Route::Health => {
+    let query = parts.uri.query();
+    match (route, caller) {
+        (Route::Health, _) => {
             let health = state.backend.health().await;
             let status = if health.ok {
                 StatusCode::OK
@@ -103,47 +126,70 @@ pub(crate) async fn dispatch<B: Backend>(
             };
             json(status, &health)
         }
-        Route::Metrics => text(state.backend.metrics_text().await),
-        Route::Tick => tick(state, &parts.headers).await,
-        Route::UserMissions(raw_id) => user_missions(state, &parts.headers, &raw_id).await,
-        Route::DeadChanges => dead_changes(state, &parts.headers, parts.uri.query()).await,
-        Route::Audit => audit(state, &parts.headers, parts.uri.query()).await,
-        Route::Other => error(StatusCode::NOT_FOUND, "not found"),
+        (Route::Metrics, _) => text(state.backend.metrics_text().await),
+        (Route::Tick, Caller::Service) => tick(state).await,
+        (Route::UserMissions(raw_id), Caller::Service) => user_missions(state, &raw_id).await,
+        (Route::DeadChanges, Caller::Service) => dead_changes(state, query).await,
+        (Route::Audit, Caller::User(user_id)) => audit(state, &user_id, query).await,
+        _ => error(StatusCode::NOT_FOUND, "not found"),
     }
 }
 
-/// Reads the body, refusing more than `limit` bytes: first by the declared
-/// Content-Length, then while streaming (chunked bodies declare nothing).
-async fn read_body(
-    body: Incoming,
+/// Checks the route's credentials from the request head alone.
+async fn authorize<B: Backend>(
+    state: &AppState<B>,
+    route: &Route,
     headers: &HeaderMap,
-    limit: usize,
-) -> Result<Bytes, Response<Body>> {
-    let too_large = || error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
-    let declared = headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(too_large());
+) -> Result<Caller, Response<Body>> {
+    match route {
+        Route::Tick | Route::UserMissions(_) | Route::DeadChanges => {
+            if service_key_matches(&state.settings.service_key, headers) {
+                Ok(Caller::Service)
+            } else {
+                Err(error(
+                    StatusCode::UNAUTHORIZED,
+                    "missing or wrong service key",
+                ))
+            }
+        }
+        Route::Audit => verify_user(state, headers).await.map(Caller::User),
+        Route::Health | Route::Metrics | Route::Other => Ok(Caller::Anyone),
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<LengthLimitError>() => Err(too_large()),
-        Err(e) => {
-            tracing::debug!(error = %e, "reading request body failed");
+}
+
+/// The audit API's user: the `sub` of a bearer token verified against the
+/// JWKS, the only source of the user id (a query or header can't name
+/// another user).
+async fn verify_user<B: Backend>(
+    state: &AppState<B>,
+    headers: &HeaderMap,
+) -> Result<String, Response<Body>> {
+    let Some(verifier) = &state.jwks else {
+        return Err(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "audit API not configured",
+        ));
+    };
+    let Some(token) = bearer_token(headers) else {
+        return Err(unauthorized_bearer("missing bearer token"));
+    };
+    match verifier.verify(token).await {
+        Ok(sub) => Ok(sub),
+        Err(TokenError::Invalid(reason)) => {
+            tracing::debug!(reason, "bearer token refused");
+            Err(unauthorized_bearer("invalid token"))
+        }
+        Err(e @ TokenError::Unavailable(_)) => {
+            tracing::warn!(error = %e, "audit request without verification keys");
             Err(error(
-                StatusCode::BAD_REQUEST,
-                "could not read request body",
+                StatusCode::SERVICE_UNAVAILABLE,
+                "token verification unavailable",
             ))
         }
     }
 }
 
-async fn tick<B: Backend>(state: &AppState<B>, headers: &HeaderMap) -> Response<Body> {
-    if !service_key_matches(&state.settings.service_key, headers) {
-        return error(StatusCode::UNAUTHORIZED, "missing or wrong service key");
-    }
+async fn tick<B: Backend>(state: &AppState<B>) -> Response<Body> {
     match state.backend.tick().await {
         Ok(stats) => json(StatusCode::OK, &stats),
         Err(e @ TickError::Standby) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
@@ -155,14 +201,7 @@ async fn tick<B: Backend>(state: &AppState<B>, headers: &HeaderMap) -> Response<
     }
 }
 
-async fn user_missions<B: Backend>(
-    state: &AppState<B>,
-    headers: &HeaderMap,
-    raw_id: &str,
-) -> Response<Body> {
-    if !service_key_matches(&state.settings.service_key, headers) {
-        return error(StatusCode::UNAUTHORIZED, "missing or wrong service key");
-    }
+async fn user_missions<B: Backend>(state: &AppState<B>, raw_id: &str) -> Response<Body> {
     let user_id = match percent_decode(raw_id, false) {
         Some(id) if !id.is_empty() => id,
         Some(_) => return error(StatusCode::BAD_REQUEST, "user id is empty"),
@@ -182,14 +221,7 @@ async fn user_missions<B: Backend>(
     }
 }
 
-async fn dead_changes<B: Backend>(
-    state: &AppState<B>,
-    headers: &HeaderMap,
-    query: Option<&str>,
-) -> Response<Body> {
-    if !service_key_matches(&state.settings.service_key, headers) {
-        return error(StatusCode::UNAUTHORIZED, "missing or wrong service key");
-    }
+async fn dead_changes<B: Backend>(state: &AppState<B>, query: Option<&str>) -> Response<Body> {
     let query = match ListQuery::parse(query, "userId") {
         Ok(q) => q,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
@@ -212,37 +244,16 @@ async fn dead_changes<B: Backend>(
 
 async fn audit<B: Backend>(
     state: &AppState<B>,
-    headers: &HeaderMap,
+    user_id: &str,
     query: Option<&str>,
 ) -> Response<Body> {
-    let Some(verifier) = &state.jwks else {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "audit API not configured");
-    };
-    let Some(token) = bearer_token(headers) else {
-        return unauthorized_bearer("missing bearer token");
-    };
-    // The only source of the user id: a query or header can't name another user.
-    let user_id = match verifier.verify(token).await {
-        Ok(sub) => sub,
-        Err(TokenError::Invalid(reason)) => {
-            tracing::debug!(reason, "bearer token refused");
-            return unauthorized_bearer("invalid token");
-        }
-        Err(e @ TokenError::Unavailable(_)) => {
-            tracing::warn!(error = %e, "audit request without verification keys");
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "token verification unavailable",
-            );
-        }
-    };
     let query = match ListQuery::parse(query, "missionId") {
         Ok(q) => q,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
     match state
         .backend
-        .audit(&user_id, query.filter.as_deref(), query.limit)
+        .audit(user_id, query.filter.as_deref(), query.limit)
         .await
     {
         Ok(entries) => {

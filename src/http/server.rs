@@ -1,8 +1,10 @@
 //! The accept loop, one HTTP/1 connection per task, and what wraps every
 //! request: its span, its metrics and a panic guard.
 //!
-//! Rules: slow clients are cut off by hyper's header read timeout; on
-//! shutdown the listener is closed at once (new connections are refused),
+//! Rules: at most `max_connections` are open (more are refused, see
+//! `limits`); a request must arrive whole within `request_timeout` of its
+//! first byte (hyper's header read timeout for the head, `limits::read_body`
+//! for the body); on shutdown the listener is closed at once (new connections are refused),
 //! idle keep-alive connections are closed, and requests in flight get
 //! `shutdown_grace` to finish before their connections are dropped. A
 //! panicking handler answers 500 and the server goes on.
@@ -20,11 +22,13 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::jwks::JwksVerifier;
+use super::limits::{refuse, ClockedIo, RequestClock};
 use super::routes::{dispatch, error, Body, Route};
 use super::{Backend, HttpSettings};
 use crate::metrics::Metrics;
@@ -49,6 +53,7 @@ pub async fn serve<B: Backend>(
 ) -> anyhow::Result<()> {
     let jwks = settings.jwks.clone().map(JwksVerifier::new).transpose()?;
     let grace = settings.shutdown_grace;
+    let gate = Gate::new(settings.max_connections);
     let state = Arc::new(AppState {
         backend,
         settings,
@@ -61,9 +66,7 @@ pub async fn serve<B: Backend>(
         tokio::select! {
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
-                    connections.spawn(connection(stream, state.clone(), shutdown.clone()));
-                }
+                Ok((stream, _peer)) => gate.admit(stream, &state, &shutdown, &mut connections),
                 Err(e) => {
                     // Out of file descriptors and the like: back off rather
                     // than spin on an error that repeats at once.
@@ -79,6 +82,13 @@ pub async fn serve<B: Backend>(
         }
     }
     drop(listener);
+    drain(connections, grace).await;
+    tracing::info!("HTTP server stopped");
+    Ok(())
+}
+
+/// Lets the connections finish for up to `grace`, then drops the rest.
+async fn drain(mut connections: JoinSet<()>, grace: Duration) {
     let drained = tokio::time::timeout(grace, async {
         while connections.join_next().await.is_some() {}
     })
@@ -90,8 +100,67 @@ pub async fn serve<B: Backend>(
         );
         connections.shutdown().await;
     }
-    tracing::info!("HTTP server stopped");
-    Ok(())
+}
+
+/// The cap on open connections, and on connections being refused.
+struct Gate {
+    open: Arc<Semaphore>,
+    refusing: Arc<Semaphore>,
+}
+
+impl Gate {
+    fn new(max_connections: usize) -> Gate {
+        Gate {
+            open: Arc::new(Semaphore::new(max_connections.max(1))),
+            refusing: Arc::new(Semaphore::new(max_connections.max(1))),
+        }
+    }
+
+    /// Serves `stream` if a place is free, else refuses it (see `limits`).
+    fn admit<B: Backend>(
+        &self,
+        stream: TcpStream,
+        state: &Arc<AppState<B>>,
+        shutdown: &CancellationToken,
+        connections: &mut JoinSet<()>,
+    ) {
+        match self.open.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let open = Open::new(permit, &state.metrics);
+                connections.spawn(connection(stream, state.clone(), shutdown.clone(), open));
+            }
+            Err(_) => {
+                state.metrics.http_connections_refused.inc();
+                // Beyond as many refusals again: closed at once.
+                if let Ok(place) = self.refusing.clone().try_acquire_owned() {
+                    connections.spawn(refuse(stream, place));
+                }
+            }
+        }
+    }
+}
+
+/// One open connection's place under the cap, given back when dropped.
+struct Open {
+    _permit: OwnedSemaphorePermit,
+    gauge: prometheus::IntGauge,
+}
+
+impl Open {
+    fn new(permit: OwnedSemaphorePermit, metrics: &Metrics) -> Open {
+        let gauge = metrics.http_connections_open.clone();
+        gauge.inc();
+        Open {
+            _permit: permit,
+            gauge,
+        }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
 }
 
 /// One client connection, closed gracefully (after the request in flight)
@@ -100,18 +169,23 @@ async fn connection<B: Backend>(
     stream: TcpStream,
     state: Arc<AppState<B>>,
     shutdown: CancellationToken,
+    _open: Open,
 ) {
     // Responses are small and written whole: don't wait to coalesce them.
     let _ = stream.set_nodelay(true);
-    let header_read_timeout = state.settings.header_read_timeout;
+    let settings = &state.settings;
+    let header_read_timeout = settings.header_read_timeout.min(settings.request_timeout);
+    let clock = RequestClock::default();
+    let io = TokioIo::new(ClockedIo::new(stream, clock.clone()));
     let service = service_fn(move |req| {
         let state = state.clone();
-        async move { Ok::<_, Infallible>(handle(&state, req).await) }
+        let deadline = clock.deadline(state.settings.request_timeout);
+        async move { Ok::<_, Infallible>(handle(&state, req, deadline).await) }
     });
     let mut conn = pin!(http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(header_read_timeout)
-        .serve_connection(TokioIo::new(stream), service));
+        .serve_connection(io, service));
     let result = tokio::select! {
         result = conn.as_mut() => result,
         () = shutdown.cancelled() => {
@@ -126,7 +200,11 @@ async fn connection<B: Backend>(
 }
 
 /// Routes one request inside its span and records it in the metrics.
-async fn handle<B: Backend>(state: &AppState<B>, req: Request<Incoming>) -> Response<Body> {
+async fn handle<B: Backend>(
+    state: &AppState<B>,
+    req: Request<Incoming>,
+    deadline: Instant,
+) -> Response<Body> {
     let started = Instant::now();
     let route = Route::recognise(req.uri().path());
     let template = route.template();
@@ -137,7 +215,7 @@ async fn handle<B: Backend>(state: &AppState<B>, req: Request<Incoming>) -> Resp
         route = template,
         status = tracing::field::Empty
     );
-    let response = AssertUnwindSafe(dispatch(state, route, req))
+    let response = AssertUnwindSafe(dispatch(state, route, req, deadline))
         .catch_unwind()
         .instrument(span.clone())
         .await

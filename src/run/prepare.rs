@@ -71,13 +71,10 @@ impl Runner {
     fn count_reads(&self, resolved: &inputs::Resolved) {
         let metrics = &self.deps.metrics;
         for table in &resolved.decrypted {
-            metrics.decrypts.with_label_values(&[table]).inc();
+            metrics.count_decrypt(table);
         }
         for table in &resolved.scope_violations {
-            metrics
-                .grant_scope_violations
-                .with_label_values(&[table])
-                .inc();
+            metrics.count_scope_violation(table);
             tracing::warn!(table = %table, "mission input outside its grant's allowlist; not decrypted");
         }
     }

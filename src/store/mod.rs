@@ -21,3 +21,4 @@ pub(crate) mod writeback;
 
 // Process-level: leadership and sessions.
 pub(crate) mod leader;
+pub(crate) mod views;
