@@ -60,7 +60,7 @@ impl From<tokio_postgres::Error> for ApplyError {
         match e.as_db_error() {
             Some(db) if is_row_specific(db.code().code()) => ApplyError::Data {
                 code: db.code().code().to_string(),
-                message: change::clip(db.message(), 200).to_string(),
+                message: change::clip_bytes(db.message(), 200).to_string(),
             },
             _ => ApplyError::Transient(e.into()),
         }
@@ -500,7 +500,7 @@ impl Applier {
         tracing::warn!(
             queue_id = d.queue.id,
             change_id = %d.queue.change_id,
-            user_id = %change::clip(&d.queue.user_id, 64),
+            user_id = %change::clip_bytes(&d.queue.user_id, 64),
             reason = d.poison.reason(),
             detail = %d.poison,
             "change set aside in mana_ai.dead_changes"

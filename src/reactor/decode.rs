@@ -27,7 +27,7 @@ use postgres_types::{FromSql, Type, WrongType};
 use serde_json::Value;
 use tokio_postgres::Row;
 
-use crate::sync::change::{clip, Poison};
+use crate::sync::change::{clip_bytes, Poison};
 
 /// Deepest `data` / `field_timestamps` a change may have (see the module
 /// header for why 100).
@@ -120,7 +120,7 @@ pub fn decode_json(text: &[u8], limit: usize) -> Result<Value, JsonError> {
         return Err(JsonError::TooDeep);
     }
     serde_json::from_slice(text)
-        .map_err(|e| JsonError::Undecodable(clip(&e.to_string(), 200).into()))
+        .map_err(|e| JsonError::Undecodable(clip_bytes(&e.to_string(), 200).into()))
 }
 
 /// Column `idx` of `row`; a value that does not convert is `poison(detail)`.
@@ -134,7 +134,7 @@ pub fn column<'a, T: FromSql<'a>>(
         if wrong_type {
             RowError::Systemic(e)
         } else {
-            RowError::Poison(poison(clip(&e.to_string(), 200).to_string()))
+            RowError::Poison(poison(clip_bytes(&e.to_string(), 200).to_string()))
         }
     })
 }

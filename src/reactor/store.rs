@@ -13,7 +13,7 @@ use tokio_postgres::{GenericClient, Row, Statement, Transaction};
 use uuid::Uuid;
 
 use super::decode::{self, RowError};
-use crate::sync::change::{clip, Kind, Poison, RawChange};
+use crate::sync::change::{clip_bytes, Kind, Poison, RawChange};
 use crate::sync::fold::FoldState;
 
 /// One row of `mana_ai.change_queue`, claimed by the applier.
@@ -385,14 +385,14 @@ pub async fn insert_dead(
     }
     let queue_ids: Vec<i64> = dead.iter().map(|d| d.queue.id).collect();
     let change_ids: Vec<Uuid> = dead.iter().map(|d| d.queue.change_id).collect();
-    let users: Vec<&str> = dead.iter().map(|d| clip(&d.queue.user_id, 512)).collect();
+    let users: Vec<&str> = dead.iter().map(|d| clip_bytes(&d.queue.user_id, 512)).collect();
     let tables: Vec<&str> = dead
         .iter()
-        .map(|d| clip(&d.queue.table_name, 200))
+        .map(|d| clip_bytes(&d.queue.table_name, 200))
         .collect();
     let records: Vec<Option<&str>> = dead
         .iter()
-        .map(|d| d.record_id.as_deref().map(|r| clip(r, 200)))
+        .map(|d| d.record_id.as_deref().map(|r| clip_bytes(r, 200)))
         .collect();
     let lengths: Vec<Option<i32>> = dead
         .iter()
