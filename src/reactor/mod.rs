@@ -9,6 +9,7 @@
 
 pub mod analyze;
 pub mod applier;
+mod batch;
 mod batch_tx;
 pub mod decode;
 pub mod fold_batch;

@@ -38,7 +38,11 @@ pub(crate) async fn read_changes(
         let found = found.remove(&(q.user_id.as_str(), q.change_id));
         match check(q, found, max_field_bytes) {
             Ok(v) => valid.push((q.clone(), v)),
-            Err(d) => dead.push(d),
+            Err(set_aside) => dead.push(DeadChange {
+                queue: q.clone(),
+                record_id: set_aside.0,
+                poison: set_aside.1,
+            }),
         }
     }
     Ok((valid, dead))
@@ -98,26 +102,22 @@ async fn query_changes<'a>(
     Ok(found)
 }
 
-/// One claimed change: read and checked, or set aside with why.
+/// One claimed change: read and checked, or (its record id if known) why
+/// it is set aside.
 fn check(
     q: &QueueRow,
     found: Option<Result<RawChange, (Option<String>, Poison)>>,
     max_field_bytes: usize,
-) -> Result<ValidChange, DeadChange> {
-    let dead = |record_id, poison| DeadChange {
-        queue: q.clone(),
-        record_id,
-        poison,
-    };
+) -> Result<ValidChange, Box<(Option<String>, Poison)>> {
     let mut raw = match found {
         Some(Ok(raw)) => raw,
-        Some(Err((record_id, poison))) => return Err(dead(record_id, poison)),
-        None => return Err(dead(None, Poison::ChangeNotVisible)),
+        Some(Err(unreadable)) => return Err(Box::new(unreadable)),
+        None => return Err(Box::new((None, Poison::ChangeNotVisible))),
     };
     raw.seq = q.id; // insertion order: the trigger numbers rows as inserted
     let record_id = raw.record_id.clone();
     // A check that panics on this row fails this row alone.
     std::panic::catch_unwind(|| change::validate(raw, max_field_bytes))
         .unwrap_or(Err(Poison::CheckPanicked))
-        .map_err(|poison| dead(Some(record_id), poison))
+        .map_err(|poison| Box::new((Some(record_id), poison)))
 }
