@@ -51,21 +51,17 @@ fn join(attributes: &[Attribute]) -> String {
 pub async fn role_attributes(
     client: &impl tokio_postgres::GenericClient,
 ) -> anyhow::Result<(String, Vec<Attribute>)> {
-    let row = client
-        .query_one(
-            "SELECT current_user::text, rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user",
-            &[],
-        )
+    let row = crate::store::maintenance::current_role(client)
         .await
         .context("reading the attributes of the connected role")?;
-    let role: String = row.try_get(0)?;
     let mut attributes = Vec::new();
-    if row.try_get::<_, bool>(1)? {
+    if row.superuser {
         attributes.push(Attribute::Superuser);
     }
-    if row.try_get::<_, bool>(2)? {
+    if row.bypass_rls {
         attributes.push(Attribute::BypassRls);
     }
+    let role = row.role;
     Ok((role, attributes))
 }
 

@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
+use crate::store::maintenance::PruneSql;
 
 /// Rows deleted per statement.
 pub const BATCH: i64 = 1_000;
@@ -45,39 +46,12 @@ impl Pruned {
         }
     }
 
-    /// Deletes up to `$1` rows; `$2` is the retention in days (not a
-    /// parameter of `token_usage`, whose horizon is the budget window).
-    /// Each batch walks an index in age order (`token_usage_ts`,
-    /// `mission_runs_prunable`, `dead_changes_dead_at`) and deletes by key:
-    /// a batch costs the rows it deletes, not the size of the table.
-    fn delete_batch_sql(self) -> &'static str {
+    /// Its batched delete (see `store::maintenance::PruneSql`).
+    fn statement(self) -> PruneSql {
         match self {
-            Pruned::TokenUsage => {
-                "DELETE FROM mana_ai.token_usage WHERE id = ANY (ARRAY(
-                     SELECT id FROM mana_ai.token_usage
-                     WHERE ts < now() - interval '24 hours'
-                     ORDER BY ts LIMIT $1))"
-            }
-            // FOR UPDATE SKIP LOCKED passes over a row a claim is updating,
-            // and the DELETE re-checks `state` on the row's latest version.
-            Pruned::MissionRuns => {
-                "WITH old AS (
-                     SELECT user_id, mission_id, slot FROM mana_ai.mission_runs
-                     WHERE state <> 'running'
-                       AND greatest(claimed_at, finished_at, retry_at) < now() - make_interval(days => $2::int4)
-                     ORDER BY greatest(claimed_at, finished_at, retry_at)
-                     LIMIT $1
-                     FOR UPDATE SKIP LOCKED)
-                 DELETE FROM mana_ai.mission_runs r USING old
-                 WHERE (r.user_id, r.mission_id, r.slot) = (old.user_id, old.mission_id, old.slot)
-                   AND r.state <> 'running'"
-            }
-            Pruned::DeadChanges => {
-                "DELETE FROM mana_ai.dead_changes WHERE id = ANY (ARRAY(
-                     SELECT id FROM mana_ai.dead_changes
-                     WHERE dead_at < now() - make_interval(days => $2::int4)
-                     ORDER BY dead_at LIMIT $1))"
-            }
+            Pruned::TokenUsage => PruneSql::TokenUsage,
+            Pruned::MissionRuns => PruneSql::MissionRuns,
+            Pruned::DeadChanges => PruneSql::DeadChanges,
         }
     }
 }
@@ -93,19 +67,16 @@ pub async fn prune_table(
 ) -> anyhow::Result<u64> {
     let days = i32::try_from(retention_days).unwrap_or(i32::MAX);
     let client = pool.get().await.context("connecting to the database")?;
-    let statement = client
-        .prepare_cached(table.delete_batch_sql())
+    let prune = table.statement();
+    let statement = prune
+        .prepare(&client)
         .await
         .with_context(|| format!("preparing the prune of {}", table.label()))?;
     let counter = metrics.rows_pruned.with_label_values(&[table.label()]);
-    let params: &[&(dyn tokio_postgres::types::ToSql + Sync)] = match table {
-        Pruned::TokenUsage => &[&BATCH],
-        Pruned::MissionRuns | Pruned::DeadChanges => &[&BATCH, &days],
-    };
     let mut total = 0;
     loop {
-        let n = client
-            .execute(&statement, params)
+        let n = prune
+            .delete_batch(&**client, &statement, BATCH, days)
             .await
             .with_context(|| format!("pruning {}", table.label()))?;
         counter.inc_by(n);

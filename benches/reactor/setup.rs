@@ -10,6 +10,7 @@ use deadpool_postgres::Pool;
 use mana_ai::metrics::Metrics;
 use mana_ai::pgenv::{PgServer, TempDb, SERVICE_ROLE, SYNC_ROLE};
 use mana_ai::reactor::applier::Applier;
+use mana_ai::reactor::{ReactorContext, Settings};
 use mana_ai::schedule::clock::{Clock, DbClock};
 use mana_ai::schedule::wheel::{spawn_wheel, DueMission, WheelHandle};
 use tokio::sync::mpsc;
@@ -71,14 +72,18 @@ impl Wheel {
     }
 
     pub fn applier(&self, pool: &Pool, batch: i64) -> Applier {
-        Applier::new(
-            pool.clone(),
-            self.handle.clone(),
-            self.metrics.clone(),
-            self.clock.clone(),
-            batch,
-            1024 * 1024,
-        )
+        Applier::new(ReactorContext {
+            pool: pool.clone(),
+            metrics: self.metrics.clone(),
+            clock: self.clock.clone(),
+            wheel: self.handle.clone(),
+            settings: Settings {
+                apply_batch: batch,
+                max_field_bytes: 1024 * 1024,
+                analyze_after_rows: mana_ai::reactor::analyze::ANALYZE_AFTER_ROWS,
+                sweep_interval: std::time::Duration::from_secs(30),
+            },
+        })
     }
 }
 
@@ -166,7 +171,10 @@ pub struct ChangeWriter {
 impl ChangeWriter {
     pub async fn connect(db: &TempDb) -> anyhow::Result<ChangeWriter> {
         let client = mana_ai::pgenv::connect(&db.url_as(SYNC_ROLE)).await?;
-        let set_user = client.prepare(mana_ai::reactor::store::SET_USER).await?;
+        // The RLS scope, set as the sync server sets it.
+        let set_user = client
+            .prepare("SELECT set_config('app.current_user_id', $1, true)")
+            .await?;
         let insert = client
             .prepare(
                 "INSERT INTO public.sync_changes

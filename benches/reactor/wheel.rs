@@ -138,8 +138,7 @@ pub async fn due_to_start(
             .iter()
             .map(|&i| WheelUpdate::Arm {
                 key: MissionKey::new(&setup::user_id(i / 10), &format!("mission-{i}")),
-                next_run_at: (first + spread * i as i32 / n as i32)
-                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                next_run_at: first + spread * i as i32 / n as i32,
             })
             .collect();
         wheel.apply(updates).await;

@@ -23,6 +23,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("../../sql/0004_writeback_change.sql"),
     ),
     (5, "retention", include_str!("../../sql/0005_retention.sql")),
+    (6, "armable", include_str!("../../sql/0006_armable.sql")),
 ];
 
 /// Arbitrary constant: the advisory lock key of migrations ("manaaimi").

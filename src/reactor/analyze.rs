@@ -71,18 +71,7 @@ pub async fn analyze_snapshots(
     let started = std::time::Instant::now();
     let result = async {
         let client = pool.get().await?;
-        client
-            .batch_execute("ANALYZE mana_ai.mission_snapshots, mana_ai.agent_snapshots")
-            .await?;
-        let row = client
-            .query_one(
-                "SELECT sum(greatest(reltuples, 0))::int8 FROM pg_class
-                 WHERE oid IN ('mana_ai.mission_snapshots'::regclass, 'mana_ai.agent_snapshots'::regclass)",
-                &[],
-            )
-            .await?;
-        let rows: Option<i64> = row.try_get(0)?;
-        anyhow::Ok(u64::try_from(rows.unwrap_or(0)).unwrap_or(0))
+        anyhow::Ok(crate::store::maintenance::analyze_snapshots(&**client).await?)
     }
     .await;
     match result {

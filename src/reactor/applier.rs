@@ -21,28 +21,22 @@
 //! changes of the batch (`fold-panicked`, see `fold_batch`), and a check
 //! that panics its row (`check-panicked`).
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use deadpool_postgres::Pool;
-use serde_json::Value;
 use tokio::sync::{mpsc, watch, Notify};
-use tokio_postgres::types::ToSql;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::analyze::{self, AnalyzeSchedule};
-use super::decode::RowError;
-use super::fold_batch::{self, Groups};
-use super::store::{self, DeadChange, QueueRow, Snapshot, SnapshotKey, SnapshotWrite};
-use crate::metrics::Metrics;
-use crate::schedule::clock::Clock;
-use crate::schedule::wheel::{parse_next_run, MissionKey, WheelHandle, WheelUpdate};
-use crate::sync::change::{self, Kind, Poison, ValidChange};
-use crate::sync::fold::ChangeRow;
+use super::batch::{fold_claimed, write_and_commit, FoldedBatch};
+use super::batch_tx::BatchTx;
+use super::read::read_changes;
+use super::ReactorContext;
+use crate::schedule::wheel::WheelUpdate;
+use crate::store::queue::{self, DeadChange, Prepared};
+use crate::sync::change::{self, Poison};
 
 /// Why a batch failed, which decides what happens next.
 #[derive(Debug, thiserror::Error)]
@@ -60,7 +54,7 @@ impl From<tokio_postgres::Error> for ApplyError {
         match e.as_db_error() {
             Some(db) if is_row_specific(db.code().code()) => ApplyError::Data {
                 code: db.code().code().to_string(),
-                message: change::clip(db.message(), 200).to_string(),
+                message: change::clip_bytes(db.message(), 200).to_string(),
             },
             _ => ApplyError::Transient(e.into()),
         }
@@ -95,12 +89,7 @@ pub struct BatchStats {
 
 #[derive(Clone)]
 pub struct Applier {
-    pub pool: Pool,
-    pub wheel: WheelHandle,
-    pub metrics: Arc<Metrics>,
-    pub clock: Arc<dyn Clock>,
-    pub batch: i64,
-    pub max_field_bytes: usize,
+    ctx: ReactorContext,
     /// Total queue rows processed (applied or set aside), for observers.
     pub processed: watch::Sender<u64>,
     /// Rows still to take one at a time after a batch hit a data error.
@@ -121,38 +110,23 @@ pub struct Applied {
 }
 
 impl Applier {
-    pub fn new(
-        pool: Pool,
-        wheel: WheelHandle,
-        metrics: Arc<Metrics>,
-        clock: Arc<dyn Clock>,
-        batch: i64,
-        max_field_bytes: usize,
-    ) -> Self {
+    /// An applier of the reactor's pool, wheel and settings.
+    pub fn new(ctx: ReactorContext) -> Self {
+        let analyze = AnalyzeSchedule::new(ctx.settings.analyze_after_rows);
         Applier {
-            pool,
-            wheel,
-            metrics,
-            clock,
-            batch,
-            max_field_bytes,
+            ctx,
             processed: watch::channel(0).0,
             isolate: 0,
             observer: None,
             before_drain: None,
-            analyze: AnalyzeSchedule::new(analyze::ANALYZE_AFTER_ROWS),
+            analyze,
         }
     }
 
     /// Runs until `shutdown`: drains at start, on every wake-up (a
     /// notification or a listener reconnect) and on every safety sweep.
-    pub async fn run(
-        mut self,
-        wake: Arc<Notify>,
-        sweep_every: Duration,
-        shutdown: CancellationToken,
-    ) {
-        let mut sweep = tokio::time::interval(sweep_every);
+    pub async fn run(mut self, wake: Arc<Notify>, shutdown: CancellationToken) {
+        let mut sweep = tokio::time::interval(self.ctx.settings.sweep_interval);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         sweep.tick().await;
         let mut from_sweep = false;
@@ -165,16 +139,10 @@ impl Applier {
             match self.drain().await {
                 Ok(n) => {
                     backoff = Duration::from_millis(100);
-                    if from_sweep && n > 0 {
-                        self.metrics.sweep_rows_found.inc_by(n as u64);
-                        tracing::warn!(
-                            rows = n,
-                            "safety sweep found queued changes no notification announced"
-                        );
-                    }
+                    self.note_sweep(from_sweep, n);
                 }
                 Err(e) => {
-                    self.metrics.apply_errors.inc();
+                    self.ctx.metrics.apply_errors.inc();
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "applying queued changes failed; will retry");
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
@@ -193,6 +161,17 @@ impl Applier {
         }
     }
 
+    /// Counts rows a safety sweep found that no notification announced.
+    fn note_sweep(&self, from_sweep: bool, n: usize) {
+        if from_sweep && n > 0 {
+            self.ctx.metrics.sweep_rows_found.inc_by(n as u64);
+            tracing::warn!(
+                rows = n,
+                "safety sweep found queued changes no notification announced"
+            );
+        }
+    }
+
     /// Applies queue rows until the queue is empty; returns rows processed.
     pub async fn drain(&mut self) -> Result<usize, ApplyError> {
         if let Some(hook) = &self.before_drain {
@@ -200,18 +179,16 @@ impl Applier {
         }
         let mut total = 0;
         loop {
-            let limit = if self.isolate > 0 { 1 } else { self.batch };
+            let limit = if self.isolate > 0 {
+                1
+            } else {
+                self.ctx.settings.apply_batch
+            };
             match self.apply_batch(limit).await {
                 Ok(stats) => {
                     self.isolate = self.isolate.saturating_sub(stats.claimed);
                     total += stats.claimed;
-                    if self.analyze.note(stats.applied) {
-                        if let Some(rows) =
-                            analyze::analyze_snapshots(&self.pool, &self.metrics).await
-                        {
-                            self.analyze.analyzed(rows);
-                        }
-                    }
+                    self.maybe_analyze(stats.applied).await;
                     if (stats.claimed as i64) < limit {
                         return Ok(total);
                     }
@@ -224,6 +201,16 @@ impl Applier {
                     total += self.set_aside_head(&code, &message).await?;
                 }
                 Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// ANALYZEs the snapshot tables when `applied` more changes make it due.
+    async fn maybe_analyze(&mut self, applied: usize) {
+        if self.analyze.note(applied) {
+            if let Some(rows) = analyze::analyze_snapshots(&self.ctx.pool, &self.ctx.metrics).await
+            {
+                self.analyze.analyzed(rows);
             }
         }
     }
@@ -245,6 +232,7 @@ impl Applier {
             poisoned = tracing::field::Empty,
         );
         let client = self
+            .ctx
             .pool
             .get()
             .instrument(span.clone())
@@ -273,210 +261,68 @@ impl Applier {
         client: &deadpool_postgres::ClientWrapper,
         limit: i64,
     ) -> Result<BatchStats, ApplyError> {
-        let st = store::Prepared::get(client).await?;
+        let st = Prepared::get(client).await?;
         let tx = BatchTx::new(client);
-        let (begun, claimed) = futures_util::join!(tx.begin(), store::claim(tx.client, &st, limit));
+        let (begun, claimed) = futures_util::join!(tx.begin(), queue::claim(tx.client, &st, limit));
         begun?;
         let claimed = claimed?;
         if claimed.is_empty() {
             return Ok(BatchStats::default());
         }
-        let (valid, mut dead) = self.read_changes(tx.client, &st, &claimed).await?;
-        let mut groups = Groups::new();
-        for (queue, change) in valid {
-            let group = groups
-                .entry((change.kind, (queue.user_id.clone(), change.record_id)))
-                .or_default();
-            group.queue.push(queue);
-            group.rows.push(change.row);
-        }
-        let mission_keys = fold_batch::keys_of(&groups, Kind::Mission);
-        let agent_keys = fold_batch::keys_of(&groups, Kind::Agent);
-        let (missions, agents) = futures_util::try_join!(
-            store::load_snapshots_prepared(tx.client, &st, Kind::Mission, &mission_keys),
-            store::load_snapshots_prepared(tx.client, &st, Kind::Agent, &agent_keys),
-        )?;
-        // Each record on its own: an unreadable snapshot or a panicking fold
-        // sets aside that record's rows, never the batch.
-        let missions = fold_batch::fold_records(
-            &mut groups,
-            Kind::Mission,
-            mission_keys,
-            missions,
-            fold_into,
-        );
-        let agents =
-            fold_batch::fold_records(&mut groups, Kind::Agent, agent_keys, agents, fold_into);
-        let (created, changed) = (
-            missions.created + agents.created,
-            missions.changed + agents.changed,
-        );
-        let applied: Vec<QueueRow> = missions.applied.into_iter().chain(agents.applied).collect();
-        dead.extend(missions.dead.into_iter().chain(agents.dead));
-        let (mission_writes, agent_writes) = (missions.writes, agents.writes);
-        let mut updates: Vec<WheelUpdate> = mission_writes.iter().map(wheel_update).collect();
-        let changed_agents: Vec<(&str, &str)> = agent_writes
-            .iter()
-            .map(|w| (w.user_id.as_str(), w.record_id.as_str()))
-            .collect();
-        // Pipelined in this order: the agents' missions are read after the
-        // batch's own mission writes, and COMMIT follows them all. Every
-        // future runs to the end (join, not try_join), so COMMIT is always
-        // sent; after a failed write it ends the aborted transaction (the
-        // server answers ROLLBACK) and the write's error is returned.
-        let (missions_written, armable, agents_written, dead_written, committed) = futures_util::join!(
-            store::upsert_snapshots(tx.client, &st, Kind::Mission, &mission_writes),
-            store::armable_missions_of_agents(tx.client, &st, &changed_agents),
-            store::upsert_snapshots(tx.client, &st, Kind::Agent, &agent_writes),
-            store::insert_dead(tx.client, &st, &dead),
-            tx.commit(),
-        );
-        missions_written?;
-        let armable = armable?;
-        agents_written?;
-        dead_written?;
-        committed?;
-        updates.extend(
-            armable
-                .into_iter()
-                .map(|(user, mission, next)| WheelUpdate::Arm {
-                    key: MissionKey::new(&user, &mission),
-                    next_run_at: next,
-                }),
-        );
+        let max_field_bytes = self.ctx.settings.max_field_bytes;
+        let (valid, dead) = read_changes(tx.client, &st, &claimed, max_field_bytes).await?;
+        let batch = fold_claimed(tx.client, &st, valid, dead).await?;
+        let updates = write_and_commit(&tx, &st, &batch).await?;
+        Ok(self.settle(batch, updates, claimed.len()).await)
+    }
 
-        self.wheel.apply(updates).await;
+    /// After the commit: re-arms the wheel, tells the observer, counts.
+    async fn settle(
+        &mut self,
+        mut batch: FoldedBatch,
+        updates: Vec<WheelUpdate>,
+        claimed: usize,
+    ) -> BatchStats {
+        self.ctx.wheel.apply(updates).await;
         if let Some(observer) = &self.observer {
             let _ = observer.send(Applied {
-                change_ids: applied.iter().map(|q| q.change_id).collect(),
+                change_ids: batch.applied.iter().map(|q| q.change_id).collect(),
                 at: std::time::Instant::now(),
             });
         }
-        self.metrics.snapshots_new.inc_by(created);
-        self.metrics.snapshots_updated.inc_by(changed);
-        let now = self.clock.now();
-        for queued in applied.iter().map(|q| q.queued_at) {
+        let metrics = &self.ctx.metrics;
+        metrics.snapshots_new.inc_by(batch.created);
+        metrics.snapshots_updated.inc_by(batch.changed);
+        let now = self.ctx.clock.now();
+        for queued in batch.applied.iter().map(|q| q.queued_at) {
             let latency = (now - queued).num_microseconds().unwrap_or(0).max(0);
-            self.metrics
-                .change_to_snapshot
-                .observe(latency as f64 / 1e6);
+            metrics.change_to_snapshot.observe(latency as f64 / 1e6);
         }
-        self.metrics
+        metrics
             .snapshot_rows_applied
-            .inc_by(applied.len() as u64);
-        for d in dead.drain(..) {
+            .inc_by(batch.applied.len() as u64);
+        for d in batch.dead.drain(..) {
             self.note_poison(&d);
         }
-        let stats = BatchStats {
-            claimed: claimed.len(),
-            applied: applied.len(),
-            poisoned: claimed.len() - applied.len(),
-        };
-        self.processed.send_modify(|n| *n += claimed.len() as u64);
-        Ok(stats)
-    }
-
-    /// Reads the claimed changes, one RLS scope per user, and checks them.
-    /// The statements of all users are pipelined on the one connection, in
-    /// order: each `set_config` precedes its user's read.
-    async fn read_changes(
-        &self,
-        tx: &tokio_postgres::Client,
-        st: &store::Prepared,
-        claimed: &[QueueRow],
-    ) -> Result<(Vec<(QueueRow, ValidChange)>, Vec<DeadChange>), ApplyError> {
-        let mut dead = Vec::new();
-        let mut by_user: BTreeMap<&str, Vec<uuid::Uuid>> = BTreeMap::new();
-        for q in claimed {
-            match change::check_user_id(&q.user_id) {
-                Ok(()) => by_user.entry(&q.user_id).or_default().push(q.change_id),
-                Err(poison) => dead.push(DeadChange {
-                    queue: q.clone(),
-                    record_id: None,
-                    poison,
-                }),
-            }
+        self.processed.send_modify(|n| *n += claimed as u64);
+        BatchStats {
+            claimed,
+            applied: batch.applied.len(),
+            poisoned: claimed - batch.applied.len(),
         }
-        let (set_user, read) = (&st.set_user, &st.read);
-        let users: Vec<&str> = by_user.keys().copied().collect();
-        let args: Vec<(&(dyn ToSql + Sync), &(dyn ToSql + Sync))> = by_user
-            .iter()
-            .map(|(user, ids)| (user as &(dyn ToSql + Sync), ids as &(dyn ToSql + Sync)))
-            .collect();
-        let mut requests = Vec::with_capacity(args.len() * 2);
-        for (user, ids) in &args {
-            requests.push(tx.query(set_user, std::slice::from_ref(user)));
-            requests.push(tx.query(read, std::slice::from_ref(ids)));
-        }
-        // try_join_all polls in order, and a query is sent on its first poll.
-        let results = futures_util::future::try_join_all(requests).await?;
-        let mut found = HashMap::new();
-        for (i, user) in users.iter().enumerate() {
-            for row in &results[2 * i + 1] {
-                // The id must read (uuid, ours to match); any other column
-                // may fail for this row alone.
-                let id: uuid::Uuid = row.try_get(0)?;
-                let raw = match store::raw_change(row) {
-                    Ok(raw) => Ok(raw),
-                    Err(RowError::Poison(poison)) => Err((row.try_get(3).ok(), poison)),
-                    Err(RowError::Systemic(e)) => return Err(e.into()),
-                };
-                found.insert((*user, id), raw);
-            }
-        }
-        let mut valid = Vec::with_capacity(claimed.len());
-        let refused: std::collections::HashSet<i64> = dead.iter().map(|d| d.queue.id).collect();
-        for q in claimed {
-            if refused.contains(&q.id) {
-                continue;
-            }
-            let mut raw = match found.remove(&(q.user_id.as_str(), q.change_id)) {
-                Some(Ok(raw)) => raw,
-                Some(Err((record_id, poison))) => {
-                    dead.push(DeadChange {
-                        queue: q.clone(),
-                        record_id,
-                        poison,
-                    });
-                    continue;
-                }
-                None => {
-                    dead.push(DeadChange {
-                        queue: q.clone(),
-                        record_id: None,
-                        poison: Poison::ChangeNotVisible,
-                    });
-                    continue;
-                }
-            };
-            raw.seq = q.id; // insertion order: the trigger numbers rows as inserted
-            let record_id = raw.record_id.clone();
-            // A check that panics on this row fails this row alone.
-            let max = self.max_field_bytes;
-            let checked = std::panic::catch_unwind(|| change::validate(raw, max))
-                .unwrap_or(Err(Poison::CheckPanicked));
-            match checked {
-                Ok(v) => valid.push((q.clone(), v)),
-                Err(poison) => dead.push(DeadChange {
-                    queue: q.clone(),
-                    record_id: Some(record_id),
-                    poison,
-                }),
-            }
-        }
-        Ok((valid, dead))
     }
 
     /// Sets the oldest queue row aside by itself after it failed alone.
     async fn set_aside_head(&mut self, code: &str, message: &str) -> Result<usize, ApplyError> {
         let mut client = self
+            .ctx
             .pool
             .get()
             .await
             .context("getting a pooled connection")?;
-        let st = store::Prepared::get(&client).await?;
+        let st = Prepared::get(&client).await?;
         let tx = client.transaction().await?;
-        let Some(head) = store::claim(&*tx, &st, 1).await?.pop() else {
+        let Some(head) = queue::claim(&*tx, &st, 1).await?.pop() else {
             return Ok(0);
         };
         let dead = DeadChange {
@@ -484,7 +330,7 @@ impl Applier {
             record_id: None,
             poison: Poison::ApplyFailed(format!("{code}: {message}")),
         };
-        store::insert_dead(&*tx, &st, std::slice::from_ref(&dead)).await?;
+        queue::insert_dead(&*tx, &st, std::slice::from_ref(&dead)).await?;
         tx.commit().await?;
         self.note_poison(&dead);
         self.isolate = self.isolate.saturating_sub(1);
@@ -493,126 +339,19 @@ impl Applier {
     }
 
     fn note_poison(&self, d: &DeadChange) {
-        self.metrics
+        self.ctx
+            .metrics
             .poison_changes
             .with_label_values(&[d.poison.reason()])
             .inc();
         tracing::warn!(
             queue_id = d.queue.id,
             change_id = %d.queue.change_id,
-            user_id = %change::clip(&d.queue.user_id, 64),
+            user_id = %change::clip_bytes(&d.queue.user_id, 64),
             reason = d.poison.reason(),
             detail = %d.poison,
             "change set aside in mana_ai.dead_changes"
         );
-    }
-}
-
-/// A batch's transaction on a pooled connection, begun and ended by hand
-/// (tokio-postgres' `Transaction` awaits BEGIN alone and takes COMMIT by
-/// value) so that BEGIN is pipelined with the claim and COMMIT with the
-/// writes. Requests go out in the order their futures are first polled
-/// (tokio-postgres, "Pipelining"), which `futures_util::join!` does in
-/// argument order.
-///
-/// Dropped while open (an error, a cancelled batch), it queues a ROLLBACK
-/// on the connection without waiting, as `Transaction`'s own drop does: the
-/// ROLLBACK runs before anything the connection's next user sends.
-struct BatchTx<'a> {
-    client: &'a tokio_postgres::Client,
-    /// BEGIN may have been sent and COMMIT has not.
-    open: std::sync::atomic::AtomicBool,
-}
-
-impl<'a> BatchTx<'a> {
-    fn new(client: &'a tokio_postgres::Client) -> Self {
-        BatchTx {
-            client,
-            open: std::sync::atomic::AtomicBool::new(false),
-        }
-    }
-
-    /// Sends BEGIN; statements polled after this one run inside the
-    /// transaction.
-    ///
-    /// The batch commits without waiting for its WAL flush: snapshots are
-    /// derived state, and the queue rows go in the same transaction, so a
-    /// batch lost in a database crash is applied again from the queue.
-    /// Nothing durable can build on a lost batch either: a run's write-back
-    /// commits synchronously, which flushes the WAL up to it, earlier
-    /// batches included.
-    fn begin(&self) -> impl std::future::Future<Output = Result<(), tokio_postgres::Error>> + 'a {
-        self.open.store(true, Relaxed);
-        self.client
-            .batch_execute("BEGIN; SET LOCAL synchronous_commit = off")
-    }
-
-    /// Sends COMMIT; once it is sent the transaction is over whatever the
-    /// answer (a COMMIT that fails, or one after a failed statement, rolls
-    /// back), so a drop after that sends no ROLLBACK.
-    async fn commit(&self) -> Result<(), tokio_postgres::Error> {
-        let mut commit = std::pin::pin!(self.client.batch_execute("COMMIT"));
-        let first = futures_util::poll!(commit.as_mut());
-        self.open.store(false, Relaxed);
-        match first {
-            std::task::Poll::Ready(result) => result,
-            std::task::Poll::Pending => commit.await,
-        }
-    }
-}
-
-impl Drop for BatchTx<'_> {
-    fn drop(&mut self) {
-        if self.open.load(Relaxed) {
-            // The first poll sends the request; its answer is not awaited.
-            let _ = futures_util::FutureExt::now_or_never(self.client.batch_execute("ROLLBACK"));
-        }
-    }
-}
-
-/// Folds `rows` into a snapshot and prepares its write.
-pub(crate) fn fold_into(
-    key: SnapshotKey,
-    mut snapshot: Snapshot,
-    rows: &[ChangeRow],
-) -> SnapshotWrite {
-    let (user_id, record_id) = key;
-    for row in rows {
-        snapshot.fold.apply(&record_id, &mut snapshot.record, row);
-        snapshot.change_count += 1;
-        snapshot.last_applied_at = Some(match snapshot.last_applied_at {
-            Some(t) if t > row.created_at => t,
-            _ => row.created_at,
-        });
-    }
-    let text = |field: &str| match snapshot.record.get(field) {
-        Some(Value::String(s)) => Some(s.clone()),
-        _ => None,
-    };
-    SnapshotWrite {
-        state: text("state"),
-        next_run_at: text("nextRunAt"),
-        next_run_ts: text("nextRunAt").as_deref().and_then(parse_next_run),
-        agent_id: text("agentId"),
-        deleted: snapshot.fold.is_deleted(&snapshot.record),
-        fold: serde_json::to_value(&snapshot.fold).unwrap_or(Value::Null),
-        record: Value::Object(snapshot.record),
-        change_count: snapshot.change_count,
-        last_applied_at: snapshot.last_applied_at.unwrap_or_else(chrono::Utc::now),
-        user_id,
-        record_id,
-    }
-}
-
-/// A mission is armed while it is active, not deleted and has a nextRunAt.
-fn wheel_update(write: &SnapshotWrite) -> WheelUpdate {
-    let key = MissionKey::new(&write.user_id, &write.record_id);
-    match (&write.next_run_at, write.state.as_deref(), write.deleted) {
-        (Some(next), Some("active"), false) => WheelUpdate::Arm {
-            key,
-            next_run_at: next.clone(),
-        },
-        _ => WheelUpdate::Disarm(key),
     }
 }
 
@@ -622,10 +361,15 @@ mod tests {
     //! pipelined transaction's edges, which tests/reactor.rs reaches only
     //! through the whole reactor.
     use super::*;
+    use crate::metrics::Metrics;
     use crate::pgenv::{PgServer, TempDb, SERVICE_ROLE, SYNC_ROLE};
+    use crate::reactor::Settings;
+    use crate::schedule::clock::Clock;
     use crate::schedule::clock::DbClock;
-    use crate::schedule::wheel::spawn_wheel;
+    use crate::schedule::wheel::{parse_next_run, spawn_wheel, MissionKey, WheelHandle};
+    use deadpool_postgres::Pool;
     use serde_json::json;
+    use serde_json::Value;
 
     struct Fixture {
         db: TempDb,
@@ -652,14 +396,18 @@ mod tests {
         let (due_tx, due_rx) = mpsc::unbounded_channel();
         std::mem::forget(due_rx);
         let (wheel, _task) = spawn_wheel(clock.clone(), Metrics::new(), due_tx, shutdown.clone());
-        let applier = Applier::new(
-            pool.clone(),
-            wheel.clone(),
-            Metrics::new(),
+        let applier = Applier::new(ReactorContext {
+            pool: pool.clone(),
+            metrics: Metrics::new(),
             clock,
-            500,
-            1 << 20,
-        );
+            wheel: wheel.clone(),
+            settings: Settings {
+                apply_batch: 500,
+                max_field_bytes: 1 << 20,
+                analyze_after_rows: analyze::ANALYZE_AFTER_ROWS,
+                sweep_interval: Duration::from_secs(30),
+            },
+        });
         Fixture {
             db,
             pool,

@@ -25,9 +25,12 @@
 
 use postgres_types::{FromSql, Type, WrongType};
 use serde_json::Value;
+use std::fmt;
+
+use tokio_postgres::row::RowIndex;
 use tokio_postgres::Row;
 
-use crate::sync::change::{clip, Poison};
+use crate::sync::change::{clip_bytes, Poison};
 
 /// Deepest `data` / `field_timestamps` a change may have (see the module
 /// header for why 100).
@@ -120,13 +123,14 @@ pub fn decode_json(text: &[u8], limit: usize) -> Result<Value, JsonError> {
         return Err(JsonError::TooDeep);
     }
     serde_json::from_slice(text)
-        .map_err(|e| JsonError::Undecodable(clip(&e.to_string(), 200).into()))
+        .map_err(|e| JsonError::Undecodable(clip_bytes(&e.to_string(), 200).into()))
 }
 
-/// Column `idx` of `row`; a value that does not convert is `poison(detail)`.
-pub fn column<'a, T: FromSql<'a>>(
+/// Column `idx` (a name, or a position for a query whose columns are not
+/// named) of `row`; a value that does not convert is `poison(detail)`.
+pub fn column<'a, T: FromSql<'a>, I: RowIndex + fmt::Display>(
     row: &'a Row,
-    idx: usize,
+    idx: I,
     poison: impl FnOnce(String) -> Poison,
 ) -> Result<T, RowError> {
     row.try_get(idx).map_err(|e| {
@@ -134,19 +138,23 @@ pub fn column<'a, T: FromSql<'a>>(
         if wrong_type {
             RowError::Systemic(e)
         } else {
-            RowError::Poison(poison(clip(&e.to_string(), 200).to_string()))
+            RowError::Poison(poison(clip_bytes(&e.to_string(), 200).to_string()))
         }
     })
 }
 
 /// A change row's JSON column (`None` for SQL NULL), at most
 /// [`MAX_CHANGE_DEPTH`] deep.
-pub fn change_json(row: &Row, idx: usize, name: &'static str) -> Result<Option<Value>, RowError> {
+pub fn change_json<I: RowIndex + fmt::Display>(
+    row: &Row,
+    idx: I,
+    name: &'static str,
+) -> Result<Option<Value>, RowError> {
     let undecodable = |detail| Poison::JsonUndecodable {
         column: name,
         detail,
     };
-    let Some(JsonBytes(text)) = column::<Option<JsonBytes>>(row, idx, undecodable)? else {
+    let Some(JsonBytes(text)) = column::<Option<JsonBytes>, _>(row, idx, undecodable)? else {
         return Ok(None);
     };
     match decode_json(&text, MAX_CHANGE_DEPTH) {
@@ -160,12 +168,12 @@ pub fn change_json(row: &Row, idx: usize, name: &'static str) -> Result<Option<V
 }
 
 /// A snapshot's JSON column, at most [`MAX_STORED_DEPTH`] deep.
-pub fn stored_json(row: &Row, idx: usize, name: &'static str) -> Result<Value, RowError> {
+pub fn stored_json(row: &Row, name: &'static str) -> Result<Value, RowError> {
     let unreadable = |detail| Poison::SnapshotUnreadable {
         column: name,
         detail,
     };
-    let JsonBytes(text) = column::<JsonBytes>(row, idx, unreadable)?;
+    let JsonBytes(text) = column::<JsonBytes, _>(row, name, unreadable)?;
     decode_json(&text, MAX_STORED_DEPTH).map_err(|e| {
         RowError::Poison(unreadable(match e {
             JsonError::TooDeep => format!("nested deeper than {MAX_STORED_DEPTH} levels"),

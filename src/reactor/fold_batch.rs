@@ -5,23 +5,27 @@
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use super::store::{DeadChange, Loaded, QueueRow, Snapshot, SnapshotKey, SnapshotWrite};
+use serde_json::Value;
+
+use crate::schedule::wheel::{parse_next_run, MissionKey, WheelUpdate};
+use crate::store::queue::{DeadChange, QueueRow};
+use crate::store::snapshots::{Loaded, Snapshot, SnapshotKey, SnapshotWrite};
 use crate::sync::change::{Kind, Poison};
 use crate::sync::fold::ChangeRow;
 
 /// The changes of one record in a batch, queue rows beside their change rows.
 #[derive(Debug, Default)]
-pub struct Group {
+pub(crate) struct Group {
     pub queue: Vec<QueueRow>,
     pub rows: Vec<ChangeRow>,
 }
 
 /// A batch's changes by record.
-pub type Groups = BTreeMap<(Kind, SnapshotKey), Group>;
+pub(crate) type Groups = BTreeMap<(Kind, SnapshotKey), Group>;
 
 /// What folding one kind's records gave.
 #[derive(Debug, Default)]
-pub struct Folded {
+pub(crate) struct Folded {
     pub writes: Vec<SnapshotWrite>,
     /// Queue rows whose change is in `writes`.
     pub applied: Vec<QueueRow>,
@@ -31,7 +35,7 @@ pub struct Folded {
 }
 
 /// The snapshot keys of `kind` in `groups`, in order.
-pub fn keys_of(groups: &Groups, kind: Kind) -> Vec<SnapshotKey> {
+pub(crate) fn keys_of(groups: &Groups, kind: Kind) -> Vec<SnapshotKey> {
     groups
         .keys()
         .filter(|(k, _)| *k == kind)
@@ -41,7 +45,7 @@ pub fn keys_of(groups: &Groups, kind: Kind) -> Vec<SnapshotKey> {
 
 /// Folds every record of `kind` in `groups` (removing them) into its loaded
 /// snapshot with `fold`.
-pub fn fold_records(
+pub(crate) fn fold_records(
     groups: &mut Groups,
     kind: Kind,
     keys: Vec<SnapshotKey>,
@@ -87,6 +91,51 @@ fn set_aside(dead: &mut Vec<DeadChange>, queue: Vec<QueueRow>, record_id: &str, 
         record_id: Some(record_id.to_string()),
         poison: poison.clone(),
     }));
+}
+
+/// Folds `rows` into a snapshot and prepares its write.
+pub(crate) fn fold_into(
+    key: SnapshotKey,
+    mut snapshot: Snapshot,
+    rows: &[ChangeRow],
+) -> SnapshotWrite {
+    let (user_id, record_id) = key;
+    for row in rows {
+        snapshot.fold.apply(&record_id, &mut snapshot.record, row);
+        snapshot.change_count += 1;
+        snapshot.last_applied_at = Some(match snapshot.last_applied_at {
+            Some(t) if t > row.created_at => t,
+            _ => row.created_at,
+        });
+    }
+    let text = |field: &str| match snapshot.record.get(field) {
+        Some(Value::String(s)) => Some(s.clone()),
+        _ => None,
+    };
+    SnapshotWrite {
+        state: text("state"),
+        next_run_at: text("nextRunAt"),
+        next_run_ts: text("nextRunAt").as_deref().and_then(parse_next_run),
+        agent_id: text("agentId"),
+        deleted: snapshot.fold.is_deleted(&snapshot.record),
+        fold: serde_json::to_value(&snapshot.fold).unwrap_or(Value::Null),
+        record: Value::Object(snapshot.record),
+        change_count: snapshot.change_count,
+        last_applied_at: snapshot.last_applied_at.unwrap_or_else(chrono::Utc::now),
+        user_id,
+        record_id,
+    }
+}
+
+/// The wheel's update for a mission snapshot just written: armed at its
+/// parsed nextRunAt while it is armable, disarmed otherwise.
+pub(crate) fn wheel_update(write: &SnapshotWrite) -> WheelUpdate {
+    let key = MissionKey::new(&write.user_id, &write.record_id);
+    if write.armable() {
+        WheelUpdate::arm(key, write.next_run_ts)
+    } else {
+        WheelUpdate::Disarm(key)
+    }
 }
 
 #[cfg(test)]

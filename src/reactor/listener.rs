@@ -19,6 +19,7 @@ use crate::config::Secret;
 use crate::db::tls::{self, PgTls};
 use crate::metrics::Metrics;
 use crate::schedule::clock::DbClock;
+use crate::store::notify;
 
 /// `application_name` of the listener connection (operators find it in
 /// `pg_stat_activity`).
@@ -39,6 +40,25 @@ pub struct Listener {
 }
 
 impl Listener {
+    /// The listener of `config`'s listen connection; not yet registered.
+    pub fn new(
+        config: &crate::config::Config,
+        wake: Arc<Notify>,
+        metrics: Arc<Metrics>,
+        clock: Arc<DbClock>,
+    ) -> Self {
+        Listener {
+            url: config.listen_database_url.clone(),
+            root_cert: config.pg_root_cert.clone(),
+            channel: config.listen_channel.clone(),
+            heartbeat: config.listen_heartbeat,
+            wake,
+            metrics,
+            clock,
+            connected: watch::channel(false).0,
+        }
+    }
+
     pub async fn run(self, shutdown: CancellationToken) {
         let mut backoff = Duration::from_secs(1);
         loop {
@@ -68,6 +88,24 @@ impl Listener {
         shutdown: &CancellationToken,
         backoff: &mut Duration,
     ) -> anyhow::Result<()> {
+        let (client, mut reader) = self.connect().await?;
+        let result = async {
+            self.listen(&client).await?;
+            *backoff = Duration::from_secs(1);
+            self.metrics.listener_connected.set(1);
+            self.connected.send_replace(true);
+            tracing::info!(channel = %self.channel, "listening");
+            self.wake.notify_one();
+            self.serve(&client, &mut reader, shutdown).await
+        }
+        .await;
+        reader.abort();
+        result
+    }
+
+    /// Connects; the connection's own task reads every message as it
+    /// arrives and wakes the applier on every notification.
+    async fn connect(&self) -> anyhow::Result<(tokio_postgres::Client, tls::ConnectionTask)> {
         let mut config: tokio_postgres::Config = self
             .url
             .expose()
@@ -79,58 +117,55 @@ impl Listener {
         let tls = PgTls::for_config(&config, self.root_cert.as_deref())?;
         let wake = self.wake.clone();
         let metrics = self.metrics.clone();
-        // The connection's own task reads every message as it arrives.
-        let (client, mut reader) = tls::connect(&config, &tls, move |message| {
+        tls::connect(&config, &tls, move |message| {
             if let AsyncMessage::Notification(_) = message {
                 metrics.note_notification();
                 wake.notify_one();
             }
         })
         .await
-        .context("connecting")?;
-        let result = async {
-            self.listen(&client).await?;
-            *backoff = Duration::from_secs(1);
-            self.metrics.listener_connected.set(1);
-            self.connected.send_replace(true);
-            tracing::info!(channel = %self.channel, "listening");
-            self.wake.notify_one();
-            let mut heartbeat = tokio::time::interval(self.heartbeat);
-            heartbeat.tick().await;
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    ended = &mut reader => {
-                        match ended {
-                            Ok(Err(e)) => bail!("connection closed: {e}"),
-                            _ => bail!("connection closed"),
-                        }
+        .context("connecting")
+    }
+
+    /// Listens until shutdown (Ok) or until the connection is lost or its
+    /// heartbeat fails (Err); re-registers a registration that was lost.
+    async fn serve(
+        &self,
+        client: &tokio_postgres::Client,
+        reader: &mut tls::ConnectionTask,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        let mut heartbeat = tokio::time::interval(self.heartbeat);
+        heartbeat.tick().await;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                ended = &mut *reader => {
+                    match ended {
+                        Ok(Err(e)) => bail!("connection closed: {e}"),
+                        _ => bail!("connection closed"),
                     }
-                    _ = heartbeat.tick() => {
-                        let checked = tokio::time::timeout(Duration::from_secs(10), self.check(&client)).await;
-                        match checked {
-                            Ok(Ok(true)) => {}
-                            Ok(Ok(false)) => {
-                                tracing::warn!(channel = %self.channel, "LISTEN registration lost; listening again");
-                                self.listen(&client).await?;
-                                self.wake.notify_one();
-                            }
-                            Ok(Err(e)) => return Err(e.context("heartbeat")),
-                            Err(_) => bail!("heartbeat timed out"),
+                }
+                _ = heartbeat.tick() => {
+                    let checked = tokio::time::timeout(Duration::from_secs(10), self.check(client)).await;
+                    match checked {
+                        Ok(Ok(true)) => {}
+                        Ok(Ok(false)) => {
+                            tracing::warn!(channel = %self.channel, "LISTEN registration lost; listening again");
+                            self.listen(client).await?;
+                            self.wake.notify_one();
                         }
+                        Ok(Err(e)) => return Err(e.context("heartbeat")),
+                        Err(_) => bail!("heartbeat timed out"),
                     }
                 }
             }
         }
-        .await;
-        reader.abort();
-        result
     }
 
     async fn listen(&self, client: &tokio_postgres::Client) -> anyhow::Result<()> {
         // The channel is validated by Config as [A-Za-z0-9_]+.
-        client
-            .batch_execute(&format!("LISTEN {}", self.channel))
+        notify::listen(client, &self.channel)
             .await
             .context("LISTEN")?;
         if !self.check(client).await? {
@@ -142,19 +177,15 @@ impl Listener {
     /// Is the channel registered? Also samples the database clock.
     async fn check(&self, client: &tokio_postgres::Client) -> anyhow::Result<bool> {
         let sent = chrono::Utc::now();
-        let row = client
-            .query_one(
-                "SELECT clock_timestamp(), $1 IN (SELECT pg_listening_channels())",
-                &[&self.channel],
-            )
+        let beat = notify::heartbeat(client, &self.channel)
             .await
             .context("checking pg_listening_channels()")?;
         let offset = self
             .clock
-            .record_sample(sent, row.get(0), chrono::Utc::now());
+            .record_sample(sent, beat.db_now, chrono::Utc::now());
         self.metrics
             .clock_offset_seconds
             .set(offset.num_microseconds().unwrap_or(0) as f64 / 1e6);
-        Ok(row.get(1))
+        Ok(beat.listening)
     }
 }

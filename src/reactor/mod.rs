@@ -5,21 +5,25 @@
 //! `mission_snapshots`, then starts the applier (which drains at once) and
 //! the listener (which wakes the applier on every notification and after
 //! every successful LISTEN). Due missions go to the channel the caller gives.
+//! What the tasks share is one [`ReactorContext`], built once by `start`.
 
 pub mod analyze;
 pub mod applier;
+mod batch;
+mod batch_tx;
 pub mod decode;
 pub mod fold_batch;
 pub mod listener;
+mod read;
 pub mod rebuild;
-pub mod store;
 pub mod supervisor;
+mod wheel_task;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use deadpool_postgres::Pool;
-use futures_util::TryStreamExt;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -27,10 +31,88 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::schedule::clock::{Clock, DbClock};
-use crate::schedule::wheel::{
-    self, DueMission, MissionKey, TimerWheel, WheelCmd, WheelHandle, WheelUpdate,
-};
+use crate::schedule::wheel::{self, DueMission, WheelHandle};
 use supervisor::{supervise, Backoff, TaskName};
+pub use wheel_task::rebuild_wheel;
+
+/// Re-exports for `backend.rs` and `run/`, which still name
+/// `reactor::store`; the lead points them at `crate::store` at merge and
+/// removes this module.
+pub(crate) mod store {
+    pub(crate) use crate::store::history::fold_record;
+    pub(crate) use crate::store::queue::{dead_changes, queue_gauges};
+
+    use super::decode::{self, RowError};
+    use crate::sync::change::{Poison, RawChange};
+
+    /// A change row by position, for `run/writeback.rs`'s CHANGES_MARKED,
+    /// whose `data` and `own_writeback` columns are unnamed expressions;
+    /// once they are named (`AS data`, `AS own_writeback`) it can call
+    /// `crate::store::history::raw_change` and this goes.
+    pub(crate) fn raw_change(row: &tokio_postgres::Row) -> Result<RawChange, RowError> {
+        let undecodable = |column| move |detail| Poison::ColumnUndecodable { column, detail };
+        Ok(RawChange {
+            id: decode::column(row, 0, undecodable("id"))?,
+            app_id: decode::column(row, 1, undecodable("app_id"))?,
+            table_name: decode::column(row, 2, undecodable("table_name"))?,
+            record_id: decode::column(row, 3, undecodable("record_id"))?,
+            op: decode::column(row, 4, undecodable("op"))?,
+            data: decode::change_json(row, 5, "data")?,
+            field_timestamps: decode::change_json(row, 6, "field_timestamps")?,
+            created_at: decode::column(row, 7, undecodable("created_at"))?,
+            seq: 0,
+            own_writeback: decode::column(row, 8, undecodable("own_writeback"))?,
+        })
+    }
+}
+
+/// Folds one record from its change rows (full replay, contract section
+/// 2), inside whatever user scope `client`'s transaction has; None when
+/// the record has no rows. For tests and tools; the service reads through
+/// `crate::store::history`.
+pub async fn fold_record(
+    client: &impl tokio_postgres::GenericClient,
+    app_id: &str,
+    table_name: &str,
+    record_id: &str,
+) -> Result<Option<crate::sync::fold::Folded>, tokio_postgres::Error> {
+    crate::store::history::fold_record(client, app_id, table_name, record_id).await
+}
+
+/// The reactor's settings (read from [`Config`] once).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Queue rows claimed per batch.
+    pub apply_batch: i64,
+    /// Largest field a change may carry.
+    pub max_field_bytes: usize,
+    /// Changes applied before the snapshot tables are analyzed (0: never).
+    pub analyze_after_rows: u64,
+    /// How often the applier drains without a notification.
+    pub sweep_interval: Duration,
+}
+
+impl Settings {
+    pub fn from_config(config: &Config) -> Self {
+        Settings {
+            apply_batch: config.apply_batch,
+            max_field_bytes: config.max_field_bytes,
+            analyze_after_rows: config.analyze_after_rows,
+            sweep_interval: config.sweep_interval,
+        }
+    }
+}
+
+/// What the reactor's tasks share: built once by [`start`].
+#[derive(Clone)]
+pub struct ReactorContext {
+    pub pool: Pool,
+    pub metrics: Arc<Metrics>,
+    /// The scheduler's clock (the database's, measured).
+    pub clock: Arc<dyn Clock>,
+    pub wheel: WheelHandle,
+    pub settings: Settings,
+}
 
 /// A running reactor.
 pub struct Reactor {
@@ -69,102 +151,8 @@ impl Reactor {
 pub async fn measure_clock(pool: &Pool, clock: &DbClock) -> anyhow::Result<chrono::Duration> {
     let client = pool.get().await.context("connecting to the database")?;
     let sent = chrono::Utc::now();
-    let row = client.query_one("SELECT clock_timestamp()", &[]).await?;
-    Ok(clock.record_sample(sent, row.get(0), chrono::Utc::now()))
-}
-
-/// Arms every armable mission from `mission_snapshots`; returns how many.
-pub async fn rebuild_wheel(pool: &Pool, wheel: &WheelHandle) -> anyhow::Result<usize> {
-    let client = pool.get().await.context("connecting to the database")?;
-    // Sized once for the count: growing by doublings would leave the wheel
-    // up to twice as large as needed, and rehash it on every doubling.
-    let count = store::count_armable_missions(&**client)
-        .await
-        .context("counting armable missions")?;
-    wheel.reserve(usize::try_from(count).unwrap_or(0));
-    let rows = store::armable_missions(&**client)
-        .await
-        .context("reading armable missions")?;
-    futures_util::pin_mut!(rows);
-    let mut chunk = Vec::with_capacity(10_000);
-    let mut total = 0;
-    while let Some((user, mission, next)) = rows.try_next().await? {
-        chunk.push(WheelUpdate::Arm {
-            key: MissionKey::new(&user, &mission),
-            next_run_at: next,
-        });
-        if chunk.len() == chunk.capacity() {
-            total += chunk.len();
-            wheel
-                .apply(std::mem::replace(&mut chunk, Vec::with_capacity(10_000)))
-                .await;
-        }
-    }
-    total += chunk.len();
-    wheel.apply(chunk).await;
-    Ok(total)
-}
-
-/// A wheel rebuilt from `mission_snapshots` (a restarted wheel task's).
-async fn rebuilt_wheel(
-    pool: &Pool,
-    clock: Arc<dyn Clock>,
-    metrics: &Metrics,
-) -> anyhow::Result<TimerWheel> {
-    let client = pool.get().await.context("connecting to the database")?;
-    let count = store::count_armable_missions(&**client)
-        .await
-        .context("counting armable missions")?;
-    let mut timers = TimerWheel::new(clock);
-    timers.reserve(usize::try_from(count).unwrap_or(0));
-    let rows = store::armable_missions(&**client)
-        .await
-        .context("reading armable missions")?;
-    futures_util::pin_mut!(rows);
-    while let Some((user, mission, next)) = rows.try_next().await? {
-        let key = MissionKey::new(&user, &mission);
-        let arm = WheelUpdate::Arm {
-            key,
-            next_run_at: next,
-        };
-        wheel::apply_update(&mut timers, metrics, arm);
-    }
-    Ok(timers)
-}
-
-/// The wheel task as the supervisor starts it: the first time with the
-/// (empty) wheel [`start`] rebuilds through the handle; after a crash with
-/// a wheel rebuilt from the snapshots before any queued command is served,
-/// so commands sent meanwhile (newer than the rebuild's read, or replays of
-/// what it read) apply on top in order.
-fn wheel_task(
-    pool: Pool,
-    clock: Arc<dyn Clock>,
-    metrics: Arc<Metrics>,
-    due_tx: mpsc::UnboundedSender<DueMission>,
-    rx: mpsc::UnboundedReceiver<WheelCmd>,
-    shutdown: CancellationToken,
-) -> impl FnMut() -> futures_util::future::BoxFuture<'static, ()> + Send + 'static {
-    let rx = Arc::new(tokio::sync::Mutex::new(rx));
-    let mut first = Some(TimerWheel::new(clock.clone()));
-    move || {
-        let (initial, rx, pool, clock) = (first.take(), rx.clone(), pool.clone(), clock.clone());
-        let (metrics, due_tx, shutdown) = (metrics.clone(), due_tx.clone(), shutdown.clone());
-        Box::pin(async move {
-            let mut rx = rx.lock().await;
-            let timers = match initial {
-                Some(timers) => timers,
-                None => match rebuilt_wheel(&pool, clock, &metrics).await {
-                    Ok(timers) => timers,
-                    Err(e) => {
-                        tracing::warn!(error = %format!("{e:#}"), "rebuilding the timer wheel failed");
-                        return;
-                    }
-                },
-            };
-            wheel::run_wheel(timers, &mut rx, &metrics, &due_tx, &shutdown).await;
-        })
-    }
+    let db_now = crate::store::maintenance::clock_timestamp(&**client).await?;
+    Ok(clock.record_sample(sent, db_now, chrono::Utc::now()))
 }
 
 /// Optional observers of the reactor's work (benchmarks, tests).
@@ -210,19 +198,36 @@ pub async fn start(
     metrics
         .clock_offset_seconds
         .set(offset.num_microseconds().unwrap_or(0) as f64 / 1e6);
-    let scheduler_clock: Arc<dyn Clock> = clock.clone();
     let (wheel, wheel_rx) = wheel::wheel_channel();
-    let make_wheel = wheel_task(
-        pool.clone(),
-        scheduler_clock.clone(),
-        metrics.clone(),
-        due_tx,
-        wheel_rx,
-        shutdown.clone(),
-    );
-    let wheel_task = supervised(TaskName::Wheel, make_wheel, &metrics, &shutdown);
+    let ctx = ReactorContext {
+        pool,
+        metrics,
+        clock: clock.clone(),
+        wheel,
+        settings: Settings::from_config(config),
+    };
+    let make_wheel = wheel_task::wheel_task(&ctx, due_tx, wheel_rx, shutdown.clone());
+    let wheel_task = supervised(TaskName::Wheel, make_wheel, &ctx.metrics, &shutdown);
+    let rebuilt = rebuild(&ctx).await?;
+    let wake = Arc::new(Notify::new());
+    let (applier_task, processed) = spawn_applier(&ctx, wake.clone(), hooks, &shutdown);
+    let listener = listener::Listener::new(config, wake, ctx.metrics.clone(), clock);
+    let (listener_task, listening) = spawn_listener(listener, &ctx.metrics, &shutdown);
+    Ok(Reactor {
+        wheel: ctx.wheel,
+        processed,
+        listening,
+        rebuilt,
+        shutdown,
+        tasks: vec![listener_task, applier_task, wheel_task],
+    })
+}
+
+/// Rebuilds the snapshots migration 0003 listed, then the wheel; returns
+/// the missions armed.
+async fn rebuild(ctx: &ReactorContext) -> anyhow::Result<usize> {
     let started = std::time::Instant::now();
-    let (users, records) = rebuild::rebuild_listed(&pool, config.max_field_bytes).await?;
+    let (users, records) = rebuild::rebuild_listed(&ctx.pool, ctx.settings.max_field_bytes).await?;
     if users > 0 {
         let elapsed_ms = started.elapsed().as_millis() as u64;
         tracing::info!(
@@ -233,122 +238,49 @@ pub async fn start(
         );
     }
     let started = std::time::Instant::now();
-    let rebuilt = rebuild_wheel(&pool, &wheel).await?;
+    let rebuilt = rebuild_wheel(&ctx.pool, &ctx.wheel).await?;
     tracing::info!(
         missions = rebuilt,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "timer wheel rebuilt"
     );
+    Ok(rebuilt)
+}
 
-    let wake = Arc::new(Notify::new());
-    let mut applier = applier::Applier::new(
-        pool,
-        wheel.clone(),
-        metrics.clone(),
-        scheduler_clock,
-        config.apply_batch,
-        config.max_field_bytes,
-    );
+/// The applier, supervised; with its count of processed rows.
+fn spawn_applier(
+    ctx: &ReactorContext,
+    wake: Arc<Notify>,
+    hooks: Hooks,
+    shutdown: &CancellationToken,
+) -> (JoinHandle<()>, watch::Receiver<u64>) {
+    let mut applier = applier::Applier::new(ctx.clone());
     applier.observer = hooks.applied;
     applier.before_drain = hooks.before_drain;
-    applier.analyze = analyze::AnalyzeSchedule::new(config.analyze_after_rows);
     let processed = applier.processed.subscribe();
-    let (applier_wake, sweep, stop) = (wake.clone(), config.sweep_interval, shutdown.clone());
-    let make_applier = move || {
-        applier
-            .clone()
-            .run(applier_wake.clone(), sweep, stop.clone())
-    };
-    let applier_task = supervised(TaskName::Applier, make_applier, &metrics, &shutdown);
-    let (connected, listening) = watch::channel(false);
-    let listener = listener::Listener {
-        url: config.listen_database_url.clone(),
-        root_cert: config.pg_root_cert.clone(),
-        channel: config.listen_channel.clone(),
-        heartbeat: config.listen_heartbeat,
-        wake,
-        metrics: metrics.clone(),
-        clock,
-        connected,
-    };
     let stop = shutdown.clone();
-    let make_listener = move || {
+    let make = move || applier.clone().run(wake.clone(), stop.clone());
+    let task = supervised(TaskName::Applier, make, &ctx.metrics, shutdown);
+    (task, processed)
+}
+
+/// The listener, supervised; with whether it is registered.
+fn spawn_listener(
+    mut listener: listener::Listener,
+    metrics: &Arc<Metrics>,
+    shutdown: &CancellationToken,
+) -> (JoinHandle<()>, watch::Receiver<bool>) {
+    let (connected, listening) = watch::channel(false);
+    listener.connected = connected;
+    let stop = shutdown.clone();
+    let make = move || {
         let listener = listener.clone();
         listener.metrics.listener_connected.set(0);
         listener.connected.send_replace(false);
         listener.run(stop.clone())
     };
-    let listener_task = supervised(TaskName::Listener, make_listener, &metrics, &shutdown);
-    Ok(Reactor {
-        wheel,
-        processed,
+    (
+        supervised(TaskName::Listener, make, metrics, shutdown),
         listening,
-        rebuilt,
-        shutdown,
-        tasks: vec![listener_task, applier_task, wheel_task],
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    //! A restarted wheel task against a real Postgres.
-    use super::*;
-    use crate::pgenv::{PgServer, TempDb, SERVICE_ROLE};
-
-    /// The first wheel task dies (aborted here, as a panic would end it);
-    /// the next one is rebuilt from `mission_snapshots` and then serves the
-    /// command sent while none ran.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_restarted_wheel_is_rebuilt_from_the_snapshots() {
-        let server = PgServer::discover().expect("a Postgres for the tests");
-        let db = TempDb::create(&server, "mana_ai_t").await.unwrap();
-        crate::triggers::install(&db.admin().await.unwrap(), SERVICE_ROLE)
-            .await
-            .unwrap();
-        let pool = crate::db::pool(&db.url_as(SERVICE_ROLE), 2, "mana-ai-test", None).unwrap();
-        crate::db::migrate::migrate(&mut pool.get().await.unwrap())
-            .await
-            .unwrap();
-        let next = (chrono::Utc::now() + chrono::Duration::days(1))
-            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        pool.get()
-            .await
-            .unwrap()
-            .execute(
-                "INSERT INTO mana_ai.mission_snapshots
-                   (user_id, mission_id, record, fold_state, state, next_run_at, last_applied_at)
-                 VALUES ('u', 'm1', '{}', '{}', 'active', $1, now())",
-                &[&next],
-            )
-            .await
-            .unwrap();
-        let shutdown = CancellationToken::new();
-        let (handle, rx) = wheel::wheel_channel();
-        let (due_tx, _due_rx) = mpsc::unbounded_channel();
-        let clock: Arc<dyn Clock> = Arc::new(DbClock::new());
-        let mut make = wheel_task(pool, clock, Metrics::new(), due_tx, rx, shutdown.clone());
-        let first = tokio::spawn(make());
-        assert_eq!(
-            handle.armed_at("u", "m1").await,
-            None,
-            "the first starts empty"
-        );
-        first.abort();
-        let _ = first.await;
-        let queued = WheelUpdate::Arm {
-            key: MissionKey::new("u", "m2"),
-            next_run_at: next.clone(),
-        };
-        let sent = tokio::spawn({
-            let handle = handle.clone();
-            async move { handle.apply(vec![queued]).await }
-        });
-        let second = tokio::spawn(make());
-        sent.await.unwrap();
-        let due = wheel::parse_next_run(&next);
-        assert_eq!(handle.armed_at("u", "m1").await, due, "rebuilt");
-        assert_eq!(handle.armed_at("u", "m2").await, due, "queued meanwhile");
-        shutdown.cancel();
-        second.await.unwrap();
-    }
+    )
 }

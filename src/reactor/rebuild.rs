@@ -7,7 +7,7 @@
 //! READ transaction per 50 users, each read in its own RLS scope: a user's
 //! snapshots are deleted and folded
 //! anew from every mission/agent row that is neither still queued nor set
-//! aside, read in [`store::REPLAY_ORDER`] and numbered with negative `seq`s;
+//! aside, read in `store::history::REPLAY_ORDER` and numbered with negative `seq`s;
 //! queued rows are left to the applier, whose queue ids are positive, so a
 //! transaction whose rows were only partly applied still folds in insertion
 //! order (the applied rows had the lower queue ids). The one snapshot makes
@@ -19,9 +19,11 @@ use anyhow::Context;
 use deadpool_postgres::Pool;
 use tokio_postgres::{IsolationLevel, Row, Statement, Transaction};
 
-use super::applier::fold_into;
 use super::decode::RowError;
-use super::store::{self, Snapshot, SnapshotWrite, REPLAY_ORDER};
+use super::fold_batch::fold_into;
+use crate::store::history;
+use crate::store::queue::Prepared;
+use crate::store::snapshots::{self, Snapshot, SnapshotWrite};
 use crate::sync::change::{self, Kind, RawChange};
 
 /// Rows fetched per round trip (mission rows can carry long iteration lists).
@@ -35,20 +37,13 @@ const USERS_PER_TX: i64 = 50;
 /// many records were rebuilt.
 pub async fn rebuild_listed(pool: &Pool, max_field_bytes: usize) -> anyhow::Result<(usize, usize)> {
     let mut client = pool.get().await.context("connecting to the database")?;
-    let st = store::Prepared::get(&client).await?;
-    let history = client.prepare_cached(&history_sql()).await?;
+    let st = Prepared::get(&client).await?;
+    let history = client.prepare_cached(&history::user_history_sql()).await?;
     let (mut users, mut records) = (0, 0);
     loop {
-        let listed: Vec<String> = client
-            .query(
-                "SELECT user_id FROM mana_ai.fold_rebuild ORDER BY user_id LIMIT $1",
-                &[&USERS_PER_TX],
-            )
+        let listed = history::users_to_rebuild(&**client, USERS_PER_TX)
             .await
-            .context("reading mana_ai.fold_rebuild")?
-            .iter()
-            .map(|r| r.try_get(0))
-            .collect::<Result<_, _>>()?;
+            .context("reading mana_ai.fold_rebuild")?;
         let Some(from) = listed.first() else {
             return Ok((users, records));
         };
@@ -59,21 +54,6 @@ pub async fn rebuild_listed(pool: &Pool, max_field_bytes: usize) -> anyhow::Resu
     }
 }
 
-/// One user's mission/agent rows in fold order, record by record, without
-/// the rows still queued or set aside.
-fn history_sql() -> String {
-    format!(
-        "SELECT c.id, c.app_id, c.table_name, c.record_id, c.op, c.data, c.field_timestamps,
-                c.created_at,
-                EXISTS (SELECT 1 FROM mana_ai.mission_runs r WHERE r.change_id = c.id)
-         FROM public.sync_changes c
-         WHERE c.user_id = $1 AND c.app_id = 'ai' AND c.table_name IN ('aiMissions', 'agents')
-           AND NOT EXISTS (SELECT 1 FROM mana_ai.change_queue q WHERE q.change_id = c.id)
-           AND NOT EXISTS (SELECT 1 FROM mana_ai.dead_changes d WHERE d.change_id = c.id)
-         ORDER BY c.table_name, c.record_id, {REPLAY_ORDER}"
-    )
-}
-
 /// The record being folded: its kind, id and snapshot so far.
 type Current = (Kind, String, Snapshot);
 
@@ -81,7 +61,7 @@ type Current = (Kind, String, Snapshot);
 /// read in that user's RLS scope; returns the records written.
 async fn rebuild_users(
     client: &mut tokio_postgres::Client,
-    st: &store::Prepared,
+    st: &Prepared,
     history: &Statement,
     users: &[String],
     max_field_bytes: usize,
@@ -95,10 +75,7 @@ async fn rebuild_users(
     // loses its fold_rebuild deletions too and runs again.
     tx.batch_execute("SET LOCAL synchronous_commit = off")
         .await?;
-    for table in ["mission_snapshots", "agent_snapshots"] {
-        let sql = format!("DELETE FROM mana_ai.{table} WHERE user_id = ANY($1)");
-        tx.execute(sql.as_str(), &[&users]).await?;
-    }
+    snapshots::delete_of_users(&tx, users).await?;
     let mut writes = Writes::default();
     // An empty user id has no scope (and no snapshots): only its entry goes.
     for user in users.iter().filter(|user| !user.is_empty()) {
@@ -106,11 +83,7 @@ async fn rebuild_users(
         fold_history(&tx, st, history, user, max_field_bytes, &mut writes).await?;
     }
     writes.flush(&tx, st, 0).await?;
-    tx.execute(
-        "DELETE FROM mana_ai.fold_rebuild WHERE user_id = ANY($1)",
-        &[&users],
-    )
-    .await?;
+    history::users_rebuilt(&tx, users).await?;
     tx.commit().await?;
     Ok(writes.records)
 }
@@ -119,7 +92,7 @@ async fn rebuild_users(
 /// (a user's whole history need not fit in memory).
 async fn fold_history(
     tx: &Transaction<'_>,
-    st: &store::Prepared,
+    st: &Prepared,
     history: &Statement,
     user: &str,
     max_field_bytes: usize,
@@ -170,7 +143,7 @@ async fn fold_history(
 fn raw_change(row: &Row, seq: i64) -> Result<RawChange, RowError> {
     Ok(RawChange {
         seq,
-        ..store::raw_change(row)?
+        ..history::raw_change(row)?
     })
 }
 
@@ -205,7 +178,7 @@ impl Writes {
     async fn flush(
         &mut self,
         tx: &Transaction<'_>,
-        st: &store::Prepared,
+        st: &Prepared,
         keep: usize,
     ) -> Result<(), tokio_postgres::Error> {
         for (kind, rows) in [
@@ -213,7 +186,7 @@ impl Writes {
             (Kind::Agent, &mut self.agents),
         ] {
             if rows.len() > keep {
-                store::upsert_snapshots(tx, st, kind, rows).await?;
+                snapshots::upsert(tx, st, kind, rows).await?;
                 rows.clear();
             }
         }

@@ -43,7 +43,7 @@ pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .copied()
         .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
         .unwrap_or_default();
-    crate::sync::change::clip(message, 200).to_string()
+    crate::sync::change::clip_bytes(message, 200).to_string()
 }
 
 /// How long to wait before a restart.

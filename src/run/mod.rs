@@ -238,7 +238,7 @@ impl Runner {
             .wheel
             .apply(vec![crate::schedule::wheel::WheelUpdate::Arm {
                 key: MissionKey::new(user_id, mission_id),
-                next_run_at: crate::sync::fold::iso_millis(at),
+                next_run_at: at,
             }])
             .await;
     }

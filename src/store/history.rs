@@ -1,1 +1,174 @@
-//! (to be filled)
+//! The change log, `public.sync_changes` (the sync server's table), as the
+//! reactor reads it: the claimed changes of a batch, a record's full history
+//! for a replay ([`fold_record`]), a user's history for the start-up rebuild,
+//! and the rebuild's to-do list `mana_ai.fold_rebuild`.
+//!
+//! `sync_changes` is read only after the transaction has been scoped to the
+//! change's user ([`SET_USER`]): row-level security limits it to that user.
+
+use tokio_postgres::{GenericClient, Row, Transaction};
+
+use crate::reactor::decode::{self, RowError};
+use crate::sync::change::{Poison, RawChange};
+use crate::sync::fold::Folded;
+
+/// Sets the RLS scope for the statements that follow in the transaction.
+pub(crate) const SET_USER: &str = "SELECT set_config('app.current_user_id', $1, true)";
+
+/// Reads change rows by id; run after [`SET_USER`] so RLS limits it to one
+/// user. `own_writeback` says whether the row is one of the service's own
+/// write-backs (recorded in `mission_runs`, which only the service writes).
+pub(crate) const READ_CHANGES: &str =
+    "SELECT c.id, c.app_id, c.table_name, c.record_id, c.op, c.data, c.field_timestamps, c.created_at,
+            EXISTS (SELECT 1 FROM mana_ai.mission_runs r WHERE r.change_id = c.id) AS own_writeback
+     FROM public.sync_changes c WHERE c.id = ANY($1)";
+
+/// A record's rows in fold order when there is no queue id to go by:
+/// `created_at`, then the inserting command's number within its transaction
+/// (`cmin`, exact for separate INSERT statements), then physical position
+/// (`ctid`, which is NOT insertion order once VACUUM has recorded free
+/// space; see the header of `sync/fold.rs`). `cid` has no ordering operator,
+/// hence the cast.
+pub(crate) const REPLAY_ORDER: &str = "created_at, cmin::text::bigint, ctid";
+
+/// A `sync_changes` row as read by [`READ_CHANGES`] (or any query with its
+/// column names). The table is the sync server's, not ours: a column of
+/// another type than the contract's is a [`RowError::Systemic`] naming the
+/// column, never a panic; a value of this row that does not convert (JSON
+/// too deep, a number out of range, a time out of chrono's range) is
+/// [`RowError::Poison`] of this row alone. `seq` is left 0 for the caller.
+pub(crate) fn raw_change(row: &Row) -> Result<RawChange, RowError> {
+    let undecodable = |column| move |detail| Poison::ColumnUndecodable { column, detail };
+    Ok(RawChange {
+        id: decode::column(row, "id", undecodable("id"))?,
+        app_id: decode::column(row, "app_id", undecodable("app_id"))?,
+        table_name: decode::column(row, "table_name", undecodable("table_name"))?,
+        record_id: decode::column(row, "record_id", undecodable("record_id"))?,
+        op: decode::column(row, "op", undecodable("op"))?,
+        data: decode::change_json(row, "data", "data")?,
+        field_timestamps: decode::change_json(row, "field_timestamps", "field_timestamps")?,
+        created_at: decode::column(row, "created_at", undecodable("created_at"))?,
+        seq: 0,
+        own_writeback: decode::column(row, "own_writeback", undecodable("own_writeback"))?,
+    })
+}
+
+/// One record's history in [`REPLAY_ORDER`].
+const RECORD_HISTORY: &str = "SELECT id, op, data, field_timestamps, created_at
+     FROM public.sync_changes
+     WHERE app_id = $1 AND table_name = $2 AND record_id = $3
+     ORDER BY created_at, cmin::text::bigint, ctid";
+
+// RECORD_HISTORY spells REPLAY_ORDER out (a const cannot be formatted).
+const _: () = assert!(ends_with(RECORD_HISTORY, REPLAY_ORDER));
+
+const fn ends_with(s: &str, tail: &str) -> bool {
+    let (s, tail) = (s.as_bytes(), tail.as_bytes());
+    if tail.len() > s.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < tail.len() {
+        if s[s.len() - tail.len() + i] != tail[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// Folds one record from its change rows (full replay, contract section 2),
+/// inside whatever user scope the caller's transaction has. Malformed rows
+/// are left out, as the webapp would fail to apply them too. None when the
+/// record has no rows.
+pub(crate) async fn fold_record(
+    client: &impl GenericClient,
+    app_id: &str,
+    table_name: &str,
+    record_id: &str,
+) -> Result<Option<Folded>, tokio_postgres::Error> {
+    let rows = client
+        .query(RECORD_HISTORY, &[&app_id, &table_name, &record_id])
+        .await?;
+    let mut changes = Vec::with_capacity(rows.len());
+    for (seq, r) in (0i64..).zip(&rows) {
+        // A row the applier would set aside as poison is skipped here too.
+        let raw = match history_row(r, app_id, table_name, record_id, seq) {
+            Ok(raw) => raw,
+            Err(RowError::Systemic(e)) => return Err(e),
+            Err(RowError::Poison(_)) => continue,
+        };
+        if let Ok(row) = crate::sync::change::to_row(raw) {
+            changes.push(row);
+        }
+    }
+    Ok(crate::sync::fold::replay(record_id, &changes))
+}
+
+/// A row of [`RECORD_HISTORY`], completed with the record it belongs to.
+fn history_row(
+    r: &Row,
+    app_id: &str,
+    table_name: &str,
+    record_id: &str,
+    seq: i64,
+) -> Result<RawChange, RowError> {
+    let undecodable = |column| move |detail| Poison::ColumnUndecodable { column, detail };
+    Ok(RawChange {
+        id: decode::column(r, "id", undecodable("id"))?,
+        app_id: app_id.to_string(),
+        table_name: table_name.to_string(),
+        record_id: record_id.to_string(),
+        op: decode::column(r, "op", undecodable("op"))?,
+        data: decode::change_json(r, "data", "data")?,
+        field_timestamps: decode::change_json(r, "field_timestamps", "field_timestamps")?,
+        created_at: decode::column(r, "created_at", undecodable("created_at"))?,
+        seq,
+        own_writeback: false,
+    })
+}
+
+/// One user's mission/agent rows in fold order, record by record, without
+/// the rows still queued or set aside (the start-up rebuild's read; its
+/// columns are [`READ_CHANGES`]'s, for [`raw_change`]).
+pub(crate) fn user_history_sql() -> String {
+    format!(
+        "SELECT c.id, c.app_id, c.table_name, c.record_id, c.op, c.data, c.field_timestamps,
+                c.created_at,
+                EXISTS (SELECT 1 FROM mana_ai.mission_runs r WHERE r.change_id = c.id)
+                  AS own_writeback
+         FROM public.sync_changes c
+         WHERE c.user_id = $1 AND c.app_id = 'ai' AND c.table_name IN ('aiMissions', 'agents')
+           AND NOT EXISTS (SELECT 1 FROM mana_ai.change_queue q WHERE q.change_id = c.id)
+           AND NOT EXISTS (SELECT 1 FROM mana_ai.dead_changes d WHERE d.change_id = c.id)
+         ORDER BY c.table_name, c.record_id, {REPLAY_ORDER}"
+    )
+}
+
+/// The first `limit` users listed in `mana_ai.fold_rebuild`, in order.
+pub(crate) async fn users_to_rebuild(
+    client: &impl GenericClient,
+    limit: i64,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    client
+        .query(
+            "SELECT user_id FROM mana_ai.fold_rebuild ORDER BY user_id LIMIT $1",
+            &[&limit],
+        )
+        .await?
+        .iter()
+        .map(|r| r.try_get("user_id"))
+        .collect()
+}
+
+/// Takes rebuilt users off `mana_ai.fold_rebuild` (in the rebuild's commit).
+pub(crate) async fn users_rebuilt(
+    tx: &Transaction<'_>,
+    users: &[String],
+) -> Result<u64, tokio_postgres::Error> {
+    tx.execute(
+        "DELETE FROM mana_ai.fold_rebuild WHERE user_id = ANY($1)",
+        &[&users],
+    )
+    .await
+}

@@ -1,1 +1,132 @@
-//! (to be filled)
+//! Housekeeping statements: ANALYZE of the snapshot tables, retention's
+//! batched deletes, the connected role's privileges and the database clock.
+
+use chrono::{DateTime, Utc};
+use tokio_postgres::{GenericClient, Statement};
+
+/// ANALYZEs both snapshot tables; returns the rows they now hold (the
+/// planner's estimate, `reltuples`).
+pub(crate) async fn analyze_snapshots(
+    client: &impl GenericClient,
+) -> Result<u64, tokio_postgres::Error> {
+    client
+        .batch_execute("ANALYZE mana_ai.mission_snapshots, mana_ai.agent_snapshots")
+        .await?;
+    let row = client
+        .query_one(
+            "SELECT sum(greatest(reltuples, 0))::int8 AS rows FROM pg_class
+             WHERE oid IN ('mana_ai.mission_snapshots'::regclass, 'mana_ai.agent_snapshots'::regclass)",
+            &[],
+        )
+        .await?;
+    let rows: Option<i64> = row.try_get("rows")?;
+    Ok(u64::try_from(rows.unwrap_or(0)).unwrap_or(0))
+}
+
+/// A table retention prunes, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PruneSql {
+    /// `token_usage` older than the 24 h budget window; `$1` the batch.
+    TokenUsage,
+    /// `mission_runs` older than `$2` days, never `running`; `$1` the batch.
+    MissionRuns,
+    /// `dead_changes` older than `$2` days; `$1` the batch.
+    DeadChanges,
+}
+
+impl PruneSql {
+    /// Deletes up to `$1` rows. Each batch walks an index in age order
+    /// (`token_usage_ts`, `mission_runs_prunable`, `dead_changes_dead_at`)
+    /// and deletes by key: a batch costs the rows it deletes, not the size
+    /// of the table.
+    fn sql(self) -> &'static str {
+        match self {
+            PruneSql::TokenUsage => {
+                "DELETE FROM mana_ai.token_usage WHERE id = ANY (ARRAY(
+                     SELECT id FROM mana_ai.token_usage
+                     WHERE ts < now() - interval '24 hours'
+                     ORDER BY ts LIMIT $1))"
+            }
+            // FOR UPDATE SKIP LOCKED passes over a row a claim is updating,
+            // and the DELETE re-checks `state` on the row's latest version.
+            PruneSql::MissionRuns => {
+                "WITH old AS (
+                     SELECT user_id, mission_id, slot FROM mana_ai.mission_runs
+                     WHERE state <> 'running'
+                       AND greatest(claimed_at, finished_at, retry_at) < now() - make_interval(days => $2::int4)
+                     ORDER BY greatest(claimed_at, finished_at, retry_at)
+                     LIMIT $1
+                     FOR UPDATE SKIP LOCKED)
+                 DELETE FROM mana_ai.mission_runs r USING old
+                 WHERE (r.user_id, r.mission_id, r.slot) = (old.user_id, old.mission_id, old.slot)
+                   AND r.state <> 'running'"
+            }
+            PruneSql::DeadChanges => {
+                "DELETE FROM mana_ai.dead_changes WHERE id = ANY (ARRAY(
+                     SELECT id FROM mana_ai.dead_changes
+                     WHERE dead_at < now() - make_interval(days => $2::int4)
+                     ORDER BY dead_at LIMIT $1))"
+            }
+        }
+    }
+
+    /// The batch delete, prepared (or from the connection's cache).
+    pub(crate) async fn prepare(
+        self,
+        client: &deadpool_postgres::ClientWrapper,
+    ) -> Result<Statement, tokio_postgres::Error> {
+        client.prepare_cached(self.sql()).await
+    }
+
+    /// Runs one batch of at most `batch` rows; returns the rows deleted.
+    pub(crate) async fn delete_batch(
+        self,
+        client: &impl GenericClient,
+        statement: &Statement,
+        batch: i64,
+        days: i32,
+    ) -> Result<u64, tokio_postgres::Error> {
+        match self {
+            PruneSql::TokenUsage => client.execute(statement, &[&batch]).await,
+            PruneSql::MissionRuns | PruneSql::DeadChanges => {
+                client.execute(statement, &[&batch, &days]).await
+            }
+        }
+    }
+}
+
+/// The connected role and whether it is a superuser or bypasses RLS.
+#[derive(Debug, Clone)]
+pub(crate) struct RoleRow {
+    pub role: String,
+    pub superuser: bool,
+    pub bypass_rls: bool,
+}
+
+/// Reads the connected role's attributes from `pg_roles`.
+pub(crate) async fn current_role(
+    client: &impl GenericClient,
+) -> Result<RoleRow, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT current_user::text AS role, rolsuper, rolbypassrls
+             FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await?;
+    Ok(RoleRow {
+        role: row.try_get("role")?,
+        superuser: row.try_get("rolsuper")?,
+        bypass_rls: row.try_get("rolbypassrls")?,
+    })
+}
+
+/// The database's clock now (`clock_timestamp()`, not the transaction's).
+pub(crate) async fn clock_timestamp(
+    client: &impl GenericClient,
+) -> Result<DateTime<Utc>, tokio_postgres::Error> {
+    client
+        .query_one("SELECT clock_timestamp() AS now", &[])
+        .await?
+        .try_get("now")
+}

@@ -1,1 +1,259 @@
-//! (to be filled)
+//! The change queue (`mana_ai.change_queue`, filled by the triggers), the
+//! changes set aside (`mana_ai.dead_changes`), and the applier's prepared
+//! statements ([`Prepared`]), which span the queue, the change log and the
+//! snapshots.
+
+use chrono::{DateTime, Utc};
+use tokio_postgres::{GenericClient, Row, Statement};
+use uuid::Uuid;
+
+use super::{history, snapshots};
+use crate::sync::change::{clip_bytes, Kind, Poison};
+
+/// One row of `mana_ai.change_queue`, claimed by the applier.
+#[derive(Debug, Clone)]
+pub(crate) struct QueueRow {
+    pub id: i64,
+    pub change_id: Uuid,
+    pub user_id: String,
+    pub table_name: String,
+    /// When the trigger queued it (database clock).
+    pub queued_at: DateTime<Utc>,
+}
+
+impl QueueRow {
+    fn from_row(r: &Row) -> Result<Self, tokio_postgres::Error> {
+        Ok(QueueRow {
+            id: r.try_get("id")?,
+            change_id: r.try_get("change_id")?,
+            user_id: r.try_get("user_id")?,
+            table_name: r.try_get("table_name")?,
+            queued_at: r.try_get("queued_at")?,
+        })
+    }
+}
+
+/// Claims (deletes and returns) the oldest `$1` queue rows.
+///
+/// `= ANY(ARRAY(subquery))` rather than `IN (subquery)`: with `IN` the
+/// planner hashes the subquery and seq-scans the whole queue (about 20 ms at
+/// a depth of 10^5, per batch); the array makes it an index scan of the
+/// claimed ids whatever the depth.
+const CLAIM: &str = "DELETE FROM mana_ai.change_queue
+     WHERE id = ANY(ARRAY(SELECT id FROM mana_ai.change_queue ORDER BY id LIMIT $1))
+     RETURNING id, change_id, user_id, table_name, queued_at";
+
+const INSERT_DEAD: &str = "INSERT INTO mana_ai.dead_changes
+       (queue_id, change_id, user_id, table_name, record_id, record_id_length, reason, detail)
+     SELECT * FROM unnest($1::int8[], $2::uuid[], $3::text[], $4::text[], $5::text[],
+                          $6::int4[], $7::text[], $8::text[])";
+
+/// The applier's statements, prepared once per pooled connection (deadpool
+/// caches them, so after the first batch this costs no round trip). Holding
+/// them all before a batch starts keeps pipelined statements in the order
+/// they were issued: a cache miss can never hold back an earlier statement
+/// while a later one is sent.
+#[derive(Clone)]
+pub(crate) struct Prepared {
+    pub claim: Statement,
+    pub set_user: Statement,
+    pub read: Statement,
+    pub load_missions: Statement,
+    pub load_agents: Statement,
+    pub upsert_missions: Statement,
+    pub upsert_agents: Statement,
+    pub insert_dead: Statement,
+    pub armable_of_agents: Statement,
+}
+
+impl Prepared {
+    /// Prepares (or takes from the connection's cache) every statement;
+    /// the misses are prepared in one pipelined round trip.
+    pub(crate) async fn get(
+        client: &deadpool_postgres::ClientWrapper,
+    ) -> Result<Prepared, tokio_postgres::Error> {
+        let sql = [
+            CLAIM,
+            history::SET_USER,
+            history::READ_CHANGES,
+            snapshots::LOAD_MISSIONS,
+            snapshots::LOAD_AGENTS,
+            snapshots::UPSERT_MISSIONS,
+            snapshots::UPSERT_AGENTS,
+            INSERT_DEAD,
+            snapshots::ARMABLE_OF_AGENTS,
+        ];
+        let stmts =
+            futures_util::future::try_join_all(sql.iter().map(|q| client.prepare_cached(q)))
+                .await?;
+        let [claim, set_user, read, load_missions, load_agents, upsert_missions, upsert_agents, insert_dead, armable_of_agents] =
+            <[Statement; 9]>::try_from(stmts).expect("nine statements");
+        Ok(Prepared {
+            claim,
+            set_user,
+            read,
+            load_missions,
+            load_agents,
+            upsert_missions,
+            upsert_agents,
+            insert_dead,
+            armable_of_agents,
+        })
+    }
+
+    pub(crate) fn load(&self, kind: Kind) -> &Statement {
+        match kind {
+            Kind::Mission => &self.load_missions,
+            Kind::Agent => &self.load_agents,
+        }
+    }
+}
+
+/// Claims (deletes and returns) the oldest `limit` queue rows, in queue
+/// order. The deletion commits with the snapshot writes or not at all, so
+/// each change is applied exactly once. Only the leader applies; a second
+/// applier would block on the row locks and then find the rows gone, never
+/// apply them twice.
+pub(crate) async fn claim(
+    client: &impl GenericClient,
+    st: &Prepared,
+    limit: i64,
+) -> Result<Vec<QueueRow>, tokio_postgres::Error> {
+    let rows = client.query(&st.claim, &[&limit]).await?;
+    let mut claimed: Vec<QueueRow> = rows
+        .iter()
+        .map(QueueRow::from_row)
+        .collect::<Result<_, _>>()?;
+    claimed.sort_by_key(|q| q.id);
+    Ok(claimed)
+}
+
+/// A queue row set aside, with why.
+#[derive(Debug, Clone)]
+pub(crate) struct DeadChange {
+    pub queue: QueueRow,
+    pub record_id: Option<String>,
+    pub poison: Poison,
+}
+
+/// Records poison rows in `mana_ai.dead_changes`; no query when `dead` is
+/// empty. Ids are cut (`record_id_length` keeps the true length).
+pub(crate) async fn insert_dead(
+    client: &impl GenericClient,
+    st: &Prepared,
+    dead: &[DeadChange],
+) -> Result<(), tokio_postgres::Error> {
+    if dead.is_empty() {
+        return Ok(());
+    }
+    let queue_ids: Vec<i64> = dead.iter().map(|d| d.queue.id).collect();
+    let change_ids: Vec<Uuid> = dead.iter().map(|d| d.queue.change_id).collect();
+    let users: Vec<&str> = dead
+        .iter()
+        .map(|d| clip_bytes(&d.queue.user_id, 512))
+        .collect();
+    let tables: Vec<&str> = dead
+        .iter()
+        .map(|d| clip_bytes(&d.queue.table_name, 200))
+        .collect();
+    let records: Vec<Option<&str>> = dead
+        .iter()
+        .map(|d| d.record_id.as_deref().map(|r| clip_bytes(r, 200)))
+        .collect();
+    let lengths: Vec<Option<i32>> = dead
+        .iter()
+        .map(|d| d.record_id.as_ref().map(|r| r.len() as i32))
+        .collect();
+    let reasons: Vec<&str> = dead.iter().map(|d| d.poison.reason()).collect();
+    let details: Vec<String> = dead.iter().map(|d| d.poison.to_string()).collect();
+    client
+        .execute(
+            &st.insert_dead,
+            &[
+                &queue_ids,
+                &change_ids,
+                &users,
+                &tables,
+                &records,
+                &lengths,
+                &reasons,
+                &details,
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+/// One row of `mana_ai.dead_changes` as operators see it (ids, reason and a
+/// detail that never carries field values).
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct DeadChangeRow {
+    pub id: i64,
+    pub change_id: Uuid,
+    pub user_id: String,
+    pub table_name: String,
+    pub record_id: Option<String>,
+    pub reason: String,
+    pub detail: String,
+    pub dead_at: DateTime<Utc>,
+}
+
+impl DeadChangeRow {
+    fn from_row(r: &Row) -> Result<Self, tokio_postgres::Error> {
+        Ok(DeadChangeRow {
+            id: r.try_get("id")?,
+            change_id: r.try_get("change_id")?,
+            user_id: r.try_get("user_id")?,
+            table_name: r.try_get("table_name")?,
+            record_id: r.try_get("record_id")?,
+            reason: r.try_get("reason")?,
+            detail: r.try_get("detail")?,
+            dead_at: r.try_get("dead_at")?,
+        })
+    }
+}
+
+/// Set-aside changes, newest first, optionally of one user; with how many
+/// there are in all (of that user).
+pub(crate) async fn dead_changes(
+    client: &impl GenericClient,
+    user_id: Option<&str>,
+    limit: i64,
+) -> Result<(i64, Vec<DeadChangeRow>), tokio_postgres::Error> {
+    let total: i64 = client
+        .query_one(
+            "SELECT count(*) AS total FROM mana_ai.dead_changes
+             WHERE $1::text IS NULL OR user_id = $1",
+            &[&user_id],
+        )
+        .await?
+        .try_get("total")?;
+    let rows = client
+        .query(
+            "SELECT id, change_id, user_id, table_name, record_id, reason, detail, dead_at
+             FROM mana_ai.dead_changes WHERE $1::text IS NULL OR user_id = $1
+             ORDER BY id DESC LIMIT $2",
+            &[&user_id, &limit],
+        )
+        .await?;
+    let rows = rows
+        .iter()
+        .map(DeadChangeRow::from_row)
+        .collect::<Result<_, _>>()?;
+    Ok((total, rows))
+}
+
+/// Queue depth and NOTIFY queue usage, read at scrape time.
+pub(crate) async fn queue_gauges(
+    client: &impl GenericClient,
+) -> Result<(i64, f64), tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM mana_ai.change_queue) AS depth,
+                    pg_notification_queue_usage() AS notify_usage",
+            &[],
+        )
+        .await?;
+    Ok((row.try_get("depth")?, row.try_get("notify_usage")?))
+}

@@ -152,8 +152,9 @@ fn json_type(v: &Value) -> &'static str {
     }
 }
 
-/// Cuts a string to at most `max` bytes on a character boundary.
-pub fn clip(s: &str, max: usize) -> &str {
+/// Cuts a string to at most `max` BYTES on a character boundary (unlike
+/// `planner::text::clip`, which counts characters).
+pub fn clip_bytes(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
     }
@@ -163,6 +164,11 @@ pub fn clip(s: &str, max: usize) -> &str {
     }
     &s[..end]
 }
+
+/// The former name of [`clip_bytes`], kept for `run::inputs` until it is
+/// re-pointed (the lead removes it at merge).
+#[doc(hidden)]
+pub use clip_bytes as clip;
 
 /// Counts bytes without keeping them: the size of a value as JSON text.
 struct ByteCounter(usize);
@@ -200,7 +206,7 @@ pub fn check_user_id(user_id: &str) -> Result<(), Poison> {
 pub fn validate(raw: RawChange, max_field_bytes: usize) -> Result<ValidChange, Poison> {
     let kind = Kind::from_table(&raw.table_name)
         .filter(|_| raw.app_id == "ai")
-        .ok_or_else(|| Poison::UnknownTable(clip(&raw.table_name, 100).to_string()))?;
+        .ok_or_else(|| Poison::UnknownTable(clip_bytes(&raw.table_name, 100).to_string()))?;
     if raw.record_id.len() > MAX_ID_BYTES {
         return Err(Poison::RecordIdTooLong(raw.record_id.len()));
     }
@@ -214,7 +220,7 @@ pub fn validate(raw: RawChange, max_field_bytes: usize) -> Result<ValidChange, P
         let bytes = json_len(value);
         if bytes > max_field_bytes {
             return Err(Poison::FieldTooLarge {
-                field: clip(field, 100).to_string(),
+                field: clip_bytes(field, 100).to_string(),
                 bytes,
                 limit: max_field_bytes,
             });
@@ -239,7 +245,7 @@ pub fn to_row(raw: RawChange) -> Result<ChangeRow, Poison> {
     let op: Op = raw
         .op
         .parse()
-        .map_err(|_| Poison::UnknownOp(clip(&raw.op, 40).to_string()))?;
+        .map_err(|_| Poison::UnknownOp(clip_bytes(&raw.op, 40).to_string()))?;
     let data = match raw.data {
         None | Some(Value::Null) => Map::new(),
         Some(Value::Object(map)) => map,
@@ -365,8 +371,8 @@ mod tests {
     }
 
     #[test]
-    fn clip_respects_char_boundaries() {
-        assert_eq!(clip("äöü", 3), "ä");
-        assert_eq!(clip("abc", 10), "abc");
+    fn clip_bytes_respects_char_boundaries() {
+        assert_eq!(clip_bytes("äöü", 3), "ä");
+        assert_eq!(clip_bytes("abc", 10), "abc");
     }
 }

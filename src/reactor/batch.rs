@@ -1,0 +1,107 @@
+//! One batch between its claim and its COMMIT: the claimed changes folded
+//! into their records' snapshots, then written (with the set-aside rows and
+//! the changed agents' missions read back) in one pipelined round trip.
+
+use super::applier::ApplyError;
+use super::batch_tx::BatchTx;
+use super::fold_batch::{self, fold_into, Groups};
+use crate::schedule::wheel::{MissionKey, WheelUpdate};
+use crate::store::queue::{self, DeadChange, Prepared, QueueRow};
+use crate::store::snapshots::{self, SnapshotWrite};
+use crate::sync::change::{Kind, ValidChange};
+
+/// A batch folded and ready to write.
+pub(super) struct FoldedBatch {
+    pub(super) missions: Vec<SnapshotWrite>,
+    pub(super) agents: Vec<SnapshotWrite>,
+    /// Queue rows whose change is in the writes.
+    pub(super) applied: Vec<QueueRow>,
+    pub(super) dead: Vec<DeadChange>,
+    pub(super) created: u64,
+    pub(super) changed: u64,
+}
+
+/// Loads the snapshots of the batch's records and folds each record on its
+/// own: an unreadable snapshot or a panicking fold sets aside that record's
+/// rows, never the batch.
+pub(super) async fn fold_claimed(
+    tx: &tokio_postgres::Client,
+    st: &Prepared,
+    valid: Vec<(QueueRow, ValidChange)>,
+    mut dead: Vec<DeadChange>,
+) -> Result<FoldedBatch, ApplyError> {
+    let mut groups = Groups::new();
+    for (queue, change) in valid {
+        let group = groups
+            .entry((change.kind, (queue.user_id.clone(), change.record_id)))
+            .or_default();
+        group.queue.push(queue);
+        group.rows.push(change.row);
+    }
+    let mission_keys = fold_batch::keys_of(&groups, Kind::Mission);
+    let agent_keys = fold_batch::keys_of(&groups, Kind::Agent);
+    let (missions, agents) = futures_util::try_join!(
+        snapshots::load(tx, st, Kind::Mission, &mission_keys),
+        snapshots::load(tx, st, Kind::Agent, &agent_keys),
+    )?;
+    let missions = fold_batch::fold_records(
+        &mut groups,
+        Kind::Mission,
+        mission_keys,
+        missions,
+        fold_into,
+    );
+    let agents = fold_batch::fold_records(&mut groups, Kind::Agent, agent_keys, agents, fold_into);
+    dead.extend(missions.dead.into_iter().chain(agents.dead));
+    Ok(FoldedBatch {
+        created: missions.created + agents.created,
+        changed: missions.changed + agents.changed,
+        applied: missions.applied.into_iter().chain(agents.applied).collect(),
+        missions: missions.writes,
+        agents: agents.writes,
+        dead,
+    })
+}
+
+/// Writes the batch and commits; returns the wheel's updates: the written
+/// missions', then the changed agents' armable missions'.
+///
+/// Pipelined in this order: the agents' missions are read after the
+/// batch's own mission writes, and COMMIT follows them all. Every future
+/// runs to the end (join, not try_join), so COMMIT is always sent; after a
+/// failed write it ends the aborted transaction (the server answers
+/// ROLLBACK) and the write's error is returned.
+pub(super) async fn write_and_commit(
+    tx: &BatchTx<'_>,
+    st: &Prepared,
+    batch: &FoldedBatch,
+) -> Result<Vec<WheelUpdate>, ApplyError> {
+    let changed_agents: Vec<(&str, &str)> = batch
+        .agents
+        .iter()
+        .map(|w| (w.user_id.as_str(), w.record_id.as_str()))
+        .collect();
+    let (missions_written, armable, agents_written, dead_written, committed) = futures_util::join!(
+        snapshots::upsert(tx.client, st, Kind::Mission, &batch.missions),
+        snapshots::armable_missions_of_agents(tx.client, st, &changed_agents),
+        snapshots::upsert(tx.client, st, Kind::Agent, &batch.agents),
+        queue::insert_dead(tx.client, st, &batch.dead),
+        tx.commit(),
+    );
+    missions_written?;
+    let armable = armable?;
+    agents_written?;
+    dead_written?;
+    committed?;
+    let mut updates: Vec<WheelUpdate> = batch
+        .missions
+        .iter()
+        .map(fold_batch::wheel_update)
+        .collect();
+    updates.extend(
+        armable
+            .into_iter()
+            .map(|m| WheelUpdate::arm(MissionKey::new(&m.user_id, &m.mission_id), m.next_run_at)),
+    );
+    Ok(updates)
+}
