@@ -16,10 +16,11 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use crate::audit::{self, AuditEntry};
 use crate::http::{Backend, Health, ListenerHealth, Role, TickError, TickHealth};
 use crate::metrics::Metrics;
-use crate::reactor::store;
+use crate::run::claim::RecentRun;
 use crate::run::{claim, Runner, TickStats};
 use crate::schedule::wheel::WheelHandle;
-use crate::store::views::{self, MissionOverview, RecentRun};
+use crate::store::queue as store;
+use crate::store::views::{self, MissionOverview};
 
 /// How long the listener may be down before `/health` says 503.
 pub const LISTENER_GRACE: Duration = Duration::from_secs(30);
@@ -179,11 +180,7 @@ impl Backend for ServiceBackend {
     async fn user_missions(&self, user_id: &str) -> anyhow::Result<Value> {
         let client = self.pool.get().await.context("connecting")?;
         let missions = views::user_missions(&**client, user_id).await?;
-        let runs = claim::recent_runs(&**client, user_id, 5).await?;
-        let runs = runs
-            .iter()
-            .map(RecentRun::from_row)
-            .collect::<Result<Vec<_>, _>>()?;
+        let runs = claim::recent(&**client, user_id, 5).await?;
         let blocked = crate::run::stall::blocked(&**client, user_id).await?;
         let wheel = self.leading().map(|l| l.wheel);
         let mut out = Vec::with_capacity(missions.len());

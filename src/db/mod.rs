@@ -1,5 +1,5 @@
 //! Database access: the connection pool, user-scoped (RLS) transactions and
-//! migrations. All SQL of the reactor lives in `reactor::store`; this module
+//! migrations. All SQL lives in `crate::store`; this module
 //! only knows how to connect and how to scope a transaction to one user.
 
 pub mod errors;

@@ -35,37 +35,6 @@ use crate::schedule::wheel::{self, DueMission, WheelHandle};
 use supervisor::{supervise, Backoff, TaskName};
 pub use wheel_task::rebuild_wheel;
 
-/// Re-exports for `backend.rs` and `run/`, which still name
-/// `reactor::store`; the lead points them at `crate::store` at merge and
-/// removes this module.
-pub(crate) mod store {
-    pub(crate) use crate::store::history::fold_record;
-    pub(crate) use crate::store::queue::{dead_changes, queue_gauges};
-
-    use super::decode::{self, RowError};
-    use crate::sync::change::{Poison, RawChange};
-
-    /// A change row by position, for `run/writeback.rs`'s CHANGES_MARKED,
-    /// whose `data` and `own_writeback` columns are unnamed expressions;
-    /// once they are named (`AS data`, `AS own_writeback`) it can call
-    /// `crate::store::history::raw_change` and this goes.
-    pub(crate) fn raw_change(row: &tokio_postgres::Row) -> Result<RawChange, RowError> {
-        let undecodable = |column| move |detail| Poison::ColumnUndecodable { column, detail };
-        Ok(RawChange {
-            id: decode::column(row, 0, undecodable("id"))?,
-            app_id: decode::column(row, 1, undecodable("app_id"))?,
-            table_name: decode::column(row, 2, undecodable("table_name"))?,
-            record_id: decode::column(row, 3, undecodable("record_id"))?,
-            op: decode::column(row, 4, undecodable("op"))?,
-            data: decode::change_json(row, 5, "data")?,
-            field_timestamps: decode::change_json(row, 6, "field_timestamps")?,
-            created_at: decode::column(row, 7, undecodable("created_at"))?,
-            seq: 0,
-            own_writeback: decode::column(row, 8, undecodable("own_writeback"))?,
-        })
-    }
-}
-
 /// Folds one record from its change rows (full replay, contract section
 /// 2), inside whatever user scope `client`'s transaction has; None when
 /// the record has no rows. For tests and tools; the service reads through

@@ -186,22 +186,12 @@ async fn give_back(
 }
 
 /// Recent runs of one user's missions, newest first (operators' view).
-pub async fn recent_runs(
-    client: &impl GenericClient,
-    user_id: &str,
-    per_mission: i64,
-) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
-    runs::recent_runs(client, user_id, per_mission).await
-}
-
-/// [`recent_runs`], typed.
 pub async fn recent(
     client: &impl GenericClient,
     user_id: &str,
     per_mission: i64,
 ) -> Result<Vec<RecentRun>, tokio_postgres::Error> {
-    let rows = runs::recent_runs(client, user_id, per_mission).await?;
-    rows.iter().map(RecentRun::from_row).collect()
+    runs::recent_runs(client, user_id, per_mission).await
 }
 
 /// Gives back every slot this instance still has `running` (shutdown past

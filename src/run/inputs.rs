@@ -158,7 +158,7 @@ async fn fold_record(
     app: &str,
     input: &InputRef,
 ) -> anyhow::Result<Option<Map<String, Value>>> {
-    let folded = crate::reactor::store::fold_record(tx, app, &input.table, &input.id).await?;
+    let folded = store::history::fold_record(tx, app, &input.table, &input.id).await?;
     Ok(folded.filter(|f| !f.deleted).map(|f| f.record))
 }
 
@@ -249,7 +249,7 @@ pub async fn write_audit(
             mission_id,
             iteration_id,
             table_name: &n.table_name,
-            record_id: change::clip(&n.record_id, 512),
+            record_id: change::clip_bytes(&n.record_id, 512),
             status: n.status.as_str(),
             reason: n.reason,
         };

@@ -20,7 +20,6 @@ use std::collections::HashMap;
 
 use super::claim::{self, Slot};
 use crate::reactor::decode::RowError;
-use crate::reactor::store as reactor_store;
 use crate::store::{
     self,
     writeback::{Base, MarkedChange, MarkedSnapshot, WriteBackRow},
@@ -214,7 +213,7 @@ async fn foldable(
     if iterations_over_limit(tx, marked, max_field_bytes).await? {
         return Ok(None);
     }
-    let mut raw = match reactor_store::raw_change(&marked.row) {
+    let mut raw = match crate::store::history::raw_change(&marked.row) {
         Ok(raw) => raw,
         Err(RowError::Poison(_)) => return Ok(None),
         Err(RowError::Systemic(e)) => return Err(e.into()),

@@ -160,9 +160,11 @@ pub(crate) async fn complete(
     Ok(n == 1)
 }
 
-/// One row of [`recent_runs`], typed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One recent run of a mission (`mission_runs`), as the operators' view shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct RecentRun {
+    #[serde(skip)]
     pub mission_id: String,
     pub slot: String,
     /// `running`, `retry` or `done`.
@@ -176,7 +178,7 @@ pub struct RecentRun {
 }
 
 impl RecentRun {
-    pub(crate) fn from_row(row: &Row) -> Result<RecentRun, tokio_postgres::Error> {
+    fn from_row(row: &Row) -> Result<RecentRun, tokio_postgres::Error> {
         Ok(RecentRun {
             mission_id: row.try_get("mission_id")?,
             slot: row.try_get("slot")?,
@@ -192,15 +194,13 @@ impl RecentRun {
 }
 
 /// Recent runs of one user's missions, newest first, at most `per_mission`
-/// each. Rows, because the operators' view (`backend`) still reads them by
-/// column position (see [`RecentRun`] for the typed form): mission_id, slot,
-/// state, attempts, failures, outcome, claimed_at, finished_at, retry_at.
+/// each.
 pub(crate) async fn recent_runs(
     client: &impl GenericClient,
     user_id: &str,
     per_mission: i64,
-) -> Result<Vec<Row>, tokio_postgres::Error> {
-    client
+) -> Result<Vec<RecentRun>, tokio_postgres::Error> {
+    let rows = client
         .query(
             "SELECT mission_id, slot, state, attempts, failures, outcome, claimed_at, finished_at, retry_at
              FROM (SELECT r.*, row_number() OVER (PARTITION BY mission_id ORDER BY claimed_at DESC) AS n
@@ -209,7 +209,8 @@ pub(crate) async fn recent_runs(
              ORDER BY mission_id, claimed_at DESC",
             &[&user_id, &per_mission],
         )
-        .await
+        .await?;
+    rows.iter().map(RecentRun::from_row).collect()
 }
 
 /// Gives back every slot `instance` still has `running`.
@@ -305,7 +306,7 @@ pub(crate) async fn due_missions(
     let rows = client
         .query(
             "SELECT s.user_id, s.mission_id FROM mana_ai.mission_snapshots s
-             WHERE NOT s.deleted AND s.state = 'active' AND s.next_run_ts <= $1
+             WHERE s.armable AND s.next_run_ts <= $1
                AND NOT EXISTS (
                  SELECT 1 FROM mana_ai.mission_runs r
                  WHERE r.user_id = s.user_id AND r.mission_id = s.mission_id

@@ -2,7 +2,6 @@
 //! rows, read by column name.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use serde_json::Value;
 use tokio_postgres::{GenericClient, Row};
 
@@ -61,37 +60,4 @@ pub(crate) async fn user_missions(
         )
         .await?;
     rows.iter().map(MissionOverview::from_row).collect()
-}
-
-/// One recent run of a mission (`mission_runs`), as the view shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct RecentRun {
-    #[serde(skip)]
-    pub mission_id: String,
-    pub slot: String,
-    pub state: String,
-    pub attempts: i32,
-    pub failures: i32,
-    pub outcome: Option<String>,
-    pub claimed_at: DateTime<Utc>,
-    pub finished_at: Option<DateTime<Utc>>,
-    pub retry_at: Option<DateTime<Utc>>,
-}
-
-impl RecentRun {
-    /// A row of `run::claim::recent_runs`, by column name.
-    pub(crate) fn from_row(row: &Row) -> Result<RecentRun, tokio_postgres::Error> {
-        Ok(RecentRun {
-            mission_id: row.try_get("mission_id")?,
-            slot: row.try_get("slot")?,
-            state: row.try_get("state")?,
-            attempts: row.try_get("attempts")?,
-            failures: row.try_get("failures")?,
-            outcome: row.try_get("outcome")?,
-            claimed_at: row.try_get("claimed_at")?,
-            finished_at: row.try_get("finished_at")?,
-            retry_at: row.try_get("retry_at")?,
-        })
-    }
 }

@@ -59,13 +59,13 @@ pub(crate) async fn snapshot_marked(
 }
 
 /// Queued change rows of one record with their `iterations` replaced by a
-/// marker naming the row: the columns of `reactor::store::READ_CHANGES`,
+/// marker naming the row: the columns of `store::history::READ_CHANGES`,
 /// then the length of the iterations as jsonb text (never shorter than the
 /// compact JSON the field limit counts).
 const CHANGES_MARKED: &str = "SELECT c.id, c.app_id, c.table_name, c.record_id, c.op,
         CASE WHEN jsonb_typeof(c.data) = 'object' AND c.data ? 'iterations'
              THEN jsonb_set(c.data, '{iterations}', jsonb_build_object('mana-ai-source', $3::text, 'from', c.id::text))
-             ELSE c.data END,
+             ELSE c.data END AS data,
         c.field_timestamps, c.created_at,
         EXISTS (SELECT 1 FROM mana_ai.mission_runs r WHERE r.change_id = c.id) AS own_writeback,
         CASE WHEN jsonb_typeof(c.data) = 'object' THEN octet_length((c.data->'iterations')::text) END
@@ -74,7 +74,7 @@ const CHANGES_MARKED: &str = "SELECT c.id, c.app_id, c.table_name, c.record_id, 
 
 /// A queued change row with its `iterations` marked.
 pub(crate) struct MarkedChange {
-    /// In the column order of `reactor::store::READ_CHANGES` (its decoder reads it).
+    /// With the columns of `store::history::READ_CHANGES` (its decoder reads it).
     pub row: Row,
     /// The row is a write-back of this service.
     pub own_writeback: bool,

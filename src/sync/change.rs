@@ -165,11 +165,6 @@ pub fn clip_bytes(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-/// The former name of [`clip_bytes`], kept for `run::inputs` until it is
-/// re-pointed (the lead removes it at merge).
-#[doc(hidden)]
-pub use clip_bytes as clip;
-
 /// Counts bytes without keeping them: the size of a value as JSON text.
 struct ByteCounter(usize);
 
