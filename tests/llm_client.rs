@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use mana_ai::planner::llm::{LlmClient, LlmConfig, LlmError, ServiceKey, Usage};
-use mana_ai::testkit::{refused_url, FakeLlm, FakeReply};
 use serde_json::json;
+use testkit::{refused_url, FakeLlm, FakeReply};
 
 const KEY: &str = "sk-test-service-key";
 

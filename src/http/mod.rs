@@ -213,10 +213,10 @@ impl HttpSettings {
     /// (64 KiB bodies, 10 s to send headers, 10 s shutdown grace).
     pub fn from_config(config: &Config) -> HttpSettings {
         HttpSettings {
-            service_key: config.service_key.clone(),
-            jwks: config.jwks_url.as_ref().map(|url| JwksSettings {
-                issuer: config.jwt_issuer.clone(),
-                audience: config.jwt_audience.clone(),
+            service_key: config.http.service_key.clone(),
+            jwks: config.http.jwks_url.as_ref().map(|url| JwksSettings {
+                issuer: config.http.jwt_issuer.clone(),
+                audience: config.http.jwt_audience.clone(),
                 ..JwksSettings::new(url.clone())
             }),
             max_body_bytes: 64 * 1024,

@@ -222,7 +222,7 @@ pub async fn start(
     );
     let wheel_task = supervised(TaskName::Wheel, make_wheel, &metrics, &shutdown);
     let started = std::time::Instant::now();
-    let (users, records) = rebuild::rebuild_listed(&pool, config.max_field_bytes).await?;
+    let (users, records) = rebuild::rebuild_listed(&pool, config.reactor.max_field_bytes).await?;
     if users > 0 {
         let elapsed_ms = started.elapsed().as_millis() as u64;
         tracing::info!(
@@ -246,14 +246,18 @@ pub async fn start(
         wheel.clone(),
         metrics.clone(),
         scheduler_clock,
-        config.apply_batch,
-        config.max_field_bytes,
+        config.reactor.apply_batch,
+        config.reactor.max_field_bytes,
     );
     applier.observer = hooks.applied;
     applier.before_drain = hooks.before_drain;
-    applier.analyze = analyze::AnalyzeSchedule::new(config.analyze_after_rows);
+    applier.analyze = analyze::AnalyzeSchedule::new(config.reactor.analyze_after_rows);
     let processed = applier.processed.subscribe();
-    let (applier_wake, sweep, stop) = (wake.clone(), config.sweep_interval, shutdown.clone());
+    let (applier_wake, sweep, stop) = (
+        wake.clone(),
+        config.reactor.sweep_interval,
+        shutdown.clone(),
+    );
     let make_applier = move || {
         applier
             .clone()
@@ -262,10 +266,10 @@ pub async fn start(
     let applier_task = supervised(TaskName::Applier, make_applier, &metrics, &shutdown);
     let (connected, listening) = watch::channel(false);
     let listener = listener::Listener {
-        url: config.listen_database_url.clone(),
-        root_cert: config.pg_root_cert.clone(),
-        channel: config.listen_channel.clone(),
-        heartbeat: config.listen_heartbeat,
+        url: config.db.listen_url.clone(),
+        root_cert: config.db.root_cert.clone(),
+        channel: config.reactor.listen_channel.clone(),
+        heartbeat: config.reactor.listen_heartbeat,
         wake,
         metrics: metrics.clone(),
         clock,

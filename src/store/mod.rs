@@ -19,5 +19,6 @@ pub(crate) mod runs;
 pub(crate) mod usage;
 pub(crate) mod writeback;
 
-// Process-level: leadership and sessions.
+// Process-level: leadership and user-scoped (RLS) sessions.
 pub(crate) mod leader;
+pub(crate) mod session;
