@@ -99,68 +99,23 @@ pub(crate) fn start_cluster_with(
         .tempdir()
         .context("creating a temp dir for the cluster")?
         .keep();
-    let mut options = String::new();
-    if let Some(tls) = tls {
-        let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
-        std::fs::write(&cert, &tls.cert_pem).context("writing the server certificate")?;
-        std::fs::write(&key, &tls.key_pem).context("writing the server key")?;
-        // Postgres refuses a key others can read.
-        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-        options = format!(
-            " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
-            cert.display(),
-            key.display()
-        );
-    }
+    let tls_options = match tls {
+        Some(tls) => write_tls(&dir, tls)?,
+        None => String::new(),
+    };
     if let Some(u) = &user {
         let status = Command::new("chown").arg("-R").arg(u).arg(&dir).status()?;
         if !status.success() {
             bail!("chown {} to {u} failed", dir.display());
         }
     }
-    let data = dir.join("data");
-    let mut initdb = command_as(user.as_deref(), &bin.join("initdb"));
-    match password {
-        Some(password) => {
-            let file = dir.join("pwfile");
-            std::fs::write(&file, password).context("writing the password file")?;
-            if let Some(u) = &user {
-                Command::new("chown").arg(u).arg(&file).status()?;
-            }
-            initdb.args(["-A", "scram-sha-256", "--pwfile"]).arg(file);
-        }
-        None => {
-            initdb.args(["-A", "trust"]);
-        }
-    }
-    let out = initdb
-        .args(["-U", "postgres", "--no-sync", "-E", "UTF8", "-D"])
-        .arg(&data)
-        .output()
-        .context("running initdb")?;
-    if !out.status.success() {
-        bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
+    initdb(&bin, user.as_deref(), &dir, password)?;
     let port = free_port()?;
     let options = format!(
-        "-c listen_addresses=127.0.0.1 -p {port} -k {} -c fsync=off -c max_connections=200{options}",
+        "-c listen_addresses=127.0.0.1 -p {port} -k {} -c fsync=off -c max_connections=200{tls_options}",
         dir.display()
     );
-    let out = command_as(user.as_deref(), &bin.join("pg_ctl"))
-        .args(["-w", "-l"])
-        .arg(dir.join("log"))
-        .arg("-D")
-        .arg(&data)
-        .args(["-o", &options, "start"])
-        .output()
-        .context("running pg_ctl start")?;
-    if !out.status.success() {
-        let log = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
-        bail!(
-            "pg_ctl start failed: {}{log}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    pg_ctl_start(&bin, user.as_deref(), &dir, &options)?;
     spawn_reaper(&bin, user.as_deref(), &dir)?;
     let mut admin = tokio_postgres::Config::new();
     admin.host("127.0.0.1").port(port).user("postgres");
@@ -171,6 +126,73 @@ pub(crate) fn start_cluster_with(
         admin,
         cluster_dir: Some(dir),
     })
+}
+
+/// Writes the server's certificate and key into `dir`; returns the server
+/// options that turn TLS on with them.
+fn write_tls(dir: &Path, tls: &ServerTls) -> anyhow::Result<String> {
+    let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
+    std::fs::write(&cert, &tls.cert_pem).context("writing the server certificate")?;
+    std::fs::write(&key, &tls.key_pem).context("writing the server key")?;
+    // Postgres refuses a key others can read.
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    Ok(format!(
+        " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+        cert.display(),
+        key.display()
+    ))
+}
+
+/// `initdb` into `dir/data`: trust, or scram-sha-256 with `password` for `postgres`.
+fn initdb(
+    bin: &Path,
+    user: Option<&str>,
+    dir: &Path,
+    password: Option<&str>,
+) -> anyhow::Result<()> {
+    let mut initdb = command_as(user, &bin.join("initdb"));
+    match password {
+        Some(password) => {
+            let file = dir.join("pwfile");
+            std::fs::write(&file, password).context("writing the password file")?;
+            if let Some(u) = user {
+                Command::new("chown").arg(u).arg(&file).status()?;
+            }
+            initdb.args(["-A", "scram-sha-256", "--pwfile"]).arg(file);
+        }
+        None => {
+            initdb.args(["-A", "trust"]);
+        }
+    }
+    let out = initdb
+        .args(["-U", "postgres", "--no-sync", "-E", "UTF8", "-D"])
+        .arg(dir.join("data"))
+        .output()
+        .context("running initdb")?;
+    if !out.status.success() {
+        bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+/// `pg_ctl start` on `dir/data` with the server `options`; waits until it accepts.
+fn pg_ctl_start(bin: &Path, user: Option<&str>, dir: &Path, options: &str) -> anyhow::Result<()> {
+    let out = command_as(user, &bin.join("pg_ctl"))
+        .args(["-w", "-l"])
+        .arg(dir.join("log"))
+        .arg("-D")
+        .arg(dir.join("data"))
+        .args(["-o", options, "start"])
+        .output()
+        .context("running pg_ctl start")?;
+    if !out.status.success() {
+        let log = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
+        bail!(
+            "pg_ctl start failed: {}{log}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
 }
 
 /// A shell that waits for this process to exit, then stops the cluster and
