@@ -5,11 +5,20 @@
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
-# A dummy crate with the real manifest caches the dependency build.
-RUN mkdir -p src benches && echo 'fn main() {}' > src/main.rs && echo '' > src/lib.rs \
+# Every workspace member's manifest: cargo resolves the whole workspace even
+# when it builds only the service (which links none of them).
+COPY crates/pgtemp/Cargo.toml crates/pgtemp/
+COPY crates/testkit/Cargo.toml crates/testkit/
+COPY crates/demo/Cargo.toml crates/demo/
+COPY crates/bench/Cargo.toml crates/bench/
+# A dummy crate with the real manifests caches the dependency build.
+RUN mkdir -p src benches crates/pgtemp/src crates/testkit/src crates/demo/src \
+    && echo 'fn main() {}' > src/main.rs && echo '' > src/lib.rs \
     && echo 'fn main() {}' > benches/reactor.rs \
+    && echo '' > crates/pgtemp/src/lib.rs && echo '' > crates/testkit/src/lib.rs \
+    && echo 'fn main() {}' > crates/demo/src/main.rs \
     && cargo build --release --locked --bin mana-ai \
-    && rm -rf src benches
+    && rm -rf src benches crates
 COPY . .
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin mana-ai
 

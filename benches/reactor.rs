@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
-use mana_ai::pgenv::PgServer;
+use pgtemp::PgServer;
 
 use report::Report;
 

@@ -230,7 +230,7 @@ main() {
     install_venv
     MODEL=$(model_path)
     log "model: $MODEL"
-    (cd "$REPO" && cargo build --locked --quiet)
+    (cd "$REPO" && cargo build --locked --quiet --bin mana-ai)
     : >"$WORK/results.tsv"
     for mode in $MODES; do
         log "mode $mode:"

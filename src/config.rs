@@ -1,11 +1,21 @@
-//! Environment -> typed [`Config`].
+//! Environment -> typed [`Config`], grouped by concern.
 //!
 //! Every variable is read in one place, validated at start, and every error
-//! names the variable and what is wrong with it. Secrets are wrapped in
+//! names the variable and what is wrong with it. Each group (database,
+//! reactor, runner, planner, HTTP, grants) is parsed by its own function;
+//! the shared parsers live in `config/parse.rs`. Secrets are wrapped in
 //! [`Secret`] so that `Debug` of the config never prints them.
 
+mod parse;
+
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
+
+use parse::{
+    asks_for_tls, check_pg_url, err, parse_backoff, parse_bool, parse_http_url, parse_num,
+    parse_planner,
+};
 
 /// A configuration error: always names the environment variable.
 #[derive(Debug, thiserror::Error)]
@@ -13,13 +23,6 @@ use std::time::Duration;
 pub struct ConfigError {
     pub var: &'static str,
     pub problem: String,
-}
-
-fn err(var: &'static str, problem: impl Into<String>) -> ConfigError {
-    ConfigError {
-        var,
-        problem: problem.into(),
-    }
 }
 
 /// A value that must never be printed (database passwords, service keys).
@@ -60,30 +63,50 @@ pub const DEFAULT_LLM_TIMEOUT_SECS: u64 = 180;
 /// The channel the DBA trigger notifies (see `triggers/install.sql`).
 pub const DEFAULT_CHANNEL: &str = "mana_ai_changes";
 
-/// Typed configuration of one mana-ai process.
+/// Typed configuration of one mana-ai process, one group per concern.
 #[derive(Debug, Clone)]
 pub struct Config {
+    pub db: DatabaseConfig,
+    pub reactor: ReactorConfig,
+    pub runner: RunnerConfig,
+    pub planner: PlannerConfig,
+    pub http: HttpConfig,
+    pub grants: GrantConfig,
+}
+
+/// The database: connections, TLS, the role's privileges, the leader lock.
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
     /// `SYNC_DATABASE_URL`: the mana_sync database, as the service role.
-    pub database_url: Secret,
+    pub url: Secret,
     /// `MANA_AI_LISTEN_DATABASE_URL`: a direct connection for LISTEN when the
     /// pool sits behind a transaction pooler (which breaks LISTEN).
-    pub listen_database_url: Secret,
+    pub listen_url: Secret,
     /// `MANA_AI_PG_ROOT_CERT`: PEM file of the CA certificates that sign the
     /// database server's certificate (URLs with `sslmode=require`; without
     /// it the web PKI roots are used). See `db::tls`.
-    pub pg_root_cert: Option<std::path::PathBuf>,
-    /// `PORT`: HTTP port.
-    pub port: u16,
-    /// `TICK_ENABLED`: false boots without running missions.
-    pub tick_enabled: bool,
+    pub root_cert: Option<PathBuf>,
     /// `MANA_AI_DB_POOL_SIZE`: connections in the pool (the listener has its own).
     pub pool_size: usize,
+    /// `MANA_AI_ALLOW_PRIVILEGED`: start even when the database role is
+    /// SUPERUSER or BYPASSRLS (development only; a loud warning is logged).
+    pub allow_privileged: bool,
+    /// `MANA_AI_LEADER_RETRY_SECS`: how often a standby tries to become leader.
+    pub leader_retry: Duration,
+}
+
+/// The reactor: listener, applier, safety sweep, retention.
+#[derive(Debug, Clone)]
+pub struct ReactorConfig {
     /// `MANA_AI_SWEEP_INTERVAL_SECS`: the safety sweep that drains what a lost
     /// notification left behind.
     pub sweep_interval: Duration,
     /// `MANA_AI_LISTEN_HEARTBEAT_SECS`: how often the listener checks its
     /// registration and measures the database clock.
     pub listen_heartbeat: Duration,
+    /// `MANA_AI_LISTEN_CHANNEL`: the NOTIFY channel (tests point it elsewhere
+    /// to prove the safety sweep works without notifications).
+    pub listen_channel: String,
     /// `MANA_AI_APPLY_BATCH`: queue rows claimed per applier transaction.
     pub apply_batch: i64,
     /// `MANA_AI_ANALYZE_AFTER_ROWS`: changes applied before the snapshot
@@ -92,14 +115,32 @@ pub struct Config {
     /// `MANA_AI_MAX_FIELD_BYTES`: a change with a field larger than this (as
     /// JSON text) is set aside as poison.
     pub max_field_bytes: usize,
+    /// `MANA_AI_RETENTION_DAYS`: how long finished `mission_runs` rows and
+    /// `dead_changes` rows are kept before the leader prunes them.
+    pub retention_days: u32,
+}
+
+/// The runner: whether, how many and how often missions run.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// `TICK_ENABLED`: false boots without running missions.
+    pub tick_enabled: bool,
     /// `MANA_AI_DEFAULT_TIMEZONE`: IANA zone for daily/weekly cadences.
     pub default_timezone: chrono_tz::Tz,
-    /// `MANA_AI_LISTEN_CHANNEL`: the NOTIFY channel (tests point it elsewhere
-    /// to prove the safety sweep works without notifications).
-    pub listen_channel: String,
-    /// `MANA_SERVICE_KEY`: Bearer key for mana-llm and the `X-Service-Key` of
-    /// `/internal/*`. Empty: internal routes refuse every request.
-    pub service_key: Secret,
+    /// `MANA_AI_MAX_CONCURRENT_RUNS`: mission runs in flight at once.
+    pub max_concurrent_runs: usize,
+    /// `MANA_AI_MAX_FAILURES`: consecutive failed runs before a `failed` iteration.
+    pub max_failures: u32,
+    /// `MANA_AI_RETRY_BACKOFF_SECS`: waits after the 1st, 2nd, ... failed
+    /// run of a slot, comma-separated (the last repeats).
+    pub retry_backoff: Vec<Duration>,
+    /// `MANA_AI_SHUTDOWN_GRACE_SECS`: how long runs in flight may finish on SIGTERM.
+    pub shutdown_grace: Duration,
+}
+
+/// The planner: the LLM gateway, the research pre-step, the tool catalog.
+#[derive(Debug, Clone)]
+pub struct PlannerConfig {
     /// `MANA_LLM_URL`: OpenAI-compatible gateway (mana-llm).
     pub llm_url: String,
     /// `MANA_LLM_MODEL`: model name sent to the gateway.
@@ -115,40 +156,29 @@ pub struct Config {
     pub llm_max_tokens: u32,
     /// `MANA_AI_PLANNER`: `llm` (the default) or `offline`, a fixed example
     /// plan for trying `serve` without a model (never chosen silently).
-    pub offline_planner: bool,
+    pub offline: bool,
     /// `MANA_API_URL`: mana-api, for the research pre-step.
     pub api_url: String,
-    /// `MANA_AI_PRIVATE_KEY_PEM`: PKCS#8 PEM that unwraps mission key-grants.
-    pub private_key_pem: Secret,
-    /// `MANA_AI_REQUIRE_GRANTS`: refuse to start when the key is missing or bad.
-    pub require_grants: bool,
     /// `MANA_AI_TOOL_CATALOG`: a webapp-exported tool catalog instead of the built-in one.
-    pub tool_catalog: Option<std::path::PathBuf>,
-    /// `MANA_AI_MAX_CONCURRENT_RUNS`: mission runs in flight at once.
-    pub max_concurrent_runs: usize,
-    /// `MANA_AI_MAX_FAILURES`: consecutive failed runs before a `failed` iteration.
-    pub max_failures: u32,
+    pub tool_catalog: Option<PathBuf>,
+}
+
+/// HTTP: the port, the internal routes' key, the audit API's tokens.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// `PORT`: HTTP port.
+    pub port: u16,
+    /// `MANA_SERVICE_KEY`: Bearer key for mana-llm and the `X-Service-Key` of
+    /// `/internal/*`. Empty: internal routes refuse every request.
+    pub service_key: Secret,
     /// `MANA_AUTH_JWKS_URL`: mana-auth's JWKS for the audit API.
     pub jwks_url: Option<String>,
     /// `MANA_AUTH_ISSUER`: required `iss` of user tokens, when set.
     pub jwt_issuer: Option<String>,
     /// `MANA_AUTH_AUDIENCE`: required `aud` of user tokens, when set.
     pub jwt_audience: Option<String>,
-    /// `MANA_AI_RETRY_BACKOFF_SECS`: waits after the 1st, 2nd, ... failed
-    /// run of a slot, comma-separated (the last repeats).
-    pub retry_backoff: Vec<Duration>,
-    /// `MANA_AI_SHUTDOWN_GRACE_SECS`: how long runs in flight may finish on SIGTERM.
-    pub shutdown_grace: Duration,
-    /// `MANA_AI_LEADER_RETRY_SECS`: how often a standby tries to become leader.
-    pub leader_retry: Duration,
-    /// `MANA_AI_ALLOW_PRIVILEGED`: start even when the database role is
-    /// SUPERUSER or BYPASSRLS (development only; a loud warning is logged).
-    pub allow_privileged: bool,
-    /// `MANA_AI_RETENTION_DAYS`: how long finished `mission_runs` rows and
-    /// `dead_changes` rows are kept before the leader prunes them.
-    pub retention_days: u32,
     /// `MANA_AI_HTTP_MAX_CONNECTIONS` and `MANA_AI_HTTP_REQUEST_TIMEOUT_SECS`.
-    pub http_limits: HttpLimits,
+    pub limits: HttpLimits,
 }
 
 /// Limits of the HTTP server (see `http::HttpSettings`).
@@ -176,6 +206,19 @@ impl HttpLimits {
     }
 }
 
+/// Key-grants: the key that unwraps them.
+#[derive(Debug, Clone)]
+pub struct GrantConfig {
+    /// `MANA_AI_PRIVATE_KEY_PEM`: PKCS#8 PEM that unwraps mission key-grants.
+    pub private_key_pem: Secret,
+    /// `MANA_AI_REQUIRE_GRANTS`: refuse to start when the key is missing or bad.
+    pub require_grants: bool,
+}
+
+/// How every group reads a variable: unset and blank are the same.
+trait Lookup: Fn(&str) -> Option<String> {}
+impl<F: Fn(&str) -> Option<String>> Lookup for F {}
+
 impl Config {
     /// Reads the process environment.
     pub fn from_env() -> Result<Config, ConfigError> {
@@ -185,38 +228,53 @@ impl Config {
     /// Reads configuration through `lookup` (the environment, or a map in tests).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
-        let database_url = get("SYNC_DATABASE_URL").ok_or_else(|| {
+        Ok(Config {
+            db: DatabaseConfig::parse(&get)?,
+            reactor: ReactorConfig::parse(&get)?,
+            runner: RunnerConfig::parse(&get)?,
+            planner: PlannerConfig::parse(&get)?,
+            http: HttpConfig::parse(&get)?,
+            grants: GrantConfig::parse(&get)?,
+        })
+    }
+}
+
+impl DatabaseConfig {
+    fn parse(get: &impl Lookup) -> Result<DatabaseConfig, ConfigError> {
+        let url = get("SYNC_DATABASE_URL").ok_or_else(|| {
             err(
                 "SYNC_DATABASE_URL",
                 "is not set: give the mana_sync database URL, e.g. postgres://mana_ai@localhost/mana_sync",
             )
         })?;
-        check_pg_url("SYNC_DATABASE_URL", &database_url)?;
-        let listen_database_url = match get("MANA_AI_LISTEN_DATABASE_URL") {
-            Some(url) => {
-                check_pg_url("MANA_AI_LISTEN_DATABASE_URL", &url)?;
-                url
+        check_pg_url("SYNC_DATABASE_URL", &url)?;
+        let listen_url = match get("MANA_AI_LISTEN_DATABASE_URL") {
+            Some(listen) => {
+                check_pg_url("MANA_AI_LISTEN_DATABASE_URL", &listen)?;
+                listen
             }
-            None => database_url.clone(),
+            None => url.clone(),
         };
-        let pg_root_cert = get("MANA_AI_PG_ROOT_CERT").map(std::path::PathBuf::from);
-        if pg_root_cert.is_some()
-            && !asks_for_tls(&database_url)
-            && !asks_for_tls(&listen_database_url)
-        {
+        let root_cert = get("MANA_AI_PG_ROOT_CERT").map(PathBuf::from);
+        if root_cert.is_some() && !asks_for_tls(&url) && !asks_for_tls(&listen_url) {
             return Err(err(
                 "MANA_AI_PG_ROOT_CERT",
                 "is set but no database URL asks for TLS: add sslmode=require to SYNC_DATABASE_URL",
             ));
         }
-        let timezone_name =
-            get("MANA_AI_DEFAULT_TIMEZONE").unwrap_or_else(|| "Europe/Berlin".into());
-        let default_timezone = timezone_name.parse::<chrono_tz::Tz>().map_err(|_| {
-            err(
-                "MANA_AI_DEFAULT_TIMEZONE",
-                format!("{timezone_name:?} is not an IANA time zone name"),
-            )
-        })?;
+        Ok(DatabaseConfig {
+            url: Secret::new(url),
+            listen_url: Secret::new(listen_url),
+            root_cert,
+            pool_size: parse_num(get, "MANA_AI_DB_POOL_SIZE", 8usize, 2..=256)?,
+            allow_privileged: parse_bool(get, "MANA_AI_ALLOW_PRIVILEGED", false)?,
+            leader_retry: secs(get, "MANA_AI_LEADER_RETRY_SECS", 3, 1..=60)?,
+        })
+    }
+}
+
+impl ReactorConfig {
+    fn parse(get: &impl Lookup) -> Result<ReactorConfig, ConfigError> {
         let listen_channel =
             get("MANA_AI_LISTEN_CHANNEL").unwrap_or_else(|| DEFAULT_CHANNEL.into());
         if listen_channel.len() > 63
@@ -229,228 +287,111 @@ impl Config {
                 "must be 1 to 63 characters of [A-Za-z0-9_]",
             ));
         }
-        Ok(Config {
-            database_url: Secret::new(database_url),
-            listen_database_url: Secret::new(listen_database_url),
-            pg_root_cert,
-            port: parse_num(&get, "PORT", 3067u16, 0..=u16::MAX)?,
-            tick_enabled: parse_bool(&get, "TICK_ENABLED", true)?,
-            pool_size: parse_num(&get, "MANA_AI_DB_POOL_SIZE", 8usize, 2..=256)?,
-            sweep_interval: Duration::from_secs(parse_num(
-                &get,
-                "MANA_AI_SWEEP_INTERVAL_SECS",
-                300u64,
-                1..=86_400,
-            )?),
-            listen_heartbeat: Duration::from_secs(parse_num(
-                &get,
-                "MANA_AI_LISTEN_HEARTBEAT_SECS",
-                30u64,
-                1..=3_600,
-            )?),
-            apply_batch: parse_num(&get, "MANA_AI_APPLY_BATCH", 500i64, 1..=10_000)?,
+        Ok(ReactorConfig {
+            sweep_interval: secs(get, "MANA_AI_SWEEP_INTERVAL_SECS", 300, 1..=86_400)?,
+            listen_heartbeat: secs(get, "MANA_AI_LISTEN_HEARTBEAT_SECS", 30, 1..=3_600)?,
+            listen_channel,
+            apply_batch: parse_num(get, "MANA_AI_APPLY_BATCH", 500i64, 1..=10_000)?,
             analyze_after_rows: parse_num(
-                &get,
+                get,
                 "MANA_AI_ANALYZE_AFTER_ROWS",
                 crate::reactor::analyze::ANALYZE_AFTER_ROWS,
                 0..=u64::MAX,
             )?,
             max_field_bytes: parse_num(
-                &get,
+                get,
                 "MANA_AI_MAX_FIELD_BYTES",
                 1024 * 1024usize,
                 1024..=64 * 1024 * 1024,
             )?,
+            retention_days: parse_num(get, "MANA_AI_RETENTION_DAYS", 30u32, 1..=3_650)?,
+        })
+    }
+}
+
+impl RunnerConfig {
+    fn parse(get: &impl Lookup) -> Result<RunnerConfig, ConfigError> {
+        let timezone_name =
+            get("MANA_AI_DEFAULT_TIMEZONE").unwrap_or_else(|| "Europe/Berlin".into());
+        let default_timezone = timezone_name.parse::<chrono_tz::Tz>().map_err(|_| {
+            err(
+                "MANA_AI_DEFAULT_TIMEZONE",
+                format!("{timezone_name:?} is not an IANA time zone name"),
+            )
+        })?;
+        Ok(RunnerConfig {
+            tick_enabled: parse_bool(get, "TICK_ENABLED", true)?,
             default_timezone,
-            listen_channel,
-            service_key: Secret::new(get("MANA_SERVICE_KEY").unwrap_or_default()),
-            llm_url: parse_http_url(&get, "MANA_LLM_URL", "http://localhost:3020")?,
+            max_concurrent_runs: parse_num(get, "MANA_AI_MAX_CONCURRENT_RUNS", 8usize, 1..=1024)?,
+            max_failures: parse_num(get, "MANA_AI_MAX_FAILURES", 3u32, 1..=100)?,
+            retry_backoff: parse_backoff(get)?,
+            shutdown_grace: secs(get, "MANA_AI_SHUTDOWN_GRACE_SECS", 30, 0..=3_600)?,
+        })
+    }
+}
+
+impl PlannerConfig {
+    fn parse(get: &impl Lookup) -> Result<PlannerConfig, ConfigError> {
+        Ok(PlannerConfig {
+            llm_url: parse_http_url(get, "MANA_LLM_URL", "http://localhost:3020")?,
             llm_model: get("MANA_LLM_MODEL").unwrap_or_else(|| "default".into()),
-            llm_timeout: Duration::from_secs(parse_num(
-                &get,
+            llm_timeout: secs(
+                get,
                 "MANA_LLM_TIMEOUT_SECS",
                 DEFAULT_LLM_TIMEOUT_SECS,
                 1..=3_600,
-            )?),
+            )?,
             llm_structured: match get("MANA_LLM_STRUCTURED") {
                 Some(raw) => raw.parse().map_err(|e| err("MANA_LLM_STRUCTURED", e))?,
                 None => Default::default(),
             },
-            llm_max_attempts: parse_num(&get, "MANA_LLM_MAX_ATTEMPTS", 3u32, 1..=10)?,
+            llm_max_attempts: parse_num(get, "MANA_LLM_MAX_ATTEMPTS", 3u32, 1..=10)?,
             llm_max_tokens: parse_num(
-                &get,
+                get,
                 "MANA_LLM_MAX_TOKENS",
                 DEFAULT_LLM_MAX_TOKENS,
                 0..=1_000_000,
             )?,
-            offline_planner: parse_planner(&get)?,
-            api_url: parse_http_url(&get, "MANA_API_URL", "http://localhost:3060")?,
-            private_key_pem: Secret::new(get("MANA_AI_PRIVATE_KEY_PEM").unwrap_or_default()),
-            require_grants: parse_bool(&get, "MANA_AI_REQUIRE_GRANTS", false)?,
-            tool_catalog: get("MANA_AI_TOOL_CATALOG").map(std::path::PathBuf::from),
-            max_concurrent_runs: parse_num(&get, "MANA_AI_MAX_CONCURRENT_RUNS", 8usize, 1..=1024)?,
-            max_failures: parse_num(&get, "MANA_AI_MAX_FAILURES", 3u32, 1..=100)?,
+            offline: parse_planner(get)?,
+            api_url: parse_http_url(get, "MANA_API_URL", "http://localhost:3060")?,
+            tool_catalog: get("MANA_AI_TOOL_CATALOG").map(PathBuf::from),
+        })
+    }
+}
+
+impl HttpConfig {
+    fn parse(get: &impl Lookup) -> Result<HttpConfig, ConfigError> {
+        Ok(HttpConfig {
+            port: parse_num(get, "PORT", 3067u16, 0..=u16::MAX)?,
+            service_key: Secret::new(get("MANA_SERVICE_KEY").unwrap_or_default()),
             jwks_url: match get("MANA_AUTH_JWKS_URL") {
-                Some(_) => Some(parse_http_url(&get, "MANA_AUTH_JWKS_URL", "")?),
+                Some(_) => Some(parse_http_url(get, "MANA_AUTH_JWKS_URL", "")?),
                 None => None,
             },
             jwt_issuer: get("MANA_AUTH_ISSUER"),
             jwt_audience: get("MANA_AUTH_AUDIENCE"),
-            retry_backoff: parse_backoff(&get)?,
-            shutdown_grace: Duration::from_secs(parse_num(
-                &get,
-                "MANA_AI_SHUTDOWN_GRACE_SECS",
-                30u64,
-                0..=3_600,
-            )?),
-            leader_retry: Duration::from_secs(parse_num(
-                &get,
-                "MANA_AI_LEADER_RETRY_SECS",
-                3u64,
-                1..=60,
-            )?),
-            allow_privileged: parse_bool(&get, "MANA_AI_ALLOW_PRIVILEGED", false)?,
-            retention_days: parse_num(&get, "MANA_AI_RETENTION_DAYS", 30u32, 1..=3_650)?,
-            http_limits: HttpLimits::from_lookup(&get)?,
+            limits: HttpLimits::from_lookup(&get)?,
         })
     }
 }
 
-/// An http(s) base URL without a trailing slash.
-fn parse_http_url(
-    get: &impl Fn(&str) -> Option<String>,
-    var: &'static str,
-    default: &str,
-) -> Result<String, ConfigError> {
-    let raw = get(var).unwrap_or_else(|| default.to_string());
-    let url = raw.trim().trim_end_matches('/').to_string();
-    let rest = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"))
-        .ok_or_else(|| err(var, format!("{raw:?} is not an http(s) URL")))?;
-    if rest.is_empty() || rest.starts_with('/') {
-        return Err(err(var, format!("{raw:?} has no host")));
-    }
-    Ok(url)
-}
-
-fn parse_backoff(get: &impl Fn(&str) -> Option<String>) -> Result<Vec<Duration>, ConfigError> {
-    const VAR: &str = "MANA_AI_RETRY_BACKOFF_SECS";
-    let raw = get(VAR).unwrap_or_else(|| "60,300,900".into());
-    raw.split(',')
-        .map(|part| match part.trim().parse::<f64>() {
-            Ok(secs) if secs.is_finite() && secs > 0.0 && secs <= 86_400.0 => {
-                Ok(Duration::from_secs_f64(secs))
-            }
-            _ => Err(err(
-                VAR,
-                format!("{part:?} is not a number of seconds in (0, 86400]"),
-            )),
+impl GrantConfig {
+    fn parse(get: &impl Lookup) -> Result<GrantConfig, ConfigError> {
+        Ok(GrantConfig {
+            private_key_pem: Secret::new(get("MANA_AI_PRIVATE_KEY_PEM").unwrap_or_default()),
+            require_grants: parse_bool(get, "MANA_AI_REQUIRE_GRANTS", false)?,
         })
-        .collect()
-}
-
-/// Whether a (valid) connection string says `sslmode=require`.
-fn asks_for_tls(url: &str) -> bool {
-    url.parse::<tokio_postgres::Config>()
-        .is_ok_and(|c| c.get_ssl_mode() == tokio_postgres::config::SslMode::Require)
-}
-
-fn check_pg_url(var: &'static str, url: &str) -> Result<(), ConfigError> {
-    if url.contains("sslmode=verify-") {
-        return Err(err(
-            var,
-            "sslmode=verify-ca/verify-full are not accepted: use sslmode=require, which here \
-             verifies the certificate chain and host name (CA file: MANA_AI_PG_ROOT_CERT)",
-        ));
     }
-    if let Some((scheme, _)) = url.split_once("://") {
-        if !matches!(scheme, "postgres" | "postgresql") {
-            return Err(err(
-                var,
-                format!(
-                    "is a {scheme:?} URL; mana-ai needs Postgres: postgres://USER:PASSWORD@HOST:5432/mana_sync"
-                ),
-            ));
-        }
-    }
-    url.parse::<tokio_postgres::Config>()
-        .map(|_| ())
-        // The parser's messages name options, never values; the URL itself
-        // (with its password) is not echoed.
-        .map_err(|e| {
-            let mut problem = format!("is not a valid Postgres connection string: {e}");
-            let mut source = std::error::Error::source(&e);
-            while let Some(cause) = source {
-                problem.push_str(&format!(": {cause}"));
-                source = cause.source();
-            }
-            err(var, problem)
-        })
 }
 
-fn parse_num<T>(
-    get: &impl Fn(&str) -> Option<String>,
+/// A whole number of seconds in `range`, as a duration.
+fn secs(
+    get: &impl Lookup,
     var: &'static str,
-    default: T,
-    range: std::ops::RangeInclusive<T>,
-) -> Result<T, ConfigError>
-where
-    T: std::str::FromStr + PartialOrd + fmt::Display + Copy,
-{
-    let Some(raw) = get(var) else {
-        return Ok(default);
-    };
-    let value: T = raw.trim().parse().map_err(|_| {
-        // "70000" for a port is a number, just not one that fits.
-        let problem = match raw.trim().parse::<f64>() {
-            Ok(_) => "is out of range",
-            Err(_) => "is not a number",
-        };
-        err(
-            var,
-            format!(
-                "{raw:?} {problem} (allowed: {}..={})",
-                range.start(),
-                range.end()
-            ),
-        )
-    })?;
-    if !range.contains(&value) {
-        return Err(err(
-            var,
-            format!(
-                "{value} is out of range {}..={}",
-                range.start(),
-                range.end()
-            ),
-        ));
-    }
-    Ok(value)
-}
-
-fn parse_planner(get: &impl Fn(&str) -> Option<String>) -> Result<bool, ConfigError> {
-    match get("MANA_AI_PLANNER").as_deref().map(str::trim) {
-        None | Some("") | Some("llm") => Ok(false),
-        Some("offline") => Ok(true),
-        Some(other) => Err(err(
-            "MANA_AI_PLANNER",
-            format!("{other:?} is not one of llm, offline"),
-        )),
-    }
-}
-
-fn parse_bool(
-    get: &impl Fn(&str) -> Option<String>,
-    var: &'static str,
-    default: bool,
-) -> Result<bool, ConfigError> {
-    match get(var).map(|v| v.trim().to_ascii_lowercase()) {
-        None => Ok(default),
-        Some(v) if matches!(v.as_str(), "true" | "1" | "yes" | "on") => Ok(true),
-        Some(v) if matches!(v.as_str(), "false" | "0" | "no" | "off") => Ok(false),
-        Some(v) => Err(err(var, format!("{v:?} is not true or false"))),
-    }
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<Duration, ConfigError> {
+    parse_num(get, var, default, range).map(Duration::from_secs)
 }
 
 #[cfg(test)]
@@ -471,24 +412,27 @@ mod tests {
     #[test]
     fn defaults_apply() {
         let c = config(&[URL]).unwrap();
-        assert_eq!(c.port, 3067);
-        assert!(c.tick_enabled);
-        assert_eq!(c.default_timezone, chrono_tz::Europe::Berlin);
-        assert_eq!(c.listen_database_url, c.database_url);
-        assert_eq!(c.listen_channel, DEFAULT_CHANNEL);
-        assert_eq!(c.llm_url, "http://localhost:3020");
-        assert_eq!(c.api_url, "http://localhost:3060");
-        assert!(c.service_key.is_empty());
-        assert!(!c.allow_privileged);
-        assert_eq!(c.retention_days, 30);
-        assert_eq!(c.llm_timeout, Duration::from_secs(DEFAULT_LLM_TIMEOUT_SECS));
+        assert_eq!(c.http.port, 3067);
+        assert!(c.runner.tick_enabled);
+        assert_eq!(c.runner.default_timezone, chrono_tz::Europe::Berlin);
+        assert_eq!(c.db.listen_url, c.db.url);
+        assert_eq!(c.reactor.listen_channel, DEFAULT_CHANNEL);
+        assert_eq!(c.planner.llm_url, "http://localhost:3020");
+        assert_eq!(c.planner.api_url, "http://localhost:3060");
+        assert!(c.http.service_key.is_empty());
+        assert!(!c.db.allow_privileged);
+        assert_eq!(c.reactor.retention_days, 30);
         assert_eq!(
-            c.llm_structured,
+            c.planner.llm_timeout,
+            Duration::from_secs(DEFAULT_LLM_TIMEOUT_SECS)
+        );
+        assert_eq!(
+            c.planner.llm_structured,
             crate::planner::structured::StructuredMode::Auto
         );
         let off = config(&[URL, ("MANA_LLM_STRUCTURED", "off")]).unwrap();
         assert_eq!(
-            off.llm_structured,
+            off.planner.llm_structured,
             crate::planner::structured::StructuredMode::Off
         );
     }
@@ -550,7 +494,7 @@ mod tests {
         );
         let c = config(&[tls_url, ca]).unwrap();
         assert_eq!(
-            c.pg_root_cert.as_deref(),
+            c.db.root_cert.as_deref(),
             Some(std::path::Path::new("/etc/ssl/db-ca.pem"))
         );
         // A direct LISTEN URL may go without TLS while the pooler's has it.
@@ -566,6 +510,7 @@ mod tests {
         assert!(
             !config(&[URL, ("TICK_ENABLED", "false")])
                 .unwrap()
+                .runner
                 .tick_enabled
         );
     }
@@ -579,7 +524,7 @@ mod tests {
 
     #[test]
     fn http_limits_have_defaults_and_ranges() {
-        let limits = config(&[URL]).unwrap().http_limits;
+        let limits = config(&[URL]).unwrap().http.limits;
         assert_eq!(limits.max_connections, 256);
         assert_eq!(limits.request_timeout, Duration::from_secs(10));
         let set = config(&[
@@ -588,7 +533,8 @@ mod tests {
             ("MANA_AI_HTTP_REQUEST_TIMEOUT_SECS", "3"),
         ])
         .unwrap()
-        .http_limits;
+        .http
+        .limits;
         assert_eq!((set.max_connections, set.request_timeout.as_secs()), (8, 3));
         for (var, bad) in [
             ("MANA_AI_HTTP_MAX_CONNECTIONS", "0"),

@@ -1,9 +1,9 @@
 //! The `mana-ai` command line: a thin shell over the library.
 
-use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use mana_ai::db::tls::{self, PgTls};
-use mana_ai::{config::Config, db, service, triggers};
+use mana_ai::db::{self, DedicatedError};
+use mana_ai::service::App;
+use mana_ai::{config::Config, triggers};
 
 #[derive(Parser)]
 #[command(
@@ -22,11 +22,11 @@ enum Command {
     Serve,
     /// Apply the migrations of schema mana_ai and exit.
     Migrate,
-    /// Show the whole path on a throwaway database: seed a mission, run it, show the write-back.
+    /// The demo is its own binary: `cargo run --bin mana-ai-demo`.
+    #[command(hide = true)]
     Demo {
-        /// Keep serving HTTP (PORT) after the run, until Ctrl-C.
-        #[arg(long)]
-        keep_running: bool,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        args: Vec<String>,
     },
     /// Mint a key-grant for local testing (prints the grant JSON).
     Grant {
@@ -82,17 +82,22 @@ enum KitFile {
     Uninstall,
 }
 
+/// A connection for the one-shot commands (`migrate`, `triggers`).
 async fn connect(config: &Config) -> anyhow::Result<tokio_postgres::Client> {
-    let pg: tokio_postgres::Config = config
-        .database_url
-        .expose()
-        .parse()
-        .context("SYNC_DATABASE_URL")?;
-    let tls = PgTls::for_config(&pg, config.pg_root_cert.as_deref())?;
-    let (client, _task) = tls::connect(&pg, &tls, |_| {})
-        .await
-        .map_err(|e| anyhow::anyhow!("SYNC_DATABASE_URL: {}", db::errors::describe(&e)))?;
-    Ok(client)
+    let target = db::Dedicated {
+        url: config.db.url.expose(),
+        root_cert: config.db.root_cert.as_deref(),
+        application_name: None,
+    };
+    match db::connect_dedicated(&target, |_| {}).await {
+        Ok((client, _task)) => Ok(client),
+        Err(DedicatedError::Url(e)) => Err(anyhow::Error::new(e).context("SYNC_DATABASE_URL")),
+        Err(DedicatedError::Tls(e)) => Err(e.into()),
+        Err(DedicatedError::Connect(e)) => Err(anyhow::anyhow!(
+            "SYNC_DATABASE_URL: {}",
+            db::errors::describe(&e)
+        )),
+    }
 }
 
 async fn shutdown_signal() {
@@ -132,7 +137,9 @@ async fn main() -> std::process::ExitCode {
             );
             Ok(())
         }
-        Command::Demo { keep_running } => mana_ai::demo::run(keep_running, shutdown_signal()).await,
+        Command::Demo { .. } => Err(anyhow::anyhow!(
+            "the demo is its own binary: cargo run --bin mana-ai-demo (or mana-ai-demo)"
+        )),
         Command::Grant {
             public_key,
             master_key,
@@ -195,7 +202,12 @@ fn mint(
 async fn run(command: Command) -> anyhow::Result<()> {
     let config = Config::from_env()?;
     match command {
-        Command::Serve => service::run(config, shutdown_signal()).await,
+        Command::Serve => {
+            let app = App::build(config).await?;
+            shutdown_signal().await;
+            app.shutdown().await;
+            Ok(())
+        }
         Command::Migrate => {
             let mut client = connect(&config).await?;
             let report = db::migrate::migrate(&mut client).await?;

@@ -18,9 +18,9 @@ use common::logs::{capture_logs, captured_logs};
 use common::{eventually, mission_data, plan_answer, setup, write, Change, Leading, TestDb};
 use mana_ai::audit::{self, AuditEntry};
 use mana_ai::crypto::{derive_mdk, encrypt_value, mint_grant, GrantPublicKey, Mdk, MissionGrant};
-use mana_ai::pgenv::SERVICE_ROLE;
-use mana_ai::testkit::fake_llm::FakeLlm;
+use pgtemp::SERVICE_ROLE;
 use serde_json::{json, Value};
+use testkit::fake_llm::FakeLlm;
 
 const VECTORS: &str = include_str!("vectors/grant_vectors.json");
 

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use mana_ai::config::Secret as ServiceKey;
 use mana_ai::planner::llm::{LlmClient, LlmConfig, LlmError, Usage};
-use mana_ai::testkit::{refused_url, FakeLlm, FakeReply};
 use serde_json::json;
+use testkit::{refused_url, FakeLlm, FakeReply};
 
 const KEY: &str = "sk-test-service-key";
 

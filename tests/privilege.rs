@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{psql, setup};
-use mana_ai::pgenv::{role_password, SERVICE_ROLE};
+use pgtemp::{role_password, SERVICE_ROLE};
 
 fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -13,10 +13,10 @@ use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{mission_data, plan_answer, setup, write, Change, TestDb};
-use mana_ai::pgenv::SERVICE_ROLE;
-use mana_ai::testkit::fake_llm::FakeLlm;
-use mana_ai::testkit::http::{FakeReply, TestServer};
+use pgtemp::SERVICE_ROLE;
 use serde_json::{json, Value};
+use testkit::fake_llm::FakeLlm;
+use testkit::http::{FakeReply, TestServer};
 
 const KEY: &str = "process-test-key";
 
@@ -921,8 +921,8 @@ async fn a_leader_whose_lock_connection_is_cut_steps_down_at_once_and_leads_agai
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_restart_cuts_every_connection_and_nothing_is_lost() {
     // Its own cluster: restarting the shared server would break other tests.
-    let server = mana_ai::pgenv::PgServer::start_throwaway()
-        .expect("a throwaway cluster (needs initdb and pg_ctl)");
+    let server =
+        pgtemp::PgServer::start_throwaway().expect("a throwaway cluster (needs initdb and pg_ctl)");
     let t = common::setup_on(&server).await;
     let llm = FakeLlm::start(vec![FakeLlm::answer(&plan_answer())])
         .await

@@ -225,9 +225,9 @@ async fn a_killed_listener_loses_nothing_in_a_burst_of_ten_thousand() {
     let db = t.db.name.clone();
     let writers: Vec<_> = (0..4)
         .map(|w| {
-            let url = t.db.url_as(mana_ai::pgenv::SYNC_ROLE);
+            let url = t.db.url_as(pgtemp::SYNC_ROLE);
             tokio::spawn(async move {
-                let mut sync = mana_ai::pgenv::connect(&url).await.unwrap();
+                let mut sync = pgtemp::connect(&url).await.unwrap();
                 let user = format!("user{w}");
                 // 25 transactions of 100 changes per writer: 10,000 in all.
                 for tx in 0..25 {

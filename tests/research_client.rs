@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use mana_ai::planner::research::{Article, ResearchClient, ResearchError, ResearchStep};
-use mana_ai::testkit::fake_api::{DISCOVER_PATH, SEARCH_PATH};
-use mana_ai::testkit::{refused_url, FakeManaApi, FakeReply};
 use serde_json::json;
+use testkit::fake_api::{DISCOVER_PATH, SEARCH_PATH};
+use testkit::{refused_url, FakeManaApi, FakeReply};
 
 fn client(url: &str, discover: Duration, search: Duration) -> ResearchClient {
     ResearchClient::new(url, discover, search).unwrap()

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use common::{eventually, mission_data, plan_answer, setup, write, Change, TestDb};
 use mana_ai::run::Outcome;
-use mana_ai::testkit::fake_api::FakeManaApi;
-use mana_ai::testkit::fake_llm::FakeLlm;
-use mana_ai::testkit::http::FakeReply;
 use serde_json::{json, Value};
+use testkit::fake_api::FakeManaApi;
+use testkit::fake_llm::FakeLlm;
+use testkit::http::FakeReply;
 
 async fn seed(t: &TestDb, user: &str, id: &str, extra: Value) {
     let mut sync = t.sync_client().await;
@@ -488,7 +488,7 @@ async fn policy_deny_removes_a_tool_and_research_feeds_the_prompt() {
         json!({"objective": "Suche nach Neuigkeiten"}),
     )
     .await;
-    let refused = mana_ai::testkit::http::refused_url().await.unwrap();
+    let refused = testkit::http::refused_url().await.unwrap();
     let lead = t
         .lead(&[("MANA_LLM_URL", &llm.url()), ("MANA_API_URL", &refused)])
         .await;

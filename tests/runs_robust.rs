@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use common::logs::{capture_logs, captured_logs};
 use common::{eventually, mission_data, plan_answer, write, Change, TestDb};
-use mana_ai::testkit::fake_llm::FakeLlm;
-use mana_ai::testkit::http::FakeReply;
 use serde_json::{json, Value};
+use testkit::fake_llm::FakeLlm;
+use testkit::http::FakeReply;
 
 /// Every test calls this first, so the capturing subscriber is installed
 /// before any service code logs.
@@ -227,8 +227,8 @@ async fn a_writeback_whose_connections_are_cut_gives_the_slot_back_and_runs_once
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_restart_during_the_writeback_still_yields_one_iteration() {
     // Its own cluster: restarting the shared server would break other tests.
-    let server = mana_ai::pgenv::PgServer::start_throwaway()
-        .expect("a throwaway cluster (needs initdb and pg_ctl)");
+    let server =
+        pgtemp::PgServer::start_throwaway().expect("a throwaway cluster (needs initdb and pg_ctl)");
     capture_logs();
     let t = common::setup_on(&server).await;
     let llm = FakeLlm::start(vec![

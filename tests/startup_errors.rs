@@ -111,7 +111,7 @@ async fn an_unknown_role_and_a_pem_path_are_explained() {
         ],
     );
 
-    let service = t.db.url_as(mana_ai::pgenv::SERVICE_ROLE);
+    let service = t.db.url_as(pgtemp::SERVICE_ROLE);
     let e = tokio::task::spawn_blocking(move || {
         serve_fails(&[
             ("SYNC_DATABASE_URL", &service),

@@ -10,9 +10,9 @@ use mana_ai::config::Secret as ServiceKey;
 use mana_ai::planner::llm::{LlmClient, LlmConfig, LlmError};
 use mana_ai::planner::structured::StructuredMode;
 use mana_ai::planner::ToolCatalog;
-use mana_ai::testkit::fake_llm::FakeLlm;
-use mana_ai::testkit::http::FakeReply;
 use serde_json::{json, Value};
+use testkit::fake_llm::FakeLlm;
+use testkit::http::FakeReply;
 
 /// A bare JSON plan, as a server writes it under a schema.
 const BARE_PLAN: &str = r#"{"summary": "Woche", "steps": [{"summary": "Aufgabe", "toolName": "create_task", "params": {"title": "Montag"}, "rationale": "Ein Anfang."}]}"#;

@@ -10,9 +10,8 @@ use std::process::Output;
 use std::time::Duration;
 
 use common::{eventually, mission_data, write, Change};
-use mana_ai::pgenv::{PgServer, ServerTls, SERVICE_ROLE};
+use pgtemp::{PgServer, ServerTls, SERVICE_ROLE};
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
 struct Pki {
     ca_pem: String,
@@ -117,11 +116,9 @@ async fn sslmode_require_is_served_over_verified_tls_by_every_connection() {
         ("PORT", "0"),
         ("TICK_ENABLED", "false"),
     ]);
-    let stop = CancellationToken::new();
-    let service = tokio::spawn(mana_ai::service::run(
-        config,
-        stop.clone().cancelled_owned(),
-    ));
+    let service = mana_ai::service::App::build(config)
+        .await
+        .expect("the service starts");
     let admin = t.db.admin().await.unwrap();
     eventually("the leader's connections are up", || async {
         let names: Vec<String> = service_connections(&admin)
@@ -154,10 +151,7 @@ async fn sslmode_require_is_served_over_verified_tls_by_every_connection() {
         connections.iter().all(|(_, ssl)| *ssl),
         "every service connection encrypted: {connections:?}"
     );
-    stop.cancel();
-    tokio::time::timeout(Duration::from_secs(30), service)
+    tokio::time::timeout(Duration::from_secs(30), service.shutdown())
         .await
-        .expect("stops")
-        .unwrap()
-        .expect("exits cleanly");
+        .expect("stops");
 }

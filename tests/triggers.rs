@@ -6,7 +6,7 @@ mod common;
 use std::process::Command;
 
 use common::{psql, write, Change};
-use mana_ai::pgenv::{TempDb, SERVICE_ROLE, SYNC_ROLE};
+use pgtemp::{TempDb, SERVICE_ROLE, SYNC_ROLE};
 use serde_json::json;
 
 async fn count(client: &tokio_postgres::Client, sql: &str) -> i64 {

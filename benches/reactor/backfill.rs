@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use mana_ai::config::Config;
 use mana_ai::metrics::Metrics;
-use mana_ai::pgenv::SERVICE_ROLE;
 use mana_ai::reactor::{applier::Applied, Reactor};
+use pgtemp::SERVICE_ROLE;
 use serde_json::json;
 use tokio::sync::mpsc;
 
@@ -30,7 +30,7 @@ const WRITERS: usize = 8;
 
 type AppliedAt = Arc<Mutex<HashMap<uuid::Uuid, Instant>>>;
 
-fn config(db: &mana_ai::pgenv::TempDb, analyze_after: Option<u64>) -> anyhow::Result<Config> {
+fn config(db: &pgtemp::TempDb, analyze_after: Option<u64>) -> anyhow::Result<Config> {
     let mut env: HashMap<&str, String> = HashMap::from([
         ("SYNC_DATABASE_URL", db.url_as(SERVICE_ROLE)),
         ("MANA_AI_SWEEP_INTERVAL_SECS", "3600".into()),
@@ -43,7 +43,7 @@ fn config(db: &mana_ai::pgenv::TempDb, analyze_after: Option<u64>) -> anyhow::Re
 }
 
 pub async fn after_backfill(
-    server: &mana_ai::pgenv::PgServer,
+    server: &pgtemp::PgServer,
     scale: &Scale,
     report: &mut Report,
 ) -> anyhow::Result<()> {

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use mana_ai::pgenv::PgServer;
+use pgtemp::PgServer;
 
 use crate::report::{Report, Target};
 use crate::setup::{self, BenchDb, Wheel};

@@ -8,8 +8,8 @@ use anyhow::{bail, Context};
 use futures_util::StreamExt;
 use mana_ai::config::Config;
 use mana_ai::metrics::Metrics;
-use mana_ai::pgenv::{PgServer, SERVICE_ROLE};
 use mana_ai::reactor::applier::Applied;
+use pgtemp::{PgServer, SERVICE_ROLE};
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, NoTls};
@@ -69,7 +69,7 @@ pub async fn notify_floor(
 
 /// The config the tests use: the service role, a safety sweep an hour away
 /// (so everything applied was announced by NOTIFY), a quiet heartbeat.
-fn reactor_config(db: &mana_ai::pgenv::TempDb) -> anyhow::Result<Config> {
+fn reactor_config(db: &pgtemp::TempDb) -> anyhow::Result<Config> {
     let env: HashMap<&str, String> = HashMap::from([
         ("SYNC_DATABASE_URL", db.url_as(SERVICE_ROLE)),
         ("MANA_AI_SWEEP_INTERVAL_SECS", "3600".into()),

@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use mana_ai::metrics::Metrics;
-use mana_ai::pgenv::{SERVICE_ROLE, SYNC_ROLE};
 use mana_ai::planner::llm::{LlmClient, LlmConfig, ServiceKey};
-use mana_ai::service::{Leadership, RunnerSetup};
+use mana_ai::service::{Leadership, RunnerSetup, ServiceContext};
 use mana_ai::sync::fold::iso_millis;
-use mana_ai::testkit::fake_llm::FakeLlm;
+use pgtemp::{SERVICE_ROLE, SYNC_ROLE};
+use testkit::fake_llm::FakeLlm;
 
 use crate::report::{Report, Target};
 use crate::setup;
@@ -20,12 +20,7 @@ use crate::Scale;
 const ANSWER: &str = "```json\n{\"summary\": \"s\", \"steps\": [{\"summary\": \"a\", \"toolName\": \"create_task\", \"params\": {\"title\": \"t\"}, \"rationale\": \"r\"}]}\n```";
 
 /// Seeds `missions` missions over `users` users, all due at `due`.
-async fn seed(
-    db: &mana_ai::pgenv::TempDb,
-    users: usize,
-    missions: usize,
-    due: &str,
-) -> anyhow::Result<()> {
+async fn seed(db: &pgtemp::TempDb, users: usize, missions: usize, due: &str) -> anyhow::Result<()> {
     let mut client = db.connect_as(SYNC_ROLE).await?;
     let per_user = missions.div_ceil(users) as i32;
     for u in 0..users {
@@ -51,7 +46,7 @@ async fn seed(
 /// Runs `missions` due missions at `concurrency`; returns seconds from the
 /// due instant to the last write-back.
 async fn drain(
-    server: &mana_ai::pgenv::PgServer,
+    server: &pgtemp::PgServer,
     llm: &str,
     missions: usize,
     concurrency: usize,
@@ -74,15 +69,13 @@ async fn drain(
     let mut runner_setup = RunnerSetup::from_config(&config, &metrics)?;
     runner_setup.research = None;
     let pool = mana_ai::db::pool(&bench.db.url_as(SERVICE_ROLE), 16, "mana-ai-bench", None)?;
-    let lead = Leadership::start(
-        &config,
-        pool.clone(),
-        metrics.clone(),
-        runner_setup,
-        uuid::Uuid::new_v4(),
-        Default::default(),
-    )
-    .await?;
+    let ctx = ServiceContext {
+        config,
+        pool: pool.clone(),
+        metrics: metrics.clone(),
+    };
+    let lead =
+        Leadership::start(&ctx, runner_setup, uuid::Uuid::new_v4(), Default::default()).await?;
     let client = pool.get().await?;
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
@@ -113,7 +106,7 @@ async fn drain(
 }
 
 pub async fn runs(
-    server: &mana_ai::pgenv::PgServer,
+    server: &pgtemp::PgServer,
     scale: &Scale,
     report: &mut Report,
 ) -> anyhow::Result<()> {

@@ -8,11 +8,11 @@ use std::sync::Arc;
 use anyhow::Context;
 use deadpool_postgres::Pool;
 use mana_ai::metrics::Metrics;
-use mana_ai::pgenv::{PgServer, TempDb, SERVICE_ROLE, SYNC_ROLE};
 use mana_ai::reactor::applier::Applier;
 use mana_ai::reactor::{ReactorContext, Settings};
 use mana_ai::schedule::clock::{Clock, DbClock};
 use mana_ai::schedule::wheel::{spawn_wheel, DueMission, WheelHandle};
+use pgtemp::{PgServer, TempDb, SERVICE_ROLE, SYNC_ROLE};
 use tokio::sync::mpsc;
 use tokio_postgres::{Client, Statement};
 use tokio_util::sync::CancellationToken;
@@ -139,7 +139,7 @@ pub async fn queue_changes(
         let url = db.url_as(SYNC_ROLE);
         let next = next.clone();
         tasks.push(tokio::spawn(async move {
-            let mut client = mana_ai::pgenv::connect(&url).await?;
+            let mut client = pgtemp::connect(&url).await?;
             let stmt = client.prepare(QUEUE_USER_CHANGES).await?;
             let mut rows = 0u64;
             for u in (c..users).step_by(conns) {
@@ -170,7 +170,7 @@ pub struct ChangeWriter {
 
 impl ChangeWriter {
     pub async fn connect(db: &TempDb) -> anyhow::Result<ChangeWriter> {
-        let client = mana_ai::pgenv::connect(&db.url_as(SYNC_ROLE)).await?;
+        let client = pgtemp::connect(&db.url_as(SYNC_ROLE)).await?;
         // The RLS scope, set as the sync server sets it.
         let set_user = client
             .prepare("SELECT set_config('app.current_user_id', $1, true)")

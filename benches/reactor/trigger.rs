@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use mana_ai::pgenv::{PgServer, TempDb};
+use pgtemp::{PgServer, TempDb};
 use serde_json::json;
 
 use crate::report::{Report, Target};

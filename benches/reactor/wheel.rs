@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use mana_ai::metrics::Metrics;
-use mana_ai::pgenv::PgServer;
 use mana_ai::reactor;
 use mana_ai::schedule::clock::{Clock, DbClock};
 use mana_ai::schedule::wheel::{spawn_wheel, MissionKey, WheelUpdate};
+use pgtemp::PgServer;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 

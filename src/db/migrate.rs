@@ -45,21 +45,7 @@ fn checksum(sql: &str) -> String {
 
 /// Applies every migration not yet recorded.
 pub async fn migrate(client: &mut tokio_postgres::Client) -> anyhow::Result<Report> {
-    let row = client
-        .query_one(
-            "SELECT to_regnamespace('mana_ai') IS NOT NULL,
-                    coalesce(has_schema_privilege(to_regnamespace('mana_ai')::oid, 'CREATE'), false)",
-            &[],
-        )
-        .await
-        .context("checking schema mana_ai")?;
-    let (exists, can_create): (bool, bool) = (row.get(0), row.get(1));
-    if !exists {
-        bail!("schema mana_ai does not exist: a DBA must first run triggers/install.sql (print it with `mana-ai triggers print`)");
-    }
-    if !can_create {
-        bail!("the service role lacks CREATE on schema mana_ai: a DBA must run triggers/install.sql with -v service_role=<this role>");
-    }
+    check_schema(client).await?;
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await
@@ -79,12 +65,16 @@ pub async fn migrate(client: &mut tokio_postgres::Client) -> anyhow::Result<Repo
             "SELECT version, checksum FROM mana_ai.schema_migrations",
             &[],
         )
-        .await?;
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get::<_, i32>(0)?, r.try_get::<_, String>(1)?)))
+        .collect::<Result<Vec<_>, tokio_postgres::Error>>()
+        .context("reading mana_ai.schema_migrations")?;
     let mut report = Report::default();
     for (version, name, sql) in MIGRATIONS {
         let sum = checksum(sql);
-        if let Some(row) = done.iter().find(|r| r.get::<_, i32>(0) == *version) {
-            if row.get::<_, String>(1) != sum {
+        if let Some((_, applied)) = done.iter().find(|(v, _)| v == version) {
+            if *applied != sum {
                 tracing::warn!(
                     version,
                     name,
@@ -106,4 +96,25 @@ pub async fn migrate(client: &mut tokio_postgres::Client) -> anyhow::Result<Repo
     }
     tx.commit().await.context("committing migrations")?;
     Ok(report)
+}
+
+/// Schema `mana_ai` exists and the role may create in it: what the DBA
+/// kit's install.sql sets up before the first start.
+async fn check_schema(client: &tokio_postgres::Client) -> anyhow::Result<()> {
+    let row = client
+        .query_one(
+            "SELECT to_regnamespace('mana_ai') IS NOT NULL,
+                    coalesce(has_schema_privilege(to_regnamespace('mana_ai')::oid, 'CREATE'), false)",
+            &[],
+        )
+        .await
+        .context("checking schema mana_ai")?;
+    let (exists, can_create): (bool, bool) = (row.try_get(0)?, row.try_get(1)?);
+    if !exists {
+        bail!("schema mana_ai does not exist: a DBA must first run triggers/install.sql (print it with `mana-ai triggers print`)");
+    }
+    if !can_create {
+        bail!("the service role lacks CREATE on schema mana_ai: a DBA must run triggers/install.sql with -v service_role=<this role>");
+    }
+    Ok(())
 }

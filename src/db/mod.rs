@@ -1,28 +1,22 @@
-//! Database access: the connection pool, user-scoped (RLS) transactions and
-//! migrations. All SQL lives in `crate::store`; this module
-//! only knows how to connect and how to scope a transaction to one user.
+//! Database access: the connection pool, dedicated connections, TLS and
+//! migrations. This module only knows how to connect; every statement the
+//! service issues lives in `store/` (user-scoped transactions included,
+//! re-exported here as [`begin_user`] and [`set_user`]).
 
 pub mod errors;
 pub mod migrate;
 pub mod tls;
 
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::Context;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio_postgres::{NoTls, Transaction};
+use tokio_postgres::{AsyncMessage, Client, NoTls};
 
-use tls::PgTls;
+use tls::{ConnectionTask, PgTls, TlsSetupError};
 
-/// Refused before touching the database: RLS with an empty user id would
-/// silently match nothing, which hides bugs.
-#[derive(Debug, thiserror::Error)]
-pub enum ScopeError {
-    #[error("refusing a user-scoped transaction for an empty user id")]
-    EmptyUserId,
-    #[error(transparent)]
-    Db(#[from] tokio_postgres::Error),
-}
+pub use crate::store::session::{begin_user, set_user, ScopeError};
 
 /// Builds the pool from a connection string; no connection is made yet.
 /// TLS as [`tls`] describes: with `sslmode=require`, verified against
@@ -56,29 +50,45 @@ pub fn pool(
         .context("building the connection pool")
 }
 
-/// Starts a transaction scoped to `user_id` by row-level security: the first
-/// statement sets `app.current_user_id` for this transaction only.
-pub async fn begin_user<'a>(
-    client: &'a mut tokio_postgres::Client,
-    user_id: &str,
-) -> Result<Transaction<'a>, ScopeError> {
-    if user_id.is_empty() {
-        return Err(ScopeError::EmptyUserId);
-    }
-    let tx = client.transaction().await?;
-    set_user(&tx, user_id).await?;
-    Ok(tx)
+/// A connection outside the pool: the leader lock, the listener, the CLI.
+pub struct Dedicated<'a> {
+    /// The connection string.
+    pub url: &'a str,
+    /// `MANA_AI_PG_ROOT_CERT`, for a URL with `sslmode=require`.
+    pub root_cert: Option<&'a Path>,
+    /// For the service's own long-lived connections: the `application_name`
+    /// operators find in `pg_stat_activity`, and a 10 s connect timeout.
+    pub application_name: Option<&'static str>,
 }
 
-/// Switches an open transaction to another user's RLS scope.
-pub async fn set_user(tx: &Transaction<'_>, user_id: &str) -> Result<(), ScopeError> {
-    if user_id.is_empty() {
-        return Err(ScopeError::EmptyUserId);
+/// Why a dedicated connection failed; each keeps its source's message, so
+/// callers add the variable or the step to it.
+#[derive(Debug, thiserror::Error)]
+pub enum DedicatedError {
+    /// The connection string does not parse.
+    #[error(transparent)]
+    Url(tokio_postgres::Error),
+    /// TLS could not be set up (the CA file).
+    #[error(transparent)]
+    Tls(#[from] TlsSetupError),
+    /// The server could not be reached or refused us.
+    #[error(transparent)]
+    Connect(tokio_postgres::Error),
+}
+
+/// Parses the URL, picks TLS, connects, and drives the connection on its
+/// own task, handing every asynchronous message to `on_message`.
+pub async fn connect_dedicated(
+    target: &Dedicated<'_>,
+    on_message: impl FnMut(AsyncMessage) + Send + 'static,
+) -> Result<(Client, ConnectionTask), DedicatedError> {
+    let mut pg: tokio_postgres::Config = target.url.parse().map_err(DedicatedError::Url)?;
+    if let Some(name) = target.application_name {
+        pg.application_name(name)
+            .connect_timeout(Duration::from_secs(10));
     }
-    tx.execute(
-        "SELECT set_config('app.current_user_id', $1, true)",
-        &[&user_id],
-    )
-    .await?;
-    Ok(())
+    let tls = PgTls::for_config(&pg, target.root_cert)?;
+    tls::connect(&pg, &tls, on_message)
+        .await
+        .map_err(DedicatedError::Connect)
 }

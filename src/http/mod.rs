@@ -226,16 +226,16 @@ impl HttpSettings {
     /// bounds the head, and the connection cap as configured).
     pub fn from_config(config: &Config) -> HttpSettings {
         HttpSettings {
-            service_key: config.service_key.clone(),
-            jwks: config.jwks_url.as_ref().map(|url| JwksSettings {
-                issuer: config.jwt_issuer.clone(),
-                audience: config.jwt_audience.clone(),
+            service_key: config.http.service_key.clone(),
+            jwks: config.http.jwks_url.as_ref().map(|url| JwksSettings {
+                issuer: config.http.jwt_issuer.clone(),
+                audience: config.http.jwt_audience.clone(),
                 ..JwksSettings::new(url.clone())
             }),
             max_body_bytes: 64 * 1024,
-            header_read_timeout: config.http_limits.request_timeout,
-            request_timeout: config.http_limits.request_timeout,
-            max_connections: config.http_limits.max_connections,
+            header_read_timeout: config.http.limits.request_timeout,
+            request_timeout: config.http.limits.request_timeout,
+            max_connections: config.http.limits.max_connections,
             shutdown_grace: Duration::from_secs(10),
         }
     }

@@ -16,7 +16,8 @@ use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Secret;
-use crate::db::tls::{self, PgTls};
+use crate::db::tls;
+use crate::db::{self, DedicatedError};
 use crate::metrics::Metrics;
 use crate::schedule::clock::DbClock;
 use crate::store::notify;
@@ -48,10 +49,10 @@ impl Listener {
         clock: Arc<DbClock>,
     ) -> Self {
         Listener {
-            url: config.listen_database_url.clone(),
-            root_cert: config.pg_root_cert.clone(),
-            channel: config.listen_channel.clone(),
-            heartbeat: config.listen_heartbeat,
+            url: config.db.listen_url.clone(),
+            root_cert: config.db.root_cert.clone(),
+            channel: config.reactor.listen_channel.clone(),
+            heartbeat: config.reactor.listen_heartbeat,
             wake,
             metrics,
             clock,
@@ -106,25 +107,24 @@ impl Listener {
     /// Connects; the connection's own task reads every message as it
     /// arrives and wakes the applier on every notification.
     async fn connect(&self) -> anyhow::Result<(tokio_postgres::Client, tls::ConnectionTask)> {
-        let mut config: tokio_postgres::Config = self
-            .url
-            .expose()
-            .parse()
-            .context("parsing the listen database URL")?;
-        config
-            .application_name(APPLICATION_NAME)
-            .connect_timeout(Duration::from_secs(10));
-        let tls = PgTls::for_config(&config, self.root_cert.as_deref())?;
+        let target = db::Dedicated {
+            url: self.url.expose(),
+            root_cert: self.root_cert.as_deref(),
+            application_name: Some(APPLICATION_NAME),
+        };
         let wake = self.wake.clone();
         let metrics = self.metrics.clone();
-        tls::connect(&config, &tls, move |message| {
+        let on_message = move |message| {
             if let AsyncMessage::Notification(_) = message {
                 metrics.note_notification();
                 wake.notify_one();
             }
-        })
-        .await
-        .context("connecting")
+        };
+        match db::connect_dedicated(&target, on_message).await {
+            Ok(connected) => Ok(connected),
+            Err(DedicatedError::Url(e)) => Err(e).context("parsing the listen database URL"),
+            Err(e) => Err(e).context("connecting"),
+        }
     }
 
     /// Listens until shutdown (Ok) or until the connection is lost or its

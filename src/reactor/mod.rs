@@ -64,10 +64,10 @@ pub struct Settings {
 impl Settings {
     pub fn from_config(config: &Config) -> Self {
         Settings {
-            apply_batch: config.apply_batch,
-            max_field_bytes: config.max_field_bytes,
-            analyze_after_rows: config.analyze_after_rows,
-            sweep_interval: config.sweep_interval,
+            apply_batch: config.reactor.apply_batch,
+            max_field_bytes: config.reactor.max_field_bytes,
+            analyze_after_rows: config.reactor.analyze_after_rows,
+            sweep_interval: config.reactor.sweep_interval,
         }
     }
 }

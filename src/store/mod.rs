@@ -19,6 +19,7 @@ pub(crate) mod runs;
 pub(crate) mod usage;
 pub(crate) mod writeback;
 
-// Process-level: leadership and sessions.
+// Process-level: leadership and user-scoped (RLS) sessions.
 pub(crate) mod leader;
+pub(crate) mod session;
 pub(crate) mod views;

@@ -11,10 +11,10 @@ use std::time::Duration;
 use deadpool_postgres::Pool;
 use mana_ai::config::Config;
 use mana_ai::metrics::Metrics;
-use mana_ai::pgenv::{PgServer, TempDb, SERVICE_ROLE, SYNC_ROLE};
 use mana_ai::reactor::{self, Reactor};
 use mana_ai::schedule::clock::DbClock;
 use mana_ai::schedule::wheel::DueMission;
+use pgtemp::{PgServer, TempDb, SERVICE_ROLE, SYNC_ROLE};
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -243,10 +243,13 @@ impl TestDb {
         let metrics = Metrics::new();
         let setup =
             mana_ai::service::RunnerSetup::from_config(&config, &metrics).expect("runner setup");
+        let ctx = mana_ai::service::ServiceContext {
+            config,
+            pool: self.pool.clone(),
+            metrics: metrics.clone(),
+        };
         let mut lead = mana_ai::service::Leadership::start(
-            &config,
-            self.pool.clone(),
-            metrics.clone(),
+            &ctx,
             setup,
             uuid::Uuid::new_v4(),
             reactor::Hooks::default(),

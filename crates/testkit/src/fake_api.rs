@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use super::http::{FakeReply, RecordedRequest, Script, TestServer};
+use crate::http::{FakeReply, RecordedRequest, Script, TestServer};
 
 pub const DISCOVER_PATH: &str = "/api/v1/news-research/discover";
 pub const SEARCH_PATH: &str = "/api/v1/news-research/search";

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use super::{pgpass, start_cluster, PgServer};
+use crate::{pgpass, start_cluster, PgServer};
 
 /// How long a candidate may take to let us in.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -144,7 +144,7 @@ pub fn probe(config: &tokio_postgres::Config) -> Result<(), String> {
             let (client, connection) = tokio::time::timeout(PROBE_TIMEOUT, connecting)
                 .await
                 .map_err(|_| "no answer within 3 s".to_string())?
-                .map_err(|e| crate::db::errors::describe(&e))?;
+                .map_err(|e| crate::describe(&e))?;
             tokio::spawn(connection);
             let row = client
                 .query_one(
@@ -152,7 +152,7 @@ pub fn probe(config: &tokio_postgres::Config) -> Result<(), String> {
                     &[],
                 )
                 .await
-                .map_err(|e| crate::db::errors::describe(&e))?;
+                .map_err(|e| crate::describe(&e))?;
             match row.try_get::<_, bool>(0) {
                 Ok(true) => Ok(()),
                 _ => Err("lets us in, but not as a superuser".to_string()),
@@ -168,7 +168,7 @@ pub fn probe(config: &tokio_postgres::Config) -> Result<(), String> {
 mod tests {
     use super::*;
 
-    use crate::testenv::env;
+    use testkit::env;
 
     #[test]
     fn without_libpq_variables_only_the_local_server_is_tried() {

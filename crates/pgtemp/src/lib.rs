@@ -11,19 +11,26 @@
 //!
 //! Each caller then gets its own database ([`TempDb`]), dropped afterwards,
 //! and the roles that play the sync server and the mana-ai service.
+//!
+//! Test and demo support only: the service binary never links it. It does
+//! not depend on `mana-ai`, so the library's own unit tests can use it.
 
+mod cluster;
 pub mod discover;
+mod password;
 pub mod pgpass;
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use tokio_postgres::NoTls;
 
+use cluster::{cluster_user, command_as, start_cluster, start_cluster_with};
+pub use cluster::{find_pg_bin, ServerTls};
+pub use password::role_password;
+
 /// The mana_sync side of the contract (section 1), for databases we create.
-pub const SYNC_FIXTURE: &str = include_str!("../../fixtures/mana_sync.sql");
+pub const SYNC_FIXTURE: &str = include_str!("../../../fixtures/mana_sync.sql");
 
 /// A Postgres server we may create databases and roles on.
 #[derive(Debug, Clone)]
@@ -146,240 +153,6 @@ pub async fn connect(conninfo: &str) -> anyhow::Result<tokio_postgres::Client> {
     Ok(client)
 }
 
-/// `initdb` and `pg_ctl`: on PATH, else the newest /usr/lib/postgresql/*/bin.
-pub fn find_pg_bin() -> Option<PathBuf> {
-    if let Ok(path) = std::env::var("PATH") {
-        for dir in std::env::split_paths(&path) {
-            if dir.join("initdb").is_file() && dir.join("pg_ctl").is_file() {
-                return Some(dir);
-            }
-        }
-    }
-    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .ok()?
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let version = e.file_name().to_str()?.parse().ok()?;
-            let bin = e.path().join("bin");
-            bin.join("initdb").is_file().then_some((version, bin))
-        })
-        .collect();
-    versions.sort();
-    versions.pop().map(|(_, bin)| bin)
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
-
-/// The unprivileged user a root process runs the cluster as.
-fn cluster_user() -> Option<String> {
-    if !is_root() {
-        return None;
-    }
-    for user in ["postgres", "nobody"] {
-        let known = Command::new("id")
-            .arg("-u")
-            .arg(user)
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
-        if known {
-            return Some(user.to_string());
-        }
-    }
-    Some("nobody".into())
-}
-
-/// Runs `program args` as `user` (via runuser) or as ourselves.
-fn command_as(user: Option<&str>, program: &Path) -> Command {
-    match user {
-        Some(u) => {
-            let mut c = Command::new("runuser");
-            c.arg("-u").arg(u).arg("--").arg(program);
-            c
-        }
-        None => Command::new(program),
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// A server certificate and its key, PEM.
-pub struct ServerTls {
-    pub cert_pem: String,
-    pub key_pem: String,
-}
-
-fn start_cluster(tls: Option<&ServerTls>) -> anyhow::Result<PgServer> {
-    start_cluster_with(tls, None)
-}
-
-fn start_cluster_with(tls: Option<&ServerTls>, password: Option<&str>) -> anyhow::Result<PgServer> {
-    let bin = find_pg_bin().context(
-        "no Postgres found: set DATABASE_URL, run one on 127.0.0.1:5432, or install the server \
-         (Debian: apt-get install postgresql) so initdb and pg_ctl can start a throwaway cluster",
-    )?;
-    let user = cluster_user();
-    let dir = tempfile::Builder::new()
-        .prefix("mana-ai-pg-")
-        .tempdir()
-        .context("creating a temp dir for the cluster")?
-        .keep();
-    let mut options = String::new();
-    if let Some(tls) = tls {
-        let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
-        std::fs::write(&cert, &tls.cert_pem).context("writing the server certificate")?;
-        std::fs::write(&key, &tls.key_pem).context("writing the server key")?;
-        // Postgres refuses a key others can read.
-        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-        options = format!(
-            " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
-            cert.display(),
-            key.display()
-        );
-    }
-    if let Some(u) = &user {
-        let status = Command::new("chown").arg("-R").arg(u).arg(&dir).status()?;
-        if !status.success() {
-            bail!("chown {} to {u} failed", dir.display());
-        }
-    }
-    let data = dir.join("data");
-    let mut initdb = command_as(user.as_deref(), &bin.join("initdb"));
-    match password {
-        Some(password) => {
-            let file = dir.join("pwfile");
-            std::fs::write(&file, password).context("writing the password file")?;
-            if let Some(u) = &user {
-                Command::new("chown").arg(u).arg(&file).status()?;
-            }
-            initdb.args(["-A", "scram-sha-256", "--pwfile"]).arg(file);
-        }
-        None => {
-            initdb.args(["-A", "trust"]);
-        }
-    }
-    let out = initdb
-        .args(["-U", "postgres", "--no-sync", "-E", "UTF8", "-D"])
-        .arg(&data)
-        .output()
-        .context("running initdb")?;
-    if !out.status.success() {
-        bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    let port = free_port()?;
-    let options = format!(
-        "-c listen_addresses=127.0.0.1 -p {port} -k {} -c fsync=off -c max_connections=200{options}",
-        dir.display()
-    );
-    let out = command_as(user.as_deref(), &bin.join("pg_ctl"))
-        .args(["-w", "-l"])
-        .arg(dir.join("log"))
-        .arg("-D")
-        .arg(&data)
-        .args(["-o", &options, "start"])
-        .output()
-        .context("running pg_ctl start")?;
-    if !out.status.success() {
-        let log = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
-        bail!(
-            "pg_ctl start failed: {}{log}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    spawn_reaper(&bin, user.as_deref(), &dir)?;
-    let mut admin = tokio_postgres::Config::new();
-    admin.host("127.0.0.1").port(port).user("postgres");
-    if let Some(password) = password {
-        admin.password(password);
-    }
-    Ok(PgServer {
-        admin,
-        cluster_dir: Some(dir),
-    })
-}
-
-/// A shell that waits for this process to exit, then stops the cluster and
-/// removes its directory: statics have no destructors, and a test binary or
-/// a demo killed by a signal must not leave a server behind.
-fn spawn_reaper(bin: &Path, user: Option<&str>, dir: &Path) -> anyhow::Result<()> {
-    let pg_ctl = bin.join("pg_ctl");
-    let stop = match user {
-        Some(u) => format!(
-            "runuser -u {u} -- {} -D {}/data -m immediate stop",
-            pg_ctl.display(),
-            dir.display()
-        ),
-        None => format!(
-            "{} -D {}/data -m immediate stop",
-            pg_ctl.display(),
-            dir.display()
-        ),
-    };
-    let script = format!(
-        "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {stop} >/dev/null 2>&1; rm -rf {dir}",
-        pid = std::process::id(),
-        dir = dir.display()
-    );
-    Command::new("sh")
-        .arg("-c")
-        .arg(script)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .context("starting the cluster watcher")?;
-    Ok(())
-}
-
-/// Password of the LOGIN roles created for tests and the demo (on a
-/// throwaway or local development server only): made from a random secret
-/// kept in this user's cache directory (mode 0600), so every process of this
-/// user agrees on it and nobody else knows it; a random one per process when
-/// there is no cache directory to keep it in.
-pub fn role_password() -> &'static str {
-    static PASSWORD: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    PASSWORD
-        .get_or_init(|| kept_secret().unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()))
-}
-
-fn kept_secret() -> Option<String> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-    let file = cache.join("mana-ai").join("local-role-password");
-    if let Some(secret) = std::fs::read_to_string(&file)
-        .ok()
-        .filter(|s| s.trim().len() >= 32)
-    {
-        return Some(secret.trim().to_string());
-    }
-    std::fs::create_dir_all(file.parent()?).ok()?;
-    let secret = uuid::Uuid::new_v4().simple().to_string();
-    let created = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&file)
-        .and_then(|mut f| f.write_all(secret.as_bytes()));
-    match created {
-        Ok(()) => Some(secret),
-        // Another process made it first: use theirs.
-        Err(_) => std::fs::read_to_string(&file)
-            .ok()
-            .map(|s| s.trim().to_string()),
-    }
-}
-
 /// The sync server's stand-in: an ordinary role that writes sync_changes.
 pub const SYNC_ROLE: &str = "mana_ai_local_sync";
 /// The service's role: NOSUPERUSER NOBYPASSRLS, given only what install.sql grants.
@@ -485,4 +258,33 @@ impl Drop for TempDb {
         })
         .join();
     }
+}
+
+/// A connection error: the server's own message when it answered, else the
+/// innermost cause (DNS, refused, TLS), with the part of the URL to check.
+/// A copy of the service's `db::errors::describe`: this crate does not
+/// depend on the service.
+pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let hint = match db.code().code() {
+            "28000" | "28P01" => " (check the user and password in the URL)",
+            "3D000" => " (check the database name in the URL)",
+            _ => "",
+        };
+        return format!(
+            "the server refused: {} {}{hint}",
+            db.severity(),
+            db.message()
+        );
+    }
+    let mut cause = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(inner) = source {
+        cause = inner.to_string();
+        source = inner.source();
+    }
+    if cause.contains("password missing") {
+        return "the server asks for a password and the URL has none".into();
+    }
+    format!("cannot reach the server: {cause} (check the host and port in the URL)")
 }

@@ -1,11 +1,10 @@
-//! `mana-ai demo` runs to completion without a network and without an LLM.
+//! `mana-ai-demo` runs to completion without a network and without an LLM.
 
 use std::process::Command;
 
 #[test]
 fn the_demo_runs_offline_to_completion() {
-    let out = Command::new(env!("CARGO_BIN_EXE_mana-ai"))
-        .arg("demo")
+    let out = Command::new(env!("CARGO_BIN_EXE_mana-ai-demo"))
         .env_remove("SYNC_DATABASE_URL")
         .env_remove("MANA_LLM_URL")
         .env_remove("MANA_API_URL")
@@ -36,8 +35,8 @@ fn the_demo_runs_offline_to_completion() {
 /// `signal`, and returns the exit status and every stdout line.
 fn demo_stopped_by(signal: &str, marker: &str) -> (std::process::ExitStatus, Vec<String>) {
     use std::io::{BufRead, BufReader};
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mana-ai"))
-        .args(["demo", "--keep-running"])
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mana-ai-demo"))
+        .arg("--keep-running")
         .env_remove("SYNC_DATABASE_URL")
         .env_remove("MANA_LLM_URL")
         .env_remove("MANA_API_URL")
@@ -88,7 +87,7 @@ fn database_of(lines: &[String]) -> String {
 }
 
 async fn database_exists(name: &str) -> bool {
-    let server = tokio::task::spawn_blocking(mana_ai::pgenv::PgServer::discover)
+    let server = tokio::task::spawn_blocking(pgtemp::PgServer::discover)
         .await
         .unwrap()
         .expect("a Postgres");

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use super::http::{FakeReply, RecordedRequest, Script, TestServer};
+use crate::http::{FakeReply, RecordedRequest, Script, TestServer};
 
 /// The path an OpenAI-compatible gateway serves.
 pub const COMPLETIONS_PATH: &str = "/v1/chat/completions";

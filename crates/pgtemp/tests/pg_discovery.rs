@@ -1,8 +1,8 @@
 //! Finding Postgres on a machine like a stock Debian one, whose server asks
 //! for a password: a throwaway cluster of this test's own with scram auth.
 
-use mana_ai::pgenv::discover::{self, candidates};
-use mana_ai::pgenv::PgServer;
+use pgtemp::discover::{self, candidates};
+use pgtemp::PgServer;
 
 const PASSWORD: &str = "correct horse";
 
@@ -88,7 +88,7 @@ async fn a_wrong_password_is_a_reason_never_echoed() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_roles_tests_and_the_demo_create_carry_a_password_only_this_user_knows() {
-    use mana_ai::pgenv::{role_password, TempDb, SERVICE_ROLE};
+    use pgtemp::{role_password, TempDb, SERVICE_ROLE};
     let server = tokio::task::spawn_blocking(|| PgServer::start_with_password(PASSWORD))
         .await
         .unwrap()
@@ -101,7 +101,7 @@ async fn the_roles_tests_and_the_demo_create_carry_a_password_only_this_user_kno
         .expect("the role logs in with this user's password");
     let known = server.conninfo(&db.name, Some((SERVICE_ROLE, "mana-ai-local")));
     assert!(
-        mana_ai::pgenv::connect(&known).await.is_err(),
+        pgtemp::connect(&known).await.is_err(),
         "the password earlier versions used for everyone no longer works"
     );
     assert!(role_password().len() >= 32);

@@ -1,6 +1,6 @@
 //! `FakeGateway`: an OpenAI-compatible gateway on loopback with a capacity.
 //!
-//! Serves `POST /v1/chat/completions` like [`super::FakeLlm`] (same answer
+//! Serves `POST /v1/chat/completions` like [`crate::FakeLlm`] (same answer
 //! body, via [`FakeLlm::answer`]), but as a gateway under load does: at most
 //! `capacity` requests are served at once, each taking `latency`; a request
 //! beyond that is answered at once with 429 and `Retry-After`. It counts
@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::fake_llm::{FakeLlm, COMPLETIONS_PATH};
-use super::http::{FakeReply, TestServer};
+use crate::fake_llm::{FakeLlm, COMPLETIONS_PATH};
+use crate::http::{FakeReply, TestServer};
 
 /// A plan the parser accepts: one `create_task` step.
 pub const GATEWAY_PLAN: &str = r#"{"summary": "Woche", "steps": [{"summary": "Aufgabe", "toolName": "create_task", "params": {"title": "Montag"}, "rationale": "Ein Anfang."}]}"#;

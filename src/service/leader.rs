@@ -1,0 +1,236 @@
+//! Leading: the leader lock on its own connection, and what a leader runs
+//! (the reactor, retention and, with `TICK_ENABLED`, the runner).
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::{Leading, ServiceBackend};
+use crate::db::{self, tls::ConnectionTask};
+use crate::reactor::{self, Reactor};
+use crate::run::Runner;
+use crate::schedule::clock::DbClock;
+use crate::schedule::wheel::WheelHandle;
+use crate::store;
+
+use super::{Customize, RunnerSetup, ServiceContext, Term};
+
+/// What a leader runs: the reactor, retention (see `crate::retention`) and,
+/// with `TICK_ENABLED`, the runner.
+pub struct Leadership {
+    pub reactor: Reactor,
+    pub runner: Option<Arc<Runner>>,
+    runner_task: Option<tokio::task::JoinHandle<()>>,
+    retention_task: tokio::task::JoinHandle<()>,
+    stop: CancellationToken,
+    abandon: CancellationToken,
+}
+
+impl Leadership {
+    /// Starts the reactor and the runner on the context's pool. `term_id`
+    /// marks this term's slot claims; it must be fresh for every term, so a
+    /// claim left `running` by an earlier term of the same process is taken over.
+    pub async fn start(
+        ctx: &ServiceContext,
+        setup: RunnerSetup,
+        term_id: uuid::Uuid,
+        hooks: reactor::Hooks,
+    ) -> anyhow::Result<Leadership> {
+        let (config, stop, abandon) = (
+            &ctx.config,
+            CancellationToken::new(),
+            CancellationToken::new(),
+        );
+        let clock = Arc::new(DbClock::new());
+        let (due_tx, due_rx) = mpsc::unbounded_channel();
+        let reactor = reactor::start(
+            config,
+            ctx.pool.clone(),
+            ctx.metrics.clone(),
+            clock.clone(),
+            due_tx,
+            stop.child_token(),
+            hooks,
+        )
+        .await?;
+        let retention_task = crate::retention::spawn(
+            ctx.pool.clone(),
+            ctx.metrics.clone(),
+            config.reactor.sweep_interval,
+            config.reactor.retention_days,
+            stop.child_token(),
+        );
+        let (runner, runner_task) = if config.runner.tick_enabled {
+            let term = Term {
+                id: term_id,
+                clock,
+                wheel: reactor.wheel.clone(),
+            };
+            let runner = setup.into_runner(ctx, &term);
+            let task = tokio::spawn(runner.clone().run_loop(
+                due_rx,
+                stop.child_token(),
+                abandon.clone(),
+                config.runner.shutdown_grace,
+            ));
+            (Some(runner), Some(task))
+        } else {
+            (None, None)
+        };
+        Ok(Leadership {
+            reactor,
+            runner,
+            runner_task,
+            retention_task,
+            stop,
+            abandon,
+        })
+    }
+
+    /// What others may see of this term while it lasts.
+    pub fn view(&self, term_id: uuid::Uuid) -> LeaderView {
+        LeaderView {
+            term_id,
+            wheel: self.reactor.wheel.clone(),
+            runner: self.runner.clone(),
+            listening: self.reactor.listening.clone(),
+        }
+    }
+
+    /// Stops taking work, lets runs finish up to the grace period, stops the reactor.
+    pub async fn stop(self) {
+        self.wind_down().await;
+    }
+
+    /// Stops at once after the leader lock was lost: another instance may
+    /// already lead and take over these runs, so waiting would only spend
+    /// tokens on plans whose write the claim token refuses anyway.
+    pub async fn abandon(self) {
+        self.abandon.cancel();
+        self.wind_down().await;
+    }
+
+    async fn wind_down(self) {
+        self.stop.cancel();
+        if let Some(task) = self.runner_task {
+            let _ = task.await;
+        }
+        let _ = self.retention_task.await;
+        self.reactor.stop().await;
+    }
+}
+
+/// The current term as others see it: its wheel, runner and listener state.
+#[derive(Clone)]
+pub struct LeaderView {
+    pub term_id: uuid::Uuid,
+    pub wheel: WheelHandle,
+    pub runner: Option<Arc<Runner>>,
+    /// True while the term's listener is registered.
+    pub listening: watch::Receiver<bool>,
+}
+
+impl LeaderView {
+    /// Waits until the term's listener is registered.
+    pub async fn wait_listening(&mut self) {
+        let _ = self.listening.wait_for(|up| *up).await;
+    }
+}
+
+/// Holds the leader lock on its own connection; resolves when it is lost.
+async fn acquire_leadership(
+    ctx: &ServiceContext,
+    stop: &CancellationToken,
+) -> Option<(tokio_postgres::Client, ConnectionTask)> {
+    let target = db::Dedicated {
+        url: ctx.config.db.url.expose(),
+        root_cert: ctx.config.db.root_cert.as_deref(),
+        application_name: Some("mana-ai-leader"),
+    };
+    loop {
+        let attempt = async {
+            let (client, task) = db::connect_dedicated(&target, |_| {}).await?;
+            let locked = store::leader::try_lock(&client).await?;
+            anyhow::Ok(locked.then_some((client, task)))
+        };
+        match attempt.await {
+            Ok(Some(held)) => return Some(held),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "leader lock attempt failed"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return None,
+            _ = tokio::time::sleep(ctx.config.db.leader_retry) => {}
+        }
+    }
+}
+
+/// One process's bid for leadership: becomes leader whenever possible and
+/// leads until the lock or the process goes.
+pub(super) struct Candidate {
+    pub ctx: ServiceContext,
+    pub backend: Arc<ServiceBackend>,
+    pub instance_id: uuid::Uuid,
+    pub customize: Option<Customize>,
+    pub terms: watch::Sender<Option<LeaderView>>,
+}
+
+impl Candidate {
+    pub async fn run(self, stop: CancellationToken) {
+        let ctx = &self.ctx;
+        while let Some((lock_client, mut lock_task)) = acquire_leadership(ctx, &stop).await {
+            let term_id = uuid::Uuid::new_v4();
+            tracing::info!(instance_id = %self.instance_id, %term_id, "leading");
+            let leadership = match self.start_term(term_id).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "could not start leading; retrying");
+                    drop(lock_client);
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(ctx.config.db.leader_retry) => continue,
+                    }
+                }
+            };
+            self.publish(Some(&leadership), term_id);
+            let lock_lost = tokio::select! {
+                _ = stop.cancelled() => false,
+                _ = &mut lock_task => true,
+            };
+            self.publish(None, term_id);
+            if lock_lost {
+                ctx.metrics.leader_lock_lost.inc();
+                tracing::error!(%term_id, "leader lock connection lost; stepping down now");
+                leadership.abandon().await;
+            } else {
+                leadership.stop().await;
+            }
+            drop(lock_client);
+            if stop.is_cancelled() {
+                return;
+            }
+        }
+    }
+
+    async fn start_term(&self, term_id: uuid::Uuid) -> anyhow::Result<Leadership> {
+        let mut setup = RunnerSetup::from_config(&self.ctx.config, &self.ctx.metrics)?;
+        if let Some(customize) = &self.customize {
+            customize(&mut setup);
+        }
+        Leadership::start(&self.ctx, setup, term_id, reactor::Hooks::default()).await
+    }
+
+    /// Tells the metrics, the HTTP backend and the `App` who leads now.
+    fn publish(&self, leadership: Option<&Leadership>, term_id: uuid::Uuid) {
+        self.ctx
+            .metrics
+            .is_leader
+            .set(i64::from(leadership.is_some()));
+        self.backend.set_leading(leadership.map(|l| Leading {
+            runner: l.runner.clone(),
+            wheel: l.reactor.wheel.clone(),
+        }));
+        self.terms.send_replace(leadership.map(|l| l.view(term_id)));
+    }
+}

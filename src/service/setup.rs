@@ -1,0 +1,141 @@
+//! What the runner needs from configuration, checked at start so a bad
+//! catalog, key or URL stops the process with its reason.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::crypto::GrantKey;
+use crate::metrics::Metrics;
+use crate::planner::llm::{LlmClient, LlmConfig, ServiceKey};
+use crate::planner::research::{ResearchClient, DEFAULT_DISCOVER_TIMEOUT, DEFAULT_SEARCH_TIMEOUT};
+use crate::planner::ToolCatalog;
+use crate::run::{Planner, Runner, RunnerDeps};
+
+use super::{ServiceContext, Term};
+
+/// Loads the grant key: a bad or missing key turns grants off with a
+/// warning, or stops the start when `MANA_AI_REQUIRE_GRANTS=true`.
+pub fn load_grant_key(config: &Config) -> anyhow::Result<Option<GrantKey>> {
+    let grants = &config.grants;
+    if grants.private_key_pem.is_empty() {
+        if grants.require_grants {
+            anyhow::bail!("MANA_AI_PRIVATE_KEY_PEM: is not set, and MANA_AI_REQUIRE_GRANTS=true");
+        }
+        tracing::info!("MANA_AI_PRIVATE_KEY_PEM not set: mission grants are off");
+        return Ok(None);
+    }
+    let pem = grants.private_key_pem.expose();
+    match GrantKey::from_pkcs8_pem(pem) {
+        Ok(key) => Ok(Some(key)),
+        Err(e) if grants.require_grants => Err(anyhow::anyhow!(
+            "MANA_AI_PRIVATE_KEY_PEM: {e}{}",
+            pem_hint(pem)
+        )),
+        Err(e) => {
+            let hint = pem_hint(pem);
+            tracing::warn!(error = %format!("{e}{hint}"), "MANA_AI_PRIVATE_KEY_PEM unusable: mission grants are off");
+            Ok(None)
+        }
+    }
+}
+
+/// A value that looks like a file path where the PEM text was expected.
+fn pem_hint(value: &str) -> &'static str {
+    let value = value.trim();
+    if !value.contains("-----") && !value.contains('\n') && value.len() < 4096 {
+        "; the variable holds the PEM text itself, not a file path \
+         (MANA_AI_PRIVATE_KEY_PEM=\"$(cat key.pem)\")"
+    } else {
+        ""
+    }
+}
+
+/// Loads the tool catalog: `MANA_AI_TOOL_CATALOG` or the built-in one.
+pub fn load_catalog(config: &Config) -> anyhow::Result<ToolCatalog> {
+    match &config.planner.tool_catalog {
+        Some(path) => ToolCatalog::from_json_file(path)
+            .map_err(|e| anyhow::anyhow!("MANA_AI_TOOL_CATALOG: {e}")),
+        None => Ok(ToolCatalog::builtin()),
+    }
+}
+
+/// The LLM planner of a config.
+pub fn llm_planner(config: &Config, metrics: &Metrics) -> anyhow::Result<Planner> {
+    let planner = &config.planner;
+    let mut llm = LlmConfig::new(
+        planner.llm_url.clone(),
+        ServiceKey::new(config.http.service_key.expose()),
+        planner.llm_model.clone(),
+    );
+    llm.timeout = planner.llm_timeout;
+    llm.max_attempts = planner.llm_max_attempts;
+    llm.max_tokens = (planner.llm_max_tokens > 0).then_some(planner.llm_max_tokens);
+    llm.structured = planner.llm_structured;
+    let client = LlmClient::new(llm)
+        .map_err(|e| anyhow::anyhow!("MANA_LLM_URL: {e}"))?
+        .with_duration_histogram(metrics.planner_request_duration.clone());
+    Ok(Planner::Llm(Box::new(client)))
+}
+
+/// Everything the runner needs that comes from configuration, checked at
+/// start so a bad catalog or key stops the process with its reason.
+pub struct RunnerSetup {
+    pub planner: Planner,
+    pub catalog: ToolCatalog,
+    pub grant_key: Option<GrantKey>,
+    pub research: Option<ResearchClient>,
+    /// See [`RunnerDeps::prompt_observer`].
+    pub prompt_observer: Option<mpsc::UnboundedSender<crate::run::PromptSummary>>,
+}
+
+impl RunnerSetup {
+    pub fn from_config(config: &Config, metrics: &Metrics) -> anyhow::Result<RunnerSetup> {
+        let planner = if config.planner.offline {
+            tracing::warn!(
+                "MANA_AI_PLANNER=offline: missions get a fixed example plan, not a model's answer"
+            );
+            Planner::Offline
+        } else {
+            llm_planner(config, metrics)?
+        };
+        Ok(RunnerSetup {
+            planner,
+            catalog: load_catalog(config)?,
+            grant_key: load_grant_key(config)?,
+            research: Some(
+                ResearchClient::new(
+                    &config.planner.api_url,
+                    DEFAULT_DISCOVER_TIMEOUT,
+                    DEFAULT_SEARCH_TIMEOUT,
+                )
+                .map_err(|e| anyhow::anyhow!("MANA_API_URL: {e}"))?,
+            ),
+            prompt_observer: None,
+        })
+    }
+
+    /// The runner of one leadership term.
+    pub fn into_runner(self, ctx: &ServiceContext, term: &Term) -> Arc<Runner> {
+        let runner = &ctx.config.runner;
+        Runner::new(RunnerDeps {
+            pool: ctx.pool.clone(),
+            metrics: ctx.metrics.clone(),
+            clock: term.clock.clone(),
+            wheel: term.wheel.clone(),
+            planner: self.planner,
+            research: self.research,
+            catalog: self.catalog,
+            grant_key: self.grant_key,
+            default_tz: runner.default_timezone,
+            max_concurrent: runner.max_concurrent_runs,
+            max_failures: runner.max_failures,
+            max_field_bytes: ctx.config.reactor.max_field_bytes,
+            backoff: runner.retry_backoff.clone(),
+            instance_id: term.id,
+            prompt_observer: self.prompt_observer,
+            failpoint: std::env::var("MANA_AI_FAILPOINT").ok(),
+        })
+    }
+}
