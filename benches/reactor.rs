@@ -4,7 +4,7 @@
 //!   cargo run --release --bin reactor-bench -- [--quick] [--only SECTION] [--json PATH] [--big]
 //!       [--backfill N] [--backfill-analyze-after N]
 //!
-//! Each section creates its own database (pgenv::TempDb, dropped when the
+//! Each section creates its own database (pgtemp::TempDb, dropped when the
 //! section ends). The machine is shared and noisy: read the figures as
 //! ratios and percentiles of this run, not as absolute promises.
 

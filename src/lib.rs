@@ -58,9 +58,3 @@ pub mod service;
 pub(crate) mod store;
 pub mod sync;
 pub mod triggers;
-
-// Unit tests reach the test-support crates by their old in-crate paths.
-#[cfg(test)]
-use pgtemp as pgenv;
-#[cfg(test)]
-use testkit as testenv;

@@ -141,7 +141,7 @@ fn otlp_provider(
 mod tests {
     use super::*;
 
-    use crate::testenv::env;
+    use testkit::env;
 
     #[test]
     fn colour_only_on_a_terminal_without_no_color() {

@@ -1,4 +1,4 @@
-//! The offline planner: what `mana-ai demo` uses when no LLM is configured.
+//! The offline planner: what the demo (`mana-ai-demo`) uses when no LLM is configured.
 //! It answers in the planner wire format with one plain, honest step, so the
 //! whole run (parse, write-back, cadence) is exercised without a model.
 

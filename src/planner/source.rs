@@ -12,7 +12,7 @@ use super::{offline, MissionView, Prompt, ToolSpec};
 pub enum Planner {
     /// An OpenAI-compatible gateway.
     Llm(Box<LlmClient>),
-    /// No LLM configured: a fixed, honest example plan (`mana-ai demo`).
+    /// No LLM configured: a fixed, honest example plan (the demo, `mana-ai-demo`).
     Offline,
 }
 

@@ -362,12 +362,12 @@ mod tests {
     //! through the whole reactor.
     use super::*;
     use crate::metrics::Metrics;
-    use crate::pgenv::{PgServer, TempDb, SERVICE_ROLE, SYNC_ROLE};
     use crate::reactor::Settings;
     use crate::schedule::clock::Clock;
     use crate::schedule::clock::DbClock;
     use crate::schedule::wheel::{parse_next_run, spawn_wheel, MissionKey, WheelHandle};
     use deadpool_postgres::Pool;
+    use pgtemp::{PgServer, TempDb, SERVICE_ROLE, SYNC_ROLE};
     use serde_json::json;
     use serde_json::Value;
 

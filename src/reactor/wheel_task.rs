@@ -116,10 +116,10 @@ pub(super) fn wheel_task(
 mod tests {
     //! A restarted wheel task against a real Postgres.
     use super::*;
-    use crate::pgenv::{PgServer, TempDb, SERVICE_ROLE};
     use crate::reactor::Settings;
     use crate::schedule::clock::DbClock;
     use crate::schedule::wheel::parse_next_run;
+    use pgtemp::{PgServer, TempDb, SERVICE_ROLE};
 
     /// The first wheel task dies (aborted here, as a panic would end it);
     /// the next one is rebuilt from `mission_snapshots` and then serves the

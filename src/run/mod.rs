@@ -75,7 +75,7 @@ pub struct RunnerDeps {
     /// stale once we lead.
     pub instance_id: uuid::Uuid,
     /// Told what each run asked the planner (sizes and names, never content):
-    /// `mana-ai demo` prints it.
+    /// the demo (`mana-ai-demo`) prints it.
     pub prompt_observer: Option<mpsc::UnboundedSender<PromptSummary>>,
     /// Test hook (`MANA_AI_FAILPOINT=after-llm`): abort the process right
     /// after the planner answered, to prove a crash there loses nothing.
