@@ -149,6 +149,8 @@ pub struct Config {
     pub retention_days: u32,
     /// `MANA_AI_HTTP_MAX_CONNECTIONS` and `MANA_AI_HTTP_REQUEST_TIMEOUT_SECS`.
     pub http_limits: HttpLimits,
+    /// `MANA_AI_MIN_INTERVAL_MINUTES` and `MANA_AI_USER_TOKENS_PER_DAY`.
+    pub cost_limits: CostLimits,
 }
 
 /// Limits of the HTTP server (see `http::HttpSettings`).
@@ -172,6 +174,52 @@ impl HttpLimits {
                 10u64,
                 1..=600,
             )?),
+        })
+    }
+}
+
+/// Bounds on what missions cost (issue 9): how often an interval mission
+/// may run, and a daily token budget for missions without an agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CostLimits {
+    /// `MANA_AI_MIN_INTERVAL_MINUTES` (default 1, 0 turns it off): an
+    /// interval cadence shorter than this runs at this interval.
+    pub min_interval: chrono::Duration,
+    /// `MANA_AI_USER_TOKENS_PER_DAY` (default off): tokens a user's missions
+    /// without an agent may use in a rolling 24 hours.
+    pub user_tokens_per_day: Option<i64>,
+}
+
+impl Default for CostLimits {
+    fn default() -> CostLimits {
+        CostLimits {
+            min_interval: crate::schedule::cadence::DEFAULT_MIN_INTERVAL,
+            user_tokens_per_day: None,
+        }
+    }
+}
+
+impl CostLimits {
+    fn from_lookup(get: &impl Fn(&str) -> Option<String>) -> Result<CostLimits, ConfigError> {
+        let default_minutes = CostLimits::default().min_interval.num_minutes();
+        let minutes = parse_num(
+            get,
+            "MANA_AI_MIN_INTERVAL_MINUTES",
+            default_minutes,
+            0..=1440,
+        )?;
+        let budget = match get("MANA_AI_USER_TOKENS_PER_DAY") {
+            Some(_) => Some(parse_num(
+                get,
+                "MANA_AI_USER_TOKENS_PER_DAY",
+                0i64,
+                1..=i64::MAX,
+            )?),
+            None => None,
+        };
+        Ok(CostLimits {
+            min_interval: chrono::Duration::minutes(minutes),
+            user_tokens_per_day: budget,
         })
     }
 }
@@ -312,6 +360,7 @@ impl Config {
             allow_privileged: parse_bool(&get, "MANA_AI_ALLOW_PRIVILEGED", false)?,
             retention_days: parse_num(&get, "MANA_AI_RETENTION_DAYS", 30u32, 1..=3_650)?,
             http_limits: HttpLimits::from_lookup(&get)?,
+            cost_limits: CostLimits::from_lookup(&get)?,
         })
     }
 }
@@ -593,6 +642,31 @@ mod tests {
         for (var, bad) in [
             ("MANA_AI_HTTP_MAX_CONNECTIONS", "0"),
             ("MANA_AI_HTTP_REQUEST_TIMEOUT_SECS", "0"),
+        ] {
+            assert_eq!(config(&[URL, (var, bad)]).unwrap_err().var, var);
+        }
+    }
+
+    #[test]
+    fn cost_limits_have_defaults_and_ranges() {
+        let limits = config(&[URL]).unwrap().cost_limits;
+        assert_eq!(limits, CostLimits::default());
+        assert_eq!(limits.min_interval, chrono::Duration::minutes(1));
+        assert_eq!(limits.user_tokens_per_day, None);
+        let set = config(&[
+            URL,
+            ("MANA_AI_MIN_INTERVAL_MINUTES", "0"),
+            ("MANA_AI_USER_TOKENS_PER_DAY", "50000"),
+        ])
+        .unwrap()
+        .cost_limits;
+        assert_eq!(set.min_interval, chrono::Duration::zero());
+        assert_eq!(set.user_tokens_per_day, Some(50_000));
+        for (var, bad) in [
+            ("MANA_AI_MIN_INTERVAL_MINUTES", "-1"),
+            ("MANA_AI_MIN_INTERVAL_MINUTES", "1441"),
+            ("MANA_AI_USER_TOKENS_PER_DAY", "0"),
+            ("MANA_AI_USER_TOKENS_PER_DAY", "lots"),
         ] {
             assert_eq!(config(&[URL, (var, bad)]).unwrap_err().var, var);
         }

@@ -23,7 +23,8 @@ use crate::crypto::GrantKey;
 use crate::db;
 use crate::db::tls::{self, PgTls};
 use crate::metrics::Metrics;
-use crate::planner::llm::{LlmClient, LlmConfig, ServiceKey};
+use crate::planner::limiter::LimitConfig;
+use crate::planner::llm::{LimiterMetrics, LlmClient, LlmConfig, ServiceKey};
 use crate::planner::research::{ResearchClient, DEFAULT_DISCOVER_TIMEOUT, DEFAULT_SEARCH_TIMEOUT};
 use crate::planner::ToolCatalog;
 use crate::reactor::{self, Reactor};
@@ -89,9 +90,15 @@ pub fn llm_planner(config: &Config, metrics: &Metrics) -> anyhow::Result<Planner
     llm.max_attempts = config.llm_max_attempts;
     llm.max_tokens = (config.llm_max_tokens > 0).then_some(config.llm_max_tokens);
     llm.structured = config.llm_structured;
+    let limiter = LimiterMetrics {
+        limit: metrics.llm_concurrency_limit.clone(),
+        wait: metrics.llm_limiter_wait.clone(),
+        overloads: metrics.llm_overloads.clone(),
+    };
     let client = LlmClient::new(llm)
         .map_err(|e| anyhow::anyhow!("MANA_LLM_URL: {e}"))?
-        .with_duration_histogram(metrics.planner_request_duration.clone());
+        .with_duration_histogram(metrics.planner_request_duration.clone())
+        .with_limiter(LimitConfig::new(config.max_concurrent_runs), Some(limiter));
     Ok(Planner::Llm(Box::new(client)))
 }
 
@@ -153,6 +160,7 @@ impl RunnerSetup {
             default_tz: config.default_timezone,
             max_concurrent: config.max_concurrent_runs,
             max_failures: config.max_failures,
+            cost: config.cost_limits,
             max_field_bytes: config.max_field_bytes,
             backoff: config.retry_backoff.clone(),
             instance_id,
