@@ -215,11 +215,8 @@ impl LlmClient {
         let mut tries = Tries::default();
         let outcome = loop {
             tries.attempts += 1;
-            if let Err(stop) = check().await {
-                break Err(stop);
-            }
             let body = self.request_body(system, user, picker.form(), schema)?;
-            let error = match self.send(body).await {
+            let error = match self.send(body, &check).await {
                 Ok(answer) => {
                     picker.accepted();
                     break Ok(answer);
@@ -296,11 +293,24 @@ impl LlmClient {
         )
     }
 
-    /// One attempt, under the limiter when there is one.
-    async fn send(&self, body: Vec<u8>) -> Result<(String, Option<Usage>), AttemptError> {
+    /// One attempt, under the limiter when there is one: `check` is asked
+    /// once there is room, right before sending.
+    async fn send<C, F>(
+        &self,
+        body: Vec<u8>,
+        check: &C,
+    ) -> Result<(String, Option<Usage>), AttemptError>
+    where
+        C: Fn() -> F,
+        F: Future<Output = Result<(), LlmError>>,
+    {
+        let attempt = async {
+            check().await.map_err(AttemptError::Final)?;
+            self.attempt(body).await
+        };
         match &self.limited {
-            Some(limited) => limited.send(self.attempt(body)).await,
-            None => self.attempt(body).await,
+            Some(limited) => limited.send(attempt).await,
+            None => attempt.await,
         }
     }
 
