@@ -90,15 +90,11 @@ pub fn llm_planner(config: &Config, metrics: &Metrics) -> anyhow::Result<Planner
     llm.max_attempts = config.llm_max_attempts;
     llm.max_tokens = (config.llm_max_tokens > 0).then_some(config.llm_max_tokens);
     llm.structured = config.llm_structured;
-    let limiter = LimiterMetrics {
-        limit: metrics.llm_concurrency_limit.clone(),
-        wait: metrics.llm_limiter_wait.clone(),
-        overloads: metrics.llm_overloads.clone(),
-    };
+    let limit = LimitConfig::new(config.max_concurrent_runs);
     let client = LlmClient::new(llm)
         .map_err(|e| anyhow::anyhow!("MANA_LLM_URL: {e}"))?
         .with_duration_histogram(metrics.planner_request_duration.clone())
-        .with_limiter(LimitConfig::new(config.max_concurrent_runs), Some(limiter));
+        .with_limiter(limit, Some(LimiterMetrics::of(metrics)));
     Ok(Planner::Llm(Box::new(client)))
 }
 

@@ -18,14 +18,6 @@ use serde_json::json;
 const CAPACITY: usize = 4;
 const LATENCY: Duration = Duration::from_millis(200);
 
-fn limiter_metrics(metrics: &Metrics) -> LimiterMetrics {
-    LimiterMetrics {
-        limit: metrics.llm_concurrency_limit.clone(),
-        wait: metrics.llm_limiter_wait.clone(),
-        overloads: metrics.llm_overloads.clone(),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_calls_share_one_limit_and_never_spend_an_attempt_on_a_429() {
     let gateway = FakeGateway::start(GatewayConfig::new(CAPACITY, LATENCY))
@@ -36,7 +28,7 @@ async fn direct_calls_share_one_limit_and_never_spend_an_attempt_on_a_429() {
     config.max_attempts = 1;
     let client = LlmClient::new(config)
         .unwrap()
-        .with_limiter(LimitConfig::new(32), Some(limiter_metrics(&metrics)));
+        .with_limiter(LimitConfig::new(32), Some(LimiterMetrics::of(&metrics)));
     let calls = (0..100).map(|_| client.complete("s", "u"));
     let answers = futures_util::future::join_all(calls).await;
     for answer in &answers {

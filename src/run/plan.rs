@@ -9,7 +9,8 @@ use super::phase::Phase;
 use super::{Outcome, Runner};
 use crate::planner::llm::{LlmAnswer, LlmError};
 use crate::planner::{
-    build_prompt, parse_plan, AgentContext, PlannedIteration, PromptInput, ResolvedInput, ToolSpec,
+    build_prompt, parse_plan, AgentContext, PlannedIteration, Prompt, PromptInput, ResolvedInput,
+    ToolSpec,
 };
 
 /// Why an attempt failed.
@@ -94,25 +95,7 @@ impl Runner {
         let check = || self.check_budget(budget.as_ref());
         let answer = match deps.planner.plan(&prompt, &due.view(), tools, check).await {
             Ok(answer) => answer,
-            Err(LlmError::OverBudget(owner)) => {
-                tracing::info!(
-                    budget = owner,
-                    "token budget spent during the run; LLM request not sent"
-                );
-                return Planned::OverBudget;
-            }
-            Err(e) => {
-                // A 2xx with an unusable body: the model read the prompt.
-                let tokens_used = match e {
-                    LlmError::BadAnswer(_) => estimate(&prompt.system, &prompt.user, ""),
-                    _ => 0,
-                };
-                return Planned::Failed {
-                    kind: FailureKind::Planner,
-                    message: e.to_string(),
-                    tokens_used,
-                };
-            }
+            Err(e) => return not_answered(e, &prompt),
         };
         if deps.failpoint.as_deref() == Some("after-llm") {
             tracing::error!("failpoint after-llm: aborting the process");
@@ -150,6 +133,27 @@ impl Runner {
             Ok(true) => Err(LlmError::OverBudget(budget.owner())),
             Err(e) => Err(not_checked(&e)),
         }
+    }
+}
+
+/// What a run without an answer ends with.
+fn not_answered(error: LlmError, prompt: &Prompt) -> Planned {
+    let tokens_used = match error {
+        LlmError::OverBudget(owner) => {
+            tracing::info!(
+                budget = owner,
+                "token budget spent during the run; LLM request not sent"
+            );
+            return Planned::OverBudget;
+        }
+        // A 2xx with an unusable body: the model read the prompt.
+        LlmError::BadAnswer(_) => estimate(&prompt.system, &prompt.user, ""),
+        _ => 0,
+    };
+    Planned::Failed {
+        kind: FailureKind::Planner,
+        message: error.to_string(),
+        tokens_used,
     }
 }
 

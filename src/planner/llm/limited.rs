@@ -19,6 +19,17 @@ pub struct LimiterMetrics {
     pub overloads: IntCounter,
 }
 
+impl LimiterMetrics {
+    /// The limiter's figures in the process's registry.
+    pub fn of(metrics: &crate::metrics::Metrics) -> LimiterMetrics {
+        LimiterMetrics {
+            limit: metrics.llm_concurrency_limit.clone(),
+            wait: metrics.llm_limiter_wait.clone(),
+            overloads: metrics.llm_overloads.clone(),
+        }
+    }
+}
+
 /// The limiter in front of the gateway, with its metrics.
 #[derive(Debug)]
 pub(super) struct Limited {
