@@ -108,3 +108,50 @@ async fn eighty_missions_due_at_once_converge_to_a_narrow_gateway() {
     assert!((1..=8).contains(&limit), "the limit ended at {limit}");
     lead.stop().await;
 }
+
+#[tokio::test]
+async fn overloads_are_absorbed_up_to_a_bound_then_count_as_one_attempt() {
+    use mana_ai::planner::llm::LlmError;
+    use mana_ai::testkit::fake_llm::FakeLlm;
+    use mana_ai::testkit::http::FakeReply;
+
+    // 503 without Retry-After: waited out with a backoff, not an attempt.
+    let fake = FakeLlm::start(vec![
+        FakeReply::raw(503, "loading"),
+        FakeReply::raw(503, "loading"),
+        FakeLlm::answer("ok"),
+    ])
+    .await
+    .unwrap();
+    let mut config = LlmConfig::new(fake.url(), ServiceKey::new("k"), "m");
+    config.max_attempts = 1;
+    config.backoff_base = Duration::from_millis(2);
+    let client = LlmClient::new(config.clone())
+        .unwrap()
+        .with_limiter(LimitConfig::new(8), None);
+    let answer = client.complete("s", "u").await.unwrap();
+    assert_eq!((answer.content.as_str(), answer.attempts), ("ok", 1));
+    assert_eq!(fake.requests().len(), 3);
+    assert_eq!(client.limiter().map(|l| l.overloads()), Some(2));
+
+    // A gateway that never has room: after `max_overloads` the last one is
+    // an ordinary failed attempt, so a run cannot wait forever.
+    let full = FakeLlm::start(vec![FakeReply::raw(429, "full")])
+        .await
+        .unwrap();
+    config.base_url = full.url();
+    let bounded = LimitConfig {
+        max_overloads: 3,
+        ..LimitConfig::new(8)
+    };
+    let client = LlmClient::new(config).unwrap().with_limiter(bounded, None);
+    let err = client.complete("s", "u").await.unwrap_err();
+    assert_eq!(
+        err,
+        LlmError::Exhausted {
+            attempts: 1,
+            last: "HTTP 429".into()
+        }
+    );
+    assert_eq!(full.requests().len(), 4);
+}
