@@ -136,6 +136,8 @@ pub struct RunnerConfig {
     pub retry_backoff: Vec<Duration>,
     /// `MANA_AI_SHUTDOWN_GRACE_SECS`: how long runs in flight may finish on SIGTERM.
     pub shutdown_grace: Duration,
+    /// `MANA_AI_MIN_INTERVAL_MINUTES` and `MANA_AI_USER_TOKENS_PER_DAY`.
+    pub cost: CostLimits,
 }
 
 /// The planner: the LLM gateway, the research pre-step, the tool catalog.
@@ -218,6 +220,52 @@ pub struct GrantConfig {
 /// How every group reads a variable: unset and blank are the same.
 trait Lookup: Fn(&str) -> Option<String> {}
 impl<F: Fn(&str) -> Option<String>> Lookup for F {}
+
+/// Bounds on what missions cost (issue 9): how often an interval mission
+/// may run, and a daily token budget for missions without an agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CostLimits {
+    /// `MANA_AI_MIN_INTERVAL_MINUTES` (default 1, 0 turns it off): an
+    /// interval cadence shorter than this runs at this interval.
+    pub min_interval: chrono::Duration,
+    /// `MANA_AI_USER_TOKENS_PER_DAY` (default off): tokens a user's missions
+    /// without an agent may use in a rolling 24 hours.
+    pub user_tokens_per_day: Option<i64>,
+}
+
+impl Default for CostLimits {
+    fn default() -> CostLimits {
+        CostLimits {
+            min_interval: crate::schedule::cadence::DEFAULT_MIN_INTERVAL,
+            user_tokens_per_day: None,
+        }
+    }
+}
+
+impl CostLimits {
+    fn from_lookup(get: &impl Fn(&str) -> Option<String>) -> Result<CostLimits, ConfigError> {
+        let default_minutes = CostLimits::default().min_interval.num_minutes();
+        let minutes = parse_num(
+            get,
+            "MANA_AI_MIN_INTERVAL_MINUTES",
+            default_minutes,
+            0..=1440,
+        )?;
+        let budget = match get("MANA_AI_USER_TOKENS_PER_DAY") {
+            Some(_) => Some(parse_num(
+                get,
+                "MANA_AI_USER_TOKENS_PER_DAY",
+                0i64,
+                1..=i64::MAX,
+            )?),
+            None => None,
+        };
+        Ok(CostLimits {
+            min_interval: chrono::Duration::minutes(minutes),
+            user_tokens_per_day: budget,
+        })
+    }
+}
 
 impl Config {
     /// Reads the process environment.
@@ -326,6 +374,7 @@ impl RunnerConfig {
             max_failures: parse_num(get, "MANA_AI_MAX_FAILURES", 3u32, 1..=100)?,
             retry_backoff: parse_backoff(get)?,
             shutdown_grace: secs(get, "MANA_AI_SHUTDOWN_GRACE_SECS", 30, 0..=3_600)?,
+            cost: CostLimits::from_lookup(get)?,
         })
     }
 }
@@ -539,6 +588,32 @@ mod tests {
         for (var, bad) in [
             ("MANA_AI_HTTP_MAX_CONNECTIONS", "0"),
             ("MANA_AI_HTTP_REQUEST_TIMEOUT_SECS", "0"),
+        ] {
+            assert_eq!(config(&[URL, (var, bad)]).unwrap_err().var, var);
+        }
+    }
+
+    #[test]
+    fn cost_limits_have_defaults_and_ranges() {
+        let limits = config(&[URL]).unwrap().runner.cost;
+        assert_eq!(limits, CostLimits::default());
+        assert_eq!(limits.min_interval, chrono::Duration::minutes(1));
+        assert_eq!(limits.user_tokens_per_day, None);
+        let set = config(&[
+            URL,
+            ("MANA_AI_MIN_INTERVAL_MINUTES", "0"),
+            ("MANA_AI_USER_TOKENS_PER_DAY", "50000"),
+        ])
+        .unwrap()
+        .runner
+        .cost;
+        assert_eq!(set.min_interval, chrono::Duration::zero());
+        assert_eq!(set.user_tokens_per_day, Some(50_000));
+        for (var, bad) in [
+            ("MANA_AI_MIN_INTERVAL_MINUTES", "-1"),
+            ("MANA_AI_MIN_INTERVAL_MINUTES", "1441"),
+            ("MANA_AI_USER_TOKENS_PER_DAY", "0"),
+            ("MANA_AI_USER_TOKENS_PER_DAY", "lots"),
         ] {
             assert_eq!(config(&[URL, (var, bad)]).unwrap_err().var, var);
         }

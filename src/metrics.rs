@@ -91,6 +91,11 @@ metrics! {
     runs_abandoned: IntCounter = counter("runs_abandoned_total", "Runs stopped unfinished (shutdown past its grace, or leadership lost); their slots go to the next leader"),
     research_failures: IntCounter = counter("research_failures_total", "Research pre-steps that failed (planning went on without them)"),
     missions_stalled: IntCounterVec = counter_vec("missions_stalled_total", "Runs that found their mission unable to advance, by reason", &["reason"]),
+    // -- LLM gateway and cost bounds --
+    llm_concurrency_limit: IntGauge = int_gauge("llm_concurrency_limit", "LLM requests allowed in flight at once (adaptive, 1..MANA_AI_MAX_CONCURRENT_RUNS)"),
+    llm_limiter_wait: Histogram = histogram("llm_limiter_wait_seconds", "Time an LLM request waited for room under the adaptive limit (and any Retry-After)"),
+    llm_overloads: IntCounter = counter("llm_overloads_total", "LLM gateway answers 429 or 503 (waited out, not failed attempts)"),
+    interval_floored: IntCounter = counter("interval_floored_total", "Next runs of interval missions moved up to MANA_AI_MIN_INTERVAL_MINUTES"),
     // -- grants (contract names); `table` is mapped by `labels::table` --
     decrypts: IntCounterVec = counter_vec("decrypts_total", "Records decrypted under a key-grant, by table (unknown tables as other)", &["table"]),
     grant_scope_violations: IntCounterVec = counter_vec("grant_scope_violations_total", "Inputs outside their grant's allowlist, by table (unknown tables as other; alert above 0)", &["table"]),

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use mana_ai::config::Secret as ServiceKey;
+use mana_ai::config::Secret;
 use mana_ai::planner::llm::{LlmClient, LlmConfig, LlmError, Usage};
 use serde_json::json;
 use testkit::{refused_url, FakeLlm, FakeReply};
@@ -13,7 +13,7 @@ use testkit::{refused_url, FakeLlm, FakeReply};
 const KEY: &str = "sk-test-service-key";
 
 fn config(base_url: String) -> LlmConfig {
-    let mut config = LlmConfig::new(base_url, ServiceKey::new(KEY), "gemma3:4b");
+    let mut config = LlmConfig::new(base_url, Secret::new(KEY), "gemma3:4b");
     config.timeout = Duration::from_secs(5);
     config.max_attempts = 3;
     config.backoff_base = Duration::from_millis(1);

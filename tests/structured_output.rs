@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{eventually, mission_data, plan_answer, setup, write, Change, TestDb};
-use mana_ai::config::Secret as ServiceKey;
+use mana_ai::config::Secret;
 use mana_ai::planner::llm::{LlmClient, LlmConfig, LlmError};
 use mana_ai::planner::structured::StructuredMode;
 use mana_ai::planner::ToolCatalog;
@@ -18,7 +18,7 @@ use testkit::http::FakeReply;
 const BARE_PLAN: &str = r#"{"summary": "Woche", "steps": [{"summary": "Aufgabe", "toolName": "create_task", "params": {"title": "Montag"}, "rationale": "Ein Anfang."}]}"#;
 
 fn client(url: String, mode: StructuredMode) -> LlmClient {
-    let mut config = LlmConfig::new(url, ServiceKey::new("k"), "smollm2");
+    let mut config = LlmConfig::new(url, Secret::new("k"), "smollm2");
     config.timeout = Duration::from_secs(5);
     config.backoff_base = Duration::from_millis(1);
     config.backoff_cap = Duration::from_millis(5);

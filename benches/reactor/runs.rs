@@ -6,8 +6,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use mana_ai::config::Secret;
 use mana_ai::metrics::Metrics;
-use mana_ai::planner::llm::{LlmClient, LlmConfig, ServiceKey};
+use mana_ai::planner::llm::{LlmClient, LlmConfig};
 use mana_ai::service::{Leadership, RunnerSetup, ServiceContext};
 use mana_ai::sync::fold::iso_millis;
 use pgtemp::{SERVICE_ROLE, SYNC_ROLE};
@@ -112,7 +113,7 @@ pub async fn runs(
 ) -> anyhow::Result<()> {
     let fake = FakeLlm::start(vec![FakeLlm::answer(ANSWER)]).await?;
     // The fake's own round trip, to subtract from the run time.
-    let client = LlmClient::new(LlmConfig::new(fake.url(), ServiceKey::new("k"), "m"))?;
+    let client = LlmClient::new(LlmConfig::new(fake.url(), Secret::new("k"), "m"))?;
     let probes = 200;
     let started = Instant::now();
     for _ in 0..probes {

@@ -10,6 +10,12 @@
 //! - one call retries connect errors, timeouts, 5xx and 429 with capped
 //!   exponential backoff and jitter; a 429's `Retry-After` (seconds) replaces
 //!   the backoff, capped so a gateway cannot park a run for an hour;
+//! - with a limiter ([`LlmClient::with_limiter`], as the service builds it)
+//!   every request waits for room under one adaptive limit, and a 429 or 503
+//!   is not a failed attempt: the request waits (for the `Retry-After`, else
+//!   a backoff) and is sent again, up to `max_overloads` times;
+//! - [`LlmClient::complete_checked`] asks a check (the token budgets) before
+//!   each request, retries included;
 //! - any other non-2xx is final ([`LlmError::Rejected`]): retrying a bad
 //!   request or a bad key only burns quota;
 //! - the timeout covers one attempt from connect to the last body byte;
@@ -19,28 +25,29 @@
 //!   neither do URLs (a base URL may carry credentials).
 
 mod error;
+mod limited;
 mod transport;
 mod wire;
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
 use reqwest::header::CONTENT_TYPE;
 use serde_json::Value;
 
+use super::limiter::{GatewayLimiter, LimitConfig};
 use super::structured::{Form, FormPicker, StructuredMode};
 use crate::config::Secret;
 use error::AttemptError;
 pub use error::LlmError;
+use limited::Limited;
+pub use limited::LimiterMetrics;
 pub use transport::backoff_delay;
 use transport::retry_after;
 pub(crate) use transport::{describe, join_path, read_body_limited, BodyError};
 use wire::{parse_answer, ChatMessage, ChatRequest};
 pub use wire::{LlmAnswer, Usage};
-
-/// The service key is a [`Secret`] like every other; this name stays only
-/// for callers not yet moved to `Secret` (`service::llm_planner`).
-pub type ServiceKey = Secret;
 
 /// Settings of an [`LlmClient`]. [`LlmConfig::new`] fills in production defaults.
 #[derive(Debug, Clone)]
@@ -98,6 +105,14 @@ pub struct LlmClient {
     endpoint: reqwest::Url,
     config: LlmConfig,
     duration: Option<prometheus::Histogram>,
+    limited: Option<Limited>,
+}
+
+/// Attempts and absorbed overloads of one call.
+#[derive(Debug, Default)]
+struct Tries {
+    attempts: u32,
+    overloads: u32,
 }
 
 impl LlmClient {
@@ -116,6 +131,7 @@ impl LlmClient {
             endpoint,
             config,
             duration: None,
+            limited: None,
         })
     }
 
@@ -123,6 +139,27 @@ impl LlmClient {
     pub fn with_duration_histogram(mut self, histogram: prometheus::Histogram) -> LlmClient {
         self.duration = Some(histogram);
         self
+    }
+
+    /// Sends every request under one adaptive limiter (see
+    /// [`super::limiter`]); `config.max` is `MANA_AI_MAX_CONCURRENT_RUNS`.
+    /// The limiter honours `Retry-After` up to this client's cap.
+    pub fn with_limiter(
+        mut self,
+        config: LimitConfig,
+        metrics: Option<LimiterMetrics>,
+    ) -> LlmClient {
+        let config = LimitConfig {
+            retry_after_cap: self.config.retry_after_cap,
+            ..config
+        };
+        self.limited = Some(Limited::new(config, metrics));
+        self
+    }
+
+    /// The limiter requests go through, if there is one.
+    pub fn limiter(&self) -> Option<&GatewayLimiter> {
+        self.limited.as_ref().map(|l| &l.limiter)
     }
 
     pub fn config(&self) -> &LlmConfig {
@@ -146,18 +183,36 @@ impl LlmClient {
         user: &str,
         schema: Option<&Value>,
     ) -> Result<LlmAnswer, LlmError> {
+        let unchecked = || std::future::ready(Ok(()));
+        self.complete_checked(system, user, schema, unchecked).await
+    }
+
+    /// [`LlmClient::complete_plan`] that asks `check` before each request,
+    /// retries included: an error from it ends the call unsent (a token
+    /// budget spent meanwhile). With a limiter, a 429 or 503 waits for room
+    /// and is sent again without counting an attempt.
+    pub async fn complete_checked<C, F>(
+        &self,
+        system: &str,
+        user: &str,
+        schema: Option<&Value>,
+        check: C,
+    ) -> Result<LlmAnswer, LlmError>
+    where
+        C: Fn() -> F,
+        F: Future<Output = Result<(), LlmError>>,
+    {
         let mut picker = FormPicker::new(
             self.config.structured,
             self.endpoint.as_str(),
             schema.is_some(),
         );
         let started = Instant::now();
-        let max_attempts = self.config.max_attempts.max(1);
-        let mut attempt = 0;
+        let mut tries = Tries::default();
         let outcome = loop {
-            attempt += 1;
+            tries.attempts += 1;
             let body = self.request_body(system, user, picker.form(), schema)?;
-            let error = match self.attempt(body).await {
+            let error = match self.send(body, &check).await {
                 Ok(answer) => {
                     picker.accepted();
                     break Ok(answer);
@@ -165,24 +220,12 @@ impl LlmClient {
                 Err(error) => error,
             };
             if error.status().is_some_and(|status| picker.refused(status)) {
-                attempt -= 1;
+                tries.attempts -= 1;
                 continue;
             }
-            match error {
-                AttemptError::Final(error) => break Err(error),
-                AttemptError::Retryable {
-                    reason,
-                    retry_after,
-                    ..
-                } => {
-                    if attempt >= max_attempts {
-                        break Err(LlmError::Exhausted {
-                            attempts: attempt,
-                            last: reason,
-                        });
-                    }
-                    self.wait_before_retry(attempt, retry_after, &reason).await;
-                }
+            match self.after_failure(error, &mut tries) {
+                Ok(wait) => tokio::time::sleep(wait).await,
+                Err(error) => break Err(error),
             }
         };
         let elapsed = started.elapsed();
@@ -192,9 +235,79 @@ impl LlmClient {
         outcome.map(|(content, usage)| LlmAnswer {
             content,
             usage,
-            attempts: attempt,
+            attempts: tries.attempts,
             elapsed,
         })
+    }
+
+    /// After a failed attempt: how long to wait before the next, or the
+    /// call's error. An overload under the limiter is not an attempt.
+    fn after_failure(&self, error: AttemptError, tries: &mut Tries) -> Result<Duration, LlmError> {
+        let overload = error.is_overload();
+        let (reason, retry_after) = match error {
+            AttemptError::Final(error) => return Err(error),
+            AttemptError::Retryable {
+                reason,
+                retry_after,
+                ..
+            } => (reason, retry_after),
+        };
+        if let Some(limited) = self.limited.as_ref().filter(|_| overload) {
+            if tries.overloads < limited.max_overloads {
+                tries.overloads += 1;
+                tries.attempts -= 1;
+                // The limiter waits out a Retry-After; without one, back off.
+                let wait = match retry_after {
+                    Some(_) => Duration::ZERO,
+                    None => self.backoff(tries.overloads),
+                };
+                tracing::debug!(overloads = tries.overloads, %reason, "LLM gateway full, waiting for room");
+                return Ok(wait);
+            }
+        }
+        if tries.attempts >= self.config.max_attempts.max(1) {
+            return Err(LlmError::Exhausted {
+                attempts: tries.attempts,
+                last: reason,
+            });
+        }
+        let wait = match retry_after {
+            Some(asked) => asked.min(self.config.retry_after_cap),
+            None => self.backoff(tries.attempts),
+        };
+        tracing::warn!(attempt = tries.attempts, wait_ms = wait.as_millis() as u64, %reason, "LLM attempt failed, retrying");
+        Ok(wait)
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let jitter = rand::rng().random::<f64>();
+        backoff_delay(
+            attempt,
+            self.config.backoff_base,
+            self.config.backoff_cap,
+            jitter,
+        )
+    }
+
+    /// One attempt, under the limiter when there is one: `check` is asked
+    /// once there is room, right before sending.
+    async fn send<C, F>(
+        &self,
+        body: Vec<u8>,
+        check: &C,
+    ) -> Result<(String, Option<Usage>), AttemptError>
+    where
+        C: Fn() -> F,
+        F: Future<Output = Result<(), LlmError>>,
+    {
+        let attempt = async {
+            check().await.map_err(AttemptError::Final)?;
+            self.attempt(body).await
+        };
+        match &self.limited {
+            Some(limited) => limited.send(attempt).await,
+            None => attempt.await,
+        }
     }
 
     fn request_body(
@@ -223,20 +336,6 @@ impl LlmClient {
         serde_json::to_vec(&request).map_err(|e| LlmError::Config(e.to_string()))
     }
 
-    async fn wait_before_retry(&self, attempt: u32, retry_after: Option<Duration>, reason: &str) {
-        let wait = match retry_after {
-            Some(asked) => asked.min(self.config.retry_after_cap),
-            None => backoff_delay(
-                attempt,
-                self.config.backoff_base,
-                self.config.backoff_cap,
-                rand::rng().random::<f64>(),
-            ),
-        };
-        tracing::warn!(attempt, wait_ms = wait.as_millis() as u64, %reason, "LLM attempt failed, retrying");
-        tokio::time::sleep(wait).await;
-    }
-
     async fn attempt(&self, body: Vec<u8>) -> Result<(String, Option<Usage>), AttemptError> {
         let response = self
             .http
@@ -254,6 +353,7 @@ impl LlmClient {
                 reason: format!("HTTP {}", status.as_u16()),
                 retry_after,
                 status: Some(status.as_u16()),
+                timed_out: false,
             });
         }
         if !status.is_success() {
@@ -282,6 +382,7 @@ impl LlmClient {
             reason,
             retry_after: None,
             status: None,
+            timed_out: e.is_timeout(),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Where plans come from: the LLM gateway, or the offline planner. A run
 //! asks [`Planner::plan`] and does not care which one answers.
 
+use std::future::Future;
 use std::time::Duration;
 
 use tracing::Instrument;
@@ -18,16 +19,24 @@ pub enum Planner {
 
 impl Planner {
     /// The answer to one prompt: the model's, or the offline planner's fixed
-    /// plan for `mission` with the first suitable of `tools`.
-    pub async fn plan(
+    /// plan for `mission` with the first suitable of `tools`. `check` is
+    /// asked before each request to the model (see
+    /// [`LlmClient::complete_checked`]); the offline planner sends none.
+    pub async fn plan<C, F>(
         &self,
         prompt: &Prompt,
         mission: &MissionView<'_>,
         tools: &[&ToolSpec],
-    ) -> Result<LlmAnswer, LlmError> {
+        check: C,
+    ) -> Result<LlmAnswer, LlmError>
+    where
+        C: Fn() -> F,
+        F: Future<Output = Result<(), LlmError>>,
+    {
         match self {
             Planner::Llm(llm) => {
-                llm.complete_plan(&prompt.system, &prompt.user, prompt.schema.as_ref())
+                let (system, user) = (&prompt.system, &prompt.user);
+                llm.complete_checked(system, user, prompt.schema.as_ref(), check)
                     .instrument(tracing::info_span!("llm_call"))
                     .await
             }

@@ -14,7 +14,7 @@ use crate::planner::AgentPolicy;
 /// Retry a skipped-concurrency run this much later.
 const CONCURRENCY_RETRY: chrono::Duration = chrono::Duration::seconds(30);
 /// Retry an over-budget run this much later (the window moves continuously).
-const BUDGET_RETRY: chrono::Duration = chrono::Duration::minutes(15);
+pub(super) const BUDGET_RETRY: chrono::Duration = chrono::Duration::minutes(15);
 
 /// A run the gates let through, holding its agent's concurrency slot.
 pub(super) struct Admitted<'a> {
@@ -56,6 +56,12 @@ impl Runner {
         let skip = |decision, retry_at| Ok(Admission::Skip { decision, retry_at });
         let agent_id = record.get("agentId").and_then(Value::as_str);
         let Some(agent_id) = agent_id.filter(|s| !s.is_empty()) else {
+            let budget = gates::Budget::of(user_id, None, self.deps.cost.user_tokens_per_day);
+            if let Some(budget) = budget {
+                if budget.spent(client).await? {
+                    return skip(GateDecision::SkippedBudget, Some(started + BUDGET_RETRY));
+                }
+            }
             let legacy = Admitted {
                 agent: None,
                 policy: None,

@@ -6,7 +6,9 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use tracing::Instrument;
 
+use super::admit::BUDGET_RETRY;
 use super::claim;
+use super::gates::GateDecision;
 use super::mission::{Claimed, DueRun};
 use super::phase::Phase;
 use super::plan::{FailureKind, Planned};
@@ -15,6 +17,7 @@ use super::writeback::{self, Author, WriteBack};
 use super::{Outcome, Runner};
 use crate::planner::PlannedIteration;
 use crate::schedule::cadence::Cadence;
+use crate::store;
 
 /// `mission_runs.outcome` of a written iteration.
 const WRITTEN: &str = "written";
@@ -63,7 +66,30 @@ impl Runner {
                     .await?;
                 Ok(kind.outcome(final_))
             }
+            Planned::OverBudget => self.over_budget(&client, due, claimed).await,
         }
+    }
+
+    /// A token budget ran out before the run's request was sent: the slot
+    /// goes back uncounted and is tried again later, as at admission.
+    async fn over_budget(
+        &self,
+        client: &tokio_postgres::Client,
+        due: &DueRun,
+        claimed: &mut Claimed,
+    ) -> anyhow::Result<Outcome> {
+        let decision = GateDecision::SkippedBudget;
+        let retry_at = self.deps.clock.now() + BUDGET_RETRY;
+        let (slot, token) = (&due.slot, claimed.guard.token);
+        claim::release(client, slot, token, Some(retry_at), decision.as_str()).await?;
+        claimed.guard.armed = false;
+        self.deps
+            .metrics
+            .agent_decisions
+            .with_label_values(&[decision.as_str()])
+            .inc();
+        self.rearm(&slot.user_id, &slot.mission_id, retry_at).await;
+        Ok(Outcome::Skipped(decision.as_str()))
     }
 
     /// Commits the planned iteration with the slot's completion.
@@ -142,7 +168,15 @@ impl Runner {
             retry_at = retry_at.min(next.max(now));
         }
         let (slot, token) = (&write.slot, write.token);
-        claim::back_off(&*client, slot, token, retry_at, phase.as_str(), message).await?;
+        // The failed answer's tokens count against the budgets as well.
+        let tx = client.transaction().await?;
+        claim::back_off(&tx, slot, token, retry_at, phase.as_str(), message).await?;
+        if write.tokens_used > 0 {
+            let agent = write.author.agent_id.as_deref();
+            let (user, mission) = (&slot.user_id, &slot.mission_id);
+            store::usage::record(&tx, user, agent, mission, write.tokens_used).await?;
+        }
+        tx.commit().await?;
         claimed.guard.armed = false;
         self.rearm(&slot.user_id, &slot.mission_id, retry_at).await;
         Ok(false)
@@ -152,7 +186,18 @@ impl Runner {
     fn next_run(&self, record: &Map<String, Value>, slot: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let cadence = record.get("cadence")?;
         match Cadence::parse(cadence) {
-            Ok(c) => c.next_after_run(slot, self.deps.clock.now(), self.deps.default_tz),
+            Ok(c) => {
+                let (now, tz, floor) = (
+                    self.deps.clock.now(),
+                    self.deps.default_tz,
+                    self.deps.cost.min_interval,
+                );
+                let next = c.next_after_run_floored(slot, now, tz, floor)?;
+                if next.floored {
+                    self.deps.metrics.interval_floored.inc();
+                }
+                Some(next.at)
+            }
             Err(e) => {
                 self.stalled(Stall::NoNextRun);
                 tracing::warn!(error = %e, stall = Stall::NoNextRun.as_str(), "mission cadence unreadable; no next run");

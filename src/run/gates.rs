@@ -1,6 +1,8 @@
 //! Agent gates: archived and paused agents skip, `maxConcurrentMissions` is
 //! real in-flight concurrency, `maxTokensPerDay` is a rolling 24 h window
-//! over `mana_ai.token_usage`. They fail closed: a mission whose agent is
+//! over `mana_ai.token_usage`. A mission without an agent has the user's
+//! budget instead (`MANA_AI_USER_TOKENS_PER_DAY`, when set). A [`Budget`] is
+//! checked at admission and again before each LLM request, retries included. They fail closed: a mission whose agent is
 //! missing (deleted, or not synced yet) or whose policy does not parse is
 //! skipped, never run as the default agent or with every tool.
 
@@ -113,6 +115,49 @@ pub async fn tokens_last_day(
     crate::store::usage::tokens_last_day(client, user_id, agent_id).await
 }
 
+/// The token budget a run is held to: its agent's `maxTokensPerDay`, or
+/// for a mission without an agent the user's daily budget.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Budget {
+    pub user_id: String,
+    /// None: the user's budget of missions without an agent.
+    pub agent_id: Option<String>,
+    pub max_tokens: i64,
+}
+
+impl Budget {
+    /// The budget of a run of `agent` (None: no agent); None when unlimited.
+    pub fn of(user_id: &str, agent: Option<&Agent>, user_per_day: Option<i64>) -> Option<Budget> {
+        let (agent_id, max_tokens) = match agent {
+            Some(agent) => (Some(agent.id.clone()), agent.max_tokens_per_day?),
+            None => (None, user_per_day?),
+        };
+        Some(Budget {
+            user_id: user_id.to_string(),
+            agent_id,
+            max_tokens,
+        })
+    }
+
+    /// Whose budget it is, for logs and errors: `agent` or `user`.
+    pub fn owner(&self) -> &'static str {
+        if self.agent_id.is_some() {
+            "agent"
+        } else {
+            "user"
+        }
+    }
+
+    /// Whether the last 24 hours used it up.
+    pub async fn spent(&self, client: &impl GenericClient) -> Result<bool, tokio_postgres::Error> {
+        let used = match &self.agent_id {
+            Some(agent_id) => tokens_last_day(client, &self.user_id, agent_id).await?,
+            None => crate::store::usage::user_tokens_last_day(client, &self.user_id).await?,
+        };
+        Ok(used >= self.max_tokens)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,5 +207,23 @@ mod tests {
         assert_eq!((a.max_concurrent, a.max_tokens_per_day), (1, None));
         let b = agent(json!({"maxConcurrentMissions": 4, "maxTokensPerDay": 1000}));
         assert_eq!((b.max_concurrent, b.max_tokens_per_day), (4, Some(1000)));
+    }
+
+    #[test]
+    fn a_budget_is_the_agents_or_else_the_users() {
+        let capped = agent(json!({"maxTokensPerDay": 500}));
+        let open = agent(json!({}));
+        let of = |a: Option<&Agent>, user| Budget::of("u", a, user);
+        let agent_budget = of(Some(&capped), Some(9)).unwrap();
+        assert_eq!(
+            (agent_budget.max_tokens, agent_budget.owner()),
+            (500, "agent")
+        );
+        assert_eq!(agent_budget.agent_id.as_deref(), Some("a"));
+        // An agent without a cap is not held to the user's budget.
+        assert_eq!(of(Some(&open), Some(9)), None);
+        let user_budget = of(None, Some(9)).unwrap();
+        assert_eq!((user_budget.max_tokens, user_budget.owner()), (9, "user"));
+        assert_eq!(of(None, None), None);
     }
 }

@@ -66,6 +66,8 @@ pub struct RunnerDeps {
     pub default_tz: chrono_tz::Tz,
     pub max_concurrent: usize,
     pub max_failures: u32,
+    /// The interval floor and the users' token budget.
+    pub cost: crate::config::CostLimits,
     /// `MANA_AI_MAX_FIELD_BYTES`, as the applier applies it.
     pub max_field_bytes: usize,
     /// Waits after the 1st, 2nd, ... consecutive failure (the last repeats).

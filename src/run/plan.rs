@@ -3,12 +3,14 @@
 use chrono::{DateTime, Utc};
 
 use super::admit::Admitted;
+use super::gates::Budget;
 use super::mission::{Claimed, DueRun};
 use super::phase::Phase;
 use super::{Outcome, Runner};
-use crate::planner::llm::LlmAnswer;
+use crate::planner::llm::{LlmAnswer, LlmError};
 use crate::planner::{
-    build_prompt, parse_plan, AgentContext, PlannedIteration, PromptInput, ResolvedInput, ToolSpec,
+    build_prompt, parse_plan, AgentContext, PlannedIteration, Prompt, PromptInput, ResolvedInput,
+    ToolSpec,
 };
 
 /// Why an attempt failed.
@@ -58,6 +60,9 @@ pub(super) enum Planned {
         message: String,
         tokens_used: i64,
     },
+    /// A token budget was spent before a request could be sent (by runs
+    /// beside this one): the run is skipped like at admission.
+    OverBudget,
 }
 
 impl Runner {
@@ -85,15 +90,12 @@ impl Runner {
         });
         self.observe_prompt(&due.slot.mission_id, &prompt, tools.len(), &inputs);
         drop(inputs);
-        let answer = match deps.planner.plan(&prompt, &due.view(), tools).await {
+        let user_budget = deps.cost.user_tokens_per_day;
+        let budget = Budget::of(&due.slot.user_id, admitted.agent.as_ref(), user_budget);
+        let check = || self.check_budget(budget.as_ref());
+        let answer = match deps.planner.plan(&prompt, &due.view(), tools, check).await {
             Ok(answer) => answer,
-            Err(e) => {
-                return Planned::Failed {
-                    kind: FailureKind::Planner,
-                    message: e.to_string(),
-                    tokens_used: 0,
-                }
-            }
+            Err(e) => return not_answered(e, &prompt),
         };
         if deps.failpoint.as_deref() == Some("after-llm") {
             tracing::error!("failpoint after-llm: aborting the process");
@@ -115,6 +117,46 @@ impl Runner {
     }
 }
 
+impl Runner {
+    /// Asked before each LLM request: is the run's token budget spent?
+    /// Takes a pooled connection only for the query.
+    async fn check_budget(&self, budget: Option<&Budget>) -> Result<(), LlmError> {
+        let Some(budget) = budget else {
+            return Ok(());
+        };
+        let not_checked = |e: &dyn std::fmt::Display| {
+            LlmError::NotChecked(format!("the token budget could not be read: {e}"))
+        };
+        let client = self.deps.pool.get().await.map_err(|e| not_checked(&e))?;
+        match budget.spent(&**client).await {
+            Ok(false) => Ok(()),
+            Ok(true) => Err(LlmError::OverBudget(budget.owner())),
+            Err(e) => Err(not_checked(&e)),
+        }
+    }
+}
+
+/// What a run without an answer ends with.
+fn not_answered(error: LlmError, prompt: &Prompt) -> Planned {
+    let tokens_used = match error {
+        LlmError::OverBudget(owner) => {
+            tracing::info!(
+                budget = owner,
+                "token budget spent during the run; LLM request not sent"
+            );
+            return Planned::OverBudget;
+        }
+        // A 2xx with an unusable body: the model read the prompt.
+        LlmError::BadAnswer(_) => estimate(&prompt.system, &prompt.user, ""),
+        _ => 0,
+    };
+    Planned::Failed {
+        kind: FailureKind::Planner,
+        message: error.to_string(),
+        tokens_used,
+    }
+}
+
 /// Tokens to charge: the gateway's count, else about four characters a token.
 fn tokens(answer: &LlmAnswer, system: &str, user: &str) -> i64 {
     match &answer.usage {
@@ -122,6 +164,11 @@ fn tokens(answer: &LlmAnswer, system: &str, user: &str) -> i64 {
         Some(u) if u.prompt_tokens + u.completion_tokens > 0 => {
             (u.prompt_tokens + u.completion_tokens) as i64
         }
-        _ => ((system.len() + user.len() + answer.content.len()) / 4) as i64,
+        _ => estimate(system, user, &answer.content),
     }
+}
+
+/// About four characters a token.
+fn estimate(system: &str, user: &str, answer: &str) -> i64 {
+    ((system.len() + user.len() + answer.len()) / 4) as i64
 }

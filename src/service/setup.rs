@@ -8,7 +8,8 @@ use tokio::sync::mpsc;
 use crate::config::Config;
 use crate::crypto::GrantKey;
 use crate::metrics::Metrics;
-use crate::planner::llm::{LlmClient, LlmConfig, ServiceKey};
+use crate::planner::limiter::LimitConfig;
+use crate::planner::llm::{LimiterMetrics, LlmClient, LlmConfig};
 use crate::planner::research::{ResearchClient, DEFAULT_DISCOVER_TIMEOUT, DEFAULT_SEARCH_TIMEOUT};
 use crate::planner::ToolCatalog;
 use crate::run::{Planner, Runner, RunnerDeps};
@@ -66,16 +67,18 @@ pub fn llm_planner(config: &Config, metrics: &Metrics) -> anyhow::Result<Planner
     let planner = &config.planner;
     let mut llm = LlmConfig::new(
         planner.llm_url.clone(),
-        ServiceKey::new(config.http.service_key.expose()),
+        config.http.service_key.clone(),
         planner.llm_model.clone(),
     );
     llm.timeout = planner.llm_timeout;
     llm.max_attempts = planner.llm_max_attempts;
     llm.max_tokens = (planner.llm_max_tokens > 0).then_some(planner.llm_max_tokens);
     llm.structured = planner.llm_structured;
+    let limit = LimitConfig::new(config.runner.max_concurrent_runs);
     let client = LlmClient::new(llm)
         .map_err(|e| anyhow::anyhow!("MANA_LLM_URL: {e}"))?
-        .with_duration_histogram(metrics.planner_request_duration.clone());
+        .with_duration_histogram(metrics.planner_request_duration.clone())
+        .with_limiter(limit, Some(LimiterMetrics::of(metrics)));
     Ok(Planner::Llm(Box::new(client)))
 }
 
@@ -131,6 +134,7 @@ impl RunnerSetup {
             default_tz: runner.default_timezone,
             max_concurrent: runner.max_concurrent_runs,
             max_failures: runner.max_failures,
+            cost: runner.cost,
             max_field_bytes: ctx.config.reactor.max_field_bytes,
             backoff: runner.retry_backoff.clone(),
             instance_id: term.id,
