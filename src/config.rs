@@ -149,6 +149,33 @@ pub struct Config {
     pub retention_days: u32,
     /// `MANA_AI_HTTP_MAX_CONNECTIONS` and `MANA_AI_HTTP_REQUEST_TIMEOUT_SECS`.
     pub http_limits: HttpLimits,
+    /// `MANA_AI_MAX_RUNS_PER_USER` and `MANA_AI_CATCH_UP_GRACE_SECS`.
+    pub fair_limits: FairLimits,
+}
+
+/// How the runner shares itself between users (see `schedule::fair`); the
+/// total is `MANA_AI_MAX_CONCURRENT_RUNS`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FairLimits {
+    /// `MANA_AI_MAX_RUNS_PER_USER`: runs of one user in flight at most.
+    pub max_runs_per_user: usize,
+    /// `MANA_AI_CATCH_UP_GRACE_SECS`: a slot older than this when it falls
+    /// due is caught up after every on-time slot.
+    pub catch_up_grace: Duration,
+}
+
+impl FairLimits {
+    fn from_lookup(get: &impl Fn(&str) -> Option<String>) -> Result<FairLimits, ConfigError> {
+        Ok(FairLimits {
+            max_runs_per_user: parse_num(get, "MANA_AI_MAX_RUNS_PER_USER", 4usize, 1..=1024)?,
+            catch_up_grace: Duration::from_secs(parse_num(
+                get,
+                "MANA_AI_CATCH_UP_GRACE_SECS",
+                300u64,
+                1..=604_800,
+            )?),
+        })
+    }
 }
 
 /// Limits of the HTTP server (see `http::HttpSettings`).
@@ -312,6 +339,7 @@ impl Config {
             allow_privileged: parse_bool(&get, "MANA_AI_ALLOW_PRIVILEGED", false)?,
             retention_days: parse_num(&get, "MANA_AI_RETENTION_DAYS", 30u32, 1..=3_650)?,
             http_limits: HttpLimits::from_lookup(&get)?,
+            fair_limits: FairLimits::from_lookup(&get)?,
         })
     }
 }
@@ -595,6 +623,27 @@ mod tests {
             ("MANA_AI_HTTP_REQUEST_TIMEOUT_SECS", "0"),
         ] {
             assert_eq!(config(&[URL, (var, bad)]).unwrap_err().var, var);
+        }
+    }
+
+    #[test]
+    fn fair_limits_have_defaults_and_ranges() {
+        let limits = config(&[URL]).unwrap().fair_limits;
+        assert_eq!(limits.max_runs_per_user, 4);
+        assert_eq!(limits.catch_up_grace, Duration::from_secs(300));
+        let set = config(&[
+            URL,
+            ("MANA_AI_MAX_RUNS_PER_USER", "2"),
+            ("MANA_AI_CATCH_UP_GRACE_SECS", "60"),
+        ])
+        .unwrap()
+        .fair_limits;
+        assert_eq!(
+            (set.max_runs_per_user, set.catch_up_grace.as_secs()),
+            (2, 60)
+        );
+        for var in ["MANA_AI_MAX_RUNS_PER_USER", "MANA_AI_CATCH_UP_GRACE_SECS"] {
+            assert_eq!(config(&[URL, (var, "0")]).unwrap_err().var, var);
         }
     }
 }

@@ -152,6 +152,7 @@ impl RunnerSetup {
             grant_key: self.grant_key,
             default_tz: config.default_timezone,
             max_concurrent: config.max_concurrent_runs,
+            fair_limits: config.fair_limits,
             max_failures: config.max_failures,
             max_field_bytes: config.max_field_bytes,
             backoff: config.retry_backoff.clone(),

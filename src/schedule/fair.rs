@@ -71,6 +71,19 @@ pub enum Tier {
     CatchUp,
 }
 
+impl Tier {
+    /// Both tiers, in serving order.
+    pub const ALL: [Tier; 2] = [Tier::OnTime, Tier::CatchUp];
+
+    /// The `tier` label of `run_queue_depth`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::OnTime => "on-time",
+            Tier::CatchUp => "catch-up",
+        }
+    }
+}
+
 /// What [`FairQueue::push`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pushed {
@@ -256,6 +269,36 @@ impl FairQueue {
             });
         }
         Attached::Requeued
+    }
+
+    /// Takes a queued entry out (its run was given up before it started).
+    /// Returns false for a key that is not queued.
+    pub fn withdraw(&mut self, key: &MissionKey) -> bool {
+        if !self.queued.remove(key) {
+            return false;
+        }
+        let user = key.user_id();
+        let Some(queue) = self.users.get_mut(user) else {
+            return true;
+        };
+        for index in 0..queue.lanes.len() {
+            let lane = &mut queue.lanes[index];
+            for tier in &mut lane.tiers {
+                tier.retain(|w| &w.ready.entry.key != key);
+            }
+            if lane.tiers.iter().all(VecDeque::is_empty) {
+                queue.lanes.swap_remove(index);
+                break;
+            }
+        }
+        queue.queued = queue.queued.saturating_sub(1);
+        if queue.queued == 0 {
+            self.ring.retain(|u| u != user);
+            if queue.in_flight == 0 {
+                self.users.remove(user);
+            }
+        }
+        true
     }
 
     /// Entries waiting.
@@ -507,6 +550,24 @@ mod tests {
         assert_eq!(q.queued_by_tier(), (2, 1));
         let order: Vec<String> = std::iter::from_fn(|| popped_user(&mut q)).collect();
         assert_eq!(order, ["tick", "fresh", "late"]);
+    }
+
+    #[test]
+    fn a_withdrawn_entry_is_gone_and_its_user_leaves_the_ring() {
+        let mut q = FairQueue::new(config(4, 4));
+        q.push(entry("u1", "m1", None), t0());
+        q.push(entry("u1", "m2", None), t0());
+        q.push(entry("u2", "m1", None), t0());
+        assert!(q.withdraw(&MissionKey::new("u1", "m1")));
+        assert!(!q.withdraw(&MissionKey::new("u1", "m1")));
+        assert_eq!((q.len(), q.users_waiting()), (2, 2));
+        assert!(q.withdraw(&MissionKey::new("u1", "m2")));
+        assert_eq!((q.len(), q.users_waiting()), (1, 1));
+        assert_eq!(q.user_counts("u1"), UserCounts::default());
+        assert_eq!(popped_user(&mut q).as_deref(), Some("u2"));
+        assert_eq!(q.pop_ready(), None);
+        let again = q.push(entry("u1", "m1", None), t0());
+        assert_eq!(again, Pushed::Queued(Tier::OnTime));
     }
 
     #[test]
