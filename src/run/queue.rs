@@ -33,6 +33,8 @@ pub(super) struct Sched {
     waiters: HashMap<MissionKey, oneshot::Sender<Ready>>,
     /// Runs their agent sent back to the queue: the receiver of their next turn.
     parked: HashMap<MissionKey, Turn>,
+    /// Shutting down: no turn is handed out any more.
+    closed: bool,
 }
 
 impl Sched {
@@ -47,6 +49,7 @@ impl Sched {
             }),
             waiters: HashMap::new(),
             parked: HashMap::new(),
+            closed: false,
         })
     }
 }
@@ -83,6 +86,9 @@ impl Runner {
     ) -> Option<(Ticket<'_>, Turn)> {
         let now = self.deps.clock.now();
         let mut sched = self.sched();
+        if sched.closed {
+            return None;
+        }
         let entry = Entry {
             key: key.clone(),
             due_at,
@@ -100,7 +106,10 @@ impl Runner {
 
     /// Hands a turn to every entry that may start now.
     fn dispatch_locked(&self, sched: &mut Sched) {
-        while let Some(ready) = sched.queue.pop_ready() {
+        while !sched.closed {
+            let Some(ready) = sched.queue.pop_ready() else {
+                break;
+            };
             let key = ready.entry.key.clone();
             let sent = sched.waiters.remove(&key).map(|tx| tx.send(ready));
             if !matches!(sent, Some(Ok(()))) {
@@ -134,6 +143,19 @@ impl Runner {
                 false
             }
         }
+    }
+
+    /// Stops handing out turns (shutdown): the runs still waiting end at
+    /// once, without a claim.
+    pub(super) fn close_queue(&self) {
+        let mut sched = self.sched();
+        sched.closed = true;
+        sched.waiters.clear();
+    }
+
+    /// Runs that have their turn and have not ended.
+    pub(super) fn runs_started(&self) -> usize {
+        self.sched().queue.in_flight()
     }
 
     /// The next turn of a run its agent sent back to the queue, if it was.
