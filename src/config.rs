@@ -138,6 +138,8 @@ pub struct RunnerConfig {
     pub shutdown_grace: Duration,
     /// `MANA_AI_MIN_INTERVAL_MINUTES` and `MANA_AI_USER_TOKENS_PER_DAY`.
     pub cost: CostLimits,
+    /// `MANA_AI_MAX_RUNS_PER_USER` and `MANA_AI_CATCH_UP_GRACE_SECS`.
+    pub fair: FairLimits,
 }
 
 /// The planner: the LLM gateway, the research pre-step, the tool catalog.
@@ -181,6 +183,31 @@ pub struct HttpConfig {
     pub jwt_audience: Option<String>,
     /// `MANA_AI_HTTP_MAX_CONNECTIONS` and `MANA_AI_HTTP_REQUEST_TIMEOUT_SECS`.
     pub limits: HttpLimits,
+}
+
+/// How the runner shares itself between users (see `schedule::fair`); the
+/// total is `MANA_AI_MAX_CONCURRENT_RUNS`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FairLimits {
+    /// `MANA_AI_MAX_RUNS_PER_USER`: runs of one user in flight at most.
+    pub max_runs_per_user: usize,
+    /// `MANA_AI_CATCH_UP_GRACE_SECS`: a slot older than this when it falls
+    /// due is caught up after every on-time slot.
+    pub catch_up_grace: Duration,
+}
+
+impl FairLimits {
+    fn from_lookup(get: &impl Fn(&str) -> Option<String>) -> Result<FairLimits, ConfigError> {
+        Ok(FairLimits {
+            max_runs_per_user: parse_num(get, "MANA_AI_MAX_RUNS_PER_USER", 4usize, 1..=1024)?,
+            catch_up_grace: Duration::from_secs(parse_num(
+                get,
+                "MANA_AI_CATCH_UP_GRACE_SECS",
+                300u64,
+                1..=604_800,
+            )?),
+        })
+    }
 }
 
 /// Limits of the HTTP server (see `http::HttpSettings`).
@@ -375,6 +402,7 @@ impl RunnerConfig {
             retry_backoff: parse_backoff(get)?,
             shutdown_grace: secs(get, "MANA_AI_SHUTDOWN_GRACE_SECS", 30, 0..=3_600)?,
             cost: CostLimits::from_lookup(get)?,
+            fair: FairLimits::from_lookup(get)?,
         })
     }
 }
@@ -616,6 +644,28 @@ mod tests {
             ("MANA_AI_USER_TOKENS_PER_DAY", "lots"),
         ] {
             assert_eq!(config(&[URL, (var, bad)]).unwrap_err().var, var);
+        }
+    }
+
+    #[test]
+    fn fair_limits_have_defaults_and_ranges() {
+        let limits = config(&[URL]).unwrap().runner.fair;
+        assert_eq!(limits.max_runs_per_user, 4);
+        assert_eq!(limits.catch_up_grace, Duration::from_secs(300));
+        let set = config(&[
+            URL,
+            ("MANA_AI_MAX_RUNS_PER_USER", "2"),
+            ("MANA_AI_CATCH_UP_GRACE_SECS", "60"),
+        ])
+        .unwrap()
+        .runner
+        .fair;
+        assert_eq!(
+            (set.max_runs_per_user, set.catch_up_grace.as_secs()),
+            (2, 60)
+        );
+        for var in ["MANA_AI_MAX_RUNS_PER_USER", "MANA_AI_CATCH_UP_GRACE_SECS"] {
+            assert_eq!(config(&[URL, (var, "0")]).unwrap_err().var, var);
         }
     }
 }

@@ -75,6 +75,10 @@ metrics! {
     missions_due: IntCounter = counter("missions_due_total", "Timers fired: missions handed to the runner"),
     wheel_unparseable: IntCounter = counter("wheel_unparseable_next_run_total", "Missions not armed because nextRunAt is not an ISO-8601 time"),
     due_to_start: Histogram = histogram("due_to_start_seconds", "From a mission's nextRunAt to its run starting (timer-triggered runs)"),
+    // -- fair queue of due runs --
+    run_queue_depth: IntGaugeVec = int_gauge_vec("run_queue_depth", "Due runs waiting in the fair queue for their turn, by tier (on-time, catch-up)", &["tier"]),
+    run_queue_wait: Histogram = histogram("run_queue_wait_seconds", "From a run entering the fair queue to its turn (each turn: a run its agent sent back waits again)"),
+    missed_slots: IntCounter = counter("missed_slots_total", "Slots skipped because a mission ran once for several missed slots (after downtime, or a run longer than its interval)"),
     // -- mission runs (contract names) --
     ticks: IntCounter = counter("ticks_total", "Runs of every due mission requested through /internal/tick"),
     tick_duration: Histogram = histogram("tick_duration_seconds", "Duration of /internal/tick runs"),
@@ -237,6 +241,9 @@ impl Metrics {
         for task in labels::tasks() {
             self.task_up.with_label_values(&[task]).set(0);
         }
+        for tier in labels::tiers() {
+            self.run_queue_depth.with_label_values(&[tier]).set(0);
+        }
     }
 
     /// Counts a record decrypted from `table` (an input's, i.e. user data:
@@ -331,6 +338,7 @@ mod tests {
             ("missions_stalled_total", "reason", labels::STALLS.to_vec()),
             ("task_restarts_total", "task", labels::tasks()),
             ("task_up", "task", labels::tasks()),
+            ("run_queue_depth", "tier", labels::tiers()),
             ("rows_pruned_total", "table", labels::pruned_tables()),
         ] {
             for value in values {

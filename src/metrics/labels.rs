@@ -10,6 +10,7 @@
 use crate::crypto::GrantSkip;
 use crate::reactor::supervisor::TASKS;
 use crate::retention::Pruned;
+use crate::schedule::fair::Tier;
 
 /// The label of every value outside a known set.
 pub const OTHER: &str = "other";
@@ -99,6 +100,11 @@ pub fn grant_skips() -> Vec<&'static str> {
 /// `task_restarts_total{task}` and `task_up{task}`.
 pub fn tasks() -> Vec<&'static str> {
     TASKS.iter().map(|t| t.as_str()).collect()
+}
+
+/// `run_queue_depth{tier}`.
+pub fn tiers() -> Vec<&'static str> {
+    Tier::ALL.iter().map(|t| t.as_str()).collect()
 }
 
 /// `rows_pruned_total{table}`.

@@ -10,20 +10,20 @@ use super::gates::{self, Agent, GateDecision};
 use super::writeback::Author;
 use super::Runner;
 use crate::planner::AgentPolicy;
+use crate::schedule::fair::AgentLimit;
+use crate::schedule::wheel::MissionKey;
 
-/// Retry a skipped-concurrency run this much later.
-const CONCURRENCY_RETRY: chrono::Duration = chrono::Duration::seconds(30);
 /// Retry an over-budget run this much later (the window moves continuously).
 pub(super) const BUDGET_RETRY: chrono::Duration = chrono::Duration::minutes(15);
 
-/// A run the gates let through, holding its agent's concurrency slot.
-pub(super) struct Admitted<'a> {
+/// A run the gates let through; the fair queue counts it against its
+/// agent's `maxConcurrentMissions` until the run ends.
+pub(super) struct Admitted {
     pub agent: Option<Agent>,
     pub policy: Option<AgentPolicy>,
-    _slot: Option<AgentSlot<'a>>,
 }
 
-impl Admitted<'_> {
+impl Admitted {
     /// Who the webapp shows as the iteration's author.
     pub fn author(&self) -> Author {
         match &self.agent {
@@ -36,9 +36,10 @@ impl Admitted<'_> {
     }
 }
 
-pub(super) enum Admission<'a> {
-    Run(Box<Admitted<'a>>),
-    /// Not now; `retry_at` None waits for a change of the mission or agent.
+pub(super) enum Admission {
+    Run(Box<Admitted>),
+    /// Not now; `retry_at` None waits for a change of the mission or agent,
+    /// or (skipped-concurrency) for the run's next turn in the fair queue.
     Skip {
         decision: GateDecision,
         retry_at: Option<DateTime<Utc>>,
@@ -46,13 +47,14 @@ pub(super) enum Admission<'a> {
 }
 
 impl Runner {
-    pub(super) async fn admit<'a>(
-        &'a self,
+    pub(super) async fn admit(
+        &self,
         client: &impl GenericClient,
-        user_id: &str,
+        key: &MissionKey,
         record: &Map<String, Value>,
         started: DateTime<Utc>,
-    ) -> anyhow::Result<Admission<'a>> {
+    ) -> anyhow::Result<Admission> {
+        let user_id = key.user_id();
         let skip = |decision, retry_at| Ok(Admission::Skip { decision, retry_at });
         let agent_id = record.get("agentId").and_then(Value::as_str);
         let Some(agent_id) = agent_id.filter(|s| !s.is_empty()) else {
@@ -65,7 +67,6 @@ impl Runner {
             let legacy = Admitted {
                 agent: None,
                 policy: None,
-                _slot: None,
             };
             return Ok(Admission::Run(Box::new(legacy)));
         };
@@ -84,60 +85,21 @@ impl Runner {
         if let Some(decision) = agent.state_gate() {
             return skip(decision, None);
         }
-        let Some(slot) = AgentSlot::enter(self, user_id, &agent) else {
-            return skip(
-                GateDecision::SkippedConcurrency,
-                Some(started + CONCURRENCY_RETRY),
-            );
+        let limit = AgentLimit {
+            agent_id: agent.id.clone(),
+            max_concurrent: agent.max_concurrent,
         };
+        // At its max, the agent sends the run back to the fair queue: it
+        // gives back its claim now and runs again when a run of the agent ends.
+        if !self.attach_agent(key, limit) {
+            return skip(GateDecision::SkippedConcurrency, None);
+        }
         if let Some(max) = agent.max_tokens_per_day {
             if gates::tokens_last_day(client, user_id, &agent.id).await? >= max {
                 return skip(GateDecision::SkippedBudget, Some(started + BUDGET_RETRY));
             }
         }
         let agent = Some(agent);
-        Ok(Admission::Run(Box::new(Admitted {
-            agent,
-            policy,
-            _slot: Some(slot),
-        })))
-    }
-}
-
-/// Counts a run against its agent's `maxConcurrentMissions` while alive.
-struct AgentSlot<'a> {
-    runner: &'a Runner,
-    key: (String, String),
-}
-
-impl<'a> AgentSlot<'a> {
-    fn enter(runner: &'a Runner, user_id: &str, agent: &Agent) -> Option<Self> {
-        let key = (user_id.to_string(), agent.id.clone());
-        let mut map = runner
-            .agents_in_flight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let count = map.entry(key.clone()).or_insert(0);
-        if *count >= agent.max_concurrent {
-            return None;
-        }
-        *count += 1;
-        Some(AgentSlot { runner, key })
-    }
-}
-
-impl Drop for AgentSlot<'_> {
-    fn drop(&mut self) {
-        let mut map = self
-            .runner
-            .agents_in_flight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = map.get_mut(&self.key) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                map.remove(&self.key);
-            }
-        }
+        Ok(Admission::Run(Box::new(Admitted { agent, policy })))
     }
 }

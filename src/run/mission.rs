@@ -18,6 +18,7 @@ use super::phase::Phase;
 use super::stall::Stall;
 use super::{Outcome, Runner};
 use crate::planner::{filter_tools, MissionView, ToolSpec};
+use crate::schedule::wheel::MissionKey;
 
 /// What a phase hands on: the next phase's material, or the run's end.
 pub(super) enum Step<T> {
@@ -79,6 +80,9 @@ impl Runner {
         let due = next!(self.load_due(&client, user_id, mission_id, started).await?);
         let mut claimed = next!(self.claim_slot(&mut client, &due, started).await?);
         let admitted = next!(self.gate(&client, &due, &mut claimed, started).await?);
+        if claimed.failures == 0 {
+            self.count_missed(&due.record, due.slot_at, started);
+        }
         let iteration_id = Uuid::new_v4().to_string();
         let inputs = self
             .gather_inputs(&mut client, &due, &iteration_id, started)
@@ -168,15 +172,16 @@ impl Runner {
     }
 
     /// Phase 3: the agent gates. A skip gives the slot back uncounted.
-    async fn gate<'a>(
-        &'a self,
+    async fn gate(
+        &self,
         client: &deadpool_postgres::Object,
         due: &DueRun,
         claimed: &mut Claimed,
         started: DateTime<Utc>,
-    ) -> anyhow::Result<Step<Box<Admitted<'a>>>> {
+    ) -> anyhow::Result<Step<Box<Admitted>>> {
+        let key = MissionKey::new(&due.slot.user_id, &due.slot.mission_id);
         let admission = self
-            .admit(&***client, &due.slot.user_id, due.fields(), started)
+            .admit(&***client, &key, due.fields(), started)
             .instrument(tracing::info_span!("gate"))
             .await?;
         match admission {

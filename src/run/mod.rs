@@ -1,9 +1,10 @@
 //! Mission runs: what happens when a mission's timer fires.
 //!
 //! The [`Runner`] takes due missions from the wheel (or every due mission at
-//! once for `/internal/tick`), runs each under a global concurrency limit and
-//! at most once at a time per mission, and catches a panicking run so the
-//! reactor goes on. One run is a short sequence of phases
+//! once for `/internal/tick`), queues each in a fair queue that serves users
+//! in turn under the global, per-user and per-agent limits (`queue.rs`,
+//! `schedule::fair`), runs a mission at most once at a time, and catches a
+//! panicking run so the reactor goes on. One run is a short sequence of phases
 //! (see `mission.rs`): load the due slot, claim it durably, gate on the
 //! agent, gather inputs (grant, decryption, research), plan (prompt, planner,
 //! strict parse), write back with the next `nextRunAt` and the tokens used.
@@ -18,20 +19,21 @@ mod outcome;
 pub mod phase;
 mod plan;
 mod prepare;
+mod queue;
 mod shutdown;
 pub mod stall;
 pub mod writeback;
 
-use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
 pub use self::outcome::{Outcome, TickStats};
+pub use self::queue::missed_slots;
 use crate::crypto::GrantKey;
 use crate::metrics::Metrics;
 use crate::planner::research::ResearchClient;
@@ -65,6 +67,8 @@ pub struct RunnerDeps {
     pub grant_key: Option<GrantKey>,
     pub default_tz: chrono_tz::Tz,
     pub max_concurrent: usize,
+    /// Runs per user in flight, and the catch-up grace (see `queue.rs`).
+    pub fair_limits: crate::config::FairLimits,
     pub max_failures: u32,
     /// The interval floor and the users' token budget.
     pub cost: crate::config::CostLimits,
@@ -86,19 +90,15 @@ pub struct RunnerDeps {
 
 pub struct Runner {
     deps: RunnerDeps,
-    permits: Semaphore,
-    in_flight: Mutex<HashSet<MissionKey>>,
-    /// Runs in flight per (user, agent), for `maxConcurrentMissions`.
-    agents_in_flight: Mutex<HashMap<(String, String), usize>>,
+    /// Due runs waiting for their turn, and the runs in flight.
+    sched: Mutex<queue::Sched>,
 }
 
 impl Runner {
     pub fn new(deps: RunnerDeps) -> Arc<Runner> {
         Arc::new(Runner {
-            permits: Semaphore::new(deps.max_concurrent),
+            sched: queue::Sched::new(deps.max_concurrent, deps.fair_limits),
             deps,
-            in_flight: Mutex::new(HashSet::new()),
-            agents_in_flight: Mutex::new(HashMap::new()),
         })
     }
 
@@ -136,8 +136,10 @@ impl Runner {
         Ok(stats)
     }
 
-    /// One run of one mission, with the per-mission and global limits and a
-    /// panic boundary. `due_at` is the timer's time (None for ticks).
+    /// One run of one mission: waits in the fair queue for its turn (the
+    /// global, per-user and per-agent limits; see `queue.rs`), then runs
+    /// behind a panic boundary. `due_at` is the timer's slot (None for
+    /// ticks). A mission already queued or running here is not run twice.
     pub async fn run_one(
         self: &Arc<Self>,
         user_id: &str,
@@ -145,20 +147,34 @@ impl Runner {
         due_at: Option<chrono::DateTime<chrono::Utc>>,
     ) -> Outcome {
         let key = MissionKey::new(user_id, mission_id);
-        let Some(_in_flight) = InFlightGuard::enter(self, key) else {
+        let Some((ticket, mut turn)) = self.enqueue(key.clone(), due_at) else {
             self.finish(Outcome::InFlight);
             return Outcome::InFlight;
         };
-        let Ok(_permit) = self.permits.acquire().await else {
-            return Outcome::Error;
-        };
-        if let Some(due) = due_at {
-            let lag = (self.deps.clock.now() - due)
-                .num_microseconds()
-                .unwrap_or(0)
-                .max(0);
-            self.deps.metrics.due_to_start.observe(lag as f64 / 1e6);
+        let mut first = true;
+        loop {
+            let Ok(ready) = turn.await else {
+                return Outcome::Error;
+            };
+            self.started(&ready, first);
+            let outcome = self.run_turn(user_id, mission_id).await;
+            // Sent back to the queue by its agent: wait for the next turn.
+            if let Some(next) = self.next_turn(&key) {
+                self.deps.metrics.runs_in_flight.dec();
+                (turn, first) = (next, false);
+                continue;
+            }
+            // Counted before the run leaves the in-flight gauge and the
+            // queue, so whoever sees either drop sees the outcome counted.
+            self.finish(outcome);
+            self.deps.metrics.runs_in_flight.dec();
+            drop(ticket);
+            return outcome;
         }
+    }
+
+    /// One turn of a run, in its span.
+    async fn run_turn(self: &Arc<Self>, user_id: &str, mission_id: &str) -> Outcome {
         let metrics = &self.deps.metrics;
         metrics.runs_in_flight.inc();
         let span = tracing::info_span!(
@@ -172,10 +188,6 @@ impl Runner {
         let outcome = self.run_guarded(user_id, mission_id, &span).await;
         span.record("outcome", outcome.as_str());
         tracing::info!(parent: &span, outcome = outcome.as_str(), "mission run finished");
-        // Counted before the run leaves the in-flight gauge, so whoever sees
-        // `runs_in_flight` drop sees the run's outcome counted.
-        self.finish(outcome);
-        metrics.runs_in_flight.dec();
         outcome
     }
 
@@ -243,35 +255,6 @@ impl Runner {
                 next_run_at: at,
             }])
             .await;
-    }
-}
-
-/// Holds a mission in the in-flight set for the life of its run.
-struct InFlightGuard<'a> {
-    runner: &'a Runner,
-    key: MissionKey,
-}
-
-impl<'a> InFlightGuard<'a> {
-    fn enter(runner: &'a Runner, key: MissionKey) -> Option<Self> {
-        let inserted = runner
-            .in_flight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key.clone());
-        // Built only after the lock is released: its Drop takes the lock.
-        inserted.then(|| InFlightGuard { runner, key })
-    }
-}
-
-impl Drop for InFlightGuard<'_> {
-    fn drop(&mut self) {
-        let mut set = self
-            .runner
-            .in_flight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        set.remove(&self.key);
     }
 }
 

@@ -70,7 +70,7 @@ impl Runner {
     pub(super) async fn plan(
         &self,
         due: &DueRun,
-        admitted: &Admitted<'_>,
+        admitted: &Admitted,
         tools: &[&ToolSpec],
         inputs: Vec<ResolvedInput>,
         claimed: &mut Claimed,

@@ -1,5 +1,6 @@
-//! The runner's loop over due missions and how it ends: runs in flight get
-//! a grace period; what is left is abandoned and its claims given back.
+//! The runner's loop over due missions and how it ends: runs still waiting
+//! in the fair queue end at once, runs in flight get a grace period; what
+//! is left is abandoned and its claims given back.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,6 +41,7 @@ impl Runner {
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             }
         }
+        self.close_queue();
         self.wind_down(tasks, abandon, grace).await;
     }
 
@@ -50,7 +52,7 @@ impl Runner {
         abandon: CancellationToken,
         grace: Duration,
     ) {
-        let in_flight = tasks.len();
+        let in_flight = self.runs_started();
         if in_flight > 0 {
             tracing::info!(
                 in_flight,
@@ -66,9 +68,10 @@ impl Runner {
         let Some(why) = left_because else {
             return;
         };
-        self.deps.metrics.runs_abandoned.inc_by(tasks.len() as u64);
+        let abandoned = self.runs_started();
+        self.deps.metrics.runs_abandoned.inc_by(abandoned as u64);
         tracing::warn!(
-            abandoned = tasks.len(),
+            abandoned,
             "runs still in flight {why}; their slots are released"
         );
         tasks.shutdown().await;

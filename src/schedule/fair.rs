@@ -35,6 +35,9 @@ use chrono::{DateTime, Duration, Utc};
 
 use super::wheel::MissionKey;
 
+mod counts;
+pub use counts::UserCounts;
+
 /// An agent's concurrency limit, as a mission's agent names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentLimit {
@@ -71,6 +74,19 @@ pub enum Tier {
     CatchUp,
 }
 
+impl Tier {
+    /// Both tiers, in serving order.
+    pub const ALL: [Tier; 2] = [Tier::OnTime, Tier::CatchUp];
+
+    /// The `tier` label of `run_queue_depth`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::OnTime => "on-time",
+            Tier::CatchUp => "catch-up",
+        }
+    }
+}
+
 /// What [`FairQueue::push`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pushed {
@@ -99,13 +115,6 @@ pub enum Attached {
     Requeued,
     /// The key is not in flight (or already has an agent): nothing changed.
     NotInFlight,
-}
-
-/// One user's share, for metrics and tests.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct UserCounts {
-    pub queued: usize,
-    pub in_flight: usize,
 }
 
 /// See the module documentation.
@@ -258,49 +267,34 @@ impl FairQueue {
         Attached::Requeued
     }
 
-    /// Entries waiting.
-    pub fn len(&self) -> usize {
-        self.queued.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.queued.is_empty()
-    }
-
-    /// Runs handed out and not finished.
-    pub fn in_flight(&self) -> usize {
-        self.in_flight.len()
-    }
-
-    /// Entries waiting per tier: `(on_time, catch_up)`.
-    pub fn queued_by_tier(&self) -> (usize, usize) {
-        let mut counts = (0, 0);
-        for lane in self.users.values().flat_map(|u| &u.lanes) {
-            counts.0 += lane.tiers[0].len();
-            counts.1 += lane.tiers[1].len();
+    /// Takes a queued entry out (its run was given up before it started).
+    /// Returns false for a key that is not queued.
+    pub fn withdraw(&mut self, key: &MissionKey) -> bool {
+        if !self.queued.remove(key) {
+            return false;
         }
-        counts
-    }
-
-    /// One user's queued and running entries.
-    pub fn user_counts(&self, user_id: &str) -> UserCounts {
-        self.users
-            .get(user_id)
-            .map_or_else(UserCounts::default, |u| UserCounts {
-                queued: u.queued,
-                in_flight: u.in_flight,
-            })
-    }
-
-    /// Users with queued entries (the ring's length: one round).
-    pub fn users_waiting(&self) -> usize {
-        self.ring.len()
-    }
-
-    /// Runs of one agent in flight.
-    pub fn agent_in_flight(&self, user_id: &str, agent_id: &str) -> usize {
-        let key = (user_id.to_string(), agent_id.to_string());
-        self.agents.get(&key).copied().unwrap_or(0)
+        let user = key.user_id();
+        let Some(queue) = self.users.get_mut(user) else {
+            return true;
+        };
+        for index in 0..queue.lanes.len() {
+            let lane = &mut queue.lanes[index];
+            for tier in &mut lane.tiers {
+                tier.retain(|w| &w.ready.entry.key != key);
+            }
+            if lane.tiers.iter().all(VecDeque::is_empty) {
+                queue.lanes.swap_remove(index);
+                break;
+            }
+        }
+        queue.queued = queue.queued.saturating_sub(1);
+        if queue.queued == 0 {
+            self.ring.retain(|u| u != user);
+            if queue.in_flight == 0 {
+                self.users.remove(user);
+            }
+        }
+        true
     }
 
     fn enqueue(&mut self, waiting: Waiting) {
@@ -507,6 +501,24 @@ mod tests {
         assert_eq!(q.queued_by_tier(), (2, 1));
         let order: Vec<String> = std::iter::from_fn(|| popped_user(&mut q)).collect();
         assert_eq!(order, ["tick", "fresh", "late"]);
+    }
+
+    #[test]
+    fn a_withdrawn_entry_is_gone_and_its_user_leaves_the_ring() {
+        let mut q = FairQueue::new(config(4, 4));
+        q.push(entry("u1", "m1", None), t0());
+        q.push(entry("u1", "m2", None), t0());
+        q.push(entry("u2", "m1", None), t0());
+        assert!(q.withdraw(&MissionKey::new("u1", "m1")));
+        assert!(!q.withdraw(&MissionKey::new("u1", "m1")));
+        assert_eq!((q.len(), q.users_waiting()), (2, 2));
+        assert!(q.withdraw(&MissionKey::new("u1", "m2")));
+        assert_eq!((q.len(), q.users_waiting()), (1, 1));
+        assert_eq!(q.user_counts("u1"), UserCounts::default());
+        assert_eq!(popped_user(&mut q).as_deref(), Some("u2"));
+        assert_eq!(q.pop_ready(), None);
+        let again = q.push(entry("u1", "m1", None), t0());
+        assert_eq!(again, Pushed::Queued(Tier::OnTime));
     }
 
     #[test]

@@ -135,6 +135,7 @@ impl RunnerSetup {
             max_concurrent: runner.max_concurrent_runs,
             max_failures: runner.max_failures,
             cost: runner.cost,
+            fair_limits: runner.fair,
             max_field_bytes: ctx.config.reactor.max_field_bytes,
             backoff: runner.retry_backoff.clone(),
             instance_id: term.id,
