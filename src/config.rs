@@ -6,7 +6,10 @@
 //! the shared parsers live in `config/parse.rs`. Secrets are wrapped in
 //! [`Secret`] so that `Debug` of the config never prints them.
 
+mod limits;
 mod parse;
+
+pub use limits::{CostLimits, FairLimits, HttpLimits};
 
 use std::fmt;
 use std::path::PathBuf;
@@ -184,57 +187,6 @@ pub struct HttpConfig {
     /// `MANA_AI_HTTP_MAX_CONNECTIONS` and `MANA_AI_HTTP_REQUEST_TIMEOUT_SECS`.
     pub limits: HttpLimits,
 }
-
-/// How the runner shares itself between users (see `schedule::fair`); the
-/// total is `MANA_AI_MAX_CONCURRENT_RUNS`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FairLimits {
-    /// `MANA_AI_MAX_RUNS_PER_USER`: runs of one user in flight at most.
-    pub max_runs_per_user: usize,
-    /// `MANA_AI_CATCH_UP_GRACE_SECS`: a slot older than this when it falls
-    /// due is caught up after every on-time slot.
-    pub catch_up_grace: Duration,
-}
-
-impl FairLimits {
-    fn from_lookup(get: &impl Fn(&str) -> Option<String>) -> Result<FairLimits, ConfigError> {
-        Ok(FairLimits {
-            max_runs_per_user: parse_num(get, "MANA_AI_MAX_RUNS_PER_USER", 4usize, 1..=1024)?,
-            catch_up_grace: Duration::from_secs(parse_num(
-                get,
-                "MANA_AI_CATCH_UP_GRACE_SECS",
-                300u64,
-                1..=604_800,
-            )?),
-        })
-    }
-}
-
-/// Limits of the HTTP server (see `http::HttpSettings`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HttpLimits {
-    /// `MANA_AI_HTTP_MAX_CONNECTIONS`: connections open at once; more are
-    /// answered 503 and closed.
-    pub max_connections: usize,
-    /// `MANA_AI_HTTP_REQUEST_TIMEOUT_SECS`: a whole request (head and body)
-    /// must arrive within this.
-    pub request_timeout: Duration,
-}
-
-impl HttpLimits {
-    fn from_lookup(get: &impl Fn(&str) -> Option<String>) -> Result<HttpLimits, ConfigError> {
-        Ok(HttpLimits {
-            max_connections: parse_num(get, "MANA_AI_HTTP_MAX_CONNECTIONS", 256usize, 1..=65_536)?,
-            request_timeout: Duration::from_secs(parse_num(
-                get,
-                "MANA_AI_HTTP_REQUEST_TIMEOUT_SECS",
-                10u64,
-                1..=600,
-            )?),
-        })
-    }
-}
-
 /// Key-grants: the key that unwraps them.
 #[derive(Debug, Clone)]
 pub struct GrantConfig {
@@ -243,56 +195,9 @@ pub struct GrantConfig {
     /// `MANA_AI_REQUIRE_GRANTS`: refuse to start when the key is missing or bad.
     pub require_grants: bool,
 }
-
 /// How every group reads a variable: unset and blank are the same.
 trait Lookup: Fn(&str) -> Option<String> {}
 impl<F: Fn(&str) -> Option<String>> Lookup for F {}
-
-/// Bounds on what missions cost (issue 9): how often an interval mission
-/// may run, and a daily token budget for missions without an agent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CostLimits {
-    /// `MANA_AI_MIN_INTERVAL_MINUTES` (default 1, 0 turns it off): an
-    /// interval cadence shorter than this runs at this interval.
-    pub min_interval: chrono::Duration,
-    /// `MANA_AI_USER_TOKENS_PER_DAY` (default off): tokens a user's missions
-    /// without an agent may use in a rolling 24 hours.
-    pub user_tokens_per_day: Option<i64>,
-}
-
-impl Default for CostLimits {
-    fn default() -> CostLimits {
-        CostLimits {
-            min_interval: crate::schedule::cadence::DEFAULT_MIN_INTERVAL,
-            user_tokens_per_day: None,
-        }
-    }
-}
-
-impl CostLimits {
-    fn from_lookup(get: &impl Fn(&str) -> Option<String>) -> Result<CostLimits, ConfigError> {
-        let default_minutes = CostLimits::default().min_interval.num_minutes();
-        let minutes = parse_num(
-            get,
-            "MANA_AI_MIN_INTERVAL_MINUTES",
-            default_minutes,
-            0..=1440,
-        )?;
-        let budget = match get("MANA_AI_USER_TOKENS_PER_DAY") {
-            Some(_) => Some(parse_num(
-                get,
-                "MANA_AI_USER_TOKENS_PER_DAY",
-                0i64,
-                1..=i64::MAX,
-            )?),
-            None => None,
-        };
-        Ok(CostLimits {
-            min_interval: chrono::Duration::minutes(minutes),
-            user_tokens_per_day: budget,
-        })
-    }
-}
 
 impl Config {
     /// Reads the process environment.
