@@ -596,3 +596,51 @@ async fn a_sync_changes_column_of_another_type_is_retried_and_nothing_is_lost() 
         .get(0);
     assert_eq!(dead, 0, "not poison: kept in the queue and applied");
 }
+
+/// Queue ids are drawn in order but committed in any order: a change whose
+/// transaction commits after a later one's was claimed is still applied
+/// (the claim's low-water mark keeps the skipped id open while its
+/// transaction runs, however many claims pass it by).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_committed_after_a_later_one_is_still_applied() {
+    let t = setup().await;
+    let mut run = t.start(&[]).await;
+    let mut sync = t.sync_client().await;
+    let mission = |id: &'static str| {
+        Change::mission(
+            "erin",
+            id,
+            "insert",
+            json!({"state": "active", "nextRunAt": iso_in(600)}),
+        )
+    };
+    write(&mut sync, &[mission("m0")]).await;
+    run.processed(1).await;
+
+    // m1's transaction draws its queue id first and stays open.
+    let mut slow = t.sync_client().await;
+    let open = mana_ai::db::begin_user(&mut slow, "erin").await.unwrap();
+    open.execute(
+        "INSERT INTO sync_changes (app_id, table_name, record_id, user_id, op, data, field_timestamps, client_id)
+         VALUES ('ai', 'aiMissions', 'm1', 'erin', 'insert', $1, '{}', 'slow-browser')",
+        &[&json!({"state": "active", "nextRunAt": iso_in(600)})],
+    )
+    .await
+    .unwrap();
+    write(&mut sync, &[mission("m2")]).await;
+    run.processed(2).await;
+    // Claims go on past the open id for longer than a hole's minimum age.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    write(&mut sync, &[mission("m3")]).await;
+    run.processed(3).await;
+    assert!(t.mission("erin", "m1").await.is_none());
+
+    open.commit().await.unwrap();
+    run.processed(4).await;
+    assert!(t.mission("erin", "m1").await.is_some(), "m1 applied");
+    assert_eq!(
+        t.count("SELECT count(*) FROM mana_ai.change_queue").await,
+        0
+    );
+    run.reactor.stop().await;
+}

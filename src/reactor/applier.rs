@@ -22,7 +22,7 @@
 //! that panics its row (`check-panicked`).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::sync::{mpsc, watch, Notify};
@@ -32,6 +32,7 @@ use tracing::Instrument;
 use super::analyze::{self, AnalyzeSchedule};
 use super::batch::{fold_claimed, write_and_commit, FoldedBatch};
 use super::batch_tx::BatchTx;
+use super::low_water::LowWater;
 use super::read::read_changes;
 use super::ReactorContext;
 use crate::schedule::wheel::WheelUpdate;
@@ -100,6 +101,8 @@ pub struct Applier {
     pub before_drain: Option<Arc<dyn Fn() + Send + Sync>>,
     /// When the snapshot tables are analyzed next (see `analyze`).
     pub analyze: AnalyzeSchedule,
+    /// Where claims start reading the queue (see `low_water`).
+    low_water: LowWater,
 }
 
 /// A committed batch, reported after its timers were re-armed.
@@ -120,6 +123,7 @@ impl Applier {
             observer: None,
             before_drain: None,
             analyze,
+            low_water: LowWater::default(),
         }
     }
 
@@ -263,16 +267,21 @@ impl Applier {
     ) -> Result<BatchStats, ApplyError> {
         let st = Prepared::get(client).await?;
         let tx = BatchTx::new(client);
-        let (begun, claimed) = futures_util::join!(tx.begin(), queue::claim(tx.client, &st, limit));
+        let from = self.low_water.bound();
+        let (begun, claimed) =
+            futures_util::join!(tx.begin(), queue::claim(tx.client, &st, limit, from));
         begun?;
-        let claimed = claimed?;
+        let (claimed, horizon) = claimed?;
         if claimed.is_empty() {
+            self.low_water.observe(&[], horizon, Instant::now());
             return Ok(BatchStats::default());
         }
+        let ids: Vec<i64> = claimed.iter().map(|q| q.id).collect();
         let max_field_bytes = self.ctx.settings.max_field_bytes;
         let (valid, dead) = read_changes(tx.client, &st, &claimed, max_field_bytes).await?;
         let batch = fold_claimed(tx.client, &st, valid, dead).await?;
         let updates = write_and_commit(&tx, &st, &batch).await?;
+        self.low_water.observe(&ids, horizon, Instant::now());
         Ok(self.settle(batch, updates, claimed.len()).await)
     }
 
@@ -322,9 +331,11 @@ impl Applier {
             .context("getting a pooled connection")?;
         let st = Prepared::get(&client).await?;
         let tx = client.transaction().await?;
-        let Some(head) = queue::claim(&*tx, &st, 1).await?.pop() else {
+        let (mut claimed, horizon) = queue::claim(&*tx, &st, 1, self.low_water.bound()).await?;
+        let Some(head) = claimed.pop() else {
             return Ok(0);
         };
+        let id = head.id;
         let dead = DeadChange {
             queue: head,
             record_id: None,
@@ -332,6 +343,7 @@ impl Applier {
         };
         queue::insert_dead(&*tx, &st, std::slice::from_ref(&dead)).await?;
         tx.commit().await?;
+        self.low_water.observe(&[id], horizon, Instant::now());
         self.note_poison(&dead);
         self.isolate = self.isolate.saturating_sub(1);
         self.processed.send_modify(|n| *n += 1);

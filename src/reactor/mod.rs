@@ -14,6 +14,7 @@ mod batch_tx;
 pub mod decode;
 pub mod fold_batch;
 pub mod listener;
+pub mod low_water;
 mod read;
 pub mod rebuild;
 pub mod supervisor;

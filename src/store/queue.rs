@@ -8,6 +8,7 @@ use tokio_postgres::{GenericClient, Row, Statement};
 use uuid::Uuid;
 
 use super::{history, snapshots};
+use crate::reactor::low_water::Horizon;
 use crate::sync::change::{clip_bytes, Kind, Poison};
 
 /// One row of `mana_ai.change_queue`, claimed by the applier.
@@ -33,15 +34,22 @@ impl QueueRow {
     }
 }
 
-/// Claims (deletes and returns) the oldest `$1` queue rows.
+/// Claims (deletes and returns) the oldest `$1` queue rows from id `$2` on
+/// (the low-water mark, `reactor::low_water`: below it every row was
+/// claimed, so the index scan never walks their dead entries).
 ///
 /// `= ANY(ARRAY(subquery))` rather than `IN (subquery)`: with `IN` the
 /// planner hashes the subquery and seq-scans the whole queue (about 20 ms at
 /// a depth of 10^5, per batch); the array makes it an index scan of the
 /// claimed ids whatever the depth.
 const CLAIM: &str = "DELETE FROM mana_ai.change_queue
-     WHERE id = ANY(ARRAY(SELECT id FROM mana_ai.change_queue ORDER BY id LIMIT $1))
+     WHERE id = ANY(ARRAY(SELECT id FROM mana_ai.change_queue WHERE id >= $2 ORDER BY id LIMIT $1))
      RETURNING id, change_id, user_id, table_name, queued_at";
+
+/// The transaction horizon right after a claim (see `reactor::low_water`).
+const HORIZON: &str =
+    "SELECT pg_snapshot_xmin(s)::text::int8 AS xmin, pg_snapshot_xmax(s)::text::int8 AS xmax
+     FROM pg_current_snapshot() AS s";
 
 const INSERT_DEAD: &str = "INSERT INTO mana_ai.dead_changes
        (queue_id, change_id, user_id, table_name, record_id, record_id_length, reason, detail)
@@ -56,6 +64,7 @@ const INSERT_DEAD: &str = "INSERT INTO mana_ai.dead_changes
 #[derive(Clone)]
 pub(crate) struct Prepared {
     pub claim: Statement,
+    pub horizon: Statement,
     pub set_user: Statement,
     pub read: Statement,
     pub load_missions: Statement,
@@ -74,6 +83,7 @@ impl Prepared {
     ) -> Result<Prepared, tokio_postgres::Error> {
         let sql = [
             CLAIM,
+            HORIZON,
             history::SET_USER,
             history::READ_CHANGES,
             snapshots::LOAD_MISSIONS,
@@ -86,10 +96,11 @@ impl Prepared {
         let stmts =
             futures_util::future::try_join_all(sql.iter().map(|q| client.prepare_cached(q)))
                 .await?;
-        let [claim, set_user, read, load_missions, load_agents, upsert_missions, upsert_agents, insert_dead, armable_of_agents] =
-            <[Statement; 9]>::try_from(stmts).expect("nine statements");
+        let [claim, horizon, set_user, read, load_missions, load_agents, upsert_missions, upsert_agents, insert_dead, armable_of_agents] =
+            <[Statement; 10]>::try_from(stmts).expect("ten statements");
         Ok(Prepared {
             claim,
+            horizon,
             set_user,
             read,
             load_missions,
@@ -114,18 +125,30 @@ impl Prepared {
 /// each change is applied exactly once. Only the leader applies; a second
 /// applier would block on the row locks and then find the rows gone, never
 /// apply them twice.
+///
+/// Reads from id `from` on, and returns the transaction horizon seen right
+/// after the claim (one round trip: the two statements are pipelined).
 pub(crate) async fn claim(
     client: &impl GenericClient,
     st: &Prepared,
     limit: i64,
-) -> Result<Vec<QueueRow>, tokio_postgres::Error> {
-    let rows = client.query(&st.claim, &[&limit]).await?;
+    from: i64,
+) -> Result<(Vec<QueueRow>, Horizon), tokio_postgres::Error> {
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&limit, &from];
+    let (rows, horizon) = futures_util::try_join!(
+        client.query(&st.claim, &params),
+        client.query_one(&st.horizon, &[]),
+    )?;
     let mut claimed: Vec<QueueRow> = rows
         .iter()
         .map(QueueRow::from_row)
         .collect::<Result<_, _>>()?;
     claimed.sort_by_key(|q| q.id);
-    Ok(claimed)
+    let horizon = Horizon {
+        xmin: horizon.try_get("xmin")?,
+        xmax: horizon.try_get("xmax")?,
+    };
+    Ok((claimed, horizon))
 }
 
 /// A queue row set aside, with why.
