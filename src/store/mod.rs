@@ -14,7 +14,6 @@ pub(crate) mod snapshots;
 
 // Runs, claims, write-backs, audit and usage (owned by the runner).
 pub(crate) mod audit;
-pub(crate) mod records;
 pub(crate) mod runs;
 pub(crate) mod usage;
 pub(crate) mod writeback;
