@@ -12,6 +12,8 @@
 mod alloc;
 #[path = "reactor/backfill.rs"]
 mod backfill;
+#[path = "reactor/burst.rs"]
+mod burst;
 #[path = "reactor/ingest.rs"]
 mod ingest;
 #[path = "reactor/latency.rs"]
@@ -77,6 +79,7 @@ enum Section {
     Trigger,
     Runs,
     Backfill,
+    Burst,
 }
 
 /// How big each section is; `--quick` divides by ten.
@@ -103,6 +106,10 @@ pub struct Scale {
     /// Changes in the backfill burst.
     pub backfill: usize,
     pub backfill_analyze_after: Option<u64>,
+    /// The burst: missions due at once, their users, the heavy user's share.
+    pub burst_missions: usize,
+    pub burst_users: usize,
+    pub burst_heavy: usize,
 }
 
 impl Scale {
@@ -129,6 +136,9 @@ impl Scale {
             run_missions_burst: 10_000 / d,
             backfill: args.backfill / d,
             backfill_analyze_after: args.backfill_analyze_after,
+            burst_missions: 10_000 / d,
+            burst_users: 1_000 / d,
+            burst_heavy: 2_000 / d,
         }
     }
 }
@@ -247,6 +257,7 @@ async fn main() -> anyhow::Result<()> {
             Section::Trigger => trigger::trigger_cost(&server, &scale, r).await,
             Section::Runs => runs::runs(&server, &scale, r).await,
             Section::Backfill => backfill::after_backfill(&server, &scale, r).await,
+            Section::Burst => burst::burst(&server, &scale, r).await,
         };
         if let Err(e) = outcome {
             report.note(format!("section {name} failed: {e:#}"));

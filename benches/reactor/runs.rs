@@ -7,11 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use mana_ai::config::Secret;
-use mana_ai::metrics::Metrics;
 use mana_ai::planner::llm::{LlmClient, LlmConfig};
-use mana_ai::service::{Leadership, RunnerSetup, ServiceContext};
 use mana_ai::sync::fold::iso_millis;
-use pgtemp::{SERVICE_ROLE, SYNC_ROLE};
 use testkit::fake_llm::FakeLlm;
 
 use crate::report::{Report, Target};
@@ -19,30 +16,6 @@ use crate::setup;
 use crate::Scale;
 
 const ANSWER: &str = "```json\n{\"summary\": \"s\", \"steps\": [{\"summary\": \"a\", \"toolName\": \"create_task\", \"params\": {\"title\": \"t\"}, \"rationale\": \"r\"}]}\n```";
-
-/// Seeds `missions` missions over `users` users, all due at `due`.
-async fn seed(db: &pgtemp::TempDb, users: usize, missions: usize, due: &str) -> anyhow::Result<()> {
-    let mut client = db.connect_as(SYNC_ROLE).await?;
-    let per_user = missions.div_ceil(users) as i32;
-    for u in 0..users {
-        let user = setup::user_id(u);
-        let tx = mana_ai::db::begin_user(&mut client, &user).await?;
-        tx.execute(
-            "INSERT INTO sync_changes (app_id, table_name, record_id, user_id, op, data, client_id)
-             SELECT 'ai', 'aiMissions', 'm' || g, $1, 'insert',
-                    jsonb_build_object('title', 'Bench', 'objective', 'Planen', 'state', 'active',
-                                       'nextRunAt', $2::text,
-                                       'cadence', '{\"kind\": \"interval\", \"everyMinutes\": 60}'::jsonb,
-                                       'iterations', '[]'::jsonb),
-                    'bench'
-             FROM generate_series(1, $3) g",
-            &[&user, &due, &per_user],
-        )
-        .await?;
-        tx.commit().await?;
-    }
-    Ok(())
-}
 
 /// Runs `missions` due missions at `concurrency`; returns seconds from the
 /// due instant to the last write-back.
@@ -55,54 +28,23 @@ async fn drain(
     let bench = setup::with_reactor_schema(server).await?;
     let due_at = chrono::Utc::now() + chrono::Duration::seconds(4 + missions as i64 / 2_000);
     let users = (missions / 100).max(1);
-    seed(&bench.db, users, missions, &iso_millis(due_at)).await?;
-    let concurrency = concurrency.to_string();
-    let env = [
-        ("SYNC_DATABASE_URL", bench.db.url_as(SERVICE_ROLE)),
-        ("MANA_LLM_URL", llm.to_string()),
-        ("MANA_AI_MAX_CONCURRENT_RUNS", concurrency),
-        ("MANA_AI_DB_POOL_SIZE", "16".to_string()),
-    ];
-    let config = mana_ai::config::Config::from_lookup(|k| {
-        env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone())
-    })?;
-    let metrics = Metrics::new();
-    let mut runner_setup = RunnerSetup::from_config(&config, &metrics)?;
-    runner_setup.research = None;
-    let pool = mana_ai::db::pool(&bench.db.url_as(SERVICE_ROLE), 16, "mana-ai-bench", None)?;
-    let ctx = ServiceContext {
-        config,
-        pool: pool.clone(),
-        metrics: metrics.clone(),
-    };
-    let lead =
-        Leadership::start(&ctx, runner_setup, uuid::Uuid::new_v4(), Default::default()).await?;
-    let client = pool.get().await?;
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        let done: i64 = client
-            .query_one(
-                "SELECT count(*) FROM mana_ai.mission_runs WHERE state = 'done'",
-                &[],
-            )
-            .await?
-            .get(0);
-        if done as usize >= missions {
-            break;
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "only {done} of {missions} runs finished in 10 minutes"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let per_user = vec![(missions.div_ceil(users), iso_millis(due_at)); users];
+    setup::seed_due_missions(&bench.db, &per_user).await?;
+    let service = setup::Service::start(&bench.db, llm, concurrency).await?;
+    let done = service
+        .wait_done(missions, Duration::from_secs(600))
+        .await?;
+    anyhow::ensure!(
+        done >= missions,
+        "only {done} of {missions} runs finished in 10 minutes"
+    );
+    let client = service.pool.get().await?;
     let last: chrono::DateTime<chrono::Utc> = client
         .query_one("SELECT max(finished_at) FROM mana_ai.mission_runs", &[])
         .await?
         .get(0);
     drop(client);
-    lead.stop().await;
-    pool.close();
+    service.stop().await;
     Ok((last - due_at).num_microseconds().context("duration")? as f64 / 1e6)
 }
 

@@ -4,6 +4,7 @@
 //! role, and changes written as the sync role inside a user's RLS scope.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use deadpool_postgres::Pool;
@@ -12,6 +13,7 @@ use mana_ai::reactor::applier::Applier;
 use mana_ai::reactor::{ReactorContext, Settings};
 use mana_ai::schedule::clock::{Clock, DbClock};
 use mana_ai::schedule::wheel::{spawn_wheel, DueMission, WheelHandle};
+use mana_ai::service::{Leadership, RunnerSetup, ServiceContext};
 use pgtemp::{PgServer, TempDb, SERVICE_ROLE, SYNC_ROLE};
 use tokio::sync::mpsc;
 use tokio_postgres::{Client, Statement};
@@ -81,7 +83,7 @@ impl Wheel {
                 apply_batch: batch,
                 max_field_bytes: 1024 * 1024,
                 analyze_after_rows: mana_ai::reactor::analyze::ANALYZE_AFTER_ROWS,
-                sweep_interval: std::time::Duration::from_secs(30),
+                sweep_interval: Duration::from_secs(30),
             },
         })
     }
@@ -295,8 +297,102 @@ pub async fn start_observed(
         },
     )
     .await?;
-    tokio::time::timeout(std::time::Duration::from_secs(30), running.wait_listening())
+    tokio::time::timeout(Duration::from_secs(30), running.wait_listening())
         .await
         .context("the listener did not register within 30 s")?;
     Ok(running)
+}
+
+/// Seeds active hourly missions: `per_user[u] = (n, due)` gives
+/// [`user_id`]`(u)` missions `m1` to `mn`, all due at `due` (RFC 3339), each
+/// user's in one transaction as the sync server writes a push. The trigger
+/// queues them; the reactor folds them and arms the wheel once it runs.
+pub async fn seed_due_missions(db: &TempDb, per_user: &[(usize, String)]) -> anyhow::Result<()> {
+    let mut client = db.connect_as(SYNC_ROLE).await?;
+    let insert = client
+        .prepare(
+            "INSERT INTO sync_changes (app_id, table_name, record_id, user_id, op, data, client_id)
+             SELECT 'ai', 'aiMissions', 'm' || g, $1, 'insert',
+                    jsonb_build_object('title', 'Bench', 'objective', 'Planen', 'state', 'active',
+                                       'nextRunAt', $2::text,
+                                       'cadence', '{\"kind\": \"interval\", \"everyMinutes\": 60}'::jsonb,
+                                       'iterations', '[]'::jsonb),
+                    'bench'
+             FROM generate_series(1, $3::int) g",
+        )
+        .await?;
+    for (u, (missions, due)) in per_user.iter().enumerate() {
+        let user = user_id(u);
+        let tx = mana_ai::db::begin_user(&mut client, &user).await?;
+        tx.execute(&insert, &[&user, due, &(*missions as i32)])
+            .await?;
+        tx.commit().await?;
+    }
+    Ok(())
+}
+
+/// A leader (reactor, wheel, runner) on a bench database, configured from
+/// the same variables as the service, with the LLM planner the service
+/// builds (`RunnerSetup::from_config`: the gateway limiter included).
+pub struct Service {
+    pub lead: Leadership,
+    pub pool: Pool,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Service {
+    /// Starts leading at `concurrency` (`MANA_AI_MAX_CONCURRENT_RUNS`) with
+    /// `llm` as `MANA_LLM_URL`; research is off.
+    pub async fn start(db: &TempDb, llm: &str, concurrency: usize) -> anyhow::Result<Service> {
+        let env = [
+            ("SYNC_DATABASE_URL", db.url_as(SERVICE_ROLE)),
+            ("MANA_LLM_URL", llm.to_string()),
+            ("MANA_AI_MAX_CONCURRENT_RUNS", concurrency.to_string()),
+            ("MANA_AI_DB_POOL_SIZE", "16".to_string()),
+        ];
+        let config = mana_ai::config::Config::from_lookup(|k| {
+            env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone())
+        })?;
+        let metrics = Metrics::new();
+        let mut runner_setup = RunnerSetup::from_config(&config, &metrics)?;
+        runner_setup.research = None;
+        let pool = mana_ai::db::pool(&db.url_as(SERVICE_ROLE), 16, "mana-ai-bench", None)?;
+        let ctx = ServiceContext {
+            config,
+            pool: pool.clone(),
+            metrics: metrics.clone(),
+        };
+        let lead =
+            Leadership::start(&ctx, runner_setup, uuid::Uuid::new_v4(), Default::default()).await?;
+        Ok(Service {
+            lead,
+            pool,
+            metrics,
+        })
+    }
+
+    /// Waits until `missions` runs are done or `limit` has passed; returns
+    /// how many are done.
+    pub async fn wait_done(&self, missions: usize, limit: Duration) -> anyhow::Result<usize> {
+        let client = self.pool.get().await?;
+        let deadline = Instant::now() + limit;
+        loop {
+            let done: i64 = client
+                .query_one(
+                    "SELECT count(*) FROM mana_ai.mission_runs WHERE state = 'done'",
+                    &[],
+                )
+                .await?
+                .get(0);
+            if done as usize >= missions || Instant::now() >= deadline {
+                return Ok(done as usize);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn stop(self) {
+        self.lead.stop().await;
+        self.pool.close();
+    }
 }
