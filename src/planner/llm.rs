@@ -256,9 +256,11 @@ impl LlmClient {
             if tries.overloads < limited.max_overloads {
                 tries.overloads += 1;
                 tries.attempts -= 1;
-                // The limiter waits out a Retry-After; without one, back off.
+                // The refused request waits its Retry-After (the limiter
+                // pauses everyone only when it was sent alone); without
+                // one, it backs off.
                 let wait = match retry_after {
-                    Some(_) => Duration::ZERO,
+                    Some(asked) => asked.min(self.config.retry_after_cap),
                     None => self.backoff(tries.overloads),
                 };
                 tracing::debug!(overloads = tries.overloads, %reason, "LLM gateway full, waiting for room");

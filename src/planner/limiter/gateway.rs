@@ -1,7 +1,9 @@
 //! [`GatewayLimiter`]: the async side of the limiter. A FIFO semaphore holds
 //! `limit` permits; a decrease below what is in flight is paid back by
-//! forgetting permits as they return. A `Retry-After` pause is waited out
-//! by the permit holders at the head of the line, so the order survives it.
+//! forgetting permits as they return. A `Retry-After` on a request refused
+//! while nothing else was in flight pauses every new request; it is waited
+//! out by the permit holders at the head of the line, so the order survives
+//! it. A refusal beside other requests only shrinks the limit.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -196,12 +198,15 @@ impl Shared {
 
     fn record(&self, sample: Sample) {
         let mut state = self.lock();
+        // Refused with nothing else in flight, at sending or now: the
+        // gateway is rate-limited or down, not just full, so everyone waits.
+        let alone = sample.in_flight <= 1 && state.in_flight <= 1;
         state.in_flight = state.in_flight.saturating_sub(1);
         if sample.response.is_overload() {
             state.overloads += 1;
         }
         let before = state.core.limit();
-        if let Some(pause) = state.core.on_sample(sample) {
+        if let Some(pause) = state.core.on_sample(sample).filter(|_| alone) {
             let until = Instant::now() + pause;
             state.paused_until = Some(state.paused_until.map_or(until, |u| u.max(until)));
         }

@@ -34,8 +34,13 @@
 //! still counts where it is unambiguous: past `slow_latency` a success is an
 //! overload (Netflix `AIMDLimit`'s timeout rule).
 //!
-//! A `Retry-After` (capped at `retry_after_cap`) pauses every new request
-//! until then; requests in flight go on.
+//! A `Retry-After` (capped at `retry_after_cap`) on a refusal of a request
+//! sent alone (one in flight: the gateway is rate-limited or down, not just
+//! full) pauses every new request until then; requests in flight go on. A
+//! refusal while others were in flight says the gateway is full: the limit
+//! shrinks and only the refused request waits its `Retry-After` (the LLM
+//! client does that), so the others keep the gateway busy. Pausing everyone
+//! on every such 429 cost the 08:00 burst about a second per refusal.
 //!
 //! # A 429 is not a failed attempt
 //!
@@ -168,8 +173,8 @@ impl AimdLimit {
         &self.config
     }
 
-    /// Folds one finished request in; returns how long new requests must
-    /// pause (a capped `Retry-After`).
+    /// Folds one finished request in; returns the refusal's capped
+    /// `Retry-After` (the async side decides who waits it out).
     pub fn on_sample(&mut self, sample: Sample) -> Option<Duration> {
         let pause = match sample.response {
             Response::Overload { retry_after } => {
@@ -352,7 +357,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn retry_after_pauses_new_requests_and_the_limit_caps_them() {
+    async fn a_full_gateway_shrinks_the_limit_without_pausing_the_others() {
         let limiter = GatewayLimiter::new(LimitConfig {
             initial: 2,
             ..LimitConfig::new(8)
@@ -369,11 +374,23 @@ mod tests {
             retry_after: Some(Duration::from_secs(3)),
         });
         assert_eq!(limiter.limit(), 1);
-        assert!(limiter.paused_until().is_some());
+        assert!(limiter.paused_until().is_none(), "refused beside another");
+        tokio::time::sleep(Duration::from_millis(100)).await;
         drop(b);
         let waited = third.await.unwrap();
-        assert_eq!(waited, Duration::from_millis(3100));
+        assert_eq!(waited, Duration::from_millis(200));
         assert_eq!((limiter.overloads(), limiter.in_flight()), (1, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_on_a_lone_request_pauses_every_new_one() {
+        let limiter = GatewayLimiter::new(LimitConfig::new(8));
+        let alone = limiter.acquire().await;
+        alone.record(Response::Overload {
+            retry_after: Some(Duration::from_secs(3)),
+        });
+        assert!(limiter.paused_until().is_some());
+        assert_eq!(limiter.acquire().await.waited(), Duration::from_secs(3));
     }
 
     #[tokio::test(start_paused = true)]
