@@ -5,10 +5,13 @@
 //! hands out, and on each run's end calls [`FairQueue::finish`] and pops again.
 //!
 //! Rules, in the order `pop_ready` applies them:
-//! 1. **Caps.** At most `total` runs in flight, at most `per_user` per user,
-//!    and at most an agent's `maxConcurrentMissions` per (user, agent). An
-//!    entry held back by its agent stays queued and is eligible the moment a
-//!    run of that agent finishes; nothing is retried on a timer.
+//! 1. **Caps.** At most `total` runs in flight, at most `per_user` per user
+//!    while another user's entry of the same tier may start (the cap is
+//!    work-conserving: a user alone with a backlog may use the room nobody
+//!    else wants, so a lone backlog drains at the gateway's pace), and at
+//!    most an agent's `maxConcurrentMissions` per (user, agent). An entry
+//!    held back by its agent stays queued and is eligible the moment a run
+//!    of that agent finishes; nothing is retried on a timer.
 //! 2. **On time before catch-up.** An entry whose slot was more than
 //!    `catch_up_grace` old when pushed is catch-up; no catch-up entry starts
 //!    while any on-time entry is eligible. The tier is fixed at push: an
@@ -205,9 +208,11 @@ impl FairQueue {
             return None;
         }
         for tier in [Tier::OnTime, Tier::CatchUp] {
-            for pos in 0..self.ring.len() {
-                if let Some(lane) = self.eligible_lane(&self.ring[pos], tier) {
-                    return Some(self.take(pos, lane, tier));
+            for capped in [true, false] {
+                for pos in 0..self.ring.len() {
+                    if let Some(lane) = self.eligible_lane(&self.ring[pos], tier, capped) {
+                        return Some(self.take(pos, lane, tier));
+                    }
                 }
             }
         }
@@ -322,10 +327,11 @@ impl FairQueue {
         tier.insert(at, waiting);
     }
 
-    /// The user's lane whose `tier` head may start now, oldest head first.
-    fn eligible_lane(&self, user: &str, tier: Tier) -> Option<usize> {
+    /// The user's lane whose `tier` head may start now, oldest head first;
+    /// `capped`: within the per-user cap.
+    fn eligible_lane(&self, user: &str, tier: Tier, capped: bool) -> Option<usize> {
         let queue = self.users.get(user)?;
-        if queue.in_flight >= self.config.per_user {
+        if capped && queue.in_flight >= self.config.per_user {
             return None;
         }
         let mut best: Option<(u64, usize)> = None;
@@ -446,24 +452,32 @@ mod tests {
     }
 
     #[test]
-    fn the_per_user_cap_holds_until_a_run_finishes() {
+    fn the_per_user_cap_holds_while_another_user_waits() {
         let mut q = FairQueue::new(config(10, 2));
         for m in 0..5 {
             q.push(entry("u", &format!("m{m}"), None), t0());
         }
+        q.push(entry("v", "n0", Some(("A", 1))), t0());
+        q.push(entry("v", "n1", Some(("A", 1))), t0());
         let first = q.pop_ready().unwrap();
+        assert_eq!(q.pop_ready().unwrap().entry.key, MissionKey::new("v", "n0"));
         assert!(q.pop_ready().is_some());
-        assert_eq!(q.pop_ready(), None);
+        // u is at its cap; v's n1 waits for its agent, so nobody else may
+        // start: u uses the room (work-conserving).
+        assert_eq!(q.pop_ready().unwrap().entry.key, MissionKey::new("u", "m2"));
+        assert_eq!(q.pop_ready().unwrap().entry.key, MissionKey::new("u", "m3"));
         assert_eq!(
             q.user_counts("u"),
             UserCounts {
-                queued: 3,
-                in_flight: 2
+                queued: 1,
+                in_flight: 4
             }
         );
+        assert!(q.finish(&MissionKey::new("v", "n0")));
+        assert_eq!(q.pop_ready().unwrap().entry.key, MissionKey::new("v", "n1"));
         assert!(q.finish(&first.entry.key));
         assert!(!q.finish(&first.entry.key));
-        assert_eq!(q.pop_ready().unwrap().entry.key, MissionKey::new("u", "m2"));
+        assert_eq!(q.pop_ready().unwrap().entry.key, MissionKey::new("u", "m4"));
     }
 
     #[test]
@@ -620,9 +634,9 @@ mod tests {
                 .filter(|e| e.0 == user && e.2 == Some(agent))
                 .count()
         }
-        fn eligible(&self, e: &(u8, u8, Option<u8>, Tier)) -> bool {
+        fn eligible(&self, e: &(u8, u8, Option<u8>, Tier), capped: bool) -> bool {
             self.in_flight.len() < TOTAL
-                && self.user_in_flight(e.0) < PER_USER
+                && (!capped || self.user_in_flight(e.0) < PER_USER)
                 && e.2
                     .is_none_or(|a| self.agent_in_flight(e.0, a) < agent_max(a))
         }
@@ -675,7 +689,7 @@ mod tests {
     fn pop(q: &mut FairQueue, m: &mut Model) -> Result<bool, TestCaseError> {
         let got = q.pop_ready();
         let eligible: Vec<usize> = (0..m.queued.len())
-            .filter(|&i| m.eligible(&m.queued[i]))
+            .filter(|&i| m.eligible(&m.queued[i], false))
             .collect();
         let Some(best_tier) = eligible.iter().map(|&i| m.queued[i].3).min() else {
             prop_assert!(got.is_none(), "nothing was eligible, got {:?}", got);
@@ -690,6 +704,13 @@ mod tests {
             .into_iter()
             .filter(|&i| m.queued[i].3 == best_tier)
             .collect();
+        // Within the cap first; over it only when nobody within it may start.
+        let within: Vec<usize> = in_tier
+            .iter()
+            .copied()
+            .filter(|&i| m.eligible(&m.queued[i], true))
+            .collect();
+        let in_tier = if within.is_empty() { in_tier } else { within };
         // Round robin: the eligible user first in the ring; FIFO within the user.
         let user = in_tier
             .iter()
@@ -716,7 +737,6 @@ mod tests {
         prop_assert!(q.in_flight() <= TOTAL);
         for user in 0..4u8 {
             let counts = q.user_counts(&format!("u{user}"));
-            prop_assert!(counts.in_flight <= PER_USER);
             prop_assert_eq!(counts.in_flight, m.user_in_flight(user));
             for agent in 0..2u8 {
                 let running = q.agent_in_flight(&format!("u{user}"), &format!("a{agent}"));
