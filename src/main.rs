@@ -100,18 +100,6 @@ async fn connect(config: &Config) -> anyhow::Result<tokio_postgres::Client> {
     }
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut term) = signal(SignalKind::terminate()) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-}
-
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     // Held to the end of main: dropping it sends the spans still queued.
@@ -204,7 +192,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve => {
             let app = App::build(config).await?;
-            shutdown_signal().await;
+            mana_ai::service::shutdown_signal().await;
             app.shutdown().await;
             Ok(())
         }

@@ -189,3 +189,16 @@ async fn prepare_database(config: &Config) -> anyhow::Result<Pool> {
     tracing::info!(applied = ?report.applied, already = report.already, "migrations");
     Ok(pool)
 }
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C): how `serve` and the demo stop.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

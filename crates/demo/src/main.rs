@@ -34,18 +34,6 @@ fn say(line: impl AsRef<str>) {
     println!("{}", line.as_ref());
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut term) = signal(SignalKind::terminate()) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-}
-
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     // Held to the end of main: dropping it sends the spans still queued.
@@ -57,7 +45,7 @@ async fn main() -> std::process::ExitCode {
         }
     };
     let cli = Cli::parse();
-    match show::run(cli.keep_running, shutdown_signal()).await {
+    match show::run(cli.keep_running, mana_ai::service::shutdown_signal()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("mana-ai-demo: {e:#}");
