@@ -5,13 +5,11 @@
 //! hands out, and on each run's end calls [`FairQueue::finish`] and pops again.
 //!
 //! Rules, in the order `pop_ready` applies them:
-//! 1. **Caps.** At most `total` runs in flight, at most `per_user` per user
-//!    while another user's entry of the same tier may start (the cap is
-//!    work-conserving: a user alone with a backlog may use the room nobody
-//!    else wants, so a lone backlog drains at the gateway's pace), and at
-//!    most an agent's `maxConcurrentMissions` per (user, agent). An entry
-//!    held back by its agent stays queued and is eligible the moment a run
-//!    of that agent finishes; nothing is retried on a timer.
+//! 1. **Caps.** At most `total` in flight; `per_user` per user while another
+//!    user's entry of the tier may start (work-conserving: a lone backlog uses
+//!    the room nobody else wants); an agent's `maxConcurrentMissions` per
+//!    (user, agent): a held-back entry waits, eligible when that agent's run
+//!    ends (nothing is retried on a timer).
 //! 2. **On time before catch-up.** An entry whose slot was more than
 //!    `catch_up_grace` old when pushed is catch-up; no catch-up entry starts
 //!    while any on-time entry is eligible. The tier is fixed at push: an
