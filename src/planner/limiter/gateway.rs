@@ -5,7 +5,6 @@
 //! out by the permit holders at the head of the line, so the order survives
 //! it. A refusal beside other requests only shrinks the limit.
 
-use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -46,18 +45,6 @@ pub struct GatewayPermit {
     in_flight: usize,
     sent: Instant,
     waited: Duration,
-}
-
-/// What [`GatewayLimiter::call`] returns.
-#[derive(Debug)]
-pub struct Called<T> {
-    /// The last attempt's result: an answer, a final error, or (after
-    /// `max_overloads`) the last overload.
-    pub value: T,
-    /// Overloads absorbed on the way (not failed attempts).
-    pub overloads: u32,
-    /// Time spent waiting for room, summed over the tries.
-    pub waited: Duration,
 }
 
 impl GatewayLimiter {
@@ -107,32 +94,6 @@ impl GatewayLimiter {
             in_flight: state.in_flight,
             sent: Instant::now(),
             waited: start.elapsed(),
-        }
-    }
-
-    /// Runs `attempt` under a permit until it is not an overload (or
-    /// `max_overloads` were absorbed): a 429 waits for room and tries again
-    /// instead of counting as a failed attempt.
-    pub async fn call<T, F, Fut>(&self, mut attempt: F) -> Called<T>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = (Response, T)>,
-    {
-        let max_overloads = self.shared.lock().core.config().max_overloads;
-        let (mut overloads, mut waited) = (0, Duration::ZERO);
-        loop {
-            let permit = self.acquire().await;
-            waited += permit.waited();
-            let (response, value) = attempt().await;
-            permit.record(response);
-            if !response.is_overload() || overloads >= max_overloads {
-                return Called {
-                    value,
-                    overloads,
-                    waited,
-                };
-            }
-            overloads += 1;
         }
     }
 

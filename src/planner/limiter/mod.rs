@@ -44,16 +44,16 @@
 //!
 //! # A 429 is not a failed attempt
 //!
-//! Record [`Response::Overload`] and acquire again: the next permit comes
-//! once the gateway has room (and after any `Retry-After`), so the request
-//! waits instead of spending one of its attempts. [`GatewayLimiter::call`]
-//! is that loop.
+//! Record [`Response::Overload`], wait its `Retry-After` and acquire again:
+//! the next permit comes once the gateway has room, so the request waits
+//! instead of spending one of its attempts. The LLM client's retry loop
+//! (`planner::llm`) does that, up to `max_overloads` times.
 
 use std::time::Duration;
 
 mod gateway;
 
-pub use gateway::{Called, GatewayLimiter, GatewayPermit};
+pub use gateway::{GatewayLimiter, GatewayPermit};
 
 /// Settings of an [`AimdLimit`]; [`LimitConfig::new`] fills in defaults.
 #[derive(Debug, Clone, PartialEq)]
@@ -72,8 +72,8 @@ pub struct LimitConfig {
     pub probe_cap: u32,
     /// Longest `Retry-After` honoured.
     pub retry_after_cap: Duration,
-    /// [`GatewayLimiter::call`]: overloads absorbed before the last one is
-    /// handed back to the caller.
+    /// Overloads one call absorbs before the last one counts as a failed
+    /// attempt (the LLM client's retry loop).
     pub max_overloads: u32,
 }
 
@@ -440,6 +440,23 @@ mod tests {
         }
     }
 
+    /// One request as the LLM client sends it: wait for room, send, and on
+    /// an overload wait its `Retry-After` and try again. Returns the
+    /// overloads it absorbed.
+    async fn send(limiter: &GatewayLimiter, gateway: &SimGateway) -> u32 {
+        let mut overloads = 0;
+        loop {
+            let permit = limiter.acquire().await;
+            let response = gateway.request().await;
+            permit.record(response);
+            let Response::Overload { retry_after } = response else {
+                return overloads;
+            };
+            overloads += 1;
+            tokio::time::sleep(retry_after.unwrap_or_default()).await;
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn converges_to_a_narrow_gateway_with_few_429s_and_no_lost_requests() {
         const RUNS: usize = 640;
@@ -457,10 +474,7 @@ mod tests {
             let (gateway, limiter) = (gateway.clone(), limiter.clone());
             runs.spawn(async move {
                 for _ in 0..RUNS / 32 {
-                    let called = limiter
-                        .call(|| async { (gateway.request().await, ()) })
-                        .await;
-                    assert!(called.overloads <= 5);
+                    assert!(send(&limiter, &gateway).await <= 5);
                 }
             });
         }
