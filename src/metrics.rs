@@ -226,7 +226,7 @@ impl Metrics {
             (&self.decrypts, labels::tables()),
             (&self.grant_scope_violations, labels::tables()),
             (&self.grant_skips, labels::grant_skips()),
-            (&self.agent_decisions, labels::DECISIONS.to_vec()),
+            (&self.agent_decisions, labels::decisions()),
             (&self.run_outcomes, labels::OUTCOMES.to_vec()),
             (&self.poison_changes, labels::POISON_REASONS.to_vec()),
             (&self.missions_stalled, labels::STALLS.to_vec()),
@@ -324,11 +324,7 @@ mod tests {
         }
         for (family, label, values) in [
             ("grant_skips_total", "reason", labels::grant_skips()),
-            (
-                "agent_decisions_total",
-                "decision",
-                labels::DECISIONS.to_vec(),
-            ),
+            ("agent_decisions_total", "decision", labels::decisions()),
             ("run_outcomes_total", "outcome", labels::OUTCOMES.to_vec()),
             (
                 "poison_changes_total",

@@ -37,19 +37,20 @@ impl GateDecision {
         }
     }
 
+    /// Every decision (the metric's label values start from this list).
+    pub const ALL: [GateDecision; 7] = [
+        GateDecision::Ran,
+        GateDecision::SkippedPaused,
+        GateDecision::SkippedArchived,
+        GateDecision::SkippedConcurrency,
+        GateDecision::SkippedBudget,
+        GateDecision::SkippedMissingAgent,
+        GateDecision::SkippedBadPolicy,
+    ];
+
     /// A decision read back from `mission_runs.outcome`; None for any other value.
     pub fn parse(text: &str) -> Option<GateDecision> {
-        [
-            GateDecision::Ran,
-            GateDecision::SkippedPaused,
-            GateDecision::SkippedArchived,
-            GateDecision::SkippedConcurrency,
-            GateDecision::SkippedBudget,
-            GateDecision::SkippedMissingAgent,
-            GateDecision::SkippedBadPolicy,
-        ]
-        .into_iter()
-        .find(|d| d.as_str() == text)
+        GateDecision::ALL.into_iter().find(|d| d.as_str() == text)
     }
 }
 
