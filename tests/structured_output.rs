@@ -8,6 +8,7 @@ use std::time::Duration;
 use common::{eventually, mission_data, plan_answer, setup, write, Change, TestDb};
 use mana_ai::config::Secret;
 use mana_ai::planner::llm::{LlmClient, LlmConfig, LlmError};
+use mana_ai::planner::schema::step_tools;
 use mana_ai::planner::structured::StructuredMode;
 use mana_ai::planner::ToolCatalog;
 use serde_json::{json, Value};
@@ -114,21 +115,14 @@ async fn a_run_sends_the_schema_with_exactly_the_allowed_tools_and_a_shared_pref
         "auto starts with OpenAI's form: {format}"
     );
     let step = &format["json_schema"]["schema"]["properties"]["steps"];
-    assert_eq!(
-        step["items"]["properties"]["toolName"]["enum"],
-        json!(allowed)
-    );
+    assert_eq!(step_tools(&format["json_schema"]["schema"]), allowed);
     assert_eq!(
         (step["minItems"].clone(), step["maxItems"].clone()),
         (json!(1), json!(5))
     );
     let all: Vec<&str> = catalog.tools().iter().map(|t| t.name.as_str()).collect();
     let format = &requests[1]["response_format"];
-    assert_eq!(
-        format["json_schema"]["schema"]["properties"]["steps"]["items"]["properties"]["toolName"]
-            ["enum"],
-        json!(all)
-    );
+    assert_eq!(step_tools(&format["json_schema"]["schema"]), all);
 
     // The two system messages share a prefix that holds the whole catalog;
     // what differs (agent, denied tools, time) comes after it.

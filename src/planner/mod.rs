@@ -13,6 +13,7 @@ pub mod policy;
 pub mod prompt;
 pub mod research;
 pub mod research_trigger;
+pub mod schema;
 mod source;
 pub mod structured;
 mod text;

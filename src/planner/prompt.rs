@@ -15,7 +15,7 @@
 //! only then comes what varies: the tools the agent's policy denies, the
 //! agent block, the time; the user message holds the mission. A denied tool
 //! is listed in the catalog but stated as denied, left out of the schema's
-//! `toolName` enum ([`Prompt::schema`]) and refused by the parser.
+//! step shapes ([`Prompt::schema`]) and refused by the parser.
 
 use std::fmt::{self, Write};
 
@@ -23,7 +23,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::Value;
 
 use super::history::render_history;
-use super::structured::plan_schema;
+use super::schema::plan_schema;
 use super::text::{clip, defuse_agent_tags, is_ciphertext};
 use super::tools::ToolSpec;
 
@@ -133,8 +133,8 @@ pub struct PromptInput<'a> {
 pub struct Prompt {
     pub system: String,
     pub user: String,
-    /// `toolName` is an enum of exactly the allowed tools; `None` when no
-    /// tool is allowed (see [`plan_schema`]).
+    /// One step shape per allowed tool; `None` when no tool is allowed
+    /// (see [`plan_schema`]).
     pub schema: Option<Value>,
 }
 

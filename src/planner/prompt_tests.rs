@@ -2,6 +2,7 @@ use serde_json::json;
 
 use super::*;
 use crate::planner::policy::{filter_tools, AgentPolicy};
+use crate::planner::schema::step_tools;
 use crate::planner::tools::ToolCatalog;
 
 fn input(content: &str) -> ResolvedInput {
@@ -76,8 +77,7 @@ fn system_message_lists_tools_with_enums_and_required_markers() {
 
 fn enum_of(prompt: &Prompt) -> Vec<String> {
     let schema = prompt.schema.as_ref().expect("a schema");
-    let names = &schema["properties"]["steps"]["items"]["properties"]["toolName"]["enum"];
-    serde_json::from_value(names.clone()).unwrap()
+    step_tools(schema).into_iter().map(String::from).collect()
 }
 
 #[test]

@@ -1,11 +1,10 @@
-//! Structured output: the JSON schema of a plan, the two ways of asking a
-//! model server for it, and which way a server takes (learned once per URL).
+//! Structured output: the two ways of asking a model server for a plan that
+//! follows its JSON schema ([`super::schema`]), and which way a server takes
+//! (learned once per URL).
 //!
-//! The schema is the contract's plan shape with `toolName` an enum of exactly
-//! the tools the agent may use, 1 to 5 steps and a required `rationale`. A
-//! server that honours it constrains the model's sampling to it, so a small
-//! model cannot wander off into prose or a denied tool. The strict parser
-//! still judges every answer: a server may ignore the schema.
+//! A server that honours the schema constrains the model's sampling to it,
+//! so a small model cannot wander off into prose or a denied tool. The
+//! strict parser still judges every answer: a server may ignore the schema.
 //!
 //! The two request forms:
 //! - [`Form::JsonSchema`]: `{"type": "json_schema", "json_schema": {name,
@@ -13,8 +12,8 @@
 //! - [`Form::JsonObject`]: `{"type": "json_object", "schema": ...}`, the form
 //!   of llama.cpp's servers (which answer the first one with HTTP 500).
 //!
-//! `strict` is `false`: OpenAI's strict mode demands `additionalProperties:
-//! false` on every object, which would force `params` to be `{}`.
+//! `strict` is `false`: OpenAI's strict mode demands that every property be
+//! required, and most tools have optional parameters.
 //!
 //! In [`StructuredMode::Auto`] a call tries the forms in that order and then
 //! free text, as long as the server has not yet accepted one: a refusal of a
@@ -29,9 +28,6 @@ use std::str::FromStr;
 use std::sync::{Mutex, OnceLock};
 
 use serde_json::{json, Value};
-
-use super::parser::MAX_STEPS;
-use super::tools::ToolSpec;
 
 /// `MANA_LLM_STRUCTURED`: how the client asks for structured output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -112,48 +108,6 @@ impl Form {
             Form::Text => None,
         }
     }
-}
-
-/// Longest summary (the plan's or a step's) the schema allows: a line the
-/// user reads. Bounding the strings bounds how long a small model writes.
-pub const MAX_SUMMARY_CHARS: usize = 160;
-/// Longest rationale the schema allows: two or three sentences.
-pub const MAX_RATIONALE_CHARS: usize = 280;
-
-/// The JSON schema of a plan whose steps may use only `allowed` tools, in
-/// their given order. `None` when no tool is allowed: an empty enum is no
-/// valid schema, and the only valid plan then is one without steps.
-pub fn plan_schema(allowed: &[&ToolSpec]) -> Option<Value> {
-    if allowed.is_empty() {
-        return None;
-    }
-    let names: Vec<&str> = allowed.iter().map(|t| t.name.as_str()).collect();
-    Some(json!({
-        "type": "object",
-        "properties": {
-            "summary": {"type": "string", "maxLength": MAX_SUMMARY_CHARS},
-            "steps": {
-                "type": "array",
-                "minItems": 1,
-                "maxItems": MAX_STEPS,
-                "items": {
-                    "type": "object",
-                    "properties": {
-                        "summary": {"type": "string", "maxLength": MAX_SUMMARY_CHARS},
-                        "toolName": {"type": "string", "enum": names},
-                        "params": {"type": "object"},
-                        "rationale": {
-                            "type": "string",
-                            "minLength": 1,
-                            "maxLength": MAX_RATIONALE_CHARS,
-                        },
-                    },
-                    "required": ["summary", "toolName", "params", "rationale"],
-                },
-            },
-        },
-        "required": ["summary", "steps"],
-    }))
 }
 
 /// Whether an HTTP status, answered to a form not yet known to work, means
@@ -269,7 +223,6 @@ impl<'a> FormPicker<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::planner::tools::ToolCatalog;
 
     #[test]
     fn modes_parse_and_name_themselves() {
@@ -279,35 +232,6 @@ mod tests {
         }
         let e = "strict".parse::<StructuredMode>().unwrap_err();
         assert!(e.contains("auto|json_schema|json_object|off"), "{e}");
-    }
-
-    #[test]
-    fn schema_enumerates_exactly_the_allowed_tools() {
-        let catalog = ToolCatalog::builtin();
-        let allowed: Vec<&ToolSpec> = catalog.tools().iter().take(3).collect();
-        let schema = plan_schema(&allowed).unwrap();
-        let step = &schema["properties"]["steps"];
-        assert_eq!(
-            (step["minItems"].clone(), step["maxItems"].clone()),
-            (json!(1), json!(5))
-        );
-        let names: Vec<&str> = allowed.iter().map(|t| t.name.as_str()).collect();
-        assert_eq!(
-            step["items"]["properties"]["toolName"]["enum"],
-            json!(names)
-        );
-        let required = &step["items"]["required"];
-        assert!(required.as_array().unwrap().contains(&json!("rationale")));
-        // The strings are bounded, so a small model's answer is too.
-        let fields = &step["items"]["properties"];
-        assert_eq!(fields["summary"]["maxLength"], json!(MAX_SUMMARY_CHARS));
-        assert_eq!(fields["rationale"]["maxLength"], json!(MAX_RATIONALE_CHARS));
-        assert_eq!(fields["rationale"]["minLength"], json!(1));
-        assert_eq!(
-            schema["properties"]["summary"]["maxLength"],
-            json!(MAX_SUMMARY_CHARS)
-        );
-        assert_eq!(plan_schema(&[]), None);
     }
 
     #[test]

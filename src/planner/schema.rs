@@ -1,0 +1,233 @@
+//! The JSON schema of a plan, sent as structured output ([`super::structured`]).
+//!
+//! The contract's plan shape, made as tight as the catalog allows, because a
+//! server that honours the schema (llama.cpp, Ollama, vLLM) constrains the
+//! model's sampling to it and a small model writes exactly what it leaves
+//! open:
+//! - 1 to [`MAX_STEPS`] steps; each step is one of the allowed tools
+//!   (`anyOf`, one branch per tool), and names its tool (`toolName` a
+//!   `const`) before its `params`, which are that tool's declared parameters
+//!   and nothing else (required ones required, enumerations as `enum`);
+//! - every string has a length bound, so an answer cannot run on;
+//! - properties are listed in the order the model should write them:
+//!   summary, toolName, params, rationale (grammar-constrained servers follow
+//!   the schema's order; `serde_json`'s `preserve_order` keeps it).
+//!
+//! The strict parser still judges every answer: a server may ignore the
+//! schema, and OpenAI's `strict: false` treats it as guidance only.
+
+use serde_json::{json, Map, Value};
+
+use super::parser::MAX_STEPS;
+use super::tools::{ParamSpec, ToolSpec};
+
+/// Longest summary (the plan's or a step's) the schema allows: a line the
+/// user reads.
+pub const MAX_SUMMARY_CHARS: usize = 160;
+/// Longest rationale the schema allows: two or three sentences.
+pub const MAX_RATIONALE_CHARS: usize = 280;
+/// Longest string parameter the schema allows: a title, or a paragraph of a
+/// note. A proposal is a starting point the user edits, not a document.
+pub const MAX_PARAM_CHARS: usize = 400;
+
+/// The JSON schema of a plan whose steps may use only `allowed` tools, in
+/// their given order. `None` when no tool is allowed: a step would have no
+/// valid shape, and the only valid plan then is one without steps.
+pub fn plan_schema(allowed: &[&ToolSpec]) -> Option<Value> {
+    if allowed.is_empty() {
+        return None;
+    }
+    let steps: Vec<Value> = allowed.iter().map(|tool| step_schema(tool)).collect();
+    Some(json!({
+        "type": "object",
+        "properties": {
+            "summary": bounded_string(MAX_SUMMARY_CHARS),
+            "steps": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": MAX_STEPS,
+                "items": {"anyOf": steps},
+            },
+        },
+        "required": ["summary", "steps"],
+        "additionalProperties": false,
+    }))
+}
+
+/// The tools a plan schema's steps may call, in order (for tests and
+/// diagnostics: which tools a request allowed).
+pub fn step_tools(schema: &Value) -> Vec<&str> {
+    let branches = schema["properties"]["steps"]["items"]["anyOf"].as_array();
+    branches
+        .into_iter()
+        .flatten()
+        .filter_map(|b| b["properties"]["toolName"]["const"].as_str())
+        .collect()
+}
+
+/// One step that calls `tool`.
+fn step_schema(tool: &ToolSpec) -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "summary": bounded_string(MAX_SUMMARY_CHARS),
+            "toolName": {"const": tool.name},
+            "params": params_schema(tool),
+            "rationale": {"type": "string", "minLength": 1, "maxLength": MAX_RATIONALE_CHARS},
+        },
+        "required": ["summary", "toolName", "params", "rationale"],
+        "additionalProperties": false,
+    })
+}
+
+/// The tool's declared parameters, in catalog order, and no others.
+fn params_schema(tool: &ToolSpec) -> Value {
+    let properties: Map<String, Value> = tool
+        .parameters
+        .iter()
+        .map(|p| (p.name.clone(), param_schema(p)))
+        .collect();
+    let required: Vec<&str> = tool
+        .parameters
+        .iter()
+        .filter(|p| p.required)
+        .map(|p| p.name.as_str())
+        .collect();
+    json!({
+        "type": "object",
+        "properties": properties,
+        "required": required,
+        "additionalProperties": false,
+    })
+}
+
+/// One parameter: its enumeration, or its JSON type with strings bounded.
+/// A type JSON Schema does not know (a catalog file may say `date`) is left
+/// open rather than guessed.
+fn param_schema(param: &ParamSpec) -> Value {
+    if let Some(values) = &param.r#enum {
+        return json!({"type": "string", "enum": values});
+    }
+    match param.r#type.as_str() {
+        "string" => bounded_string(MAX_PARAM_CHARS),
+        known @ ("number" | "integer" | "boolean" | "array" | "object") => json!({"type": known}),
+        _ => json!({}),
+    }
+}
+
+fn bounded_string(max: usize) -> Value {
+    json!({"type": "string", "maxLength": max})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::planner::tools::ToolCatalog;
+
+    fn branches(schema: &Value) -> &Vec<Value> {
+        schema["properties"]["steps"]["items"]["anyOf"]
+            .as_array()
+            .expect("steps are an anyOf of tool branches")
+    }
+
+    #[test]
+    fn one_branch_per_allowed_tool_in_order() {
+        let catalog = ToolCatalog::builtin();
+        let allowed: Vec<&ToolSpec> = catalog.tools().iter().skip(2).take(3).collect();
+        let schema = plan_schema(&allowed).unwrap();
+        let steps = &schema["properties"]["steps"];
+        assert_eq!(
+            (&steps["minItems"], &steps["maxItems"]),
+            (&json!(1), &json!(5))
+        );
+        let expected: Vec<&str> = allowed.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(step_tools(&schema), expected);
+        assert!(step_tools(&json!({})).is_empty());
+        for branch in branches(&schema) {
+            assert_eq!(
+                branch["required"],
+                json!(["summary", "toolName", "params", "rationale"])
+            );
+            assert_eq!(branch["additionalProperties"], json!(false));
+        }
+        assert_eq!(plan_schema(&[]), None);
+    }
+
+    #[test]
+    fn params_are_the_tools_own_with_required_and_enums() {
+        let catalog = ToolCatalog::builtin();
+        let tool = catalog.get("create_task").unwrap();
+        let schema = plan_schema(&[tool]).unwrap();
+        let params = &branches(&schema)[0]["properties"]["params"];
+        let names: Vec<&String> = params["properties"].as_object().unwrap().keys().collect();
+        assert_eq!(names, ["title", "dueDate", "priority", "description"]);
+        assert_eq!(params["required"], json!(["title"]));
+        assert_eq!(params["additionalProperties"], json!(false));
+        assert_eq!(
+            params["properties"]["priority"]["enum"],
+            json!(["low", "medium", "high"])
+        );
+        let place = catalog.get("create_place").unwrap();
+        let place = plan_schema(&[place]).unwrap();
+        let latitude = &branches(&place)[0]["properties"]["params"]["properties"]["latitude"];
+        assert_eq!(latitude, &json!({"type": "number"}));
+    }
+
+    #[test]
+    fn every_string_is_bounded() {
+        let catalog = ToolCatalog::builtin();
+        let all: Vec<&ToolSpec> = catalog.tools().iter().collect();
+        let schema = plan_schema(&all).unwrap();
+        let mut strings = Vec::new();
+        collect_strings(&schema, &mut strings);
+        assert!(strings.len() > 100, "{}", strings.len());
+        for s in strings {
+            let max = s["maxLength"].as_u64();
+            assert!(s.get("enum").is_some() || max.is_some(), "unbounded: {s}");
+        }
+        let branch = &branches(&schema)[0]["properties"];
+        assert_eq!(branch["rationale"]["maxLength"], json!(MAX_RATIONALE_CHARS));
+        assert_eq!(branch["rationale"]["minLength"], json!(1));
+        assert_eq!(branch["summary"]["maxLength"], json!(MAX_SUMMARY_CHARS));
+    }
+
+    fn collect_strings<'a>(value: &'a Value, out: &mut Vec<&'a Value>) {
+        match value {
+            Value::Object(map) => {
+                if map.get("type") == Some(&json!("string")) {
+                    out.push(value);
+                }
+                map.values().for_each(|v| collect_strings(v, out));
+            }
+            Value::Array(items) => items.iter().for_each(|v| collect_strings(v, out)),
+            _ => {}
+        }
+    }
+
+    /// Grammar-constrained servers make the model write properties in the
+    /// schema's order: the tool must come before its params.
+    #[test]
+    fn the_serialized_step_names_its_tool_before_its_params() {
+        let catalog = ToolCatalog::builtin();
+        let schema = plan_schema(&[catalog.get("create_note").unwrap()]).unwrap();
+        let text = serde_json::to_string(&branches(&schema)[0]["properties"]).unwrap();
+        let at = |key: &str| text.find(&format!("\"{key}\":")).unwrap();
+        assert!(at("summary") < at("toolName"), "{text}");
+        assert!(at("toolName") < at("params"), "{text}");
+        assert!(at("params") < at("rationale"), "{text}");
+        let top = serde_json::to_string(&schema["properties"]).unwrap();
+        assert!(top.find("\"summary\"") < top.find("\"steps\""), "{top}");
+    }
+
+    #[test]
+    fn unknown_parameter_types_are_left_open() {
+        let odd = ParamSpec {
+            name: "when".into(),
+            r#type: "date".into(),
+            required: true,
+            r#enum: None,
+            description: None,
+        };
+        assert_eq!(param_schema(&odd), json!({}));
+    }
+}
