@@ -16,11 +16,19 @@
 //!   to review);
 //! - a `summary` or `params` that is present but of the wrong type fails
 //!   (`null` reads as absent);
+//! - a raw control character (a line break, a tab) inside a JSON string is
+//!   read as if it were escaped, as Python's `json.loads(strict=False)`
+//!   does: the text is unambiguous, and llama-cpp-python's JSON grammar
+//!   (0.3.x) lets a model write raw line breaks into strings, so under
+//!   structured output most failed answers were only that;
 //! - an answer over [`MAX_ANSWER_BYTES`] is refused before any scanning;
 //!   all work below is linear in the answer's length;
 //! - a reason never quotes the answer, not even a tool name the model made
 //!   up: the answer may repeat decrypted input, and the reason goes to logs
 //!   and to the user's `errorDetails`. It names what was wrong and where.
+
+use std::borrow::Cow;
+use std::fmt::Write;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -101,8 +109,8 @@ pub fn parse_plan(
             limit: MAX_ANSWER_BYTES,
         });
     }
-    let json = extract_json(text)?;
-    let value: Value = serde_json::from_str(json).map_err(|e| ParseError::NotJson {
+    let json = escape_raw_controls(extract_json(text)?);
+    let value: Value = serde_json::from_str(&json).map_err(|e| ParseError::NotJson {
         kind: match e.classify() {
             serde_json::error::Category::Io => "io",
             serde_json::error::Category::Syntax => "syntax",
@@ -199,6 +207,41 @@ fn extract_json(text: &str) -> Result<&str, ParseError> {
         Ok(trimmed)
     } else {
         Err(ParseError::NoJson)
+    }
+}
+
+/// `json` with every raw control character (U+0000 to U+001F) inside a
+/// string literal replaced by its escape; borrowed when there is none.
+/// Outside strings such characters are whitespace or errors, and stay.
+fn escape_raw_controls(json: &str) -> Cow<'_, str> {
+    let mut out: Option<String> = None;
+    let mut copied = 0;
+    let (mut in_string, mut escaped) = (false, false);
+    for (i, c) in json.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if in_string => escaped = true,
+            '"' => in_string = !in_string,
+            c if in_string && c < ' ' => {
+                let out = out.get_or_insert_with(|| String::with_capacity(json.len() + 16));
+                out.push_str(&json[copied..i]);
+                let _ = match c {
+                    '\n' => out.write_str("\\n"),
+                    '\r' => out.write_str("\\r"),
+                    '\t' => out.write_str("\\t"),
+                    c => write!(out, "\\u{:04x}", u32::from(c)),
+                };
+                copied = i + 1;
+            }
+            _ => {}
+        }
+    }
+    match out {
+        None => Cow::Borrowed(json),
+        Some(mut out) => {
+            out.push_str(&json[copied..]);
+            Cow::Owned(out)
+        }
     }
 }
 

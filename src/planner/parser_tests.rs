@@ -171,6 +171,27 @@ fn broken_json_is_not_json() {
     ));
 }
 
+/// As llama-cpp-python 0.3 wrote them under a JSON grammar: raw line
+/// breaks and tabs inside strings.
+#[test]
+fn raw_control_characters_inside_strings_read_as_escaped() {
+    let answer = "{ \"summary\" : \"a\nb\", \"steps\": [{\"summary\": \"x\ty\", \
+        \"toolName\": \"create_task\", \"params\": {\"title\": \"t\r\n\"}, \
+        \"rationale\": \"r\u{1}\"}]}";
+    let plan = parse(answer).unwrap();
+    assert_eq!(plan.summary, "a\nb");
+    assert_eq!(plan.steps[0].summary, "x\ty");
+    assert_eq!(plan.steps[0].params["title"], "t\r\n");
+    assert_eq!(plan.steps[0].rationale, "r\u{1}");
+    // Between tokens a line break is whitespace, as always.
+    assert!(parse("{\n\"steps\":\t[]\r\n}").is_ok());
+    // A backslash before a raw control character is no valid escape.
+    assert!(matches!(
+        parse("{\"summary\": \"a\\\nb\", \"steps\": []}"),
+        Err(ParseError::NotJson { .. })
+    ));
+}
+
 #[test]
 fn more_than_five_steps_are_too_many() {
     let step = json!({"toolName": "create_task", "rationale": "r"});
@@ -219,6 +240,19 @@ proptest! {
     #[test]
     fn never_panics_on_arbitrary_text(text in any::<String>()) {
         let _ = parse(&text);
+    }
+
+    /// Valid JSON is never touched, and a string written with raw control
+    /// characters reads as the same string written with escapes.
+    #[test]
+    fn raw_controls_in_strings_read_like_their_escapes(text in "[\\x00-\\x1f a-z\"\\\\é]*") {
+        let escaped = json!({"summary": text, "steps": []}).to_string();
+        prop_assert!(matches!(escape_raw_controls(&escaped), Cow::Borrowed(_)));
+        let raw = format!(
+            "{{\"summary\": \"{}\", \"steps\": []}}",
+            text.replace('\\', "\\\\").replace('"', "\\\"")
+        );
+        prop_assert_eq!(parse(&raw).unwrap().summary, text);
     }
 
     #[test]

@@ -166,6 +166,7 @@ Regeln:
 erlaubt sind. Andere Werkzeuge gibt es nicht.
 - Verwende nur die aufgeführten Parameter. Pflichtparameter müssen gesetzt sein; bei Parametern \
 mit Werteliste in eckigen Klammern ist nur einer dieser Werte erlaubt.
+- Jeder Schritt ist ein anderer: schlage denselben Aufruf nicht zweimal vor.
 - IDs (z. B. noteId, taskId) nur verwenden, wenn sie in den Eingaben stehen; niemals erfinden.
 - Jeder Schritt braucht eine Begründung (rationale), die der Nutzer liest: ein bis zwei Sätze, \
 warum dieser Schritt der Mission dient.
