@@ -8,8 +8,11 @@
 # throwaway database, once per structured-output mode (default: auto, off).
 # Each mode gets a freshly started model server, so its first run is cold.
 # Reports per mode: how many runs wrote a plan, the time of the first run and
-# the median of the later ones, and the prompt tokens the server reused from
-# its cache (llama-cpp-python logs "N prefix-match hit").
+# the median of the later ones, the prompt tokens the server reused from its
+# cache (llama-cpp-python logs "N prefix-match hit"), and per run the time
+# the server spent reading the prompt and writing the answer (its
+# llama_perf lines; a run that failed before asking the model has none, which
+# shifts the per-run columns).
 #
 #   scripts/real-model-check.sh                 # both modes
 #   MODES="json_object" scripts/real-model-check.sh
@@ -184,6 +187,9 @@ run_mode() { # $1: structured mode
     stop_pid "$LLM_PID"
     grep -o '[0-9]* prefix-match hit, remaining [0-9]* prompt tokens' "$llm_log" \
         | sed "s/^/$mode\t/" >>"$WORK/cache.tsv" || true
+    # Per answered request: prompt evaluation (ms, tokens), answer (ms, tokens).
+    sed -n 's/.*prompt eval time = *\([0-9.]*\) ms \/ *\([0-9]*\) tokens.*/\1 \2/p; s/.* eval time = *\([0-9.]*\) ms \/ *\([0-9]*\) runs.*/\1 \2/p' \
+        "$llm_log" | paste -d ' ' - - | sed "s/^/$mode\t/" >>"$WORK/perf.tsv" || true
     sed 's/\x1b\[[0-9;]*m//g' "$svc_log" \
         | sed -n "s/.*structured-output form.*form=\"\([a-z_]*\)\" refused=\(.*\)$/MANA_LLM_STRUCTURED=$mode: the server takes \1; refused: \2/p" \
         >>"$WORK/learned.txt" || true
@@ -198,6 +204,12 @@ for line in (work / "results.tsv").read_text().splitlines():
     mode, n, mid, row = line.split("\t")
     status, secs, error = (row.split("|") + ["", "", ""])[:3]
     runs[mode].append((int(n), mid, status, float(secs or 0), error))
+perf = collections.defaultdict(list)
+if (work / "perf.tsv").exists():
+    for line in (work / "perf.tsv").read_text().splitlines():
+        mode, text = line.split("\t")
+        pms, ptok, ams, atok = text.split()
+        perf[mode].append((float(pms) / 1000, int(ptok), float(ams) / 1000, int(atok)))
 cache = collections.defaultdict(list)
 if (work / "cache.tsv").exists():
     for line in (work / "cache.tsv").read_text().splitlines():
@@ -213,8 +225,17 @@ for mode, rows in runs.items():
     ratio = median / first if first else float("nan")
     print(f"\nMANA_LLM_STRUCTURED={mode}: plans written {plans} of {len(rows)}; "
           f"first run {first:.1f} s, median of later runs {median:.1f} s ({ratio:.2f} of the first)")
+    p = perf.get(mode, [])
+    if len(p) >= 2:
+        prompt_later = statistics.median(x[0] for x in p[1:])
+        print(f"  reading the prompt: first {p[0][0]:.1f} s, median of later {prompt_later:.1f} s "
+              f"({prompt_later / p[0][0]:.2f} of the first); the rest of a run is the answer")
     for n, mid, status, secs, error in rows:
-        print(f"  run {n} {mid:<12} {status:<16} {secs:6.1f} s  {error[:90]}")
+        answer = ""
+        if n <= len(p):
+            ps, pt, asec, atok = p[n - 1]
+            answer = f"prompt {pt:5} tok {ps:5.1f} s, answer {atok:5} tok {asec:5.1f} s"
+        print(f"  run {n} {mid:<12} {status:<16} {secs:6.1f} s  {answer}  {error[:90]}")
     hits = cache.get(mode, [])
     if hits:
         print("  server cache per request (reused prompt tokens / evaluated): "

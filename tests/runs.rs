@@ -84,7 +84,11 @@ async fn a_due_mission_is_planned_and_written_back_as_the_contract_says() {
         };
         let keys = sorted_keys(&data);
         assert_eq!(keys, ["iterations", "nextRunAt", "updatedAt"]);
-        assert_eq!(sorted_keys(&stamps), keys, "field_timestamps has the same keys");
+        assert_eq!(
+            sorted_keys(&stamps),
+            keys,
+            "field_timestamps has the same keys"
+        );
         let now = data["updatedAt"].as_str().unwrap();
         assert!(iso_millis_like(now), "{now}");
         assert!(stamps.as_object().unwrap().values().all(|v| v == now));

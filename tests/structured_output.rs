@@ -10,7 +10,7 @@ use mana_ai::config::Secret;
 use mana_ai::planner::llm::{LlmClient, LlmConfig, LlmError};
 use mana_ai::planner::schema::step_tools;
 use mana_ai::planner::structured::StructuredMode;
-use mana_ai::planner::ToolCatalog;
+use mana_ai::planner::{AnswerShape, ToolCatalog};
 use serde_json::{json, Value};
 use testkit::fake_llm::FakeLlm;
 use testkit::http::FakeReply;
@@ -245,15 +245,16 @@ async fn fixed_modes_send_their_form_and_off_sends_none() {
     let llm = FakeLlm::start(vec![FakeLlm::answer(BARE_PLAN)])
         .await
         .unwrap();
-    for mode in [
-        StructuredMode::JsonObject,
-        StructuredMode::JsonSchema,
-        StructuredMode::Off,
+    for (mode, shape) in [
+        (StructuredMode::JsonObject, AnswerShape::Json),
+        (StructuredMode::JsonSchema, AnswerShape::Json),
+        (StructuredMode::Off, AnswerShape::FreeText),
     ] {
-        client(llm.url(), mode)
+        let answer = client(llm.url(), mode)
             .complete_plan("s", "u", Some(&schema()))
             .await
             .unwrap();
+        assert_eq!(answer.shape, shape, "{mode:?}");
     }
     // Plain `complete` and a plan without a schema are free text too.
     let auto = client(llm.url(), StructuredMode::Auto);
@@ -296,4 +297,33 @@ async fn structured_off_runs_send_no_response_format() {
     eventually("m1 written", || written(&t, "kai", "m1")).await;
     lead.stop().await;
     assert_eq!(forms(&llm), [None]);
+}
+
+/// As llama-cpp-python 0.3 answered under its JSON grammar: a bare object
+/// with raw line breaks in its strings and a fence quoted in one of them.
+/// Both used to fail the run as "not valid JSON" or "unclosed block".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_structured_answer_with_raw_line_breaks_and_a_quoted_fence_is_a_plan() {
+    let t = setup().await;
+    let answer = "{ \"summary\" : \"Woche\nplanen\", \"steps\" : [ { \"toolName\" : \"create_task\", \
+        \"summary\" : \"Laufen\", \"params\" : {\"title\": \"Laufen ```\"}, \"rationale\" : \"Ziel:\n Bewegung\" }]}";
+    let llm = FakeLlm::start(vec![FakeLlm::answer(answer)]).await.unwrap();
+    seed(&t, "lia", "aiMissions", "m1", mission_data(json!({}))).await;
+    let lead = t
+        .lead(&[
+            ("MANA_LLM_URL", &llm.url()),
+            ("MANA_LLM_STRUCTURED", "json_object"),
+        ])
+        .await;
+    eventually("m1 written", || written(&t, "lia", "m1")).await;
+    lead.stop().await;
+    let rows = t.writebacks("lia", "m1").await;
+    let data: Value = rows[0].get(0);
+    let iteration = &data["iterations"][0];
+    assert_eq!(iteration["overallStatus"], "awaiting-review", "{iteration}");
+    assert_eq!(iteration["summary"], "Woche\nplanen");
+    assert_eq!(
+        iteration["plan"][0]["intent"]["params"]["title"],
+        "Laufen ```"
+    );
 }

@@ -215,7 +215,7 @@ impl LlmClient {
             let error = match self.send(body, &check).await {
                 Ok(answer) => {
                     picker.accepted();
-                    break Ok(answer);
+                    break Ok((answer, picker.form()));
                 }
                 Err(error) => error,
             };
@@ -232,8 +232,9 @@ impl LlmClient {
         if let Some(histogram) = &self.duration {
             histogram.observe(elapsed.as_secs_f64());
         }
-        outcome.map(|(content, usage)| LlmAnswer {
+        outcome.map(|((content, usage), form)| LlmAnswer {
             content,
+            shape: form.answer_shape(),
             usage,
             attempts: tries.attempts,
             elapsed,

@@ -19,7 +19,7 @@ pub mod structured;
 mod text;
 pub mod tools;
 
-pub use parser::{parse_plan, ParseError, PlannedIteration, PlannedStep};
+pub use parser::{parse_plan, AnswerShape, ParseError, PlannedIteration, PlannedStep};
 pub use policy::{filter_tools, AgentPolicy, Decision, PolicyError};
 pub use prompt::{build_prompt, AgentContext, MissionView, Prompt, PromptInput, ResolvedInput};
 pub use research_trigger::{needs_research, research_input, Article};

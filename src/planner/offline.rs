@@ -40,7 +40,7 @@ pub fn offline_answer(mission: &MissionView<'_>, tools: &[&ToolSpec]) -> String 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::planner::{parse_plan, ToolCatalog};
+    use crate::planner::{parse_plan, AnswerShape, ToolCatalog};
 
     #[test]
     fn the_offline_answer_passes_the_strict_parser() {
@@ -52,7 +52,8 @@ mod tests {
             ..Default::default()
         };
         let answer = offline_answer(&mission, &tools);
-        let plan = parse_plan(&answer, |n| catalog.get(n).is_some()).unwrap();
+        let plan =
+            parse_plan(&answer, AnswerShape::FreeText, |n| catalog.get(n).is_some()).unwrap();
         assert_eq!(plan.steps.len(), 1);
         assert_eq!(plan.steps[0].tool_name, "create_note");
         assert!(plan.summary.contains("Offline"));

@@ -2,6 +2,10 @@
 //!
 //! The JSON is the first fenced block (```` ```json ```` or a bare
 //! ```` ``` ````), else the whole answer if, trimmed, it is a bare `{...}`.
+//! An answer to a structured-output request ([`AnswerShape::Json`]) is read
+//! the other way round: the whole answer first when it is a bare `{...}`,
+//! because the server was asked for JSON and a string inside it may quote a
+//! fence (seen: a rationale holding ```` ``` ```` failed as an unclosed block).
 //! It must be an object with a `steps` array; every step an object whose
 //! `toolName` is allowed and whose `rationale` is a non-empty string;
 //! `params` defaults to `{}` and `summary` to `""`. Everything else fails
@@ -39,6 +43,15 @@ pub const MAX_ANSWER_BYTES: usize = 256 * 1024;
 pub const MAX_STEPS: usize = 5;
 
 const FENCE: &str = "```";
+
+/// What the model was asked to answer with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnswerShape {
+    /// Free text with a fenced json block (contract section 6).
+    FreeText,
+    /// JSON, through structured output: a bare object comes first.
+    Json,
+}
 
 /// A plan the model proposed, validated against the allowed tools.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -101,6 +114,7 @@ pub enum ParseError {
 /// `|name| allowed.contains(name)` for a `HashSet<String>`.
 pub fn parse_plan(
     text: &str,
+    shape: AnswerShape,
     is_allowed: impl Fn(&str) -> bool,
 ) -> Result<PlannedIteration, ParseError> {
     if text.len() > MAX_ANSWER_BYTES {
@@ -109,7 +123,7 @@ pub fn parse_plan(
             limit: MAX_ANSWER_BYTES,
         });
     }
-    let json = escape_raw_controls(extract_json(text)?);
+    let json = escape_raw_controls(extract_json(text, shape)?);
     let value: Value = serde_json::from_str(&json).map_err(|e| ParseError::NotJson {
         kind: match e.classify() {
             serde_json::error::Category::Io => "io",
@@ -185,8 +199,13 @@ fn optional_string(value: Option<&Value>) -> Option<String> {
 /// The JSON text: the body of the first ```` ``` ```` or ```` ```json ````
 /// block, else the whole answer when it is a bare object. Blocks tagged with
 /// another language (```` ```text ````) are skipped, so prose that quotes
-/// an example before the real answer does not hide it.
-fn extract_json(text: &str) -> Result<&str, ParseError> {
+/// an example before the real answer does not hide it. For
+/// [`AnswerShape::Json`] a bare object wins over any fence.
+fn extract_json(text: &str, shape: AnswerShape) -> Result<&str, ParseError> {
+    let bare = bare_object(text);
+    if let (AnswerShape::Json, Some(bare)) = (shape, bare) {
+        return Ok(bare);
+    }
     let mut rest = text;
     while let Some(open) = rest.find(FENCE) {
         let after = &rest[open + FENCE.len()..];
@@ -202,12 +221,13 @@ fn extract_json(text: &str) -> Result<&str, ParseError> {
         }
         rest = &body[close + FENCE.len()..];
     }
+    bare.ok_or(ParseError::NoJson)
+}
+
+/// The trimmed answer when it is a bare `{...}`.
+fn bare_object(text: &str) -> Option<&str> {
     let trimmed = text.trim();
-    if trimmed.starts_with('{') && trimmed.ends_with('}') {
-        Ok(trimmed)
-    } else {
-        Err(ParseError::NoJson)
-    }
+    (trimmed.starts_with('{') && trimmed.ends_with('}')).then_some(trimmed)
 }
 
 /// `json` with every raw control character (U+0000 to U+001F) inside a

@@ -14,7 +14,12 @@ fn allowed() -> HashSet<String> {
 
 fn parse(text: &str) -> Result<PlannedIteration, ParseError> {
     let allowed = allowed();
-    parse_plan(text, |name| allowed.contains(name))
+    parse_plan(text, AnswerShape::FreeText, |name| allowed.contains(name))
+}
+
+fn parse_json(text: &str) -> Result<PlannedIteration, ParseError> {
+    let allowed = allowed();
+    parse_plan(text, AnswerShape::Json, |name| allowed.contains(name))
 }
 
 const PLAN: &str = r#"{"summary": "Woche planen", "steps": [
@@ -190,6 +195,20 @@ fn raw_control_characters_inside_strings_read_as_escaped() {
         parse("{\"summary\": \"a\\\nb\", \"steps\": []}"),
         Err(ParseError::NotJson { .. })
     ));
+}
+
+/// A structured answer is JSON first: a fence quoted in a string is text.
+#[test]
+fn a_json_answer_may_quote_a_fence() {
+    let answer = r#"{"summary": "```", "steps": [{"toolName": "create_task", "rationale": "r"}]}"#;
+    assert_eq!(parse_json(answer).unwrap().summary, "```");
+    assert_eq!(parse(answer), Err(ParseError::UnclosedFence));
+    // Not a bare object: the fence rule still applies.
+    assert_eq!(
+        parse_json(&format!("Plan:\n```json\n{PLAN}\n```")),
+        Ok(expected())
+    );
+    assert_eq!(parse_json("nichts"), Err(ParseError::NoJson));
 }
 
 #[test]

@@ -5,13 +5,16 @@
 //! model's sampling to it and a small model writes exactly what it leaves
 //! open:
 //! - 1 to [`MAX_STEPS`] steps; each step is one of the allowed tools
-//!   (`anyOf`, one branch per tool), and names its tool (`toolName` a
-//!   `const`) before its `params`, which are that tool's declared parameters
-//!   and nothing else (required ones required, enumerations as `enum`);
+//!   (`anyOf`, one branch per tool) and names its tool first (`toolName` a
+//!   `const`), then its summary, then its `params`, which are that tool's
+//!   declared parameters and nothing else (required ones required,
+//!   enumerations as `enum`), then its rationale;
 //! - every string has a length bound, so an answer cannot run on;
-//! - properties are listed in the order the model should write them:
-//!   summary, toolName, params, rationale (grammar-constrained servers follow
-//!   the schema's order; `serde_json`'s `preserve_order` keeps it).
+//! - properties are listed in the order the model should write them
+//!   (grammar-constrained servers follow the schema's order; `serde_json`'s
+//!   `preserve_order` keeps it). With the tool first, a grammar engine
+//!   (llama.cpp) follows one branch from the step's first value on, instead
+//!   of all of them while the model writes the summary.
 //!
 //! The strict parser still judges every answer: a server may ignore the
 //! schema, and OpenAI's `strict: false` treats it as guidance only.
@@ -23,9 +26,10 @@ use super::tools::{ParamSpec, ToolSpec};
 
 /// Longest summary (the plan's or a step's) the schema allows: a line the
 /// user reads.
-pub const MAX_SUMMARY_CHARS: usize = 160;
-/// Longest rationale the schema allows: two or three sentences.
-pub const MAX_RATIONALE_CHARS: usize = 280;
+pub const MAX_SUMMARY_CHARS: usize = 100;
+/// Longest rationale the schema allows: the prompt asks for one or two
+/// sentences.
+pub const MAX_RATIONALE_CHARS: usize = 200;
 /// Longest string parameter the schema allows: a title, or a paragraph of a
 /// note. A proposal is a starting point the user edits, not a document.
 pub const MAX_PARAM_CHARS: usize = 400;
@@ -70,12 +74,12 @@ fn step_schema(tool: &ToolSpec) -> Value {
     json!({
         "type": "object",
         "properties": {
-            "summary": bounded_string(MAX_SUMMARY_CHARS),
             "toolName": {"const": tool.name},
+            "summary": bounded_string(MAX_SUMMARY_CHARS),
             "params": params_schema(tool),
             "rationale": {"type": "string", "minLength": 1, "maxLength": MAX_RATIONALE_CHARS},
         },
-        "required": ["summary", "toolName", "params", "rationale"],
+        "required": ["toolName", "summary", "params", "rationale"],
         "additionalProperties": false,
     })
 }
@@ -146,7 +150,7 @@ mod tests {
         for branch in branches(&schema) {
             assert_eq!(
                 branch["required"],
-                json!(["summary", "toolName", "params", "rationale"])
+                json!(["toolName", "summary", "params", "rationale"])
             );
             assert_eq!(branch["additionalProperties"], json!(false));
         }
@@ -205,15 +209,15 @@ mod tests {
     }
 
     /// Grammar-constrained servers make the model write properties in the
-    /// schema's order: the tool must come before its params.
+    /// schema's order: the tool comes first, the params after the summary.
     #[test]
-    fn the_serialized_step_names_its_tool_before_its_params() {
+    fn the_serialized_step_names_its_tool_first() {
         let catalog = ToolCatalog::builtin();
         let schema = plan_schema(&[catalog.get("create_note").unwrap()]).unwrap();
         let text = serde_json::to_string(&branches(&schema)[0]["properties"]).unwrap();
         let at = |key: &str| text.find(&format!("\"{key}\":")).unwrap();
-        assert!(at("summary") < at("toolName"), "{text}");
-        assert!(at("toolName") < at("params"), "{text}");
+        assert!(at("toolName") < at("summary"), "{text}");
+        assert!(at("summary") < at("params"), "{text}");
         assert!(at("params") < at("rationale"), "{text}");
         let top = serde_json::to_string(&schema["properties"]).unwrap();
         assert!(top.find("\"summary\"") < top.find("\"steps\""), "{top}");

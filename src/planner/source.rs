@@ -7,7 +7,7 @@ use std::time::Duration;
 use tracing::Instrument;
 
 use super::llm::{LlmAnswer, LlmClient, LlmError};
-use super::{offline, MissionView, Prompt, ToolSpec};
+use super::{offline, AnswerShape, MissionView, Prompt, ToolSpec};
 
 /// Where plans come from.
 pub enum Planner {
@@ -42,6 +42,7 @@ impl Planner {
             }
             Planner::Offline => Ok(LlmAnswer {
                 content: offline::offline_answer(mission, tools),
+                shape: AnswerShape::FreeText,
                 usage: None,
                 attempts: 1,
                 elapsed: Duration::ZERO,

@@ -29,6 +29,8 @@ use std::sync::{Mutex, OnceLock};
 
 use serde_json::{json, Value};
 
+use super::AnswerShape;
+
 /// `MANA_LLM_STRUCTURED`: how the client asks for structured output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum StructuredMode {
@@ -94,6 +96,14 @@ impl Form {
             Form::JsonSchema => Some(Form::JsonObject),
             Form::JsonObject => Some(Form::Text),
             Form::Text => None,
+        }
+    }
+
+    /// How the parser reads an answer to this form.
+    pub fn answer_shape(self) -> AnswerShape {
+        match self {
+            Form::JsonSchema | Form::JsonObject => AnswerShape::Json,
+            Form::Text => AnswerShape::FreeText,
         }
     }
 

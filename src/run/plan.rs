@@ -103,7 +103,8 @@ impl Runner {
         }
         claimed.guard.phase = Phase::ParsingResponse;
         let tokens_used = tokens(&answer, &prompt.system, &prompt.user);
-        match parse_plan(&answer.content, |name| tools.iter().any(|t| t.name == name)) {
+        let is_allowed = |name: &str| tools.iter().any(|t| t.name == name);
+        match parse_plan(&answer.content, answer.shape, is_allowed) {
             Ok(plan) => Planned::Plan { plan, tokens_used },
             Err(e) => {
                 deps.metrics.parse_failures.inc();

@@ -6,6 +6,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::planner::AnswerShape;
+
 /// Token counts as the gateway reports them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(default)]
@@ -20,6 +22,9 @@ pub struct Usage {
 pub struct LlmAnswer {
     /// `choices[0].message.content`, unparsed.
     pub content: String,
+    /// Whether the request that was answered asked for JSON (structured
+    /// output) or free text: the parser reads the two differently.
+    pub shape: AnswerShape,
     pub usage: Option<Usage>,
     /// Attempts this call took (1 = no retry).
     pub attempts: u32,
