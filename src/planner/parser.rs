@@ -232,7 +232,8 @@ fn bare_object(text: &str) -> Option<&str> {
 
 /// `json` with every raw control character (U+0000 to U+001F) inside a
 /// string literal replaced by its escape; borrowed when there is none.
-/// Outside strings such characters are whitespace or errors, and stay.
+/// Outside strings such characters are whitespace or errors, and stay. A
+/// `NotJson` position then counts in the escaped text.
 fn escape_raw_controls(json: &str) -> Cow<'_, str> {
     let mut out: Option<String> = None;
     let mut copied = 0;
