@@ -60,6 +60,17 @@ async fn install_is_idempotent_backfills_once_and_ignores_other_apps() {
     );
     let (ok, err) = psql(&db, "verify.sql", Some(SERVICE_ROLE));
     assert!(ok, "{err}");
+    // Queue ids must be drawn in time order (the claim relies on it).
+    admin
+        .batch_execute("ALTER TABLE mana_ai.change_queue ALTER COLUMN id SET CACHE 20")
+        .await
+        .unwrap();
+    let (ok, err) = psql(&db, "verify.sql", Some(SERVICE_ROLE));
+    assert!(!ok && err.contains("CACHE must be 1"), "{err}");
+    admin
+        .batch_execute("ALTER TABLE mana_ai.change_queue ALTER COLUMN id SET CACHE 1")
+        .await
+        .unwrap();
 
     // Only mission and agent rows of app ai are queued.
     let tx = mana_ai::db::begin_user(&mut sync, "u1").await.unwrap();

@@ -42,6 +42,11 @@ BEGIN
     END IF;
     IF queue IS NULL THEN
         missing := missing || 'table mana_ai.change_queue'::text;
+    ELSIF EXISTS (SELECT 1 FROM pg_sequence
+                  WHERE seqrelid = pg_get_serial_sequence('mana_ai.change_queue', 'id')::regclass
+                    AND seqcache <> 1) THEN
+        -- Ids drawn in time order is what the claim's low-water mark relies on.
+        wrong := wrong || 'the identity of mana_ai.change_queue.id caches values (CACHE must be 1)'::text;
     END IF;
     IF fn IS NULL THEN
         missing := missing || 'function mana_ai.enqueue_change()'::text;

@@ -22,7 +22,7 @@
 //! that panics its row (`check-panicked`).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::{mpsc, watch, Notify};
@@ -32,11 +32,11 @@ use tracing::Instrument;
 use super::analyze::{self, AnalyzeSchedule};
 use super::batch::{fold_claimed, write_and_commit, FoldedBatch};
 use super::batch_tx::BatchTx;
-use super::low_water::LowWater;
+use super::low_water::{Horizon, LowWater, Observed};
 use super::read::read_changes;
 use super::ReactorContext;
 use crate::schedule::wheel::WheelUpdate;
-use crate::store::queue::{self, DeadChange, Prepared};
+use crate::store::queue::{self, DeadChange, Prepared, QueueRow};
 use crate::sync::change::{self, Poison};
 
 /// Why a batch failed, which decides what happens next.
@@ -80,6 +80,24 @@ fn is_row_specific(sqlstate: &str) -> bool {
         .any(|class| sqlstate.starts_with(class))
 }
 
+/// Which queue rows a batch takes.
+#[derive(Debug, Clone)]
+enum Take {
+    /// Up to this many of the oldest, from the low-water mark on.
+    Next(i64),
+    /// These (the backstop's finds).
+    Ids(Vec<i64>),
+}
+
+impl Take {
+    fn limit(&self) -> i64 {
+        match self {
+            Take::Next(limit) => *limit,
+            Take::Ids(ids) => ids.len() as i64,
+        }
+    }
+}
+
 /// Counts of what one batch did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct BatchStats {
@@ -90,7 +108,7 @@ pub struct BatchStats {
 
 #[derive(Clone)]
 pub struct Applier {
-    ctx: ReactorContext,
+    pub(super) ctx: ReactorContext,
     /// Total queue rows processed (applied or set aside), for observers.
     pub processed: watch::Sender<u64>,
     /// Rows still to take one at a time after a batch hit a data error.
@@ -102,7 +120,15 @@ pub struct Applier {
     /// When the snapshot tables are analyzed next (see `analyze`).
     pub analyze: AnalyzeSchedule,
     /// Where claims start reading the queue (see `low_water`).
-    low_water: LowWater,
+    pub(super) low_water: LowWater,
+    /// The last claim read another queue: claim again before resting.
+    restarted: bool,
+    /// Queue ids of the batch in progress (the row to set aside when a
+    /// batch of one fails).
+    in_batch: Vec<i64>,
+    /// Awaited after each claim (tests only, see `Hooks::after_claim`).
+    #[cfg(feature = "test-hooks")]
+    pub after_claim: Option<super::AfterClaim>,
 }
 
 /// A committed batch, reported after its timers were re-armed.
@@ -124,6 +150,10 @@ impl Applier {
             before_drain: None,
             analyze,
             low_water: LowWater::default(),
+            restarted: false,
+            in_batch: Vec::new(),
+            #[cfg(feature = "test-hooks")]
+            after_claim: None,
         }
     }
 
@@ -140,11 +170,8 @@ impl Applier {
             let notified = wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            match self.drain().await {
-                Ok(n) => {
-                    backoff = Duration::from_millis(100);
-                    self.note_sweep(from_sweep, n);
-                }
+            match self.drain_and_sweep(from_sweep).await {
+                Ok(()) => backoff = Duration::from_millis(100),
                 Err(e) => {
                     self.ctx.metrics.apply_errors.inc();
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "applying queued changes failed; will retry");
@@ -163,6 +190,17 @@ impl Applier {
                 _ = sweep.tick() => from_sweep = true,
             }
         }
+    }
+
+    /// Drains; on a safety sweep also counts what it found and runs the
+    /// backstop (`backstop.rs`).
+    async fn drain_and_sweep(&mut self, from_sweep: bool) -> Result<(), ApplyError> {
+        let n = self.drain().await?;
+        self.note_sweep(from_sweep, n);
+        if from_sweep {
+            self.recover_skipped().await?;
+        }
+        Ok(())
     }
 
     /// Counts rows a safety sweep found that no notification announced.
@@ -193,7 +231,8 @@ impl Applier {
                     self.isolate = self.isolate.saturating_sub(stats.claimed);
                     total += stats.claimed;
                     self.maybe_analyze(stats.applied).await;
-                    if (stats.claimed as i64) < limit {
+                    let restarted = std::mem::take(&mut self.restarted);
+                    if (stats.claimed as i64) < limit && !restarted {
                         return Ok(total);
                     }
                 }
@@ -202,7 +241,7 @@ impl Applier {
                     self.isolate = limit as usize;
                 }
                 Err(ApplyError::Data { code, message }) => {
-                    total += self.set_aside_head(&code, &message).await?;
+                    total += self.set_aside(&code, &message).await?;
                 }
                 Err(e) => return Err(e),
             }
@@ -228,6 +267,16 @@ impl Applier {
     /// Traced as one `apply_batch` span with the rows claimed, applied and
     /// set aside (ids and counts only).
     pub async fn apply_batch(&mut self, limit: i64) -> Result<BatchStats, ApplyError> {
+        self.apply(Take::Next(limit)).await
+    }
+
+    /// [`Self::apply_batch`] of the queue rows of `ids` (the backstop).
+    pub(super) async fn apply_ids(&mut self, ids: Vec<i64>) -> Result<BatchStats, ApplyError> {
+        self.apply(Take::Ids(ids)).await
+    }
+
+    async fn apply(&mut self, take: Take) -> Result<BatchStats, ApplyError> {
+        let limit = take.limit();
         let span = tracing::info_span!(
             "apply_batch",
             limit,
@@ -243,7 +292,7 @@ impl Applier {
             .await
             .context("getting a pooled connection")?;
         let result = self
-            .apply_batch_on(&client, limit)
+            .apply_batch_on(&client, take)
             .instrument(span.clone())
             .await;
         if let Ok(stats) = &result {
@@ -263,26 +312,67 @@ impl Applier {
     async fn apply_batch_on(
         &mut self,
         client: &deadpool_postgres::ClientWrapper,
-        limit: i64,
+        take: Take,
     ) -> Result<BatchStats, ApplyError> {
         let st = Prepared::get(client).await?;
         let tx = BatchTx::new(client);
-        let from = self.low_water.bound();
-        let (begun, claimed) =
-            futures_util::join!(tx.begin(), queue::claim(tx.client, &st, limit, from));
-        begun?;
-        let (claimed, horizon) = claimed?;
+        let (claimed, horizon) = self.claim(&tx, &st, &take).await?;
+        self.in_batch = claimed.iter().map(|q| q.id).collect();
         if claimed.is_empty() {
-            self.low_water.observe(&[], horizon, Instant::now());
+            self.observe(&take, &[], horizon);
             return Ok(BatchStats::default());
         }
-        let ids: Vec<i64> = claimed.iter().map(|q| q.id).collect();
+        let ids = self.in_batch.clone();
         let max_field_bytes = self.ctx.settings.max_field_bytes;
         let (valid, dead) = read_changes(tx.client, &st, &claimed, max_field_bytes).await?;
         let batch = fold_claimed(tx.client, &st, valid, dead).await?;
         let updates = write_and_commit(&tx, &st, &batch).await?;
-        self.low_water.observe(&ids, horizon, Instant::now());
+        self.observe(&take, &ids, horizon);
         Ok(self.settle(batch, updates, claimed.len()).await)
+    }
+
+    /// BEGIN pipelined with the claim; the horizon only for a claim from
+    /// the low-water mark.
+    async fn claim(
+        &self,
+        tx: &BatchTx<'_>,
+        st: &Prepared,
+        take: &Take,
+    ) -> Result<(Vec<QueueRow>, Option<Horizon>), ApplyError> {
+        let claimed = match take {
+            Take::Next(limit) => {
+                let from = self.low_water.bound();
+                let claim = queue::claim(tx.client, st, *limit, from);
+                let (begun, claimed) = futures_util::join!(tx.begin(), claim);
+                begun?;
+                let (rows, horizon) = claimed?;
+                (rows, Some(horizon))
+            }
+            Take::Ids(ids) => {
+                let claim = queue::claim_ids(tx.client, st, ids);
+                let (begun, claimed) = futures_util::join!(tx.begin(), claim);
+                begun?;
+                (claimed?, None)
+            }
+        };
+        #[cfg(feature = "test-hooks")]
+        if let Some(hook) = &self.after_claim {
+            hook().await;
+        }
+        Ok(claimed)
+    }
+
+    /// Takes a committed claim into the low-water mark.
+    fn observe(&mut self, take: &Take, ids: &[i64], horizon: Option<Horizon>) {
+        let Some(horizon) = horizon else { return };
+        let full = ids.len() as i64 >= take.limit();
+        if self.low_water.observe(ids, full, horizon) == Observed::Restarted {
+            self.restarted = true;
+            tracing::warn!(
+                "the change queue's identity or the database server changed \
+                 (a reinstalled kit, a restart): claims read the queue from its start again"
+            );
+        }
     }
 
     /// After the commit: re-arms the wheel, tells the observer, counts.
@@ -321,8 +411,19 @@ impl Applier {
         }
     }
 
-    /// Sets the oldest queue row aside by itself after it failed alone.
-    async fn set_aside_head(&mut self, code: &str, message: &str) -> Result<usize, ApplyError> {
+    /// Sets aside by itself the row of the batch of one that just failed
+    /// (that row and no other: a row committed below it meanwhile is
+    /// innocent).
+    pub(super) async fn set_aside(
+        &mut self,
+        code: &str,
+        message: &str,
+    ) -> Result<usize, ApplyError> {
+        let [id] = self.in_batch[..] else {
+            return Err(ApplyError::Transient(anyhow::anyhow!(
+                "a data error ({code}) before a single row was claimed: {message}"
+            )));
+        };
         let mut client = self
             .ctx
             .pool
@@ -331,19 +432,17 @@ impl Applier {
             .context("getting a pooled connection")?;
         let st = Prepared::get(&client).await?;
         let tx = client.transaction().await?;
-        let (mut claimed, horizon) = queue::claim(&*tx, &st, 1, self.low_water.bound()).await?;
-        let Some(head) = claimed.pop() else {
+        let Some(row) = queue::claim_ids(&*tx, &st, &[id]).await?.pop() else {
             return Ok(0);
         };
-        let id = head.id;
         let dead = DeadChange {
-            queue: head,
+            queue: row,
             record_id: None,
             poison: Poison::ApplyFailed(format!("{code}: {message}")),
         };
         queue::insert_dead(&*tx, &st, std::slice::from_ref(&dead)).await?;
         tx.commit().await?;
-        self.low_water.observe(&[id], horizon, Instant::now());
+        self.in_batch.clear();
         self.note_poison(&dead);
         self.isolate = self.isolate.saturating_sub(1);
         self.processed.send_modify(|n| *n += 1);

@@ -9,47 +9,74 @@
 //! service cannot VACUUM the queue (the DBA's kit owns it, on purpose), so
 //! the claim reads `id >= bound` instead, and this module decides the bound.
 //!
-//! Queue ids come from an identity sequence: they are allocated in order but
-//! committed in any order, so a claim can see id 11 while id 10 belongs to a
-//! transaction that has not committed yet. Such an id is a *hole*. The
-//! bound is the smallest hole still open, else one past the largest id
-//! claimed. A hole closes when its row is claimed, or when every transaction
-//! that could have allocated it has ended: each hole records the snapshot
-//! `xmax` seen right after the claim that found it (the allocating
-//! transaction's xid is below it), and it is dropped once the database's
-//! `xmin` has passed that value, i.e. once that transaction committed (its
-//! row is then visible and claimed, and the hole was closed by that claim)
-//! or rolled back (the id will never appear). A minimum age guards the
-//! microseconds between a sequence value being drawn and its transaction's
-//! xid being assigned.
+//! Queue ids come from an identity sequence: drawn in order, committed in
+//! any order, so a claim can see id 11 while id 10 belongs to a transaction
+//! that has not committed yet. Such an id is a *hole*. The bound is the
+//! smallest hole still open, else one past the largest id claimed. Why a
+//! hole may close, and why nothing committed is ever below the bound, is
+//! argued in docs/design.md ("Why the claim cannot skip a change"); in
+//! short:
+//!
+//! * the transaction that drew a hole's id already had its xid (the
+//!   trigger fires after its `sync_changes` insert), before the claim's
+//!   snapshot was taken, so that xid is below the claim's own xid, which
+//!   its DELETE took after the snapshot: each hole is tagged with the
+//!   claim's xid;
+//! * a later claim whose own snapshot has `xmin` above a hole's tag saw
+//!   every transaction that could have drawn it ended: a committed one's
+//!   row was visible to that claim and taken (if the claim covered it), an
+//!   aborted one's id never appears. So the hole closes.
+//!
+//! The `xmin` is the claim statement's own snapshot's, read in the same
+//! statement, never a later one's; and a change of the queue's identity (a
+//! reinstalled kit, `RESTART IDENTITY`) or of the server (a restart may
+//! lose asynchronously committed claims) starts the mark afresh.
 //!
 //! Holes are kept as ranges; past [`MAX_RANGES`] the bound stops advancing
 //! (correct, only slower) until they close.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
 
 /// Open hole ranges tracked at most.
 pub const MAX_RANGES: usize = 4_096;
-/// A hole younger than this is kept whatever the transaction horizon says.
-pub const MIN_HOLE_AGE: Duration = Duration::from_secs(1);
 
-/// The transaction horizon read right after a claim
-/// (`pg_current_snapshot()`): every xid below `xmin` has ended; every xid
-/// assigned so far is below `xmax`.
+/// Which queue a claim read: the storage of the queue's identity sequence
+/// and when the server started. Ids are comparable only within one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueEpoch {
+    pub sequence_filenode: i64,
+    pub server_started_micros: i64,
+}
+
+/// What the claim statement saw besides its rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Horizon {
+    /// `xmin` of the claim statement's own snapshot: every xid below it
+    /// had ended when the claim read the queue.
     pub xmin: i64,
-    pub xmax: i64,
+    /// The claim's transaction id, taken by its DELETE after its snapshot
+    /// (None when it deleted nothing).
+    pub xid: Option<i64>,
+    pub epoch: QueueEpoch,
 }
 
 /// One run of ids `start..=end` that a claim passed over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Hole {
     end: i64,
-    seen: Instant,
-    /// `xmax` when first seen: the hole's transaction has an xid below it.
+    /// The xid of the claim that found it: every transaction that could
+    /// have drawn these ids has a smaller one.
     tag: i64,
+}
+
+/// What [`LowWater::observe`] made of a claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Observed {
+    /// The mark moved (or stayed) as usual.
+    Kept,
+    /// The claim read another queue than the last one: the mark starts
+    /// from the beginning, and the caller should claim again at once.
+    Restarted,
 }
 
 /// The applier's low-water mark (in memory; a restarted applier starts at
@@ -60,6 +87,8 @@ pub struct LowWater {
     floor: i64,
     /// Open holes by first id.
     holes: BTreeMap<i64, Hole>,
+    /// The queue the mark belongs to (None before the first claim).
+    epoch: Option<QueueEpoch>,
 }
 
 impl LowWater {
@@ -76,22 +105,40 @@ impl LowWater {
         self.holes.len()
     }
 
-    /// Takes in a committed claim: `claimed` are the ids it deleted (any
-    /// order), `horizon` what the database said right after it.
-    pub fn observe(&mut self, claimed: &[i64], horizon: Horizon, now: Instant) {
+    /// Takes in a committed claim that read from [`Self::bound`]: `claimed`
+    /// are the ids it deleted (any order), `full` whether it returned as
+    /// many rows as its limit, `horizon` what its statement saw.
+    pub fn observe(&mut self, claimed: &[i64], full: bool, horizon: Horizon) -> Observed {
+        if self.epoch.is_some_and(|e| e != horizon.epoch) {
+            *self = LowWater {
+                epoch: Some(horizon.epoch),
+                ..LowWater::default()
+            };
+            return Observed::Restarted;
+        }
+        self.epoch = Some(horizon.epoch);
         let mut ids = claimed.to_vec();
         ids.sort_unstable();
+        // Rows up to here that were visible to the claim were all taken.
+        let covered_end = if full {
+            ids.last().copied().unwrap_or(i64::MIN)
+        } else {
+            i64::MAX
+        };
+        self.holes
+            .retain(|_, hole| hole.end > covered_end || hole.tag >= horizon.xmin);
         for &id in &ids {
             self.close(id);
         }
         if let Some(&max) = ids.last() {
-            if self.open_gaps(&ids, horizon.xmax, now) && max >= self.floor {
+            // No xid cannot happen for a claim that deleted rows; tagged
+            // with the largest, such holes close only when their ids come.
+            let tag = horizon.xid.unwrap_or(i64::MAX);
+            if self.open_gaps(&ids, tag) && max >= self.floor {
                 self.floor = max + 1;
             }
         }
-        self.holes.retain(|_, hole| {
-            now.duration_since(hole.seen) < MIN_HOLE_AGE || horizon.xmin < hole.tag
-        });
+        Observed::Kept
     }
 
     /// Removes `id` from the hole that holds it (splitting the range).
@@ -120,11 +167,11 @@ impl LowWater {
     /// Records the ids at or past the floor that the claim skipped; false
     /// when there were too many to track (the floor then stays at the first
     /// untracked one, and claims read from there until the holes close).
-    fn open_gaps(&mut self, sorted: &[i64], tag: i64, now: Instant) -> bool {
+    fn open_gaps(&mut self, sorted: &[i64], tag: i64) -> bool {
         let floor = self.floor;
         let mut next = floor;
         for &id in sorted.iter().filter(|&&id| id >= floor) {
-            if id > next && !self.add_hole(next, id - 1, tag, now) {
+            if id > next && !self.add_hole(next, id - 1, tag) {
                 self.floor = next;
                 return false;
             }
@@ -133,146 +180,15 @@ impl LowWater {
         true
     }
 
-    fn add_hole(&mut self, start: i64, end: i64, tag: i64, now: Instant) -> bool {
+    fn add_hole(&mut self, start: i64, end: i64, tag: i64) -> bool {
         if self.holes.len() >= MAX_RANGES {
             return false;
         }
-        self.holes.insert(
-            start,
-            Hole {
-                end,
-                seen: now,
-                tag,
-            },
-        );
+        self.holes.insert(start, Hole { end, tag });
         true
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    const LATER: Duration = Duration::from_secs(2);
-
-    fn horizon(xmin: i64, xmax: i64) -> Horizon {
-        Horizon { xmin, xmax }
-    }
-
-    /// A mark that has claimed id 0 (the ids of the tests start at 1).
-    fn primed(now: Instant) -> LowWater {
-        let mut lw = LowWater::default();
-        lw.observe(&[0], horizon(100, 100), now);
-        lw
-    }
-
-    #[test]
-    fn a_fresh_mark_reads_from_the_start_and_keeps_what_it_skipped_open() {
-        let mut lw = LowWater::default();
-        assert_eq!(lw.bound(), 0);
-        let now = Instant::now();
-        lw.observe(&[5], horizon(90, 100), now);
-        assert_eq!(lw.bound(), 0, "ids 0..=4 may still be in flight");
-        lw.observe(&[], horizon(101, 101), now + LATER);
-        assert_eq!(lw.bound(), 6);
-    }
-
-    #[test]
-    fn contiguous_claims_move_the_bound_past_them() {
-        let now = Instant::now();
-        let mut lw = primed(now);
-        assert_eq!(lw.bound(), 1);
-        lw.observe(&[3, 1, 2], horizon(100, 100), now);
-        assert_eq!(lw.bound(), 4);
-        lw.observe(&[], horizon(100, 100), now);
-        assert_eq!(lw.bound(), 4, "an empty claim changes nothing");
-    }
-
-    #[test]
-    fn a_hole_holds_the_bound_until_its_row_is_claimed() {
-        let now = Instant::now();
-        let mut lw = primed(now);
-        lw.observe(&[1, 2, 5], horizon(90, 100), now);
-        assert_eq!(lw.bound(), 3);
-        assert_eq!(lw.open_holes(), 1);
-        lw.observe(&[4], horizon(90, 100), now + LATER);
-        assert_eq!(lw.bound(), 3, "3 is still open");
-        lw.observe(&[3], horizon(90, 100), now + LATER);
-        assert_eq!(lw.bound(), 6);
-        assert_eq!(lw.open_holes(), 0);
-    }
-
-    #[test]
-    fn a_hole_closes_once_every_transaction_that_could_fill_it_has_ended() {
-        let now = Instant::now();
-        let mut lw = primed(now);
-        lw.observe(&[1, 3], horizon(90, 100), now);
-        assert_eq!(lw.bound(), 2);
-        lw.observe(&[], horizon(99, 105), now + LATER);
-        assert_eq!(lw.bound(), 2, "xid 99 may have drawn id 2 and not ended");
-        lw.observe(&[], horizon(101, 105), now + Duration::from_millis(10));
-        assert_eq!(lw.bound(), 2, "too young, whatever the horizon");
-        lw.observe(&[], horizon(101, 105), now + LATER);
-        assert_eq!(lw.bound(), 4, "rolled back or filled: gone");
-    }
-
-    #[test]
-    fn too_many_holes_stop_the_bound_at_the_first_untracked_one() {
-        let mut lw = LowWater::default();
-        let now = Instant::now();
-        let ids: Vec<i64> = (0..=(MAX_RANGES as i64 + 10)).map(|i| i * 2 + 1).collect();
-        lw.observe(&ids, horizon(1, 2), now);
-        assert_eq!(lw.open_holes(), MAX_RANGES);
-        assert_eq!(lw.bound(), 0, "the first hole, id 0");
-        let untracked = 2 * MAX_RANGES as i64;
-        lw.observe(&[], horizon(3, 3), now + LATER);
-        assert_eq!(
-            lw.bound(),
-            untracked,
-            "tracked holes closed, reads resume there"
-        );
-    }
-
-    proptest! {
-        /// Whatever order ids commit and are claimed in, no id that may
-        /// still appear is ever below the bound: a visible id below the
-        /// bound was claimed, and an id still in flight is a hole.
-        #[test]
-        fn no_pending_id_is_ever_skipped(
-            commits in proptest::collection::vec(0usize..40, 1..60),
-            batch in 1usize..8,
-        ) {
-            // Ids 0..n are allocated at once; `commits` decides which id
-            // commits at each step (a permutation prefix, built below).
-            let n = 40i64;
-            let mut order: Vec<i64> = Vec::new();
-            for c in commits {
-                let id = c as i64;
-                if !order.contains(&id) { order.push(id); }
-            }
-            let mut lw = LowWater::default();
-            let mut visible: Vec<i64> = Vec::new();
-            let mut claimed: Vec<i64> = Vec::new();
-            let now = Instant::now();
-            for (step, &id) in order.iter().enumerate() {
-                visible.push(id);
-                let bound = lw.bound();
-                let mut take: Vec<i64> = visible.iter().copied()
-                    .filter(|v| *v >= bound && !claimed.contains(v)).collect();
-                take.sort_unstable();
-                take.truncate(batch);
-                claimed.extend(&take);
-                // Every id allocated and not committed is in flight: the
-                // horizon never passes the tags while any is pending.
-                lw.observe(&take, horizon(1, 2), now + LATER * step as u32);
-                let pending_or_unclaimed = (0..n)
-                    .filter(|i| !claimed.contains(i))
-                    .min();
-                if let Some(first) = pending_or_unclaimed {
-                    prop_assert!(lw.bound() <= first, "bound {} passed {}", lw.bound(), first);
-                }
-            }
-        }
-    }
-}
+#[path = "low_water_tests.rs"]
+mod tests;

@@ -9,6 +9,7 @@
 
 pub mod analyze;
 pub mod applier;
+mod backstop;
 mod batch;
 mod batch_tx;
 pub mod decode;
@@ -125,12 +126,20 @@ pub async fn measure_clock(pool: &Pool, clock: &DbClock) -> anyhow::Result<chron
     Ok(clock.record_sample(sent, db_now, chrono::Utc::now()))
 }
 
+/// A failpoint awaited by the applier right after each claim statement.
+#[cfg(feature = "test-hooks")]
+pub type AfterClaim = Arc<dyn Fn() -> futures_util::future::BoxFuture<'static, ()> + Send + Sync>;
+
 /// Optional observers of the reactor's work (benchmarks, tests).
 #[derive(Default)]
 pub struct Hooks {
     pub applied: Option<mpsc::UnboundedSender<applier::Applied>>,
     /// Called before every drain (tests make the applier panic with it).
     pub before_drain: Option<Arc<dyn Fn() + Send + Sync>>,
+    /// Awaited after each claim, before the batch goes on (tests commit a
+    /// transaction there). Only in builds with the `test-hooks` feature.
+    #[cfg(feature = "test-hooks")]
+    pub after_claim: Option<AfterClaim>,
 }
 
 fn supervised<F, Fut>(
@@ -227,6 +236,10 @@ fn spawn_applier(
     let mut applier = applier::Applier::new(ctx.clone());
     applier.observer = hooks.applied;
     applier.before_drain = hooks.before_drain;
+    #[cfg(feature = "test-hooks")]
+    {
+        applier.after_claim = hooks.after_claim;
+    }
     let processed = applier.processed.subscribe();
     let stop = shutdown.clone();
     let make = move || applier.clone().run(wake.clone(), stop.clone());

@@ -8,7 +8,7 @@ use tokio_postgres::{GenericClient, Row, Statement};
 use uuid::Uuid;
 
 use super::{history, snapshots};
-use crate::reactor::low_water::Horizon;
+use crate::reactor::low_water::{Horizon, QueueEpoch};
 use crate::sync::change::{clip_bytes, Kind, Poison};
 
 /// One row of `mana_ai.change_queue`, claimed by the applier.
@@ -36,20 +36,32 @@ impl QueueRow {
 
 /// Claims (deletes and returns) the oldest `$1` queue rows from id `$2` on
 /// (the low-water mark, `reactor::low_water`: below it every row was
-/// claimed, so the index scan never walks their dead entries).
+/// claimed, so the index scan never walks their dead entries), with what
+/// the mark needs to know, all read by this one statement: `xmin` of its
+/// own snapshot, its transaction's xid (taken by the DELETE, after the
+/// snapshot), and which queue it read (the identity sequence's storage and
+/// the server's start). One row even when nothing is claimed.
 ///
 /// `= ANY(ARRAY(subquery))` rather than `IN (subquery)`: with `IN` the
 /// planner hashes the subquery and seq-scans the whole queue (about 20 ms at
 /// a depth of 10^5, per batch); the array makes it an index scan of the
 /// claimed ids whatever the depth.
-const CLAIM: &str = "DELETE FROM mana_ai.change_queue
-     WHERE id = ANY(ARRAY(SELECT id FROM mana_ai.change_queue WHERE id >= $2 ORDER BY id LIMIT $1))
-     RETURNING id, change_id, user_id, table_name, queued_at";
+const CLAIM: &str = "WITH claimed AS (
+       DELETE FROM mana_ai.change_queue
+       WHERE id = ANY(ARRAY(SELECT id FROM mana_ai.change_queue WHERE id >= $2 ORDER BY id LIMIT $1))
+       RETURNING id, change_id, user_id, table_name, queued_at,
+                 pg_current_xact_id_if_assigned()::text::int8 AS claim_xid)
+     SELECT pg_snapshot_xmin(pg_current_snapshot())::text::int8 AS xmin,
+            pg_relation_filenode(pg_get_serial_sequence('mana_ai.change_queue', 'id')::regclass)::text::int8
+              AS sequence_filenode,
+            (extract(epoch FROM pg_postmaster_start_time()) * 1000000)::int8 AS server_started_micros,
+            c.id, c.change_id, c.user_id, c.table_name, c.queued_at, c.claim_xid
+     FROM (SELECT) AS one LEFT JOIN claimed AS c ON true";
 
-/// The transaction horizon right after a claim (see `reactor::low_water`).
-const HORIZON: &str =
-    "SELECT pg_snapshot_xmin(s)::text::int8 AS xmin, pg_snapshot_xmax(s)::text::int8 AS xmax
-     FROM pg_current_snapshot() AS s";
+/// Claims the queue rows of the given ids (the exact row a batch failed
+/// on, rows the backstop found).
+const CLAIM_IDS: &str = "DELETE FROM mana_ai.change_queue WHERE id = ANY($1)
+     RETURNING id, change_id, user_id, table_name, queued_at";
 
 const INSERT_DEAD: &str = "INSERT INTO mana_ai.dead_changes
        (queue_id, change_id, user_id, table_name, record_id, record_id_length, reason, detail)
@@ -64,7 +76,7 @@ const INSERT_DEAD: &str = "INSERT INTO mana_ai.dead_changes
 #[derive(Clone)]
 pub(crate) struct Prepared {
     pub claim: Statement,
-    pub horizon: Statement,
+    pub claim_ids: Statement,
     pub set_user: Statement,
     pub read: Statement,
     pub load_missions: Statement,
@@ -83,7 +95,7 @@ impl Prepared {
     ) -> Result<Prepared, tokio_postgres::Error> {
         let sql = [
             CLAIM,
-            HORIZON,
+            CLAIM_IDS,
             history::SET_USER,
             history::READ_CHANGES,
             snapshots::LOAD_MISSIONS,
@@ -96,11 +108,11 @@ impl Prepared {
         let stmts =
             futures_util::future::try_join_all(sql.iter().map(|q| client.prepare_cached(q)))
                 .await?;
-        let [claim, horizon, set_user, read, load_missions, load_agents, upsert_missions, upsert_agents, insert_dead, armable_of_agents] =
+        let [claim, claim_ids, set_user, read, load_missions, load_agents, upsert_missions, upsert_agents, insert_dead, armable_of_agents] =
             <[Statement; 10]>::try_from(stmts).expect("ten statements");
         Ok(Prepared {
             claim,
-            horizon,
+            claim_ids,
             set_user,
             read,
             load_missions,
@@ -120,35 +132,77 @@ impl Prepared {
     }
 }
 
-/// Claims (deletes and returns) the oldest `limit` queue rows, in queue
-/// order. The deletion commits with the snapshot writes or not at all, so
-/// each change is applied exactly once. Only the leader applies; a second
-/// applier would block on the row locks and then find the rows gone, never
-/// apply them twice.
-///
-/// Reads from id `from` on, and returns the transaction horizon seen right
-/// after the claim (one round trip: the two statements are pipelined).
+/// Claims (deletes and returns) the oldest `limit` queue rows from id
+/// `from` on, in queue order, with the horizon the claim statement saw. The
+/// deletion commits with the snapshot writes or not at all, so each change
+/// is applied exactly once. Only the leader applies; a second applier would
+/// block on the row locks and then find the rows gone, never apply them
+/// twice.
 pub(crate) async fn claim(
     client: &impl GenericClient,
     st: &Prepared,
     limit: i64,
     from: i64,
-) -> Result<(Vec<QueueRow>, Horizon), tokio_postgres::Error> {
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&limit, &from];
-    let (rows, horizon) = futures_util::try_join!(
-        client.query(&st.claim, &params),
-        client.query_one(&st.horizon, &[]),
-    )?;
+) -> anyhow::Result<(Vec<QueueRow>, Horizon)> {
+    let rows = client.query(&st.claim, &[&limit, &from]).await?;
+    // The statement returns one row even when it claims nothing.
+    let first = rows
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("the queue claim returned no row"))?;
+    let mut horizon = Horizon {
+        xmin: first.try_get("xmin")?,
+        xid: None,
+        epoch: QueueEpoch {
+            sequence_filenode: first.try_get("sequence_filenode")?,
+            server_started_micros: first.try_get("server_started_micros")?,
+        },
+    };
+    let mut claimed = Vec::with_capacity(rows.len());
+    for r in &rows {
+        if r.try_get::<_, Option<i64>>("id")?.is_none() {
+            continue;
+        }
+        horizon.xid = horizon.xid.or(r.try_get("claim_xid")?);
+        claimed.push(QueueRow::from_row(r)?);
+    }
+    claimed.sort_by_key(|q| q.id);
+    Ok((claimed, horizon))
+}
+
+/// Claims the queue rows of `ids` that are still there, in queue order.
+pub(crate) async fn claim_ids(
+    client: &impl GenericClient,
+    st: &Prepared,
+    ids: &[i64],
+) -> Result<Vec<QueueRow>, tokio_postgres::Error> {
+    let rows = client.query(&st.claim_ids, &[&ids]).await?;
     let mut claimed: Vec<QueueRow> = rows
         .iter()
         .map(QueueRow::from_row)
         .collect::<Result<_, _>>()?;
     claimed.sort_by_key(|q| q.id);
-    let horizon = Horizon {
-        xmin: horizon.try_get("xmin")?,
-        xmax: horizon.try_get("xmax")?,
-    };
-    Ok((claimed, horizon))
+    Ok(claimed)
+}
+
+/// Ids of queue rows below `bound` queued more than `min_age_secs` ago: rows
+/// the claim, which reads from `bound` on, will never take (the backstop's
+/// search; it should find none). Walks the index from the start, so it runs
+/// only with the safety sweep.
+pub(crate) async fn below_bound(
+    client: &impl GenericClient,
+    bound: i64,
+    min_age_secs: f64,
+    limit: i64,
+) -> Result<Vec<i64>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT id FROM mana_ai.change_queue
+             WHERE id < $1 AND queued_at < clock_timestamp() - make_interval(secs => $2)
+             ORDER BY id LIMIT $3",
+            &[&bound, &min_age_secs, &limit],
+        )
+        .await?;
+    rows.iter().map(|r| r.try_get("id")).collect()
 }
 
 /// A queue row set aside, with why.
