@@ -86,6 +86,7 @@ metrics! {
     plans_produced: IntCounter = counter("plans_produced_total", "Planner answers parsed into a plan"),
     plans_written_back: IntCounter = counter("plans_written_back_total", "Iterations written back to sync_changes"),
     parse_failures: IntCounter = counter("parse_failures_total", "Planner answers that failed the strict parser"),
+    duplicate_steps: IntCounter = counter("duplicate_steps_dropped_total", "Planned steps dropped because an earlier step of the same plan had the same tool and equal params"),
     mission_errors: IntCounter = counter("mission_errors_total", "Mission runs that failed (LLM, database, panic)"),
     planner_request_duration: Histogram = histogram("planner_request_duration_seconds", "Duration of one LLM call including retries"),
     agent_decisions: IntCounterVec = counter_vec("agent_decisions_total", "Agent gate decisions per run", &["decision"]),

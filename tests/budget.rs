@@ -106,6 +106,43 @@ async fn a_mission_without_an_agent_stops_at_the_users_daily_budget() {
     lead.stop().await;
 }
 
+/// The user's budget counts every run of the user: an agent created
+/// without `maxTokensPerDay` does not lift it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_without_a_cap_is_held_to_the_users_daily_budget() {
+    let t = setup().await;
+    let llm = FakeLlm::start(vec![costly(&plan_answer())]).await.unwrap();
+    let lead = t
+        .lead(&[
+            ("MANA_LLM_URL", &llm.url()),
+            ("MANA_AI_USER_TOKENS_PER_DAY", "500"),
+        ])
+        .await;
+    let mut sync = t.sync_client().await;
+    let agent = Change {
+        user: "lea",
+        table: "agents",
+        record: "a1",
+        op: "insert",
+        data: json!({"name": "Ohne Grenze", "state": "active"}),
+        stamps: json!({}),
+    };
+    write(&mut sync, &[agent]).await;
+    seed(&t, "lea", "m1", json!({"agentId": "a1"})).await;
+    eventually("m1 written", || async {
+        t.writebacks("lea", "m1").await.len() == 1
+    })
+    .await;
+    seed(&t, "lea", "m2", json!({"agentId": "a1"})).await;
+    eventually("m2 skipped for the user's budget", || async {
+        outcome(&t, "m2").await.as_deref() == Some("skipped-budget")
+    })
+    .await;
+    lead.settled().await;
+    assert_eq!(llm.requests().len(), 1, "no LLM call for m2");
+    lead.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_budget_spent_by_an_unparseable_answer_stops_the_next_request() {
     let t = setup().await;

@@ -68,8 +68,8 @@ pub struct CostLimits {
     /// `MANA_AI_MIN_INTERVAL_MINUTES` (default 1, 0 turns it off): an
     /// interval cadence shorter than this runs at this interval.
     pub min_interval: chrono::Duration,
-    /// `MANA_AI_USER_TOKENS_PER_DAY` (default off): tokens a user's missions
-    /// without an agent may use in a rolling 24 hours.
+    /// `MANA_AI_USER_TOKENS_PER_DAY` (default off): tokens all of a user's
+    /// runs, with an agent or without, may use in a rolling 24 hours.
     pub user_tokens_per_day: Option<i64>,
 }
 

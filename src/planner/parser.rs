@@ -41,6 +41,9 @@ use serde_json::{Map, Value};
 pub const MAX_ANSWER_BYTES: usize = 256 * 1024;
 /// The prompt asks for 1 to 5 steps.
 pub const MAX_STEPS: usize = 5;
+/// Deepest `params` a step may have (contract section 6): the write-back
+/// wraps them six levels deeper and must stay foldable.
+pub const MAX_PARAMS_DEPTH: usize = 16;
 
 const FENCE: &str = "```";
 
@@ -58,6 +61,9 @@ pub enum AnswerShape {
 pub struct PlannedIteration {
     pub summary: String,
     pub steps: Vec<PlannedStep>,
+    /// Later copies of a step (same tool, equal params) that were dropped.
+    #[serde(skip)]
+    pub duplicates_dropped: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -107,6 +113,8 @@ pub enum ParseError {
     ParamsNotObject(usize),
     #[error("steps[{0}] `summary` is not a string")]
     StepSummaryNotString(usize),
+    #[error("steps[{0}] `params` is nested deeper than {MAX_PARAMS_DEPTH} levels")]
+    ParamsTooDeep(usize),
 }
 
 /// Parses the model's answer. `is_allowed` says whether a tool name is one
@@ -147,12 +155,36 @@ pub fn parse_plan(
             limit: MAX_STEPS,
         });
     }
-    let steps = steps
+    let parsed = steps
         .iter()
         .enumerate()
         .map(|(i, step)| parse_step(i, step, &is_allowed))
-        .collect::<Result<_, _>>()?;
-    Ok(PlannedIteration { summary, steps })
+        .collect::<Result<Vec<_>, _>>()?;
+    let count = parsed.len();
+    let mut steps: Vec<PlannedStep> = Vec::with_capacity(count);
+    for step in parsed {
+        let copy = steps
+            .iter()
+            .any(|s| s.tool_name == step.tool_name && s.params == step.params);
+        if !copy {
+            steps.push(step);
+        }
+    }
+    Ok(PlannedIteration {
+        summary,
+        duplicates_dropped: count - steps.len(),
+        steps,
+    })
+}
+
+/// Levels of nested arrays and objects in `value` (a scalar is 0, `{}` 1).
+fn depth(value: &Value) -> usize {
+    let children: Box<dyn Iterator<Item = &Value>> = match value {
+        Value::Array(items) => Box::new(items.iter()),
+        Value::Object(map) => Box::new(map.values()),
+        _ => return 0,
+    };
+    1 + children.map(depth).max().unwrap_or(0)
 }
 
 fn parse_step(
@@ -174,7 +206,8 @@ fn parse_step(
         .ok_or(ParseError::MissingRationale(i))?;
     let params = match step.get("params") {
         None | Some(Value::Null) => Map::new(),
-        Some(Value::Object(params)) => params.clone(),
+        Some(value @ Value::Object(params)) if depth(value) <= MAX_PARAMS_DEPTH => params.clone(),
+        Some(Value::Object(_)) => return Err(ParseError::ParamsTooDeep(i)),
         Some(_) => return Err(ParseError::ParamsNotObject(i)),
     };
     let summary =

@@ -34,6 +34,7 @@ fn expected() -> PlannedIteration {
         .unwrap()
         .clone();
     PlannedIteration {
+        duplicates_dropped: 0,
         summary: "Woche planen".into(),
         steps: vec![
             PlannedStep {
@@ -300,4 +301,40 @@ fn no_reason_quotes_the_answer() {
         assert!(!reason.contains(marker), "{reason}");
         assert!(!reason.contains("MARKER"), "{reason}");
     }
+}
+
+/// `{"a":{"a":...{}}}` with `levels` objects.
+fn nested(levels: usize) -> String {
+    "{\"a\":".repeat(levels - 1) + "{}" + &"}".repeat(levels - 1)
+}
+
+#[test]
+fn params_deeper_than_sixteen_levels_are_a_parse_failure() {
+    let plan = |params: String| {
+        format!(
+            r#"{{"steps": [{{"toolName": "create_task", "params": {params}, "rationale": "r"}}]}}"#
+        )
+    };
+    assert!(parse_json(&plan(nested(16))).is_ok());
+    assert_eq!(
+        parse_json(&plan(nested(17))),
+        Err(ParseError::ParamsTooDeep(0))
+    );
+    let arrays = format!("{{\"a\": {}1{}}}", "[".repeat(16), "]".repeat(16));
+    assert_eq!(parse_json(&plan(arrays)), Err(ParseError::ParamsTooDeep(0)));
+}
+
+#[test]
+fn identical_steps_collapse_to_the_first_and_are_counted() {
+    let text = r#"{"steps": [
+      {"toolName": "create_task", "params": {"title": "A", "due": "x"}, "rationale": "one"},
+      {"toolName": "create_task", "params": {"due": "x", "title": "A"}, "rationale": "two"},
+      {"toolName": "create_task", "params": {"title": "B"}, "rationale": "three"},
+      {"toolName": "create_note", "params": {"title": "A", "due": "x"}, "rationale": "four"},
+      {"toolName": "create_task", "params": {"title": "A", "due": "x"}, "rationale": "five"}
+    ]}"#;
+    let plan = parse_json(text).unwrap();
+    let rationales: Vec<&str> = plan.steps.iter().map(|s| s.rationale.as_str()).collect();
+    assert_eq!(rationales, ["one", "three", "four"]);
+    assert_eq!(plan.duplicates_dropped, 2);
 }

@@ -57,10 +57,10 @@ impl Runner {
         let user_id = key.user_id();
         let skip = |decision, retry_at| Ok(Admission::Skip { decision, retry_at });
         let agent_id = record.get("agentId").and_then(Value::as_str);
+        let user_per_day = self.deps.cost.user_tokens_per_day;
         let Some(agent_id) = agent_id.filter(|s| !s.is_empty()) else {
-            let budget = gates::Budget::of(user_id, None, self.deps.cost.user_tokens_per_day);
-            if let Some(budget) = budget {
-                if budget.spent(client).await? {
+            if let Some(budget) = gates::Budget::of(user_id, None, user_per_day) {
+                if budget.spent(client).await?.is_some() {
                     return skip(GateDecision::SkippedBudget, Some(started + BUDGET_RETRY));
                 }
             }
@@ -94,8 +94,8 @@ impl Runner {
         if !self.attach_agent(key, limit) {
             return skip(GateDecision::SkippedConcurrency, None);
         }
-        if let Some(max) = agent.max_tokens_per_day {
-            if gates::tokens_last_day(client, user_id, &agent.id).await? >= max {
+        if let Some(budget) = gates::Budget::of(user_id, Some(&agent), user_per_day) {
+            if budget.spent(client).await?.is_some() {
                 return skip(GateDecision::SkippedBudget, Some(started + BUDGET_RETRY));
             }
         }

@@ -116,46 +116,48 @@ pub async fn tokens_last_day(
     crate::store::usage::tokens_last_day(client, user_id, agent_id).await
 }
 
-/// The token budget a run is held to: its agent's `maxTokensPerDay`, or
-/// for a mission without an agent the user's daily budget.
+/// The token budgets a run is held to: its agent's `maxTokensPerDay` (the
+/// agent's runs), and the user's daily budget (`MANA_AI_USER_TOKENS_PER_DAY`,
+/// every run of the user, with an agent or without).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Budget {
     pub user_id: String,
-    /// None: the user's budget of missions without an agent.
-    pub agent_id: Option<String>,
-    pub max_tokens: i64,
+    /// The agent and its daily maximum.
+    pub agent: Option<(String, i64)>,
+    /// The user's daily maximum.
+    pub user_max: Option<i64>,
 }
 
 impl Budget {
-    /// The budget of a run of `agent` (None: no agent); None when unlimited.
+    /// The budgets of a run of `agent` (None: no agent); None when unlimited.
     pub fn of(user_id: &str, agent: Option<&Agent>, user_per_day: Option<i64>) -> Option<Budget> {
-        let (agent_id, max_tokens) = match agent {
-            Some(agent) => (Some(agent.id.clone()), agent.max_tokens_per_day?),
-            None => (None, user_per_day?),
-        };
+        let agent = agent.and_then(|a| Some((a.id.clone(), a.max_tokens_per_day?)));
+        if agent.is_none() && user_per_day.is_none() {
+            return None;
+        }
         Some(Budget {
             user_id: user_id.to_string(),
-            agent_id,
-            max_tokens,
+            agent,
+            user_max: user_per_day,
         })
     }
 
-    /// Whose budget it is, for logs and errors: `agent` or `user`.
-    pub fn owner(&self) -> &'static str {
-        if self.agent_id.is_some() {
-            "agent"
-        } else {
-            "user"
+    /// Whose budget the last 24 hours used up, if any: `agent` or `user`.
+    pub async fn spent(
+        &self,
+        client: &impl GenericClient,
+    ) -> Result<Option<&'static str>, tokio_postgres::Error> {
+        if let Some((agent_id, max)) = &self.agent {
+            if tokens_last_day(client, &self.user_id, agent_id).await? >= *max {
+                return Ok(Some("agent"));
+            }
         }
-    }
-
-    /// Whether the last 24 hours used it up.
-    pub async fn spent(&self, client: &impl GenericClient) -> Result<bool, tokio_postgres::Error> {
-        let used = match &self.agent_id {
-            Some(agent_id) => tokens_last_day(client, &self.user_id, agent_id).await?,
-            None => crate::store::usage::user_tokens_last_day(client, &self.user_id).await?,
-        };
-        Ok(used >= self.max_tokens)
+        if let Some(max) = self.user_max {
+            if crate::store::usage::user_tokens_last_day(client, &self.user_id).await? >= max {
+                return Ok(Some("user"));
+            }
+        }
+        Ok(None)
     }
 }
 
@@ -211,20 +213,18 @@ mod tests {
     }
 
     #[test]
-    fn a_budget_is_the_agents_or_else_the_users() {
+    fn a_run_is_held_to_its_agents_budget_and_the_users() {
         let capped = agent(json!({"maxTokensPerDay": 500}));
         let open = agent(json!({}));
         let of = |a: Option<&Agent>, user| Budget::of("u", a, user);
-        let agent_budget = of(Some(&capped), Some(9)).unwrap();
-        assert_eq!(
-            (agent_budget.max_tokens, agent_budget.owner()),
-            (500, "agent")
-        );
-        assert_eq!(agent_budget.agent_id.as_deref(), Some("a"));
-        // An agent without a cap is not held to the user's budget.
-        assert_eq!(of(Some(&open), Some(9)), None);
-        let user_budget = of(None, Some(9)).unwrap();
-        assert_eq!((user_budget.max_tokens, user_budget.owner()), (9, "user"));
+        let both = of(Some(&capped), Some(9)).unwrap();
+        assert_eq!(both.agent, Some(("a".to_string(), 500)));
+        assert_eq!(both.user_max, Some(9));
+        // An agent without a cap is still held to the user's budget.
+        let uncapped = of(Some(&open), Some(9)).unwrap();
+        assert_eq!((uncapped.agent, uncapped.user_max), (None, Some(9)));
+        assert_eq!(of(Some(&open), None), None);
+        assert_eq!(of(None, Some(9)).unwrap().user_max, Some(9));
         assert_eq!(of(None, None), None);
     }
 }

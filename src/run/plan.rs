@@ -105,7 +105,12 @@ impl Runner {
         let tokens_used = tokens(&answer, &prompt.system, &prompt.user);
         let is_allowed = |name: &str| tools.iter().any(|t| t.name == name);
         match parse_plan(&answer.content, answer.shape, is_allowed) {
-            Ok(plan) => Planned::Plan { plan, tokens_used },
+            Ok(plan) => {
+                deps.metrics
+                    .duplicate_steps
+                    .inc_by(plan.duplicates_dropped as u64);
+                Planned::Plan { plan, tokens_used }
+            }
             Err(e) => {
                 deps.metrics.parse_failures.inc();
                 Planned::Failed {
@@ -130,8 +135,8 @@ impl Runner {
         };
         let client = self.deps.pool.get().await.map_err(|e| not_checked(&e))?;
         match budget.spent(&**client).await {
-            Ok(false) => Ok(()),
-            Ok(true) => Err(LlmError::OverBudget(budget.owner())),
+            Ok(None) => Ok(()),
+            Ok(Some(owner)) => Err(LlmError::OverBudget(owner)),
             Err(e) => Err(not_checked(&e)),
         }
     }
@@ -159,11 +164,14 @@ fn not_answered(error: LlmError, prompt: &Prompt) -> Planned {
 }
 
 /// Tokens to charge: the gateway's count, else about four characters a token.
+/// The gateway's numbers are not trusted to fit: a count past `i64::MAX`
+/// charges `i64::MAX` (the budget is then spent), never wraps negative.
 fn tokens(answer: &LlmAnswer, system: &str, user: &str) -> i64 {
+    let charge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
     match &answer.usage {
-        Some(u) if u.total_tokens > 0 => u.total_tokens as i64,
-        Some(u) if u.prompt_tokens + u.completion_tokens > 0 => {
-            (u.prompt_tokens + u.completion_tokens) as i64
+        Some(u) if u.total_tokens > 0 => charge(u.total_tokens),
+        Some(u) if u.prompt_tokens > 0 || u.completion_tokens > 0 => {
+            charge(u.prompt_tokens.saturating_add(u.completion_tokens))
         }
         _ => estimate(system, user, &answer.content),
     }
@@ -172,4 +180,39 @@ fn tokens(answer: &LlmAnswer, system: &str, user: &str) -> i64 {
 /// About four characters a token.
 fn estimate(system: &str, user: &str, answer: &str) -> i64 {
     ((system.len() + user.len() + answer.len()) / 4) as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::planner::llm::Usage;
+
+    fn answered(usage: Usage) -> LlmAnswer {
+        LlmAnswer {
+            content: "{}".into(),
+            shape: crate::planner::AnswerShape::Json,
+            usage: Some(usage),
+            attempts: 1,
+            elapsed: std::time::Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn token_counts_past_i64_charge_the_most_never_a_negative_number() {
+        let huge = |total, prompt, completion| {
+            tokens(
+                &answered(Usage {
+                    prompt_tokens: prompt,
+                    completion_tokens: completion,
+                    total_tokens: total,
+                }),
+                "",
+                "",
+            )
+        };
+        assert_eq!(huge(u64::MAX, 0, 0), i64::MAX);
+        assert_eq!(huge(0, u64::MAX, u64::MAX), i64::MAX);
+        assert_eq!(huge(0, 900, 100), 1000);
+        assert_eq!(huge(1234, 1, 1), 1234);
+    }
 }

@@ -1,6 +1,6 @@
 //! `mana_ai.token_usage`: the tokens each run charged, for the agents'
-//! `maxTokensPerDay` budget and the per-user budget of missions without an
-//! agent (`MANA_AI_USER_TOKENS_PER_DAY`). A written plan, a failed attempt
+//! `maxTokensPerDay` budget and the per-user budget of all the user's runs
+//! (`MANA_AI_USER_TOKENS_PER_DAY`). A written plan, a failed attempt
 //! and an unparseable answer are all charged.
 
 use tokio_postgres::GenericClient;
@@ -13,7 +13,7 @@ pub(crate) async fn tokens_last_day(
 ) -> Result<i64, tokio_postgres::Error> {
     let row = client
         .query_one(
-            "SELECT coalesce(sum(tokens_used), 0)::int8 AS tokens FROM mana_ai.token_usage
+            "SELECT least(coalesce(sum(tokens_used), 0), 9223372036854775807)::int8 AS tokens FROM mana_ai.token_usage
              WHERE user_id = $1 AND agent_id = $2 AND ts > now() - interval '24 hours'",
             &[&user_id, &agent_id],
         )
@@ -21,15 +21,16 @@ pub(crate) async fn tokens_last_day(
     row.try_get("tokens")
 }
 
-/// Tokens the user's missions without an agent used in the last 24 hours.
+/// Tokens all the user's runs (with an agent or without) used in the last
+/// 24 hours.
 pub(crate) async fn user_tokens_last_day(
     client: &impl GenericClient,
     user_id: &str,
 ) -> Result<i64, tokio_postgres::Error> {
     let row = client
         .query_one(
-            "SELECT coalesce(sum(tokens_used), 0)::int8 AS tokens FROM mana_ai.token_usage
-             WHERE user_id = $1 AND agent_id IS NULL AND ts > now() - interval '24 hours'",
+            "SELECT least(coalesce(sum(tokens_used), 0), 9223372036854775807)::int8 AS tokens FROM mana_ai.token_usage
+             WHERE user_id = $1 AND ts > now() - interval '24 hours'",
             &[&user_id],
         )
         .await?;
