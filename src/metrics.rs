@@ -37,6 +37,8 @@ macro_rules! metrics {
             /// Unix milliseconds of the last notification (0 = none yet); turned
             /// into `seconds_since_notification` at scrape time.
             last_notification_ms: AtomicI64,
+            /// The `agent_id` values `tokens_used_total` has a series of.
+            agent_labels: labels::Bounded,
         }
 
         impl Metrics {
@@ -46,6 +48,7 @@ macro_rules! metrics {
                 Metrics {
                     $( $field: $ctor(r, $($arg),*), )*
                     last_notification_ms: AtomicI64::new(0),
+                    agent_labels: labels::Bounded::new(labels::MAX_AGENT_SERIES),
                     registry,
                 }
             }
@@ -248,6 +251,16 @@ impl Metrics {
         }
     }
 
+    /// Counts `tokens` used by a run of `agent_id` (a user's id for their
+    /// agent: the first [`labels::MAX_AGENT_SERIES`] seen get a series of
+    /// their own, every later one counts as `other`, so one user creating
+    /// agents cannot grow the scrape without bound).
+    pub fn count_tokens(&self, agent_id: &str, tokens: u64) {
+        self.tokens_used
+            .with_label_values(&[self.agent_labels.label(agent_id)])
+            .inc_by(tokens);
+    }
+
     /// Counts a record decrypted from `table` (an input's, i.e. user data:
     /// mapped to the known tables or `other`).
     pub fn count_decrypt(&self, table: &str) {
@@ -294,6 +307,21 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tokens_by_agent_keep_a_bounded_number_of_series() {
+        let m = Metrics::new();
+        for i in 0..labels::MAX_AGENT_SERIES + 50 {
+            m.count_tokens(&format!("agent-{i}"), 10);
+        }
+        let text = m.render();
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("mana_ai_tokens_used_total{"))
+            .count();
+        assert_eq!(series, labels::MAX_AGENT_SERIES + 1);
+        assert!(text.contains("mana_ai_tokens_used_total{agent_id=\"other\"} 500"));
+    }
 
     #[test]
     fn renders_reactor_metrics_with_prefix() {

@@ -107,6 +107,41 @@ pub fn pruned_tables() -> Vec<&'static str> {
     Pruned::ALL.iter().map(|t| t.label()).collect()
 }
 
+/// `agent_id` values of `tokens_used_total` with a series of their own.
+pub const MAX_AGENT_SERIES: usize = 1_000;
+
+/// A label whose values come from user data and are not known in advance:
+/// the first `cap` distinct values keep their own series, every later one
+/// is [`OTHER`].
+#[derive(Debug)]
+pub struct Bounded {
+    cap: usize,
+    seen: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl Bounded {
+    pub fn new(cap: usize) -> Bounded {
+        Bounded {
+            cap,
+            seen: Default::default(),
+        }
+    }
+
+    /// `value` if it has (or may still get) a series of its own, else
+    /// [`OTHER`].
+    pub fn label<'a>(&self, value: &'a str) -> &'a str {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.contains(value) {
+            return value;
+        }
+        if seen.len() < self.cap && value != OTHER {
+            seen.insert(value.to_string());
+            return value;
+        }
+        OTHER
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,5 +272,15 @@ mod tests {
         assert_eq!(table("../../etc"), OTHER);
         assert_eq!(table(""), OTHER);
         assert!(tables().contains(&OTHER));
+    }
+
+    #[test]
+    fn a_bounded_label_keeps_the_first_values_and_maps_the_rest_to_other() {
+        let labels = Bounded::new(2);
+        assert_eq!(labels.label("a1"), "a1");
+        assert_eq!(labels.label("a2"), "a2");
+        assert_eq!(labels.label("a3"), OTHER);
+        assert_eq!(labels.label("a1"), "a1", "a value seen keeps its series");
+        assert_eq!(Bounded::new(5).label(OTHER), OTHER);
     }
 }

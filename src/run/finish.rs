@@ -126,9 +126,7 @@ impl Runner {
             .as_deref()
             .unwrap_or("legacy:ai-default");
         deps.metrics
-            .tokens_used
-            .with_label_values(&[agent_label])
-            .inc_by(write.tokens_used.max(0) as u64);
+            .count_tokens(agent_label, write.tokens_used.max(0) as u64);
         Ok(Outcome::Written)
     }
 
