@@ -65,6 +65,16 @@ pub async fn role_attributes(
     Ok((role, attributes))
 }
 
+/// Refuses a privileged role: every new pooled connection asks this
+/// (`db::service_pool`), so a role altered while the service runs is caught.
+pub async fn refuse_privileged(client: &impl tokio_postgres::GenericClient) -> anyhow::Result<()> {
+    let (role, attributes) = role_attributes(client).await?;
+    if attributes.is_empty() {
+        return Ok(());
+    }
+    Err(PrivilegedRole { role, attributes }.into())
+}
+
 /// Refuses a privileged role unless `allow`; with `allow` it warns loudly.
 pub async fn check_service_role(
     client: &impl tokio_postgres::GenericClient,

@@ -143,6 +143,40 @@ async fn serve_refuses_a_bypassrls_role() {
     );
 }
 
+/// A role made BYPASSRLS while the service runs is refused on the pool's
+/// next new connection, not only at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_made_privileged_while_serving_is_refused_on_the_next_connection() {
+    let t = setup().await;
+    let role = format!("mana_ai_t_later_{}", uuid::Uuid::new_v4().simple());
+    let admin = t.admin().await;
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN NOSUPERUSER NOBYPASSRLS PASSWORD '{}'",
+            role_password()
+        ))
+        .await
+        .unwrap();
+    let pool = mana_ai::db::service_pool(&t.db.url_as(&role), 2, None, false).unwrap();
+    let first = pool.get().await.expect("an ordinary role connects");
+    admin
+        .batch_execute(&format!("ALTER ROLE {role} BYPASSRLS"))
+        .await
+        .unwrap();
+    let second = pool.get().await.map(|_| ()).map_err(|e| e.to_string());
+    drop(first);
+    pool.close();
+    admin
+        .batch_execute(&format!("DROP ROLE {role}"))
+        .await
+        .unwrap();
+    let err = second.expect_err("a new connection as a BYPASSRLS role is refused");
+    assert!(
+        err.contains(&format!("{role:?}, which is BYPASSRLS")),
+        "{err}"
+    );
+}
+
 /// Inserts one sync_changes row as the service role in u1's scope.
 async fn insert_as_service(
     t: &common::TestDb,

@@ -27,6 +27,40 @@ pub fn pool(
     application_name: &str,
     root_cert: Option<&Path>,
 ) -> anyhow::Result<Pool> {
+    builder(url, size, application_name, root_cert)?
+        .build()
+        .context("building the connection pool")
+}
+
+/// The service's pool: [`pool`], and unless `allow_privileged` every new
+/// connection checks its role first, so a role made SUPERUSER or BYPASSRLS
+/// while the service runs is refused on its next connection, not only at
+/// start (`crate::privilege`).
+pub fn service_pool(
+    url: &str,
+    size: usize,
+    root_cert: Option<&Path>,
+    allow_privileged: bool,
+) -> anyhow::Result<Pool> {
+    let mut builder = builder(url, size, "mana-ai", root_cert)?;
+    if !allow_privileged {
+        builder = builder.post_create(deadpool_postgres::Hook::async_fn(|client, _| {
+            Box::pin(async move {
+                crate::privilege::refuse_privileged(&**client)
+                    .await
+                    .map_err(|e| deadpool_postgres::HookError::message(format!("{e:#}")))
+            })
+        }));
+    }
+    builder.build().context("building the connection pool")
+}
+
+fn builder(
+    url: &str,
+    size: usize,
+    application_name: &str,
+    root_cert: Option<&Path>,
+) -> anyhow::Result<deadpool_postgres::PoolBuilder> {
     let mut pg: tokio_postgres::Config = url
         .parse()
         .context("parsing the database connection string")?;
@@ -41,13 +75,11 @@ pub fn pool(
         PgTls::Verified(tls) => Manager::from_config(pg, tls, manager_config),
     };
     // A bounded wait: a starved pool is an error with a cause, not a hang.
-    Pool::builder(manager)
+    Ok(Pool::builder(manager)
         .max_size(size)
         .runtime(deadpool_postgres::Runtime::Tokio1)
         .wait_timeout(Some(std::time::Duration::from_secs(30)))
-        .create_timeout(Some(std::time::Duration::from_secs(10)))
-        .build()
-        .context("building the connection pool")
+        .create_timeout(Some(std::time::Duration::from_secs(10))))
 }
 
 /// A connection outside the pool: the leader lock, the listener, the CLI.

@@ -177,11 +177,11 @@ impl App {
 /// The pool, after the first connection checked the role and applied the
 /// migrations.
 async fn prepare_database(config: &Config) -> anyhow::Result<Pool> {
-    let pool = db::pool(
+    let pool = db::service_pool(
         config.db.url.expose(),
         config.db.pool_size,
-        "mana-ai",
         config.db.root_cert.as_deref(),
+        config.db.allow_privileged,
     )?;
     let mut client = db::errors::first_connection(&pool, "SYNC_DATABASE_URL").await?;
     crate::privilege::check_service_role(&**client, config.db.allow_privileged).await?;
