@@ -121,6 +121,9 @@ pub struct ReactorConfig {
     /// `MANA_AI_RETENTION_DAYS`: how long finished `mission_runs` rows and
     /// `dead_changes` rows are kept before the leader prunes them.
     pub retention_days: u32,
+    /// `MANA_AI_AUDIT_RETENTION_DAYS`: how long `decrypt_audit` rows are
+    /// kept (at least 30 days, default a year).
+    pub audit_retention_days: u32,
 }
 
 /// The runner: whether, how many and how often missions run.
@@ -285,6 +288,12 @@ impl ReactorConfig {
                 1024..=64 * 1024 * 1024,
             )?,
             retention_days: parse_num(get, "MANA_AI_RETENTION_DAYS", 30u32, 1..=3_650)?,
+            audit_retention_days: parse_num(
+                get,
+                "MANA_AI_AUDIT_RETENTION_DAYS",
+                365u32,
+                30..=36_500,
+            )?,
         })
     }
 }

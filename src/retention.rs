@@ -5,7 +5,10 @@
 //! - `mission_runs` rows older than `MANA_AI_RETENTION_DAYS` (by their latest
 //!   claim, finish or retry time), never a slot still `running`: that claim
 //!   is what the next leader takes over;
-//! - `dead_changes` rows older than `MANA_AI_RETENTION_DAYS`.
+//! - `dead_changes` rows older than `MANA_AI_RETENTION_DAYS`;
+//! - `decrypt_audit` rows older than `MANA_AI_AUDIT_RETENTION_DAYS` (default
+//!   a year), every user's: the table forces row-level security, and
+//!   migration 0007's policies let this delete, and only it, through.
 //!
 //! It runs on the leader only, once when it starts leading and then on
 //! every safety sweep (`MANA_AI_SWEEP_INTERVAL_SECS`), in batches of
@@ -32,10 +35,25 @@ pub enum Pruned {
     TokenUsage,
     MissionRuns,
     DeadChanges,
+    DecryptAudit,
+}
+
+/// How long rows are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Days {
+    /// `mission_runs` and `dead_changes` (`MANA_AI_RETENTION_DAYS`).
+    pub rows: u32,
+    /// `decrypt_audit` (`MANA_AI_AUDIT_RETENTION_DAYS`).
+    pub audit: u32,
 }
 
 impl Pruned {
-    pub const ALL: [Pruned; 3] = [Pruned::TokenUsage, Pruned::MissionRuns, Pruned::DeadChanges];
+    pub const ALL: [Pruned; 4] = [
+        Pruned::TokenUsage,
+        Pruned::MissionRuns,
+        Pruned::DeadChanges,
+        Pruned::DecryptAudit,
+    ];
 
     /// The `table` label of `mana_ai_rows_pruned_total`.
     pub fn label(self) -> &'static str {
@@ -43,7 +61,17 @@ impl Pruned {
             Pruned::TokenUsage => "token_usage",
             Pruned::MissionRuns => "mission_runs",
             Pruned::DeadChanges => "dead_changes",
+            Pruned::DecryptAudit => "decrypt_audit",
         }
+    }
+
+    /// The retention that applies to it.
+    fn days(self, days: Days) -> i32 {
+        let n = match self {
+            Pruned::DecryptAudit => days.audit,
+            _ => days.rows,
+        };
+        i32::try_from(n).unwrap_or(i32::MAX)
     }
 
     /// Its batched delete (see `store::maintenance::PruneSql`).
@@ -52,6 +80,7 @@ impl Pruned {
             Pruned::TokenUsage => PruneSql::TokenUsage,
             Pruned::MissionRuns => PruneSql::MissionRuns,
             Pruned::DeadChanges => PruneSql::DeadChanges,
+            Pruned::DecryptAudit => PruneSql::DecryptAudit,
         }
     }
 }
@@ -61,12 +90,12 @@ impl Pruned {
 pub async fn prune_table(
     pool: &Pool,
     table: Pruned,
-    retention_days: u32,
+    retention: Days,
     metrics: &Metrics,
     stop: &CancellationToken,
 ) -> anyhow::Result<u64> {
-    let days = i32::try_from(retention_days).unwrap_or(i32::MAX);
-    let client = pool.get().await.context("connecting to the database")?;
+    let days = table.days(retention);
+    let mut client = pool.get().await.context("connecting to the database")?;
     let prune = table.statement();
     let statement = prune
         .prepare(&client)
@@ -76,7 +105,7 @@ pub async fn prune_table(
     let mut total = 0;
     loop {
         let n = prune
-            .delete_batch(&**client, &statement, BATCH, days)
+            .delete_batch(&mut client, &statement, BATCH, days)
             .await
             .with_context(|| format!("pruning {}", table.label()))?;
         counter.inc_by(n);
@@ -89,17 +118,12 @@ pub async fn prune_table(
 }
 
 /// One retention pass over every table; a failing table does not stop the others.
-pub async fn prune_all(
-    pool: &Pool,
-    retention_days: u32,
-    metrics: &Metrics,
-    stop: &CancellationToken,
-) {
+pub async fn prune_all(pool: &Pool, retention: Days, metrics: &Metrics, stop: &CancellationToken) {
     for table in Pruned::ALL {
         if stop.is_cancelled() {
             return;
         }
-        match prune_table(pool, table, retention_days, metrics, stop).await {
+        match prune_table(pool, table, retention, metrics, stop).await {
             Ok(0) => {}
             Ok(rows) => tracing::info!(table = table.label(), rows, "retention pruned old rows"),
             Err(e) => tracing::warn!(
@@ -116,7 +140,7 @@ pub fn spawn(
     pool: Pool,
     metrics: Arc<Metrics>,
     every: Duration,
-    retention_days: u32,
+    retention: Days,
     stop: CancellationToken,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
@@ -125,7 +149,7 @@ pub fn spawn(
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tick.tick() => prune_all(&pool, retention_days, &metrics, &stop).await,
+                _ = tick.tick() => prune_all(&pool, retention, &metrics, &stop).await,
             }
         }
     })

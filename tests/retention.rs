@@ -126,3 +126,53 @@ async fn retention_days_are_configurable_and_the_counters_start_at_zero() {
         assert!(fresh.contains(&line), "missing {line} in\n{fresh}");
     }
 }
+
+/// `decrypt_audit` has a retention of its own (`MANA_AI_AUDIT_RETENTION_DAYS`,
+/// default a year), over every user's rows although the table forces
+/// row-level security; the service role still reads only its user's rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_decrypt_audit_is_pruned_past_its_own_retention() {
+    let t = setup().await;
+    t.admin()
+        .await
+        .batch_execute(
+            "INSERT INTO mana_ai.decrypt_audit (user_id, mission_id, table_name, record_id, status, ts)
+             SELECT u, 'm', 'notes', age::text, 'ok', now() - make_interval(days => age)
+             FROM unnest(ARRAY['u1', 'u2']) AS u, unnest(ARRAY[400, 100, 10]) AS age",
+        )
+        .await
+        .unwrap();
+    let all = "SELECT count(*) FROM mana_ai.decrypt_audit";
+    let lead = t.lead(&[]).await;
+    eventually("rows older than a year pruned", || async {
+        t.count_as_admin(all).await == 4
+    })
+    .await;
+    lead.stop().await;
+    assert!(
+        audit_rows_kept(&t, "100").await,
+        "a 100-day row is kept by default"
+    );
+
+    let lead = t.lead(&[("MANA_AI_AUDIT_RETENTION_DAYS", "90")]).await;
+    eventually("rows older than 90 days pruned", || async {
+        t.count_as_admin(all).await == 2
+    })
+    .await;
+    assert!(lead
+        .metrics
+        .render()
+        .contains("mana_ai_rows_pruned_total{table=\"decrypt_audit\"} 2"));
+    lead.stop().await;
+    // Outside the prune, the service role sees one user's rows only.
+    let mut client = t.pool.get().await.unwrap();
+    let tx = mana_ai::db::begin_user(&mut client, "u1").await.unwrap();
+    let seen: i64 = tx.query_one(all, &[]).await.unwrap().get(0);
+    assert_eq!(seen, 1);
+}
+
+/// Whether the audit rows of age `age` days are still there (both users).
+async fn audit_rows_kept(t: &TestDb, age: &str) -> bool {
+    let sql = format!("SELECT count(*) FROM mana_ai.decrypt_audit WHERE record_id = '{age}'");
+    t.count_as_admin(&sql).await == 2
+}

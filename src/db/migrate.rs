@@ -24,6 +24,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     ),
     (5, "retention", include_str!("../../sql/0005_retention.sql")),
     (6, "armable", include_str!("../../sql/0006_armable.sql")),
+    (
+        7,
+        "audit_retention",
+        include_str!("../../sql/0007_audit_retention.sql"),
+    ),
 ];
 
 /// Arbitrary constant: the advisory lock key of migrations ("manaaimi").

@@ -58,7 +58,10 @@ impl Leadership {
             ctx.pool.clone(),
             ctx.metrics.clone(),
             config.reactor.sweep_interval,
-            config.reactor.retention_days,
+            crate::retention::Days {
+                rows: config.reactor.retention_days,
+                audit: config.reactor.audit_retention_days,
+            },
             stop.child_token(),
         );
         let (runner, runner_task) = if config.runner.tick_enabled {

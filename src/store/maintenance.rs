@@ -32,6 +32,10 @@ pub(crate) enum PruneSql {
     MissionRuns,
     /// `dead_changes` older than `$2` days; `$1` the batch.
     DeadChanges,
+    /// `decrypt_audit` older than `$2` days, every user's; `$1` the batch.
+    /// Runs in a transaction that sets `mana_ai.audit_prune_days` first:
+    /// migration 0007's policies let the delete through only then.
+    DecryptAudit,
 }
 
 impl PruneSql {
@@ -67,6 +71,12 @@ impl PruneSql {
                      WHERE dead_at < now() - make_interval(days => $2::int4)
                      ORDER BY dead_at LIMIT $1))"
             }
+            PruneSql::DecryptAudit => {
+                "DELETE FROM mana_ai.decrypt_audit WHERE id = ANY (ARRAY(
+                     SELECT id FROM mana_ai.decrypt_audit
+                     WHERE ts < now() - make_interval(days => $2::int4)
+                     ORDER BY ts LIMIT $1))"
+            }
         }
     }
 
@@ -81,7 +91,7 @@ impl PruneSql {
     /// Runs one batch of at most `batch` rows; returns the rows deleted.
     pub(crate) async fn delete_batch(
         self,
-        client: &impl GenericClient,
+        client: &mut deadpool_postgres::ClientWrapper,
         statement: &Statement,
         batch: i64,
         days: i32,
@@ -90,6 +100,17 @@ impl PruneSql {
             PruneSql::TokenUsage => client.execute(statement, &[&batch]).await,
             PruneSql::MissionRuns | PruneSql::DeadChanges => {
                 client.execute(statement, &[&batch, &days]).await
+            }
+            PruneSql::DecryptAudit => {
+                let tx = client.transaction().await?;
+                tx.execute(
+                    "SELECT set_config('mana_ai.audit_prune_days', $1, true)",
+                    &[&days.to_string()],
+                )
+                .await?;
+                let n = tx.execute(statement, &[&batch, &days]).await?;
+                tx.commit().await?;
+                Ok(n)
             }
         }
     }

@@ -123,6 +123,11 @@ impl TestDb {
             .get(0)
     }
 
+    /// A single `int8` the superuser reads with `sql` (past row-level security).
+    pub async fn count_as_admin(&self, sql: &str) -> i64 {
+        self.admin().await.query_one(sql, &[]).await.unwrap().get(0)
+    }
+
     /// The snapshot record of a mission, if any.
     pub async fn mission(&self, user: &str, id: &str) -> Option<(Value, bool, i64)> {
         let c = self.pool.get().await.unwrap();
