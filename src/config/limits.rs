@@ -61,8 +61,8 @@ impl HttpLimits {
     }
 }
 
-/// Bounds on what missions cost : how often an interval mission
-/// may run, and a daily token budget for missions without an agent.
+/// Bounds on what missions cost: how often an interval mission may run, a
+/// daily token budget of each user, and how many inputs a run reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CostLimits {
     /// `MANA_AI_MIN_INTERVAL_MINUTES` (default 1, 0 turns it off): an
@@ -71,6 +71,9 @@ pub struct CostLimits {
     /// `MANA_AI_USER_TOKENS_PER_DAY` (default off): tokens all of a user's
     /// runs, with an agent or without, may use in a rolling 24 hours.
     pub user_tokens_per_day: Option<i64>,
+    /// `MANA_AI_MAX_INPUTS` (default 50): a mission's inputs a run reads,
+    /// the first ones in its list; the rest are left out (and logged).
+    pub max_inputs: usize,
 }
 
 impl Default for CostLimits {
@@ -78,6 +81,7 @@ impl Default for CostLimits {
         CostLimits {
             min_interval: crate::schedule::cadence::DEFAULT_MIN_INTERVAL,
             user_tokens_per_day: None,
+            max_inputs: 50,
         }
     }
 }
@@ -102,9 +106,11 @@ impl CostLimits {
             )?),
             None => None,
         };
+        let max_inputs = parse_num(get, "MANA_AI_MAX_INPUTS", 50usize, 0..=1_000)?;
         Ok(CostLimits {
             min_interval: chrono::Duration::minutes(minutes),
             user_tokens_per_day: budget,
+            max_inputs,
         })
     }
 }

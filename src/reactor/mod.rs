@@ -37,17 +37,27 @@ use crate::schedule::wheel::{self, DueMission, WheelHandle};
 use supervisor::{supervise, Backoff, TaskName};
 pub use wheel_task::rebuild_wheel;
 
-/// Folds one record from its change rows (full replay, contract section
-/// 2), inside whatever user scope `client`'s transaction has; None when
-/// the record has no rows. For tests and tools; the service reads through
-/// `crate::store::history`.
+/// Folds one record of `user_id` from its change rows (full replay,
+/// contract section 2), inside that user's scope in `client`'s transaction;
+/// None when the record has no rows. For tests and tools; the service reads
+/// through `crate::store::history`.
 pub async fn fold_record(
     client: &impl tokio_postgres::GenericClient,
+    user_id: &str,
     app_id: &str,
     table_name: &str,
     record_id: &str,
 ) -> Result<Option<crate::sync::fold::Folded>, tokio_postgres::Error> {
-    crate::store::history::fold_record(client, app_id, table_name, record_id).await
+    let record = crate::store::history::RecordRef {
+        user_id,
+        app_id,
+        table_name,
+        record_id,
+    };
+    match crate::store::history::fold_record(client, &record, i64::MAX - 1).await? {
+        crate::store::history::Replayed::Folded(folded) => Ok(Some(folded)),
+        _ => Ok(None),
+    }
 }
 
 /// The reactor's settings (read from [`Config`] once).

@@ -74,14 +74,15 @@ async fn query_changes<'a>(
     st: &Prepared,
     by_user: &BTreeMap<&'a str, Vec<Uuid>>,
 ) -> Result<Found<'a>, ApplyError> {
-    let args: Vec<(&(dyn ToSql + Sync), &(dyn ToSql + Sync))> = by_user
+    // Per user: [user] for set_config, [ids, user] for the read.
+    let args: Vec<[&(dyn ToSql + Sync); 2]> = by_user
         .iter()
-        .map(|(user, ids)| (user as &(dyn ToSql + Sync), ids as &(dyn ToSql + Sync)))
+        .map(|(user, ids)| [ids as &(dyn ToSql + Sync), user as &(dyn ToSql + Sync)])
         .collect();
     let mut requests = Vec::with_capacity(args.len() * 2);
-    for (user, ids) in &args {
-        requests.push(tx.query(&st.set_user, std::slice::from_ref(user)));
-        requests.push(tx.query(&st.read, std::slice::from_ref(ids)));
+    for read in &args {
+        requests.push(tx.query(&st.set_user, &read[1..]));
+        requests.push(tx.query(&st.read, &read[..]));
     }
     // try_join_all polls in order, and a query is sent on its first poll.
     let results = futures_util::future::try_join_all(requests).await?;

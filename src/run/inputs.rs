@@ -19,6 +19,14 @@ use crate::sync::change;
 
 /// Longest single field value shown to the model.
 pub const MAX_FIELD_CHARS: usize = 2_000;
+/// Longest module or table name an input may carry (bytes); real ones are
+/// a few characters. An input with a longer one is left out.
+pub const MAX_NAME_BYTES: usize = 64;
+/// Longest record id an input may carry (bytes), as for changes.
+pub const MAX_ID_BYTES: usize = 512;
+/// Change rows of one input record read at most: a record with a longer
+/// history is left out rather than read into memory whole.
+pub const MAX_HISTORY_ROWS: i64 = 5_000;
 
 /// One entry of a mission's `inputs`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,21 +36,43 @@ pub struct InputRef {
     pub id: String,
 }
 
-/// Reads `inputs` leniently: entries without module, table or id are skipped.
-pub fn input_refs(mission: &Map<String, Value>) -> Vec<InputRef> {
+/// A mission's inputs as a run reads them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InputRefs {
+    /// The first `max` well-formed entries, in list order.
+    pub refs: Vec<InputRef>,
+    /// Entries left out: malformed (no module, table or id; a name over
+    /// [`MAX_NAME_BYTES`] or an id over [`MAX_ID_BYTES`]) or past `max`.
+    pub left_out: usize,
+}
+
+/// Reads `inputs` leniently, at most `max` of them.
+pub fn input_refs(mission: &Map<String, Value>, max: usize) -> InputRefs {
     let Some(Value::Array(list)) = mission.get("inputs") else {
-        return Vec::new();
+        return InputRefs::default();
     };
-    list.iter()
-        .filter_map(|entry| {
-            let field = |k: &str| entry.get(k).and_then(Value::as_str).map(str::to_string);
-            Some(InputRef {
-                module: field("module")?,
-                table: field("table")?,
-                id: field("id")?,
-            })
-        })
-        .collect()
+    let mut refs: Vec<InputRef> = list.iter().filter_map(input_ref).collect();
+    let mut left_out = list.len() - refs.len();
+    if refs.len() > max {
+        left_out += refs.len() - max;
+        refs.truncate(max);
+    }
+    InputRefs { refs, left_out }
+}
+
+fn input_ref(entry: &Value) -> Option<InputRef> {
+    let field = |k: &str, limit: usize| {
+        entry
+            .get(k)
+            .and_then(Value::as_str)
+            .filter(|s| s.len() <= limit)
+            .map(str::to_string)
+    };
+    Some(InputRef {
+        module: field("module", MAX_NAME_BYTES)?,
+        table: field("table", MAX_NAME_BYTES)?,
+        id: field("id", MAX_ID_BYTES)?,
+    })
 }
 
 /// How a module's records are stored.
@@ -95,6 +125,7 @@ pub struct Resolved {
 /// Resolves every input the registry knows; unknown modules are skipped.
 pub async fn resolve(
     tx: &Transaction<'_>,
+    user_id: &str,
     refs: &[InputRef],
     access: Option<&GrantAccess<'_>>,
 ) -> anyhow::Result<Resolved> {
@@ -106,7 +137,7 @@ pub async fn resolve(
         };
         match storage {
             Storage::Plain(app) => {
-                if let Some(record) = fold_record(tx, app, input).await? {
+                if let Some(record) = fold_record(tx, user_id, app, input).await? {
                     out.inputs.push(goal_input(input, &record));
                 }
             }
@@ -123,7 +154,7 @@ pub async fn resolve(
                     out.scope_violations.push(input.table.clone());
                     continue;
                 }
-                let Some(mut record) = fold_record(tx, app, input).await? else {
+                let Some(mut record) = fold_record(tx, user_id, app, input).await? else {
                     continue;
                 };
                 match decrypt_record_fields(access.mdk, &mut record) {
@@ -152,14 +183,32 @@ fn note(input: &InputRef, status: AuditStatus, reason: Option<&'static str>) -> 
     }
 }
 
-/// Folds one record of another app; None when it has no rows or is deleted.
+/// Folds one record of another app of the run's user; None when it has no
+/// rows, is deleted, or has more than [`MAX_HISTORY_ROWS`] rows.
 async fn fold_record(
     tx: &Transaction<'_>,
+    user_id: &str,
     app: &str,
     input: &InputRef,
 ) -> anyhow::Result<Option<Map<String, Value>>> {
-    let folded = store::history::fold_record(tx, app, &input.table, &input.id).await?;
-    Ok(folded.filter(|f| !f.deleted).map(|f| f.record))
+    let record = store::history::RecordRef {
+        user_id,
+        app_id: app,
+        table_name: &input.table,
+        record_id: &input.id,
+    };
+    match store::history::fold_record(tx, &record, MAX_HISTORY_ROWS).await? {
+        store::history::Replayed::Folded(f) if !f.deleted => Ok(Some(f.record)),
+        store::history::Replayed::TooLong => {
+            tracing::warn!(
+                module = %input.module,
+                limit = MAX_HISTORY_ROWS,
+                "an input record's history is longer than the limit; left out"
+            );
+            Ok(None)
+        }
+        _ => Ok(None),
+    }
 }
 
 fn text<'a>(record: &'a Map<String, Value>, keys: &[&str]) -> Option<&'a str> {
@@ -271,9 +320,27 @@ mod tests {
             {"module": "notes", "id": "n2"},
             "garbage",
         ]});
-        let refs = input_refs(mission.as_object().unwrap());
-        assert_eq!(refs.len(), 1);
-        assert_eq!(refs[0].id, "n1");
+        let read = input_refs(mission.as_object().unwrap(), 50);
+        assert_eq!(read.refs.len(), 1);
+        assert_eq!(read.refs[0].id, "n1");
+        assert_eq!(read.left_out, 2);
+    }
+
+    #[test]
+    fn inputs_past_the_cap_or_with_overlong_names_are_left_out() {
+        let entry =
+            |table: String, id: String| json!({"module": "notes", "table": table, "id": id});
+        let mut list: Vec<Value> = (0..60)
+            .map(|i| entry("notes".into(), format!("n{i}")))
+            .collect();
+        list.insert(0, entry("t".repeat(MAX_NAME_BYTES + 1), "x".into()));
+        list.insert(1, entry("notes".into(), "i".repeat(MAX_ID_BYTES + 1)));
+        let mission = json!({ "inputs": list });
+        let read = input_refs(mission.as_object().unwrap(), 50);
+        assert_eq!(read.refs.len(), 50);
+        assert_eq!(read.refs[0].id, "n0", "the overlong entries are skipped");
+        assert_eq!(read.refs[49].id, "n49", "the first ones in list order");
+        assert_eq!(read.left_out, 12);
     }
 
     #[test]

@@ -46,7 +46,15 @@ impl Runner {
         started: DateTime<Utc>,
     ) -> anyhow::Result<inputs::Resolved> {
         let record = due.fields();
-        let refs = inputs::input_refs(record);
+        let inputs::InputRefs { refs, left_out } =
+            inputs::input_refs(record, self.deps.cost.max_inputs);
+        if left_out > 0 {
+            tracing::warn!(
+                left_out,
+                max = self.deps.cost.max_inputs,
+                "mission inputs left out (malformed, or past MANA_AI_MAX_INPUTS)"
+            );
+        }
         // The grant is checked (and a bad one counted) even without inputs.
         let grant = self.grant_of(record, &due.slot.mission_id);
         let mdk = grant.as_ref().and_then(|g| {
@@ -62,7 +70,7 @@ impl Runner {
             _ => None,
         };
         let tx = crate::db::begin_user(client, &due.slot.user_id).await?;
-        let resolved = inputs::resolve(&tx, &refs, access.as_ref()).await?;
+        let resolved = inputs::resolve(&tx, &due.slot.user_id, &refs, access.as_ref()).await?;
         tx.commit().await?;
         Ok(resolved)
     }

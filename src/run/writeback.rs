@@ -152,6 +152,7 @@ pub enum IterationsSource {
 /// Only rows whose jsonb text is over the limit are read.
 async fn iterations_over_limit(
     tx: &Transaction<'_>,
+    user_id: &str,
     change: &MarkedChange,
     max_field_bytes: usize,
 ) -> anyhow::Result<bool> {
@@ -159,8 +160,8 @@ async fn iterations_over_limit(
     if change.own_writeback || text_len.is_none_or(|n| n as usize <= max_field_bytes) {
         return Ok(false);
     }
-    let id: uuid::Uuid = change.row.try_get(0)?;
-    let value = store::writeback::change_iterations(tx, id).await?;
+    let id: uuid::Uuid = change.row.try_get("id")?;
+    let value = store::writeback::change_iterations(tx, user_id, id).await?;
     Ok(value.is_some_and(|v| change::json_len(&v) > max_field_bytes))
 }
 
@@ -187,10 +188,11 @@ pub async fn iterations_source(
     };
     if !seqs.is_empty() {
         let ids: Vec<uuid::Uuid> = seqs.keys().copied().collect();
-        let changes = store::writeback::changes_marked(tx, &ids, mission_id, &marker).await?;
+        let changes =
+            store::writeback::changes_marked(tx, user_id, &ids, mission_id, &marker).await?;
         let mut pending = Vec::new();
         for marked in &changes {
-            if let Some(row) = foldable(tx, marked, &seqs, max_field_bytes).await? {
+            if let Some(row) = foldable(tx, user_id, marked, &seqs, max_field_bytes).await? {
                 pending.push(row);
             }
         }
@@ -206,11 +208,12 @@ pub async fn iterations_source(
 /// aside (then it is not folded here either).
 async fn foldable(
     tx: &Transaction<'_>,
+    user_id: &str,
     marked: &MarkedChange,
     seqs: &HashMap<uuid::Uuid, i64>,
     max_field_bytes: usize,
 ) -> anyhow::Result<Option<ChangeRow>> {
-    if iterations_over_limit(tx, marked, max_field_bytes).await? {
+    if iterations_over_limit(tx, user_id, marked, max_field_bytes).await? {
         return Ok(None);
     }
     let mut raw = match crate::store::history::raw_change(&marked.row) {

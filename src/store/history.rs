@@ -15,13 +15,13 @@ use crate::sync::fold::Folded;
 /// Sets the RLS scope for the statements that follow in the transaction.
 pub(crate) const SET_USER: &str = "SELECT set_config('app.current_user_id', $1, true)";
 
-/// Reads change rows by id; run after [`SET_USER`] so RLS limits it to one
-/// user. `own_writeback` says whether the row is one of the service's own
+/// Reads change rows by id of user `$2`; run after [`SET_USER`] so RLS
+/// limits it to that user as well. `own_writeback` says whether the row is one of the service's own
 /// write-backs (recorded in `mission_runs`, which only the service writes).
 pub(crate) const READ_CHANGES: &str =
     "SELECT c.id, c.app_id, c.table_name, c.record_id, c.op, c.data, c.field_timestamps, c.created_at,
             EXISTS (SELECT 1 FROM mana_ai.mission_runs r WHERE r.change_id = c.id) AS own_writeback
-     FROM public.sync_changes c WHERE c.id = ANY($1)";
+     FROM public.sync_changes c WHERE c.id = ANY($1) AND c.user_id = $2";
 
 /// A record's rows in fold order when there is no queue id to go by:
 /// `created_at`, then the inserting command's number within its transaction
@@ -53,10 +53,12 @@ pub(crate) fn raw_change(row: &Row) -> Result<RawChange, RowError> {
     })
 }
 
-/// One record's history in [`REPLAY_ORDER`].
+/// One record's history in [`REPLAY_ORDER`]. The user is named as well as
+/// set for row-level security, so a record id a user chose never reads
+/// another user's rows even where RLS is off; `$5` bounds the rows read.
 const RECORD_HISTORY: &str = "SELECT id, op, data, field_timestamps, created_at
      FROM public.sync_changes
-     WHERE app_id = $1 AND table_name = $2 AND record_id = $3
+     WHERE user_id = $4 AND app_id = $1 AND table_name = $2 AND record_id = $3
      ORDER BY created_at, cmin::text::bigint, ctid";
 
 // RECORD_HISTORY spells REPLAY_ORDER out (a const cannot be formatted).
@@ -77,19 +79,48 @@ const fn ends_with(s: &str, tail: &str) -> bool {
     true
 }
 
+/// A record of a user's app, as a mission input names it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RecordRef<'a> {
+    pub user_id: &'a str,
+    pub app_id: &'a str,
+    pub table_name: &'a str,
+    pub record_id: &'a str,
+}
+
+/// What replaying a record's history gave.
+#[derive(Debug)]
+pub(crate) enum Replayed {
+    /// The record has no rows.
+    Missing,
+    /// It has more rows than the caller reads.
+    TooLong,
+    Folded(Folded),
+}
+
 /// Folds one record from its change rows (full replay, contract section 2),
-/// inside whatever user scope the caller's transaction has. Malformed rows
-/// are left out, as the webapp would fail to apply them too. None when the
-/// record has no rows.
+/// inside the user scope the caller's transaction has (and of that user
+/// only). Malformed rows are left out, as the webapp would fail to apply
+/// them too. Reads at most `max_rows` + 1 rows.
 pub(crate) async fn fold_record(
     client: &impl GenericClient,
-    app_id: &str,
-    table_name: &str,
-    record_id: &str,
-) -> Result<Option<Folded>, tokio_postgres::Error> {
+    record: &RecordRef<'_>,
+    max_rows: i64,
+) -> Result<Replayed, tokio_postgres::Error> {
+    let limit = max_rows.saturating_add(1);
+    let sql = format!("{RECORD_HISTORY} LIMIT $5");
+    let RecordRef {
+        user_id,
+        app_id,
+        table_name,
+        record_id,
+    } = *record;
     let rows = client
-        .query(RECORD_HISTORY, &[&app_id, &table_name, &record_id])
+        .query(&sql, &[&app_id, &table_name, &record_id, &user_id, &limit])
         .await?;
+    if rows.len() as i64 > max_rows {
+        return Ok(Replayed::TooLong);
+    }
     let mut changes = Vec::with_capacity(rows.len());
     for (seq, r) in (0i64..).zip(&rows) {
         // A row the applier would set aside as poison is skipped here too.
@@ -102,7 +133,7 @@ pub(crate) async fn fold_record(
             changes.push(row);
         }
     }
-    Ok(crate::sync::fold::replay(record_id, &changes))
+    Ok(crate::sync::fold::replay(record_id, &changes).map_or(Replayed::Missing, Replayed::Folded))
 }
 
 /// A row of [`RECORD_HISTORY`], completed with the record it belongs to.

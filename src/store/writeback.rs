@@ -70,7 +70,7 @@ const CHANGES_MARKED: &str = "SELECT c.id, c.app_id, c.table_name, c.record_id, 
         EXISTS (SELECT 1 FROM mana_ai.mission_runs r WHERE r.change_id = c.id) AS own_writeback,
         CASE WHEN jsonb_typeof(c.data) = 'object' THEN octet_length((c.data->'iterations')::text) END
           AS iterations_len
-     FROM public.sync_changes c WHERE c.id = ANY($1) AND c.record_id = $2";
+     FROM public.sync_changes c WHERE c.id = ANY($1) AND c.record_id = $2 AND c.user_id = $4";
 
 /// A queued change row with its `iterations` marked.
 pub(crate) struct MarkedChange {
@@ -84,12 +84,16 @@ pub(crate) struct MarkedChange {
 
 pub(crate) async fn changes_marked(
     client: &impl GenericClient,
+    user_id: &str,
     change_ids: &[Uuid],
     mission_id: &str,
     marker: &str,
 ) -> Result<Vec<MarkedChange>, tokio_postgres::Error> {
     let rows = client
-        .query(CHANGES_MARKED, &[&change_ids, &mission_id, &marker])
+        .query(
+            CHANGES_MARKED,
+            &[&change_ids, &mission_id, &marker, &user_id],
+        )
         .await?;
     rows.into_iter()
         .map(|row| {
@@ -102,18 +106,24 @@ pub(crate) async fn changes_marked(
         .collect()
 }
 
-/// `data.iterations` of one change row.
+/// `data.iterations` of one change row of `user_id` (None when it has none,
+/// or the row is not that user's).
 pub(crate) async fn change_iterations(
     client: &impl GenericClient,
+    user_id: &str,
     change_id: Uuid,
 ) -> Result<Option<Value>, tokio_postgres::Error> {
     let row = client
-        .query_one(
-            "SELECT data->'iterations' AS iterations FROM public.sync_changes WHERE id = $1",
-            &[&change_id],
+        .query_opt(
+            "SELECT data->'iterations' AS iterations FROM public.sync_changes
+             WHERE id = $1 AND user_id = $2",
+            &[&change_id, &user_id],
         )
         .await?;
-    row.try_get("iterations")
+    match row {
+        Some(row) => row.try_get("iterations"),
+        None => Ok(None),
+    }
 }
 
 /// The write-back row: `data.iterations` is the current iterations with the

@@ -271,7 +271,7 @@ impl TestDb {
     pub async fn folded_mission(&self, user: &str, id: &str) -> serde_json::Map<String, Value> {
         let mut client = self.sync_client().await;
         let tx = mana_ai::db::begin_user(&mut client, user).await.unwrap();
-        mana_ai::reactor::fold_record(&tx, "ai", "aiMissions", id)
+        mana_ai::reactor::fold_record(&tx, user, "ai", "aiMissions", id)
             .await
             .unwrap()
             .expect("mission rows")
