@@ -20,6 +20,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+#[path = "http/credentials.rs"]
+mod credentials;
+
 const KEY: &str = "test-service-key";
 
 #[derive(Debug, Clone, PartialEq)]
@@ -129,7 +132,7 @@ struct App {
 
 fn settings(key: &str, jwks: Option<JwksSettings>) -> HttpSettings {
     HttpSettings {
-        service_key: Secret::new(key),
+        internal_key: Secret::new(key),
         jwks,
         max_body_bytes: 1024,
         header_read_timeout: Duration::from_millis(300),

@@ -1,7 +1,7 @@
-//! Credentials on a request: the service key of `/internal/*` and the bearer
-//! token of the audit API.
+//! Credentials on a request: the internal key (`X-Service-Key`) of
+//! `/internal/*` and the bearer token of the audit API.
 //!
-//! Rules: the service key is compared in constant time (digests of equal
+//! Rules: the internal key is compared in constant time (digests of equal
 //! length, folded without an early exit), so response timing reveals neither
 //! its length nor a matching prefix; an empty configured key matches
 //! nothing; neither credential is ever logged.
@@ -14,7 +14,7 @@ use crate::config::Secret;
 /// The header operators send with `/internal/*` requests.
 pub(crate) const SERVICE_KEY_HEADER: &str = "x-service-key";
 
-/// Whether the request carries the configured service key.
+/// Whether the request's `X-Service-Key` is the configured internal key.
 pub(crate) fn service_key_matches(configured: &Secret, headers: &HeaderMap) -> bool {
     if configured.is_empty() {
         // An unset key must not turn into "any empty header is fine".

@@ -165,8 +165,9 @@ impl Health {
 /// How the server behaves; [`HttpSettings::from_config`] gives production values.
 #[derive(Debug, Clone)]
 pub struct HttpSettings {
+    /// The `X-Service-Key` `/internal/*` accepts: `MANA_AI_INTERNAL_KEY`, else
     /// `MANA_SERVICE_KEY`; empty refuses every `/internal/*` request.
-    pub service_key: Secret,
+    pub internal_key: Secret,
     /// mana-auth's JWKS; `None` answers the audit API with 503.
     pub jwks: Option<JwksSettings>,
     /// Request bodies above this many bytes answer 413.
@@ -226,7 +227,7 @@ impl HttpSettings {
     /// bounds the head, and the connection cap as configured).
     pub fn from_config(config: &Config) -> HttpSettings {
         HttpSettings {
-            service_key: config.http.service_key.clone(),
+            internal_key: config.http.internal_routes_key().clone(),
             jwks: config.http.jwks_url.as_ref().map(|url| JwksSettings {
                 issuer: config.http.jwt_issuer.clone(),
                 audience: config.http.jwt_audience.clone(),

@@ -143,7 +143,7 @@ async fn authorize<B: Backend>(
 ) -> Result<Caller, Response<Body>> {
     match route {
         Route::Tick | Route::UserMissions(_) | Route::DeadChanges => {
-            if service_key_matches(&state.settings.service_key, headers) {
+            if service_key_matches(&state.settings.internal_key, headers) {
                 Ok(Caller::Service)
             } else {
                 Err(error(
