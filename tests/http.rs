@@ -133,6 +133,7 @@ struct App {
 fn settings(key: &str, jwks: Option<JwksSettings>) -> HttpSettings {
     HttpSettings {
         internal_key: Secret::new(key),
+        metrics_token: None,
         jwks,
         max_body_bytes: 1024,
         header_read_timeout: Duration::from_millis(300),

@@ -15,6 +15,9 @@ pub struct HttpConfig {
     /// `MANA_AI_INTERNAL_KEY`: when set, the only `X-Service-Key`
     /// `/internal/*` accepts (see [`HttpConfig::internal_routes_key`]).
     pub internal_key: Option<Secret>,
+    /// `MANA_AI_METRICS_TOKEN`: when set, `/metrics` requires
+    /// `Authorization: Bearer <token>`; unset, it is open.
+    pub metrics_token: Option<Secret>,
     /// `MANA_AUTH_JWKS_URL`: mana-auth's JWKS for the audit API.
     pub jwks_url: Option<String>,
     /// `MANA_AUTH_ISSUER`: required `iss` of user tokens, when set.
@@ -40,6 +43,7 @@ impl HttpConfig {
             port: parse_num(get, "PORT", 3067u16, 0..=u16::MAX)?,
             service_key,
             internal_key,
+            metrics_token: get("MANA_AI_METRICS_TOKEN").map(Secret::new),
             jwks_url: match get("MANA_AUTH_JWKS_URL") {
                 Some(_) => Some(parse_http_url(get, "MANA_AUTH_JWKS_URL", "")?),
                 None => None,
@@ -159,6 +163,7 @@ mod tests {
             URL,
             ("MANA_SERVICE_KEY", "sk-gateway-secret"),
             ("MANA_AI_INTERNAL_KEY", "sk-internal-secret"),
+            ("MANA_AI_METRICS_TOKEN", "scrape-secret"),
         ])
         .unwrap();
         let debug = format!("{:?}", c.http);

@@ -6,7 +6,9 @@
 //!   from a [`Backend`], so it is tested with a fake and wired to the service
 //!   elsewhere.
 //! - `/internal/*` is gated by `X-Service-Key`, compared in constant time; an
-//!   empty configured key refuses every request. Credentials are checked
+//!   empty configured key refuses every request. `/metrics` is open unless a
+//!   metrics token is configured, then gated by it as a bearer token (also
+//!   in constant time). Credentials are checked
 //!   from the request head, before any body is read.
 //! - Open connections are capped and a whole request has one deadline
 //!   (`limits`); `/health` and `/metrics` read state the backend keeps
@@ -168,6 +170,9 @@ pub struct HttpSettings {
     /// The `X-Service-Key` `/internal/*` accepts: `MANA_AI_INTERNAL_KEY`, else
     /// `MANA_SERVICE_KEY`; empty refuses every `/internal/*` request.
     pub internal_key: Secret,
+    /// `MANA_AI_METRICS_TOKEN`: when set, `/metrics` answers only a request
+    /// with `Authorization: Bearer <token>` (else 401); `None`: open.
+    pub metrics_token: Option<Secret>,
     /// mana-auth's JWKS; `None` answers the audit API with 503.
     pub jwks: Option<JwksSettings>,
     /// Request bodies above this many bytes answer 413.
@@ -228,6 +233,7 @@ impl HttpSettings {
     pub fn from_config(config: &Config) -> HttpSettings {
         HttpSettings {
             internal_key: config.http.internal_routes_key().clone(),
+            metrics_token: config.http.metrics_token.clone(),
             jwks: config.http.jwks_url.as_ref().map(|url| JwksSettings {
                 issuer: config.http.jwt_issuer.clone(),
                 audience: config.http.jwt_audience.clone(),

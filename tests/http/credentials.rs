@@ -1,6 +1,6 @@
 //! Credentials as the service configures them from its environment
 //! (`Config` -> `HttpSettings::from_config`, as `serve` gets them), over
-//! loopback: the internal routes' own key.
+//! loopback: the internal routes' own key and the `/metrics` token.
 
 use std::collections::HashMap;
 
@@ -57,4 +57,44 @@ async fn without_an_internal_key_the_service_key_opens_internal_routes() {
     let app = spawn(from_env(&[("MANA_SERVICE_KEY", "shared-key")])).await;
     assert_eq!(internal_statuses(&app, "shared-key").await, [200, 200, 200]);
     assert_eq!(internal_statuses(&app, "other").await, [401, 401, 401]);
+}
+#[tokio::test]
+async fn a_metrics_token_is_required_when_configured() {
+    let app = spawn(from_env(&[("MANA_AI_METRICS_TOKEN", "scrape-token")])).await;
+    for headers in [
+        &[][..],
+        &[("authorization", "Bearer wrong")],
+        &[("authorization", "Bearer scrape-token-and-more")],
+        &[("authorization", "Bearer scrape-toke")],
+        &[("authorization", "Basic c2NyYXBlLXRva2Vu")],
+        &[("x-service-key", "scrape-token")],
+    ] {
+        let r = app.call("GET", "/metrics", headers).await;
+        assert_eq!(
+            (r.status, r.ct.as_str()),
+            (401, "application/json"),
+            "{headers:?}"
+        );
+        assert_eq!(r.headers["www-authenticate"], "Bearer", "{headers:?}");
+        assert!(!r.text.contains("mana_ai_"), "{headers:?}: {}", r.text);
+    }
+    let bearer = [("authorization", "Bearer scrape-token")];
+    let r = app.call("GET", "/metrics", &bearer).await;
+    assert_eq!(
+        (r.status, r.ct.as_str()),
+        (200, "text/plain; version=0.0.4; charset=utf-8")
+    );
+    assert!(
+        r.text.contains("# TYPE mana_ai_ticks_total counter"),
+        "{}",
+        r.text
+    );
+}
+
+#[tokio::test]
+async fn without_a_metrics_token_metrics_stay_open() {
+    let app = spawn(from_env(&[])).await;
+    let r = app.call("GET", "/metrics", &[]).await;
+    assert_eq!(r.status, 200);
+    assert!(r.text.contains("# TYPE mana_ai_ticks_total counter"));
 }
