@@ -7,6 +7,7 @@
 //! [`Secret`] so that `Debug` of the config never prints them.
 
 mod http;
+mod jwt;
 mod limits;
 mod parse;
 

@@ -1,7 +1,8 @@
 //! The HTTP group: the port, the keys of `/internal/*`, the audit API's
 //! tokens and the server's limits.
 
-use super::parse::{err, parse_http_url, parse_num};
+use super::jwt::{self, JwtVars};
+use super::parse::{err, parse_num};
 use super::{ConfigError, HttpLimits, Lookup, Secret};
 
 /// HTTP: the port, the internal routes' key, the audit API's tokens.
@@ -18,12 +19,18 @@ pub struct HttpConfig {
     /// `MANA_AI_METRICS_TOKEN`: when set, `/metrics` requires
     /// `Authorization: Bearer <token>`; unset, it is open.
     pub metrics_token: Option<Secret>,
-    /// `MANA_AUTH_JWKS_URL`: mana-auth's JWKS for the audit API.
+    /// `MANA_AUTH_JWKS_URL`: mana-auth's JWKS for the audit API (https, or
+    /// http to a loopback host).
     pub jwks_url: Option<String>,
-    /// `MANA_AUTH_ISSUER`: required `iss` of user tokens, when set.
+    /// `MANA_AUTH_ISSUER`: required `iss` of user tokens; always set with a
+    /// JWKS URL unless `jwt_allow_any_audience`.
     pub jwt_issuer: Option<String>,
-    /// `MANA_AUTH_AUDIENCE`: required `aud` of user tokens, when set.
+    /// `MANA_AUTH_AUDIENCE`: required `aud` of user tokens; always set with
+    /// a JWKS URL unless `jwt_allow_any_audience`.
     pub jwt_audience: Option<String>,
+    /// `MANA_AUTH_ALLOW_ANY_AUDIENCE`: development only, start the audit API
+    /// without `MANA_AUTH_ISSUER`/`MANA_AUTH_AUDIENCE` (with a warning).
+    pub jwt_allow_any_audience: bool,
     /// `MANA_AI_HTTP_MAX_CONNECTIONS` and `MANA_AI_HTTP_REQUEST_TIMEOUT_SECS`.
     pub limits: HttpLimits,
 }
@@ -39,17 +46,16 @@ impl HttpConfig {
                  give /internal/* a key of its own",
             ));
         }
+        let jwt = JwtVars::parse(get)?;
         Ok(HttpConfig {
             port: parse_num(get, "PORT", 3067u16, 0..=u16::MAX)?,
             service_key,
             internal_key,
             metrics_token: get("MANA_AI_METRICS_TOKEN").map(Secret::new),
-            jwks_url: match get("MANA_AUTH_JWKS_URL") {
-                Some(_) => Some(parse_http_url(get, "MANA_AUTH_JWKS_URL", "")?),
-                None => None,
-            },
-            jwt_issuer: get("MANA_AUTH_ISSUER"),
-            jwt_audience: get("MANA_AUTH_AUDIENCE"),
+            jwks_url: jwt.jwks_url,
+            jwt_issuer: jwt.issuer,
+            jwt_audience: jwt.audience,
+            jwt_allow_any_audience: jwt.allow_any_audience,
             limits: HttpLimits::from_lookup(&get)?,
         })
     }
@@ -63,6 +69,7 @@ impl HttpConfig {
     /// What the service warns about at start; never a key's value.
     pub fn startup_warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
+        warnings.extend(jwt::opt_out_warning(self));
         if self.internal_key.is_none() && !self.service_key.is_empty() {
             warnings.push(
                 "MANA_AI_INTERNAL_KEY is not set: /internal/* accepts MANA_SERVICE_KEY, \

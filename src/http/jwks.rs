@@ -11,7 +11,8 @@
 //!   P-256/P-384 keys ES256/ES384. Symmetric (`oct`) keys and encryption keys
 //!   are ignored, so a public key can't be replayed as an HMAC secret.
 //! - `exp` and `sub` are required, `exp`/`nbf` checked with 30 s leeway,
-//!   `iss`/`aud` checked when configured (an `aud` is then required).
+//!   `iss`/`aud` checked when configured (an `aud` is then required; the
+//!   configuration requires both unless `MANA_AUTH_ALLOW_ANY_AUDIENCE`).
 //! - A token without a `kid` is refused: mana-auth always sets one.
 
 use std::collections::HashMap;
