@@ -1,6 +1,8 @@
 //! The HTTP group: the port, the keys of `/internal/*`, the audit API's
 //! tokens and the server's limits.
 
+use std::time::Duration;
+
 use super::jwt::{self, JwtVars};
 use super::parse::{err, parse_num};
 use super::{ConfigError, HttpLimits, Lookup, Secret};
@@ -31,6 +33,10 @@ pub struct HttpConfig {
     /// `MANA_AUTH_ALLOW_ANY_AUDIENCE`: development only, start the audit API
     /// without `MANA_AUTH_ISSUER`/`MANA_AUTH_AUDIENCE` (with a warning).
     pub jwt_allow_any_audience: bool,
+    /// `MANA_AUTH_JWKS_MAX_STALE_SECS`: while JWKS refreshes fail, keys are
+    /// used up to this long after the last successful fetch; past it the
+    /// audit API answers 503.
+    pub jwks_max_stale: Duration,
     /// `MANA_AI_HTTP_MAX_CONNECTIONS` and `MANA_AI_HTTP_REQUEST_TIMEOUT_SECS`.
     pub limits: HttpLimits,
 }
@@ -56,6 +62,12 @@ impl HttpConfig {
             jwt_issuer: jwt.issuer,
             jwt_audience: jwt.audience,
             jwt_allow_any_audience: jwt.allow_any_audience,
+            jwks_max_stale: Duration::from_secs(parse_num(
+                get,
+                "MANA_AUTH_JWKS_MAX_STALE_SECS",
+                3600u64,
+                1..=86_400,
+            )?),
             limits: HttpLimits::from_lookup(&get)?,
         })
     }

@@ -227,4 +227,16 @@ mod tests {
             assert_eq!(http.jwks_url.as_deref(), Some(url), "{url}");
         }
     }
+
+    #[test]
+    fn keys_serve_an_hour_past_the_last_fetch_by_default() {
+        let http = with(&[]).unwrap().http;
+        assert_eq!(http.jwks_max_stale, std::time::Duration::from_secs(3600));
+        let var = "MANA_AUTH_JWKS_MAX_STALE_SECS";
+        let set = with(&[(var, "60")]).unwrap().http;
+        assert_eq!(set.jwks_max_stale.as_secs(), 60);
+        for bad in ["0", "86401", "soon", "-5"] {
+            assert_eq!(with(&[(var, bad)]).unwrap_err().var, var, "{bad}");
+        }
+    }
 }

@@ -209,11 +209,15 @@ pub struct JwksSettings {
     pub max_age: Duration,
     /// Timeout of one JWKS fetch.
     pub fetch_timeout: Duration,
+    /// How long after the last successful fetch the keys are still used
+    /// while refreshes fail; past it tokens are answered 503
+    /// (`MANA_AUTH_JWKS_MAX_STALE_SECS`).
+    pub max_stale: Duration,
 }
 
 impl JwksSettings {
     /// Production defaults for `url`: refresh at most every 30 s, keys kept
-    /// 10 min, 5 s fetch timeout.
+    /// 10 min and used up to an hour while refreshes fail, 5 s fetch timeout.
     pub fn new(url: impl Into<String>) -> JwksSettings {
         JwksSettings {
             url: url.into(),
@@ -222,6 +226,7 @@ impl JwksSettings {
             refresh_min_interval: Duration::from_secs(30),
             max_age: Duration::from_secs(600),
             fetch_timeout: Duration::from_secs(5),
+            max_stale: Duration::from_secs(3600),
         }
     }
 }
@@ -237,6 +242,7 @@ impl HttpSettings {
             jwks: config.http.jwks_url.as_ref().map(|url| JwksSettings {
                 issuer: config.http.jwt_issuer.clone(),
                 audience: config.http.jwt_audience.clone(),
+                max_stale: config.http.jwks_max_stale,
                 ..JwksSettings::new(url.clone())
             }),
             max_body_bytes: 64 * 1024,
