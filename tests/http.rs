@@ -22,8 +22,8 @@ use tokio_util::sync::CancellationToken;
 
 #[path = "http/credentials.rs"]
 mod credentials;
-#[path = "http/jwks_stale.rs"]
-mod jwks_stale;
+#[path = "http/jwks_fetch.rs"]
+mod jwks_fetch;
 
 const KEY: &str = "test-service-key";
 

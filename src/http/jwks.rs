@@ -19,6 +19,8 @@
 //!   `iss`/`aud` checked when configured (an `aud` is then required; the
 //!   configuration requires both unless `MANA_AUTH_ALLOW_ANY_AUDIENCE`).
 //! - A token without a `kid` is refused: mana-auth always sets one.
+//! - The set is fetched from the configured URL only: a redirect is not
+//!   followed (it could lead to plain http), so the fetch fails.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -82,6 +84,9 @@ impl JwksVerifier {
     pub(crate) fn new(settings: JwksSettings) -> anyhow::Result<JwksVerifier> {
         let client = reqwest::Client::builder()
             .timeout(settings.fetch_timeout)
+            // The configuration vetted the URL (https, or http to loopback);
+            // a redirect could lead anywhere, plain http included.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .context("building the JWKS HTTP client")?;
         Ok(JwksVerifier {
@@ -231,9 +236,14 @@ impl JwksVerifier {
             .get(&self.settings.url)
             .send()
             .await
-            .context("requesting the JWKS")?
-            .error_for_status()
-            .context("JWKS status")?;
+            .context("requesting the JWKS")?;
+        anyhow::ensure!(
+            !response.status().is_redirection(),
+            "the JWKS URL answered {} (a redirect, not followed): \
+             set MANA_AUTH_JWKS_URL to where the keys are",
+            response.status()
+        );
+        let response = response.error_for_status().context("JWKS status")?;
         if response
             .content_length()
             .is_some_and(|n| n > MAX_JWKS_BYTES as u64)

@@ -1,6 +1,8 @@
-//! Keys from a JWKS that stopped answering are honoured for a bounded time
-//! after the last successful fetch (`MANA_AUTH_JWKS_MAX_STALE_SECS`), then
-//! tokens are refused with 503 instead of being verified with stale keys.
+//! Where the audit API's keys come from: keys from a JWKS that stopped
+//! answering are honoured for a bounded time after the last successful fetch
+//! (`MANA_AUTH_JWKS_MAX_STALE_SECS`), then tokens are refused with 503
+//! instead of being verified with stale keys; and the keys come from the
+//! configured URL itself, never from where it redirects.
 
 use super::credentials::from_env;
 use super::*;
@@ -81,4 +83,22 @@ async fn within_the_bound_stale_keys_serve_and_a_recovered_jwks_serves_again() {
         "mana-auth is back"
     );
     assert_eq!(app.fake.calls().len(), 3);
+}
+
+#[tokio::test]
+async fn a_jwks_url_that_redirects_is_not_followed() {
+    let jwks = jwks_server().await;
+    let target = jwks.url.clone();
+    let redirecting = testkit::TestServer::start(move |_| {
+        let reply = testkit::FakeReply::raw(302, "").header("location", &target);
+        reply.into_response()
+    })
+    .await
+    .unwrap();
+    let app = spawn(settings(KEY, Some(JwksSettings::new(redirecting.url())))).await;
+    let valid = token(&ed_key(), Algorithm::EdDSA, "ed-1", claims("u"));
+    let r = app.audit("", Some(&valid)).await;
+    assert_eq!(r.status, 503, "{}", r.json);
+    assert_eq!(redirecting.requests().len(), 1);
+    assert_eq!(fetches(&jwks), 0, "the redirect was followed");
 }
