@@ -109,7 +109,7 @@ fn parse_jwks_url(get: &impl Lookup) -> Result<Option<String>, ConfigError> {
 /// Whether `url`'s host is loopback: 127.0.0.0/8, ::1 or `localhost`.
 /// The parser has already normalised the host: IPv4 in dotted quads
 /// (`127.1` is `127.0.0.1`), IPv6 in brackets.
-pub(crate) fn is_loopback(url: &Url) -> bool {
+fn is_loopback(url: &Url) -> bool {
     let Some(host) = url.host_str() else {
         return false;
     };

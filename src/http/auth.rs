@@ -1,10 +1,10 @@
 //! Credentials on a request: the internal key (`X-Service-Key`) of
 //! `/internal/*`, the bearer token of `/metrics` and that of the audit API.
 //!
-//! Rules: the internal key and the metrics token are compared in constant time (digests of equal
-//! length, folded without an early exit), so response timing reveals neither
-//! its length nor a matching prefix; an empty configured key matches
-//! nothing; neither credential is ever logged.
+//! Rules: the internal key and the metrics token are compared in constant
+//! time (digests of equal length, folded without an early exit), so response
+//! timing reveals neither their length nor a matching prefix; an empty
+//! configured key matches nothing; no credential is ever logged.
 
 use hyper::header::{HeaderMap, AUTHORIZATION};
 use sha2::{Digest, Sha256};

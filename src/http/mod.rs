@@ -8,8 +8,8 @@
 //! - `/internal/*` is gated by `X-Service-Key`, compared in constant time; an
 //!   empty configured key refuses every request. `/metrics` is open unless a
 //!   metrics token is configured, then gated by it as a bearer token (also
-//!   in constant time). Credentials are checked
-//!   from the request head, before any body is read.
+//!   in constant time). Credentials are checked from the request head,
+//!   before any body is read.
 //! - Open connections are capped and a whole request has one deadline
 //!   (`limits`); `/health` and `/metrics` read state the backend keeps
 //!   fresh on its own, never a table per request.
