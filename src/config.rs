@@ -6,9 +6,12 @@
 //! the shared parsers live in `config/parse.rs`. Secrets are wrapped in
 //! [`Secret`] so that `Debug` of the config never prints them.
 
+mod http;
+mod jwt;
 mod limits;
 mod parse;
 
+pub use http::HttpConfig;
 pub use limits::{CostLimits, FairLimits, HttpLimits};
 
 use std::fmt;
@@ -173,23 +176,6 @@ pub struct PlannerConfig {
     pub tool_catalog: Option<PathBuf>,
 }
 
-/// HTTP: the port, the internal routes' key, the audit API's tokens.
-#[derive(Debug, Clone)]
-pub struct HttpConfig {
-    /// `PORT`: HTTP port.
-    pub port: u16,
-    /// `MANA_SERVICE_KEY`: Bearer key for mana-llm and the `X-Service-Key` of
-    /// `/internal/*`. Empty: internal routes refuse every request.
-    pub service_key: Secret,
-    /// `MANA_AUTH_JWKS_URL`: mana-auth's JWKS for the audit API.
-    pub jwks_url: Option<String>,
-    /// `MANA_AUTH_ISSUER`: required `iss` of user tokens, when set.
-    pub jwt_issuer: Option<String>,
-    /// `MANA_AUTH_AUDIENCE`: required `aud` of user tokens, when set.
-    pub jwt_audience: Option<String>,
-    /// `MANA_AI_HTTP_MAX_CONNECTIONS` and `MANA_AI_HTTP_REQUEST_TIMEOUT_SECS`.
-    pub limits: HttpLimits,
-}
 /// Key-grants: the key that unwraps them.
 #[derive(Debug, Clone)]
 pub struct GrantConfig {
@@ -350,22 +336,6 @@ impl PlannerConfig {
     }
 }
 
-impl HttpConfig {
-    fn parse(get: &impl Lookup) -> Result<HttpConfig, ConfigError> {
-        Ok(HttpConfig {
-            port: parse_num(get, "PORT", 3067u16, 0..=u16::MAX)?,
-            service_key: Secret::new(get("MANA_SERVICE_KEY").unwrap_or_default()),
-            jwks_url: match get("MANA_AUTH_JWKS_URL") {
-                Some(_) => Some(parse_http_url(get, "MANA_AUTH_JWKS_URL", "")?),
-                None => None,
-            },
-            jwt_issuer: get("MANA_AUTH_ISSUER"),
-            jwt_audience: get("MANA_AUTH_AUDIENCE"),
-            limits: HttpLimits::from_lookup(&get)?,
-        })
-    }
-}
-
 impl GrantConfig {
     fn parse(get: &impl Lookup) -> Result<GrantConfig, ConfigError> {
         Ok(GrantConfig {
@@ -511,28 +481,6 @@ mod tests {
         let c = config(&[URL, ("MANA_SERVICE_KEY", "sk-very-secret")]).unwrap();
         let debug = format!("{c:?}");
         assert!(!debug.contains("pw@") && !debug.contains("sk-very-secret"));
-    }
-
-    #[test]
-    fn http_limits_have_defaults_and_ranges() {
-        let limits = config(&[URL]).unwrap().http.limits;
-        assert_eq!(limits.max_connections, 256);
-        assert_eq!(limits.request_timeout, Duration::from_secs(10));
-        let set = config(&[
-            URL,
-            ("MANA_AI_HTTP_MAX_CONNECTIONS", "8"),
-            ("MANA_AI_HTTP_REQUEST_TIMEOUT_SECS", "3"),
-        ])
-        .unwrap()
-        .http
-        .limits;
-        assert_eq!((set.max_connections, set.request_timeout.as_secs()), (8, 3));
-        for (var, bad) in [
-            ("MANA_AI_HTTP_MAX_CONNECTIONS", "0"),
-            ("MANA_AI_HTTP_REQUEST_TIMEOUT_SECS", "0"),
-        ] {
-            assert_eq!(config(&[URL, (var, bad)]).unwrap_err().var, var);
-        }
     }
 
     #[test]

@@ -20,6 +20,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+#[path = "http/credentials.rs"]
+mod credentials;
+#[path = "http/jwks_fetch.rs"]
+mod jwks_fetch;
+
 const KEY: &str = "test-service-key";
 
 #[derive(Debug, Clone, PartialEq)]
@@ -129,7 +134,8 @@ struct App {
 
 fn settings(key: &str, jwks: Option<JwksSettings>) -> HttpSettings {
     HttpSettings {
-        service_key: Secret::new(key),
+        internal_key: Secret::new(key),
+        metrics_token: None,
         jwks,
         max_body_bytes: 1024,
         header_read_timeout: Duration::from_millis(300),
@@ -253,9 +259,12 @@ struct JwksServer {
     url: String,
     fetches: Arc<AtomicUsize>,
     keys: Arc<Mutex<Vec<Value>>>,
+    /// While set, every request is answered 503 (mana-auth is down).
+    down: Arc<AtomicBool>,
 }
 
-/// A one-route HTTP server answering every request with the current key set.
+/// A one-route HTTP server answering every request with the current key set
+/// (or 503 while `down`).
 async fn jwks_server() -> JwksServer {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!(
@@ -267,7 +276,8 @@ async fn jwks_server() -> JwksServer {
         jwk(&ed_key(), Algorithm::EdDSA, "ed-1"),
         jwk(&rsa_key(), Algorithm::RS256, "rsa-1"),
     ]));
-    let (f, k) = (fetches.clone(), keys.clone());
+    let down = Arc::new(AtomicBool::new(false));
+    let (f, k, d) = (fetches.clone(), keys.clone(), down.clone());
     tokio::spawn(async move {
         loop {
             let (mut stream, _) = listener.accept().await.unwrap();
@@ -280,15 +290,23 @@ async fn jwks_server() -> JwksServer {
                 }
             }
             f.fetch_add(1, Ordering::SeqCst);
-            let body = json!({ "keys": *k.lock().unwrap() }).to_string();
+            let (status, body) = match d.load(Ordering::SeqCst) {
+                true => ("503 Service Unavailable", "{}".to_owned()),
+                false => ("200 OK", json!({ "keys": *k.lock().unwrap() }).to_string()),
+            };
             let response = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                 body.len()
             );
             let _ = stream.write_all(response.as_bytes()).await;
         }
     });
-    JwksServer { url, fetches, keys }
+    JwksServer {
+        url,
+        fetches,
+        keys,
+        down,
+    }
 }
 
 // ---- health, metrics, internal routes ----

@@ -1,10 +1,10 @@
-//! Credentials on a request: the service key of `/internal/*` and the bearer
-//! token of the audit API.
+//! Credentials on a request: the internal key (`X-Service-Key`) of
+//! `/internal/*`, the bearer token of `/metrics` and that of the audit API.
 //!
-//! Rules: the service key is compared in constant time (digests of equal
-//! length, folded without an early exit), so response timing reveals neither
-//! its length nor a matching prefix; an empty configured key matches
-//! nothing; neither credential is ever logged.
+//! Rules: the internal key and the metrics token are compared in constant
+//! time (digests of equal length, folded without an early exit), so response
+//! timing reveals neither their length nor a matching prefix; an empty
+//! configured key matches nothing; no credential is ever logged.
 
 use hyper::header::{HeaderMap, AUTHORIZATION};
 use sha2::{Digest, Sha256};
@@ -14,13 +14,25 @@ use crate::config::Secret;
 /// The header operators send with `/internal/*` requests.
 pub(crate) const SERVICE_KEY_HEADER: &str = "x-service-key";
 
-/// Whether the request carries the configured service key.
+/// Whether the request's `X-Service-Key` is the configured internal key.
 pub(crate) fn service_key_matches(configured: &Secret, headers: &HeaderMap) -> bool {
     if configured.is_empty() {
         // An unset key must not turn into "any empty header is fine".
         return false;
     }
     let Some(presented) = headers.get(SERVICE_KEY_HEADER) else {
+        return false;
+    };
+    constant_time_eq(configured.expose().as_bytes(), presented.as_bytes())
+}
+
+/// Whether the request's bearer token is `configured` (the metrics token);
+/// an empty configured token matches nothing.
+pub(crate) fn bearer_matches(configured: &Secret, headers: &HeaderMap) -> bool {
+    if configured.is_empty() {
+        return false;
+    }
+    let Some(presented) = bearer_token(headers) else {
         return false;
     };
     constant_time_eq(configured.expose().as_bytes(), presented.as_bytes())
@@ -83,6 +95,34 @@ mod tests {
         let key = Secret::new("");
         assert!(!service_key_matches(&key, &with(SERVICE_KEY_HEADER, "")));
         assert!(!service_key_matches(&key, &HeaderMap::new()));
+    }
+
+    #[test]
+    fn bearer_must_match_exactly() {
+        let token = Secret::new("t0ken");
+        assert!(bearer_matches(
+            &token,
+            &with("authorization", "Bearer t0ken")
+        ));
+        assert!(bearer_matches(
+            &token,
+            &with("authorization", "bearer t0ken")
+        ));
+        for wrong in [
+            "Bearer t0ke",
+            "Bearer t0ken2",
+            "Basic t0ken",
+            "t0ken",
+            "Bearer ",
+        ] {
+            assert!(
+                !bearer_matches(&token, &with("authorization", wrong)),
+                "{wrong}"
+            );
+        }
+        assert!(!bearer_matches(&token, &HeaderMap::new()));
+        let empty = Secret::new("");
+        assert!(!bearer_matches(&empty, &with("authorization", "Bearer ")));
     }
 
     #[test]

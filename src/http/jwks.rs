@@ -4,15 +4,23 @@
 //! - Keys are cached by `kid`. A token naming an unknown `kid` re-fetches the
 //!   set (mana-auth rotated its key), but such refreshes happen at most once
 //!   per `refresh_min_interval`, so a stream of garbage kids costs mana-auth
-//!   one request per interval. Keys older than `max_age` are re-fetched
-//!   before use so a withdrawn key stops being accepted.
+//!   one request per interval (or per `max_stale`, when that is shorter).
+//!   Keys older than `max_age` are re-fetched before use so a withdrawn key
+//!   stops being accepted.
+//! - While re-fetching fails, the keys in hand serve until `max_stale` after
+//!   the last successful fetch; after that every token is answered 503
+//!   (unverifiable, not invalid: the client's token may well be good) until
+//!   a fetch succeeds again.
 //! - A key decides its algorithm, never the token: RSA keys verify RS256,
 //!   RS384, RS512 (or only the `alg` the JWK names), Ed25519 keys EdDSA,
 //!   P-256/P-384 keys ES256/ES384. Symmetric (`oct`) keys and encryption keys
 //!   are ignored, so a public key can't be replayed as an HMAC secret.
 //! - `exp` and `sub` are required, `exp`/`nbf` checked with 30 s leeway,
-//!   `iss`/`aud` checked when configured (an `aud` is then required).
+//!   `iss`/`aud` checked when configured (an `aud` is then required; the
+//!   configuration requires both unless `MANA_AUTH_ALLOW_ANY_AUDIENCE`).
 //! - A token without a `kid` is refused: mana-auth always sets one.
+//! - The set is fetched from the configured URL only: a redirect is not
+//!   followed (it could lead to plain http), so the fetch fails.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -76,6 +84,9 @@ impl JwksVerifier {
     pub(crate) fn new(settings: JwksSettings) -> anyhow::Result<JwksVerifier> {
         let client = reqwest::Client::builder()
             .timeout(settings.fetch_timeout)
+            // The configuration vetted the URL (https, or http to loopback);
+            // a redirect could lead anywhere, plain http included.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .context("building the JWKS HTTP client")?;
         Ok(JwksVerifier {
@@ -125,8 +136,8 @@ impl JwksVerifier {
         v
     }
 
-    /// The key for `kid`, fetching the set when it is unknown or stale and
-    /// the rate limit allows.
+    /// The key for `kid`, fetching the set when it is unknown or older than
+    /// `max_age` and the rate limit allows.
     async fn key(&self, kid: &str) -> Result<Arc<VerifyKey>, TokenError> {
         if let Some(key) = self.cached(kid) {
             return Ok(key);
@@ -136,56 +147,86 @@ impl JwksVerifier {
         if let Some(key) = self.cached(kid) {
             return Ok(key);
         }
+        self.refresh().await?;
+        self.usable_key(kid)
+    }
+
+    /// Fetches the set if the rate limit allows. Fails only while no set was
+    /// ever loaded; a failed refresh keeps the set in hand (see
+    /// [`JwksVerifier::usable_key`] for how long it serves).
+    async fn refresh(&self) -> Result<(), TokenError> {
+        // A bound shorter than the rate limit would otherwise refuse tokens
+        // while mana-auth answers, waiting for the next permitted fetch.
+        let min_interval = self
+            .settings
+            .refresh_min_interval
+            .min(self.settings.max_stale);
         let (loaded, may_fetch) = {
             let cache = self.cache.read().expect("JWKS cache lock");
             let may_fetch = cache
                 .last_attempt
-                .is_none_or(|t| t.elapsed() >= self.settings.refresh_min_interval);
+                .is_none_or(|t| t.elapsed() >= min_interval);
             (cache.fetched_at.is_some(), may_fetch)
         };
-        if may_fetch {
-            self.cache.write().expect("JWKS cache lock").last_attempt = Some(Instant::now());
-            match self.fetch().await {
-                Ok(keys) => {
-                    tracing::info!(keys = keys.len(), "JWKS fetched");
-                    let mut cache = self.cache.write().expect("JWKS cache lock");
-                    cache.keys = keys;
-                    cache.fetched_at = Some(Instant::now());
-                    if !loaded {
-                        // The first load doesn't count against the refresh
-                        // budget, so a key rotated right after start-up is
-                        // picked up at once.
-                        cache.last_attempt = None;
-                    }
+        if !may_fetch {
+            return match loaded {
+                true => Ok(()),
+                false => Err(TokenError::Unavailable(anyhow::anyhow!(
+                    "the last JWKS fetch failed; retrying later"
+                ))),
+            };
+        }
+        self.cache.write().expect("JWKS cache lock").last_attempt = Some(Instant::now());
+        match self.fetch().await {
+            Ok(keys) => {
+                tracing::info!(keys = keys.len(), "JWKS fetched");
+                let mut cache = self.cache.write().expect("JWKS cache lock");
+                cache.keys = keys;
+                cache.fetched_at = Some(Instant::now());
+                if !loaded {
+                    // The first load doesn't count against the refresh
+                    // budget, so a key rotated right after start-up is
+                    // picked up at once.
+                    cache.last_attempt = None;
                 }
-                // Keep verifying with the keys we have while mana-auth is down.
-                Err(e) if loaded => tracing::warn!(error = format!("{e:#}"), "JWKS refresh failed"),
-                Err(e) => {
-                    tracing::warn!(error = format!("{e:#}"), "JWKS fetch failed");
-                    return Err(TokenError::Unavailable(e));
-                }
+                Ok(())
             }
-        } else if !loaded {
+            Err(e) if loaded => {
+                tracing::warn!(error = format!("{e:#}"), "JWKS refresh failed");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(error = format!("{e:#}"), "JWKS fetch failed");
+                Err(TokenError::Unavailable(e))
+            }
+        }
+    }
+
+    /// `kid` from the set in hand, while that set is younger than
+    /// `max_stale`; older (refreshes keep failing), every token is refused
+    /// as unverifiable rather than checked against keys mana-auth may have
+    /// withdrawn meanwhile.
+    fn usable_key(&self, kid: &str) -> Result<Arc<VerifyKey>, TokenError> {
+        let cache = self.cache.read().expect("JWKS cache lock");
+        let age = cache.fetched_at.map(|t| t.elapsed());
+        if age.is_none_or(|age| age >= self.settings.max_stale) {
             return Err(TokenError::Unavailable(anyhow::anyhow!(
-                "the last JWKS fetch failed; retrying later"
+                "the JWKS keys are older than {:?} and could not be refreshed",
+                self.settings.max_stale
             )));
         }
-        // Possibly a stale key: better than refusing while rate-limited.
-        self.cache
-            .read()
-            .expect("JWKS cache lock")
+        cache
             .keys
             .get(kid)
             .cloned()
             .ok_or_else(|| TokenError::Invalid(format!("unknown kid {kid:?}")))
     }
 
-    /// The cached key if the set is younger than `max_age`.
+    /// The cached key if the set is younger than `max_age` (and `max_stale`).
     fn cached(&self, kid: &str) -> Option<Arc<VerifyKey>> {
         let cache = self.cache.read().expect("JWKS cache lock");
-        let fresh = cache
-            .fetched_at
-            .is_some_and(|t| t.elapsed() < self.settings.max_age);
+        let max_age = self.settings.max_age.min(self.settings.max_stale);
+        let fresh = cache.fetched_at.is_some_and(|t| t.elapsed() < max_age);
         fresh.then(|| cache.keys.get(kid).cloned()).flatten()
     }
 
@@ -195,9 +236,14 @@ impl JwksVerifier {
             .get(&self.settings.url)
             .send()
             .await
-            .context("requesting the JWKS")?
-            .error_for_status()
-            .context("JWKS status")?;
+            .context("requesting the JWKS")?;
+        anyhow::ensure!(
+            !response.status().is_redirection(),
+            "the JWKS URL answered {} (a redirect, not followed): \
+             set MANA_AUTH_JWKS_URL to where the keys are",
+            response.status()
+        );
+        let response = response.error_for_status().context("JWKS status")?;
         if response
             .content_length()
             .is_some_and(|n| n > MAX_JWKS_BYTES as u64)

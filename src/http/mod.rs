@@ -6,8 +6,10 @@
 //!   from a [`Backend`], so it is tested with a fake and wired to the service
 //!   elsewhere.
 //! - `/internal/*` is gated by `X-Service-Key`, compared in constant time; an
-//!   empty configured key refuses every request. Credentials are checked
-//!   from the request head, before any body is read.
+//!   empty configured key refuses every request. `/metrics` is open unless a
+//!   metrics token is configured, then gated by it as a bearer token (also
+//!   in constant time). Credentials are checked from the request head,
+//!   before any body is read.
 //! - Open connections are capped and a whole request has one deadline
 //!   (`limits`); `/health` and `/metrics` read state the backend keeps
 //!   fresh on its own, never a table per request.
@@ -165,8 +167,12 @@ impl Health {
 /// How the server behaves; [`HttpSettings::from_config`] gives production values.
 #[derive(Debug, Clone)]
 pub struct HttpSettings {
+    /// The `X-Service-Key` `/internal/*` accepts: `MANA_AI_INTERNAL_KEY`, else
     /// `MANA_SERVICE_KEY`; empty refuses every `/internal/*` request.
-    pub service_key: Secret,
+    pub internal_key: Secret,
+    /// `MANA_AI_METRICS_TOKEN`: when set, `/metrics` answers only a request
+    /// with `Authorization: Bearer <token>` (else 401); `None`: open.
+    pub metrics_token: Option<Secret>,
     /// mana-auth's JWKS; `None` answers the audit API with 503.
     pub jwks: Option<JwksSettings>,
     /// Request bodies above this many bytes answer 413.
@@ -203,11 +209,15 @@ pub struct JwksSettings {
     pub max_age: Duration,
     /// Timeout of one JWKS fetch.
     pub fetch_timeout: Duration,
+    /// How long after the last successful fetch the keys are still used
+    /// while refreshes fail; past it tokens are answered 503
+    /// (`MANA_AUTH_JWKS_MAX_STALE_SECS`).
+    pub max_stale: Duration,
 }
 
 impl JwksSettings {
     /// Production defaults for `url`: refresh at most every 30 s, keys kept
-    /// 10 min, 5 s fetch timeout.
+    /// 10 min and used up to an hour while refreshes fail, 5 s fetch timeout.
     pub fn new(url: impl Into<String>) -> JwksSettings {
         JwksSettings {
             url: url.into(),
@@ -216,6 +226,7 @@ impl JwksSettings {
             refresh_min_interval: Duration::from_secs(30),
             max_age: Duration::from_secs(600),
             fetch_timeout: Duration::from_secs(5),
+            max_stale: Duration::from_secs(3600),
         }
     }
 }
@@ -226,10 +237,12 @@ impl HttpSettings {
     /// bounds the head, and the connection cap as configured).
     pub fn from_config(config: &Config) -> HttpSettings {
         HttpSettings {
-            service_key: config.http.service_key.clone(),
+            internal_key: config.http.internal_routes_key().clone(),
+            metrics_token: config.http.metrics_token.clone(),
             jwks: config.http.jwks_url.as_ref().map(|url| JwksSettings {
                 issuer: config.http.jwt_issuer.clone(),
                 audience: config.http.jwt_audience.clone(),
+                max_stale: config.http.jwks_max_stale,
                 ..JwksSettings::new(url.clone())
             }),
             max_body_bytes: 64 * 1024,

@@ -19,7 +19,7 @@ use hyper::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENT
 use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 use serde::Serialize;
 
-use super::auth::{bearer_token, service_key_matches};
+use super::auth::{bearer_matches, bearer_token, service_key_matches};
 use super::jwks::TokenError;
 use super::limits::{closing, read_body};
 use super::params::{percent_decode, ListQuery};
@@ -80,7 +80,7 @@ impl Route {
 
 /// Who a request was authorised as.
 enum Caller {
-    /// A route without credentials.
+    /// A route without credentials, or `/metrics` with its token.
     Anyone,
     /// `X-Service-Key` matched.
     Service,
@@ -143,7 +143,7 @@ async fn authorize<B: Backend>(
 ) -> Result<Caller, Response<Body>> {
     match route {
         Route::Tick | Route::UserMissions(_) | Route::DeadChanges => {
-            if service_key_matches(&state.settings.service_key, headers) {
+            if service_key_matches(&state.settings.internal_key, headers) {
                 Ok(Caller::Service)
             } else {
                 Err(error(
@@ -153,7 +153,13 @@ async fn authorize<B: Backend>(
             }
         }
         Route::Audit => verify_user(state, headers).await.map(Caller::User),
-        Route::Health | Route::Metrics | Route::Other => Ok(Caller::Anyone),
+        Route::Metrics => match &state.settings.metrics_token {
+            Some(token) if !bearer_matches(token, headers) => {
+                Err(unauthorized_bearer("missing or wrong metrics token"))
+            }
+            _ => Ok(Caller::Anyone),
+        },
+        Route::Health | Route::Other => Ok(Caller::Anyone),
     }
 }
 

@@ -102,6 +102,9 @@ impl App {
             .with_context(|| format!("PORT: cannot listen on {port}"))?;
         let addr = listener.local_addr()?;
         tracing::info!(%addr, "HTTP listening");
+        for warning in ctx.config.http.startup_warnings() {
+            tracing::warn!("{warning}");
+        }
         let stop = CancellationToken::new();
         let http = tokio::spawn(crate::http::serve(
             listener,
