@@ -14,6 +14,8 @@ mod alloc;
 mod backfill;
 #[path = "reactor/burst.rs"]
 mod burst;
+#[path = "reactor/client.rs"]
+mod client;
 #[path = "reactor/ingest.rs"]
 mod ingest;
 #[path = "reactor/latency.rs"]
@@ -85,6 +87,8 @@ enum Section {
 /// How big each section is; `--quick` divides by ten.
 pub struct Scale {
     pub notify_round_trips: usize,
+    /// Changes written one at a time for the client's view of latency.
+    pub client_samples: usize,
     /// Changes per second the latency writers aim for, in total.
     pub rate: u32,
     pub latency_secs: f64,
@@ -121,6 +125,7 @@ impl Scale {
         }
         Scale {
             notify_round_trips: 1_000 / d,
+            client_samples: 400 / d,
             rate: 1_000,
             latency_secs: 5.0 / d as f64,
             users: 1_000 / d,

@@ -69,7 +69,7 @@ pub async fn notify_floor(
 
 /// The config the tests use: the service role, a safety sweep an hour away
 /// (so everything applied was announced by NOTIFY), a quiet heartbeat.
-fn reactor_config(db: &pgtemp::TempDb) -> anyhow::Result<Config> {
+pub fn reactor_config(db: &pgtemp::TempDb) -> anyhow::Result<Config> {
     let env: HashMap<&str, String> = HashMap::from([
         ("SYNC_DATABASE_URL", db.url_as(SERVICE_ROLE)),
         ("MANA_AI_SWEEP_INTERVAL_SECS", "3600".into()),
@@ -249,7 +249,9 @@ pub async fn change_to_snapshot(
     if missing > 0 {
         report.note(format!("latency: {missing} changes had no Applied event"));
     }
-    batch_floor(&bench, report).await
+    batch_floor(&bench, report).await?;
+    drop(bench);
+    crate::client::client_view(server, scale, report).await
 }
 
 /// Context for the latency figures: what one applier batch of a single

@@ -22,7 +22,7 @@
 //! that panics its row (`check-panicked`).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::sync::{mpsc, watch, Notify};
@@ -135,7 +135,34 @@ pub struct Applier {
 #[derive(Debug, Clone)]
 pub struct Applied {
     pub change_ids: Vec<uuid::Uuid>,
-    pub at: std::time::Instant,
+    pub at: Instant,
+    /// When each round trip of the batch returned (the benchmark shows
+    /// where the time goes).
+    pub phases: Phases,
+}
+
+/// The instants of one batch: a connection in hand, claimed, read the
+/// change rows, loaded the snapshots and folded, committed.
+#[derive(Debug, Clone, Copy)]
+pub struct Phases {
+    pub started: Instant,
+    pub claimed: Instant,
+    pub read: Instant,
+    pub folded: Instant,
+    pub committed: Instant,
+}
+
+impl Phases {
+    fn starting() -> Phases {
+        let now = Instant::now();
+        Phases {
+            started: now,
+            claimed: now,
+            read: now,
+            folded: now,
+            committed: now,
+        }
+    }
 }
 
 impl Applier {
@@ -314,6 +341,7 @@ impl Applier {
         client: &deadpool_postgres::ClientWrapper,
         take: Take,
     ) -> Result<BatchStats, ApplyError> {
+        let mut phases = Phases::starting();
         let st = Prepared::get(client).await?;
         let tx = BatchTx::new(client);
         let (claimed, horizon) = self.claim(&tx, &st, &take).await?;
@@ -322,13 +350,17 @@ impl Applier {
             self.observe(&take, &[], horizon);
             return Ok(BatchStats::default());
         }
+        phases.claimed = Instant::now();
         let ids = self.in_batch.clone();
         let max_field_bytes = self.ctx.settings.max_field_bytes;
         let (valid, dead) = read_changes(tx.client, &st, &claimed, max_field_bytes).await?;
+        phases.read = Instant::now();
         let batch = fold_claimed(tx.client, &st, valid, dead).await?;
+        phases.folded = Instant::now();
         let updates = write_and_commit(&tx, &st, &batch).await?;
+        phases.committed = Instant::now();
         self.observe(&take, &ids, horizon);
-        Ok(self.settle(batch, updates, claimed.len()).await)
+        Ok(self.settle(batch, updates, claimed.len(), phases).await)
     }
 
     /// BEGIN pipelined with the claim; the horizon only for a claim from
@@ -381,12 +413,14 @@ impl Applier {
         mut batch: FoldedBatch,
         updates: Vec<WheelUpdate>,
         claimed: usize,
+        phases: Phases,
     ) -> BatchStats {
         self.ctx.wheel.apply(updates).await;
         if let Some(observer) = &self.observer {
             let _ = observer.send(Applied {
                 change_ids: batch.applied.iter().map(|q| q.change_id).collect(),
-                at: std::time::Instant::now(),
+                at: Instant::now(),
+                phases,
             });
         }
         let metrics = &self.ctx.metrics;
