@@ -32,14 +32,28 @@ async fn set_role_setting(client: &tokio_postgres::Client, role: &str) -> anyhow
     Ok(())
 }
 
+/// The steps of a kit file's body (split at `-- @@step` lines): each is
+/// sent on its own, so a step may `CALL` a procedure that commits, which a
+/// multi-statement query (one implicit transaction) would refuse.
+pub fn steps(body: &str) -> Vec<&str> {
+    let mut parts = body.split("\n-- @@step");
+    let first = parts.next().into_iter();
+    // Each later part starts with the rest of its marker line.
+    let rest = parts.map(|part| part.split_once('\n').map_or("", |(_, sql)| sql));
+    first.chain(rest).filter(|s| !s.trim().is_empty()).collect()
+}
+
 /// Installs the kit as the connected (super)user, granting `service_role`.
 pub async fn install(client: &tokio_postgres::Client, service_role: &str) -> anyhow::Result<()> {
     set_role_setting(client, service_role).await?;
-    client
-        .batch_execute(body(INSTALL_SQL))
-        .await
-        .map_err(describe)
-        .context("running triggers/install.sql")
+    for step in steps(body(INSTALL_SQL)) {
+        client
+            .batch_execute(step)
+            .await
+            .map_err(describe)
+            .context("running triggers/install.sql")?;
+    }
+    Ok(())
 }
 
 /// Removes the trigger, its function, the queue and the restrictive policy,
@@ -92,6 +106,16 @@ fn describe(e: tokio_postgres::Error) -> anyhow::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_install_body_has_three_steps_without_their_marker_lines() {
+        let steps = steps(body(INSTALL_SQL));
+        assert_eq!(steps.len(), 3);
+        assert!(steps[1]
+            .trim_start()
+            .starts_with("CALL mana_ai.backfill_history("));
+        assert!(steps.iter().all(|s| !s.contains("@@step")));
+    }
 
     #[test]
     fn bodies_skip_the_psql_prologue() {

@@ -220,3 +220,88 @@ async fn the_cli_verifies_and_migrates_as_the_service_role() {
     let rows = count(&admin, "SELECT count(*) FROM mana_ai.schema_migrations").await;
     assert_eq!(rows as usize, mana_ai::db::migrate::MIGRATIONS.len());
 }
+
+/// The history backfill runs in chunks before the trigger's short lock: a
+/// sync write while a chunk is in progress is not blocked, and every
+/// change, that one included, is queued exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_history_backfill_does_not_block_sync_writes_and_queues_each_change_once() {
+    let db = TempDb::create(common::server(), "mana_ai_t").await.unwrap();
+    let admin = db.admin().await.unwrap();
+    admin
+        .batch_execute(
+            "INSERT INTO public.sync_changes (app_id, table_name, record_id, user_id, op, data, client_id)
+             SELECT CASE WHEN g % 10 = 0 THEN 'todo' ELSE 'ai' END, 'aiMissions', 'm' || g,
+                    'u' || (g % 7), 'insert', '{\"state\": \"active\"}', 'history'
+             FROM generate_series(1, 1000) AS g",
+        )
+        .await
+        .unwrap();
+    admin
+        .execute(
+            "SELECT set_config('mana_ai.service_role', $1, false)",
+            &[&SERVICE_ROLE],
+        )
+        .await
+        .unwrap();
+    let body = mana_ai::triggers::body(mana_ai::triggers::INSTALL_SQL);
+    let steps: Vec<String> = mana_ai::triggers::steps(body)
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    admin.batch_execute(&steps[0]).await.unwrap();
+
+    // Hold the chunk in progress: it waits for its staging table.
+    let mut blocker = db.admin().await.unwrap();
+    let hold = blocker.transaction().await.unwrap();
+    hold.batch_execute("LOCK TABLE mana_ai.install_backfill IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let backfill = tokio::spawn(async move {
+        admin.batch_execute(&steps[1]).await.unwrap();
+        admin.batch_execute(&steps[2]).await.unwrap();
+    });
+    let watcher = db.admin().await.unwrap();
+    common::eventually("the chunk waits for its staging table", || async {
+        count(
+            &watcher,
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE query LIKE 'CALL mana_ai.backfill_history%' AND wait_event_type = 'Lock'",
+        )
+        .await
+            == 1
+    })
+    .await;
+    let mut sync = db.connect_as(SYNC_ROLE).await.unwrap();
+    sync.batch_execute("SET lock_timeout = '2s'").await.unwrap();
+    write(
+        &mut sync,
+        &[Change::mission(
+            "u1",
+            "during",
+            "insert",
+            json!({"state": "active"}),
+        )],
+    )
+    .await;
+    hold.commit().await.unwrap();
+    backfill.await.unwrap();
+
+    let queued = "SELECT count(*) FROM mana_ai.change_queue";
+    let distinct = "SELECT count(DISTINCT change_id) FROM mana_ai.change_queue";
+    assert_eq!(
+        count(&watcher, queued).await,
+        901,
+        "900 of history and one during"
+    );
+    assert_eq!(count(&watcher, distinct).await, 901);
+    assert_eq!(
+        count(
+            &watcher,
+            "SELECT count(*) FROM pg_class WHERE relname = 'install_backfill'"
+        )
+        .await,
+        0,
+        "the staging table is gone"
+    );
+}

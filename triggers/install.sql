@@ -3,15 +3,19 @@
 -- Run by a superuser in the mana_sync database:
 --   psql -v ON_ERROR_STOP=1 -v service_role=<role> -f triggers/install.sql
 --
--- What it does, all in one transaction (re-running it changes nothing):
+-- What it does (re-running it changes nothing), in three steps:
 --   * creates schema mana_ai and the durable change queue mana_ai.change_queue;
 --   * creates the SECURITY DEFINER trigger function mana_ai.enqueue_change()
 --     (pinned search_path) and the AFTER INSERT trigger mana_ai_enqueue on
 --     public.sync_changes, which fires only for app_id='ai' missions and
 --     agents: every other app's insert pays only for the WHEN test;
 --   * on the first install, queues every existing mission/agent change once so
---     the service picks up history (the table is locked meanwhile, so no
---     change is missed and none is queued twice);
+--     the service picks up history: first in chunks of 50,000 rows, each its
+--     own transaction, while the sync server keeps writing (no lock on
+--     sync_changes); then, in one short transaction that locks sync_changes
+--     against inserts, it creates the trigger and queues what the chunks did
+--     not see (mana_ai.install_backfill remembers what they queued), so no
+--     change is missed and none is queued twice;
 --   * grants <role> exactly what the service needs: USAGE and CREATE on schema
 --     mana_ai (its migrations create its own tables there), SELECT and DELETE
 --     on the queue, SELECT and INSERT on public.sync_changes (row-level
@@ -96,9 +100,66 @@ REVOKE ALL ON FUNCTION mana_ai.enqueue_change() FROM PUBLIC;
 COMMENT ON FUNCTION mana_ai.enqueue_change() IS
     'mana-ai: queue a mission/agent change and wake the service';
 
+-- What the history backfill has queued so far (dropped when it is done;
+-- kept by an interrupted install, whose re-run goes on where it stopped).
+-- The installer runs the backfill, so the table must be exactly the one it
+-- made: one it does not own, or with triggers or rules, is dropped first.
+DO $staging$
+DECLARE
+    t regclass := to_regclass('mana_ai.install_backfill');
+BEGIN
+    IF t IS NOT NULL AND (
+        (SELECT relowner <> (SELECT oid FROM pg_roles WHERE rolname = current_user)
+                OR relkind <> 'r' OR relhastriggers OR relhasrules
+         FROM pg_class WHERE oid = t)
+    ) THEN
+        RAISE NOTICE 'install.sql: dropping mana_ai.install_backfill, which this installer did not make';
+        DROP TABLE mana_ai.install_backfill CASCADE;
+    END IF;
+END
+$staging$;
+CREATE TABLE IF NOT EXISTS mana_ai.install_backfill (change_id uuid PRIMARY KEY);
+
+-- Queues the history of mission/agent changes not queued yet, in chunks of
+-- `chunk` rows, committing after each (so it must be CALLed outside a
+-- transaction block). Oldest first; the fold does not depend on the order.
+-- A procedure that commits may not carry a SET clause, so it pins its
+-- search_path itself, for each transaction.
+CREATE OR REPLACE PROCEDURE mana_ai.backfill_history(chunk int)
+    LANGUAGE plpgsql
+AS $proc$
+DECLARE
+    n bigint;
+BEGIN
+    IF EXISTS (SELECT 1 FROM mana_ai.install_log WHERE step = 'backfill') THEN
+        RETURN;
+    END IF;
+    LOOP
+        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+        WITH batch AS (
+            SELECT c.id, c.user_id, c.table_name, c.created_at, c.cmin::text::bigint AS cmin, c.ctid
+            FROM public.sync_changes c
+            WHERE c.app_id = 'ai' AND c.table_name IN ('aiMissions', 'agents')
+              AND NOT EXISTS (SELECT 1 FROM mana_ai.install_backfill b WHERE b.change_id = c.id)
+            ORDER BY c.created_at, c.cmin::text::bigint, c.ctid
+            LIMIT chunk
+        ), remembered AS (
+            INSERT INTO mana_ai.install_backfill (change_id) SELECT id FROM batch
+        )
+        INSERT INTO mana_ai.change_queue (change_id, user_id, table_name)
+        SELECT id, user_id, table_name FROM batch ORDER BY created_at, cmin, ctid;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        COMMIT;
+        EXIT WHEN n < chunk;
+    END LOOP;
+END
+$proc$;
+REVOKE ALL ON PROCEDURE mana_ai.backfill_history(int) FROM PUBLIC;
+
 -- The kit's objects belong to the installer, never to the service role: an
 -- owner of the schema, the queue or the SECURITY DEFINER function could run
--- code as the function's owner on every sync_changes insert.
+-- code as the function's owner on every sync_changes insert, and an owner of
+-- the backfill procedure could run code as the installer.
 DO $owners$
 DECLARE
     svc text := current_setting('mana_ai.service_role');
@@ -113,6 +174,9 @@ BEGIN
         UNION ALL
         SELECT 'FUNCTION', 'mana_ai.enqueue_change()', proowner FROM pg_proc
         WHERE oid = 'mana_ai.enqueue_change()'::regprocedure
+        UNION ALL
+        SELECT 'PROCEDURE', 'mana_ai.backfill_history(int)', proowner FROM pg_proc
+        WHERE oid = to_regprocedure('mana_ai.backfill_history(int)')
     LOOP
         IF pg_has_role(svc, obj.owner, 'MEMBER') THEN
             RAISE NOTICE 'install.sql: % % was owned by %; now owned by %',
@@ -123,8 +187,17 @@ BEGIN
 END
 $owners$;
 
+COMMIT;
+
+-- @@step: the bulk of the history, without a lock on sync_changes.
+CALL mana_ai.backfill_history(50000);
+
+-- @@step: the trigger and the rest of the history, under a short lock.
+BEGIN;
+
 -- Blocks concurrent inserts until COMMIT: every change is either committed
--- before (and backfilled) or after (and seen by the trigger).
+-- before (and queued by the chunks or just below) or after (and seen by the
+-- trigger).
 LOCK TABLE public.sync_changes IN SHARE ROW EXCLUSIVE MODE;
 
 DROP TRIGGER IF EXISTS mana_ai_enqueue ON public.sync_changes;
@@ -135,13 +208,15 @@ CREATE TRIGGER mana_ai_enqueue
     EXECUTE FUNCTION mana_ai.enqueue_change();
 
 INSERT INTO mana_ai.change_queue (change_id, user_id, table_name)
-SELECT id, user_id, table_name
-FROM public.sync_changes
-WHERE app_id = 'ai'
-  AND table_name IN ('aiMissions', 'agents')
+SELECT c.id, c.user_id, c.table_name
+FROM public.sync_changes c
+WHERE c.app_id = 'ai'
+  AND c.table_name IN ('aiMissions', 'agents')
   AND NOT EXISTS (SELECT 1 FROM mana_ai.install_log WHERE step = 'backfill')
-ORDER BY created_at, cmin::text::bigint, ctid;  -- insertion order (see src/sync/fold.rs)
+  AND NOT EXISTS (SELECT 1 FROM mana_ai.install_backfill b WHERE b.change_id = c.id)
+ORDER BY c.created_at, c.cmin::text::bigint, c.ctid;  -- insertion order (see src/sync/fold.rs)
 INSERT INTO mana_ai.install_log (step) VALUES ('backfill') ON CONFLICT DO NOTHING;
+DROP TABLE mana_ai.install_backfill;
 
 DO $grant$
 DECLARE

@@ -2,7 +2,8 @@
 --
 --   psql -v ON_ERROR_STOP=1 -v service_role=<role> -f triggers/uninstall.sql
 --
--- Removes the trigger, its function, the queue, the install log and the
+-- Removes the trigger, its function, the backfill procedure, the queue, the
+-- install log (and a backfill's staging table) and the
 -- restrictive policy mana_ai_writeback_only, and revokes everything
 -- install.sql granted: USAGE and CREATE on schema mana_ai, SELECT and INSERT
 -- on public.sync_changes (the queue's grants go with the queue). Without
@@ -55,6 +56,8 @@ END
 $revoke$;
 DROP TRIGGER IF EXISTS mana_ai_enqueue ON public.sync_changes;
 DROP FUNCTION IF EXISTS mana_ai.enqueue_change();
+DROP PROCEDURE IF EXISTS mana_ai.backfill_history(int);
+DROP TABLE IF EXISTS mana_ai.install_backfill;
 DROP TABLE IF EXISTS mana_ai.change_queue;
 DROP TABLE IF EXISTS mana_ai.install_log;
 COMMIT;

@@ -141,6 +141,9 @@ BEGIN
             WHERE c.oid IN (queue, to_regclass('mana_ai.install_log'), sync)
             UNION ALL
             SELECT 'function', 'mana_ai.enqueue_change()', proowner FROM pg_proc WHERE oid = fn
+            UNION ALL
+            SELECT 'procedure', 'mana_ai.backfill_history(int)', proowner FROM pg_proc
+            WHERE oid = to_regprocedure('mana_ai.backfill_history(int)')
         LOOP
             IF NOT role_row.rolsuper AND pg_has_role(svc, chk.owner, 'MEMBER') THEN
                 wrong := wrong || format(
