@@ -140,7 +140,19 @@ impl RunnerSetup {
             backoff: runner.retry_backoff.clone(),
             instance_id: term.id,
             prompt_observer: self.prompt_observer,
-            failpoint: std::env::var("MANA_AI_FAILPOINT").ok(),
+            failpoint: failpoint_from_env(),
         })
     }
+}
+
+/// `MANA_AI_FAILPOINT`, read only by builds with the `test-hooks` feature
+/// (the tests'); a release build never aborts on it.
+#[cfg(feature = "test-hooks")]
+fn failpoint_from_env() -> Option<String> {
+    std::env::var("MANA_AI_FAILPOINT").ok()
+}
+
+#[cfg(not(feature = "test-hooks"))]
+fn failpoint_from_env() -> Option<String> {
+    None
 }
