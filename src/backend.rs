@@ -64,6 +64,8 @@ pub struct ServiceBackend {
     listener_down_since: AtomicI64,
     /// `None` until the first refresh finished.
     queue: watch::Receiver<Option<QueueReading>>,
+    /// The generation of `sync_changes` found at start (`sync::generation`).
+    sync_log: std::sync::OnceLock<crate::sync::generation::LogShape>,
     _refresher: DropGuard,
 }
 
@@ -85,8 +87,14 @@ impl ServiceBackend {
             leading: Mutex::new(None),
             listener_down_since: AtomicI64::new(0),
             queue,
+            sync_log: std::sync::OnceLock::new(),
             _refresher: stop.drop_guard(),
         })
+    }
+
+    /// Records the generation of `sync_changes` found at start, for `/health`.
+    pub fn set_sync_log(&self, shape: crate::sync::generation::LogShape) {
+        let _ = self.sync_log.set(shape);
     }
 
     pub fn set_leading(&self, leading: Option<Leading>) {
@@ -151,6 +159,7 @@ impl Backend for ServiceBackend {
             connected,
             seconds_since_notification: self.metrics.seconds_since_notification(),
         };
+        health.sync_log = self.sync_log.get().map(ToString::to_string);
         health.armed_missions = self.metrics.armed_missions.get();
         health.runs_in_flight = self.metrics.runs_in_flight.get();
         let listener_failed = leading.is_some() && self.listener_down_too_long(connected);

@@ -65,6 +65,7 @@ metrics! {
     notification_queue_usage: prometheus::Gauge = gauge("notification_queue_usage_ratio", "pg_notification_queue_usage() (refreshed every few seconds): 0..1 of the database's 8 GB NOTIFY queue"),
     seconds_since_notification: prometheus::Gauge = gauge("seconds_since_last_notification", "Seconds since the listener last received a notification (-1 before the first)"),
     sweep_rows_found: IntCounter = counter("sweep_rows_found_total", "Queue rows found by the periodic safety sweep rather than a notification (should stay 0)"),
+    sync_log_info: IntGaugeVec = int_gauge_vec("sync_log_info", "1 for the generation of public.sync_changes found at start (v0.6: field_timestamps; current: field_meta)", &["generation"]),
     changes_recovered: IntCounter = counter("changes_recovered_total", "Queue rows the backstop found below the claim's low-water mark and applied (should stay 0: each is a change the claim would have lost)"),
     poison_changes: IntCounterVec = counter_vec("poison_changes_total", "Changes set aside in mana_ai.dead_changes, by reason", &["reason"]),
     apply_errors: IntCounter = counter("apply_errors_total", "Applier transactions that failed and were retried"),

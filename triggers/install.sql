@@ -60,6 +60,14 @@ BEGIN
     IF to_regclass('public.sync_changes') IS NULL THEN
         RAISE EXCEPTION 'install.sql: table public.sync_changes not found: run this in the mana_sync database';
     END IF;
+    -- The kit reads neither stamp column, so it serves both generations;
+    -- which one this is, the DBA sees here (and the service at its start).
+    RAISE NOTICE 'install.sql: public.sync_changes is %', CASE
+        WHEN EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'public.sync_changes'::regclass AND attname = 'field_meta' AND NOT attisdropped)
+            THEN 'current (field_meta)'
+        WHEN EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'public.sync_changes'::regclass AND attname = 'field_timestamps' AND NOT attisdropped)
+            THEN 'v0.6 (field_timestamps)'
+        ELSE 'of neither generation (no field_timestamps, no field_meta)' END;
 END
 $check$;
 

@@ -162,6 +162,12 @@ BEGIN
         RAISE EXCEPTION 'mana-ai triggers not installed correctly; %', msg
             USING HINT = 'a superuser runs: psql -v ON_ERROR_STOP=1 -v service_role=<role> -f triggers/install.sql (it takes back ownership; extra privileges it leaves to you: REVOKE them)';
     END IF;
-    RAISE NOTICE 'mana-ai triggers: ok';
+    -- Which generation the log is (the kit serves both; see sync::generation).
+    RAISE NOTICE 'mana-ai triggers: ok; public.sync_changes is %', CASE
+        WHEN EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = sync AND attname = 'field_meta' AND NOT attisdropped)
+            THEN 'current (field_meta)'
+        WHEN EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = sync AND attname = 'field_timestamps' AND NOT attisdropped)
+            THEN 'v0.6 (field_timestamps)'
+        ELSE 'of neither generation (no field_timestamps, no field_meta)' END;
 END
 $verify$;

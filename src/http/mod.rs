@@ -113,6 +113,9 @@ pub struct Health {
     pub listener: ListenerHealth,
     /// Rows waiting in `mana_ai.change_queue`; `None` when it couldn't be read.
     pub queue_depth: Option<i64>,
+    /// The generation of `public.sync_changes` found at start and its
+    /// columns, e.g. `v0.6 (field_timestamps)`.
+    pub sync_log: Option<String>,
     pub armed_missions: i64,
     pub runs_in_flight: i64,
     /// The leader's reactor tasks (`listener`, `applier`, `wheel`) that are
@@ -157,6 +160,7 @@ impl Health {
                 seconds_since_notification: None,
             },
             queue_depth: None,
+            sync_log: None,
             armed_missions: 0,
             runs_in_flight: 0,
             tasks_down: Vec::new(),

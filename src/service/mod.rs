@@ -83,7 +83,11 @@ impl App {
     pub async fn build_with(config: Config, options: AppOptions) -> anyhow::Result<App> {
         let metrics = Metrics::new();
         let instance_id = uuid::Uuid::new_v4();
-        let pool = prepare_database(&config).await?;
+        let (pool, sync_log) = prepare_database(&config).await?;
+        metrics
+            .sync_log_info
+            .with_label_values(&[sync_log.generation.as_str()])
+            .set(1);
         // Checked before leading, so a bad catalog or key fails the start.
         drop(RunnerSetup::from_config(&config, &metrics)?);
         let ctx = ServiceContext {
@@ -93,6 +97,7 @@ impl App {
         };
         let tick_enabled = ctx.config.runner.tick_enabled;
         let backend = ServiceBackend::new(ctx.pool.clone(), ctx.metrics.clone(), tick_enabled);
+        backend.set_sync_log(sync_log);
         let host = options
             .http_host
             .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
@@ -177,9 +182,11 @@ impl App {
     }
 }
 
-/// The pool, after the first connection checked the role and applied the
-/// migrations.
-async fn prepare_database(config: &Config) -> anyhow::Result<Pool> {
+/// The pool, after the first connection checked the role, applied the
+/// migrations and found a `sync_changes` this build serves (its shape).
+async fn prepare_database(
+    config: &Config,
+) -> anyhow::Result<(Pool, crate::sync::generation::LogShape)> {
     let pool = db::service_pool(
         config.db.url.expose(),
         config.db.pool_size,
@@ -188,9 +195,29 @@ async fn prepare_database(config: &Config) -> anyhow::Result<Pool> {
     )?;
     let mut client = db::errors::first_connection(&pool, "SYNC_DATABASE_URL").await?;
     crate::privilege::check_service_role(&**client, config.db.allow_privileged).await?;
+    let shape = sync_log_shape(&**client).await?;
     let report = db::migrate::migrate(&mut client).await?;
     tracing::info!(applied = ?report.applied, already = report.already, "migrations");
-    Ok(pool)
+    Ok((pool, shape))
+}
+
+/// The generation of `public.sync_changes`, read from the catalog and
+/// logged once; an error when this build cannot serve it.
+async fn sync_log_shape(
+    client: &impl tokio_postgres::GenericClient,
+) -> anyhow::Result<crate::sync::generation::LogShape> {
+    use crate::sync::generation::{supported, LogShape};
+    let columns = crate::store::maintenance::sync_changes_columns(client)
+        .await
+        .context("reading the columns of public.sync_changes")?;
+    if columns.is_empty() {
+        anyhow::bail!(
+            "SYNC_DATABASE_URL: table public.sync_changes not found (is this the mana_sync database?)"
+        );
+    }
+    let shape = LogShape::from_columns(&columns)?;
+    tracing::info!(sync_log = %shape, "sync_changes generation");
+    Ok(supported(shape)?)
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C): how `serve` and the demo stop.

@@ -116,6 +116,22 @@ impl PruneSql {
     }
 }
 
+/// The columns of `public.sync_changes` (its generation is read from them,
+/// `sync::generation`); empty when the table does not exist.
+pub(crate) async fn sync_changes_columns(
+    client: &impl GenericClient,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT attname::text AS name FROM pg_attribute
+             WHERE attrelid = to_regclass('public.sync_changes') AND attnum > 0 AND NOT attisdropped
+             ORDER BY attnum",
+            &[],
+        )
+        .await?;
+    rows.iter().map(|r| r.try_get("name")).collect()
+}
+
 /// The connected role and whether it is a superuser or bypasses RLS.
 #[derive(Debug, Clone)]
 pub(crate) struct RoleRow {
