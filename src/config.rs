@@ -355,12 +355,14 @@ fn secs(
     parse_num(get, var, default, range).map(Duration::from_secs)
 }
 
+/// What the config tests of every group share.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod test_support {
+    use super::{Config, ConfigError};
     use std::collections::HashMap;
 
-    fn config(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    /// The config of exactly these variables.
+    pub(crate) fn config(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let map: HashMap<String, String> = pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -368,7 +370,14 @@ mod tests {
         Config::from_lookup(|k| map.get(k).cloned())
     }
 
-    const URL: (&str, &str) = ("SYNC_DATABASE_URL", "postgres://svc:pw@localhost/mana_sync");
+    pub(crate) const URL: (&str, &str) =
+        ("SYNC_DATABASE_URL", "postgres://svc:pw@localhost/mana_sync");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::{config, URL};
+    use super::*;
 
     #[test]
     fn defaults_apply() {

@@ -14,13 +14,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use mana_ai::metrics::Metrics;
 use mana_ai::reactor::{self, applier::Applied, Hooks};
-use mana_ai::schedule::clock::DbClock;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 use tokio::sync::{mpsc, Notify};
-use tokio_util::sync::CancellationToken;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -93,31 +90,6 @@ async fn snapshot_within(t: &TestDb, user: &str, record: &str, secs: u64) -> boo
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     false
-}
-
-/// Starts the reactor with `hooks` and test settings `overrides`.
-async fn start_with(t: &TestDb, overrides: &[(&str, &str)], hooks: Hooks) -> Running {
-    let metrics = Metrics::new();
-    let (due_tx, due) = mpsc::unbounded_channel();
-    let mut reactor = reactor::start(
-        &t.config(overrides),
-        t.pool.clone(),
-        metrics.clone(),
-        Arc::new(DbClock::new()),
-        due_tx,
-        CancellationToken::new(),
-        hooks,
-    )
-    .await
-    .expect("reactor starts");
-    tokio::time::timeout(Duration::from_secs(30), reactor.wait_listening())
-        .await
-        .expect("the listener registers within 30 s");
-    Running {
-        reactor,
-        metrics,
-        due,
-    }
 }
 
 /// The order: A takes its xid first, C one after it and stays open,
@@ -198,7 +170,7 @@ async fn a_commit_that_lands_while_a_claim_is_in_flight_is_applied() {
         after_claim: Some(gate.hook()),
         ..Hooks::default()
     };
-    let mut run = start_with(&t, &[], hooks).await;
+    let mut run = t.start_with(&[], hooks).await;
     committed_mission(&t, "erin", "m0").await;
     run.processed(1).await;
 
@@ -243,7 +215,7 @@ async fn the_row_that_failed_is_set_aside_not_the_one_below_it() {
         after_claim: Some(gate.hook()),
         ..Hooks::default()
     };
-    let mut run = start_with(&t, &[], hooks).await;
+    let mut run = t.start_with(&[], hooks).await;
     let innocent = OpenTx::begin(&t, "frank").await;
     innocent.mission("fine").await;
     // The batch claims "bad" and fails; the batch of one claims it again,
@@ -352,7 +324,7 @@ async fn every_committed_change_is_applied_exactly_once_whatever_the_commit_orde
         applied: Some(applied_tx),
         ..Hooks::default()
     };
-    let run = start_with(&t, &[], hooks).await;
+    let run = t.start_with(&[], hooks).await;
     let seed: u64 = rand::rng().random();
     eprintln!("seed {seed}");
 

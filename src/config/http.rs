@@ -95,20 +95,10 @@ impl HttpConfig {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
     use std::time::Duration;
 
-    use crate::config::{Config, ConfigError, Secret};
-
-    fn config(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Config::from_lookup(|k| map.get(k).cloned())
-    }
-
-    const URL: (&str, &str) = ("SYNC_DATABASE_URL", "postgres://svc:pw@localhost/mana_sync");
+    use crate::config::test_support::{config, URL};
+    use crate::config::Secret;
 
     #[test]
     fn http_limits_have_defaults_and_ranges() {

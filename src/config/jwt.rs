@@ -119,19 +119,10 @@ fn is_loopback(url: &Url) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
 
+    use crate::config::test_support::{config, URL};
     use crate::config::{Config, ConfigError};
 
-    fn config(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Config::from_lookup(|k| map.get(k).cloned())
-    }
-
-    const URL: (&str, &str) = ("SYNC_DATABASE_URL", "postgres://svc:pw@localhost/mana_sync");
     const JWKS: (&str, &str) = ("MANA_AUTH_JWKS_URL", "https://auth.mana.test/jwks.json");
     const ISS: (&str, &str) = ("MANA_AUTH_ISSUER", "https://auth.mana.test");
     const AUD: (&str, &str) = ("MANA_AUTH_AUDIENCE", "mana-ai");

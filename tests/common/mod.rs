@@ -78,6 +78,11 @@ impl TestDb {
     }
 
     pub async fn start(&self, overrides: &[(&str, &str)]) -> Running {
+        self.start_with(overrides, reactor::Hooks::default()).await
+    }
+
+    /// [`TestDb::start`] with the reactor's `hooks` (observers, failpoints).
+    pub async fn start_with(&self, overrides: &[(&str, &str)], hooks: reactor::Hooks) -> Running {
         let config = self.config(overrides);
         let metrics = Metrics::new();
         let shutdown = CancellationToken::new();
@@ -89,7 +94,7 @@ impl TestDb {
             Arc::new(DbClock::new()),
             due_tx,
             shutdown,
-            reactor::Hooks::default(),
+            hooks,
         )
         .await
         .expect("reactor starts");
