@@ -33,52 +33,11 @@ use super::analyze::{self, AnalyzeSchedule};
 use super::batch::{fold_claimed, write_and_commit, FoldedBatch};
 use super::batch_tx::BatchTx;
 use super::low_water::{Horizon, LowWater, Observed};
+pub use super::outcome::{Applied, ApplyError, BatchStats, Phases};
 use super::read::read_changes;
 use super::ReactorContext;
 use crate::schedule::wheel::WheelUpdate;
-use crate::store::queue::{self, DeadChange, Prepared, QueueRow};
-use crate::sync::change::{self, Poison};
-
-/// Why a batch failed, which decides what happens next.
-#[derive(Debug, thiserror::Error)]
-pub enum ApplyError {
-    /// The connection or the server: retry the same rows later.
-    #[error("transient: {0:#}")]
-    Transient(anyhow::Error),
-    /// Something in the rows themselves (SQLSTATE classes 22, 23, 54).
-    #[error("data: {code}: {message}")]
-    Data { code: String, message: String },
-}
-
-impl From<tokio_postgres::Error> for ApplyError {
-    fn from(e: tokio_postgres::Error) -> Self {
-        match e.as_db_error() {
-            Some(db) if is_row_specific(db.code().code()) => ApplyError::Data {
-                code: db.code().code().to_string(),
-                message: change::clip_bytes(db.message(), 200).to_string(),
-            },
-            _ => ApplyError::Transient(e.into()),
-        }
-    }
-}
-
-impl From<anyhow::Error> for ApplyError {
-    fn from(e: anyhow::Error) -> Self {
-        match e.downcast::<tokio_postgres::Error>() {
-            Ok(pg) => pg.into(),
-            Err(other) => ApplyError::Transient(other),
-        }
-    }
-}
-
-/// Data exceptions, integrity violations, program limits (a value too big for
-/// an index): errors one row can cause. Anything else would fail for every
-/// row, so setting rows aside for it would only lose work.
-fn is_row_specific(sqlstate: &str) -> bool {
-    ["22", "23", "54"]
-        .iter()
-        .any(|class| sqlstate.starts_with(class))
-}
+use crate::store::queue::{self, Prepared, QueueRow};
 
 /// Which queue rows a batch takes.
 #[derive(Debug, Clone)]
@@ -98,21 +57,13 @@ impl Take {
     }
 }
 
-/// Counts of what one batch did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct BatchStats {
-    pub claimed: usize,
-    pub applied: usize,
-    pub poisoned: usize,
-}
-
 #[derive(Clone)]
 pub struct Applier {
     pub(super) ctx: ReactorContext,
     /// Total queue rows processed (applied or set aside), for observers.
     pub processed: watch::Sender<u64>,
     /// Rows still to take one at a time after a batch hit a data error.
-    isolate: usize,
+    pub(super) isolate: usize,
     /// Told about every committed batch (benchmarks measure latency with it).
     pub observer: Option<mpsc::UnboundedSender<Applied>>,
     /// Called before every drain (tests inject a panic with it).
@@ -125,44 +76,10 @@ pub struct Applier {
     restarted: bool,
     /// Queue ids of the batch in progress (the row to set aside when a
     /// batch of one fails).
-    in_batch: Vec<i64>,
+    pub(super) in_batch: Vec<i64>,
     /// Awaited after each claim (tests only, see `Hooks::after_claim`).
     #[cfg(feature = "test-hooks")]
     pub after_claim: Option<super::AfterClaim>,
-}
-
-/// A committed batch, reported after its timers were re-armed.
-#[derive(Debug, Clone)]
-pub struct Applied {
-    pub change_ids: Vec<uuid::Uuid>,
-    pub at: Instant,
-    /// When each round trip of the batch returned (the benchmark shows
-    /// where the time goes).
-    pub phases: Phases,
-}
-
-/// The instants of one batch: a connection in hand, claimed, read the
-/// change rows, loaded the snapshots and folded, committed.
-#[derive(Debug, Clone, Copy)]
-pub struct Phases {
-    pub started: Instant,
-    pub claimed: Instant,
-    pub read: Instant,
-    pub folded: Instant,
-    pub committed: Instant,
-}
-
-impl Phases {
-    fn starting() -> Phases {
-        let now = Instant::now();
-        Phases {
-            started: now,
-            claimed: now,
-            read: now,
-            folded: now,
-            committed: now,
-        }
-    }
 }
 
 impl Applier {
@@ -443,60 +360,6 @@ impl Applier {
             applied: batch.applied.len(),
             poisoned: claimed - batch.applied.len(),
         }
-    }
-
-    /// Sets aside by itself the row of the batch of one that just failed
-    /// (that row and no other: a row committed below it meanwhile is
-    /// innocent).
-    pub(super) async fn set_aside(
-        &mut self,
-        code: &str,
-        message: &str,
-    ) -> Result<usize, ApplyError> {
-        let [id] = self.in_batch[..] else {
-            return Err(ApplyError::Transient(anyhow::anyhow!(
-                "a data error ({code}) before a single row was claimed: {message}"
-            )));
-        };
-        let mut client = self
-            .ctx
-            .pool
-            .get()
-            .await
-            .context("getting a pooled connection")?;
-        let st = Prepared::get(&client).await?;
-        let tx = client.transaction().await?;
-        let Some(row) = queue::claim_ids(&*tx, &st, &[id]).await?.pop() else {
-            return Ok(0);
-        };
-        let dead = DeadChange {
-            queue: row,
-            record_id: None,
-            poison: Poison::ApplyFailed(format!("{code}: {message}")),
-        };
-        queue::insert_dead(&*tx, &st, std::slice::from_ref(&dead)).await?;
-        tx.commit().await?;
-        self.in_batch.clear();
-        self.note_poison(&dead);
-        self.isolate = self.isolate.saturating_sub(1);
-        self.processed.send_modify(|n| *n += 1);
-        Ok(1)
-    }
-
-    fn note_poison(&self, d: &DeadChange) {
-        self.ctx
-            .metrics
-            .poison_changes
-            .with_label_values(&[d.poison.reason()])
-            .inc();
-        tracing::warn!(
-            queue_id = d.queue.id,
-            change_id = %d.queue.change_id,
-            user_id = %change::clip_bytes(&d.queue.user_id, 64),
-            reason = d.poison.reason(),
-            detail = %d.poison,
-            "change set aside in mana_ai.dead_changes"
-        );
     }
 }
 

@@ -8,7 +8,8 @@
 //! must be older than one sweep interval, so a claim that is about to see a
 //! new queue (a reinstalled kit) gets there first.
 
-use super::applier::{Applier, ApplyError};
+use super::applier::Applier;
+use super::outcome::ApplyError;
 use crate::store::queue;
 
 /// Rows the backstop takes per sweep at most (it runs again next sweep).

@@ -2,9 +2,9 @@
 //! into their records' snapshots, then written (with the set-aside rows and
 //! the changed agents' missions read back) in one pipelined round trip.
 
-use super::applier::ApplyError;
 use super::batch_tx::BatchTx;
 use super::fold_batch::{self, fold_into, Groups};
+use super::outcome::ApplyError;
 use crate::schedule::wheel::{MissionKey, WheelUpdate};
 use crate::store::queue::{self, DeadChange, Prepared, QueueRow};
 use crate::store::snapshots::{self, SnapshotWrite};

@@ -16,8 +16,10 @@ pub mod decode;
 pub mod fold_batch;
 pub mod listener;
 pub mod low_water;
+pub mod outcome;
 mod read;
 pub mod rebuild;
+mod set_aside;
 pub mod supervisor;
 mod wheel_task;
 

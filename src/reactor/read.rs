@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
-use super::applier::ApplyError;
 use super::decode::RowError;
+use super::outcome::ApplyError;
 use crate::store::history;
 use crate::store::queue::{DeadChange, Prepared, QueueRow};
 use crate::sync::change::{self, Poison, RawChange, ValidChange};
