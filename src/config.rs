@@ -78,7 +78,19 @@ pub struct Config {
     pub planner: PlannerConfig,
     pub http: HttpConfig,
     pub grants: GrantConfig,
+    /// Variables of the original service that are set here but mean
+    /// nothing to this one (see [`NO_LONGER_READ`]).
+    pub no_longer_read: Vec<&'static str>,
 }
+
+/// Settings of the original mana-ai that this service does not read, and
+/// what to do instead: set, each is named in a warning at start rather than
+/// silently ignored.
+pub const NO_LONGER_READ: &[(&str, &str)] = &[(
+    "TICK_INTERVAL_MS",
+    "mana-ai no longer polls on a tick: each mission runs at its nextRunAt \
+     (the timer wheel); remove the variable",
+)];
 
 /// The database: connections, TLS, the role's privileges, the leader lock.
 #[derive(Debug, Clone)]
@@ -204,7 +216,23 @@ impl Config {
             planner: PlannerConfig::parse(&get)?,
             http: HttpConfig::parse(&get)?,
             grants: GrantConfig::parse(&get)?,
+            no_longer_read: NO_LONGER_READ
+                .iter()
+                .map(|(var, _)| *var)
+                .filter(|var| get(var).is_some())
+                .collect(),
         })
+    }
+
+    /// What the service warns about at start (never a value of a variable).
+    pub fn startup_warnings(&self) -> Vec<String> {
+        let mut warnings = self.http.startup_warnings();
+        for (var, why) in NO_LONGER_READ {
+            if self.no_longer_read.contains(var) {
+                warnings.push(format!("{var} is set but not read: {why}"));
+            }
+        }
+        warnings
     }
 }
 
@@ -378,6 +406,25 @@ pub(crate) mod test_support {
 mod tests {
     use super::test_support::{config, URL};
     use super::*;
+
+    #[test]
+    fn a_setting_of_the_original_that_no_longer_applies_is_named_in_a_warning() {
+        assert!(config(&[URL])
+            .unwrap()
+            .startup_warnings()
+            .iter()
+            .all(|w| !w.contains("TICK_INTERVAL_MS")));
+        let old = config(&[URL, ("TICK_INTERVAL_MS", "60000")]).unwrap();
+        let warnings = old.startup_warnings();
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.starts_with("TICK_INTERVAL_MS is set but not read: ")
+                    && w.contains("nextRunAt")
+                    && !w.contains("60000")),
+            "{warnings:?}"
+        );
+    }
 
     #[test]
     fn defaults_apply() {

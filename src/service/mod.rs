@@ -107,7 +107,7 @@ impl App {
             .with_context(|| format!("PORT: cannot listen on {port}"))?;
         let addr = listener.local_addr()?;
         tracing::info!(%addr, "HTTP listening");
-        for warning in ctx.config.http.startup_warnings() {
+        for warning in ctx.config.startup_warnings() {
             tracing::warn!("{warning}");
         }
         let stop = CancellationToken::new();
