@@ -81,6 +81,9 @@ pub struct Config {
     /// Variables of the original service that are set here but mean
     /// nothing to this one (see [`NO_LONGER_READ`]).
     pub no_longer_read: Vec<&'static str>,
+    /// The generation of `public.sync_changes`: never read from a variable;
+    /// `serve` sets it from the catalog at start (`sync::generation`).
+    pub generation: crate::sync::generation::Generation,
 }
 
 /// Settings of the original mana-ai that this service does not read, and
@@ -221,6 +224,7 @@ impl Config {
                 .map(|(var, _)| *var)
                 .filter(|var| get(var).is_some())
                 .collect(),
+            generation: Default::default(),
         })
     }
 

@@ -37,7 +37,7 @@ async fn write_with_ids(
 async fn replayed(t: &TestDb, user: &str, mission: &str) -> mana_ai::sync::fold::Folded {
     let mut client = t.pool.get().await.unwrap();
     let tx = mana_ai::db::begin_user(&mut client, user).await.unwrap();
-    mana_ai::reactor::fold_record(&tx, user, "ai", "aiMissions", mission)
+    mana_ai::reactor::fold_record(&tx, t.generation, user, "ai", "aiMissions", mission)
         .await
         .unwrap()
         .expect("rows")

@@ -1,17 +1,20 @@
 //! The generation of `public.sync_changes` is read from the catalog at
-//! start: a v0.6 database is served and says so on `/health` and
-//! `/metrics`; a database of today's generation (fixtures/mana_sync_current.sql)
-//! is refused at once with a message that names what was found, instead of
-//! failing on a missing column forever; a table of neither shape is refused
-//! naming its columns.
+//! start and shown on `/health` and `/metrics`; a database of today's
+//! generation (fixtures/mana_sync_current.sql) is served: changes folded from
+//! `field_meta`, the write-back in today's shape (no `updatedAt`, string
+//! stamps in `field_meta`, `origin = 'agent'`, the mission's Space), and a
+//! mission whose text is `enc:1:` ciphertext is not planned; a table of
+//! neither shape is refused naming its columns.
 
 mod common;
 
 use std::time::Duration;
 
 use common::serve::Serve;
-use common::setup;
+use common::{eventually, mission_data, plan_answer, setup, setup_current, TestDb};
 use pgtemp::SERVICE_ROLE;
+use serde_json::{json, Value};
+use testkit::fake_llm::FakeLlm;
 
 const CURRENT: &str = include_str!("../fixtures/mana_sync_current.sql");
 
@@ -42,29 +45,6 @@ async fn a_v06_database_is_served_and_its_generation_shown() {
     assert!(log.contains("sync_changes generation"), "{log}");
     assert!(
         log.contains("TICK_INTERVAL_MS is set but not read"),
-        "{log}"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_database_of_todays_generation_is_refused_at_once_saying_why() {
-    let t = setup().await;
-    let admin = t.admin().await;
-    admin
-        .batch_execute("DROP TABLE public.sync_changes CASCADE")
-        .await
-        .unwrap();
-    admin.batch_execute(CURRENT).await.unwrap();
-    let mut serve = Serve::start(&t.db.url_as(SERVICE_ROLE), &[]);
-    let status = serve.exit_within(Duration::from_secs(30)).await;
-    let log = serve.log();
-    assert!(!status.success(), "{log}");
-    assert!(
-        log.contains("current mana generation, current (field_meta, origin, space_id)"),
-        "{log}"
-    );
-    assert!(
-        !log.contains("column c.field_timestamps does not exist"),
         "{log}"
     );
 }
@@ -120,4 +100,109 @@ async fn the_kit_installs_on_todays_generation_and_names_it() {
         err.contains("ok; public.sync_changes is current (field_meta)"),
         "{err}"
     );
+}
+
+/// Writes a mission change as today's sync server does: stamps in
+/// `field_meta`, `origin = 'user'`, the record's Space.
+async fn write_current(t: &TestDb, user: &str, mission: &str, data: Value) {
+    let mut client = t.sync_client().await;
+    let tx = mana_ai::db::begin_user(&mut client, user).await.unwrap();
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let stamps: serde_json::Map<String, Value> = data
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| (k.clone(), json!(now)))
+        .collect();
+    tx.execute(
+        "INSERT INTO sync_changes (app_id, table_name, record_id, user_id, op, data, field_meta, client_id, origin, space_id)
+         VALUES ('ai', 'aiMissions', $1, $2, 'insert', $3, $4, 'browser', 'user', 'space-1')",
+        &[&mission, &user, &data, &Value::Object(stamps)],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mission_in_todays_generation_is_planned_and_written_back_in_its_shape() {
+    let t = setup_current().await;
+    let llm = FakeLlm::start(vec![FakeLlm::answer(&plan_answer())])
+        .await
+        .unwrap();
+    let lead = t.lead(&[("MANA_LLM_URL", &llm.url())]).await;
+    write_current(
+        &t,
+        "tess",
+        "m1",
+        mission_data(json!({"spaceId": "space-1"})),
+    )
+    .await;
+    eventually("the write-back is folded into the snapshot", || async {
+        t.mission("tess", "m1").await.is_some_and(|(record, _, _)| {
+            record["iterations"]
+                .as_array()
+                .is_some_and(|i| i.len() == 1)
+        })
+    })
+    .await;
+    lead.settled().await;
+    lead.stop().await;
+    let row = t
+        .admin()
+        .await
+        .query_one(
+            "SELECT data, field_meta, origin, space_id FROM sync_changes
+             WHERE record_id = 'm1' AND client_id = 'mana-ai-runner'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (data, meta): (Value, Value) = (row.get(0), row.get(1));
+    let (origin, space): (Option<String>, Option<String>) = (row.get(2), row.get(3));
+    assert_eq!(
+        (origin.as_deref(), space.as_deref()),
+        (Some("agent"), Some("space-1"))
+    );
+    assert!(data.get("updatedAt").is_none(), "{data}");
+    assert!(
+        data["iterations"].is_array() && data.get("nextRunAt").is_some(),
+        "{data}"
+    );
+    let mut keys: Vec<&String> = meta.as_object().unwrap().keys().collect();
+    keys.sort();
+    assert_eq!(keys, ["iterations", "nextRunAt"]);
+    assert!(
+        meta.as_object().unwrap().values().all(Value::is_string),
+        "{meta}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mission_with_encrypted_text_is_not_planned_and_says_why() {
+    let t = setup_current().await;
+    let llm = FakeLlm::start(vec![FakeLlm::answer(&plan_answer())])
+        .await
+        .unwrap();
+    let lead = t.lead(&[("MANA_LLM_URL", &llm.url())]).await;
+    let secret = "enc:1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    write_current(&t, "tess", "m1", mission_data(json!({"title": secret}))).await;
+    eventually("the run is skipped for its encrypted text", || async {
+        lead.metrics
+            .agent_decisions
+            .with_label_values(&["skipped-encrypted"])
+            .get()
+            == 1
+    })
+    .await;
+    lead.settled().await;
+    assert!(llm.requests().is_empty(), "no LLM call");
+    assert!(t.writebacks_current("tess", "m1").await == 0);
+    let text = lead.metrics.render();
+    assert!(
+        text.contains(r#"mana_ai_missions_stalled_total{reason="encrypted-text"} 1"#),
+        "{text}"
+    );
+    assert!(!text.contains(secret));
+    lead.stop().await;
 }

@@ -445,7 +445,7 @@ async fn the_writeback_appends_to_a_queued_browser_history_and_is_known_as_its_o
 
     let mut client = t.pool.get().await.unwrap();
     let tx = mana_ai::db::begin_user(&mut client, "ned").await.unwrap();
-    let source = writeback::iterations_source(&tx, "ned", "m1", 1 << 20)
+    let source = writeback::iterations_source(&tx, t.generation, "ned", "m1", 1 << 20)
         .await
         .unwrap();
     assert_eq!(
@@ -460,11 +460,11 @@ async fn the_writeback_appends_to_a_queued_browser_history_and_is_known_as_its_o
     let huge = json!({"iterations": [{"id": "h", "summary": "z".repeat(5000)}]});
     browser_row(&t, "ned", "aiMissions", "m1", "update", huge).await;
     let tx = mana_ai::db::begin_user(&mut client, "ned").await.unwrap();
-    let within = writeback::iterations_source(&tx, "ned", "m1", 4000)
+    let within = writeback::iterations_source(&tx, t.generation, "ned", "m1", 4000)
         .await
         .unwrap();
     assert_eq!(within, IterationsSource::Change(update));
-    let unlimited = writeback::iterations_source(&tx, "ned", "m1", 1 << 20)
+    let unlimited = writeback::iterations_source(&tx, t.generation, "ned", "m1", 1 << 20)
         .await
         .unwrap();
     assert_ne!(unlimited, IterationsSource::Change(update));
@@ -498,6 +498,8 @@ async fn the_writeback_appends_to_a_queued_browser_history_and_is_known_as_its_o
         tokens_used: 0,
         outcome: "written",
         max_field_bytes: 4000,
+        generation: t.generation,
+        space_id: None,
     };
     let zombie = WriteBack {
         token: stale,

@@ -65,6 +65,7 @@ pub const STALLS: &[&str] = &[
     "no-next-run",
     "missing-agent",
     "bad-policy",
+    "encrypted-text",
 ];
 
 /// `table` as a label: itself when it is one of [`ENCRYPTED_TABLES`], else
@@ -254,10 +255,16 @@ mod tests {
     #[test]
     fn stalls_match_the_enum() {
         use Stall::*;
-        let all = [WriteBackSetAside, NoNextRun, MissingAgent, BadPolicy];
+        let all = [
+            WriteBackSetAside,
+            NoNextRun,
+            MissingAgent,
+            BadPolicy,
+            EncryptedText,
+        ];
         for s in all {
             match s {
-                WriteBackSetAside | NoNextRun | MissingAgent | BadPolicy => {}
+                WriteBackSetAside | NoNextRun | MissingAgent | BadPolicy | EncryptedText => {}
             }
         }
         let labels = all.iter().map(|s| s.as_str()).collect();

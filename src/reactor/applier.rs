@@ -259,7 +259,7 @@ impl Applier {
         take: Take,
     ) -> Result<BatchStats, ApplyError> {
         let mut phases = Phases::starting();
-        let st = Prepared::get(client).await?;
+        let st = Prepared::get(client, self.ctx.settings.generation).await?;
         let tx = BatchTx::new(client);
         let (claimed, horizon) = self.claim(&tx, &st, &take).await?;
         self.in_batch = claimed.iter().map(|q| q.id).collect();
@@ -414,6 +414,7 @@ mod tests {
                 max_field_bytes: 1 << 20,
                 analyze_after_rows: analyze::ANALYZE_AFTER_ROWS,
                 sweep_interval: Duration::from_secs(30),
+                generation: Default::default(),
             },
         });
         Fixture {

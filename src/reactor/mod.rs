@@ -45,12 +45,14 @@ pub use wheel_task::rebuild_wheel;
 /// through `crate::store::history`.
 pub async fn fold_record(
     client: &impl tokio_postgres::GenericClient,
+    generation: crate::sync::generation::Generation,
     user_id: &str,
     app_id: &str,
     table_name: &str,
     record_id: &str,
 ) -> Result<Option<crate::sync::fold::Folded>, tokio_postgres::Error> {
     let record = crate::store::history::RecordRef {
+        generation,
         user_id,
         app_id,
         table_name,
@@ -73,6 +75,8 @@ pub struct Settings {
     pub analyze_after_rows: u64,
     /// How often the applier drains without a notification.
     pub sweep_interval: Duration,
+    /// The generation of `sync_changes` (which column holds the stamps).
+    pub generation: crate::sync::generation::Generation,
 }
 
 impl Settings {
@@ -82,6 +86,7 @@ impl Settings {
             max_field_bytes: config.reactor.max_field_bytes,
             analyze_after_rows: config.reactor.analyze_after_rows,
             sweep_interval: config.reactor.sweep_interval,
+            generation: config.generation,
         }
     }
 }
@@ -218,7 +223,7 @@ pub async fn start(
 /// the missions armed.
 async fn rebuild(ctx: &ReactorContext) -> anyhow::Result<usize> {
     let started = std::time::Instant::now();
-    let (users, records) = rebuild::rebuild_listed(&ctx.pool, ctx.settings.max_field_bytes).await?;
+    let (users, records) = rebuild::rebuild_listed(&ctx.pool, &ctx.settings).await?;
     if users > 0 {
         let elapsed_ms = started.elapsed().as_millis() as u64;
         tracing::info!(

@@ -35,10 +35,16 @@ const USERS_PER_TX: i64 = 50;
 
 /// Rebuilds every listed user's snapshots; returns how many users and how
 /// many records were rebuilt.
-pub async fn rebuild_listed(pool: &Pool, max_field_bytes: usize) -> anyhow::Result<(usize, usize)> {
+pub async fn rebuild_listed(
+    pool: &Pool,
+    settings: &super::Settings,
+) -> anyhow::Result<(usize, usize)> {
+    let max_field_bytes = settings.max_field_bytes;
     let mut client = pool.get().await.context("connecting to the database")?;
-    let st = Prepared::get(&client).await?;
-    let history = client.prepare_cached(&history::user_history_sql()).await?;
+    let st = Prepared::get(&client, settings.generation).await?;
+    let history = client
+        .prepare_cached(&history::user_history_sql(settings.generation))
+        .await?;
     let (mut users, mut records) = (0, 0);
     loop {
         let listed = history::users_to_rebuild(&**client, USERS_PER_TX)

@@ -29,7 +29,7 @@ impl Applier {
             .get()
             .await
             .context("getting a pooled connection")?;
-        let st = Prepared::get(&client).await?;
+        let st = Prepared::get(&client, self.ctx.settings.generation).await?;
         let tx = client.transaction().await?;
         let Some(row) = queue::claim_ids(&*tx, &st, &[id]).await?.pop() else {
             return Ok(0);

@@ -162,6 +162,7 @@ mod tests {
                 max_field_bytes: 1 << 20,
                 analyze_after_rows: 0,
                 sweep_interval: std::time::Duration::from_secs(30),
+                generation: Default::default(),
             },
         };
         let mut make = wheel_task(&ctx, due_tx, rx, shutdown.clone());

@@ -56,6 +56,11 @@ impl Runner {
     ) -> anyhow::Result<Admission> {
         let user_id = key.user_id();
         let skip = |decision, retry_at| Ok(Admission::Skip { decision, retry_at });
+        // Before anything reads the mission's text: ciphertext never goes
+        // further (no prompt, research query, actor or log sees it).
+        if gates::has_encrypted_text(record) {
+            return skip(GateDecision::SkippedEncrypted, None);
+        }
         let agent_id = record.get("agentId").and_then(Value::as_str);
         let user_per_day = self.deps.cost.user_tokens_per_day;
         let Some(agent_id) = agent_id.filter(|s| !s.is_empty()) else {

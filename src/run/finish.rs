@@ -47,6 +47,12 @@ impl Runner {
             tokens_used: 0,
             outcome: WRITTEN,
             max_field_bytes: self.deps.max_field_bytes,
+            generation: self.deps.generation,
+            space_id: due
+                .fields()
+                .get("spaceId")
+                .and_then(Value::as_str)
+                .map(str::to_string),
         };
         let mut client = self.deps.pool.get().await.context("connecting")?;
         match planned {

@@ -22,6 +22,8 @@ pub enum GateDecision {
     SkippedMissingAgent,
     /// The agent's `policy` does not parse; runs once the agent is fixed.
     SkippedBadPolicy,
+    /// The mission's text is `enc:1:` ciphertext; runs once it is not.
+    SkippedEncrypted,
 }
 
 impl GateDecision {
@@ -34,11 +36,12 @@ impl GateDecision {
             GateDecision::SkippedBudget => "skipped-budget",
             GateDecision::SkippedMissingAgent => "skipped-missing-agent",
             GateDecision::SkippedBadPolicy => "skipped-bad-policy",
+            GateDecision::SkippedEncrypted => "skipped-encrypted",
         }
     }
 
     /// Every decision (the metric's label values start from this list).
-    pub const ALL: [GateDecision; 7] = [
+    pub const ALL: [GateDecision; 8] = [
         GateDecision::Ran,
         GateDecision::SkippedPaused,
         GateDecision::SkippedArchived,
@@ -46,6 +49,7 @@ impl GateDecision {
         GateDecision::SkippedBudget,
         GateDecision::SkippedMissingAgent,
         GateDecision::SkippedBadPolicy,
+        GateDecision::SkippedEncrypted,
     ];
 
     /// A decision read back from `mission_runs.outcome`; None for any other value.
@@ -105,6 +109,21 @@ pub async fn load_agent(
         Value::Object(map) => Some(Agent::from_record(agent_id, map)),
         _ => None,
     }))
+}
+
+/// The mission fields that are the planner's text, which today's webapp
+/// encrypts in a personal Space.
+pub const MISSION_TEXT_FIELDS: [&str; 3] = ["title", "conceptMarkdown", "objective"];
+
+/// Whether any of the mission's text fields is `enc:1:` ciphertext (no
+/// key-grant decrypts them: they are under the user's vault key).
+pub fn has_encrypted_text(record: &Map<String, Value>) -> bool {
+    MISSION_TEXT_FIELDS.iter().any(|field| {
+        record
+            .get(*field)
+            .and_then(Value::as_str)
+            .is_some_and(|text| text.starts_with(crate::crypto::ENC_PREFIX))
+    })
 }
 
 /// Tokens the agent used in the last 24 hours.

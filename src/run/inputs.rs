@@ -16,6 +16,7 @@ use crate::crypto::{decrypt_record_fields, Mdk, MissionGrant};
 use crate::planner::ResolvedInput;
 use crate::store::{self, audit::NewAuditRow};
 use crate::sync::change;
+use crate::sync::generation::Generation;
 
 /// Longest single field value shown to the model.
 pub const MAX_FIELD_CHARS: usize = 2_000;
@@ -125,6 +126,7 @@ pub struct Resolved {
 /// Resolves every input the registry knows; unknown modules are skipped.
 pub async fn resolve(
     tx: &Transaction<'_>,
+    generation: Generation,
     user_id: &str,
     refs: &[InputRef],
     access: Option<&GrantAccess<'_>>,
@@ -137,7 +139,7 @@ pub async fn resolve(
         };
         match storage {
             Storage::Plain(app) => {
-                if let Some(record) = fold_record(tx, user_id, app, input).await? {
+                if let Some(record) = fold_record(tx, generation, user_id, app, input).await? {
                     out.inputs.push(goal_input(input, &record));
                 }
             }
@@ -154,7 +156,8 @@ pub async fn resolve(
                     out.scope_violations.push(input.table.clone());
                     continue;
                 }
-                let Some(mut record) = fold_record(tx, user_id, app, input).await? else {
+                let Some(mut record) = fold_record(tx, generation, user_id, app, input).await?
+                else {
                     continue;
                 };
                 match decrypt_record_fields(access.mdk, &mut record) {
@@ -187,11 +190,13 @@ fn note(input: &InputRef, status: AuditStatus, reason: Option<&'static str>) -> 
 /// rows, is deleted, or has more than [`MAX_HISTORY_ROWS`] rows.
 async fn fold_record(
     tx: &Transaction<'_>,
+    generation: Generation,
     user_id: &str,
     app: &str,
     input: &InputRef,
 ) -> anyhow::Result<Option<Map<String, Value>>> {
     let record = store::history::RecordRef {
+        generation,
         user_id,
         app_id: app,
         table_name: &input.table,

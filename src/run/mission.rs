@@ -217,6 +217,14 @@ impl Runner {
         match decision {
             GateDecision::SkippedMissingAgent => self.stalled(Stall::MissingAgent),
             GateDecision::SkippedBadPolicy => self.stalled(Stall::BadPolicy),
+            GateDecision::SkippedEncrypted => {
+                self.stalled(Stall::EncryptedText);
+                tracing::warn!(
+                    stall = Stall::EncryptedText.as_str(),
+                    "the mission's title, concept or objective is encrypted (enc:1:); \
+                     not planned until it is plaintext"
+                );
+            }
             _ => {}
         }
         if let Some(at) = retry_at {

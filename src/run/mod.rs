@@ -83,6 +83,8 @@ pub struct RunnerDeps {
     /// Told what each run asked the planner (sizes and names, never content):
     /// the demo (`mana-ai-demo`) prints it.
     pub prompt_observer: Option<mpsc::UnboundedSender<PromptSummary>>,
+    /// The generation of `sync_changes` (stamp column, write-back shape).
+    pub generation: crate::sync::generation::Generation,
     /// Test hook (`MANA_AI_FAILPOINT=after-llm`, read only in builds with
     /// the `test-hooks` feature): abort the process right after the planner
     /// answered, to prove a crash there loses nothing.

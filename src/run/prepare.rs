@@ -70,7 +70,9 @@ impl Runner {
             _ => None,
         };
         let tx = crate::db::begin_user(client, &due.slot.user_id).await?;
-        let resolved = inputs::resolve(&tx, &due.slot.user_id, &refs, access.as_ref()).await?;
+        let generation = self.deps.generation;
+        let resolved =
+            inputs::resolve(&tx, generation, &due.slot.user_id, &refs, access.as_ref()).await?;
         tx.commit().await?;
         Ok(resolved)
     }

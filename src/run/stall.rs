@@ -25,6 +25,10 @@ pub enum Stall {
     MissingAgent,
     /// The agent's policy does not parse.
     BadPolicy,
+    /// The mission's title, concept or objective is `enc:1:` ciphertext
+    /// (today's webapp encrypts them in a personal Space): nothing can read
+    /// them, so nothing is planned until a plaintext copy exists.
+    EncryptedText,
 }
 
 impl Stall {
@@ -34,6 +38,7 @@ impl Stall {
             Stall::NoNextRun => "no-next-run",
             Stall::MissingAgent => "missing-agent",
             Stall::BadPolicy => "bad-policy",
+            Stall::EncryptedText => "encrypted-text",
         }
     }
 }
@@ -94,6 +99,9 @@ fn stall_of(claim: &NewestClaim) -> Option<(Stall, Option<String>)> {
         }
         (RunState::Retry, Some(GateDecision::SkippedBadPolicy), _) => {
             Some((Stall::BadPolicy, None))
+        }
+        (RunState::Retry, Some(GateDecision::SkippedEncrypted), _) => {
+            Some((Stall::EncryptedText, None))
         }
         _ => None,
     }

@@ -11,6 +11,7 @@
 //! is how the applier knows its own write-back, whose `iterations` may
 //! outgrow `MANA_AI_MAX_FIELD_BYTES` (the whole history is kept).
 
+use crate::sync::generation::Generation;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
@@ -68,6 +69,11 @@ pub struct WriteBack {
     /// The applier's `MANA_AI_MAX_FIELD_BYTES`: a queued row over it is
     /// never what the write-back extends.
     pub max_field_bytes: usize,
+    /// The generation of `sync_changes` the row is written in.
+    pub generation: Generation,
+    /// The mission's `spaceId` (written as `space_id` in the current
+    /// generation, so the other members of a shared Space receive it).
+    pub space_id: Option<String>,
 }
 
 /// A planned iteration as the webapp expects it.
@@ -171,6 +177,7 @@ async fn iterations_over_limit(
 /// folded twice, which the fold ignores, rather than missed.
 pub async fn iterations_source(
     tx: &Transaction<'_>,
+    generation: Generation,
     user_id: &str,
     mission_id: &str,
     max_field_bytes: usize,
@@ -189,7 +196,8 @@ pub async fn iterations_source(
     if !seqs.is_empty() {
         let ids: Vec<uuid::Uuid> = seqs.keys().copied().collect();
         let changes =
-            store::writeback::changes_marked(tx, user_id, &ids, mission_id, &marker).await?;
+            store::writeback::changes_marked(tx, generation, user_id, &ids, mission_id, &marker)
+                .await?;
         let mut pending = Vec::new();
         for marked in &changes {
             if let Some(row) = foldable(tx, user_id, marked, &seqs, max_field_bytes).await? {
@@ -250,9 +258,15 @@ pub async fn commit(
 ) -> anyhow::Result<bool> {
     let tx = crate::db::begin_user(client, &write.slot.user_id).await?;
     let (user_id, mission_id) = (&write.slot.user_id, &write.slot.mission_id);
-    let source = iterations_source(&tx, user_id, mission_id, write.max_field_bytes)
-        .await
-        .context("re-reading the mission")?;
+    let source = iterations_source(
+        &tx,
+        write.generation,
+        user_id,
+        mission_id,
+        write.max_field_bytes,
+    )
+    .await
+    .context("re-reading the mission")?;
     let change_id = uuid::Uuid::new_v4();
     if !claim::complete(
         &tx,
@@ -286,7 +300,13 @@ async fn insert_row(
 ) -> Result<(), tokio_postgres::Error> {
     let now = iso_millis(write.now);
     let next = write.next_run_at.map(iso_millis);
-    let stamps = json!({"iterations": now, "updatedAt": now, "nextRunAt": now});
+    // Every field written is stamped, as strings (the sync server's reader
+    // of today's `field_meta` takes nothing else); today's records derive
+    // `updatedAt` and store none.
+    let stamps = match write.generation {
+        Generation::V06 => json!({"iterations": now, "updatedAt": now, "nextRunAt": now}),
+        Generation::Current => json!({"iterations": now, "nextRunAt": now}),
+    };
     let actor = json!({
         "kind": "ai",
         "principalId": write.author.principal_id(),
@@ -302,6 +322,8 @@ async fn insert_row(
         IterationsSource::Value(v) => Base::Value(v),
     };
     let row = WriteBackRow {
+        generation: write.generation,
+        space_id: write.space_id.as_deref(),
         change_id,
         user_id: &write.slot.user_id,
         mission_id: &write.slot.mission_id,

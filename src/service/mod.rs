@@ -84,6 +84,8 @@ impl App {
         let metrics = Metrics::new();
         let instance_id = uuid::Uuid::new_v4();
         let (pool, sync_log) = prepare_database(&config).await?;
+        let mut config = config;
+        config.generation = sync_log.generation;
         metrics
             .sync_log_info
             .with_label_values(&[sync_log.generation.as_str()])
@@ -202,11 +204,11 @@ async fn prepare_database(
 }
 
 /// The generation of `public.sync_changes`, read from the catalog and
-/// logged once; an error when this build cannot serve it.
-async fn sync_log_shape(
+/// logged once; an error naming the columns when it is of neither shape.
+pub async fn sync_log_shape(
     client: &impl tokio_postgres::GenericClient,
 ) -> anyhow::Result<crate::sync::generation::LogShape> {
-    use crate::sync::generation::{supported, LogShape};
+    use crate::sync::generation::LogShape;
     let columns = crate::store::maintenance::sync_changes_columns(client)
         .await
         .context("reading the columns of public.sync_changes")?;
@@ -217,7 +219,7 @@ async fn sync_log_shape(
     }
     let shape = LogShape::from_columns(&columns)?;
     tracing::info!(sync_log = %shape, "sync_changes generation");
-    Ok(supported(shape)?)
+    Ok(shape)
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C): how `serve` and the demo stop.

@@ -137,6 +137,7 @@ impl RunnerSetup {
             cost: runner.cost,
             fair_limits: runner.fair,
             max_field_bytes: ctx.config.reactor.max_field_bytes,
+            generation: ctx.config.generation,
             backoff: runner.retry_backoff.clone(),
             instance_id: term.id,
             prompt_observer: self.prompt_observer,

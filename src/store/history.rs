@@ -11,6 +11,7 @@ use tokio_postgres::{GenericClient, Row, Transaction};
 use crate::reactor::decode::{self, RowError};
 use crate::sync::change::{Poison, RawChange};
 use crate::sync::fold::Folded;
+use crate::sync::generation::Generation;
 
 /// Sets the RLS scope for the statements that follow in the transaction.
 pub(crate) const SET_USER: &str = "SELECT set_config('app.current_user_id', $1, true)";
@@ -18,10 +19,27 @@ pub(crate) const SET_USER: &str = "SELECT set_config('app.current_user_id', $1, 
 /// Reads change rows by id of user `$2`; run after [`SET_USER`] so RLS
 /// limits it to that user as well. `own_writeback` says whether the row is one of the service's own
 /// write-backs (recorded in `mission_runs`, which only the service writes).
-pub(crate) const READ_CHANGES: &str =
-    "SELECT c.id, c.app_id, c.table_name, c.record_id, c.op, c.data, c.field_timestamps, c.created_at,
+/// The stamps are read as `field_timestamps` whatever the generation's
+/// column ([`read_changes`]).
+macro_rules! read_changes_sql {
+    ($stamps:literal) => {
+        concat!(
+            "SELECT c.id, c.app_id, c.table_name, c.record_id, c.op, c.data, c.",
+            $stamps,
+            " AS field_timestamps, c.created_at,
             EXISTS (SELECT 1 FROM mana_ai.mission_runs r WHERE r.change_id = c.id) AS own_writeback
-     FROM public.sync_changes c WHERE c.id = ANY($1) AND c.user_id = $2";
+     FROM public.sync_changes c WHERE c.id = ANY($1) AND c.user_id = $2"
+        )
+    };
+}
+
+/// [`read_changes_sql`] of a generation.
+pub(crate) fn read_changes(generation: Generation) -> &'static str {
+    match generation {
+        Generation::V06 => read_changes_sql!("field_timestamps"),
+        Generation::Current => read_changes_sql!("field_meta"),
+    }
+}
 
 /// A record's rows in fold order when there is no queue id to go by:
 /// `created_at`, then the inserting command's number within its transaction
@@ -56,13 +74,24 @@ pub(crate) fn raw_change(row: &Row) -> Result<RawChange, RowError> {
 /// One record's history in [`REPLAY_ORDER`]. The user is named as well as
 /// set for row-level security, so a record id a user chose never reads
 /// another user's rows even where RLS is off; `$5` bounds the rows read.
-const RECORD_HISTORY: &str = "SELECT id, op, data, field_timestamps, created_at
+macro_rules! record_history_sql {
+    ($stamps:literal) => {
+        concat!(
+            "SELECT id, op, data, ",
+            $stamps,
+            " AS field_timestamps, created_at
      FROM public.sync_changes
      WHERE user_id = $4 AND app_id = $1 AND table_name = $2 AND record_id = $3
-     ORDER BY created_at, cmin::text::bigint, ctid";
+     ORDER BY created_at, cmin::text::bigint, ctid"
+        )
+    };
+}
+const RECORD_HISTORY_V06: &str = record_history_sql!("field_timestamps");
+const RECORD_HISTORY_CURRENT: &str = record_history_sql!("field_meta");
 
-// RECORD_HISTORY spells REPLAY_ORDER out (a const cannot be formatted).
-const _: () = assert!(ends_with(RECORD_HISTORY, REPLAY_ORDER));
+// The record history spells REPLAY_ORDER out (a const cannot be formatted).
+const _: () = assert!(ends_with(RECORD_HISTORY_V06, REPLAY_ORDER));
+const _: () = assert!(ends_with(RECORD_HISTORY_CURRENT, REPLAY_ORDER));
 
 const fn ends_with(s: &str, tail: &str) -> bool {
     let (s, tail) = (s.as_bytes(), tail.as_bytes());
@@ -82,6 +111,7 @@ const fn ends_with(s: &str, tail: &str) -> bool {
 /// A record of a user's app, as a mission input names it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RecordRef<'a> {
+    pub generation: Generation,
     pub user_id: &'a str,
     pub app_id: &'a str,
     pub table_name: &'a str,
@@ -108,8 +138,13 @@ pub(crate) async fn fold_record(
     max_rows: i64,
 ) -> Result<Replayed, tokio_postgres::Error> {
     let limit = max_rows.saturating_add(1);
-    let sql = format!("{RECORD_HISTORY} LIMIT $5");
+    let history = match record.generation {
+        Generation::V06 => RECORD_HISTORY_V06,
+        Generation::Current => RECORD_HISTORY_CURRENT,
+    };
+    let sql = format!("{history} LIMIT $5");
     let RecordRef {
+        generation: _,
         user_id,
         app_id,
         table_name,
@@ -162,10 +197,11 @@ fn history_row(
 /// One user's mission/agent rows in fold order, record by record, without
 /// the rows still queued or set aside (the start-up rebuild's read; its
 /// columns are [`READ_CHANGES`]'s, for [`raw_change`]).
-pub(crate) fn user_history_sql() -> String {
+pub(crate) fn user_history_sql(generation: Generation) -> String {
+    let stamps = generation.stamps_column();
     format!(
-        "SELECT c.id, c.app_id, c.table_name, c.record_id, c.op, c.data, c.field_timestamps,
-                c.created_at,
+        "SELECT c.id, c.app_id, c.table_name, c.record_id, c.op, c.data,
+                c.{stamps} AS field_timestamps, c.created_at,
                 EXISTS (SELECT 1 FROM mana_ai.mission_runs r WHERE r.change_id = c.id)
                   AS own_writeback
          FROM public.sync_changes c

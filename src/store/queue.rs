@@ -92,12 +92,13 @@ impl Prepared {
     /// the misses are prepared in one pipelined round trip.
     pub(crate) async fn get(
         client: &deadpool_postgres::ClientWrapper,
+        generation: crate::sync::generation::Generation,
     ) -> Result<Prepared, tokio_postgres::Error> {
         let sql = [
             CLAIM,
             CLAIM_IDS,
             history::SET_USER,
-            history::READ_CHANGES,
+            history::read_changes(generation),
             snapshots::LOAD_MISSIONS,
             snapshots::LOAD_AGENTS,
             snapshots::UPSERT_MISSIONS,

@@ -9,6 +9,8 @@ use serde_json::Value;
 use tokio_postgres::{GenericClient, Row};
 use uuid::Uuid;
 
+use crate::sync::generation::Generation;
+
 /// Queued `aiMissions` changes of a user: change id -> queue id (the rows'
 /// insertion order for the fold).
 pub(crate) async fn queued_mission_changes(
@@ -62,15 +64,23 @@ pub(crate) async fn snapshot_marked(
 /// marker naming the row: the columns of `store::history::READ_CHANGES`,
 /// then the length of the iterations as jsonb text (never shorter than the
 /// compact JSON the field limit counts).
-const CHANGES_MARKED: &str = "SELECT c.id, c.app_id, c.table_name, c.record_id, c.op,
+macro_rules! changes_marked_sql {
+    ($stamps:literal) => {
+        concat!(
+            "SELECT c.id, c.app_id, c.table_name, c.record_id, c.op,
         CASE WHEN jsonb_typeof(c.data) = 'object' AND c.data ? 'iterations'
              THEN jsonb_set(c.data, '{iterations}', jsonb_build_object('mana-ai-source', $3::text, 'from', c.id::text))
              ELSE c.data END AS data,
-        c.field_timestamps, c.created_at,
+        c.",
+            $stamps,
+            " AS field_timestamps, c.created_at,
         EXISTS (SELECT 1 FROM mana_ai.mission_runs r WHERE r.change_id = c.id) AS own_writeback,
         CASE WHEN jsonb_typeof(c.data) = 'object' THEN octet_length((c.data->'iterations')::text) END
           AS iterations_len
-     FROM public.sync_changes c WHERE c.id = ANY($1) AND c.record_id = $2 AND c.user_id = $4";
+     FROM public.sync_changes c WHERE c.id = ANY($1) AND c.record_id = $2 AND c.user_id = $4"
+        )
+    };
+}
 
 /// A queued change row with its `iterations` marked.
 pub(crate) struct MarkedChange {
@@ -84,6 +94,7 @@ pub(crate) struct MarkedChange {
 
 pub(crate) async fn changes_marked(
     client: &impl GenericClient,
+    generation: Generation,
     user_id: &str,
     change_ids: &[Uuid],
     mission_id: &str,
@@ -91,7 +102,10 @@ pub(crate) async fn changes_marked(
 ) -> Result<Vec<MarkedChange>, tokio_postgres::Error> {
     let rows = client
         .query(
-            CHANGES_MARKED,
+            match generation {
+                Generation::V06 => changes_marked_sql!("field_timestamps"),
+                Generation::Current => changes_marked_sql!("field_meta"),
+            },
             &[&change_ids, &mission_id, &marker, &user_id],
         )
         .await?;
@@ -129,21 +143,47 @@ pub(crate) async fn change_iterations(
 /// The write-back row: `data.iterations` is the current iterations with the
 /// new one appended, built by the database (an iteration already there by id
 /// is not added twice); a non-array current value starts a new list.
-const INSERT_WRITEBACK: &str = "INSERT INTO public.sync_changes
-       (id, app_id, table_name, record_id, user_id, op, data, field_timestamps, client_id, schema_version, actor)
+/// `$13` is the write-back's `updatedAt` (v0.6) or its Space id (current):
+/// the current generation stores no `updatedAt`, stamps in `field_meta`,
+/// and says `origin = 'agent'`.
+macro_rules! insert_writeback_sql {
+    ($columns:literal, $updated_at:literal, $extra:literal) => {
+        concat!(
+            "INSERT INTO public.sync_changes
+       (id, app_id, table_name, record_id, user_id, op, data, ",
+            $columns,
+            ")
      SELECT $1, 'ai', 'aiMissions', $2, $3, 'update',
             jsonb_build_object(
               'iterations',
               CASE WHEN coalesce(jsonb_typeof(src.it), '') <> 'array' THEN jsonb_build_array($4::jsonb)
                    WHEN src.it @> jsonb_build_array(jsonb_build_object('id', $5::text)) THEN src.it
                    ELSE src.it || jsonb_build_array($4::jsonb) END,
-              'updatedAt', $6::text, 'nextRunAt', $7::text),
-            $8, $9, 1, $10
-     FROM (SELECT CASE $11::text
+              ",
+            $updated_at,
+            "'nextRunAt', $6::text),
+            $7, $8, 1, $9",
+            $extra,
+            "
+     FROM (SELECT CASE $10::text
              WHEN 'snapshot' THEN (SELECT record->'iterations' FROM mana_ai.mission_snapshots
                                    WHERE user_id = $3 AND mission_id = $2)
-             WHEN 'change' THEN (SELECT data->'iterations' FROM public.sync_changes WHERE id = $12)
-             ELSE $13::jsonb END AS it) src";
+             WHEN 'change' THEN (SELECT data->'iterations' FROM public.sync_changes
+                                 WHERE id = $11 AND user_id = $3)
+             ELSE $12::jsonb END AS it) src"
+        )
+    };
+}
+const INSERT_WRITEBACK_V06: &str = insert_writeback_sql!(
+    "field_timestamps, client_id, schema_version, actor",
+    "'updatedAt', $13::text, ",
+    ""
+);
+const INSERT_WRITEBACK_CURRENT: &str = insert_writeback_sql!(
+    "field_meta, client_id, schema_version, actor, origin, space_id",
+    "",
+    ", 'agent', $13::text"
+);
 
 /// Where the appended-to `iterations` come from (see `INSERT_WRITEBACK`).
 pub(crate) enum Base<'a> {
@@ -155,12 +195,15 @@ pub(crate) enum Base<'a> {
 
 /// The write-back row to insert.
 pub(crate) struct WriteBackRow<'a> {
+    pub generation: Generation,
     pub change_id: Uuid,
     pub user_id: &'a str,
     pub mission_id: &'a str,
     pub iteration: &'a Value,
     pub iteration_id: &'a str,
     pub updated_at: &'a str,
+    /// The mission's Space (the current generation's `space_id`).
+    pub space_id: Option<&'a str>,
     pub next_run_at: Option<&'a str>,
     pub field_timestamps: &'a Value,
     pub client_id: &'a str,
@@ -178,16 +221,19 @@ pub(crate) async fn insert_writeback(
         Base::Change(id) => ("change", Some(id), None),
         Base::Value(v) => ("value", None, Some(v)),
     };
+    let (sql, last): (&str, &(dyn tokio_postgres::types::ToSql + Sync)) = match w.generation {
+        Generation::V06 => (INSERT_WRITEBACK_V06, &w.updated_at),
+        Generation::Current => (INSERT_WRITEBACK_CURRENT, &w.space_id),
+    };
     client
         .execute(
-            INSERT_WRITEBACK,
+            sql,
             &[
                 &w.change_id,
                 &w.mission_id,
                 &w.user_id,
                 w.iteration,
                 &w.iteration_id,
-                &w.updated_at,
                 &w.next_run_at,
                 w.field_timestamps,
                 &w.client_id,
@@ -195,6 +241,7 @@ pub(crate) async fn insert_writeback(
                 &kind,
                 &from_change,
                 &value,
+                last,
             ],
         )
         .await?;

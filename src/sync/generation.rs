@@ -5,21 +5,30 @@
 //! - **current**: per-field stamps in `field_meta` (the same flat map of ISO
 //!   strings), with `origin` and `space_id` beside them.
 //!
-//! Both are in use. This build folds and writes the v0.6 generation; a
-//! database of the current one is refused at start with a message that
-//! says so, rather than failing on a missing column again and again. A
-//! table of neither shape is refused naming the columns it has.
+//! Both are in use, and mana-ai serves both: it reads the stamps from
+//! whichever column the table has and writes its write-back in the table's
+//! own shape (`store::writeback`). A table of neither shape is refused at
+//! start naming the columns it has.
 
 use std::fmt;
 
 /// The stamp column's generation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Generation {
+    #[default]
     V06,
     Current,
 }
 
 impl Generation {
+    /// The column of per-field stamps.
+    pub fn stamps_column(self) -> &'static str {
+        match self {
+            Generation::V06 => "field_timestamps",
+            Generation::Current => "field_meta",
+        }
+    }
+
     /// The label of `mana_ai_sync_log_info` and `/health`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -88,25 +97,6 @@ pub struct ShapeError {
     pub both: bool,
 }
 
-/// This build cannot serve the database's generation.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "public.sync_changes is of the current mana generation, {shape}; this build of mana-ai \
-     folds and writes the v0.6 generation (field_timestamps) only, and would fail on every \
-     read and write-back. Run it beside a v0.6 database, or a build that serves both"
-)]
-pub struct Unsupported {
-    pub shape: LogShape,
-}
-
-/// The shape, if this build can serve it.
-pub fn supported(shape: LogShape) -> Result<LogShape, Unsupported> {
-    match shape.generation {
-        Generation::V06 => Ok(shape),
-        Generation::Current => Err(Unsupported { shape }),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,13 +136,9 @@ mod tests {
     }
 
     #[test]
-    fn only_the_v06_generation_is_served_by_this_build() {
-        assert!(supported(LogShape::from_columns(V06).unwrap()).is_ok());
-        let refused = supported(LogShape::from_columns(CURRENT).unwrap()).unwrap_err();
-        let text = refused.to_string();
-        assert!(
-            text.contains("current mana generation, current (field_meta, origin, space_id)"),
-            "{text}"
-        );
+    fn each_generation_names_its_stamp_column() {
+        assert_eq!(Generation::V06.stamps_column(), "field_timestamps");
+        assert_eq!(Generation::Current.stamps_column(), "field_meta");
+        assert_eq!(Generation::default(), Generation::V06);
     }
 }

@@ -15,10 +15,39 @@ use mana_ai::metrics::Metrics;
 use mana_ai::reactor::{self, Reactor};
 use mana_ai::schedule::clock::DbClock;
 use mana_ai::schedule::wheel::DueMission;
+use mana_ai::sync::generation::Generation;
 use pgtemp::{PgServer, TempDb, SERVICE_ROLE, SYNC_ROLE};
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+/// [`setup`], with `sync_changes` of today's generation
+/// (fixtures/mana_sync_current.sql: `field_meta`, `origin`, `space_id`, the
+/// Space read policy) in place of v0.6's, and the kit installed on it.
+pub async fn setup_current() -> TestDb {
+    let mut t = setup().await;
+    let admin = t.admin().await;
+    admin
+        .batch_execute("DROP TABLE public.sync_changes CASCADE")
+        .await
+        .unwrap();
+    admin
+        .batch_execute(include_str!("../../fixtures/mana_sync_current.sql"))
+        .await
+        .unwrap();
+    admin
+        .batch_execute(&format!(
+            "GRANT SELECT, INSERT ON public.sync_changes TO {}",
+            pgtemp::SYNC_ROLE
+        ))
+        .await
+        .unwrap();
+    mana_ai::triggers::install(&admin, SERVICE_ROLE)
+        .await
+        .expect("install.sql on today's generation");
+    t.generation = Generation::Current;
+    t
+}
 
 pub fn server() -> &'static PgServer {
     static SERVER: OnceLock<PgServer> = OnceLock::new();
@@ -30,6 +59,8 @@ pub fn server() -> &'static PgServer {
 pub struct TestDb {
     pub db: TempDb,
     pub pool: Pool,
+    /// The generation of its `sync_changes` ([`setup_current`] makes it today's).
+    pub generation: Generation,
 }
 
 pub async fn setup() -> TestDb {
@@ -58,7 +89,11 @@ pub async fn setup_on(server: &PgServer) -> TestDb {
         .await
         .expect("migrations");
     drop(client);
-    TestDb { db, pool }
+    TestDb {
+        db,
+        pool,
+        generation: Generation::V06,
+    }
 }
 
 impl TestDb {
@@ -74,7 +109,9 @@ impl TestDb {
         for (k, v) in overrides {
             env.insert(k.to_string(), v.to_string());
         }
-        Config::from_lookup(|k| env.get(k).cloned()).expect("test config")
+        let mut config = Config::from_lookup(|k| env.get(k).cloned()).expect("test config");
+        config.generation = self.generation;
+        config
     }
 
     pub async fn start(&self, overrides: &[(&str, &str)]) -> Running {
@@ -277,11 +314,20 @@ impl TestDb {
     pub async fn folded_mission(&self, user: &str, id: &str) -> serde_json::Map<String, Value> {
         let mut client = self.sync_client().await;
         let tx = mana_ai::db::begin_user(&mut client, user).await.unwrap();
-        mana_ai::reactor::fold_record(&tx, user, "ai", "aiMissions", id)
+        mana_ai::reactor::fold_record(&tx, self.generation, user, "ai", "aiMissions", id)
             .await
             .unwrap()
             .expect("mission rows")
             .record
+    }
+
+    /// How many write-back rows mana-ai wrote for a mission (any generation).
+    pub async fn writebacks_current(&self, user: &str, id: &str) -> i64 {
+        let sql = format!(
+            "SELECT count(*) FROM sync_changes WHERE user_id = '{user}' AND record_id = '{id}'
+             AND client_id = 'mana-ai-runner'"
+        );
+        self.count_as_admin(&sql).await
     }
 
     /// The write-back rows mana-ai wrote for a mission, oldest first.
