@@ -84,6 +84,7 @@ impl Wheel {
                 max_field_bytes: 1024 * 1024,
                 analyze_after_rows: mana_ai::reactor::analyze::ANALYZE_AFTER_ROWS,
                 sweep_interval: Duration::from_secs(30),
+                generation: Default::default(),
             },
         })
     }
