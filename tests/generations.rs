@@ -16,8 +16,6 @@ use pgtemp::SERVICE_ROLE;
 use serde_json::{json, Value};
 use testkit::fake_llm::FakeLlm;
 
-const CURRENT: &str = include_str!("../fixtures/mana_sync_current.sql");
-
 async fn get(port: u16, path: &str) -> String {
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
     let url = format!("http://127.0.0.1:{port}{path}");
@@ -75,19 +73,7 @@ async fn the_kit_installs_on_todays_generation_and_names_it() {
     let db = pgtemp::TempDb::create(common::server(), "mana_ai_t")
         .await
         .unwrap();
-    let admin = db.admin().await.unwrap();
-    admin
-        .batch_execute("DROP TABLE public.sync_changes CASCADE")
-        .await
-        .unwrap();
-    admin.batch_execute(CURRENT).await.unwrap();
-    admin
-        .batch_execute(&format!(
-            "GRANT SELECT, INSERT ON public.sync_changes TO {}",
-            pgtemp::SYNC_ROLE
-        ))
-        .await
-        .unwrap();
+    db.use_current_generation().await.unwrap();
     let (ok, err) = common::psql(&db, "install.sql", Some(SERVICE_ROLE));
     assert!(ok, "{err}");
     assert!(

@@ -26,22 +26,8 @@ use tokio_util::sync::CancellationToken;
 /// Space read policy) in place of v0.6's, and the kit installed on it.
 pub async fn setup_current() -> TestDb {
     let mut t = setup().await;
+    t.db.use_current_generation().await.unwrap();
     let admin = t.admin().await;
-    admin
-        .batch_execute("DROP TABLE public.sync_changes CASCADE")
-        .await
-        .unwrap();
-    admin
-        .batch_execute(include_str!("../../fixtures/mana_sync_current.sql"))
-        .await
-        .unwrap();
-    admin
-        .batch_execute(&format!(
-            "GRANT SELECT, INSERT ON public.sync_changes TO {}",
-            pgtemp::SYNC_ROLE
-        ))
-        .await
-        .unwrap();
     mana_ai::triggers::install(&admin, SERVICE_ROLE)
         .await
         .expect("install.sql on today's generation");

@@ -28,6 +28,18 @@ struct Cli {
     /// Keep serving HTTP (PORT) after the run, until Ctrl-C.
     #[arg(long)]
     keep_running: bool,
+    /// Which generation of mana's sync_changes to make: `current` (today's:
+    /// field_meta, origin, space_id) or `v0.6` (field_timestamps).
+    #[arg(long, value_enum, default_value_t = Generation::Current)]
+    generation: Generation,
+}
+
+/// The demo database's `sync_changes`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Generation {
+    Current,
+    #[value(name = "v0.6")]
+    V06,
 }
 
 fn say(line: impl AsRef<str>) {
@@ -45,7 +57,13 @@ async fn main() -> std::process::ExitCode {
         }
     };
     let cli = Cli::parse();
-    match show::run(cli.keep_running, mana_ai::service::shutdown_signal()).await {
+    match show::run(
+        cli.keep_running,
+        cli.generation,
+        mana_ai::service::shutdown_signal(),
+    )
+    .await
+    {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("mana-ai-demo: {e:#}");

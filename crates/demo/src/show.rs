@@ -25,6 +25,7 @@ type PromptReceiver = mpsc::UnboundedReceiver<mana_ai::run::PromptSummary>;
 /// service stopped, the database dropped, exit 0.
 pub async fn run(
     keep_running: bool,
+    generation: crate::Generation,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     if std::env::var_os("SYNC_DATABASE_URL").is_some() {
@@ -52,8 +53,15 @@ pub async fn run(
         None => say("1. Postgres: using the server from DATABASE_URL, the libpq environment or 127.0.0.1:5432"),
     }
     let db = TempDb::create(&server, "mana_ai_demo").await?;
+    let shape = match generation {
+        crate::Generation::Current => {
+            db.use_current_generation().await?;
+            "today's generation: field_meta, origin, space_id"
+        }
+        crate::Generation::V06 => "mana v0.6's generation: field_timestamps",
+    };
     say(format!(
-        "   database {} with sync_changes (row-level security forced); dropped on exit",
+        "   database {} with sync_changes of {shape} (row-level security forced); dropped on exit",
         db.name
     ));
     let outcome = show(&db, keep_running, &stop).await;

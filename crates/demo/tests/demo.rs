@@ -2,9 +2,20 @@
 
 use std::process::Command;
 
+/// On either generation of sync_changes (today's by default).
 #[test]
 fn the_demo_runs_offline_to_completion() {
+    for (args, shape) in [
+        (&[][..], "of today's generation: field_meta"),
+        (&["--generation", "v0.6"][..], "of mana v0.6's generation"),
+    ] {
+        demo_runs_offline(args, shape);
+    }
+}
+
+fn demo_runs_offline(args: &[&str], shape: &str) {
     let out = Command::new(env!("CARGO_BIN_EXE_mana-ai-demo"))
+        .args(args)
         .env_remove("SYNC_DATABASE_URL")
         .env_remove("MANA_LLM_URL")
         .env_remove("MANA_API_URL")
@@ -15,6 +26,7 @@ fn the_demo_runs_offline_to_completion() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "demo failed:\n{stdout}\n{stderr}");
     for expected in [
+        shape,
         "Planner: OFFLINE",
         "5. Snapshot: state active",
         "timer armed",

@@ -31,6 +31,8 @@ pub use password::role_password;
 
 /// The mana_sync side of the contract (section 1), for databases we create.
 pub const SYNC_FIXTURE: &str = include_str!("../../../fixtures/mana_sync.sql");
+/// Today's generation of `sync_changes` (`field_meta`, `origin`, `space_id`).
+pub const SYNC_FIXTURE_CURRENT: &str = include_str!("../../../fixtures/mana_sync_current.sql");
 
 /// A Postgres server we may create databases and roles on.
 #[derive(Debug, Clone)]
@@ -216,6 +218,25 @@ impl TempDb {
             ))
             .await?;
         Ok(db)
+    }
+
+    /// Replaces `sync_changes` with today's generation of it (anything
+    /// installed on the old table, the trigger kit included, goes with it).
+    pub async fn use_current_generation(&self) -> anyhow::Result<()> {
+        let client = self.admin().await?;
+        client
+            .batch_execute("DROP TABLE public.sync_changes CASCADE")
+            .await?;
+        client
+            .batch_execute(SYNC_FIXTURE_CURRENT)
+            .await
+            .context("creating today's sync_changes")?;
+        client
+            .batch_execute(&format!(
+                "GRANT SELECT, INSERT ON public.sync_changes TO {SYNC_ROLE}"
+            ))
+            .await?;
+        Ok(())
     }
 
     /// Connection string as the superuser.
