@@ -45,6 +45,7 @@ struct Run {
     outcome: Option<String>,
     change_id: Option<uuid::Uuid>,
     iteration_id: Option<String>,
+    claimed_at: DateTime<Utc>,
 }
 
 /// Everything the checks read, by (user, mission).
@@ -89,12 +90,21 @@ pub async fn check_slots(admin: &Client, stopped: DateTime<Utc>) -> anyhow::Resu
             out.details.push(format!("{key:?}: an iteration id twice"));
         }
     }
-    out.left_running = data
-        .runs
-        .values()
-        .flatten()
-        .filter(|r| r.state == "running")
-        .count() as u64;
+    for (key, runs) in &data.runs {
+        for run in runs.iter().filter(|r| r.state == "running") {
+            out.left_running += 1;
+            let deleted = data
+                .deletes
+                .get(key)
+                .map(|d| format!("mission deleted {d}"));
+            out.details.push(format!(
+                "{key:?} slot {}: left running ({}), claimed {}",
+                run.slot,
+                deleted.as_deref().unwrap_or("mission not deleted"),
+                run.claimed_at
+            ));
+        }
+    }
     Ok(out)
 }
 
@@ -243,7 +253,7 @@ async fn load(admin: &Client) -> anyhow::Result<Data> {
 async fn load_runs(admin: &Client, data: &mut Data) -> anyhow::Result<()> {
     for r in admin
         .query(
-            "SELECT user_id, mission_id, slot, state, outcome, change_id, iteration_id
+            "SELECT user_id, mission_id, slot, state, outcome, change_id, iteration_id, claimed_at
              FROM mana_ai.mission_runs",
             &[],
         )
@@ -260,6 +270,7 @@ async fn load_runs(admin: &Client, data: &mut Data) -> anyhow::Result<()> {
             outcome: r.try_get(4).context("mission_runs.outcome")?,
             change_id: r.try_get(5).context("mission_runs.change_id")?,
             iteration_id: r.try_get(6).context("mission_runs.iteration_id")?,
+            claimed_at: r.try_get(7).context("mission_runs.claimed_at")?,
         });
     }
     for r in admin
