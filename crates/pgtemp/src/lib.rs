@@ -87,13 +87,20 @@ impl PgServer {
     /// Restarts a cluster this process started (`pg_ctl restart -m fast`,
     /// same options): every connection to it is cut.
     pub fn restart(&self) -> anyhow::Result<()> {
+        self.restart_mode("fast")
+    }
+
+    /// [`PgServer::restart`] with a shutdown mode of `pg_ctl`: `smart`,
+    /// `fast`, or `immediate` (no checkpoint: the server recovers from its
+    /// WAL on start, as after a crash).
+    pub fn restart_mode(&self, mode: &str) -> anyhow::Result<()> {
         let dir = self
             .cluster_dir
             .as_ref()
             .context("only a cluster this process started can be restarted")?;
         let bin = find_pg_bin().context("pg_ctl not found")?;
         let out = command_as(cluster_user().as_deref(), &bin.join("pg_ctl"))
-            .args(["-w", "-m", "fast", "-l"])
+            .args(["-w", "-m", mode, "-l"])
             .arg(dir.join("log"))
             .arg("-D")
             .arg(dir.join("data"))
