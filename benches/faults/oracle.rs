@@ -107,9 +107,11 @@ async fn snapshot(admin: &Client, rec: &LogRecord) -> anyhow::Result<Option<(Val
 
 async fn check_record(admin: &Client, rec: &LogRecord, out: &mut Changes) -> anyhow::Result<()> {
     let name = format!("{} {}/{}", rec.table, rec.user, rec.record);
-    let folded = mana_ai::reactor::fold_record(admin, &rec.user, "ai", &rec.table, &rec.record)
-        .await
-        .with_context(|| format!("replaying {name}"))?;
+    let v06 = mana_ai::sync::generation::Generation::V06;
+    let folded =
+        mana_ai::reactor::fold_record(admin, v06, &rec.user, "ai", &rec.table, &rec.record)
+            .await
+            .with_context(|| format!("replaying {name}"))?;
     let Some(folded) = folded else {
         out.details
             .push(format!("{name}: {} rows but no replay", rec.rows));
