@@ -194,6 +194,17 @@ pub async fn recent(
     runs::recent_runs(client, user_id, per_mission).await
 }
 
+/// Gives back every slot an earlier term left `running` when this term
+/// starts to lead. A due mission would take such a claim over anyway; one
+/// that is no longer due (deleted, paused, moved) would otherwise keep it
+/// `running` for ever, out of retention's reach.
+pub async fn release_other_terms(
+    client: &impl GenericClient,
+    term: Uuid,
+) -> Result<u64, tokio_postgres::Error> {
+    runs::release_other_terms(client, term).await
+}
+
 /// Gives back every slot this instance still has `running` (shutdown past
 /// its grace): the next leader may run them at once. A run of ours that is
 /// still going cannot write afterwards: completing requires `running`.

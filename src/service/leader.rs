@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use anyhow::Context;
+
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -27,6 +29,23 @@ pub struct Leadership {
     abandon: CancellationToken,
 }
 
+/// Gives back the slots earlier terms left `running` (see
+/// `run::claim::release_other_terms`), before this term claims any.
+async fn release_other_terms(ctx: &ServiceContext, term_id: uuid::Uuid) -> anyhow::Result<()> {
+    let client = ctx
+        .pool
+        .get()
+        .await
+        .context("connecting to release earlier terms' claims")?;
+    let released = crate::run::claim::release_other_terms(&**client, term_id)
+        .await
+        .context("releasing earlier terms' claims")?;
+    if released > 0 {
+        tracing::info!(released, "gave back the slots earlier terms left running");
+    }
+    Ok(())
+}
+
 impl Leadership {
     /// Starts the reactor and the runner on the context's pool. `term_id`
     /// marks this term's slot claims; it must be fresh for every term, so a
@@ -42,6 +61,7 @@ impl Leadership {
             CancellationToken::new(),
             CancellationToken::new(),
         );
+        release_other_terms(ctx, term_id).await?;
         let clock = Arc::new(DbClock::new());
         let (due_tx, due_rx) = mpsc::unbounded_channel();
         let reactor = reactor::start(

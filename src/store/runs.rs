@@ -227,6 +227,23 @@ pub(crate) async fn release_instance(
         .await
 }
 
+/// Gives back every slot another term left `running` (a leader that was
+/// SIGKILLed or lost its session): once this term leads, their claims are
+/// stale, and completing requires `running`, so a late write-back of theirs
+/// is fenced.
+pub(crate) async fn release_other_terms(
+    client: &impl GenericClient,
+    term: Uuid,
+) -> Result<u64, tokio_postgres::Error> {
+    client
+        .execute(
+            "UPDATE mana_ai.mission_runs SET state = 'retry', retry_at = now(), outcome = 'abandoned'
+             WHERE state = 'running' AND claimed_by <> $1",
+            &[&term],
+        )
+        .await
+}
+
 /// Why a done slot's write-back was set aside, if it was.
 pub(crate) async fn set_aside_reason(
     client: &impl GenericClient,
