@@ -91,6 +91,10 @@ async fn the_kit_installs_on_todays_generation_and_names_it() {
 /// Writes a mission change as today's sync server does: stamps in
 /// `field_meta`, `origin = 'user'`, the record's Space.
 async fn write_current(t: &TestDb, user: &str, mission: &str, data: Value) {
+    write_current_op(t, user, mission, "insert", data).await;
+}
+
+async fn write_current_op(t: &TestDb, user: &str, mission: &str, op: &str, data: Value) {
     let mut client = t.sync_client().await;
     let tx = mana_ai::db::begin_user(&mut client, user).await.unwrap();
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
@@ -102,8 +106,8 @@ async fn write_current(t: &TestDb, user: &str, mission: &str, data: Value) {
         .collect();
     tx.execute(
         "INSERT INTO sync_changes (app_id, table_name, record_id, user_id, op, data, field_meta, client_id, origin, space_id)
-         VALUES ('ai', 'aiMissions', $1, $2, 'insert', $3, $4, 'browser', 'user', 'space-1')",
-        &[&mission, &user, &data, &Value::Object(stamps)],
+         VALUES ('ai', 'aiMissions', $1, $2, $5, $3, $4, 'browser', 'user', 'space-1')",
+        &[&mission, &user, &data, &Value::Object(stamps), &op],
     )
     .await
     .unwrap();
@@ -190,5 +194,45 @@ async fn a_mission_with_encrypted_text_is_not_planned_and_says_why() {
         "{text}"
     );
     assert!(!text.contains(secret));
+    lead.stop().await;
+}
+
+/// Today's webapp runs planned steps at once and marks them: a device's
+/// status update that lands while a run waits for the model is kept, and
+/// the write-back never turns that step back into `planned`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_status_update_during_the_run_survives_the_write_back() {
+    let t = setup_current().await;
+    let slow = FakeLlm::answer(&plan_answer()).delay(std::time::Duration::from_millis(800));
+    let llm = FakeLlm::start(vec![slow]).await.unwrap();
+    let lead = t.lead(&[("MANA_LLM_URL", &llm.url())]).await;
+    let step = |status: &str| {
+        json!({"id": "it-0", "source": "server", "overallStatus": "planned",
+               "plan": [{"summary": "Aufgabe", "status": status,
+                         "intent": {"kind": "toolCall", "toolName": "create_task", "params": {}}}]})
+    };
+    let seeded = mission_data(json!({"spaceId": "space-1", "iterations": [step("planned")]}));
+    write_current(&t, "tess", "m1", seeded).await;
+    eventually("the run asks the model", || async {
+        llm.requests().len() == 1
+    })
+    .await;
+    // The device ran the step and says so, while the run waits.
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let update = json!({"iterations": [step("approved")]});
+    write_current_op(&t, "tess", "m1", "update", update).await;
+    eventually("the write-back is folded", || async {
+        t.mission("tess", "m1")
+            .await
+            .is_some_and(|(r, _, _)| r["iterations"].as_array().is_some_and(|i| i.len() == 2))
+    })
+    .await;
+    let (record, _, _) = t.mission("tess", "m1").await.unwrap();
+    assert_eq!(
+        record["iterations"][0]["plan"][0]["status"],
+        json!("approved"),
+        "{record}"
+    );
+    lead.settled().await;
     lead.stop().await;
 }
