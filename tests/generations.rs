@@ -10,6 +10,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::logs::{capture_logs, captured_logs};
 use common::serve::Serve;
 use common::{eventually, mission_data, plan_answer, setup, setup_current, TestDb};
 use pgtemp::SERVICE_ROLE;
@@ -26,6 +27,7 @@ async fn get(port: u16, path: &str) -> String {
 /// warning at start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_v06_database_is_served_and_its_generation_shown() {
+    capture_logs();
     let t = setup().await;
     let mut serve = Serve::start(&t.db.url_as(SERVICE_ROLE), &[("TICK_INTERVAL_MS", "60000")]);
     serve.answers_within(Duration::from_secs(30)).await;
@@ -49,6 +51,7 @@ async fn a_v06_database_is_served_and_its_generation_shown() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_table_of_neither_shape_is_refused_naming_its_columns() {
+    capture_logs();
     let t = setup().await;
     t.admin()
         .await
@@ -70,6 +73,7 @@ async fn a_table_of_neither_shape_is_refused_naming_its_columns() {
 /// which one it found.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_kit_installs_on_todays_generation_and_names_it() {
+    capture_logs();
     let db = pgtemp::TempDb::create(common::server(), "mana_ai_t")
         .await
         .unwrap();
@@ -116,6 +120,7 @@ async fn write_current_op(t: &TestDb, user: &str, mission: &str, op: &str, data:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mission_in_todays_generation_is_planned_and_written_back_in_its_shape() {
+    capture_logs();
     let t = setup_current().await;
     let llm = FakeLlm::start(vec![FakeLlm::answer(&plan_answer())])
         .await
@@ -170,6 +175,7 @@ async fn a_mission_in_todays_generation_is_planned_and_written_back_in_its_shape
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mission_with_encrypted_text_is_not_planned_and_says_why() {
+    capture_logs();
     let t = setup_current().await;
     let llm = FakeLlm::start(vec![FakeLlm::answer(&plan_answer())])
         .await
@@ -193,7 +199,13 @@ async fn a_mission_with_encrypted_text_is_not_planned_and_says_why() {
         text.contains(r#"mana_ai_missions_stalled_total{reason="encrypted-text"} 1"#),
         "{text}"
     );
-    assert!(!text.contains(secret));
+    assert!(!text.contains(secret), "a metric carries the ciphertext");
+    let logs = captured_logs();
+    assert!(logs.contains("encrypted-text"), "{logs}");
+    assert!(
+        !logs.contains(secret),
+        "a log line or span carries the ciphertext"
+    );
     lead.stop().await;
 }
 
@@ -202,6 +214,7 @@ async fn a_mission_with_encrypted_text_is_not_planned_and_says_why() {
 /// the write-back never turns that step back into `planned`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_status_update_during_the_run_survives_the_write_back() {
+    capture_logs();
     let t = setup_current().await;
     let slow = FakeLlm::answer(&plan_answer()).delay(std::time::Duration::from_millis(800));
     let llm = FakeLlm::start(vec![slow]).await.unwrap();
