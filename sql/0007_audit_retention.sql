@@ -7,16 +7,21 @@
 -- is unset or empty and both policies are false.
 CREATE INDEX decrypt_audit_ts ON mana_ai.decrypt_audit (ts);
 
+-- Whether a row of that age may be pruned now: false unless the setting is
+-- there (an unset setting must not fall back to the 30-day floor). One
+-- expression without FROM, so the planner inlines it into the policies.
+CREATE FUNCTION mana_ai.audit_prunable(ts timestamptz) RETURNS boolean
+    LANGUAGE sql STABLE
+AS $$
+    SELECT coalesce(
+        nullif(pg_catalog.current_setting('mana_ai.audit_prune_days', true), '') IS NOT NULL
+        AND ts < pg_catalog.now() - pg_catalog.make_interval(days => greatest(30,
+                 nullif(pg_catalog.current_setting('mana_ai.audit_prune_days', true), '')::int4)),
+        false)
+$$;
+
 CREATE POLICY decrypt_audit_prune_read ON mana_ai.decrypt_audit FOR SELECT
-    USING (coalesce(
-        nullif(current_setting('mana_ai.audit_prune_days', true), '') IS NOT NULL
-        AND ts < now() - make_interval(days => greatest(30,
-                 nullif(current_setting('mana_ai.audit_prune_days', true), '')::int4)),
-        false));
+    USING (mana_ai.audit_prunable(ts));
 
 CREATE POLICY decrypt_audit_prune ON mana_ai.decrypt_audit FOR DELETE
-    USING (coalesce(
-        nullif(current_setting('mana_ai.audit_prune_days', true), '') IS NOT NULL
-        AND ts < now() - make_interval(days => greatest(30,
-                 nullif(current_setting('mana_ai.audit_prune_days', true), '')::int4)),
-        false));
+    USING (mana_ai.audit_prunable(ts));

@@ -82,7 +82,8 @@ macro_rules! record_history_sql {
             " AS field_timestamps, created_at
      FROM public.sync_changes
      WHERE user_id = $4 AND app_id = $1 AND table_name = $2 AND record_id = $3
-     ORDER BY created_at, cmin::text::bigint, ctid"
+     ORDER BY created_at, cmin::text::bigint, ctid
+     LIMIT $5"
         )
     };
 }
@@ -90,22 +91,23 @@ const RECORD_HISTORY_V06: &str = record_history_sql!("field_timestamps");
 const RECORD_HISTORY_CURRENT: &str = record_history_sql!("field_meta");
 
 // The record history spells REPLAY_ORDER out (a const cannot be formatted).
-const _: () = assert!(ends_with(RECORD_HISTORY_V06, REPLAY_ORDER));
-const _: () = assert!(ends_with(RECORD_HISTORY_CURRENT, REPLAY_ORDER));
+const _: () = assert!(contains(RECORD_HISTORY_V06, REPLAY_ORDER));
+const _: () = assert!(contains(RECORD_HISTORY_CURRENT, REPLAY_ORDER));
 
-const fn ends_with(s: &str, tail: &str) -> bool {
-    let (s, tail) = (s.as_bytes(), tail.as_bytes());
-    if tail.len() > s.len() {
-        return false;
-    }
-    let mut i = 0;
-    while i < tail.len() {
-        if s[s.len() - tail.len() + i] != tail[i] {
-            return false;
+const fn contains(s: &str, part: &str) -> bool {
+    let (s, part) = (s.as_bytes(), part.as_bytes());
+    let mut start = 0;
+    while start + part.len() <= s.len() {
+        let mut i = 0;
+        while i < part.len() && s[start + i] == part[i] {
+            i += 1;
         }
-        i += 1;
+        if i == part.len() {
+            return true;
+        }
+        start += 1;
     }
-    true
+    false
 }
 
 /// A record of a user's app, as a mission input names it.
@@ -142,7 +144,6 @@ pub(crate) async fn fold_record(
         Generation::V06 => RECORD_HISTORY_V06,
         Generation::Current => RECORD_HISTORY_CURRENT,
     };
-    let sql = format!("{history} LIMIT $5");
     let RecordRef {
         generation: _,
         user_id,
@@ -151,7 +152,10 @@ pub(crate) async fn fold_record(
         record_id,
     } = *record;
     let rows = client
-        .query(&sql, &[&app_id, &table_name, &record_id, &user_id, &limit])
+        .query(
+            history,
+            &[&app_id, &table_name, &record_id, &user_id, &limit],
+        )
         .await?;
     if rows.len() as i64 > max_rows {
         return Ok(Replayed::TooLong);
