@@ -25,6 +25,18 @@ fn costly(content: &str) -> FakeReply {
     FakeReply::json(200, &FakeLlm::completion(content, Some((900, 100))))
 }
 
+/// A leader whose every answer costs 1,000 tokens, with a user budget of 500.
+async fn lead_with_user_budget(t: &TestDb) -> (FakeLlm, common::Leading) {
+    let llm = FakeLlm::start(vec![costly(&plan_answer())]).await.unwrap();
+    let lead = t
+        .lead(&[
+            ("MANA_LLM_URL", &llm.url()),
+            ("MANA_AI_USER_TOKENS_PER_DAY", "500"),
+        ])
+        .await;
+    (llm, lead)
+}
+
 async fn outcome(t: &TestDb, mission: &str) -> Option<String> {
     let c = t.pool.get().await.unwrap();
     c.query_opt(
@@ -69,13 +81,7 @@ async fn an_interval_below_the_floor_runs_once_then_at_the_floor() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mission_without_an_agent_stops_at_the_users_daily_budget() {
     let t = setup().await;
-    let llm = FakeLlm::start(vec![costly(&plan_answer())]).await.unwrap();
-    let lead = t
-        .lead(&[
-            ("MANA_LLM_URL", &llm.url()),
-            ("MANA_AI_USER_TOKENS_PER_DAY", "500"),
-        ])
-        .await;
+    let (llm, lead) = lead_with_user_budget(&t).await;
     seed(&t, "jon", "m1", json!({})).await;
     eventually("m1 written", || async {
         t.writebacks("jon", "m1").await.len() == 1
@@ -111,13 +117,7 @@ async fn a_mission_without_an_agent_stops_at_the_users_daily_budget() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_without_a_cap_is_held_to_the_users_daily_budget() {
     let t = setup().await;
-    let llm = FakeLlm::start(vec![costly(&plan_answer())]).await.unwrap();
-    let lead = t
-        .lead(&[
-            ("MANA_LLM_URL", &llm.url()),
-            ("MANA_AI_USER_TOKENS_PER_DAY", "500"),
-        ])
-        .await;
+    let (llm, lead) = lead_with_user_budget(&t).await;
     let mut sync = t.sync_client().await;
     let agent = Change {
         user: "lea",

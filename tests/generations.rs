@@ -16,6 +16,7 @@ use common::{eventually, mission_data, plan_answer, setup, setup_current, TestDb
 use pgtemp::SERVICE_ROLE;
 use serde_json::{json, Value};
 use testkit::fake_llm::FakeLlm;
+use testkit::http::FakeReply;
 
 async fn get(port: u16, path: &str) -> String {
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
@@ -92,6 +93,14 @@ async fn the_kit_installs_on_todays_generation_and_names_it() {
     );
 }
 
+/// A database of today's generation and a leader whose LLM gives `reply`.
+async fn lead_current(reply: FakeReply) -> (TestDb, FakeLlm, common::Leading) {
+    let t = setup_current().await;
+    let llm = FakeLlm::start(vec![reply]).await.unwrap();
+    let lead = t.lead(&[("MANA_LLM_URL", &llm.url())]).await;
+    (t, llm, lead)
+}
+
 /// Writes a mission change as today's sync server does: stamps in
 /// `field_meta`, `origin = 'user'`, the record's Space.
 async fn write_current(t: &TestDb, user: &str, mission: &str, data: Value) {
@@ -121,11 +130,7 @@ async fn write_current_op(t: &TestDb, user: &str, mission: &str, op: &str, data:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mission_in_todays_generation_is_planned_and_written_back_in_its_shape() {
     capture_logs();
-    let t = setup_current().await;
-    let llm = FakeLlm::start(vec![FakeLlm::answer(&plan_answer())])
-        .await
-        .unwrap();
-    let lead = t.lead(&[("MANA_LLM_URL", &llm.url())]).await;
+    let (t, _llm, lead) = lead_current(FakeLlm::answer(&plan_answer())).await;
     write_current(
         &t,
         "tess",
@@ -176,11 +181,7 @@ async fn a_mission_in_todays_generation_is_planned_and_written_back_in_its_shape
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mission_with_encrypted_text_is_not_planned_and_says_why() {
     capture_logs();
-    let t = setup_current().await;
-    let llm = FakeLlm::start(vec![FakeLlm::answer(&plan_answer())])
-        .await
-        .unwrap();
-    let lead = t.lead(&[("MANA_LLM_URL", &llm.url())]).await;
+    let (t, llm, lead) = lead_current(FakeLlm::answer(&plan_answer())).await;
     let secret = "enc:1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
     write_current(&t, "tess", "m1", mission_data(json!({"title": secret}))).await;
     eventually("the run is skipped for its encrypted text", || async {
@@ -215,10 +216,8 @@ async fn a_mission_with_encrypted_text_is_not_planned_and_says_why() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_status_update_during_the_run_survives_the_write_back() {
     capture_logs();
-    let t = setup_current().await;
     let slow = FakeLlm::answer(&plan_answer()).delay(std::time::Duration::from_millis(800));
-    let llm = FakeLlm::start(vec![slow]).await.unwrap();
-    let lead = t.lead(&[("MANA_LLM_URL", &llm.url())]).await;
+    let (t, llm, lead) = lead_current(slow).await;
     let step = |status: &str| {
         json!({"id": "it-0", "source": "server", "overallStatus": "planned",
                "plan": [{"summary": "Aufgabe", "status": status,
