@@ -7,13 +7,11 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use futures_util::StreamExt;
 use mana_ai::metrics::Metrics;
 use mana_ai::reactor::applier::Applied;
 use pgtemp::PgServer;
 use serde_json::json;
 use tokio::sync::mpsc;
-use tokio_postgres::{AsyncMessage, NoTls};
 
 use crate::report::{ms, percentiles, Report, Target};
 use crate::setup::{self, mission_id, user_id, ChangeWriter};
@@ -29,30 +27,6 @@ BEGIN
 END $$;
 CREATE TRIGGER bench_snapshot_seen AFTER INSERT OR UPDATE ON mana_ai.mission_snapshots
     FOR EACH ROW EXECUTE FUNCTION public.bench_snapshot_seen();";
-
-/// A LISTEN connection on the two channels; every notification's payload
-/// and arrival instant.
-async fn listen(
-    conninfo: &str,
-) -> anyhow::Result<(
-    tokio_postgres::Client,
-    mpsc::UnboundedReceiver<(String, Instant)>,
-)> {
-    let (client, mut connection) = tokio_postgres::connect(conninfo, NoTls).await?;
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-        while let Some(Ok(message)) = messages.next().await {
-            if let AsyncMessage::Notification(n) = message {
-                let _ = tx.send((n.payload().to_string(), Instant::now()));
-            }
-        }
-    });
-    client
-        .batch_execute("LISTEN bench_snapshots; LISTEN bench_floor")
-        .await?;
-    Ok((client, rx))
-}
 
 /// Waits for the notification carrying `payload`.
 async fn seen(
@@ -117,7 +91,8 @@ pub async fn client_view(
         .context("the seed changes were not applied within 60 s")?;
     let admin = bench.db.admin().await?;
     admin.batch_execute(OBSERVE_SNAPSHOTS).await?;
-    let (_listening, mut rx) = listen(&bench.db.admin_url()).await?;
+    let channels = ["bench_snapshots", "bench_floor"];
+    let (_listening, mut rx) = crate::latency::listen(&bench.db.admin_url(), &channels).await?;
     let mut writer = ChangeWriter::connect(&bench.db).await?;
     while applied_rx.try_recv().is_ok() {}
 

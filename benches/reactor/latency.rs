@@ -18,24 +18,29 @@ use crate::report::{ms, percentiles, Percentiles, Report, Target};
 use crate::setup::{self, mission_id, user_id, BenchDb, ChangeWriter, Wheel};
 use crate::Scale;
 
-/// Connects and LISTENs on `channel`; every notification's arrival instant is
-/// sent on the returned channel by the connection's own task (as the
-/// reactor's listener reads its socket).
+/// Connects and LISTENs on `channels`; every notification's payload and
+/// arrival instant are sent on the returned channel by the connection's own
+/// task (as the reactor's listener reads its socket).
 pub async fn listen(
     conninfo: &str,
-    channel: &str,
-) -> anyhow::Result<(tokio_postgres::Client, mpsc::UnboundedReceiver<Instant>)> {
+    channels: &[&str],
+) -> anyhow::Result<(
+    tokio_postgres::Client,
+    mpsc::UnboundedReceiver<(String, Instant)>,
+)> {
     let (client, mut connection) = tokio_postgres::connect(conninfo, NoTls).await?;
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
         while let Some(Ok(message)) = messages.next().await {
-            if let AsyncMessage::Notification(_) = message {
-                let _ = tx.send(Instant::now());
+            if let AsyncMessage::Notification(n) = message {
+                let _ = tx.send((n.payload().to_string(), Instant::now()));
             }
         }
     });
-    client.batch_execute(&format!("LISTEN {channel}")).await?;
+    for channel in channels {
+        client.batch_execute(&format!("LISTEN {channel}")).await?;
+    }
     Ok((client, rx))
 }
 
@@ -47,14 +52,14 @@ pub async fn notify_floor(
     report: &mut Report,
 ) -> anyhow::Result<Percentiles> {
     let db = setup::bare(server).await?;
-    let (_listener, mut received) = listen(&db.admin_url(), "bench_floor").await?;
+    let (_listener, mut received) = listen(&db.admin_url(), &["bench_floor"]).await?;
     let sender = db.admin().await?;
     let warmup = 20;
     let mut samples = Vec::with_capacity(scale.notify_round_trips);
     for i in 0..warmup + scale.notify_round_trips {
         let sent = Instant::now();
         sender.batch_execute("NOTIFY bench_floor").await?;
-        let got = tokio::time::timeout(Duration::from_secs(5), received.recv())
+        let (_, got) = tokio::time::timeout(Duration::from_secs(5), received.recv())
             .await
             .context("a notification did not arrive within 5 s")?
             .context("the listener connection closed")?;

@@ -59,7 +59,7 @@ pub async fn trigger_cost(
     // not just queued. The queue itself is left to grow (no applier), which
     // costs the inserts nothing.
     let (_listener, mut received) =
-        crate::latency::listen(&db.admin_url(), mana_ai::config::DEFAULT_CHANNEL).await?;
+        crate::latency::listen(&db.admin_url(), &[mana_ai::config::DEFAULT_CHANNEL]).await?;
     tokio::spawn(async move { while received.recv().await.is_some() {} });
     // Untimed: warms the connections, caches and WAL before the first case.
     throughput(&db, "todo", "items", scale.trigger_secs / 3).await?;
