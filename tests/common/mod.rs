@@ -35,6 +35,37 @@ pub async fn setup_current() -> TestDb {
     t
 }
 
+/// [`setup`] or [`setup_current`]: a test database of `generation`.
+pub async fn setup_in(generation: Generation) -> TestDb {
+    match generation {
+        Generation::V06 => setup().await,
+        Generation::Current => setup_current().await,
+    }
+}
+
+/// Runs each named test body (`async fn name(t: TestDb)`) once against a
+/// database of each generation of `sync_changes`: the test matrix of
+/// issue 18. Each body `name` becomes the tests `name::v0_6` and
+/// `name::current` (`cargo test name` runs both).
+#[macro_export]
+macro_rules! both_generations {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn v0_6() {
+                let generation = mana_ai::sync::generation::Generation::V06;
+                super::$name(super::common::setup_in(generation).await).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn current() {
+                let generation = mana_ai::sync::generation::Generation::Current;
+                super::$name(super::common::setup_in(generation).await).await
+            }
+        }
+    )+};
+}
+
 pub fn server() -> &'static PgServer {
     static SERVER: OnceLock<PgServer> = OnceLock::new();
     SERVER.get_or_init(|| PgServer::discover().expect("a Postgres for the tests"))
@@ -215,20 +246,44 @@ impl<'a> Change<'a> {
 
 /// Inserts changes of one user in one transaction, as the sync server does:
 /// an ordinary role inside that user's RLS scope.
+/// The stamp column goes with the database's generation (read from the
+/// catalog, as the service does), so one test body writes to either.
 pub async fn write(client: &mut tokio_postgres::Client, changes: &[Change<'_>]) {
     let user = changes[0].user;
     let tx = mana_ai::db::begin_user(client, user).await.unwrap();
+    let stamps = stamps_column(&tx).await;
+    let insert = format!(
+        "INSERT INTO sync_changes (app_id, table_name, record_id, user_id, op, data, {stamps}, client_id)
+         VALUES ('ai', $1, $2, $3, $4, $5, $6, 'test-browser')"
+    );
     for c in changes {
         assert_eq!(c.user, user, "one user per transaction");
         tx.execute(
-            "INSERT INTO sync_changes (app_id, table_name, record_id, user_id, op, data, field_timestamps, client_id)
-             VALUES ('ai', $1, $2, $3, $4, $5, $6, 'test-browser')",
+            &insert,
             &[&c.table, &c.record, &c.user, &c.op, &c.data, &c.stamps],
         )
         .await
         .unwrap();
     }
     tx.commit().await.unwrap();
+}
+
+/// `field_meta` (today's generation) or `field_timestamps` (v0.6's).
+pub async fn stamps_column(client: &impl tokio_postgres::GenericClient) -> &'static str {
+    let row = client
+        .query_one(
+            "SELECT EXISTS (SELECT FROM information_schema.columns
+                            WHERE table_schema = 'public' AND table_name = 'sync_changes'
+                              AND column_name = 'field_meta')",
+            &[],
+        )
+        .await
+        .unwrap();
+    if row.get(0) {
+        "field_meta"
+    } else {
+        "field_timestamps"
+    }
 }
 
 pub fn iso_in(seconds: i64) -> String {
@@ -316,17 +371,18 @@ impl TestDb {
         self.count_as_admin(&sql).await
     }
 
-    /// The write-back rows mana-ai wrote for a mission, oldest first.
+    /// The write-back rows mana-ai wrote for a mission, oldest first:
+    /// `data`, the stamps (from either generation's column), `actor`,
+    /// `client_id`, `op`, `schema_version`.
     pub async fn writebacks(&self, user: &str, id: &str) -> Vec<tokio_postgres::Row> {
         let mut client = self.sync_client().await;
         let tx = mana_ai::db::begin_user(&mut client, user).await.unwrap();
-        tx.query(
-            "SELECT data, field_timestamps, actor, client_id, op, schema_version FROM sync_changes
-             WHERE record_id = $1 AND client_id = 'mana-ai-runner' ORDER BY created_at",
-            &[&id],
-        )
-        .await
-        .unwrap()
+        let stamps = self.generation.stamps_column();
+        let sql = format!(
+            "SELECT data, {stamps}, actor, client_id, op, schema_version FROM sync_changes
+             WHERE record_id = $1 AND client_id = 'mana-ai-runner' ORDER BY created_at"
+        );
+        tx.query(&sql, &[&id]).await.unwrap()
     }
 }
 
