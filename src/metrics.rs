@@ -110,6 +110,7 @@ metrics! {
     decrypts: IntCounterVec = counter_vec("decrypts_total", "Records decrypted under a key-grant, by table (unknown tables as other)", &["table"]),
     grant_scope_violations: IntCounterVec = counter_vec("grant_scope_violations_total", "Inputs outside their grant's allowlist, by table (unknown tables as other; alert above 0)", &["table"]),
     grant_skips: IntCounterVec = counter_vec("grant_skips_total", "Grants not used, by reason", &["reason"]),
+    decrypt_failures: IntCounterVec = counter_vec("decrypt_failures_total", "Granted inputs that did not decrypt (left out of the prompt), by decrypt_audit reason", &["reason"]),
     audit_write_failures: IntCounter = counter("audit_write_failures_total", "decrypt_audit rows that could not be written"),
     // -- HTTP (contract names; `path` is the route template) --
     http_requests: IntCounterVec = counter_vec("http_requests_total", "HTTP requests by method, route template and status", &["method", "path", "status"]),
@@ -232,6 +233,10 @@ impl Metrics {
             (&self.decrypts, labels::tables()),
             (&self.grant_scope_violations, labels::tables()),
             (&self.grant_skips, labels::grant_skips()),
+            (
+                &self.decrypt_failures,
+                crate::crypto::ValueError::AUDIT_REASONS.to_vec(),
+            ),
             (&self.agent_decisions, labels::decisions()),
             (&self.run_outcomes, labels::OUTCOMES.to_vec()),
             (&self.poison_changes, labels::POISON_REASONS.to_vec()),

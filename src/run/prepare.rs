@@ -77,11 +77,16 @@ impl Runner {
         Ok(resolved)
     }
 
-    /// Counts decrypted records and scope violations.
+    /// Counts decrypted records, records that did not decrypt and scope
+    /// violations.
     fn count_reads(&self, resolved: &inputs::Resolved) {
         let metrics = &self.deps.metrics;
         for table in &resolved.decrypted {
             metrics.count_decrypt(table);
+        }
+        for reason in &resolved.decrypt_failures {
+            metrics.decrypt_failures.with_label_values(&[reason]).inc();
+            tracing::warn!(reason = %reason, "granted input did not decrypt; left out of the prompt");
         }
         for table in &resolved.scope_violations {
             metrics.count_scope_violation(table);
