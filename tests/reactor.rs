@@ -623,9 +623,12 @@ async fn a_change_committed_after_a_later_one_is_still_applied(t: TestDb) {
         "INSERT INTO sync_changes (app_id, table_name, record_id, user_id, op, data, {stamps}, client_id)
          VALUES ('ai', 'aiMissions', 'm1', 'erin', 'insert', $1, '{{}}', 'slow-browser')"
     );
-    open.execute(&insert, &[&json!({"state": "active", "nextRunAt": iso_in(600)})])
-        .await
-        .unwrap();
+    open.execute(
+        &insert,
+        &[&json!({"state": "active", "nextRunAt": iso_in(600)})],
+    )
+    .await
+    .unwrap();
     write(&mut sync, &[mission("m2")]).await;
     run.processed(2).await;
     // Claims go on past the open id for longer than a hole's minimum age.

@@ -47,8 +47,24 @@ pub async fn setup_in(generation: Generation) -> TestDb {
 /// database of each generation of `sync_changes`: the test matrix of
 /// issue 18. Each body `name` becomes the tests `name::v0_6` and
 /// `name::current` (`cargo test name` runs both).
+///
+/// `both_generations!(bare: name, ...)` passes the `Generation` instead, for
+/// bodies that need a database without the kit ([`bare_db`]).
 #[macro_export]
 macro_rules! both_generations {
+    (bare: $($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn v0_6() {
+                super::$name(mana_ai::sync::generation::Generation::V06).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn current() {
+                super::$name(mana_ai::sync::generation::Generation::Current).await
+            }
+        }
+    )+};
     ($($name:ident),+ $(,)?) => {$(
         mod $name {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -64,6 +80,16 @@ macro_rules! both_generations {
             }
         }
     )+};
+}
+
+/// A test database with `sync_changes` of `generation` and nothing of
+/// mana-ai's installed (what a DBA finds before `install.sql`).
+pub async fn bare_db(generation: Generation) -> TempDb {
+    let db = TempDb::create(server(), "mana_ai_t").await.unwrap();
+    if generation == Generation::Current {
+        db.use_current_generation().await.unwrap();
+    }
+    db
 }
 
 pub fn server() -> &'static PgServer {
