@@ -25,14 +25,8 @@ use tokio_util::sync::CancellationToken;
 /// (fixtures/mana_sync_current.sql: `field_meta`, `origin`, `space_id`, the
 /// Space read policy) in place of v0.6's, and the kit installed on it.
 pub async fn setup_current() -> TestDb {
-    let mut t = setup().await;
-    t.db.use_current_generation().await.unwrap();
-    let admin = t.admin().await;
-    mana_ai::triggers::install(&admin, SERVICE_ROLE)
-        .await
-        .expect("install.sql on today's generation");
-    t.generation = Generation::Current;
-    t
+    log_if_asked();
+    from_template(Generation::Current).await
 }
 
 /// [`setup`] or [`setup_current`]: a test database of `generation`.
@@ -107,39 +101,109 @@ pub struct TestDb {
 }
 
 pub async fn setup() -> TestDb {
-    // RUST_LOG=mana_ai=debug cargo test -- --nocapture shows the service's logs.
+    log_if_asked();
+    from_template(Generation::V06).await
+}
+
+/// RUST_LOG=mana_ai=debug cargo test -- --nocapture shows the service's logs.
+fn log_if_asked() {
     if std::env::var_os("RUST_LOG").is_some() {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
             .try_init();
     }
-    setup_on(server()).await
 }
 
-/// [`setup`] on a given server (the TLS tests start their own).
+/// A clone of the generation's template ([`template`]).
+async fn from_template(generation: Generation) -> TestDb {
+    let template = template(generation).await;
+    let db = TempDb::from_template(server(), template, "mana_ai_t")
+        .await
+        .expect("test database");
+    TestDb::on(db, generation)
+}
+
+/// The template of `generation` on [`server`]: the fixture, the kit
+/// installed and the migrations applied once, not once per test. Named
+/// after a hash of all the SQL that made it, so it is never stale.
+async fn template(generation: Generation) -> &'static str {
+    static V06: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+    static CURRENT: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+    let cell = match generation {
+        Generation::V06 => &V06,
+        Generation::Current => &CURRENT,
+    };
+    cell.get_or_init(|| async move {
+        let name = template_name(generation);
+        server()
+            .template(&name, |db| async move {
+                if generation == Generation::Current {
+                    db.use_current_generation().await?;
+                }
+                kit_and_migrations(&db).await?;
+                Ok(db)
+            })
+            .await
+            .expect("the test template");
+        name
+    })
+    .await
+}
+
+fn template_name(generation: Generation) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(pgtemp::SYNC_FIXTURE);
+    hash.update(pgtemp::SYNC_FIXTURE_CURRENT);
+    hash.update(mana_ai::triggers::INSTALL_SQL);
+    for (_, _, sql) in mana_ai::db::migrate::MIGRATIONS {
+        hash.update(sql);
+    }
+    let hex: String = hash.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let generation = match generation {
+        Generation::V06 => "v06",
+        Generation::Current => "cur",
+    };
+    format!("{}{generation}_{hex}", pgtemp::TEMPLATE_PREFIX)
+}
+
+/// The kit installed as a DBA does and the migrations applied as the
+/// service does; every connection closed again.
+async fn kit_and_migrations(db: &TempDb) -> anyhow::Result<()> {
+    let admin = db.admin().await?;
+    mana_ai::triggers::install(&admin, SERVICE_ROLE).await?;
+    drop(admin);
+    let mut service = db.connect_as(SERVICE_ROLE).await?;
+    mana_ai::db::migrate::migrate(&mut service).await?;
+    Ok(())
+}
+
+/// [`setup`] on a given server (the TLS tests start their own), made the
+/// long way: no template there.
 pub async fn setup_on(server: &PgServer) -> TestDb {
     let db = TempDb::create(server, "mana_ai_t")
         .await
         .expect("test database");
-    let admin = db.admin().await.unwrap();
-    mana_ai::triggers::install(&admin, SERVICE_ROLE)
+    kit_and_migrations(&db)
         .await
-        .expect("install.sql");
-    let pool = mana_ai::db::pool(&db.url_as(SERVICE_ROLE), 4, "mana-ai-test", None).unwrap();
-    let mut client = pool.get().await.unwrap();
-    mana_ai::db::migrate::migrate(&mut client)
-        .await
-        .expect("migrations");
-    drop(client);
-    TestDb {
-        db,
-        pool,
-        generation: Generation::V06,
-    }
+        .expect("install.sql and the migrations");
+    TestDb::on(db, Generation::V06)
 }
 
 impl TestDb {
+    fn on(db: TempDb, generation: Generation) -> TestDb {
+        let pool = mana_ai::db::pool(&db.url_as(SERVICE_ROLE), 4, "mana-ai-test", None).unwrap();
+        TestDb {
+            db,
+            pool,
+            generation,
+        }
+    }
+
     /// Config as the service role. The safety sweep is an hour away unless a
     /// test overrides it, so whatever gets applied was announced by NOTIFY.
     pub fn config(&self, overrides: &[(&str, &str)]) -> Config {
