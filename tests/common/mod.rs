@@ -216,7 +216,19 @@ impl TestDb {
         for (k, v) in overrides {
             env.insert(k.to_string(), v.to_string());
         }
-        let mut config = Config::from_lookup(|k| env.get(k).cloned()).expect("test config");
+        let read = std::cell::RefCell::new(std::collections::HashSet::new());
+        let mut config = Config::from_lookup(|k| {
+            read.borrow_mut().insert(k.to_string());
+            env.get(k).cloned()
+        })
+        .expect("test config");
+        // A misspelled or retired setting would be silently ignored.
+        for (k, _) in overrides {
+            assert!(
+                read.borrow().contains(*k),
+                "test override {k} is not a setting the config reads"
+            );
+        }
         config.generation = self.generation;
         config
     }
