@@ -2,10 +2,12 @@
 //! wheel): a task that ends or panics before shutdown is started again
 //! after a back-off (doubling from `first` to `max`, back to `first` once a
 //! run lasted `healthy_after`), counted in
-//! `mana_ai_task_restarts_total{task}`, and `mana_ai_task_up{task}` is 0
-//! while it is down (`/health` answers 503 and names it).
+//! `mana_ai_task_restarts_total{task}`, and it is down in [`TaskStates`]
+//! (which `/health` reads: 503, naming it) and in `mana_ai_task_up{task}`
+//! while it is down.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,6 +34,39 @@ impl TaskName {
             TaskName::Applier => "applier",
             TaskName::Wheel => "wheel",
         }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            TaskName::Listener => 0,
+            TaskName::Applier => 1,
+            TaskName::Wheel => 2,
+        }
+    }
+}
+
+/// Which supervised tasks of one reactor are up: the state `/health`
+/// reads. [`supervise`] is its only writer and sets the `task_up` gauge
+/// with it, so the two never disagree.
+#[derive(Clone, Debug, Default)]
+pub struct TaskStates(Arc<[AtomicBool; TASKS.len()]>);
+
+impl TaskStates {
+    fn set(&self, task: TaskName, up: bool) {
+        self.0[task.index()].store(up, Ordering::Relaxed);
+    }
+
+    pub fn is_up(&self, task: TaskName) -> bool {
+        self.0[task.index()].load(Ordering::Relaxed)
+    }
+
+    /// The names of the tasks that are down, in [`TASKS`] order.
+    pub fn down(&self) -> Vec<&'static str> {
+        TASKS
+            .iter()
+            .filter(|task| !self.is_up(**task))
+            .map(|task| task.as_str())
+            .collect()
     }
 }
 
@@ -64,31 +99,50 @@ impl Backoff {
     };
 }
 
+/// Where a supervised task's state goes: the reactor's [`TaskStates`] and
+/// the metrics.
+#[derive(Clone)]
+pub struct Supervision {
+    pub states: TaskStates,
+    pub metrics: Arc<Metrics>,
+}
+
 /// Runs `make()` as a task until `shutdown`, starting it again whenever it
-/// ends or panics before then. `task_up` is 1 from this call on (so a
-/// health check right after start sees it up) and 0 while the task is down
-/// or after shutdown. The returned handle ends after the task has ended
+/// ends or panics before then. The task is up from this call on (so a
+/// health check right after start sees it up) and down while it is down or
+/// after shutdown. The returned handle ends after the task has ended
 /// following `shutdown`.
 pub fn supervise<F, Fut>(
     name: TaskName,
     mut make: F,
     backoff: Backoff,
-    metrics: Arc<Metrics>,
+    supervision: Supervision,
     shutdown: CancellationToken,
 ) -> JoinHandle<()>
 where
     F: FnMut() -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let up = metrics.task_up.with_label_values(&[name.as_str()]);
-    let restarts = metrics.task_restarts.with_label_values(&[name.as_str()]);
-    up.set(1);
+    let gauge = supervision
+        .metrics
+        .task_up
+        .with_label_values(&[name.as_str()]);
+    let restarts = supervision
+        .metrics
+        .task_restarts
+        .with_label_values(&[name.as_str()]);
+    let states = supervision.states;
+    let mark = move |up: bool| {
+        states.set(name, up);
+        gauge.set(i64::from(up));
+    };
+    mark(true);
     tokio::spawn(async move {
         let mut wait = backoff.first;
         loop {
             let started = tokio::time::Instant::now();
             let ended = tokio::spawn(make()).await;
-            up.set(0);
+            mark(false);
             if shutdown.is_cancelled() {
                 return;
             }
@@ -114,7 +168,7 @@ where
             }
             wait = (wait * 2).min(backoff.max);
             restarts.inc();
-            up.set(1);
+            mark(true);
         }
     })
 }
@@ -134,6 +188,13 @@ mod tests {
         metrics.task_up.with_label_values(&[task.as_str()]).get()
     }
 
+    fn supervision(metrics: &Arc<Metrics>) -> Supervision {
+        Supervision {
+            states: TaskStates::default(),
+            metrics: metrics.clone(),
+        }
+    }
+
     fn restarts(metrics: &Metrics, task: TaskName) -> u64 {
         metrics
             .task_restarts
@@ -151,6 +212,8 @@ mod tests {
         let shutdown = CancellationToken::new();
         let starts = Arc::new(AtomicU32::new(0));
         let (counted, stop) = (starts.clone(), shutdown.clone());
+        let supervision = supervision(&metrics);
+        let states = supervision.states.clone();
         let handle = supervise(
             TaskName::Applier,
             move || {
@@ -165,10 +228,12 @@ mod tests {
                 }
             },
             FAST,
-            metrics.clone(),
+            supervision,
             shutdown.clone(),
         );
         assert_eq!(up(&metrics, TaskName::Applier), 1);
+        assert!(states.is_up(TaskName::Applier));
+        assert_eq!(states.down(), ["listener", "wheel"], "never started");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while starts.load(Ordering::SeqCst) < 4 {
             assert!(tokio::time::Instant::now() < deadline, "not restarted");
@@ -180,6 +245,7 @@ mod tests {
         shutdown.cancel();
         handle.await.unwrap();
         assert_eq!(up(&metrics, TaskName::Applier), 0);
+        assert!(!states.is_up(TaskName::Applier));
         assert_eq!(
             starts.load(Ordering::SeqCst),
             4,
@@ -197,15 +263,18 @@ mod tests {
             max: Duration::from_secs(60),
             ..FAST
         };
+        let supervision = supervision(&metrics);
+        let states = supervision.states.clone();
         let handle = supervise(
             TaskName::Wheel,
             || async { panic!("always") },
             slow,
-            metrics.clone(),
+            supervision,
             shutdown.clone(),
         );
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert_eq!(up(&metrics, TaskName::Wheel), 0);
+        assert_eq!(states.down(), ["listener", "applier", "wheel"]);
         assert_eq!(restarts(&metrics, TaskName::Wheel), 0);
         tokio::time::sleep(Duration::from_secs(10)).await;
         assert_eq!(restarts(&metrics, TaskName::Wheel), 1);

@@ -8,12 +8,11 @@ use anyhow::Context;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{Leading, ServiceBackend};
+use crate::backend::LeaderView;
 use crate::db::{self, tls::ConnectionTask};
 use crate::reactor::{self, Reactor};
 use crate::run::Runner;
 use crate::schedule::clock::DbClock;
-use crate::schedule::wheel::WheelHandle;
 use crate::store;
 
 use super::{Customize, RunnerSetup, ServiceContext, Term};
@@ -118,6 +117,7 @@ impl Leadership {
             wheel: self.reactor.wheel.clone(),
             runner: self.runner.clone(),
             listening: self.reactor.listening.clone(),
+            tasks: self.reactor.task_states.clone(),
         }
     }
 
@@ -141,23 +141,6 @@ impl Leadership {
         }
         let _ = self.retention_task.await;
         self.reactor.stop().await;
-    }
-}
-
-/// The current term as others see it: its wheel, runner and listener state.
-#[derive(Clone)]
-pub struct LeaderView {
-    pub term_id: uuid::Uuid,
-    pub wheel: WheelHandle,
-    pub runner: Option<Arc<Runner>>,
-    /// True while the term's listener is registered.
-    pub listening: watch::Receiver<bool>,
-}
-
-impl LeaderView {
-    /// Waits until the term's listener is registered.
-    pub async fn wait_listening(&mut self) {
-        let _ = self.listening.wait_for(|up| *up).await;
     }
 }
 
@@ -193,7 +176,6 @@ async fn acquire_leadership(
 /// leads until the lock or the process goes.
 pub(super) struct Candidate {
     pub ctx: ServiceContext,
-    pub backend: Arc<ServiceBackend>,
     pub instance_id: uuid::Uuid,
     pub customize: Option<Customize>,
     pub terms: watch::Sender<Option<LeaderView>>,
@@ -244,16 +226,13 @@ impl Candidate {
         Leadership::start(&self.ctx, setup, term_id, reactor::Hooks::default()).await
     }
 
-    /// Tells the metrics, the HTTP backend and the `App` who leads now.
+    /// Publishes who leads now: the one state the HTTP backend and the
+    /// `App` read (and the `is_leader` gauge beside it).
     fn publish(&self, leadership: Option<&Leadership>, term_id: uuid::Uuid) {
         self.ctx
             .metrics
             .is_leader
             .set(i64::from(leadership.is_some()));
-        self.backend.set_leading(leadership.map(|l| Leading {
-            runner: l.runner.clone(),
-            wheel: l.reactor.wheel.clone(),
-        }));
         self.terms.send_replace(leadership.map(|l| l.view(term_id)));
     }
 }
