@@ -36,7 +36,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::schedule::clock::{Clock, DbClock};
 use crate::schedule::wheel::{self, DueMission, WheelHandle};
-use supervisor::{supervise, Backoff, Supervision, TaskName, TaskStates};
+use supervisor::{supervise, Restart, Supervision, TaskName, TaskStates};
 pub use wheel_task::rebuild_wheel;
 
 /// Folds one record of `user_id` from its change rows (full replay,
@@ -174,7 +174,7 @@ where
     supervise(
         name,
         make,
-        Backoff::REACTOR,
+        Restart::REACTOR,
         supervision.clone(),
         shutdown.clone(),
     )

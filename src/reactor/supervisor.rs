@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::metrics::Metrics;
 
 /// The supervised tasks; `as_str` is the metric label and the name
@@ -83,18 +84,16 @@ pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 
 /// How long to wait before a restart.
 #[derive(Debug, Clone, Copy)]
-pub struct Backoff {
-    pub first: Duration,
-    pub max: Duration,
-    /// A run that lasted this long resets the wait to `first`.
+pub struct Restart {
+    pub backoff: Backoff,
+    /// A run that lasted this long resets the wait to the first.
     pub healthy_after: Duration,
 }
 
-impl Backoff {
+impl Restart {
     /// The reactor's: 0.5 s doubling to 30 s, reset after a minute up.
-    pub const REACTOR: Backoff = Backoff {
-        first: Duration::from_millis(500),
-        max: Duration::from_secs(30),
+    pub const REACTOR: Restart = Restart {
+        backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(30)),
         healthy_after: Duration::from_secs(60),
     };
 }
@@ -115,7 +114,7 @@ pub struct Supervision {
 pub fn supervise<F, Fut>(
     name: TaskName,
     mut make: F,
-    backoff: Backoff,
+    restart: Restart,
     supervision: Supervision,
     shutdown: CancellationToken,
 ) -> JoinHandle<()>
@@ -138,7 +137,7 @@ where
     };
     mark(true);
     tokio::spawn(async move {
-        let mut wait = backoff.first;
+        let mut restarts_in_a_row = restart.backoff.attempts();
         loop {
             let started = tokio::time::Instant::now();
             let ended = tokio::spawn(make()).await;
@@ -146,6 +145,10 @@ where
             if shutdown.is_cancelled() {
                 return;
             }
+            if started.elapsed() >= restart.healthy_after {
+                restarts_in_a_row.succeeded();
+            }
+            let wait = restarts_in_a_row.failed();
             match ended {
                 Err(e) if e.is_panic() => {
                     let message = panic_message(&*e.into_panic());
@@ -159,14 +162,10 @@ where
                     )
                 }
             }
-            if started.elapsed() >= backoff.healthy_after {
-                wait = backoff.first;
-            }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
             }
-            wait = (wait * 2).min(backoff.max);
             restarts.inc();
             mark(true);
         }
@@ -178,9 +177,8 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
 
-    const FAST: Backoff = Backoff {
-        first: Duration::from_millis(10),
-        max: Duration::from_millis(40),
+    const FAST: Restart = Restart {
+        backoff: Backoff::new(Duration::from_millis(10), Duration::from_millis(40)),
         healthy_after: Duration::from_secs(60),
     };
 
@@ -258,9 +256,8 @@ mod tests {
     async fn a_task_is_down_during_its_back_off() {
         let metrics = Metrics::new();
         let shutdown = CancellationToken::new();
-        let slow = Backoff {
-            first: Duration::from_secs(10),
-            max: Duration::from_secs(60),
+        let slow = Restart {
+            backoff: Backoff::new(Duration::from_secs(10), Duration::from_secs(60)),
             ..FAST
         };
         let supervision = supervision(&metrics);
