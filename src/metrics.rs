@@ -123,8 +123,8 @@ metrics! {
     // -- retention --
     rows_pruned: IntCounterVec = counter_vec("rows_pruned_total", "Rows deleted by retention (token_usage past the budget window, mission_runs and dead_changes past MANA_AI_RETENTION_DAYS), by table", &["table"]),
     // -- reactor supervision and statistics --
-    task_restarts: IntCounterVec = counter_vec("task_restarts_total", "Reactor tasks (listener, applier, wheel) restarted after they ended or panicked", &["task"]),
-    task_up: IntGaugeVec = int_gauge_vec("task_up", "1 while the reactor task runs on this instance (the leader)", &["task"]),
+    task_restarts: IntCounterVec = counter_vec("task_restarts_total", "Leader tasks (listener, applier, wheel, retention) restarted after they ended or panicked", &["task"]),
+    task_up: IntGaugeVec = int_gauge_vec("task_up", "1 while the supervised task runs on this instance (the leader)", &["task"]),
     snapshot_analyzes: IntCounter = counter("snapshot_analyzes_total", "ANALYZEs of the snapshot tables after the applier wrote many rows"),
 }
 

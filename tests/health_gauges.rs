@@ -64,13 +64,16 @@ async fn health_reads_the_published_term_not_the_gauges() {
         wheel,
         runner: None,
         listening,
-        tasks: TaskStates::default(),
+        tasks: TaskStates::all_down(),
     };
     let (terms_tx, terms) = tokio::sync::watch::channel(Some(term));
     let backend = ServiceBackend::new(t.pool.clone(), metrics.clone(), false, terms);
     let health = backend.health().await;
     assert!(!health.ok, "{health:?}");
-    assert_eq!(health.tasks_down, ["listener", "applier", "wheel"]);
+    assert_eq!(
+        health.tasks_down,
+        ["listener", "applier", "wheel", "retention"]
+    );
     assert!(!health.listener.connected, "{health:?}");
     let body = serde_json::to_value(&health).unwrap();
     assert_eq!(body["role"], "leader", "{body}");

@@ -111,6 +111,7 @@ pub struct Reactor {
     pub listening: watch::Receiver<bool>,
     /// Which of its supervised tasks are up.
     pub task_states: TaskStates,
+    supervision: Supervision,
     /// Missions armed by the start-up rebuild.
     pub rebuilt: usize,
     shutdown: CancellationToken,
@@ -124,6 +125,18 @@ impl Reactor {
         for task in self.tasks {
             let _ = task.await;
         }
+    }
+
+    /// Supervises one more of the leader's tasks beside the reactor's own
+    /// (retention): restarted when it ends or panics, shown in
+    /// `task_states`, stopped with the reactor.
+    pub fn supervise<F, Fut>(&mut self, name: TaskName, make: F)
+    where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let task = supervised(name, make, &self.supervision, &self.shutdown);
+        self.tasks.push(task);
     }
 
     /// Waits until the listener is registered.
@@ -220,7 +233,8 @@ pub async fn start(
         wheel: ctx.wheel,
         processed,
         listening,
-        task_states: supervision.states,
+        task_states: supervision.states.clone(),
+        supervision,
         rebuilt,
         shutdown,
         tasks: vec![listener_task, applier_task, wheel_task],

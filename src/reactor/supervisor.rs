@@ -1,5 +1,5 @@
-//! Supervision of the reactor's long-running tasks (listener, applier,
-//! wheel): a task that ends or panics before shutdown is started again
+//! Supervision of a leader's long-running tasks (the reactor's listener,
+//! applier and wheel, and retention): a task that ends or panics before shutdown is started again
 //! after a back-off (doubling from `first` to `max`, back to `first` once a
 //! run lasted `healthy_after`), counted in
 //! `mana_ai_task_restarts_total{task}`, and it is down in [`TaskStates`]
@@ -7,7 +7,7 @@
 //! while it is down.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,9 +24,15 @@ pub enum TaskName {
     Listener,
     Applier,
     Wheel,
+    Retention,
 }
 
-pub const TASKS: [TaskName; 3] = [TaskName::Listener, TaskName::Applier, TaskName::Wheel];
+pub const TASKS: [TaskName; 4] = [
+    TaskName::Listener,
+    TaskName::Applier,
+    TaskName::Wheel,
+    TaskName::Retention,
+];
 
 impl TaskName {
     pub fn as_str(self) -> &'static str {
@@ -34,6 +40,7 @@ impl TaskName {
             TaskName::Listener => "listener",
             TaskName::Applier => "applier",
             TaskName::Wheel => "wheel",
+            TaskName::Retention => "retention",
         }
     }
 
@@ -42,32 +49,48 @@ impl TaskName {
             TaskName::Listener => 0,
             TaskName::Applier => 1,
             TaskName::Wheel => 2,
+            TaskName::Retention => 3,
         }
     }
 }
 
-/// Which supervised tasks of one reactor are up: the state `/health`
-/// reads. [`supervise`] is its only writer and sets the `task_up` gauge
-/// with it, so the two never disagree.
+/// Which supervised tasks of one term are up: the state `/health` reads.
+/// [`supervise`] is its only writer and sets the `task_up` gauge with it,
+/// so the two never disagree. A task never supervised is neither up nor
+/// down (a reactor started without retention, in tests).
 #[derive(Clone, Debug, Default)]
-pub struct TaskStates(Arc<[AtomicBool; TASKS.len()]>);
+pub struct TaskStates(Arc<[AtomicU8; TASKS.len()]>);
+
+// 0 (the default): not supervised.
+const UP: u8 = 1;
+const DOWN: u8 = 2;
 
 impl TaskStates {
     fn set(&self, task: TaskName, up: bool) {
-        self.0[task.index()].store(up, Ordering::Relaxed);
+        let state = if up { UP } else { DOWN };
+        self.0[task.index()].store(state, Ordering::Relaxed);
     }
 
     pub fn is_up(&self, task: TaskName) -> bool {
-        self.0[task.index()].load(Ordering::Relaxed)
+        self.0[task.index()].load(Ordering::Relaxed) == UP
     }
 
-    /// The names of the tasks that are down, in [`TASKS`] order.
+    /// The names of the supervised tasks that are down, in [`TASKS`] order.
     pub fn down(&self) -> Vec<&'static str> {
         TASKS
             .iter()
-            .filter(|task| !self.is_up(**task))
+            .filter(|task| self.0[task.index()].load(Ordering::Relaxed) == DOWN)
             .map(|task| task.as_str())
             .collect()
+    }
+
+    /// Marks every task down (a term for tests and `/health`'s own test).
+    pub fn all_down() -> TaskStates {
+        let states = TaskStates::default();
+        for task in TASKS {
+            states.set(task, false);
+        }
+        states
     }
 }
 
@@ -231,7 +254,7 @@ mod tests {
         );
         assert_eq!(up(&metrics, TaskName::Applier), 1);
         assert!(states.is_up(TaskName::Applier));
-        assert_eq!(states.down(), ["listener", "wheel"], "never started");
+        assert!(states.down().is_empty(), "never started is not down");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while starts.load(Ordering::SeqCst) < 4 {
             assert!(tokio::time::Instant::now() < deadline, "not restarted");
@@ -244,6 +267,7 @@ mod tests {
         handle.await.unwrap();
         assert_eq!(up(&metrics, TaskName::Applier), 0);
         assert!(!states.is_up(TaskName::Applier));
+        assert_eq!(states.down(), ["applier"]);
         assert_eq!(
             starts.load(Ordering::SeqCst),
             4,
@@ -271,7 +295,7 @@ mod tests {
         );
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert_eq!(up(&metrics, TaskName::Wheel), 0);
-        assert_eq!(states.down(), ["listener", "applier", "wheel"]);
+        assert_eq!(states.down(), ["wheel"]);
         assert_eq!(restarts(&metrics, TaskName::Wheel), 0);
         tokio::time::sleep(Duration::from_secs(10)).await;
         assert_eq!(restarts(&metrics, TaskName::Wheel), 1);

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backend::LeaderView;
 use crate::db::{self, tls::ConnectionTask};
+use crate::reactor::supervisor::TaskName;
 use crate::reactor::{self, Reactor};
 use crate::run::Runner;
 use crate::schedule::clock::DbClock;
@@ -23,7 +24,6 @@ pub struct Leadership {
     pub reactor: Reactor,
     pub runner: Option<Arc<Runner>>,
     runner_task: Option<tokio::task::JoinHandle<()>>,
-    retention_task: tokio::task::JoinHandle<()>,
     stop: CancellationToken,
     abandon: CancellationToken,
 }
@@ -63,7 +63,7 @@ impl Leadership {
         release_other_terms(ctx, term_id).await?;
         let clock = Arc::new(DbClock::new());
         let (due_tx, due_rx) = mpsc::unbounded_channel();
-        let reactor = reactor::start(
+        let mut reactor = reactor::start(
             config,
             ctx.pool.clone(),
             ctx.metrics.clone(),
@@ -73,15 +73,18 @@ impl Leadership {
             hooks,
         )
         .await?;
-        let retention_task = crate::retention::spawn(
-            ctx.pool.clone(),
-            ctx.metrics.clone(),
-            config.reactor.sweep_interval,
-            crate::retention::Days {
-                rows: config.reactor.retention_days,
-                audit: config.reactor.audit_retention_days,
-            },
-            stop.child_token(),
+        reactor.supervise(
+            TaskName::Retention,
+            crate::retention::task(
+                ctx.pool.clone(),
+                ctx.metrics.clone(),
+                config.reactor.sweep_interval,
+                crate::retention::Days {
+                    rows: config.reactor.retention_days,
+                    audit: config.reactor.audit_retention_days,
+                },
+                stop.child_token(),
+            ),
         );
         let (runner, runner_task) = if config.runner.tick_enabled {
             let term = Term {
@@ -104,7 +107,6 @@ impl Leadership {
             reactor,
             runner,
             runner_task,
-            retention_task,
             stop,
             abandon,
         })
@@ -139,7 +141,6 @@ impl Leadership {
         if let Some(task) = self.runner_task {
             let _ = task.await;
         }
-        let _ = self.retention_task.await;
         self.reactor.stop().await;
     }
 }
