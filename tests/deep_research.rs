@@ -117,11 +117,19 @@ async fn a_matching_mission_submits_a_job_and_waits_one_poll_interval() {
     seed(&t, "ana", "deep", json!({"objective": objective})).await;
     seed(&t, "ana", "plain", json!({"objective": "Die Woche planen"})).await;
     let before = Utc::now();
-    let lead = lead(&t, &llm, &research, &api, &[("MANA_AI_RESEARCH_POLL_SECS", "3600")]).await;
+    let lead = lead(
+        &t,
+        &llm,
+        &research,
+        &api,
+        &[("MANA_AI_RESEARCH_POLL_SECS", "3600")],
+    )
+    .await;
     wait_written(&t, "ana", "plain").await;
-    eventually("the deep mission is skipped while its job is pending", || async {
-        pending_skips(&lead) >= 1.0
-    })
+    eventually(
+        "the deep mission is skipped while its job is pending",
+        || async { pending_skips(&lead) >= 1.0 },
+    )
     .await;
     lead.settled().await;
     let after = Utc::now();
@@ -131,11 +139,17 @@ async fn a_matching_mission_submits_a_job_and_waits_one_poll_interval() {
     assert_eq!(submits.len(), 1, "one job");
     let submit = &submits[0];
     assert_eq!(submit.path, "/api/v1/internal/research/async");
-    assert_eq!(submit.json().unwrap(), json!({"query": objective, "provider": PROVIDER}));
+    assert_eq!(
+        submit.json().unwrap(),
+        json!({"query": objective, "provider": PROVIDER})
+    );
     assert_eq!(submit.header("x-service-key"), Some(KEY));
     assert_eq!(submit.header("x-user-id"), Some("ana"));
     assert_eq!(submit.header("x-app-id"), Some("mana-ai"));
-    assert!(research.polls().is_empty(), "not polled before the interval");
+    assert!(
+        research.polls().is_empty(),
+        "not polled before the interval"
+    );
 
     // Not planned: only the plain mission reached the model.
     assert_eq!(llm.prompts().len(), 1);
@@ -160,15 +174,29 @@ async fn a_matching_mission_submits_a_job_and_waits_one_poll_interval() {
         .unwrap();
     let (outcome, retry_at, state): (String, DateTime<Utc>, String) =
         (row.get(0), row.get(1), row.get(2));
-    assert_eq!((outcome.as_str(), state.as_str()), ("skipped-research-pending", "retry"));
-    assert!(retry_at >= before + hour && retry_at <= after + hour, "{retry_at}");
+    assert_eq!(
+        (outcome.as_str(), state.as_str()),
+        ("skipped-research-pending", "retry")
+    );
+    assert!(
+        retry_at >= before + hour && retry_at <= after + hour,
+        "{retry_at}"
+    );
 
     // Metrics: the decision of its own, the job counted.
-    let decision = |d: &str| metric(&lead, &format!("mana_ai_agent_decisions_total{{decision=\"{d}\"}}"));
+    let decision = |d: &str| {
+        metric(
+            &lead,
+            &format!("mana_ai_agent_decisions_total{{decision=\"{d}\"}}"),
+        )
+    };
     assert_eq!(decision("skipped-research-pending"), 1.0);
     assert_eq!(decision("ran"), 1.0, "only the plain mission ran");
     assert_eq!(jobs(&lead, "submitted"), 1.0);
-    assert_eq!((jobs(&lead, "completed"), jobs(&lead, "failed")), (0.0, 0.0));
+    assert_eq!(
+        (jobs(&lead, "completed"), jobs(&lead, "failed")),
+        (0.0, 0.0)
+    );
     assert_eq!(pending_skips(&lead), 1.0);
     lead.stop().await;
 }
@@ -191,7 +219,16 @@ async fn seed_granted(t: &TestDb, objective: &str) {
     let public = vectors()["publicKeyPem"].as_str().unwrap();
     let public = GrantPublicKey::from_public_pem(public).unwrap();
     let now = Utc::now();
-    let grant = mint_grant(&public, &master, MISSION, &tables, &ids, now - chrono::Duration::minutes(5), now + chrono::Duration::hours(1)).unwrap();
+    let grant = mint_grant(
+        &public,
+        &master,
+        MISSION,
+        &tables,
+        &ids,
+        now - chrono::Duration::minutes(5),
+        now + chrono::Duration::hours(1),
+    )
+    .unwrap();
     let mdk = derive_mdk(&master, MISSION, &tables, &ids);
     let title = encrypt_value(&mdk, &json!(NOTE_TITLE), rand::random());
     let mut client = t.sync_client().await;
@@ -213,7 +250,8 @@ async fn seed_granted(t: &TestDb, objective: &str) {
 }
 
 async fn audit_rows(t: &TestDb) -> i64 {
-    t.count_as_admin("SELECT count(*) FROM mana_ai.decrypt_audit").await
+    t.count_as_admin("SELECT count(*) FROM mana_ai.decrypt_audit")
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -229,7 +267,14 @@ async fn a_pending_job_decrypts_nothing_and_a_completed_one_reaches_the_prompt()
     let script = vec![FakeResearch::queued(), FakeResearch::running()];
     let research = FakeResearch::start(KEY, script).await.unwrap();
     let pem = vectors()["privateKeyPem"].as_str().unwrap();
-    let lead = lead(&t, &llm, &research, &api, &[("MANA_AI_PRIVATE_KEY_PEM", pem)]).await;
+    let lead = lead(
+        &t,
+        &llm,
+        &research,
+        &api,
+        &[("MANA_AI_PRIVATE_KEY_PEM", pem)],
+    )
+    .await;
     eventually("three polls answered pending", || async {
         research.polls().len() >= 3 && pending_skips(&lead) >= 4.0
     })
@@ -237,7 +282,11 @@ async fn a_pending_job_decrypts_nothing_and_a_completed_one_reaches_the_prompt()
     // The submit and at least three pending polls, each a run of its own:
     // none resolved its inputs, so none decrypted the note or wrote an
     // audit row, and none reached the model.
-    assert_eq!(audit_rows(&t).await, 0, "no decrypt audit row while pending");
+    assert_eq!(
+        audit_rows(&t).await,
+        0,
+        "no decrypt audit row while pending"
+    );
     assert!(llm.prompts().is_empty(), "not planned while pending");
     research.set_script(vec![answer]);
 
@@ -250,17 +299,34 @@ async fn a_pending_job_decrypts_nothing_and_a_completed_one_reaches_the_prompt()
         assert!(user.contains(text), "prompt lacks {text:?}:\n{user}");
     }
     assert!(!user.contains("ftp://x"), "only web citations");
-    assert!(!user.contains(NEWS_URL), "no news research beside the answer");
+    assert!(
+        !user.contains(NEWS_URL),
+        "no news research beside the answer"
+    );
     assert!(api.requests().is_empty());
-    assert_eq!(audit_rows(&t).await, 1, "the one planning run decrypted the note once");
+    assert_eq!(
+        audit_rows(&t).await,
+        1,
+        "the one planning run decrypted the note once"
+    );
     assert_eq!(research.submits().len(), 1);
     let polls = research.polls().len() as f64;
-    assert_eq!(pending_skips(&lead), polls, "one skip per pending poll and the submit's");
-    assert!(research.polls().iter().all(|p| p.path.ends_with("/async/task-1")
-        && p.header("x-user-id") == Some("ana")
-        && p.header("x-service-key") == Some(KEY)));
+    assert_eq!(
+        pending_skips(&lead),
+        polls,
+        "one skip per pending poll and the submit's"
+    );
+    assert!(research
+        .polls()
+        .iter()
+        .all(|p| p.path.ends_with("/async/task-1")
+            && p.header("x-user-id") == Some("ana")
+            && p.header("x-service-key") == Some(KEY)));
     assert_eq!(job_state(&t, MISSION).await.as_deref(), Some("completed"));
-    assert_eq!((jobs(&lead, "submitted"), jobs(&lead, "completed")), (1.0, 1.0));
+    assert_eq!(
+        (jobs(&lead, "submitted"), jobs(&lead, "completed")),
+        (1.0, 1.0)
+    );
     assert_eq!(jobs(&lead, "failed"), 0.0);
     lead.stop().await;
 }
@@ -273,7 +339,10 @@ async fn assert_fell_back(t: &TestDb, llm: &FakeLlm, api: &FakeManaApi, mission:
     wait_written(t, "ana", mission).await;
     let prompts = llm.prompts();
     let user = &prompts.last().expect("planned").user;
-    assert!(user.contains(NEWS_URL), "news research in the prompt:\n{user}");
+    assert!(
+        user.contains(NEWS_URL),
+        "news research in the prompt:\n{user}"
+    );
     assert!(!user.contains(ANSWER));
     assert_eq!(api.requests().len(), 2, "discover and search");
     assert_eq!(job_state(t, mission).await.as_deref(), Some("dropped"));
@@ -292,7 +361,10 @@ async fn a_failed_job_falls_back_to_the_news_research() {
     assert_fell_back(&t, &llm, &api, "bees").await;
     lead.settled().await;
     assert_eq!(research.polls().len(), 2);
-    assert_eq!((jobs(&lead, "submitted"), jobs(&lead, "failed")), (1.0, 1.0));
+    assert_eq!(
+        (jobs(&lead, "submitted"), jobs(&lead, "failed")),
+        (1.0, 1.0)
+    );
     assert_eq!(jobs(&lead, "completed"), 0.0);
     lead.stop().await;
 }
@@ -301,7 +373,9 @@ async fn a_failed_job_falls_back_to_the_news_research() {
 async fn a_job_mana_research_forgets_is_dropped_and_the_run_falls_back() {
     let t = setup().await;
     let (llm, api) = (llm().await, news_api().await);
-    let research = FakeResearch::start(KEY, vec![FakeResearch::queued()]).await.unwrap();
+    let research = FakeResearch::start(KEY, vec![FakeResearch::queued()])
+        .await
+        .unwrap();
     seed(&t, "ana", "bees", json!({"objective": BEES})).await;
     let lead = lead(&t, &llm, &research, &api, &[]).await;
     eventually("submitted", || async { jobs(&lead, "submitted") >= 1.0 }).await;
@@ -318,7 +392,9 @@ async fn a_job_mana_research_forgets_is_dropped_and_the_run_falls_back() {
 async fn a_poll_refused_with_401_drops_the_job_and_the_run_falls_back() {
     let t = setup().await;
     let (llm, api) = (llm().await, news_api().await);
-    let research = FakeResearch::start(KEY, vec![FakeResearch::queued()]).await.unwrap();
+    let research = FakeResearch::start(KEY, vec![FakeResearch::queued()])
+        .await
+        .unwrap();
     seed(&t, "ana", "bees", json!({"objective": BEES})).await;
     let lead = lead(&t, &llm, &research, &api, &[]).await;
     eventually("submitted", || async { jobs(&lead, "submitted") >= 1.0 }).await;
@@ -334,7 +410,9 @@ async fn a_poll_refused_with_401_drops_the_job_and_the_run_falls_back() {
 async fn a_job_pending_past_the_maximum_age_is_dropped_without_a_poll() {
     let t = setup().await;
     let (llm, api) = (llm().await, news_api().await);
-    let research = FakeResearch::start(KEY, vec![FakeResearch::queued()]).await.unwrap();
+    let research = FakeResearch::start(KEY, vec![FakeResearch::queued()])
+        .await
+        .unwrap();
     // A job submitted seven hours ago (the default maximum is six).
     t.admin()
         .await
@@ -349,7 +427,10 @@ async fn a_job_pending_past_the_maximum_age_is_dropped_without_a_poll() {
     let lead = lead(&t, &llm, &research, &api, &[]).await;
     assert_fell_back(&t, &llm, &api, "bees").await;
     lead.settled().await;
-    assert!(research.requests().is_empty(), "neither polled nor submitted again");
+    assert!(
+        research.requests().is_empty(),
+        "neither polled nor submitted again"
+    );
     assert_eq!(jobs(&lead, "failed"), 1.0);
     lead.stop().await;
 }
@@ -360,8 +441,16 @@ async fn a_job_pending_past_the_maximum_age_is_dropped_without_a_poll() {
 async fn with_the_feature_off_nothing_is_submitted() {
     let t = setup().await;
     let (llm, api) = (llm().await, news_api().await);
-    let research = FakeResearch::start(KEY, vec![FakeResearch::queued()]).await.unwrap();
-    seed(&t, "ana", "deep", json!({"objective": "Deep research zu Rust"})).await;
+    let research = FakeResearch::start(KEY, vec![FakeResearch::queued()])
+        .await
+        .unwrap();
+    seed(
+        &t,
+        "ana",
+        "deep",
+        json!({"objective": "Deep research zu Rust"}),
+    )
+    .await;
     let off = [("MANA_AI_DEEP_RESEARCH_ENABLED", "false")];
     let lead = lead(&t, &llm, &research, &api, &off).await;
     wait_written(&t, "ana", "deep").await;
@@ -376,6 +465,8 @@ async fn with_the_feature_off_nothing_is_submitted() {
         let line = format!("mana_ai_research_jobs_{family}_total{{provider=\"{PROVIDER}\"}} 0");
         assert!(text.lines().any(|l| l == line), "missing {line}");
     }
-    assert!(text.lines().any(|l| l == "mana_ai_research_jobs_pending_skips_total 0"));
+    assert!(text
+        .lines()
+        .any(|l| l == "mana_ai_research_jobs_pending_skips_total 0"));
     lead.stop().await;
 }

@@ -20,9 +20,8 @@ pub struct ResearchJobMetrics {
 
 /// Registers the families in `registry` (the `metrics!` table's constructor).
 pub(super) fn research_jobs(registry: &Registry) -> ResearchJobMetrics {
-    let by_provider = |name: &str, help: &str| {
-        super::counter_vec(registry, name, help, &["provider"])
-    };
+    let by_provider =
+        |name: &str, help: &str| super::counter_vec(registry, name, help, &["provider"]);
     ResearchJobMetrics {
         submitted: by_provider(
             "research_jobs_submitted_total",

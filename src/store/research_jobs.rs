@@ -79,14 +79,7 @@ pub(crate) async fn polled(
         .execute(
             "UPDATE mana_ai.research_jobs SET state = $4, slot = $5, last_polled_at = $6
              WHERE user_id = $1 AND mission_id = $2 AND task_id = $3",
-            &[
-                &user_id,
-                &mission_id,
-                &task_id,
-                &state.as_str(),
-                &slot,
-                &at,
-            ],
+            &[&user_id, &mission_id, &task_id, &state.as_str(), &slot, &at],
         )
         .await?;
     Ok(())

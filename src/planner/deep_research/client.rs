@@ -55,7 +55,13 @@ impl DeepResearchError {
     /// mana-research does not know the task (404) or refuses us (401):
     /// polling it again cannot help.
     pub fn is_gone(&self) -> bool {
-        matches!(self, DeepResearchError::Status { status: 404 | 401, .. })
+        matches!(
+            self,
+            DeepResearchError::Status {
+                status: 404 | 401,
+                ..
+            }
+        )
     }
 }
 
@@ -113,11 +119,7 @@ impl DeepResearchClient {
     }
 
     /// Submits `query` for `user_id`.
-    pub async fn submit(
-        &self,
-        user_id: &str,
-        query: &str,
-    ) -> Result<Submitted, DeepResearchError> {
+    pub async fn submit(&self, user_id: &str, query: &str) -> Result<Submitted, DeepResearchError> {
         let call = Call::Submit;
         let body = json!({ "query": query, "provider": self.provider });
         let request = self.http.post(self.async_url.clone()).json(&body);
@@ -137,7 +139,11 @@ impl DeepResearchClient {
     }
 
     /// Where task `task_id` stands.
-    pub async fn poll(&self, user_id: &str, task_id: &str) -> Result<PollStatus, DeepResearchError> {
+    pub async fn poll(
+        &self,
+        user_id: &str,
+        task_id: &str,
+    ) -> Result<PollStatus, DeepResearchError> {
         let call = Call::Poll;
         let mut url = self.async_url.clone();
         url.path_segments_mut()
@@ -158,7 +164,10 @@ impl DeepResearchClient {
     ) -> Result<Value, DeepResearchError> {
         let transport = |e: reqwest::Error| {
             if e.is_timeout() {
-                DeepResearchError::Timeout { call, after: timeout }
+                DeepResearchError::Timeout {
+                    call,
+                    after: timeout,
+                }
             } else {
                 DeepResearchError::Unreachable {
                     call,
@@ -260,17 +269,23 @@ mod tests {
         let read = |v: Value| poll_status(&v);
         assert_eq!(read(json!({"status": "queued"})), Ok(PollStatus::Queued));
         assert_eq!(read(json!({"status": "running"})), Ok(PollStatus::Running));
-        assert_eq!(read(json!({"status": "failed", "error": "x"})), Ok(PollStatus::Failed));
-        assert_eq!(read(json!({"status": "cancelled"})), Ok(PollStatus::Cancelled));
+        assert_eq!(
+            read(json!({"status": "failed", "error": "x"})),
+            Ok(PollStatus::Failed)
+        );
+        assert_eq!(
+            read(json!({"status": "cancelled"})),
+            Ok(PollStatus::Cancelled)
+        );
         assert!(read(json!({"status": "done"})).is_err());
         assert!(read(json!({})).is_err());
         assert!(read(json!({"status": "completed"})).is_err(), "no answer");
         let done = read(json!({"status": "completed", "result": {"answer": {
-            "answer": "A", "citations": [
-                {"url": "https://a.example", "title": "T", "snippet": "s"},
-                {"title": "no url"}, "junk",
-                {"url": "https://b.example", "title": null}
-            ]}}}))
+        "answer": "A", "citations": [
+            {"url": "https://a.example", "title": "T", "snippet": "s"},
+            {"title": "no url"}, "junk",
+            {"url": "https://b.example", "title": null}
+        ]}}}))
         .unwrap();
         let PollStatus::Completed(answer) = done else {
             panic!("completed")
@@ -284,7 +299,12 @@ mod tests {
     #[test]
     fn ids_are_short_visible_ascii() {
         assert_eq!(id(&json!({"t": "task-1"}), "t").as_deref(), Some("task-1"));
-        for bad in [json!({"t": ""}), json!({"t": "a b"}), json!({"t": 7}), json!({})] {
+        for bad in [
+            json!({"t": ""}),
+            json!({"t": "a b"}),
+            json!({"t": 7}),
+            json!({}),
+        ] {
             assert_eq!(id(&bad, "t"), None, "{bad}");
         }
         assert_eq!(id(&json!({"t": "x".repeat(MAX_ID_BYTES + 1)}), "t"), None);
@@ -292,10 +312,16 @@ mod tests {
 
     #[test]
     fn only_404_and_401_mean_gone() {
-        let status = |s| DeepResearchError::Status { call: Call::Poll, status: s };
+        let status = |s| DeepResearchError::Status {
+            call: Call::Poll,
+            status: s,
+        };
         assert!(status(404).is_gone() && status(401).is_gone());
         assert!(!status(500).is_gone() && !status(403).is_gone());
-        let timeout = DeepResearchError::Timeout { call: Call::Poll, after: POLL_TIMEOUT };
+        let timeout = DeepResearchError::Timeout {
+            call: Call::Poll,
+            after: POLL_TIMEOUT,
+        };
         assert!(!timeout.is_gone());
     }
 }

@@ -100,9 +100,17 @@ pub fn deep_research_input(answer: &Answer) -> ResolvedInput {
     for (i, citation) in usable.enumerate() {
         listed += 1;
         let title = clip(citation.title.trim(), MAX_TITLE_CHARS);
-        let title = if title.is_empty() { "(ohne Titel)".into() } else { title };
+        let title = if title.is_empty() {
+            "(ohne Titel)".into()
+        } else {
+            title
+        };
         let _ = writeln!(content, "{}. {title}", i + 1);
-        let _ = writeln!(content, "   URL: {}", clip(citation.url.trim(), MAX_URL_CHARS));
+        let _ = writeln!(
+            content,
+            "   URL: {}",
+            clip(citation.url.trim(), MAX_URL_CHARS)
+        );
         if let Some(snippet) = citation.snippet.as_deref().map(str::trim) {
             if !snippet.is_empty() {
                 let _ = writeln!(content, "   Auszug: {}", clip(snippet, MAX_SNIPPET_CHARS));
@@ -144,7 +152,12 @@ mod tests {
             assert!(wants_deep_research(text, ""), "{text}");
             assert!(wants_deep_research("", text), "{text}");
         }
-        for text in ["Recherchiere News", "deep sea research", "Tiefe Gedanken", ""] {
+        for text in [
+            "Recherchiere News",
+            "deep sea research",
+            "Tiefe Gedanken",
+            "",
+        ] {
             assert!(!wants_deep_research(text, text), "{text}");
         }
     }
@@ -171,8 +184,14 @@ mod tests {
         assert_eq!(input.id, "__web-research__");
         let c = &input.content;
         assert!(c.contains("Antwort:\nSolarstrom wächst.\n"), "{c}");
-        assert!(c.contains("1. Studie\n   URL: https://a.example/1\n   Auszug: Zahlen\n"), "{c}");
-        assert!(c.contains("2. (ohne Titel)\n   URL: HTTP://b.example/2\n"), "{c}");
+        assert!(
+            c.contains("1. Studie\n   URL: https://a.example/1\n   Auszug: Zahlen\n"),
+            "{c}"
+        );
+        assert!(
+            c.contains("2. (ohne Titel)\n   URL: HTTP://b.example/2\n"),
+            "{c}"
+        );
         assert!(!c.contains("Böse"), "{c}");
         let none = deep_research_input(&Answer::default());
         assert!(none.content.contains("(leer)") && none.content.contains("nenne daher keine URLs"));

@@ -159,7 +159,10 @@ mod tests {
         let p = JobState::Pending;
         assert_eq!(after_poll(p, Seen::Pending), Verdict::Wait);
         assert_eq!(after_poll(p, Seen::Unavailable), Verdict::Wait);
-        assert_eq!(after_poll(p, Seen::Completed), Verdict::Use { first_time: true });
+        assert_eq!(
+            after_poll(p, Seen::Completed),
+            Verdict::Use { first_time: true }
+        );
         assert_eq!(after_poll(p, Seen::Ended), Verdict::Drop { counted: true });
         assert_eq!(after_poll(p, Seen::Gone), Verdict::Drop { counted: true });
     }
@@ -167,7 +170,10 @@ mod tests {
     #[test]
     fn rereading_a_completed_job_never_waits_or_counts_twice() {
         let c = JobState::Completed;
-        assert_eq!(after_poll(c, Seen::Completed), Verdict::Use { first_time: false });
+        assert_eq!(
+            after_poll(c, Seen::Completed),
+            Verdict::Use { first_time: false }
+        );
         for seen in [Seen::Pending, Seen::Unavailable, Seen::Ended, Seen::Gone] {
             assert_eq!(after_poll(c, seen), Verdict::Drop { counted: false });
         }

@@ -18,8 +18,8 @@ mod decide;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 
-pub use self::decide::{Job, JobState};
 use self::decide::{after_poll, first, First, Seen, Verdict};
+pub use self::decide::{Job, JobState};
 use super::claim::{self, Slot};
 use super::gates::GateDecision;
 use super::mission::{Claimed, DueRun, Step};
@@ -174,7 +174,14 @@ impl Runner {
         let retry_at = self.deps.clock.now() + poll;
         let client = self.deps.pool.get().await.context("connecting")?;
         let token = claimed.guard.token;
-        claim::release(&**client, &due.slot, token, Some(retry_at), decision.as_str()).await?;
+        claim::release(
+            &**client,
+            &due.slot,
+            token,
+            Some(retry_at),
+            decision.as_str(),
+        )
+        .await?;
         claimed.guard.armed = false;
         drop(client);
         self.deps.metrics.research_jobs.pending_skips.inc();
