@@ -1,108 +1,20 @@
-//! Deep research jobs end to end (issue 19 item 3, TODAY.md section 7): the
-//! leader against real Postgres, a fake LLM, a fake mana-api and a fake
-//! mana-research, all real HTTP on loopback. Metrics are read from the
-//! rendered exposition, as Prometheus reads them.
+//! Deep research jobs end to end (issue 19 item 3, TODAY.md section 7): a
+//! matching mission submits a job and waits for it without resolving its
+//! inputs, a completed job's answer reaches the prompt, and with the feature
+//! off nothing is submitted. The leader against real Postgres and fakes on
+//! loopback (`common::research`); the fall-backs are in
+//! `deep_research_fallback.rs`.
 
 mod common;
 
 use std::sync::OnceLock;
 
 use chrono::{DateTime, Utc};
-use common::{eventually, mission_data, plan_answer, setup, write, Change, Leading, TestDb};
+use common::research::*;
+use common::{eventually, setup, TestDb};
 use mana_ai::crypto::{derive_mdk, encrypt_value, mint_grant, GrantPublicKey};
 use serde_json::{json, Value};
-use testkit::fake_api::FakeManaApi;
-use testkit::fake_llm::FakeLlm;
 use testkit::fake_research::FakeResearch;
-
-const KEY: &str = "test-service-key";
-const PROVIDER: &str = "test-provider";
-const ANSWER: &str = "Wärmepumpen-Antwort: Erdwärme lohnt sich ab 120 m².";
-const CITED: &str = "https://studie.example/erdwaerme";
-const NEWS_URL: &str = "https://news.example/bienen-2026";
-
-async fn seed(t: &TestDb, user: &str, id: &str, extra: Value) {
-    let mut sync = t.sync_client().await;
-    write(
-        &mut sync,
-        &[Change::mission(user, id, "insert", mission_data(extra))],
-    )
-    .await;
-}
-
-/// The leader with deep research on (unless `extra` says otherwise).
-async fn lead(
-    t: &TestDb,
-    llm: &FakeLlm,
-    research: &FakeResearch,
-    api: &FakeManaApi,
-    extra: &[(&str, &str)],
-) -> Leading {
-    let (llm_url, research_url, api_url) = (llm.url(), research.url(), api.url());
-    let mut all = vec![
-        ("MANA_LLM_URL", llm_url.as_str()),
-        ("MANA_RESEARCH_URL", research_url.as_str()),
-        ("MANA_API_URL", api_url.as_str()),
-        ("MANA_AI_RESEARCH_PROVIDER", PROVIDER),
-        ("MANA_AI_DEEP_RESEARCH_ENABLED", "true"),
-        ("MANA_AI_RESEARCH_POLL_SECS", "1"),
-    ];
-    all.extend_from_slice(extra);
-    t.lead(&all).await
-}
-
-async fn news_api() -> FakeManaApi {
-    FakeManaApi::with_results(
-        json!([{"url": "https://feeds.example/bienen.xml", "title": "Bienen"}]),
-        json!([{"url": NEWS_URL, "title": "Bienen 2026", "excerpt": "Neu", "publishedAt": "2026-11-20"}]),
-    )
-    .await
-    .unwrap()
-}
-
-async fn llm() -> FakeLlm {
-    FakeLlm::start(vec![FakeLlm::answer(&plan_answer())])
-        .await
-        .unwrap()
-}
-
-/// A sample's value in the rendered metrics (0 when absent).
-fn metric(lead: &Leading, series: &str) -> f64 {
-    let text = lead.metrics.render();
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
-}
-
-fn jobs(lead: &Leading, family: &str) -> f64 {
-    metric(
-        lead,
-        &format!("mana_ai_research_jobs_{family}_total{{provider=\"{PROVIDER}\"}}"),
-    )
-}
-
-fn pending_skips(lead: &Leading) -> f64 {
-    metric(lead, "mana_ai_research_jobs_pending_skips_total")
-}
-
-async fn job_state(t: &TestDb, mission: &str) -> Option<String> {
-    t.admin()
-        .await
-        .query_opt(
-            "SELECT state FROM mana_ai.research_jobs WHERE mission_id = $1",
-            &[&mission],
-        )
-        .await
-        .unwrap()
-        .map(|r| r.get(0))
-}
-
-async fn wait_written(t: &TestDb, user: &str, mission: &str) {
-    eventually("the mission's iteration is written back", || async {
-        t.writebacks(user, mission).await.len() == 1
-    })
-    .await;
-}
 
 // ------------------------------------------------------------------ submit
 
@@ -328,110 +240,6 @@ async fn a_pending_job_decrypts_nothing_and_a_completed_one_reaches_the_prompt()
         (1.0, 1.0)
     );
     assert_eq!(jobs(&lead, "failed"), 0.0);
-    lead.stop().await;
-}
-
-// --------------------------------------------------------------- fall-backs
-
-/// Runs `mission` (an objective no news trigger word matches) to its
-/// write-back and checks it fell back to the news research.
-async fn assert_fell_back(t: &TestDb, llm: &FakeLlm, api: &FakeManaApi, mission: &str) {
-    wait_written(t, "ana", mission).await;
-    let prompts = llm.prompts();
-    let user = &prompts.last().expect("planned").user;
-    assert!(
-        user.contains(NEWS_URL),
-        "news research in the prompt:\n{user}"
-    );
-    assert!(!user.contains(ANSWER));
-    assert_eq!(api.requests().len(), 2, "discover and search");
-    assert_eq!(job_state(t, mission).await.as_deref(), Some("dropped"));
-}
-
-const BEES: &str = "Hintergrundrecherche zu Wildbienen";
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_job_falls_back_to_the_news_research() {
-    let t = setup().await;
-    let (llm, api) = (llm().await, news_api().await);
-    let script = vec![FakeResearch::running(), FakeResearch::failed()];
-    let research = FakeResearch::start(KEY, script).await.unwrap();
-    seed(&t, "ana", "bees", json!({"objective": BEES})).await;
-    let lead = lead(&t, &llm, &research, &api, &[]).await;
-    assert_fell_back(&t, &llm, &api, "bees").await;
-    lead.settled().await;
-    assert_eq!(research.polls().len(), 2);
-    assert_eq!(
-        (jobs(&lead, "submitted"), jobs(&lead, "failed")),
-        (1.0, 1.0)
-    );
-    assert_eq!(jobs(&lead, "completed"), 0.0);
-    lead.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_job_mana_research_forgets_is_dropped_and_the_run_falls_back() {
-    let t = setup().await;
-    let (llm, api) = (llm().await, news_api().await);
-    let research = FakeResearch::start(KEY, vec![FakeResearch::queued()])
-        .await
-        .unwrap();
-    seed(&t, "ana", "bees", json!({"objective": BEES})).await;
-    let lead = lead(&t, &llm, &research, &api, &[]).await;
-    eventually("submitted", || async { jobs(&lead, "submitted") >= 1.0 }).await;
-    // The original counts a 404 as pending for ever; here it ends the job.
-    research.forget_tasks();
-    assert_fell_back(&t, &llm, &api, "bees").await;
-    lead.settled().await;
-    assert_eq!(jobs(&lead, "failed"), 1.0);
-    assert_eq!(research.submits().len(), 1, "no second job for the slot");
-    lead.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_poll_refused_with_401_drops_the_job_and_the_run_falls_back() {
-    let t = setup().await;
-    let (llm, api) = (llm().await, news_api().await);
-    let research = FakeResearch::start(KEY, vec![FakeResearch::queued()])
-        .await
-        .unwrap();
-    seed(&t, "ana", "bees", json!({"objective": BEES})).await;
-    let lead = lead(&t, &llm, &research, &api, &[]).await;
-    eventually("submitted", || async { jobs(&lead, "submitted") >= 1.0 }).await;
-    research.answer_polls_with(Some(401));
-    assert_fell_back(&t, &llm, &api, "bees").await;
-    lead.settled().await;
-    assert_eq!(jobs(&lead, "failed"), 1.0);
-    assert_eq!(research.submits().len(), 1);
-    lead.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_job_pending_past_the_maximum_age_is_dropped_without_a_poll() {
-    let t = setup().await;
-    let (llm, api) = (llm().await, news_api().await);
-    let research = FakeResearch::start(KEY, vec![FakeResearch::queued()])
-        .await
-        .unwrap();
-    // A job submitted seven hours ago (the default maximum is six).
-    t.admin()
-        .await
-        .execute(
-            "INSERT INTO mana_ai.research_jobs (user_id, mission_id, slot, task_id, provider_id, state, submitted_at)
-             VALUES ('ana', 'bees', 'an earlier slot', 'task-old', 'p', 'pending', now() - interval '7 hours')",
-            &[],
-        )
-        .await
-        .unwrap();
-    seed(&t, "ana", "bees", json!({"objective": BEES})).await;
-    let lead = lead(&t, &llm, &research, &api, &[]).await;
-    assert_fell_back(&t, &llm, &api, "bees").await;
-    lead.settled().await;
-    assert!(
-        research.requests().is_empty(),
-        "neither polled nor submitted again"
-    );
-    assert_eq!(jobs(&lead, "failed"), 1.0);
     lead.stop().await;
 }
 
