@@ -1,4 +1,4 @@
--- Deep research jobs (src/run/deep, TODAY.md section 7): at most one job per
+-- Deep research jobs (src/run/deep; docs/interfaces.md section 6): at most one job per
 -- mission at mana-research. `slot` is the nextRunAt of the run that submitted
 -- it (or last polled it while pending): a completed or dropped job answers
 -- for that slot only, and the next slot submits a new one. The answer itself

@@ -1,4 +1,4 @@
-//! Deep research jobs end to end (issue 19 item 3, TODAY.md section 7): a
+//! Deep research jobs end to end (issue 19 item 3; docs/interfaces.md section 6): a
 //! matching mission submits a job and waits for it without resolving its
 //! inputs, a completed job's answer reaches the prompt, and with the feature
 //! off nothing is submitted. The leader against real Postgres and fakes on
@@ -46,7 +46,7 @@ async fn a_matching_mission_submits_a_job_and_waits_one_poll_interval() {
     lead.settled().await;
     let after = Utc::now();
 
-    // One submit, for the matching mission only, as TODAY.md section 7 says.
+    // One submit, for the matching mission only, as docs/interfaces.md section 6 says.
     let submits = research.submits();
     assert_eq!(submits.len(), 1, "one job");
     let submit = &submits[0];

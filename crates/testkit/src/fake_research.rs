@@ -1,5 +1,5 @@
-//! `FakeResearch`: mana-research's async research on loopback (TODAY.md
-//! section 7).
+//! `FakeResearch`: mana-research's async research on loopback (mana-ai's
+//! docs/interfaces.md section 6).
 //!
 //! `POST /api/v1/internal/research/async` accepts a job and answers
 //! `{taskId, status: "queued", providerId, costCredits}` with a fresh task id

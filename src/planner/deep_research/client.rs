@@ -1,4 +1,4 @@
-//! The HTTP client of mana-research's async research (TODAY.md section 7):
+//! The HTTP client of mana-research's async research (docs/interfaces.md section 6):
 //! submit `POST /api/v1/internal/research/async` `{query, provider}` (30 s)
 //! and poll `GET /api/v1/internal/research/async/{taskId}` (15 s), with the
 //! service key, the user id and `X-App-Id: mana-ai`. Errors say which call

@@ -1,4 +1,4 @@
-//! Deep research (TODAY.md section 7): when a mission asks for it, and how a
+//! Deep research (docs/interfaces.md section 6): when a mission asks for it, and how a
 //! completed job's answer reaches the prompt. The HTTP client is in
 //! `client.rs`; the job's life across runs in `run::deep`.
 //!

@@ -1,6 +1,6 @@
-//! Phase 3b of a run: the mission's deep research job (TODAY.md section 7),
-//! right after the agent gates and before any input is resolved, so a
-//! mission waiting for its job decrypts nothing and writes no audit row.
+//! Phase 3b of a run: the mission's deep research job (docs/interfaces.md
+//! section 6), right after the agent gates and before any input is
+//! resolved, so a mission waiting for its job decrypts nothing and writes no audit row.
 //!
 //! A mission whose objective or concept asks for deep research submits one
 //! job for its slot and is skipped (`skipped-research-pending`) while the job
