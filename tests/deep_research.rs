@@ -12,7 +12,9 @@ use std::sync::OnceLock;
 use chrono::{DateTime, Utc};
 use common::research::*;
 use common::{eventually, setup, TestDb};
+use mana_ai::backend::ServiceBackend;
 use mana_ai::crypto::{derive_mdk, encrypt_value, mint_grant, GrantPublicKey};
+use mana_ai::http::Backend;
 use serde_json::{json, Value};
 use testkit::fake_research::FakeResearch;
 
@@ -94,6 +96,16 @@ async fn a_matching_mission_submits_a_job_and_waits_one_poll_interval() {
         retry_at >= before + hour && retry_at <= after + hour,
         "{retry_at}"
     );
+
+    // GET /internal/missions/{userId} shows the decision as the run's outcome.
+    // (A standby's view: the runs come from mission_runs either way.)
+    let (_, standby) = tokio::sync::watch::channel(None);
+    let backend = ServiceBackend::new(t.pool.clone(), lead.metrics.clone(), true, standby);
+    let view = backend.user_missions("ana").await.unwrap();
+    let missions = view["missions"].as_array().unwrap();
+    let deep = missions.iter().find(|m| m["missionId"] == "deep").unwrap();
+    assert_eq!(deep["recentRuns"][0]["outcome"], "skipped-research-pending");
+    assert_eq!(deep["blocked"], Value::Null, "waiting is not a stall");
 
     // Metrics: the decision of its own, the job counted.
     let decision = |d: &str| {
