@@ -11,11 +11,12 @@ use std::sync::OnceLock;
 
 use chrono::{DateTime, Utc};
 use common::research::*;
-use common::{eventually, setup, TestDb};
+use common::{eventually, plan_answer, setup, TestDb};
 use mana_ai::backend::ServiceBackend;
 use mana_ai::crypto::{derive_mdk, encrypt_value, mint_grant, GrantPublicKey};
 use mana_ai::http::Backend;
 use serde_json::{json, Value};
+use testkit::fake_llm::FakeLlm;
 use testkit::fake_research::FakeResearch;
 
 // ------------------------------------------------------------------ submit
@@ -247,6 +248,47 @@ async fn a_pending_job_decrypts_nothing_and_a_completed_one_reaches_the_prompt()
             && p.header("x-user-id") == Some("ana")
             && p.header("x-service-key") == Some(KEY)));
     assert_eq!(job_state(&t, MISSION).await.as_deref(), Some("completed"));
+    assert_eq!(
+        (jobs(&lead, "submitted"), jobs(&lead, "completed")),
+        (1.0, 1.0)
+    );
+    assert_eq!(jobs(&lead, "failed"), 0.0);
+    lead.stop().await;
+}
+
+// ------------------------------------------------- a retry of the same slot
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_of_the_slot_reads_the_answer_again_without_a_new_job() {
+    let t = setup().await;
+    let api = news_api().await;
+    // The first answer fails the parser; the slot is retried after the back-off.
+    let llm = FakeLlm::start(vec![
+        FakeLlm::answer("kein Plan"),
+        FakeLlm::answer(&plan_answer()),
+    ])
+    .await
+    .unwrap();
+    let done = FakeResearch::completed(ANSWER, json!([{"url": CITED, "title": "Studie"}]));
+    let research = FakeResearch::start(KEY, vec![done]).await.unwrap();
+    seed(
+        &t,
+        "ana",
+        "deep",
+        json!({"objective": "Deep Dive Wärmepumpen"}),
+    )
+    .await;
+    let lead = lead(&t, &llm, &research, &api, &[]).await;
+    wait_written(&t, "ana", "deep").await;
+    lead.settled().await;
+    let prompts = llm.prompts();
+    assert_eq!(prompts.len(), 2, "a failed attempt, then the plan");
+    assert!(
+        prompts.iter().all(|p| p.user.contains(ANSWER)),
+        "both had the answer"
+    );
+    assert_eq!(research.submits().len(), 1, "one job for the slot");
+    assert_eq!(research.polls().len(), 2, "the retry read the answer again");
     assert_eq!(
         (jobs(&lead, "submitted"), jobs(&lead, "completed")),
         (1.0, 1.0)
