@@ -82,7 +82,11 @@ impl Runner {
         let admitted = next!(self.gate(&client, &due, &mut claimed, started).await?);
         // No pooled connection is held while mana-research answers.
         drop(client);
-        let web = next!(self.deep_research(&due, &mut claimed).await?);
+        let web = self
+            .deep_research(&due, &mut claimed)
+            .instrument(tracing::info_span!("deep_research"))
+            .await?;
+        let web = next!(web);
         self.decided(GateDecision::Ran);
         if claimed.failures == 0 {
             self.count_missed(&due.record, due.slot_at, started);
