@@ -14,6 +14,7 @@
 //! through a method here that maps it to the known set or `other`.
 
 pub mod labels;
+pub mod research;
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -22,6 +23,8 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+use research::research_jobs;
 
 const NAMESPACE: &str = "mana_ai";
 
@@ -100,6 +103,8 @@ metrics! {
     run_outcomes: IntCounterVec = counter_vec("run_outcomes_total", "Finished mission runs by outcome", &["outcome"]),
     runs_abandoned: IntCounter = counter("runs_abandoned_total", "Runs stopped unfinished (shutdown past its grace, or leadership lost); their slots go to the next leader"),
     research_failures: IntCounter = counter("research_failures_total", "Research pre-steps that failed (planning went on without them)"),
+    /// `research_jobs_*` (deep research; see `metrics/research.rs`).
+    research_jobs: research::ResearchJobMetrics = research_jobs(),
     missions_stalled: IntCounterVec = counter_vec("missions_stalled_total", "Runs that found their mission unable to advance, by reason", &["reason"]),
     // -- LLM gateway and cost bounds --
     llm_concurrency_limit: IntGauge = int_gauge("llm_concurrency_limit", "LLM requests allowed in flight at once (adaptive, 1..MANA_AI_MAX_CONCURRENT_RUNS)"),

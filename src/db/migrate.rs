@@ -29,6 +29,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "audit_retention",
         include_str!("../../sql/0007_audit_retention.sql"),
     ),
+    (
+        10,
+        "research_jobs",
+        include_str!("../../sql/0010_research_jobs.sql"),
+    ),
 ];
 
 /// Arbitrary constant: the advisory lock key of migrations ("manaaimi").

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod logs;
+pub mod research;
 pub mod serve;
 
 use std::collections::HashMap;
