@@ -29,7 +29,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::routes::{error, Body};
+use super::response::{error, Body};
 
 /// When the request being read on a connection started arriving: the first
 /// read that returned bytes after the last response was written (or after

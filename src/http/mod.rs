@@ -27,6 +27,7 @@ mod auth;
 mod jwks;
 mod limits;
 mod params;
+mod response;
 mod routes;
 mod server;
 

@@ -10,23 +10,30 @@
 //! `GET /api/v1/me/ai-audit` answers `{"entries": [AuditEntry, ...]}` (an
 //! object, so fields can be added later without breaking clients).
 
+use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::{Body as _, Incoming};
-use hyper::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::header::{HeaderValue, ALLOW, CACHE_CONTROL};
 use hyper::{HeaderMap, Method, Request, Response, StatusCode};
-use serde::Serialize;
 
 use super::auth::{bearer_matches, bearer_token, service_key_matches};
+use super::jwks::JwksVerifier;
 use super::jwks::TokenError;
 use super::limits::{closing, read_body};
 use super::params::{percent_decode, ListQuery};
-use super::server::AppState;
-use super::{Backend, TickError};
+use super::response::{error, json, text, unauthorized_bearer, Body};
+use super::{Backend, HttpSettings, TickError};
+use crate::metrics::Metrics;
 
-pub(crate) type Body = Full<Bytes>;
+/// What every connection shares.
+pub(crate) struct AppState<B> {
+    pub(crate) backend: Arc<B>,
+    pub(crate) settings: HttpSettings,
+    /// `None` when no JWKS URL is configured: the audit API answers 503.
+    pub(crate) jwks: Option<JwksVerifier>,
+    pub(crate) metrics: Arc<Metrics>,
+}
 
 /// A recognised route; `UserMissions` carries the raw (still encoded) id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -278,51 +285,6 @@ async fn audit<B: Backend>(
             )
         }
     }
-}
-
-/// A JSON response.
-pub(crate) fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response<Body> {
-    match serde_json::to_vec(value) {
-        Ok(bytes) => respond(status, "application/json", bytes.into()),
-        Err(e) => {
-            tracing::error!(error = %e, "serialising a response failed");
-            respond(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "application/json",
-                Bytes::from_static(br#"{"error":"internal error"}"#),
-            )
-        }
-    }
-}
-
-/// `{"error": message}` with `status`.
-pub(crate) fn error(status: StatusCode, message: &str) -> Response<Body> {
-    json(status, &serde_json::json!({ "error": message }))
-}
-
-fn unauthorized_bearer(message: &str) -> Response<Body> {
-    let mut response = error(StatusCode::UNAUTHORIZED, message);
-    response
-        .headers_mut()
-        .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    response
-}
-
-fn text(body: String) -> Response<Body> {
-    respond(
-        StatusCode::OK,
-        "text/plain; version=0.0.4; charset=utf-8",
-        body.into(),
-    )
-}
-
-fn respond(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Body> {
-    let mut response = Response::new(Full::new(body));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-    response
 }
 
 #[cfg(test)]

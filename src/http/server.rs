@@ -29,18 +29,10 @@ use tracing::Instrument;
 
 use super::jwks::JwksVerifier;
 use super::limits::{refuse, ClockedIo, RequestClock};
-use super::routes::{dispatch, error, Body, Route};
+use super::response::{error, Body};
+use super::routes::{dispatch, AppState, Route};
 use super::{Backend, HttpSettings};
 use crate::metrics::Metrics;
-
-/// What every connection shares.
-pub(crate) struct AppState<B> {
-    pub(crate) backend: Arc<B>,
-    pub(crate) settings: HttpSettings,
-    /// `None` when no JWKS URL is configured: the audit API answers 503.
-    pub(crate) jwks: Option<JwksVerifier>,
-    metrics: Arc<Metrics>,
-}
 
 /// Serves HTTP on `listener` until `shutdown` is cancelled, then lets
 /// requests in flight finish (up to `settings.shutdown_grace`) and returns.

@@ -22,8 +22,8 @@ use uuid::Uuid;
 
 use super::phase::Phase;
 use crate::backoff::Backoff;
-pub use crate::store::runs::RecentRun;
 use crate::store::runs::{self, ClaimRow, RunState};
+pub use crate::store::runs::{RecentRun, Slot};
 
 /// What claiming a slot found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,15 +37,6 @@ pub enum Claim {
     /// Another claim holds it (kept for callers; [`claim`] takes over every
     /// `running` row, since its caller is the only run of this mission here).
     Running,
-}
-
-/// Identifies a slot.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Slot {
-    pub user_id: String,
-    pub mission_id: String,
-    /// The `nextRunAt` string exactly as the snapshot holds it.
-    pub slot: String,
 }
 
 /// The claim commits without waiting for its WAL flush: a claim lost in a

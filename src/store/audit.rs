@@ -1,9 +1,24 @@
 //! `mana_ai.decrypt_audit`: one row per record a grant let mana-ai read, or
 //! refused to read. Callers hold the user's RLS transaction.
 
+use chrono::{DateTime, Utc};
+use serde::Serialize;
 use tokio_postgres::GenericClient;
 
-use crate::audit::AuditEntry;
+/// One audit row as the user reads it (`GET /api/v1/me/ai-audit`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditEntry {
+    pub id: i64,
+    pub mission_id: String,
+    pub iteration_id: Option<String>,
+    pub table_name: String,
+    pub record_id: String,
+    /// `ok`, `failed` or `scope-violation` (`audit::AuditStatus`).
+    pub status: String,
+    pub reason: Option<String>,
+    pub ts: DateTime<Utc>,
+}
 
 /// One audit row to write.
 #[derive(Debug, Clone, Copy)]

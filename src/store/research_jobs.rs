@@ -5,7 +5,43 @@
 use chrono::{DateTime, Utc};
 use tokio_postgres::{GenericClient, Row};
 
-use crate::run::deep::{Job, JobState};
+/// `research_jobs.state`: the strings live here and nowhere else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobState {
+    /// Submitted; mana-research has not finished it (as last seen).
+    Pending,
+    /// Finished with an answer, for the job's slot.
+    Completed,
+    /// Ended without an answer (or given up on): the job's slot falls back.
+    Dropped,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Pending => "pending",
+            JobState::Completed => "completed",
+            JobState::Dropped => "dropped",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<JobState> {
+        [JobState::Pending, JobState::Completed, JobState::Dropped]
+            .into_iter()
+            .find(|s| s.as_str() == text)
+    }
+}
+
+/// A mission's job as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    /// The slot (`nextRunAt`) the job answers for.
+    pub slot: String,
+    pub task_id: String,
+    pub provider_id: String,
+    pub state: JobState,
+    pub submitted_at: DateTime<Utc>,
+}
 
 /// The mission's job, if it has one.
 pub(crate) async fn load(

@@ -7,7 +7,14 @@ use serde_json::Value;
 use tokio_postgres::{Client, GenericClient, Row};
 use uuid::Uuid;
 
-use crate::run::claim::Slot;
+/// Identifies a slot: a mission's run due at one `nextRunAt`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    pub user_id: String,
+    pub mission_id: String,
+    /// The `nextRunAt` string exactly as the snapshot holds it.
+    pub slot: String,
+}
 
 /// `mission_runs.state`: the strings live here and nowhere else.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
