@@ -29,6 +29,7 @@ fn prompt_with(
         catalog: catalog.tools(),
         tools,
         now: None,
+        param_max_chars: 4000,
     })
 }
 
@@ -171,6 +172,7 @@ fn system_prefix_is_byte_identical_across_missions_agents_and_times() {
         catalog: catalog.tools(),
         tools: &some,
         now: Some(at("2025-03-01T09:30:00Z")),
+        param_max_chars: 4000,
     });
     let b = build_prompt(&PromptInput {
         mission: other_mission,
@@ -179,6 +181,7 @@ fn system_prefix_is_byte_identical_across_missions_agents_and_times() {
         catalog: catalog.tools(),
         tools: &all,
         now: Some(at("2026-11-30T13:01:59Z")),
+        param_max_chars: 4000,
     });
     let prefix = static_prefix(catalog.tools());
     for prompt in [&a, &b] {
@@ -330,6 +333,7 @@ fn the_time_line_appears_when_given() {
         catalog: &[],
         tools: &[],
         now: Some(now),
+        param_max_chars: 4000,
     });
     assert!(prompt
         .system

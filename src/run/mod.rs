@@ -85,6 +85,8 @@ pub struct RunnerDeps {
     pub prompt_observer: Option<mpsc::UnboundedSender<PromptSummary>>,
     /// The generation of `sync_changes` (stamp column, write-back shape).
     pub generation: crate::sync::generation::Generation,
+    /// `MANA_AI_PLAN_PARAM_MAX_CHARS`: the plan schema's bound on string parameters.
+    pub param_max_chars: usize,
     /// Test hook (`MANA_AI_FAILPOINT=after-llm`, read only in builds with
     /// the `test-hooks` feature): abort the process right after the planner
     /// answered, to prove a crash there loses nothing.

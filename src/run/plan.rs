@@ -87,6 +87,7 @@ impl Runner {
             catalog: deps.catalog.tools(),
             tools,
             now: Some(started),
+            param_max_chars: deps.param_max_chars,
         });
         self.observe_prompt(&due.slot.mission_id, &prompt, tools.len(), &inputs);
         drop(inputs);
@@ -103,8 +104,8 @@ impl Runner {
         }
         claimed.guard.phase = Phase::ParsingResponse;
         let tokens_used = tokens(&answer, &prompt.system, &prompt.user);
-        let is_allowed = |name: &str| tools.iter().any(|t| t.name == name);
-        match parse_plan(&answer.content, answer.shape, is_allowed) {
+        let allowed = |name: &str| tools.iter().copied().find(|t| t.name == name);
+        match parse_plan(&answer.content, answer.shape, allowed) {
             Ok(plan) => {
                 deps.metrics
                     .duplicate_steps

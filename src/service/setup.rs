@@ -53,13 +53,11 @@ fn pem_hint(value: &str) -> &'static str {
     }
 }
 
-/// Loads the tool catalog: `MANA_AI_TOOL_CATALOG` or the built-in one.
+/// Loads the tool catalog: the one `MANA_AI_TOOL_CATALOG` names, else the
+/// built-in one of the database's generation (`Config::generation`).
 pub fn load_catalog(config: &Config) -> anyhow::Result<ToolCatalog> {
-    match &config.planner.tool_catalog {
-        Some(path) => ToolCatalog::from_json_file(path)
-            .map_err(|e| anyhow::anyhow!("MANA_AI_TOOL_CATALOG: {e}")),
-        None => Ok(ToolCatalog::builtin()),
-    }
+    ToolCatalog::chosen(config.planner.tool_catalog.as_ref(), config.generation)
+        .map_err(|e| anyhow::anyhow!("MANA_AI_TOOL_CATALOG: {e}"))
 }
 
 /// The LLM planner of a config.
@@ -138,6 +136,7 @@ impl RunnerSetup {
             fair_limits: runner.fair,
             max_field_bytes: ctx.config.reactor.max_field_bytes,
             generation: ctx.config.generation,
+            param_max_chars: ctx.config.planner.param_max_chars,
             backoff: runner.retry_backoff.clone(),
             instance_id: term.id,
             prompt_observer: self.prompt_observer,
