@@ -29,6 +29,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "audit_retention",
         include_str!("../../sql/0007_audit_retention.sql"),
     ),
+    (
+        9,
+        "resolved_model",
+        include_str!("../../sql/0009_resolved_model.sql"),
+    ),
 ];
 
 /// Arbitrary constant: the advisory lock key of migrations ("manaaimi").

@@ -234,6 +234,11 @@ impl ToolPlan {
         }
     }
 
+    /// Whether a call became a step yet.
+    pub fn has_steps(&self) -> bool {
+        !self.steps.is_empty()
+    }
+
     /// Whether no further call can become a step.
     pub fn is_full(&self) -> bool {
         self.steps.len() >= MAX_STEPS

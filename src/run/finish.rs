@@ -151,7 +151,8 @@ impl Runner {
         deps.metrics.mission_errors.inc();
         tracing::warn!(phase = phase.as_str(), error = %message, failures = failures + 1, "mission run failed");
         let now = deps.clock.now();
-        if failures + 1 >= deps.max_failures {
+        // A refusal (blocked, auth) ends the run at once: retrying cannot help.
+        if failures + 1 >= deps.max_failures || kind.is_final() {
             write.now = now;
             write.outcome = FAILED;
             write.iteration = writeback::failed_iteration(

@@ -22,6 +22,7 @@ mod prepare;
 mod queue;
 mod shutdown;
 pub mod stall;
+mod tool_counts;
 pub mod writeback;
 
 use std::sync::{Arc, Mutex};
@@ -188,6 +189,7 @@ impl Runner {
             mission_id = %mission_id,
             agent_id = tracing::field::Empty,
             slot = tracing::field::Empty,
+            resolved_model = tracing::field::Empty,
             outcome = tracing::field::Empty,
         );
         let outcome = self.run_guarded(user_id, mission_id, &span).await;

@@ -72,10 +72,12 @@ pub fn llm_planner(config: &Config, metrics: &Metrics) -> anyhow::Result<Planner
     llm.max_attempts = planner.llm_max_attempts;
     llm.max_tokens = (planner.llm_max_tokens > 0).then_some(planner.llm_max_tokens);
     llm.structured = planner.llm_structured;
+    llm.rounds = planner.planner_rounds;
     let limit = LimitConfig::new(config.runner.max_concurrent_runs);
     let client = LlmClient::new(llm)
         .map_err(|e| anyhow::anyhow!("MANA_LLM_URL: {e}"))?
         .with_duration_histogram(metrics.planner_request_duration.clone())
+        .with_planner_metrics(metrics.planner.clone())
         .with_limiter(limit, Some(LimiterMetrics::of(metrics)));
     Ok(Planner::Llm(Box::new(client)))
 }
