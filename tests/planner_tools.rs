@@ -191,5 +191,32 @@ async fn a_free_text_prompt_leaves_denied_tools_out() {
     assert!(prompts[1].system.contains("gesperrt"));
 }
 
+async fn health(port: u16) -> String {
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let url = format!("http://127.0.0.1:{port}/health");
+    client.get(url).send().await.unwrap().text().await.unwrap()
+}
+
+/// `serve` names the catalog in force in its log and on `/health`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_shows_the_catalog_in_force() {
+    let t = setup_current().await;
+    let url = t.db.url_as(pgtemp::SERVICE_ROLE);
+    for (extra, expected) in [
+        (vec![], "built-in current"),
+        (vec![("MANA_AI_TOOL_CATALOG", "v0.6")], "built-in v0.6"),
+    ] {
+        let mut serve = common::serve::Serve::start(&url, &extra);
+        serve
+            .answers_within(std::time::Duration::from_secs(30))
+            .await;
+        let body = health(serve.port).await;
+        let shown = format!(r#""toolCatalog":"{expected}""#);
+        assert!(body.contains(&shown), "{body}");
+        let log = serve.log();
+        assert!(log.contains("tool catalog in force"), "{log}");
+    }
+}
+
 #[path = "planner_tools/tool_calling.rs"]
 mod tool_calling;

@@ -140,6 +140,38 @@ fn denied_tools_are_stated_and_left_out_of_the_schema() {
     assert_eq!(none.schema, None);
 }
 
+/// Free text enforces nothing: its system message never shows a denied
+/// tool. Tool calling: no tool list, no JSON instructions, the same run part.
+#[test]
+fn free_text_and_tool_calling_have_system_messages_of_their_own() {
+    let catalog = ToolCatalog::builtin();
+    let policy = json!({"tools": {"create_note": "deny"}, "defaultForAi": "propose"});
+    let policy = AgentPolicy::parse(&policy).unwrap();
+    let tools = filter_tools(&catalog, Some(&policy));
+    let prompt = prompt_with(mission(), &[], Some(coach()), &tools);
+    assert!(prompt.system.contains("- create_note (Modul notes)"));
+    assert!(!prompt.system_text.contains("create_note"));
+    assert!(prompt.system_text.contains("- create_task (Modul todo)"));
+    assert!(prompt
+        .system_text
+        .contains("Alle aufgeführten Werkzeuge sind erlaubt."));
+    let tools_system = &prompt.system_tools;
+    assert!(!tools_system.contains("(Modul "), "{tools_system}");
+    assert!(
+        !tools_system.to_lowercase().contains("json"),
+        "{tools_system}"
+    );
+    assert!(tools_system.contains("<agent_context>"));
+    assert!(prompt.user.ends_with("json-Codeblock.\n"));
+    let user = prompt.user_for_tools();
+    assert!(!user.contains("json") && user.contains("rufe für jeden Schritt ein"));
+    assert!(user.starts_with(&prompt.user[..prompt.user.len() - 80]));
+    // Without denials both listing messages are the same.
+    let all = filter_tools(&catalog, None);
+    let prompt = prompt_with(mission(), &[], None, &all);
+    assert_eq!(prompt.system, prompt.system_text);
+}
+
 fn coach() -> AgentContext<'static> {
     AgentContext {
         name: "Coach",

@@ -258,3 +258,31 @@ async fn auto_offers_tools_to_mana_llm_only_and_never_settles_on_empty_plans() {
     assert_eq!(plain.bodies().len(), 2);
     assert!(plain.bodies().iter().all(|b| b.get("tools").is_none()));
 }
+
+/// `blocked` in a later round ends the run like in the first: a failed
+/// iteration with the reason, not a plan of the earlier rounds' steps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_in_a_later_round_ends_the_run() {
+    let t = setup().await;
+    let args = r#"{"title": "Montag", "rationale": "Ein Anfang."}"#;
+    let llm = FakeLlm::start(vec![
+        FakeLlm::tool_calls(&[("c1", "create_task", args)], None),
+        FakeLlm::error("blocked", "content policy"),
+    ])
+    .await
+    .unwrap();
+    seed_mission(&t, "sam", "m1", json!({})).await;
+    let lead = t
+        .lead(&[
+            ("MANA_LLM_URL", &llm.url()),
+            ("MANA_LLM_STRUCTURED", "tools"),
+        ])
+        .await;
+    eventually("m1 ended", || planned(&t, "sam", "m1")).await;
+    lead.stop().await;
+    assert_eq!(llm.bodies().len(), 2);
+    let iteration = last_iteration(&t, "sam", "m1").await.unwrap();
+    assert_eq!(iteration["overallStatus"], "failed", "{iteration}");
+    assert_eq!(iteration["errorDetails"]["phase"], "calling-llm");
+    assert!(steps(&iteration).is_empty());
+}

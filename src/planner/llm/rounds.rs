@@ -60,7 +60,7 @@ impl LlmClient {
             };
             let reply = match self.exchange(&exchange, check, tries, picker).await {
                 Ok(reply) => reply,
-                Err(failure) if got.rounds > 1 && got.plan.has_steps() => {
+                Err(failure) if got.rounds > 1 && got.plan.has_steps() && !is_refusal(&failure) => {
                     got.rounds -= 1;
                     end_early(&failure);
                     break got.last_text.clone();
@@ -137,6 +137,11 @@ fn assistant(mut message: Value) -> Value {
         object.insert("role".into(), Value::from("assistant"));
     }
     message
+}
+
+/// `blocked` or `auth`: the run ends, whatever earlier rounds planned.
+fn is_refusal(failure: &Failure) -> bool {
+    matches!(failure, Failure::Error(LlmError::Refused { .. }))
 }
 
 /// A later round failed or was not sent: the steps so far stand.
