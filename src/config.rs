@@ -10,6 +10,8 @@ mod http;
 mod jwt;
 mod limits;
 mod parse;
+#[cfg(test)]
+mod planner_tests;
 
 pub use http::HttpConfig;
 pub use limits::{CostLimits, FairLimits, HttpLimits};

@@ -112,3 +112,66 @@ fn rounds_collect_steps_answer_every_call_and_collapse_repeats() {
     assert_eq!((done.steps.len(), done.duplicates_dropped), (MAX_STEPS, 1));
     assert_eq!(done.summary, "Fertig.");
 }
+
+mod invariants {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn arb_call() -> impl Strategy<Value = ToolCall> {
+        let names = prop::sample::select(vec![
+            "create_task",
+            "create_note",
+            "nope",
+            "add_tag_to_note",
+        ]);
+        let args = prop::sample::select(vec![
+            r#"{"title": "A", "rationale": "r"}"#,
+            r#"{"title": "B", "rationale": "r"}"#,
+            r#"{"content": "C", "rationale": "r"}"#,
+            r#"{"noteId": "n", "tag": "t", "rationale": "r"}"#,
+            r#"{"title": "A"}"#,
+            "not json",
+            "",
+        ]);
+        ("[a-z]{1,4}", names, args).prop_map(|(id, name, args)| ToolCall {
+            id,
+            name: name.to_string(),
+            arguments: args.to_string(),
+        })
+    }
+
+    proptest! {
+        /// Whatever the model calls over whatever rounds: every call gets one
+        /// answer with its id, the plan has at most five steps, no two steps
+        /// are the same call, and every step's tool was allowed.
+        #[test]
+        fn rounds_answer_every_call_and_keep_the_plan_bounded(
+            rounds in prop::collection::vec(prop::collection::vec(arb_call(), 0..6), 1..6)
+        ) {
+            let catalog = ToolCatalog::builtin();
+            let allowed: Vec<&ToolSpec> = ["create_task", "create_note"]
+                .iter()
+                .map(|n| catalog.get(n).unwrap())
+                .collect();
+            let mut plan = ToolPlan::default();
+            let mut calls = 0;
+            for round in &rounds {
+                let replies = plan.take_round(round, &allowed);
+                prop_assert_eq!(replies.len(), round.len());
+                for (reply, call) in replies.iter().zip(round) {
+                    prop_assert_eq!(reply["tool_call_id"].as_str(), Some(call.id.as_str()));
+                    prop_assert_eq!(&reply["role"], "tool");
+                }
+                calls += round.len();
+            }
+            prop_assert_eq!(plan.calls.len(), calls);
+            let done = plan.finish("");
+            prop_assert!(done.steps.len() <= MAX_STEPS);
+            for (i, a) in done.steps.iter().enumerate() {
+                prop_assert!(allowed.iter().any(|t| t.name == a.tool_name));
+                prop_assert!(!a.rationale.is_empty());
+                prop_assert!(done.steps[i + 1..].iter().all(|b| !a.same_call(b)));
+            }
+        }
+    }
+}
