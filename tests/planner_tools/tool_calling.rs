@@ -286,3 +286,37 @@ async fn a_refusal_in_a_later_round_ends_the_run() {
     assert_eq!(iteration["errorDetails"]["phase"], "calling-llm");
     assert!(steps(&iteration).is_empty());
 }
+
+/// Every round has its own retries: a 5xx in round 2 is retried under
+/// `MANA_LLM_MAX_ATTEMPTS` like one in round 1, not charged against the
+/// attempts the earlier rounds used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_round_has_retries_of_its_own() {
+    let t = setup().await;
+    let call = |id: &str, title: &str| {
+        let args = format!(r#"{{"title": "{title}", "rationale": "Weiter."}}"#);
+        FakeLlm::tool_calls(&[(id, "create_task", &args)], None)
+    };
+    let llm = FakeLlm::start(vec![
+        call("c1", "Montag"),
+        testkit::http::FakeReply::raw(500, "hiccup"),
+        call("c2", "Dienstag"),
+        FakeLlm::answer("Fertig."),
+    ])
+    .await
+    .unwrap();
+    seed_mission(&t, "tom", "m1", json!({})).await;
+    let lead = t
+        .lead(&[
+            ("MANA_LLM_URL", &llm.url()),
+            ("MANA_LLM_STRUCTURED", "tools"),
+            ("MANA_LLM_MAX_ATTEMPTS", "2"),
+        ])
+        .await;
+    eventually("m1 planned", || planned(&t, "tom", "m1")).await;
+    lead.stop().await;
+    assert_eq!(llm.bodies().len(), 4);
+    let iteration = last_iteration(&t, "tom", "m1").await.unwrap();
+    assert_eq!(steps(&iteration).len(), 2, "{iteration}");
+    assert_eq!(iteration["summary"], "Fertig.");
+}

@@ -35,7 +35,11 @@ pub struct PlanRequest<'a> {
 /// Attempts, absorbed overloads and the answer budget of one call.
 #[derive(Debug, Default)]
 pub(super) struct Tries {
+    /// Attempts of the whole call (all rounds), for [`LlmAnswer::attempts`].
     pub attempts: u32,
+    /// Attempts of the current request: `MANA_LLM_MAX_ATTEMPTS` bounds
+    /// each request, so a later round has its retries too.
+    pub request: u32,
     pub overloads: u32,
     /// A `truncated` answer was sent again already.
     pub truncated: bool,
@@ -50,6 +54,25 @@ pub(super) enum Failure {
         kind: Option<GatewayKind>,
     },
     Error(LlmError),
+}
+
+impl Tries {
+    fn begin_request(&mut self) {
+        self.request = 0;
+        self.overloads = 0;
+    }
+
+    fn count(&mut self) {
+        self.attempts += 1;
+        self.request += 1;
+    }
+
+    /// The last attempt does not count (a refused form, an overload, the
+    /// one resend of a truncated answer).
+    fn uncount(&mut self) {
+        self.attempts -= 1;
+        self.request -= 1;
+    }
 }
 
 impl From<LlmError> for Failure {
@@ -187,8 +210,9 @@ impl LlmClient {
         C: Fn(u64) -> F,
         F: Future<Output = Result<(), LlmError>>,
     {
+        tries.begin_request();
         loop {
-            tries.attempts += 1;
+            tries.count();
             let body = self.request_body(exchange, tries.max_tokens)?;
             let error = match self.send(body, || check(exchange.spent)).await {
                 Ok(reply) => return Ok(reply),
@@ -196,7 +220,7 @@ impl LlmClient {
             };
             if let Some(status) = error.status() {
                 if picker.would_refuse(status, error.kind()) {
-                    tries.attempts -= 1;
+                    tries.uncount();
                     return Err(Failure::Refused {
                         status,
                         kind: error.kind(),
@@ -225,12 +249,12 @@ impl LlmClient {
         if kind == Some(GatewayKind::Truncated) {
             if tries.truncated {
                 return Err(LlmError::Exhausted {
-                    attempts: tries.attempts,
+                    attempts: tries.request,
                     last: reason,
                 });
             }
             tries.truncated = true;
-            tries.attempts -= 1;
+            tries.uncount();
             let budget = tries
                 .max_tokens
                 .unwrap_or(crate::config::DEFAULT_LLM_MAX_TOKENS);
@@ -244,7 +268,7 @@ impl LlmClient {
         if let Some(limited) = self.limited.as_ref().filter(|_| overload) {
             if tries.overloads < limited.max_overloads {
                 tries.overloads += 1;
-                tries.attempts -= 1;
+                tries.uncount();
                 // The refused request waits its Retry-After (the limiter
                 // pauses everyone only when it was sent alone); without
                 // one, it backs off.
@@ -256,17 +280,17 @@ impl LlmClient {
                 return Ok(wait);
             }
         }
-        if tries.attempts >= self.config.max_attempts.max(1) {
+        if tries.request >= self.config.max_attempts.max(1) {
             return Err(LlmError::Exhausted {
-                attempts: tries.attempts,
+                attempts: tries.request,
                 last: reason,
             });
         }
         let wait = match retry_after {
             Some(asked) => asked.min(self.config.retry_after_cap),
-            None => self.backoff(tries.attempts),
+            None => self.backoff(tries.request),
         };
-        tracing::warn!(attempt = tries.attempts, wait_ms = wait.as_millis() as u64, %reason, "LLM attempt failed, retrying");
+        tracing::warn!(attempt = tries.request, wait_ms = wait.as_millis() as u64, %reason, "LLM attempt failed, retrying");
         Ok(wait)
     }
 
