@@ -43,6 +43,8 @@ async fn blocked_and_auth_end_the_run_without_retries() {
         assert_eq!(llm.requests().len(), 1, "{kind}: sent once, in one form");
         let iteration = last_iteration(&t, user, "m1").await.unwrap();
         assert_eq!(iteration["overallStatus"], "failed", "{iteration}");
+        let summary = iteration["summary"].as_str().unwrap();
+        assert!(summary.contains("abgelehnt"), "{summary}");
         let details = &iteration["errorDetails"];
         assert_eq!(details["phase"], "calling-llm", "{details}");
         let text = details["message"].as_str().unwrap();

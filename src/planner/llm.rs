@@ -40,6 +40,7 @@ mod error;
 mod limited;
 mod rounds;
 mod transport;
+mod tries;
 mod wire;
 
 use std::future::Future;

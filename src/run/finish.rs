@@ -21,6 +21,10 @@ use crate::store;
 
 /// `mission_runs.outcome` of a written iteration.
 const WRITTEN: &str = "written";
+/// The summary of a failed iteration the gateway's refusal (`blocked`,
+/// `auth`) wrote at once; `errorDetails` carries the reason.
+const REFUSED_SUMMARY: &str =
+    "Das LLM-Gateway hat die Planung abgelehnt; die Mission läuft zum nächsten Termin weiter.";
 /// `mission_runs.outcome` of a failed iteration, written after `max_failures`.
 const FAILED: &str = "failed";
 
@@ -163,6 +167,9 @@ impl Runner {
                 message,
                 phase,
             );
+            if kind.is_final() {
+                write.iteration["summary"] = serde_json::json!(REFUSED_SUMMARY);
+            }
             writeback::commit(client, write).await?;
             claimed.guard.armed = false;
             return Ok(true);

@@ -11,6 +11,7 @@ use serde_json::Value;
 use super::detail::{classify, parse_detail, MAX_ERROR_BODY_BYTES};
 use super::error::{AttemptError, GatewayKind};
 use super::transport::retry_after;
+pub(super) use super::tries::Tries;
 use super::wire::{message, parse_answer, ChatRequest, LlmAnswer, Reply};
 use super::{backoff_delay, describe, read_body_limited, BodyError, LlmClient, LlmError};
 use crate::metrics::planner::PROVIDERS;
@@ -32,20 +33,6 @@ pub struct PlanRequest<'a> {
     pub param_max_chars: usize,
 }
 
-/// Attempts, absorbed overloads and the answer budget of one call.
-#[derive(Debug, Default)]
-pub(super) struct Tries {
-    /// Attempts of the whole call (all rounds), for [`LlmAnswer::attempts`].
-    pub attempts: u32,
-    /// Attempts of the current request: `MANA_LLM_MAX_ATTEMPTS` bounds
-    /// each request, so a later round has its retries too.
-    pub request: u32,
-    pub overloads: u32,
-    /// A `truncated` answer was sent again already.
-    pub truncated: bool,
-    pub max_tokens: Option<u32>,
-}
-
 /// Why one request did not get an answer.
 pub(super) enum Failure {
     /// Not this form ([`FormPicker::would_refuse`]): try the next.
@@ -54,25 +41,6 @@ pub(super) enum Failure {
         kind: Option<GatewayKind>,
     },
     Error(LlmError),
-}
-
-impl Tries {
-    fn begin_request(&mut self) {
-        self.request = 0;
-        self.overloads = 0;
-    }
-
-    fn count(&mut self) {
-        self.attempts += 1;
-        self.request += 1;
-    }
-
-    /// The last attempt does not count (a refused form, an overload, the
-    /// one resend of a truncated answer).
-    fn uncount(&mut self) {
-        self.attempts -= 1;
-        self.request -= 1;
-    }
 }
 
 impl From<LlmError> for Failure {
