@@ -34,6 +34,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "resolved_model",
         include_str!("../../sql/0009_resolved_model.sql"),
     ),
+    (
+        10,
+        "research_jobs",
+        include_str!("../../sql/0010_research_jobs.sql"),
+    ),
 ];
 
 /// Arbitrary constant: the advisory lock key of migrations ("manaaimi").
