@@ -273,10 +273,15 @@ impl<'a> FormPicker<'a> {
 
     /// Whether an answer `status` (mana-llm's `kind`, if any) to the current
     /// form means "not this form" here: auto mode with a next form, and
-    /// either `capability`, or a refusal status while still learning (or on
-    /// tools) from a body that names no other kind.
+    /// either `capability`, or a refusal status while still learning (on
+    /// tools: a 4xx) from a body that names no other kind.
     pub fn would_refuse(&self, status: u16, kind: Option<GatewayKind>) -> bool {
-        let probing = self.learning || self.form == Form::Tools;
+        // A tools request is refused only by a 4xx: a 5xx from a gateway
+        // known to be mana-llm is a failure, not a verdict on tools.
+        let probing = match self.form {
+            Form::Tools => status < 500,
+            _ => self.learning,
+        };
         let refusal = match kind {
             Some(GatewayKind::Capability) => true,
             None | Some(GatewayKind::Unknown) => probing && is_form_refusal(status),

@@ -45,6 +45,15 @@ fn tools_go_to_mana_llm_in_auto_and_an_ignoring_server_falls_back() {
     assert_eq!(picker.form(), Form::Tools);
     let no_tools = FormPicker::new(StructuredMode::Auto, url, true, false);
     assert_eq!(no_tools.form(), Form::JsonSchema);
+    assert!(
+        !picker.would_refuse(500, None),
+        "a 5xx is no verdict on tools"
+    );
+    assert!(!picker.would_refuse(502, Some(GatewayKind::Unknown)));
+    assert!(
+        picker.would_refuse(400, None),
+        "a 4xx refuses the tools field"
+    );
     assert!(picker.tools_ignored());
     assert_eq!(picker.form(), Form::JsonSchema);
     assert_eq!(tool_support(url), Some(ToolSupport::Ignored));

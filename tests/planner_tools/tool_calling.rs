@@ -320,3 +320,34 @@ async fn a_later_round_has_retries_of_its_own() {
     assert_eq!(steps(&iteration).len(), 2, "{iteration}");
     assert_eq!(iteration["summary"], "Fertig.");
 }
+
+/// A 5xx on a tools request to mana-llm is a failure to retry, not a verdict
+/// on tools: the retry stays in the tools form and tools stay in use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_error_on_tools_is_retried_as_tools() {
+    let t = setup().await;
+    let resolved = |reply| FakeLlm::resolved(reply, RESOLVED);
+    let args = r#"{"title": "Montag", "rationale": "Ein Anfang."}"#;
+    let llm = FakeLlm::start(vec![
+        resolved(FakeLlm::answer(TASK_PLAN)),
+        FakeLlm::plain_error(500, "internal error"),
+        resolved(FakeLlm::tool_calls(&[("c1", "create_task", args)], None)),
+        resolved(FakeLlm::answer("Fertig.")),
+    ])
+    .await
+    .unwrap();
+    let lead = t.lead(&[("MANA_LLM_URL", &llm.url())]).await;
+    for id in ["m1", "m2"] {
+        seed_mission(&t, "uli", id, json!({})).await;
+        eventually("planned", || planned(&t, "uli", id)).await;
+    }
+    lead.stop().await;
+    let forms: Vec<bool> = llm
+        .bodies()
+        .iter()
+        .map(|b| b.get("tools").is_some())
+        .collect();
+    assert_eq!(forms, [false, true, true, true]);
+    let m2 = last_iteration(&t, "uli", "m2").await.unwrap();
+    assert_eq!(steps(&m2).len(), 1, "{m2}");
+}
