@@ -123,6 +123,19 @@ impl Runner {
         }
         claimed.guard.phase = Phase::ParsingResponse;
         let tokens_used = tokens(&answer, &prompt.system, &prompt.user);
+        self.judge(answer, admitted, tools, tokens_used)
+    }
+
+    /// The plan of an answer: the one tool-calling rounds built, else the
+    /// parser's reading of its text; counted in the planner's metrics.
+    fn judge(
+        &self,
+        answer: LlmAnswer,
+        admitted: &Admitted,
+        tools: &[&ToolSpec],
+        tokens_used: i64,
+    ) -> Planned {
+        let deps = &self.deps;
         let counts = ToolCounts {
             metrics: &deps.metrics.planner,
             catalog: &deps.catalog,
