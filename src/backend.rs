@@ -85,6 +85,8 @@ pub struct ServiceBackend {
     queue: watch::Receiver<Option<QueueReading>>,
     /// The generation of `sync_changes` found at start (`sync::generation`).
     sync_log: std::sync::OnceLock<crate::sync::generation::LogShape>,
+    /// The tool catalog in force (`ToolCatalog::origin`).
+    tool_catalog: std::sync::OnceLock<String>,
     _refresher: DropGuard,
 }
 
@@ -112,6 +114,7 @@ impl ServiceBackend {
             listener_down_since: AtomicI64::new(0),
             queue,
             sync_log: std::sync::OnceLock::new(),
+            tool_catalog: std::sync::OnceLock::new(),
             _refresher: stop.drop_guard(),
         })
     }
@@ -119,6 +122,11 @@ impl ServiceBackend {
     /// Records the generation of `sync_changes` found at start, for `/health`.
     pub fn set_sync_log(&self, shape: crate::sync::generation::LogShape) {
         let _ = self.sync_log.set(shape);
+    }
+
+    /// Records the tool catalog in force, for `/health`.
+    pub fn set_tool_catalog(&self, origin: String) {
+        let _ = self.tool_catalog.set(origin);
     }
 
     fn leading(&self) -> Option<LeaderView> {
@@ -177,6 +185,7 @@ impl Backend for ServiceBackend {
             seconds_since_notification: self.metrics.seconds_since_notification(),
         };
         health.sync_log = self.sync_log.get().map(ToString::to_string);
+        health.tool_catalog = self.tool_catalog.get().cloned();
         health.armed_missions = self.metrics.armed_missions.get();
         health.runs_in_flight = self.metrics.runs_in_flight.get();
         let listener_failed = leading.is_some() && self.listener_down_too_long(connected);

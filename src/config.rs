@@ -10,6 +10,8 @@ mod http;
 mod jwt;
 mod limits;
 mod parse;
+#[cfg(test)]
+mod planner_tests;
 mod research;
 
 pub use http::HttpConfig;
@@ -58,6 +60,10 @@ impl fmt::Debug for Secret {
         })
     }
 }
+
+/// `MANA_AI_PLAN_PARAM_MAX_CHARS` default: a note's content may run to
+/// thousands of characters (contract section 6).
+pub const DEFAULT_PARAM_MAX_CHARS: usize = 4_000;
 
 /// `MANA_LLM_MAX_TOKENS` default: a plan of five steps is a few hundred
 /// tokens; this leaves room for a verbose model and stops a looping one.
@@ -191,8 +197,13 @@ pub struct PlannerConfig {
     pub offline: bool,
     /// `MANA_API_URL`: mana-api, for the research pre-step.
     pub api_url: String,
-    /// `MANA_AI_TOOL_CATALOG`: a webapp-exported tool catalog instead of the built-in one.
-    pub tool_catalog: Option<PathBuf>,
+    /// `MANA_AI_TOOL_CATALOG`: `v0.6`, `current` or a webapp-exported
+    /// catalog file; unset, the built-in catalog of the database's generation.
+    pub tool_catalog: Option<crate::planner::tools::CatalogChoice>,
+    /// `MANA_AI_PLAN_PARAM_MAX_CHARS`: the schemas' bound on a string parameter.
+    pub param_max_chars: usize,
+    /// `MANA_AI_PLANNER_ROUNDS`: rounds of one native tool-calling plan.
+    pub planner_rounds: u32,
 }
 
 /// Key-grants: the key that unwraps them.
@@ -368,7 +379,16 @@ impl PlannerConfig {
             )?,
             offline: parse_planner(get)?,
             api_url: parse_http_url(get, "MANA_API_URL", "http://localhost:3060")?,
-            tool_catalog: get("MANA_AI_TOOL_CATALOG").map(PathBuf::from),
+            tool_catalog: get("MANA_AI_TOOL_CATALOG")
+                .filter(|v| !v.trim().is_empty())
+                .map(|v| crate::planner::tools::CatalogChoice::parse(&v)),
+            param_max_chars: parse_num(
+                get,
+                "MANA_AI_PLAN_PARAM_MAX_CHARS",
+                DEFAULT_PARAM_MAX_CHARS,
+                1..=1_000_000,
+            )?,
+            planner_rounds: parse_num(get, "MANA_AI_PLANNER_ROUNDS", 5u32, 1..=5)?,
         })
     }
 }

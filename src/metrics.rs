@@ -14,7 +14,10 @@
 //! through a method here that maps it to the known set or `other`.
 
 pub mod labels;
+pub mod planner;
 pub mod research;
+
+use planner::planner_metrics;
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -131,6 +134,8 @@ metrics! {
     task_restarts: IntCounterVec = counter_vec("task_restarts_total", "Leader tasks (listener, applier, wheel, retention) restarted after they ended or panicked", &["task"]),
     task_up: IntGaugeVec = int_gauge_vec("task_up", "1 while the supervised task runs on this instance (the leader)", &["task"]),
     snapshot_analyzes: IntCounter = counter("snapshot_analyzes_total", "ANALYZEs of the snapshot tables after the applier wrote many rows"),
+    // -- planner: tool calls, rounds, gateway errors (metrics/planner.rs) --
+    planner: planner::PlannerMetrics = planner_metrics(),
 }
 
 /// Registers `metric` in `registry`; the table above names each once.

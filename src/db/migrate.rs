@@ -30,6 +30,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("../../sql/0007_audit_retention.sql"),
     ),
     (
+        9,
+        "resolved_model",
+        include_str!("../../sql/0009_resolved_model.sql"),
+    ),
+    (
         10,
         "research_jobs",
         include_str!("../../sql/0010_research_jobs.sql"),

@@ -117,6 +117,8 @@ pub struct Health {
     /// The generation of `public.sync_changes` found at start and its
     /// columns, e.g. `v0.6 (field_timestamps)`.
     pub sync_log: Option<String>,
+    /// The tool catalog in force: `built-in v0.6`, `built-in current` or `file`.
+    pub tool_catalog: Option<String>,
     pub armed_missions: i64,
     pub runs_in_flight: i64,
     /// The leader's supervised tasks (`listener`, `applier`, `wheel`, `retention`) that are
@@ -162,6 +164,7 @@ impl Health {
             },
             queue_depth: None,
             sync_log: None,
+            tool_catalog: None,
             armed_missions: 0,
             runs_in_flight: 0,
             tasks_down: Vec::new(),

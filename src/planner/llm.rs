@@ -1,10 +1,20 @@
 //! LLM client: one OpenAI-compatible chat completion (contract section 6).
 //!
 //! `POST {base}/v1/chat/completions` with `Authorization: Bearer <service key>`
-//! and `{model, temperature: 0.3, messages: [system, user]}`; the answer is
+//! and the same key as `X-API-Key` (mana-llm checks that header), and
+//! `{model, temperature: 0.3, messages: [system, user]}`; the answer is
 //! `choices[0].message.content` plus `usage` when the gateway sends it.
 //! [`LlmClient::complete_plan`] adds a `response_format` with the plan's JSON
-//! schema, in the form [`super::structured`] picks (and learns in auto mode).
+//! schema, in the form [`super::structured`] picks (and learns in auto mode);
+//! [`LlmClient::complete_prompt`] also speaks native tool calling over
+//! several rounds (`rounds.rs`).
+//!
+//! mana-llm's errors by kind (`detail.rs`): `blocked` and `auth` end the call
+//! at once ([`LlmError::Refused`]); `capability` means "not this form" (auto
+//! moves on); `truncated` is sent once more with half the answer budget;
+//! `rate_limit` is an overload for the limiter; `no_healthy_provider` and
+//! `unknown` are retried like a 5xx. The model the gateway resolved its alias
+//! to (`X-Mana-LLM-Resolved`) comes back in [`LlmAnswer::resolved_model`].
 //!
 //! Rules:
 //! - one call retries connect errors, timeouts, 5xx and 429 with capped
@@ -24,30 +34,31 @@
 //! - the service key never appears in `Debug` output or error messages, and
 //!   neither do URLs (a base URL may carry credentials).
 
+mod call;
+mod detail;
 mod error;
 mod limited;
+mod rounds;
 mod transport;
+mod tries;
 mod wire;
 
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rand::Rng;
-use reqwest::header::CONTENT_TYPE;
 use serde_json::Value;
 
 use super::limiter::{GatewayLimiter, LimitConfig};
-use super::structured::{Form, FormPicker, StructuredMode};
+use super::structured::StructuredMode;
+use super::Prompt;
 use crate::config::Secret;
-use error::AttemptError;
-pub use error::LlmError;
+pub use call::PlanRequest;
+pub use error::{GatewayKind, LlmError};
 use limited::Limited;
 pub use limited::LimiterMetrics;
 pub use transport::backoff_delay;
-use transport::retry_after;
 pub(crate) use transport::{describe, join_path, read_body_limited, BodyError};
-use wire::{parse_answer, ChatMessage, ChatRequest};
-pub use wire::{LlmAnswer, Usage};
+pub use wire::{LlmAnswer, ToolRounds, Usage};
 
 /// Settings of an [`LlmClient`]. [`LlmConfig::new`] fills in production defaults.
 #[derive(Debug, Clone)]
@@ -73,6 +84,8 @@ pub struct LlmConfig {
     /// (`None`: not sent). A small model that loops stops there instead of
     /// writing until the timeout while holding the server's only slot.
     pub max_tokens: Option<u32>,
+    /// `MANA_AI_PLANNER_ROUNDS`: rounds of one tool-calling plan (at least 1).
+    pub rounds: u32,
 }
 
 impl LlmConfig {
@@ -94,6 +107,7 @@ impl LlmConfig {
             max_body_bytes: 2 * 1024 * 1024,
             structured: StructuredMode::Auto,
             max_tokens: Some(crate::config::DEFAULT_LLM_MAX_TOKENS),
+            rounds: 5,
         }
     }
 }
@@ -106,13 +120,7 @@ pub struct LlmClient {
     config: LlmConfig,
     duration: Option<prometheus::Histogram>,
     limited: Option<Limited>,
-}
-
-/// Attempts and absorbed overloads of one call.
-#[derive(Debug, Default)]
-struct Tries {
-    attempts: u32,
-    overloads: u32,
+    planner_metrics: Option<crate::metrics::planner::PlannerMetrics>,
 }
 
 impl LlmClient {
@@ -132,12 +140,23 @@ impl LlmClient {
             config,
             duration: None,
             limited: None,
+            planner_metrics: None,
         })
     }
 
     /// Observes each call's duration (seconds, retries included), success or not.
     pub fn with_duration_histogram(mut self, histogram: prometheus::Histogram) -> LlmClient {
         self.duration = Some(histogram);
+        self
+    }
+
+    /// Counts failed attempts by provider and kind, and the rounds of
+    /// tool-calling plans.
+    pub fn with_planner_metrics(
+        mut self,
+        metrics: crate::metrics::planner::PlannerMetrics,
+    ) -> LlmClient {
+        self.planner_metrics = Some(metrics);
         self
     }
 
@@ -190,7 +209,8 @@ impl LlmClient {
     /// [`LlmClient::complete_plan`] that asks `check` before each request,
     /// retries included: an error from it ends the call unsent (a token
     /// budget spent meanwhile). With a limiter, a 429 or 503 waits for room
-    /// and is sent again without counting an attempt.
+    /// and is sent again without counting an attempt. One system message
+    /// for every form, and no tools to call.
     pub async fn complete_checked<C, F>(
         &self,
         system: &str,
@@ -202,191 +222,19 @@ impl LlmClient {
         C: Fn() -> F,
         F: Future<Output = Result<(), LlmError>>,
     {
-        let mut picker = FormPicker::new(
-            self.config.structured,
-            self.endpoint.as_str(),
-            schema.is_some(),
-        );
-        let started = Instant::now();
-        let mut tries = Tries::default();
-        let outcome = loop {
-            tries.attempts += 1;
-            let body = self.request_body(system, user, picker.form(), schema)?;
-            let error = match self.send(body, &check).await {
-                Ok(answer) => {
-                    picker.accepted();
-                    break Ok((answer, picker.form()));
-                }
-                Err(error) => error,
-            };
-            if error.status().is_some_and(|status| picker.refused(status)) {
-                tries.attempts -= 1;
-                continue;
-            }
-            match self.after_failure(error, &mut tries) {
-                Ok(wait) => tokio::time::sleep(wait).await,
-                Err(error) => break Err(error),
-            }
+        let prompt = Prompt {
+            system: system.to_string(),
+            system_text: system.to_string(),
+            system_tools: system.to_string(),
+            user: user.to_string(),
+            schema: schema.cloned(),
         };
-        let elapsed = started.elapsed();
-        if let Some(histogram) = &self.duration {
-            histogram.observe(elapsed.as_secs_f64());
-        }
-        outcome.map(|((content, usage), form)| LlmAnswer {
-            content,
-            shape: form.answer_shape(),
-            usage,
-            attempts: tries.attempts,
-            elapsed,
-        })
-    }
-
-    /// After a failed attempt: how long to wait before the next, or the
-    /// call's error. An overload under the limiter is not an attempt.
-    fn after_failure(&self, error: AttemptError, tries: &mut Tries) -> Result<Duration, LlmError> {
-        let overload = error.is_overload();
-        let (reason, retry_after) = match error {
-            AttemptError::Final(error) => return Err(error),
-            AttemptError::Retryable {
-                reason,
-                retry_after,
-                ..
-            } => (reason, retry_after),
+        let request = PlanRequest {
+            prompt: &prompt,
+            tools: &[],
+            param_max_chars: crate::config::DEFAULT_PARAM_MAX_CHARS,
         };
-        if let Some(limited) = self.limited.as_ref().filter(|_| overload) {
-            if tries.overloads < limited.max_overloads {
-                tries.overloads += 1;
-                tries.attempts -= 1;
-                // The refused request waits its Retry-After (the limiter
-                // pauses everyone only when it was sent alone); without
-                // one, it backs off.
-                let wait = match retry_after {
-                    Some(asked) => asked.min(self.config.retry_after_cap),
-                    None => self.backoff(tries.overloads),
-                };
-                tracing::debug!(overloads = tries.overloads, %reason, "LLM gateway full, waiting for room");
-                return Ok(wait);
-            }
-        }
-        if tries.attempts >= self.config.max_attempts.max(1) {
-            return Err(LlmError::Exhausted {
-                attempts: tries.attempts,
-                last: reason,
-            });
-        }
-        let wait = match retry_after {
-            Some(asked) => asked.min(self.config.retry_after_cap),
-            None => self.backoff(tries.attempts),
-        };
-        tracing::warn!(attempt = tries.attempts, wait_ms = wait.as_millis() as u64, %reason, "LLM attempt failed, retrying");
-        Ok(wait)
-    }
-
-    fn backoff(&self, attempt: u32) -> Duration {
-        let jitter = rand::rng().random::<f64>();
-        backoff_delay(
-            attempt,
-            self.config.backoff_base,
-            self.config.backoff_cap,
-            jitter,
-        )
-    }
-
-    /// One attempt, under the limiter when there is one: `check` is asked
-    /// once there is room, right before sending.
-    async fn send<C, F>(
-        &self,
-        body: Vec<u8>,
-        check: &C,
-    ) -> Result<(String, Option<Usage>), AttemptError>
-    where
-        C: Fn() -> F,
-        F: Future<Output = Result<(), LlmError>>,
-    {
-        let attempt = async {
-            check().await.map_err(AttemptError::Final)?;
-            self.attempt(body).await
-        };
-        match &self.limited {
-            Some(limited) => limited.send(attempt).await,
-            None => attempt.await,
-        }
-    }
-
-    fn request_body(
-        &self,
-        system: &str,
-        user: &str,
-        form: Form,
-        schema: Option<&Value>,
-    ) -> Result<Vec<u8>, LlmError> {
-        let request = ChatRequest {
-            model: &self.config.model,
-            temperature: 0.3,
-            messages: [
-                ChatMessage {
-                    role: "system",
-                    content: system,
-                },
-                ChatMessage {
-                    role: "user",
-                    content: user,
-                },
-            ],
-            max_tokens: self.config.max_tokens,
-            response_format: schema.and_then(|schema| form.response_format(schema)),
-        };
-        serde_json::to_vec(&request).map_err(|e| LlmError::Config(e.to_string()))
-    }
-
-    async fn attempt(&self, body: Vec<u8>) -> Result<(String, Option<Usage>), AttemptError> {
-        let response = self
-            .http
-            .post(self.endpoint.clone())
-            .bearer_auth(self.config.service_key.expose())
-            .header(CONTENT_TYPE, "application/json")
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| self.transport_error(&e))?;
-        let status = response.status();
-        if status == reqwest::StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-            let retry_after = retry_after(response.headers());
-            return Err(AttemptError::Retryable {
-                reason: format!("HTTP {}", status.as_u16()),
-                retry_after,
-                status: Some(status.as_u16()),
-                timed_out: false,
-            });
-        }
-        if !status.is_success() {
-            return Err(AttemptError::Final(LlmError::Rejected {
-                status: status.as_u16(),
-            }));
-        }
-        let bytes = read_body_limited(response, self.config.max_body_bytes)
-            .await
-            .map_err(|e| match e {
-                BodyError::TooLarge(limit) => AttemptError::Final(LlmError::BadAnswer(format!(
-                    "body larger than {limit} bytes"
-                ))),
-                BodyError::Transport(e) => self.transport_error(&e),
-            })?;
-        parse_answer(&bytes).map_err(|reason| AttemptError::Final(LlmError::BadAnswer(reason)))
-    }
-
-    fn transport_error(&self, e: &reqwest::Error) -> AttemptError {
-        let reason = if e.is_timeout() {
-            format!("timed out after {} ms", self.config.timeout.as_millis())
-        } else {
-            describe(e)
-        };
-        AttemptError::Retryable {
-            reason,
-            retry_after: None,
-            status: None,
-            timed_out: e.is_timeout(),
-        }
+        self.complete_prompt(&request, |_| check()).await
     }
 }
 

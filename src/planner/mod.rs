@@ -9,6 +9,7 @@ pub mod history;
 pub mod limiter;
 pub mod llm;
 pub mod offline;
+pub mod params;
 pub mod parser;
 pub mod policy;
 pub mod prompt;
@@ -18,6 +19,7 @@ pub mod schema;
 mod source;
 pub mod structured;
 mod text;
+pub mod tool_calls;
 pub mod tools;
 
 pub use parser::{parse_plan, AnswerShape, ParseError, PlannedIteration, PlannedStep};
@@ -25,4 +27,7 @@ pub use policy::{filter_tools, AgentPolicy, Decision, PolicyError};
 pub use prompt::{build_prompt, AgentContext, MissionView, Prompt, PromptInput, ResolvedInput};
 pub use research_trigger::{needs_research, research_input, Article};
 pub use source::Planner;
-pub use tools::{CatalogError, CatalogProblem, ParamSpec, ToolCatalog, ToolSpec};
+pub use tools::{
+    BuiltinCatalog, CatalogChoice, CatalogError, CatalogProblem, ParamSpec, ParamType, ToolCatalog,
+    ToolSpec,
+};

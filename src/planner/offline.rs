@@ -52,8 +52,7 @@ mod tests {
             ..Default::default()
         };
         let answer = offline_answer(&mission, &tools);
-        let plan =
-            parse_plan(&answer, AnswerShape::FreeText, |n| catalog.get(n).is_some()).unwrap();
+        let plan = parse_plan(&answer, AnswerShape::FreeText, |n| catalog.get(n)).unwrap();
         assert_eq!(plan.steps.len(), 1);
         assert_eq!(plan.steps[0].tool_name, "create_note");
         assert!(plan.summary.contains("Offline"));

@@ -8,7 +8,9 @@
 //! fence (seen: a rationale holding ```` ``` ```` failed as an unclosed block).
 //! It must be an object with a `steps` array; every step an object whose
 //! `toolName` is allowed and whose `rationale` is a non-empty string;
-//! `params` defaults to `{}` and `summary` to `""`. Everything else fails
+//! `params` defaults to `{}` and `summary` to `""`; a declared parameter
+//! that is present has its declared type (`array`, `object`, ...) and, with
+//! an enumeration, one of its values. Everything else fails
 //! with a reason that names the step (`steps[i]`, 0-based).
 //!
 //! Decisions beyond the contract, each because the plan becomes proposals
@@ -36,6 +38,9 @@ use std::fmt::Write;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
+
+use super::params::{check_types, ParamProblem};
+use super::tools::ToolSpec;
 
 /// Five steps of generous notes fit in a few KiB; 256 KiB means runaway output.
 pub const MAX_ANSWER_BYTES: usize = 256 * 1024;
@@ -115,15 +120,18 @@ pub enum ParseError {
     StepSummaryNotString(usize),
     #[error("steps[{0}] `params` is nested deeper than {MAX_PARAMS_DEPTH} levels")]
     ParamsTooDeep(usize),
+    /// A declared parameter of the wrong type (an `array` that is a string).
+    #[error("steps[{0}]: {1}")]
+    BadParam(usize, ParamProblem),
 }
 
-/// Parses the model's answer. `is_allowed` says whether a tool name is one
-/// the planner offered (after the agent's policy), e.g.
-/// `|name| allowed.contains(name)` for a `HashSet<String>`.
-pub fn parse_plan(
+/// Parses the model's answer. `allowed` finds a tool the planner offered
+/// (after the agent's policy) by name; its declared parameters' types are
+/// checked ([`check_types`]).
+pub fn parse_plan<'t>(
     text: &str,
     shape: AnswerShape,
-    is_allowed: impl Fn(&str) -> bool,
+    allowed: impl Fn(&str) -> Option<&'t ToolSpec>,
 ) -> Result<PlannedIteration, ParseError> {
     if text.len() > MAX_ANSWER_BYTES {
         return Err(ParseError::TooLarge {
@@ -158,27 +166,37 @@ pub fn parse_plan(
     let parsed = steps
         .iter()
         .enumerate()
-        .map(|(i, step)| parse_step(i, step, &is_allowed))
+        .map(|(i, step)| parse_step(i, step, &allowed))
         .collect::<Result<Vec<_>, _>>()?;
-    let count = parsed.len();
-    let mut steps: Vec<PlannedStep> = Vec::with_capacity(count);
-    for step in parsed {
-        let copy = steps
-            .iter()
-            .any(|s| s.tool_name == step.tool_name && s.params == step.params);
-        if !copy {
-            steps.push(step);
+    Ok(collapse(summary, parsed))
+}
+
+/// The plan of `steps` in order, later copies of a step (same tool, equal
+/// params) dropped and counted.
+pub fn collapse(summary: String, steps: Vec<PlannedStep>) -> PlannedIteration {
+    let count = steps.len();
+    let mut kept: Vec<PlannedStep> = Vec::with_capacity(count);
+    for step in steps {
+        if !kept.iter().any(|s| s.same_call(&step)) {
+            kept.push(step);
         }
     }
-    Ok(PlannedIteration {
+    PlannedIteration {
         summary,
-        duplicates_dropped: count - steps.len(),
-        steps,
-    })
+        duplicates_dropped: count - kept.len(),
+        steps: kept,
+    }
+}
+
+impl PlannedStep {
+    /// Same tool, equal params: one proposal (contract section 6).
+    pub fn same_call(&self, other: &PlannedStep) -> bool {
+        self.tool_name == other.tool_name && self.params == other.params
+    }
 }
 
 /// Levels of nested arrays and objects in `value` (a scalar is 0, `{}` 1).
-fn depth(value: &Value) -> usize {
+pub(super) fn depth(value: &Value) -> usize {
     let children: Box<dyn Iterator<Item = &Value>> = match value {
         Value::Array(items) => Box::new(items.iter()),
         Value::Object(map) => Box::new(map.values()),
@@ -187,19 +205,17 @@ fn depth(value: &Value) -> usize {
     1 + children.map(depth).max().unwrap_or(0)
 }
 
-fn parse_step(
+fn parse_step<'t>(
     i: usize,
     step: &Value,
-    is_allowed: &impl Fn(&str) -> bool,
+    allowed: &impl Fn(&str) -> Option<&'t ToolSpec>,
 ) -> Result<PlannedStep, ParseError> {
     let step = step.as_object().ok_or(ParseError::StepNotObject(i))?;
     let tool_name = step
         .get("toolName")
         .and_then(Value::as_str)
         .ok_or(ParseError::MissingToolName(i))?;
-    if !is_allowed(tool_name) {
-        return Err(ParseError::UnknownTool(i));
-    }
+    let tool = allowed(tool_name).ok_or(ParseError::UnknownTool(i))?;
     let rationale = step.get("rationale").and_then(Value::as_str).map(str::trim);
     let rationale = rationale
         .filter(|r| !r.is_empty())
@@ -210,6 +226,7 @@ fn parse_step(
         Some(Value::Object(_)) => return Err(ParseError::ParamsTooDeep(i)),
         Some(_) => return Err(ParseError::ParamsNotObject(i)),
     };
+    check_types(tool, &params).map_err(|e| ParseError::BadParam(i, e))?;
     let summary =
         optional_string(step.get("summary")).ok_or(ParseError::StepSummaryNotString(i))?;
     Ok(PlannedStep {

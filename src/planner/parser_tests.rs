@@ -12,14 +12,45 @@ fn allowed() -> HashSet<String> {
         .collect()
 }
 
-fn parse(text: &str) -> Result<PlannedIteration, ParseError> {
+fn parse_as(text: &str, shape: AnswerShape) -> Result<PlannedIteration, ParseError> {
     let allowed = allowed();
-    parse_plan(text, AnswerShape::FreeText, |name| allowed.contains(name))
+    let catalog = crate::planner::ToolCatalog::builtin();
+    parse_plan(text, shape, |name| {
+        catalog.get(name).filter(|_| allowed.contains(name))
+    })
+}
+
+fn parse(text: &str) -> Result<PlannedIteration, ParseError> {
+    parse_as(text, AnswerShape::FreeText)
 }
 
 fn parse_json(text: &str) -> Result<PlannedIteration, ParseError> {
-    let allowed = allowed();
-    parse_plan(text, AnswerShape::Json, |name| allowed.contains(name))
+    parse_as(text, AnswerShape::Json)
+}
+
+#[test]
+fn declared_parameters_of_the_wrong_type_are_a_parse_failure() {
+    let current =
+        crate::planner::ToolCatalog::builtin_named(crate::planner::BuiltinCatalog::Current);
+    let plan = |lines: &str| {
+        format!(
+            r#"{{"steps": [{{"toolName": "create_invoice", "params": {{"clientName": "Ada", "lines": {lines}}}, "rationale": "r"}}]}}"#
+        )
+    };
+    let parse = |text: &str| parse_plan(text, AnswerShape::Json, |n| current.get(n));
+    let ok = parse(&plan(r#"[{"description": "Beratung", "quantity": 1}]"#)).unwrap();
+    assert_eq!(ok.steps[0].params["lines"][0]["quantity"], 1);
+    let e = parse(&plan(r#""eine Position""#)).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "steps[0]: parameter `lines` is not of type array"
+    );
+    let e = parse_json(r#"{"steps": [{"toolName": "create_task", "params": {"priority": "sofort"}, "rationale": "r"}]}"#)
+        .unwrap_err();
+    assert!(
+        matches!(e, ParseError::BadParam(0, ParamProblem::NotInEnum { .. })),
+        "{e}"
+    );
 }
 
 const PLAN: &str = r#"{"summary": "Woche planen", "steps": [

@@ -15,14 +15,19 @@
 //! only then comes what varies: the tools the agent's policy denies, the
 //! agent block, the time; the user message holds the mission. A denied tool
 //! is listed in the catalog but stated as denied, left out of the schema's
-//! step shapes ([`Prompt::schema`]) and refused by the parser.
+//! step shapes ([`Prompt::schema`]) and refused by the parser. That holds
+//! where something enforces the allowed set (a schema, a `tools` array);
+//! free text enforces nothing, so its system message ([`Prompt::system_text`])
+//! lists only the allowed tools (contract section 6). Native tool calling
+//! has a system message of its own ([`Prompt::system_tools`]): no tool list
+//! (the `tools` array is one) and no JSON instructions.
 
 use std::fmt::{self, Write};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::Value;
 
-use super::history::render_history;
+use super::params::ParamType;
 use super::schema::plan_schema;
 use super::text::{clip, defuse_agent_tags, is_ciphertext};
 use super::tools::ToolSpec;
@@ -125,13 +130,20 @@ pub struct PromptInput<'a> {
     /// Start of the run, so the model can resolve "morgen" or a due date;
     /// `None` leaves the line out.
     pub now: Option<DateTime<Utc>>,
+    /// `MANA_AI_PLAN_PARAM_MAX_CHARS`: the schema's bound on string parameters.
+    pub param_max_chars: usize,
 }
 
 /// The system and user messages of one planner request, and the plan's
 /// JSON schema for structured output.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Prompt {
+    /// Under a schema: the whole catalog (the cacheable prefix), then the denials.
     pub system: String,
+    /// Free text: only the allowed tools are listed.
+    pub system_text: String,
+    /// Native tool calling: no tool list, no JSON instructions.
+    pub system_tools: String,
     pub user: String,
     /// One step shape per allowed tool; `None` when no tool is allowed
     /// (see [`plan_schema`]).
@@ -149,10 +161,13 @@ impl fmt::Debug for Prompt {
 }
 
 pub fn build_prompt(input: &PromptInput<'_>) -> Prompt {
+    let all: Vec<&ToolSpec> = input.catalog.iter().collect();
     Prompt {
-        system: system_message(input),
+        system: system_message(input, &all),
+        system_text: system_message(input, input.tools),
+        system_tools: super::tool_calls::system_message(input),
         user: user_message(input),
-        schema: plan_schema(input.tools),
+        schema: plan_schema(input.tools, input.param_max_chars),
     }
 }
 
@@ -191,10 +206,16 @@ Schritt\"}]}
 /// The static part of every system message for `catalog`: byte-identical
 /// for all agents, missions and times, so model servers can cache it.
 pub fn static_prefix(catalog: &[ToolSpec]) -> String {
+    let tools: Vec<&ToolSpec> = catalog.iter().collect();
+    listed_prefix(&tools)
+}
+
+/// The instructions and `tools`, in their order.
+fn listed_prefix(tools: &[&ToolSpec]) -> String {
     let mut out = String::with_capacity(8 * 1024);
     out.push_str(INSTRUCTIONS);
     out.push_str("\nVerfügbare Werkzeuge:\n");
-    for tool in catalog {
+    for tool in tools {
         render_tool(&mut out, tool);
     }
     out
@@ -203,26 +224,32 @@ pub fn static_prefix(catalog: &[ToolSpec]) -> String {
 /// The first line of the part of the system message that varies per run.
 pub const RUN_HEADING: &str = "\n# Dieser Lauf\n";
 
-fn system_message(input: &PromptInput<'_>) -> String {
-    let mut out = static_prefix(input.catalog);
+/// The system message that lists `listed` (the catalog, or only the allowed tools).
+fn system_message(input: &PromptInput<'_>, listed: &[&ToolSpec]) -> String {
+    let mut out = listed_prefix(listed);
     out.push_str(RUN_HEADING);
-    render_restriction(&mut out, input.catalog, input.tools);
+    render_restriction(&mut out, listed, input.tools);
+    render_run(&mut out, input);
+    out
+}
+
+/// The agent block and the time: the part of a system message that varies.
+pub(super) fn render_run(out: &mut String, input: &PromptInput<'_>) {
     if let Some(agent) = &input.agent {
-        render_agent(&mut out, agent);
+        render_agent(out, agent);
     }
     if let Some(now) = input.now {
         let now = now.to_rfc3339_opts(SecondsFormat::Secs, true);
         let _ = writeln!(out, "Aktueller Zeitpunkt (UTC): {now}");
     }
-    out
 }
 
 /// Which catalog tools this run may use: all, or the shorter of the lists
 /// of denied and of allowed tools, in catalog order.
-fn render_restriction(out: &mut String, catalog: &[ToolSpec], allowed: &[&ToolSpec]) {
+fn render_restriction(out: &mut String, catalog: &[&ToolSpec], allowed: &[&ToolSpec]) {
     let is_allowed = |t: &ToolSpec| allowed.iter().any(|a| a.name == t.name);
     let (permitted, denied): (Vec<&ToolSpec>, Vec<&ToolSpec>) =
-        catalog.iter().partition(|t| is_allowed(t));
+        catalog.iter().copied().partition(|t| is_allowed(t));
     let names = |tools: &[&ToolSpec]| {
         let names: Vec<&str> = tools.iter().map(|t| t.name.as_str()).collect();
         names.join(", ")
@@ -282,7 +309,12 @@ fn render_tool(out: &mut String, tool: &ToolSpec) {
         out.push_str("  Parameter: keine\n");
     }
     for p in &tool.parameters {
-        let _ = write!(out, "  - {}: {}", p.name, p.r#type);
+        let _ = write!(out, "  - {}: {}", p.name, p.r#type.as_str());
+        match p.r#type {
+            ParamType::Array => out.push_str(" (JSON-Liste)"),
+            ParamType::Object => out.push_str(" (JSON-Objekt)"),
+            _ => {}
+        }
         if let Some(values) = &p.r#enum {
             let _ = write!(out, " [{}]", values.join(", "));
         }
@@ -296,69 +328,13 @@ fn render_tool(out: &mut String, tool: &ToolSpec) {
     }
 }
 
-fn user_message(input: &PromptInput<'_>) -> String {
-    let mission = &input.mission;
-    let mut out = String::with_capacity(16 * 1024);
-    let _ = writeln!(
-        out,
-        "# Mission: {}\n",
-        or_none(&clip(mission.title, MAX_NAME_CHARS))
-    );
-    let _ = writeln!(
-        out,
-        "## Konzept\n{}\n",
-        or_none(&clip(mission.concept, MAX_CONCEPT_CHARS))
-    );
-    let _ = writeln!(
-        out,
-        "## Ziel\n{}\n",
-        or_none(&clip(mission.objective, MAX_OBJECTIVE_CHARS))
-    );
-    out.push_str("## Eingaben\n");
-    render_inputs(&mut out, input.inputs);
-    out.push_str("## Bisherige Iterationen (die letzten drei, älteste zuerst)\n");
-    render_history(&mut out, mission.iterations, mission.iteration_count);
-    out.push_str("Plane jetzt die nächste Iteration und antworte nur mit dem json-Codeblock.\n");
-    out
-}
-
-fn render_inputs(out: &mut String, inputs: &[ResolvedInput]) {
-    if inputs.is_empty() {
-        out.push_str("(keine)\n\n");
-        return;
-    }
-    let mut budget = MAX_INPUTS_TOTAL_CHARS;
-    for input in inputs {
-        let module = clip(&input.module, MAX_NAME_CHARS);
-        let table = clip(&input.table, MAX_NAME_CHARS);
-        let title = clip(&input.title, MAX_NAME_CHARS);
-        let _ = writeln!(out, "### {module}/{table}: {}", or_none(&title));
-        if budget == 0 {
-            out.push_str("(ausgelassen: die Eingaben sind insgesamt zu umfangreich)\n\n");
-            continue;
-        }
-        let content = clip(&input.content, MAX_INPUT_CHARS.min(budget));
-        budget = budget.saturating_sub(content.chars().count());
-        let content = if content.trim().is_empty() {
-            "(leer)"
-        } else {
-            &content
-        };
-        let _ = writeln!(out, "{content}\n");
-    }
-}
-
-fn or_none(s: &str) -> &str {
-    if s.trim().is_empty() {
-        "(keine Angabe)"
-    } else {
-        s
-    }
-}
-
 fn str_field<'a>(record: &'a Value, key: &str) -> &'a str {
     record.get(key).and_then(Value::as_str).unwrap_or("")
 }
+
+#[path = "prompt_user.rs"]
+mod user;
+use user::user_message;
 
 #[cfg(test)]
 #[path = "prompt_tests.rs"]

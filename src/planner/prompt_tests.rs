@@ -29,6 +29,7 @@ fn prompt_with(
         catalog: catalog.tools(),
         tools,
         now: None,
+        param_max_chars: 4000,
     })
 }
 
@@ -139,6 +140,38 @@ fn denied_tools_are_stated_and_left_out_of_the_schema() {
     assert_eq!(none.schema, None);
 }
 
+/// Free text enforces nothing: its system message never shows a denied
+/// tool. Tool calling: no tool list, no JSON instructions, the same run part.
+#[test]
+fn free_text_and_tool_calling_have_system_messages_of_their_own() {
+    let catalog = ToolCatalog::builtin();
+    let policy = json!({"tools": {"create_note": "deny"}, "defaultForAi": "propose"});
+    let policy = AgentPolicy::parse(&policy).unwrap();
+    let tools = filter_tools(&catalog, Some(&policy));
+    let prompt = prompt_with(mission(), &[], Some(coach()), &tools);
+    assert!(prompt.system.contains("- create_note (Modul notes)"));
+    assert!(!prompt.system_text.contains("create_note"));
+    assert!(prompt.system_text.contains("- create_task (Modul todo)"));
+    assert!(prompt
+        .system_text
+        .contains("Alle aufgeführten Werkzeuge sind erlaubt."));
+    let tools_system = &prompt.system_tools;
+    assert!(!tools_system.contains("(Modul "), "{tools_system}");
+    assert!(
+        !tools_system.to_lowercase().contains("json"),
+        "{tools_system}"
+    );
+    assert!(tools_system.contains("<agent_context>"));
+    assert!(prompt.user.ends_with("json-Codeblock.\n"));
+    let user = prompt.user_for_tools();
+    assert!(!user.contains("json") && user.contains("rufe für jeden Schritt ein"));
+    assert!(user.starts_with(&prompt.user[..prompt.user.len() - 80]));
+    // Without denials both listing messages are the same.
+    let all = filter_tools(&catalog, None);
+    let prompt = prompt_with(mission(), &[], None, &all);
+    assert_eq!(prompt.system, prompt.system_text);
+}
+
 fn coach() -> AgentContext<'static> {
     AgentContext {
         name: "Coach",
@@ -171,6 +204,7 @@ fn system_prefix_is_byte_identical_across_missions_agents_and_times() {
         catalog: catalog.tools(),
         tools: &some,
         now: Some(at("2025-03-01T09:30:00Z")),
+        param_max_chars: 4000,
     });
     let b = build_prompt(&PromptInput {
         mission: other_mission,
@@ -179,6 +213,7 @@ fn system_prefix_is_byte_identical_across_missions_agents_and_times() {
         catalog: catalog.tools(),
         tools: &all,
         now: Some(at("2026-11-30T13:01:59Z")),
+        param_max_chars: 4000,
     });
     let prefix = static_prefix(catalog.tools());
     for prompt in [&a, &b] {
@@ -330,6 +365,7 @@ fn the_time_line_appears_when_given() {
         catalog: &[],
         tools: &[],
         now: Some(now),
+        param_max_chars: 4000,
     });
     assert!(prompt
         .system

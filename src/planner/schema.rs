@@ -9,7 +9,9 @@
 //!   `const`), then its summary, then its `params`, which are that tool's
 //!   declared parameters and nothing else (required ones required,
 //!   enumerations as `enum`), then its rationale;
-//! - every string has a length bound, so an answer cannot run on;
+//! - every string has a length bound, so an answer cannot run on, and every
+//!   summary and rationale at least one character (an empty one failed the
+//!   parser after the server had let the model write it);
 //! - properties are listed in the order the model should write them
 //!   (grammar-constrained servers follow the schema's order; `serde_json`'s
 //!   `preserve_order` keeps it). With the tool first, a grammar engine
@@ -21,6 +23,7 @@
 
 use serde_json::{json, Map, Value};
 
+use super::params::ParamType;
 use super::parser::MAX_STEPS;
 use super::tools::{ParamSpec, ToolSpec};
 
@@ -30,22 +33,23 @@ pub const MAX_SUMMARY_CHARS: usize = 100;
 /// Longest rationale the schema allows: the prompt asks for one or two
 /// sentences.
 pub const MAX_RATIONALE_CHARS: usize = 200;
-/// Longest string parameter the schema allows: a title, or a paragraph of a
-/// note. A proposal is a starting point the user edits, not a document.
-pub const MAX_PARAM_CHARS: usize = 400;
-
 /// The JSON schema of a plan whose steps may use only `allowed` tools, in
-/// their given order. `None` when no tool is allowed: a step would have no
-/// valid shape, and the only valid plan then is one without steps.
-pub fn plan_schema(allowed: &[&ToolSpec]) -> Option<Value> {
+/// their given order, string parameters bounded by `param_max_chars`
+/// (`MANA_AI_PLAN_PARAM_MAX_CHARS`). `None` when no tool is allowed: a step
+/// would have no valid shape, and the only valid plan then is one without
+/// steps.
+pub fn plan_schema(allowed: &[&ToolSpec], param_max_chars: usize) -> Option<Value> {
     if allowed.is_empty() {
         return None;
     }
-    let steps: Vec<Value> = allowed.iter().map(|tool| step_schema(tool)).collect();
+    let steps: Vec<Value> = allowed
+        .iter()
+        .map(|tool| step_schema(tool, param_max_chars))
+        .collect();
     Some(json!({
         "type": "object",
         "properties": {
-            "summary": bounded_string(MAX_SUMMARY_CHARS),
+            "summary": text(MAX_SUMMARY_CHARS),
             "steps": {
                 "type": "array",
                 "minItems": 1,
@@ -70,26 +74,27 @@ pub fn step_tools(schema: &Value) -> Vec<&str> {
 }
 
 /// One step that calls `tool`.
-fn step_schema(tool: &ToolSpec) -> Value {
+fn step_schema(tool: &ToolSpec, param_max_chars: usize) -> Value {
     json!({
         "type": "object",
         "properties": {
             "toolName": {"const": tool.name},
-            "summary": bounded_string(MAX_SUMMARY_CHARS),
-            "params": params_schema(tool),
-            "rationale": {"type": "string", "minLength": 1, "maxLength": MAX_RATIONALE_CHARS},
+            "summary": text(MAX_SUMMARY_CHARS),
+            "params": params_schema(tool, param_max_chars),
+            "rationale": text(MAX_RATIONALE_CHARS),
         },
         "required": ["toolName", "summary", "params", "rationale"],
         "additionalProperties": false,
     })
 }
 
-/// The tool's declared parameters, in catalog order, and no others.
-fn params_schema(tool: &ToolSpec) -> Value {
+/// The tool's declared parameters, in catalog order, and no others (also
+/// the `parameters` of a tool in native tool calling).
+pub fn params_schema(tool: &ToolSpec, param_max_chars: usize) -> Value {
     let properties: Map<String, Value> = tool
         .parameters
         .iter()
-        .map(|p| (p.name.clone(), param_schema(p)))
+        .map(|p| (p.name.clone(), param_schema(p, param_max_chars)))
         .collect();
     let required: Vec<&str> = tool
         .parameters
@@ -106,16 +111,13 @@ fn params_schema(tool: &ToolSpec) -> Value {
 }
 
 /// One parameter: its enumeration, or its JSON type with strings bounded.
-/// A type JSON Schema does not know (a catalog file may say `date`) is left
-/// open rather than guessed.
-fn param_schema(param: &ParamSpec) -> Value {
-    if let Some(values) = &param.r#enum {
-        return json!({"type": "string", "enum": values});
-    }
-    match param.r#type.as_str() {
-        "string" => bounded_string(MAX_PARAM_CHARS),
-        known @ ("number" | "integer" | "boolean" | "array" | "object") => json!({"type": known}),
-        _ => json!({}),
+/// An array's items and an object's properties are not declared by the
+/// webapp, so they are left open (the parser checks the type only).
+fn param_schema(param: &ParamSpec, param_max_chars: usize) -> Value {
+    match (&param.r#enum, param.r#type) {
+        (Some(values), _) => json!({"type": "string", "enum": values}),
+        (None, ParamType::String) => bounded_string(param_max_chars),
+        (None, other) => json!({"type": other.as_str()}),
     }
 }
 
@@ -123,10 +125,15 @@ fn bounded_string(max: usize) -> Value {
     json!({"type": "string", "maxLength": max})
 }
 
+/// Text the user reads: at least one character.
+fn text(max: usize) -> Value {
+    json!({"type": "string", "minLength": 1, "maxLength": max})
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::planner::tools::ToolCatalog;
+    use crate::planner::tools::{BuiltinCatalog, ToolCatalog};
 
     fn branches(schema: &Value) -> &Vec<Value> {
         schema["properties"]["steps"]["items"]["anyOf"]
@@ -138,7 +145,7 @@ mod tests {
     fn one_branch_per_allowed_tool_in_order() {
         let catalog = ToolCatalog::builtin();
         let allowed: Vec<&ToolSpec> = catalog.tools().iter().skip(2).take(3).collect();
-        let schema = plan_schema(&allowed).unwrap();
+        let schema = plan_schema(&allowed, 400).unwrap();
         let steps = &schema["properties"]["steps"];
         assert_eq!(
             (&steps["minItems"], &steps["maxItems"]),
@@ -154,14 +161,14 @@ mod tests {
             );
             assert_eq!(branch["additionalProperties"], json!(false));
         }
-        assert_eq!(plan_schema(&[]), None);
+        assert_eq!(plan_schema(&[], 400), None);
     }
 
     #[test]
     fn params_are_the_tools_own_with_required_and_enums() {
         let catalog = ToolCatalog::builtin();
         let tool = catalog.get("create_task").unwrap();
-        let schema = plan_schema(&[tool]).unwrap();
+        let schema = plan_schema(&[tool], 400).unwrap();
         let params = &branches(&schema)[0]["properties"]["params"];
         let names: Vec<&String> = params["properties"].as_object().unwrap().keys().collect();
         assert_eq!(names, ["title", "dueDate", "priority", "description"]);
@@ -172,7 +179,7 @@ mod tests {
             json!(["low", "medium", "high"])
         );
         let place = catalog.get("create_place").unwrap();
-        let place = plan_schema(&[place]).unwrap();
+        let place = plan_schema(&[place], 400).unwrap();
         let latitude = &branches(&place)[0]["properties"]["params"]["properties"]["latitude"];
         assert_eq!(latitude, &json!({"type": "number"}));
     }
@@ -181,7 +188,7 @@ mod tests {
     fn every_string_is_bounded() {
         let catalog = ToolCatalog::builtin();
         let all: Vec<&ToolSpec> = catalog.tools().iter().collect();
-        let schema = plan_schema(&all).unwrap();
+        let schema = plan_schema(&all, 4000).unwrap();
         let mut strings = Vec::new();
         collect_strings(&schema, &mut strings);
         assert!(strings.len() > 100, "{}", strings.len());
@@ -213,7 +220,7 @@ mod tests {
     #[test]
     fn the_serialized_step_names_its_tool_first() {
         let catalog = ToolCatalog::builtin();
-        let schema = plan_schema(&[catalog.get("create_note").unwrap()]).unwrap();
+        let schema = plan_schema(&[catalog.get("create_note").unwrap()], 400).unwrap();
         let text = serde_json::to_string(&branches(&schema)[0]["properties"]).unwrap();
         let at = |key: &str| text.find(&format!("\"{key}\":")).unwrap();
         assert!(at("toolName") < at("summary"), "{text}");
@@ -224,14 +231,18 @@ mod tests {
     }
 
     #[test]
-    fn unknown_parameter_types_are_left_open() {
-        let odd = ParamSpec {
-            name: "when".into(),
-            r#type: "date".into(),
-            required: true,
-            r#enum: None,
-            description: None,
-        };
-        assert_eq!(param_schema(&odd), json!({}));
+    fn arrays_and_objects_keep_their_type_and_strings_the_setting() {
+        let catalog = ToolCatalog::builtin_named(BuiltinCatalog::Current);
+        let tools = ["create_invoice", "update_website_block"].map(|n| catalog.get(n).unwrap());
+        let schema = plan_schema(&tools, 9000).unwrap();
+        let params = |i: usize| branches(&schema)[i]["properties"]["params"]["properties"].clone();
+        assert_eq!(params(0)["lines"], json!({"type": "array"}));
+        assert_eq!(params(0)["clientName"]["maxLength"], json!(9000));
+        assert_eq!(params(1)["patch"], json!({"type": "object"}));
+        assert_eq!(schema["properties"]["summary"]["minLength"], json!(1));
+        assert_eq!(
+            branches(&schema)[0]["properties"]["summary"]["minLength"],
+            json!(1)
+        );
     }
 }

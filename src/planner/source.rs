@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use tracing::Instrument;
 
-use super::llm::{LlmAnswer, LlmClient, LlmError};
-use super::{offline, AnswerShape, MissionView, Prompt, ToolSpec};
+use super::llm::{LlmAnswer, LlmClient, LlmError, PlanRequest};
+use super::{offline, AnswerShape, MissionView};
 
 /// Where plans come from.
 pub enum Planner {
@@ -19,24 +19,24 @@ pub enum Planner {
 
 impl Planner {
     /// The answer to one prompt: the model's, or the offline planner's fixed
-    /// plan for `mission` with the first suitable of `tools`. `check` is
-    /// asked before each request to the model (see
-    /// [`LlmClient::complete_checked`]); the offline planner sends none.
+    /// plan for `mission` with the first suitable of `tools`. `check(spent)`
+    /// is asked before each request to the model with the tokens the call
+    /// used so far (see [`LlmClient::complete_prompt`]); the offline planner
+    /// sends none.
     pub async fn plan<C, F>(
         &self,
-        prompt: &Prompt,
+        request: &PlanRequest<'_>,
         mission: &MissionView<'_>,
-        tools: &[&ToolSpec],
         check: C,
     ) -> Result<LlmAnswer, LlmError>
     where
-        C: Fn() -> F,
+        C: Fn(u64) -> F,
         F: Future<Output = Result<(), LlmError>>,
     {
+        let tools = request.tools;
         match self {
             Planner::Llm(llm) => {
-                let (system, user) = (&prompt.system, &prompt.user);
-                llm.complete_checked(system, user, prompt.schema.as_ref(), check)
+                llm.complete_prompt(request, check)
                     .instrument(tracing::info_span!("llm_call"))
                     .await
             }
@@ -46,6 +46,8 @@ impl Planner {
                 usage: None,
                 attempts: 1,
                 elapsed: Duration::ZERO,
+                resolved_model: None,
+                tool_plan: None,
             }),
         }
     }

@@ -22,6 +22,16 @@
 //! with a 2xx is remembered for the life of the process (per endpoint URL,
 //! across leadership terms) and logged once; a call in which every form was
 //! refused remembers nothing, so the next call probes again.
+//!
+//! Native tool calling ([`Form::Tools`], see [`super::tool_calls`]) comes
+//! before them for a gateway that said it is mana-llm (its
+//! `X-Mana-LLM-Resolved` answer header, seen once per URL), and always in
+//! [`StructuredMode::Tools`]. A server that ignores `tools` answers the
+//! first round without a call; until a server has made one, such an answer
+//! does not count: the call goes on in the next form and the server is
+//! remembered as one that ignores tools, so auto never settles on a form
+//! that yields empty plans. mana-llm's `capability` error (the model cannot
+//! do this) moves an auto call on to the next form whenever there is one.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -29,6 +39,7 @@ use std::sync::{Mutex, OnceLock};
 
 use serde_json::{json, Value};
 
+use super::llm::GatewayKind;
 use super::AnswerShape;
 
 /// `MANA_LLM_STRUCTURED`: how the client asks for structured output.
@@ -43,6 +54,8 @@ pub enum StructuredMode {
     JsonObject,
     /// Never send `response_format`: free text, judged by the parser alone.
     Off,
+    /// Always native tool calling.
+    Tools,
 }
 
 impl StructuredMode {
@@ -52,6 +65,7 @@ impl StructuredMode {
             StructuredMode::JsonSchema => "json_schema",
             StructuredMode::JsonObject => "json_object",
             StructuredMode::Off => "off",
+            StructuredMode::Tools => "tools",
         }
     }
 }
@@ -66,16 +80,19 @@ impl FromStr for StructuredMode {
             StructuredMode::JsonSchema,
             StructuredMode::JsonObject,
             StructuredMode::Off,
+            StructuredMode::Tools,
         ]
         .into_iter()
         .find(|m| word.eq_ignore_ascii_case(m.as_str()))
-        .ok_or_else(|| format!("{s:?} is not one of auto|json_schema|json_object|off"))
+        .ok_or_else(|| format!("{s:?} is not one of auto|json_schema|json_object|off|tools"))
     }
 }
 
-/// One way of sending a request: with a `response_format`, or as free text.
+/// One way of sending a request: native tool calling, with a
+/// `response_format`, or as free text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Form {
+    Tools,
     JsonSchema,
     JsonObject,
     Text,
@@ -84,6 +101,7 @@ pub enum Form {
 impl Form {
     pub fn as_str(self) -> &'static str {
         match self {
+            Form::Tools => "tools",
             Form::JsonSchema => "json_schema",
             Form::JsonObject => "json_object",
             Form::Text => "text",
@@ -93,6 +111,7 @@ impl Form {
     /// The next form to try when a server refuses this one.
     pub fn next(self) -> Option<Form> {
         match self {
+            Form::Tools => Some(Form::JsonSchema),
             Form::JsonSchema => Some(Form::JsonObject),
             Form::JsonObject => Some(Form::Text),
             Form::Text => None,
@@ -102,12 +121,13 @@ impl Form {
     /// How the parser reads an answer to this form.
     pub fn answer_shape(self) -> AnswerShape {
         match self {
-            Form::JsonSchema | Form::JsonObject => AnswerShape::Json,
+            Form::Tools | Form::JsonSchema | Form::JsonObject => AnswerShape::Json,
             Form::Text => AnswerShape::FreeText,
         }
     }
 
-    /// The request's `response_format` for `schema`; `None` for free text.
+    /// The request's `response_format` for `schema`; `None` for free text
+    /// and tool calling.
     pub fn response_format(self, schema: &Value) -> Option<Value> {
         match self {
             Form::JsonSchema => Some(json!({
@@ -115,7 +135,7 @@ impl Form {
                 "json_schema": {"name": "mission_plan", "schema": schema, "strict": false},
             })),
             Form::JsonObject => Some(json!({"type": "json_object", "schema": schema})),
-            Form::Text => None,
+            Form::Text | Form::Tools => None,
         }
     }
 }
@@ -132,6 +152,41 @@ pub fn is_form_refusal(status: u16) -> bool {
 fn learned() -> &'static Mutex<HashMap<String, Form>> {
     static LEARNED: OnceLock<Mutex<HashMap<String, Form>>> = OnceLock::new();
     LEARNED.get_or_init(Default::default)
+}
+
+/// What an endpoint showed about native tool calling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToolSupport {
+    /// It said it is mana-llm; no tool call seen yet.
+    ManaLlm,
+    /// It answered a tools request with a tool call.
+    Works,
+    /// It answered a tools request without one, or refused tools.
+    Ignored,
+}
+
+fn tool_support_map() -> &'static Mutex<HashMap<String, ToolSupport>> {
+    static SUPPORT: OnceLock<Mutex<HashMap<String, ToolSupport>>> = OnceLock::new();
+    SUPPORT.get_or_init(Default::default)
+}
+
+/// What `endpoint` showed about tool calling, if anything.
+pub fn tool_support(endpoint: &str) -> Option<ToolSupport> {
+    let map = tool_support_map().lock().unwrap_or_else(|e| e.into_inner());
+    map.get(endpoint).copied()
+}
+
+/// Records what `endpoint` showed; `ManaLlm` never overwrites what a tools
+/// request found out.
+pub fn note_tool_support(endpoint: &str, support: ToolSupport) {
+    let mut map = tool_support_map().lock().unwrap_or_else(|e| e.into_inner());
+    let old = map.get(endpoint).copied();
+    if support == ToolSupport::ManaLlm && old.is_some() || old == Some(support) {
+        return;
+    }
+    map.insert(endpoint.to_string(), support);
+    drop(map);
+    tracing::info!(tools = ?support, "LLM server's native tool calling noted for this process");
 }
 
 /// The form an endpoint is known to take, if a call has found it out.
@@ -168,7 +223,11 @@ pub fn first_form(mode: StructuredMode, endpoint: &str) -> Form {
         StructuredMode::Off => Form::Text,
         StructuredMode::JsonSchema => Form::JsonSchema,
         StructuredMode::JsonObject => Form::JsonObject,
-        StructuredMode::Auto => known_form(endpoint).unwrap_or(Form::JsonSchema),
+        StructuredMode::Tools => Form::Tools,
+        StructuredMode::Auto => match tool_support(endpoint) {
+            Some(ToolSupport::ManaLlm | ToolSupport::Works) => Form::Tools,
+            _ => known_form(endpoint).unwrap_or(Form::JsonSchema),
+        },
     }
 }
 
@@ -177,23 +236,32 @@ pub fn first_form(mode: StructuredMode, endpoint: &str) -> Form {
 pub struct FormPicker<'a> {
     endpoint: &'a str,
     form: Form,
+    auto: bool,
     /// Auto mode, a schema to send, and nothing learned for the endpoint yet.
     learning: bool,
     refused: Vec<(Form, u16)>,
 }
 
 impl<'a> FormPicker<'a> {
-    /// Without a schema every request is free text.
-    pub fn new(mode: StructuredMode, endpoint: &'a str, has_schema: bool) -> FormPicker<'a> {
-        let form = if has_schema {
-            first_form(mode, endpoint)
-        } else {
-            Form::Text
+    /// Without a schema every request is free text (no tool is allowed,
+    /// or the caller sends no plan request).
+    pub fn new(
+        mode: StructuredMode,
+        endpoint: &'a str,
+        has_schema: bool,
+        has_tools: bool,
+    ) -> FormPicker<'a> {
+        let form = match first_form(mode, endpoint) {
+            _ if !has_schema => Form::Text,
+            Form::Tools if !has_tools => known_form(endpoint).unwrap_or(Form::JsonSchema),
+            form => form,
         };
-        let learning = has_schema && mode == StructuredMode::Auto && known_form(endpoint).is_none();
+        let auto = mode == StructuredMode::Auto;
+        let learning = has_schema && auto && known_form(endpoint).is_none();
         FormPicker {
             endpoint,
             form,
+            auto,
             learning,
             refused: Vec::new(),
         }
@@ -203,13 +271,58 @@ impl<'a> FormPicker<'a> {
         self.form
     }
 
+    /// Whether an answer `status` (mana-llm's `kind`, if any) to the current
+    /// form means "not this form" here: auto mode with a next form, and
+    /// either `capability`, or a refusal status while still learning (on
+    /// tools: a 4xx) from a body that names no other kind.
+    pub fn would_refuse(&self, status: u16, kind: Option<GatewayKind>) -> bool {
+        // A tools request is refused only by a 4xx: a 5xx from a gateway
+        // known to be mana-llm is a failure, not a verdict on tools.
+        let probing = match self.form {
+            Form::Tools => status < 500,
+            _ => self.learning,
+        };
+        let refusal = match kind {
+            Some(GatewayKind::Capability) => true,
+            None | Some(GatewayKind::Unknown) => probing && is_form_refusal(status),
+            Some(_) => false,
+        };
+        self.auto && self.form.next().is_some() && refusal
+    }
+
+    /// A tools request answered without a tool call, by a server not known
+    /// to make them: `true` (auto mode) moves on to the next form and
+    /// remembers the server ignores tools.
+    pub fn tools_ignored(&mut self) -> bool {
+        let known = tool_support(self.endpoint) == Some(ToolSupport::Works);
+        if !self.auto || self.form != Form::Tools || known {
+            return false;
+        }
+        note_tool_support(self.endpoint, ToolSupport::Ignored);
+        self.form = self.after_tools();
+        true
+    }
+
+    /// The form after tools: the learned one, else the first schema form.
+    fn after_tools(&self) -> Form {
+        known_form(self.endpoint).unwrap_or(Form::JsonSchema)
+    }
+
     /// The server answered `status` to the current form. `true`: send the
-    /// request again at once in the next form (auto mode, still learning,
-    /// and the status refuses the form); `false`: handle it as usual.
-    pub fn refused(&mut self, status: u16) -> bool {
+    /// request again at once in the next form ([`FormPicker::would_refuse`]);
+    /// `false`: handle it as usual.
+    pub fn refused(&mut self, status: u16, kind: Option<GatewayKind>) -> bool {
+        if !self.would_refuse(status, kind) {
+            return false;
+        }
+        if self.form == Form::Tools {
+            note_tool_support(self.endpoint, ToolSupport::Ignored);
+            self.form = self.after_tools();
+            return true;
+        }
         let next = match self.form.next() {
-            Some(next) if self.learning && is_form_refusal(status) => next,
-            _ => return false,
+            Some(next) => next,
+            None => return false,
         };
         tracing::debug!(
             form = self.form.as_str(),
@@ -222,8 +335,15 @@ impl<'a> FormPicker<'a> {
         true
     }
 
-    /// The server answered the current form with a 2xx.
-    pub fn accepted(&self) {
+    /// The server answered the current form with a 2xx; `mana_llm`: with
+    /// mana-llm's header.
+    pub fn accepted(&self, mana_llm: bool) {
+        if mana_llm {
+            note_tool_support(self.endpoint, ToolSupport::ManaLlm);
+        }
+        if self.form == Form::Tools {
+            return;
+        }
         if self.learning {
             remember(self.endpoint, self.form, &self.refused);
         }
@@ -231,55 +351,5 @@ impl<'a> FormPicker<'a> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn modes_parse_and_name_themselves() {
-        for mode in ["auto", "json_schema", "JSON_OBJECT", " off "] {
-            let parsed: StructuredMode = mode.parse().unwrap();
-            assert!(mode.trim().eq_ignore_ascii_case(parsed.as_str()));
-        }
-        let e = "strict".parse::<StructuredMode>().unwrap_err();
-        assert!(e.contains("auto|json_schema|json_object|off"), "{e}");
-    }
-
-    #[test]
-    fn both_forms_carry_the_schema_and_text_none() {
-        let schema = json!({"type": "object"});
-        let a = Form::JsonSchema.response_format(&schema).unwrap();
-        assert_eq!(a["type"], "json_schema");
-        assert_eq!(a["json_schema"]["schema"], schema);
-        assert_eq!(a["json_schema"]["name"], "mission_plan");
-        let b = Form::JsonObject.response_format(&schema).unwrap();
-        assert_eq!(
-            (b["type"].clone(), b["schema"].clone()),
-            (json!("json_object"), schema.clone())
-        );
-        assert_eq!(Form::Text.response_format(&schema), None);
-    }
-
-    #[test]
-    fn refusals_exclude_auth_and_load_statuses() {
-        for status in [400, 404, 415, 422, 500, 501] {
-            assert!(is_form_refusal(status), "{status}");
-        }
-        for status in [200, 401, 403, 408, 429, 502, 503, 504] {
-            assert!(!is_form_refusal(status), "{status}");
-        }
-    }
-
-    #[test]
-    fn a_learned_form_is_kept_and_first_in_auto_only() {
-        let url = "http://unit-test.invalid/v1/chat/completions";
-        assert_eq!(first_form(StructuredMode::Auto, url), Form::JsonSchema);
-        remember(url, Form::JsonObject, &[(Form::JsonSchema, 500)]);
-        remember(url, Form::Text, &[]);
-        assert_eq!(first_form(StructuredMode::Auto, url), Form::JsonObject);
-        assert_eq!(
-            first_form(StructuredMode::JsonSchema, url),
-            Form::JsonSchema
-        );
-        assert_eq!(first_form(StructuredMode::Off, url), Form::Text);
-    }
-}
+#[path = "structured_tests.rs"]
+mod tests;

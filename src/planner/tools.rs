@@ -1,11 +1,18 @@
 //! The tool catalog: which tools the planner may propose (contract section 6).
 //!
-//! The webapp owns the catalog. The built-in copy is `builtin_tools.json`,
-//! the 31 `propose` tools of `fixtures/propose-tools.json` (the webapp's list) plus German
-//! descriptions (the model reads them), embedded in the binary. A deployment
-//! whose webapp has more tools points `MANA_AI_TOOL_CATALOG` at a JSON file of
-//! the same shape; a bad file is a start-up error that names the problem,
-//! never a catalog that silently lacks tools.
+//! The webapp owns the catalog. Two built-in copies are embedded in the
+//! binary, each the webapp's list plus German descriptions (the model reads
+//! them):
+//! - `v0.6` (`builtin_tools.json`): the 31 `propose` tools of
+//!   `fixtures/propose-tools.json`;
+//! - `current` (`catalog_current.json`): today's 62 tools over 25 modules
+//!   (`fixtures/propose-tools-current.json`), with `array` and `object`
+//!   parameters.
+//!
+//! The one in force follows the database's generation unless
+//! `MANA_AI_TOOL_CATALOG` names one (`v0.6`, `current`) or a JSON file of the
+//! same shape; a bad file is a start-up error that names the problem, never a
+//! catalog that silently lacks tools.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -13,15 +20,73 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use super::params::ParamType;
+use crate::sync::generation::Generation;
+
 const BUILTIN_JSON: &str = include_str!("builtin_tools.json");
+const CURRENT_JSON: &str = include_str!("catalog_current.json");
+
+/// The catalogs compiled into the binary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BuiltinCatalog {
+    /// The 31 tools of mana v0.6.
+    V06,
+    /// Today's 62 tools.
+    Current,
+}
+
+impl BuiltinCatalog {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BuiltinCatalog::V06 => "v0.6",
+            BuiltinCatalog::Current => "current",
+        }
+    }
+
+    /// The catalog of the webapp that writes a database of `generation`.
+    pub fn of(generation: Generation) -> BuiltinCatalog {
+        match generation {
+            Generation::V06 => BuiltinCatalog::V06,
+            Generation::Current => BuiltinCatalog::Current,
+        }
+    }
+
+    fn json(self) -> &'static str {
+        match self {
+            BuiltinCatalog::V06 => BUILTIN_JSON,
+            BuiltinCatalog::Current => CURRENT_JSON,
+        }
+    }
+}
+
+/// `MANA_AI_TOOL_CATALOG`: a built-in catalog by name, or a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CatalogChoice {
+    Builtin(BuiltinCatalog),
+    File(PathBuf),
+}
+
+impl CatalogChoice {
+    /// `v0.6` and `current` name the built-in catalogs; anything else is a path.
+    pub fn parse(value: &str) -> CatalogChoice {
+        let word = value.trim();
+        [BuiltinCatalog::V06, BuiltinCatalog::Current]
+            .into_iter()
+            .find(|b| word.eq_ignore_ascii_case(b.as_str()))
+            .map_or_else(
+                || CatalogChoice::File(PathBuf::from(value)),
+                CatalogChoice::Builtin,
+            )
+    }
+}
 
 /// One parameter of a tool, as the webapp declares it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ParamSpec {
     pub name: String,
-    /// JSON type name the webapp expects: `string`, `number`, `boolean`, ...
+    /// JSON type the webapp expects; an unknown type name refuses the catalog.
     #[serde(rename = "type")]
-    pub r#type: String,
+    pub r#type: ParamType,
     #[serde(default)]
     pub required: bool,
     /// Allowed values, when the parameter is an enumeration.
@@ -44,10 +109,19 @@ pub struct ToolSpec {
     pub parameters: Vec<ParamSpec>,
 }
 
+impl ToolSpec {
+    /// The declared parameter called `name`.
+    pub fn param(&self, name: &str) -> Option<&ParamSpec> {
+        self.parameters.iter().find(|p| p.name == name)
+    }
+}
+
 /// A validated catalog: non-empty, unique tool names, every tool complete.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ToolCatalog {
     tools: Vec<ToolSpec>,
+    /// Where it came from, for the start-up log and `/health`.
+    origin: String,
 }
 
 /// Why a catalog file was refused.
@@ -91,7 +165,34 @@ impl ToolCatalog {
     /// The catalog compiled into the binary. Its validity is checked by a
     /// unit test, so the `expect` cannot fire in a released build.
     pub fn builtin() -> ToolCatalog {
-        ToolCatalog::from_json_str(BUILTIN_JSON).expect("builtin_tools.json is a valid catalog")
+        ToolCatalog::builtin_named(BuiltinCatalog::V06)
+    }
+
+    /// One of the catalogs compiled into the binary (both are checked by
+    /// unit tests, so the `expect` cannot fire in a released build).
+    pub fn builtin_named(which: BuiltinCatalog) -> ToolCatalog {
+        let mut catalog =
+            ToolCatalog::from_json_str(which.json()).expect("built-in catalogs are valid");
+        catalog.origin = format!("built-in {}", which.as_str());
+        catalog
+    }
+
+    /// The catalog `choice` names, else the built-in one of `generation`.
+    pub fn chosen(
+        choice: Option<&CatalogChoice>,
+        generation: Generation,
+    ) -> Result<ToolCatalog, CatalogError> {
+        match choice {
+            None => Ok(ToolCatalog::builtin_named(BuiltinCatalog::of(generation))),
+            Some(CatalogChoice::Builtin(which)) => Ok(ToolCatalog::builtin_named(*which)),
+            Some(CatalogChoice::File(path)) => ToolCatalog::from_json_file(path),
+        }
+    }
+
+    /// `built-in v0.6`, `built-in current`, or `file` (a path is not shown:
+    /// it may say more about the host than an operator wants on `/health`).
+    pub fn origin(&self) -> &str {
+        &self.origin
     }
 
     /// Loads the catalog named by `MANA_AI_TOOL_CATALOG`.
@@ -102,7 +203,9 @@ impl ToolCatalog {
             problem,
         };
         let text = std::fs::read_to_string(path).map_err(|e| fail(e.into()))?;
-        ToolCatalog::from_json_str(&text).map_err(fail)
+        let mut catalog = ToolCatalog::from_json_str(&text).map_err(fail)?;
+        catalog.origin = "file".to_string();
+        Ok(catalog)
     }
 
     /// Validates a catalog text. Required fields are checked by hand first so
@@ -122,7 +225,10 @@ impl ToolCatalog {
             }
             tools.push(tool);
         }
-        Ok(ToolCatalog { tools })
+        Ok(ToolCatalog {
+            tools,
+            origin: "text".to_string(),
+        })
     }
 
     /// Tools in catalog order (the order the prompt lists them in).
@@ -188,167 +294,5 @@ fn is_non_empty_str(value: Option<&Value>) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    /// (name, module, parameters without descriptions), in file order.
-    type Shape = (
-        String,
-        String,
-        Vec<(String, String, bool, Option<Vec<String>>)>,
-    );
-
-    fn shape_of_value(tools: &Value) -> Vec<Shape> {
-        let catalog = tools.as_array().expect("an array of tools");
-        catalog
-            .iter()
-            .map(|t| {
-                let params = t["parameters"].as_array().expect("parameters array");
-                let params = params
-                    .iter()
-                    .map(|p| {
-                        let en = p.get("enum").map(|e| {
-                            let items = e.as_array().expect("enum array");
-                            items
-                                .iter()
-                                .map(|v| v.as_str().unwrap().to_owned())
-                                .collect()
-                        });
-                        let name = p["name"].as_str().unwrap().to_owned();
-                        let ty = p["type"].as_str().unwrap().to_owned();
-                        (name, ty, p["required"].as_bool().unwrap(), en)
-                    })
-                    .collect();
-                let name = t["name"].as_str().unwrap().to_owned();
-                (name, t["module"].as_str().unwrap().to_owned(), params)
-            })
-            .collect()
-    }
-
-    fn shape_of_catalog(catalog: &ToolCatalog) -> Vec<Shape> {
-        let tools = catalog.tools().iter().map(|t| {
-            let params = t.parameters.iter().map(|p| {
-                let en = p.r#enum.clone();
-                (p.name.clone(), p.r#type.clone(), p.required, en)
-            });
-            (t.name.clone(), t.module.clone(), params.collect())
-        });
-        tools.collect()
-    }
-
-    #[test]
-    fn builtin_matches_the_webapps_tool_list_fixture() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/propose-tools.json");
-        let text = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("cannot read {} ({e})", path.display()));
-        let webapp: Value = serde_json::from_str(&text).expect("the fixture is JSON");
-        let builtin = ToolCatalog::builtin();
-        assert_eq!(shape_of_catalog(&builtin), shape_of_value(&webapp));
-        assert_eq!(builtin.len(), 31);
-        let modules: HashSet<_> = builtin.tools().iter().map(|t| &t.module).collect();
-        assert_eq!(modules.len(), 16);
-    }
-
-    #[test]
-    fn builtin_tools_and_parameters_are_described() {
-        for tool in ToolCatalog::builtin().tools() {
-            assert!(!tool.description.trim().is_empty(), "{}", tool.name);
-            for p in &tool.parameters {
-                let described = p
-                    .description
-                    .as_deref()
-                    .is_some_and(|d| !d.trim().is_empty());
-                assert!(described, "{}.{}", tool.name, p.name);
-            }
-        }
-    }
-
-    fn temp_file(contents: &str) -> PathBuf {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let name = format!("mana-ai-catalog-{}-{n}.json", std::process::id());
-        let path = std::env::temp_dir().join(name);
-        std::fs::write(&path, contents).unwrap();
-        path
-    }
-
-    fn load(contents: &str) -> Result<ToolCatalog, CatalogError> {
-        let path = temp_file(contents);
-        let result = ToolCatalog::from_json_file(&path);
-        std::fs::remove_file(&path).unwrap();
-        result
-    }
-
-    const GOOD_TOOL: &str = r#"{"name":"a","module":"m","description":"d","parameters":[]}"#;
-
-    #[test]
-    fn loads_a_valid_file() {
-        let catalog = load(&format!("[{GOOD_TOOL}]")).unwrap();
-        assert_eq!(catalog.len(), 1);
-        assert_eq!(catalog.get("a").unwrap().module, "m");
-        // `parameters` may be left out for a tool without any.
-        let catalog = load(r#"[{"name":"b","module":"m","description":"d"}]"#).unwrap();
-        assert!(catalog.get("b").unwrap().parameters.is_empty());
-    }
-
-    #[test]
-    fn an_unreadable_file_names_the_path() {
-        let path = std::env::temp_dir().join("mana-ai-catalog-does-not-exist.json");
-        let err = ToolCatalog::from_json_file(&path).unwrap_err();
-        assert!(matches!(err.problem, CatalogProblem::Unreadable(_)));
-        assert!(
-            err.to_string()
-                .contains("mana-ai-catalog-does-not-exist.json"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn bad_files_name_the_problem() {
-        let cases: &[(&str, &str)] = &[
-            ("{not json", "not valid JSON"),
-            (r#"{"tools": []}"#, "must be a JSON array"),
-            ("[]", "catalog is empty"),
-            ("[1]", "tools[0] is not an object"),
-            (
-                r#"[{"module":"m","description":"d"}]"#,
-                "tools[0] has no non-empty string `name`",
-            ),
-            (r#"[{"name":"a","description":"d"}]"#, "`module`"),
-            (r#"[{"name":"a","module":"m"}]"#, "`description`"),
-            (r#"[{"name":" ","module":"m","description":"d"}]"#, "`name`"),
-            (
-                &format!("[{GOOD_TOOL},{GOOD_TOOL}]"),
-                "tool `a` appears more than once",
-            ),
-            (
-                r#"[{"name":"a","module":"m","description":"d","parameters":[{"type":"string"}]}]"#,
-                "tool `a`: parameters[0] has no non-empty string `name`",
-            ),
-            (
-                r#"[{"name":"a","module":"m","description":"d","parameters":[{"name":"x"}]}]"#,
-                "parameters[0] has no non-empty string `type`",
-            ),
-            (
-                r#"[{"name":"a","module":"m","description":"d",
-                    "parameters":[{"name":"x","type":"string"},{"name":"x","type":"number"}]}]"#,
-                "parameter `x` appears more than once",
-            ),
-            (
-                r#"[{"name":"a","module":"m","description":"d",
-                    "parameters":[{"name":"x","type":"string","required":"yes"}]}]"#,
-                "tool `a` is malformed",
-            ),
-            (
-                r#"[{"name":"a","module":"m","description":"d","parameters":{}}]"#,
-                "tool `a` is malformed",
-            ),
-        ];
-        for (contents, expected) in cases {
-            let err = load(contents).unwrap_err().to_string();
-            assert!(err.contains(expected), "{contents}: {err}");
-            assert!(err.starts_with("tool catalog "), "{err}");
-        }
-    }
-}
+#[path = "tools_tests.rs"]
+mod tests;

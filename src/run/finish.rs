@@ -21,6 +21,10 @@ use crate::store;
 
 /// `mission_runs.outcome` of a written iteration.
 const WRITTEN: &str = "written";
+/// The summary of a failed iteration the gateway's refusal (`blocked`,
+/// `auth`) wrote at once; `errorDetails` carries the reason.
+const REFUSED_SUMMARY: &str =
+    "Das LLM-Gateway hat die Planung abgelehnt; die Mission läuft zum nächsten Termin weiter.";
 /// `mission_runs.outcome` of a failed iteration, written after `max_failures`.
 const FAILED: &str = "failed";
 
@@ -151,7 +155,8 @@ impl Runner {
         deps.metrics.mission_errors.inc();
         tracing::warn!(phase = phase.as_str(), error = %message, failures = failures + 1, "mission run failed");
         let now = deps.clock.now();
-        if failures + 1 >= deps.max_failures {
+        // A refusal (blocked, auth) ends the run at once: retrying cannot help.
+        if failures + 1 >= deps.max_failures || kind.is_final() {
             write.now = now;
             write.outcome = FAILED;
             write.iteration = writeback::failed_iteration(
@@ -162,6 +167,9 @@ impl Runner {
                 message,
                 phase,
             );
+            if kind.is_final() {
+                write.iteration["summary"] = serde_json::json!(REFUSED_SUMMARY);
+            }
             writeback::commit(client, write).await?;
             claimed.guard.armed = false;
             return Ok(true);

@@ -23,6 +23,7 @@ mod prepare;
 mod queue;
 mod shutdown;
 pub mod stall;
+mod tool_counts;
 pub mod writeback;
 
 use std::sync::{Arc, Mutex};
@@ -88,6 +89,8 @@ pub struct RunnerDeps {
     pub prompt_observer: Option<mpsc::UnboundedSender<PromptSummary>>,
     /// The generation of `sync_changes` (stamp column, write-back shape).
     pub generation: crate::sync::generation::Generation,
+    /// `MANA_AI_PLAN_PARAM_MAX_CHARS`: the plan schema's bound on string parameters.
+    pub param_max_chars: usize,
     /// Test hook (`MANA_AI_FAILPOINT=after-llm`, read only in builds with
     /// the `test-hooks` feature): abort the process right after the planner
     /// answered, to prove a crash there loses nothing.
@@ -189,6 +192,7 @@ impl Runner {
             mission_id = %mission_id,
             agent_id = tracing::field::Empty,
             slot = tracing::field::Empty,
+            resolved_model = tracing::field::Empty,
             outcome = tracing::field::Empty,
         );
         let outcome = self.run_guarded(user_id, mission_id, &span).await;

@@ -6,12 +6,14 @@ use super::admit::Admitted;
 use super::gates::Budget;
 use super::mission::{Claimed, DueRun};
 use super::phase::Phase;
+use super::tool_counts::ToolCounts;
 use super::{Outcome, Runner};
-use crate::planner::llm::{LlmAnswer, LlmError};
+use crate::planner::llm::{LlmAnswer, LlmError, PlanRequest};
 use crate::planner::{
     build_prompt, parse_plan, AgentContext, PlannedIteration, Prompt, PromptInput, ResolvedInput,
     ToolSpec,
 };
+use crate::store;
 
 /// Why an attempt failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,6 +22,8 @@ pub(super) enum FailureKind {
     Planner,
     /// The answer failed the strict parser.
     Parse,
+    /// mana-llm refused the request (`blocked`, `auth`): final at once.
+    Refused,
 }
 
 impl FailureKind {
@@ -28,20 +32,26 @@ impl FailureKind {
         match self {
             FailureKind::Planner => "PlannerError",
             FailureKind::Parse => "ParseError",
+            FailureKind::Refused => "PlannerRefused",
         }
     }
 
     pub fn phase(self) -> Phase {
         match self {
-            FailureKind::Planner => Phase::CallingLlm,
+            FailureKind::Planner | FailureKind::Refused => Phase::CallingLlm,
             FailureKind::Parse => Phase::ParsingResponse,
         }
+    }
+
+    /// Whether the first failure of this kind writes the failed iteration.
+    pub fn is_final(self) -> bool {
+        self == FailureKind::Refused
     }
 
     /// How the run ended; `final_` when a failed iteration was written.
     pub fn outcome(self, final_: bool) -> Outcome {
         match self {
-            FailureKind::Planner => Outcome::PlannerFailed { final_ },
+            FailureKind::Planner | FailureKind::Refused => Outcome::PlannerFailed { final_ },
             FailureKind::Parse => Outcome::ParseFailed { final_ },
         }
     }
@@ -87,13 +97,19 @@ impl Runner {
             catalog: deps.catalog.tools(),
             tools,
             now: Some(started),
+            param_max_chars: deps.param_max_chars,
         });
         self.observe_prompt(&due.slot.mission_id, &prompt, tools.len(), &inputs);
         drop(inputs);
         let user_budget = deps.cost.user_tokens_per_day;
         let budget = Budget::of(&due.slot.user_id, admitted.agent.as_ref(), user_budget);
-        let check = || self.check_budget(budget.as_ref());
-        let answer = match deps.planner.plan(&prompt, &due.view(), tools, check).await {
+        let check = |spent: u64| self.check_budget(budget.as_ref(), spent);
+        let request = PlanRequest {
+            prompt: &prompt,
+            tools,
+            param_max_chars: deps.param_max_chars,
+        };
+        let answer = match deps.planner.plan(&request, &due.view(), check).await {
             Ok(answer) => answer,
             Err(e) => return not_answered(e, &prompt),
         };
@@ -101,11 +117,44 @@ impl Runner {
             tracing::error!("failpoint after-llm: aborting the process");
             std::process::abort();
         }
+        if let Some(model) = &answer.resolved_model {
+            tracing::Span::current().record("resolved_model", model.as_str());
+            self.record_resolved_model(due, claimed, model).await;
+        }
         claimed.guard.phase = Phase::ParsingResponse;
         let tokens_used = tokens(&answer, &prompt.system, &prompt.user);
-        let is_allowed = |name: &str| tools.iter().any(|t| t.name == name);
-        match parse_plan(&answer.content, answer.shape, is_allowed) {
+        self.judge(answer, admitted, tools, tokens_used)
+    }
+
+    /// The plan of an answer: the one tool-calling rounds built, else the
+    /// parser's reading of its text; counted in the planner's metrics.
+    fn judge(
+        &self,
+        answer: LlmAnswer,
+        admitted: &Admitted,
+        tools: &[&ToolSpec],
+        tokens_used: i64,
+    ) -> Planned {
+        let deps = &self.deps;
+        let counts = ToolCounts {
+            metrics: &deps.metrics.planner,
+            catalog: &deps.catalog,
+            policy: admitted.policy.as_ref(),
+        };
+        if let Some(rounds) = answer.tool_plan {
+            counts.calls(&rounds.calls);
+            deps.metrics
+                .duplicate_steps
+                .inc_by(rounds.plan.duplicates_dropped as u64);
+            return Planned::Plan {
+                plan: rounds.plan,
+                tokens_used,
+            };
+        }
+        let allowed = |name: &str| tools.iter().copied().find(|t| t.name == name);
+        match parse_plan(&answer.content, answer.shape, allowed) {
             Ok(plan) => {
+                counts.steps(&plan);
                 deps.metrics
                     .duplicate_steps
                     .inc_by(plan.duplicates_dropped as u64);
@@ -121,12 +170,27 @@ impl Runner {
             }
         }
     }
+
+    /// Notes the resolved model in `mission_runs`; a failure only loses the note.
+    async fn record_resolved_model(&self, due: &DueRun, claimed: &Claimed, model: &str) {
+        let token = claimed.guard.token;
+        let result = match self.deps.pool.get().await {
+            Ok(client) => store::runs::record_resolved_model(&**client, &due.slot, token, model)
+                .await
+                .map_err(anyhow::Error::from),
+            Err(e) => Err(anyhow::Error::from(e)),
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %format!("{e:#}"), "could not record the resolved model");
+        }
+    }
 }
 
 impl Runner {
-    /// Asked before each LLM request: is the run's token budget spent?
-    /// Takes a pooled connection only for the query.
-    async fn check_budget(&self, budget: Option<&Budget>) -> Result<(), LlmError> {
+    /// Asked before each LLM request: is the run's token budget spent,
+    /// counting the `spent` tokens of the call's earlier rounds (not yet
+    /// recorded)? Takes a pooled connection only for the query.
+    async fn check_budget(&self, budget: Option<&Budget>, spent: u64) -> Result<(), LlmError> {
         let Some(budget) = budget else {
             return Ok(());
         };
@@ -134,16 +198,33 @@ impl Runner {
             LlmError::NotChecked(format!("the token budget could not be read: {e}"))
         };
         let client = self.deps.pool.get().await.map_err(|e| not_checked(&e))?;
-        match budget.spent(&**client).await {
-            Ok(None) => Ok(()),
-            Ok(Some(owner)) => Err(LlmError::OverBudget(owner)),
-            Err(e) => Err(not_checked(&e)),
+        let pending = i64::try_from(spent).unwrap_or(i64::MAX);
+        let over = |used: i64, max: i64| used.saturating_add(pending) >= max;
+        if let Some((agent_id, max)) = &budget.agent {
+            let used = super::gates::tokens_last_day(&**client, &budget.user_id, agent_id).await;
+            if over(used.map_err(|e| not_checked(&e))?, *max) {
+                return Err(LlmError::OverBudget("agent"));
+            }
         }
+        if let Some(max) = budget.user_max {
+            let used = store::usage::user_tokens_last_day(&**client, &budget.user_id).await;
+            if over(used.map_err(|e| not_checked(&e))?, max) {
+                return Err(LlmError::OverBudget("user"));
+            }
+        }
+        Ok(())
     }
 }
 
 /// What a run without an answer ends with.
 fn not_answered(error: LlmError, prompt: &Prompt) -> Planned {
+    if let LlmError::Refused { .. } = &error {
+        return Planned::Failed {
+            kind: FailureKind::Refused,
+            message: error.to_string(),
+            tokens_used: 0,
+        };
+    }
     let tokens_used = match error {
         LlmError::OverBudget(owner) => {
             tracing::info!(
@@ -194,6 +275,8 @@ mod tests {
             usage: Some(usage),
             attempts: 1,
             elapsed: std::time::Duration::ZERO,
+            resolved_model: None,
+            tool_plan: None,
         }
     }
 

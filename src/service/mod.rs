@@ -92,7 +92,10 @@ impl App {
             .with_label_values(&[sync_log.generation.as_str()])
             .set(1);
         // Checked before leading, so a bad catalog or key fails the start.
-        drop(RunnerSetup::from_config(&config, &metrics)?);
+        let setup = RunnerSetup::from_config(&config, &metrics)?;
+        let catalog = setup.catalog.origin().to_string();
+        tracing::info!(catalog = %catalog, tools = setup.catalog.len(), "tool catalog in force");
+        drop(setup);
         let ctx = ServiceContext {
             config,
             pool,
@@ -107,6 +110,7 @@ impl App {
             terms.clone(),
         );
         backend.set_sync_log(sync_log);
+        backend.set_tool_catalog(catalog);
         let host = options
             .http_host
             .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));

@@ -56,13 +56,11 @@ fn pem_hint(value: &str) -> &'static str {
     }
 }
 
-/// Loads the tool catalog: `MANA_AI_TOOL_CATALOG` or the built-in one.
+/// Loads the tool catalog: the one `MANA_AI_TOOL_CATALOG` names, else the
+/// built-in one of the database's generation (`Config::generation`).
 pub fn load_catalog(config: &Config) -> anyhow::Result<ToolCatalog> {
-    match &config.planner.tool_catalog {
-        Some(path) => ToolCatalog::from_json_file(path)
-            .map_err(|e| anyhow::anyhow!("MANA_AI_TOOL_CATALOG: {e}")),
-        None => Ok(ToolCatalog::builtin()),
-    }
+    ToolCatalog::chosen(config.planner.tool_catalog.as_ref(), config.generation)
+        .map_err(|e| anyhow::anyhow!("MANA_AI_TOOL_CATALOG: {e}"))
 }
 
 /// The LLM planner of a config.
@@ -77,10 +75,12 @@ pub fn llm_planner(config: &Config, metrics: &Metrics) -> anyhow::Result<Planner
     llm.max_attempts = planner.llm_max_attempts;
     llm.max_tokens = (planner.llm_max_tokens > 0).then_some(planner.llm_max_tokens);
     llm.structured = planner.llm_structured;
+    llm.rounds = planner.planner_rounds;
     let limit = LimitConfig::new(config.runner.max_concurrent_runs);
     let client = LlmClient::new(llm)
         .map_err(|e| anyhow::anyhow!("MANA_LLM_URL: {e}"))?
         .with_duration_histogram(metrics.planner_request_duration.clone())
+        .with_planner_metrics(metrics.planner.clone())
         .with_limiter(limit, Some(LimiterMetrics::of(metrics)));
     Ok(Planner::Llm(Box::new(client)))
 }
@@ -145,6 +145,7 @@ impl RunnerSetup {
             fair_limits: runner.fair,
             max_field_bytes: ctx.config.reactor.max_field_bytes,
             generation: ctx.config.generation,
+            param_max_chars: ctx.config.planner.param_max_chars,
             backoff: runner.retry_backoff.clone(),
             instance_id: term.id,
             prompt_observer: self.prompt_observer,

@@ -121,6 +121,24 @@ pub(crate) async fn release(
     Ok(())
 }
 
+/// Records the model the gateway resolved the planner's alias to, on the
+/// running claim (kept whatever the run's end).
+pub(crate) async fn record_resolved_model(
+    client: &impl GenericClient,
+    slot: &Slot,
+    token: Uuid,
+    model: &str,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "UPDATE mana_ai.mission_runs SET resolved_model = $5
+             WHERE user_id = $1 AND mission_id = $2 AND slot = $3 AND token = $4 AND state = 'running'",
+            &[&slot.user_id, &slot.mission_id, &slot.slot, &token, &model],
+        )
+        .await?;
+    Ok(())
+}
+
 /// Records a failed attempt and when to try again.
 pub(crate) async fn back_off(
     client: &impl GenericClient,

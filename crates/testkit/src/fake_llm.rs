@@ -4,6 +4,14 @@
 //! as `Retry-After`, body, delay; the last reply repeats) and records every
 //! request, so tests can check the wire format and the prompt the model got.
 //! Any other path answers 404, which catches a client posting to the wrong place.
+//!
+//! It also speaks as mana-llm, the gateway mana runs in production: answers
+//! with tool calls ([`FakeLlm::tool_calls`], for native tool calling over
+//! several rounds), typed errors with the gateway's HTTP statuses
+//! ([`FakeLlm::error`]), string-`detail` errors ([`FakeLlm::plain_error`]),
+//! and the `X-Mana-LLM-Resolved` header naming the model an alias resolved
+//! to ([`FakeLlm::resolved`]). A server that ignores `tools` is a plain
+//! [`FakeLlm::answer`] script: it answers with content whatever was asked.
 
 use std::sync::Arc;
 
@@ -66,6 +74,60 @@ impl FakeLlm {
                 system: text(&body, 0),
                 user: text(&body, 1),
             })
+            .collect()
+    }
+
+    /// The header mana-llm names the resolved model in.
+    pub const RESOLVED_HEADER: &'static str = "X-Mana-LLM-Resolved";
+
+    /// `reply` as mana-llm sends it: with the resolved model's header.
+    pub fn resolved(reply: FakeReply, model: &str) -> FakeReply {
+        reply.header(Self::RESOLVED_HEADER, model)
+    }
+
+    /// A 200 answer whose message calls tools: `(id, name, arguments)`,
+    /// `arguments` sent as the JSON text OpenAI's wire format carries; the
+    /// message's content is `content` (`None`: null, as most servers send).
+    pub fn tool_calls(calls: &[(&str, &str, &str)], content: Option<&str>) -> FakeReply {
+        let calls: Vec<Value> = calls
+            .iter()
+            .map(|(id, name, arguments)| {
+                json!({"id": id, "type": "function", "function": {"name": name, "arguments": arguments}})
+            })
+            .collect();
+        let mut body = Self::completion("", Some((100, 20)));
+        body["choices"][0]["message"] =
+            json!({"role": "assistant", "content": content, "tool_calls": calls});
+        body["choices"][0]["finish_reason"] = json!("tool_calls");
+        FakeReply::json(200, &body)
+    }
+
+    /// mana-llm's typed error `{"detail": {"kind", "message"}}` with the
+    /// status the gateway uses for `kind` (TODAY.md section 6).
+    pub fn error(kind: &str, message: &str) -> FakeReply {
+        let status = match kind {
+            "blocked" => 422,
+            "rate_limit" => 429,
+            "capability" => 400,
+            "no_healthy_provider" => 503,
+            _ => 502, // truncated, auth, unknown
+        };
+        FakeReply::json(
+            status,
+            &json!({"detail": {"kind": kind, "message": message}}),
+        )
+    }
+
+    /// mana-llm's error with a plain string `detail` (bad requests, 500s).
+    pub fn plain_error(status: u16, detail: &str) -> FakeReply {
+        FakeReply::json(status, &json!({"detail": detail}))
+    }
+
+    /// The JSON bodies of every request, oldest first.
+    pub fn bodies(&self) -> Vec<Value> {
+        self.requests()
+            .iter()
+            .filter_map(RecordedRequest::json)
             .collect()
     }
 

@@ -4,6 +4,60 @@ use std::time::Duration;
 
 use crate::planner::limiter::Response;
 
+/// mana-llm's error kinds (`{"detail": {"kind", "message"}}`, TODAY.md section 6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GatewayKind {
+    /// The provider refused the content (HTTP 422): final, the run ends.
+    Blocked,
+    /// The answer was cut off (502): retried once with a smaller answer budget.
+    Truncated,
+    /// The gateway's key for the provider failed (502): final, the run ends.
+    Auth,
+    /// Too many requests (429): the limiter waits.
+    RateLimit,
+    /// The model cannot do what the request asks (400), e.g. tools: not this form.
+    Capability,
+    /// No provider answers (503): retried.
+    NoHealthyProvider,
+    /// Anything else (502): retried like any 5xx.
+    Unknown,
+}
+
+impl GatewayKind {
+    pub fn parse(word: &str) -> Option<GatewayKind> {
+        use GatewayKind::*;
+        [
+            Blocked,
+            Truncated,
+            Auth,
+            RateLimit,
+            Capability,
+            NoHealthyProvider,
+            Unknown,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == word)
+    }
+
+    /// The kind as mana-llm spells it (and the metric's `kind` label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GatewayKind::Blocked => "blocked",
+            GatewayKind::Truncated => "truncated",
+            GatewayKind::Auth => "auth",
+            GatewayKind::RateLimit => "rate_limit",
+            GatewayKind::Capability => "capability",
+            GatewayKind::NoHealthyProvider => "no_healthy_provider",
+            GatewayKind::Unknown => "unknown",
+        }
+    }
+
+    /// Kinds that end the run at once: retrying cannot change the answer.
+    pub fn is_final(self) -> bool {
+        matches!(self, GatewayKind::Blocked | GatewayKind::Auth)
+    }
+}
+
 /// Why a completion failed; the runner branches on the kind.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LlmError {
@@ -13,6 +67,17 @@ pub enum LlmError {
     /// The gateway refused the request (4xx other than 429, or another non-2xx).
     #[error("LLM gateway rejected the request with HTTP {status}")]
     Rejected { status: u16 },
+    /// As [`LlmError::Rejected`], with the body's `detail` (clipped): its
+    /// kind when mana-llm sent one, and its message.
+    #[error("LLM gateway rejected the request with HTTP {status}: {}", describe_detail(*kind, message))]
+    RejectedWith {
+        status: u16,
+        kind: Option<GatewayKind>,
+        message: String,
+    },
+    /// mana-llm answered `blocked` or `auth`: the run ends without retries.
+    #[error("LLM gateway refused ({}): {message}", kind.as_str())]
+    Refused { kind: GatewayKind, message: String },
     /// A 2xx whose body is unusable: too large, not JSON, no content.
     #[error("LLM answer unusable: {0}")]
     BadAnswer(String),
@@ -28,6 +93,14 @@ pub enum LlmError {
     NotChecked(String),
 }
 
+/// `kind: message`, or the message alone.
+fn describe_detail(kind: Option<GatewayKind>, message: &str) -> String {
+    match kind {
+        Some(kind) => format!("{}: {message}", kind.as_str()),
+        None => message.to_string(),
+    }
+}
+
 /// How one attempt ended, short of success.
 pub(super) enum AttemptError {
     Final(LlmError),
@@ -38,6 +111,8 @@ pub(super) enum AttemptError {
         status: Option<u16>,
         /// No answer within the timeout.
         timed_out: bool,
+        /// mana-llm's kind, when the body named one.
+        kind: Option<GatewayKind>,
     },
 }
 
@@ -46,12 +121,25 @@ impl AttemptError {
     pub(super) fn status(&self) -> Option<u16> {
         match self {
             AttemptError::Final(LlmError::Rejected { status }) => Some(*status),
+            AttemptError::Final(LlmError::RejectedWith { status, .. }) => Some(*status),
             AttemptError::Retryable { status, .. } => *status,
             AttemptError::Final(_) => None,
         }
     }
 
-    /// What the attempt says about the gateway's capacity (for the limiter).
+    /// mana-llm's kind of the failure, if the body named one.
+    pub(super) fn kind(&self) -> Option<GatewayKind> {
+        match self {
+            AttemptError::Final(LlmError::RejectedWith { kind, .. }) => *kind,
+            AttemptError::Final(LlmError::Refused { kind, .. }) => Some(*kind),
+            AttemptError::Retryable { kind, .. } => *kind,
+            AttemptError::Final(_) => None,
+        }
+    }
+
+    /// What the attempt says about the gateway's capacity (for the limiter):
+    /// `rate_limit` is an overload whatever the status, `no_healthy_provider`
+    /// is not (the providers behind the gateway are down, not the gateway full).
     pub(super) fn response(&self) -> Response {
         match self {
             // A 2xx whose body is unusable: the gateway did answer.
@@ -59,6 +147,17 @@ impl AttemptError {
             AttemptError::Retryable {
                 timed_out: true, ..
             } => Response::Timeout,
+            AttemptError::Retryable {
+                kind: Some(GatewayKind::RateLimit),
+                retry_after,
+                ..
+            } => Response::Overload {
+                retry_after: *retry_after,
+            },
+            AttemptError::Retryable {
+                kind: Some(GatewayKind::NoHealthyProvider),
+                ..
+            } => Response::Other,
             AttemptError::Retryable {
                 status: Some(status),
                 retry_after,
