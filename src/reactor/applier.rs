@@ -272,7 +272,7 @@ impl Applier {
         let max_field_bytes = self.ctx.settings.max_field_bytes;
         let (valid, dead) = read_changes(tx.client, &st, &claimed, max_field_bytes).await?;
         phases.read = Instant::now();
-        let batch = fold_claimed(tx.client, &st, valid, dead).await?;
+        let batch = fold_claimed(tx.client, &st, &self.ctx.settings, valid, dead).await?;
         phases.folded = Instant::now();
         let updates = write_and_commit(&tx, &st, &batch).await?;
         phases.committed = Instant::now();
@@ -343,6 +343,8 @@ impl Applier {
         let metrics = &self.ctx.metrics;
         metrics.snapshots_new.inc_by(batch.created);
         metrics.snapshots_updated.inc_by(batch.changed);
+        metrics.fold_replays.inc_by(batch.replays);
+        metrics.fold_replays_over_limit.inc_by(batch.replays_over_limit);
         let now = self.ctx.clock.now();
         for queued in batch.applied.iter().map(|q| q.queued_at) {
             let latency = (now - queued).num_microseconds().unwrap_or(0).max(0);

@@ -19,6 +19,8 @@ pub mod low_water;
 pub mod outcome;
 mod read;
 pub mod rebuild;
+mod replay;
+pub use replay::MAX_REPLAY_ROWS;
 mod set_aside;
 pub mod supervisor;
 mod wheel_task;
