@@ -22,13 +22,21 @@ fn nested_data(depth: usize) -> String {
 }
 
 /// Inserts one change whose `data` is given as JSON text (what a sync
-/// server stores; no client-side decoder involved).
+/// server stores; no client-side decoder involved), every top-level key
+/// stamped now (the database's clock).
 async fn write_text(t: &TestDb, user: &str, record: &str, op: &str, data: &str) {
     let mut client = t.sync_client().await;
     let tx = mana_ai::db::begin_user(&mut client, user).await.unwrap();
     tx.execute(
         "INSERT INTO sync_changes (app_id, table_name, record_id, user_id, op, data, field_timestamps, client_id)
-         VALUES ('ai', 'aiMissions', $1, $2, $3, ($4::text)::jsonb, '{}', 'test-browser')",
+         SELECT 'ai', 'aiMissions', $1, $2, $3, d,
+                CASE WHEN jsonb_typeof(d) = 'object' THEN
+                  (SELECT coalesce(jsonb_object_agg(k, to_char(now() AT TIME ZONE 'UTC',
+                            'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')), '{}')
+                   FROM jsonb_object_keys(d) k)
+                ELSE '{}' END,
+                'test-browser'
+         FROM (SELECT ($4::text)::jsonb AS d) src",
         &[&record, &user, &op, &data],
     )
     .await

@@ -29,6 +29,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "audit_retention",
         include_str!("../../sql/0007_audit_retention.sql"),
     ),
+    (
+        8,
+        "browser_fold",
+        include_str!("../../sql/0008_browser_fold.sql"),
+    ),
 ];
 
 /// Arbitrary constant: the advisory lock key of migrations ("manaaimi").

@@ -344,7 +344,9 @@ impl Applier {
         metrics.snapshots_new.inc_by(batch.created);
         metrics.snapshots_updated.inc_by(batch.changed);
         metrics.fold_replays.inc_by(batch.replays);
-        metrics.fold_replays_over_limit.inc_by(batch.replays_over_limit);
+        metrics
+            .fold_replays_over_limit
+            .inc_by(batch.replays_over_limit);
         let now = self.ctx.clock.now();
         for queued in batch.applied.iter().map(|q| q.queued_at) {
             let latency = (now - queued).num_microseconds().unwrap_or(0).max(0);

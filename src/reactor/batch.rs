@@ -49,8 +49,13 @@ pub(super) async fn fold_claimed(
         snapshots::load(tx, st, Kind::Mission, &mission_keys),
         snapshots::load(tx, st, Kind::Agent, &agent_keys),
     )?;
-    let missions =
-        fold_batch::fold_records(&mut groups, Kind::Mission, mission_keys, missions, fold_rows);
+    let missions = fold_batch::fold_records(
+        &mut groups,
+        Kind::Mission,
+        mission_keys,
+        missions,
+        fold_rows,
+    );
     let agents = fold_batch::fold_records(&mut groups, Kind::Agent, agent_keys, agents, fold_rows);
     dead.extend(missions.dead.into_iter().chain(agents.dead));
     let mut batch = FoldedBatch {

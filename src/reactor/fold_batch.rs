@@ -270,7 +270,13 @@ mod tests {
         assert_eq!((folded.created, folded.changed), (1, 1));
         assert_eq!(folded.writes.len(), 2);
         let replays: Vec<(&str, usize, Vec<i64>)> = (folded.replays.iter())
-            .map(|r| (r.key.1.as_str(), r.at, r.queue.iter().map(|q| q.id).collect()))
+            .map(|r| {
+                (
+                    r.key.1.as_str(),
+                    r.at,
+                    r.queue.iter().map(|q| q.id).collect(),
+                )
+            })
             .collect();
         assert_eq!(replays, [("m5", 0, vec![6])]);
     }

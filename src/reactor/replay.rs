@@ -69,7 +69,10 @@ pub(crate) async fn replay(
              its changes are folded in arrival order"
         );
         fold_batch::fold_rows_as_last(&key.1, &mut snapshot, &rows[at..]);
-        return Ok((fold_batch::snapshot_write(key, snapshot), Replayed::OverLimit));
+        return Ok((
+            fold_batch::snapshot_write(key, snapshot),
+            Replayed::OverLimit,
+        ));
     }
     let mut valid = Vec::with_capacity(found.len());
     for (seq, row) in (i64::MIN..).zip(&found) {
@@ -79,7 +82,8 @@ pub(crate) async fn replay(
             Err(RowError::Systemic(e)) => return Err(e),
             Err(RowError::Poison(_)) => continue,
         };
-        if let Ok(v) = change::validate(change::RawChange { seq, ..raw }, settings.max_field_bytes) {
+        if let Ok(v) = change::validate(change::RawChange { seq, ..raw }, settings.max_field_bytes)
+        {
             valid.push(v.row);
         }
     }
@@ -90,5 +94,8 @@ pub(crate) async fn replay(
     for row in &valid {
         fold_batch::count(&mut rebuilt, row);
     }
-    Ok((fold_batch::snapshot_write(key, rebuilt), Replayed::FromHistory))
+    Ok((
+        fold_batch::snapshot_write(key, rebuilt),
+        Replayed::FromHistory,
+    ))
 }

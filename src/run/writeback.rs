@@ -233,15 +233,9 @@ async fn replayed_source(
     rest: &[ChangeRow],
 ) -> anyhow::Result<IterationsSource> {
     let limit = crate::reactor::MAX_REPLAY_ROWS;
-    let history = store::writeback::history_marked(
-        tx,
-        generation,
-        user_id,
-        mission_id,
-        marker,
-        limit + 1,
-    )
-    .await?;
+    let history =
+        store::writeback::history_marked(tx, generation, user_id, mission_id, marker, limit + 1)
+            .await?;
     if history.len() as i64 > limit {
         for row in rest {
             fold.apply_as_last(mission_id, record, row);

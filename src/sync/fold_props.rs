@@ -190,7 +190,12 @@ fn row() -> impl Strategy<Value = (Op, Vec<Option<Value>>, Vec<Option<Value>>, i
     let op = prop_oneof![2 => Just(Op::Insert), 5 => Just(Op::Update), 2 => Just(Op::Delete)];
     let data = KEYS
         .iter()
-        .map(|key| proptest::option::weighted(if *key == "a" || *key == "b" { 0.6 } else { 0.2 }, value(key)))
+        .map(|key| {
+            proptest::option::weighted(
+                if *key == "a" || *key == "b" { 0.6 } else { 0.2 },
+                value(key),
+            )
+        })
         .collect::<Vec<_>>();
     let stamps = vec(stamp_entry(), KEYS.len());
     (op, data, stamps, 0i64..8, any::<u16>())
@@ -205,8 +210,16 @@ fn rows() -> impl Strategy<Value = Vec<ChangeRow>> {
                 id: Uuid::from_u128((u128::from(order) << 64) | i as u128),
                 seq: (i64::from(order) << 8) | i as i64,
                 op,
-                data: KEYS.iter().zip(data).filter_map(|(k, v)| Some((k.to_string(), v?))).collect(),
-                field_timestamps: KEYS.iter().zip(stamps).filter_map(|(k, s)| Some((k.to_string(), s?))).collect(),
+                data: KEYS
+                    .iter()
+                    .zip(data)
+                    .filter_map(|(k, v)| Some((k.to_string(), v?)))
+                    .collect(),
+                field_timestamps: KEYS
+                    .iter()
+                    .zip(stamps)
+                    .filter_map(|(k, s)| Some((k.to_string(), s?)))
+                    .collect(),
                 created_at: at_millis(0) + chrono::Duration::microseconds(half_ms * 500),
             })
             .collect()
@@ -214,9 +227,17 @@ fn rows() -> impl Strategy<Value = Vec<ChangeRow>> {
 }
 
 /// The incremental fold as the applier drives it (see the module header).
-fn fold_as_applier(rows: &[ChangeRow], arrival: &[Index], cuts: &[bool]) -> (Map<String, Value>, bool) {
+fn fold_as_applier(
+    rows: &[ChangeRow],
+    arrival: &[Index],
+    cuts: &[bool],
+) -> (Map<String, Value>, bool) {
     let mut left: Vec<usize> = (0..rows.len()).collect();
-    let order: Vec<usize> = arrival.iter().take(rows.len()).map(|ix| left.remove(ix.index(left.len()))).collect();
+    let order: Vec<usize> = arrival
+        .iter()
+        .take(rows.len())
+        .map(|ix| left.remove(ix.index(left.len())))
+        .collect();
     // No snapshot before the first batch.
     let mut stored: Option<(Value, Value)> = None;
     let mut arrived: Vec<ChangeRow> = Vec::new();
@@ -230,9 +251,14 @@ fn fold_as_applier(rows: &[ChangeRow], arrival: &[Index], cuts: &[bool]) -> (Map
         batch.sort_by_key(ChangeRow::order_key);
         let (mut state, mut record) = match stored.take() {
             None => (FoldState::default(), Map::new()),
-            Some((state, record)) => (FoldState::decode(state), serde_json::from_value(record).unwrap()),
+            Some((state, record)) => (
+                FoldState::decode(state),
+                serde_json::from_value(record).unwrap(),
+            ),
         };
-        let late = batch.drain(..).any(|row| state.apply(ID, &mut record, &row).is_err());
+        let late = batch
+            .drain(..)
+            .any(|row| state.apply(ID, &mut record, &row).is_err());
         if late {
             (state, record) = replay_state(ID, &arrived).unwrap();
         }

@@ -119,7 +119,10 @@ fn a_delivered_field_wins_on_an_equal_or_newer_stamp_only() {
         json!({"x": s, "y": "2025-01-01T00:00:00.499Z"}),
     );
     let folded = fold(&[b, a]);
-    assert_eq!((&folded.record["x"], &folded.record["y"]), (&json!(2), &json!(1)));
+    assert_eq!(
+        (&folded.record["x"], &folded.record["y"]),
+        (&json!(2), &json!(1))
+    );
 }
 
 /// An insert's stamp is its own `updatedAt` (a device's clock), not the
@@ -353,9 +356,20 @@ fn a_late_row_asks_for_a_replay() {
 /// decode is never folded into: it asks for a replay.
 #[test]
 fn a_stored_state_of_another_shape_asks_for_a_replay() {
-    let old = json!({"f": {"x": {"s": "2025-01-01T00:00:00.000Z", "t": 1, "c": Uuid::nil()}}, "n": 1});
-    let row = upd(1, 0, json!({"x": 1}), json!({"x": "2026-01-01T00:00:00.000Z"}));
-    for stored in [old, json!({}), json!({"v": 2, "s": 5}), json!({"v": 1, "e": true})] {
+    let old =
+        json!({"f": {"x": {"s": "2025-01-01T00:00:00.000Z", "t": 1, "c": Uuid::nil()}}, "n": 1});
+    let row = upd(
+        1,
+        0,
+        json!({"x": 1}),
+        json!({"x": "2026-01-01T00:00:00.000Z"}),
+    );
+    for stored in [
+        old,
+        json!({}),
+        json!({"v": 2, "s": 5}),
+        json!({"v": 1, "e": true}),
+    ] {
         let mut state = FoldState::decode(stored.clone());
         assert!(state.is_stale(), "{stored}");
         let mut record = map(json!({"id": ID, "x": 0}));
@@ -368,7 +382,15 @@ fn a_stored_state_of_another_shape_asks_for_a_replay() {
 /// state is then taken as the record it has.
 #[test]
 fn apply_as_last_folds_a_late_row_on_top() {
-    let (a, b) = (ins(1, 0, json!({"x": 1})), upd(2, 5, json!({"x": 2}), json!({"x": "2030-01-01T00:00:00.000Z"})));
+    let (a, b) = (
+        ins(1, 0, json!({"x": 1})),
+        upd(
+            2,
+            5,
+            json!({"x": 2}),
+            json!({"x": "2030-01-01T00:00:00.000Z"}),
+        ),
+    );
     let (mut state, mut record) = (FoldState::default(), Map::new());
     state.apply(ID, &mut record, &b).unwrap();
     assert!(!state.apply_as_last(ID, &mut record, &a));
@@ -376,20 +398,31 @@ fn apply_as_last_folds_a_late_row_on_top() {
     let mut stale = FoldState::stale();
     let mut record = map(json!({"id": ID, "x": 0}));
     assert!(stale.apply_as_last(ID, &mut record, &b));
-    assert_eq!((record["x"].clone(), stale.is_deleted(&record)), (json!(2), false));
+    assert_eq!(
+        (record["x"].clone(), stale.is_deleted(&record)),
+        (json!(2), false)
+    );
     assert_eq!(stale.apply(ID, &mut record, &a), Err(ReplayNeeded::Late));
 }
 
 #[test]
 fn state_serializes_compactly_and_round_trips() {
     let (mut state, mut record) = (FoldState::default(), Map::new());
-    let r = upd(7, 0, json!({"x": 1}), json!({"x": "2025-01-01T00:00:00.000Z"}));
+    let r = upd(
+        7,
+        0,
+        json!({"x": 1}),
+        json!({"x": "2025-01-01T00:00:00.000Z"}),
+    );
     state.apply(ID, &mut record, &r).unwrap();
     let text = serde_json::to_string(&state).unwrap();
     assert_eq!(
         text,
         r#"{"v":2,"e":true,"s":{"x":"2025-01-01T00:00:00.000Z"},"l":{"t":1735689600000000,"q":7,"c":"00000000-0000-0000-0000-000000000007"},"n":1}"#
     );
-    assert_eq!(FoldState::decode(serde_json::from_str(&text).unwrap()), state);
+    assert_eq!(
+        FoldState::decode(serde_json::from_str(&text).unwrap()),
+        state
+    );
     assert_eq!(replay_state(ID, &[r]), Some((state, record)));
 }

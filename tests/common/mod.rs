@@ -214,21 +214,38 @@ impl<'a> Change<'a> {
 }
 
 /// Inserts changes of one user in one transaction, as the sync server does:
-/// an ordinary role inside that user's RLS scope.
+/// an ordinary role inside that user's RLS scope. A change whose `stamps`
+/// are `{}` gets every key of its `data` stamped now, as a browser stamps
+/// what it writes (an update key without a stamp never applies).
 pub async fn write(client: &mut tokio_postgres::Client, changes: &[Change<'_>]) {
     let user = changes[0].user;
     let tx = mana_ai::db::begin_user(client, user).await.unwrap();
     for c in changes {
         assert_eq!(c.user, user, "one user per transaction");
+        let stamps = stamped(&c.data, &c.stamps);
         tx.execute(
             "INSERT INTO sync_changes (app_id, table_name, record_id, user_id, op, data, field_timestamps, client_id)
              VALUES ('ai', $1, $2, $3, $4, $5, $6, 'test-browser')",
-            &[&c.table, &c.record, &c.user, &c.op, &c.data, &c.stamps],
+            &[&c.table, &c.record, &c.user, &c.op, &c.data, &stamps],
         )
         .await
         .unwrap();
     }
     tx.commit().await.unwrap();
+}
+
+/// `stamps`, or when that is `{}`, every key of `data` stamped now (the
+/// test's clock, as `toISOString()` writes it).
+pub fn stamped(data: &Value, stamps: &Value) -> Value {
+    if stamps != &serde_json::json!({}) {
+        return stamps.clone();
+    }
+    let now = iso_in(0);
+    let keys = data.as_object().into_iter().flat_map(|map| map.keys());
+    Value::Object(
+        keys.map(|key| (key.clone(), Value::String(now.clone())))
+            .collect(),
+    )
 }
 
 pub fn iso_in(seconds: i64) -> String {
