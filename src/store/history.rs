@@ -1,6 +1,7 @@
 //! The change log, `public.sync_changes` (the sync server's table), as the
 //! reactor reads it: the claimed changes of a batch, a record's full history
-//! for a replay ([`fold_record`]), a user's history for the start-up rebuild,
+//! for a replay ([`fold_record`], and the applier's replay of a record a late
+//! row reached), a user's history for the start-up rebuild,
 //! and the rebuild's to-do list `mana_ai.fold_rebuild`.
 //!
 //! `sync_changes` is read only after the transaction has been scoped to the
