@@ -138,9 +138,9 @@ async fn json_nested_200_levels_is_set_aside_and_other_users_apply() {
     run.reactor.stop().await;
 }
 
-/// Just under serde_json's limit (128) the row decodes; folded, its value
-/// would sit two levels deeper in `fold_state` (as a first row's lost value)
-/// and the next change of the record could not read the snapshot back.
+/// Just under serde_json's limit (128) the row decodes, but it is over the
+/// nesting limit (100, which leaves the stored snapshot room below 127): it
+/// is set aside, and the next changes of the record fold as usual.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_just_under_the_decoders_limit_then_an_update_of_the_record() {
     let t = setup().await;

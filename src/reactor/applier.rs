@@ -15,8 +15,8 @@
 //! and never an error of the batch: change columns are decoded row by row
 //! (`decode`: JSON as bytes, its depth checked before serde_json, limit
 //! [`super::decode::MAX_CHANGE_DEPTH`] = 100 levels so that whatever passes can be
-//! stored in `fold_state`, two levels deeper, and read back within serde_json's
-//! 127), a snapshot that cannot be read back sets aside its record's changes
+//! stored in the snapshot's record and read back within serde_json's 127),
+//! a snapshot that cannot be read back sets aside its record's changes
 //! (`snapshot-unreadable`), a fold that panics sets aside its record's
 //! changes of the batch (`fold-panicked`, see `fold_batch`), and a check
 //! that panics its row (`check-panicked`).
