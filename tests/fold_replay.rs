@@ -152,3 +152,48 @@ async fn a_late_row_of_a_record_over_the_replay_limit_is_folded_in_arrival_order
     assert_eq!(folded["n"], rows);
     run.reactor.stop().await;
 }
+
+/// A late row and a row the batch sets aside (`iterations` over the field
+/// limit, which the replay reads as a marker) of one record in one batch:
+/// the replay leaves the set-aside row out, as every other reader does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_leaves_out_the_rows_its_batch_sets_aside() {
+    let t = setup().await;
+    let mut run = t.start(&[]).await;
+    let insert = json!({"title": "T", "state": "active"});
+    write_row(&t, "max", "insert", insert, json!({})).await;
+    run.processed(1).await;
+    let at = iso_in(60);
+    let mut early = t.sync_client().await;
+    let tx = mana_ai::db::begin_user(&mut early, "max").await.unwrap();
+    let late = json!({"title": "late"});
+    insert_row(&tx, &t, "max", "update", late, json!({"title": at})).await;
+    write_row(
+        &t,
+        "max",
+        "update",
+        json!({"title": "B"}),
+        json!({"title": at}),
+    )
+    .await;
+    run.processed(2).await;
+    run.reactor.stop().await;
+    tx.commit().await.unwrap();
+    let huge = json!({"iterations": [{"id": "big", "summary": "x".repeat(2 << 20)}]});
+    write_row(&t, "max", "update", huge, json!({"iterations": iso_in(60)})).await;
+
+    let mut run = t.start(&[]).await;
+    run.processed(2).await;
+    let (record, deleted, _) = t.mission("max", "m1").await.unwrap();
+    // (Not printed: the set-aside value is 2 MB.)
+    let held = (
+        &record["title"],
+        record.get("iterations").is_some(),
+        deleted,
+    );
+    assert_eq!(held, (&json!("B"), false, false));
+    assert_eq!(run.metrics.fold_replays.get(), 1);
+    let sql = "SELECT count(*) FROM mana_ai.dead_changes WHERE reason = 'field-too-large'";
+    assert_eq!(t.count(sql).await, 1);
+    run.reactor.stop().await;
+}

@@ -272,18 +272,21 @@ async fn a_late_row_is_folded_by_replaying_the_record() {
         let mut early = t.sync_client().await;
         let tx = mana_ai::db::begin_user(&mut early, "fay").await.unwrap();
         insert_row(&tx, &t, "fay", "m1", &(2, "delete", json!(null), json!({}))).await;
-        let edit = json!({"title": "after"});
-        let rows = [(3, "update", edit, stamps(&["title"], &iso_in(0)))];
+        let iterations = json!([{"id": "it-1", "plan": []}]);
+        let edit = json!({"title": "after", "iterations": iterations});
+        let rows = [(
+            3,
+            "update",
+            edit,
+            stamps(&["title", "iterations"], &iso_in(0)),
+        )];
         write_rows(&t, "fay", "m1", &rows).await;
         let (record, _) = snapshot_unchecked(&t, &mut run, "fay", "m1", 2).await;
         assert_eq!(record["state"], "active", "{record}");
         tx.commit().await.unwrap();
         let (record, deleted) = snapshot(&t, &mut run, "fay", "m1", 3).await;
-        assert_eq!(
-            (record, deleted),
-            (json!({"id": "m1", "title": "after"}), false),
-            "{generation:?}"
-        );
+        let expected = json!({"id": "m1", "title": "after", "iterations": iterations});
+        assert_eq!((record, deleted), (expected, false), "{generation:?}");
         assert_eq!(run.metrics.fold_replays.get(), 1);
         assert!(run
             .metrics

@@ -84,7 +84,12 @@ async fn replay_into(
 ) -> Result<(), ApplyError> {
     let (kind, is_new) = (pending.kind, pending.is_new);
     let queue = std::mem::take(&mut pending.queue);
-    let (write, how) = super::replay::replay(tx, st, settings, pending).await?;
+    let set_aside: Vec<uuid::Uuid> = (batch.dead.iter())
+        .filter(|d| d.queue.user_id == pending.key.0)
+        .filter(|d| d.record_id.as_deref() == Some(pending.key.1.as_str()))
+        .map(|d| d.queue.change_id)
+        .collect();
+    let (write, how) = super::replay::replay(tx, st, settings, pending, &set_aside).await?;
     batch.replays += 1;
     if how == super::replay::Replayed::OverLimit {
         batch.replays_over_limit += 1;
