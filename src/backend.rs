@@ -4,7 +4,7 @@
 //! refresher task and the running service keep up to date.
 
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -16,6 +16,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use crate::audit::{self, AuditEntry};
 use crate::http::{Backend, Health, ListenerHealth, Role, TickError, TickHealth};
 use crate::metrics::Metrics;
+use crate::reactor::supervisor::TaskStates;
 use crate::run::claim::RecentRun;
 use crate::run::{claim, Runner, TickStats};
 use crate::schedule::wheel::WheelHandle;
@@ -31,12 +32,30 @@ const GAUGE_REFRESH: Duration = Duration::from_secs(5);
 /// A reading older than this (the refresher is stuck) counts as none.
 const GAUGE_STALE: Duration = Duration::from_secs(15);
 
-/// What a leader has running, for the HTTP surface.
+/// The current leadership term as the rest of the process sees it: the one
+/// state a leader publishes (`service::leader`), once per term, and what
+/// `/health`, `/internal/*` and the tests read.
 #[derive(Clone)]
-pub struct Leading {
-    pub runner: Option<Arc<Runner>>,
+pub struct LeaderView {
+    pub term_id: uuid::Uuid,
     pub wheel: WheelHandle,
+    /// The runner, with `TICK_ENABLED`.
+    pub runner: Option<Arc<Runner>>,
+    /// True while the term's listener is registered.
+    pub listening: watch::Receiver<bool>,
+    /// Which of the term's reactor tasks are up.
+    pub tasks: TaskStates,
 }
+
+impl LeaderView {
+    /// Waits until the term's listener is registered.
+    pub async fn wait_listening(&mut self) {
+        let _ = self.listening.wait_for(|up| *up).await;
+    }
+}
+
+/// Who leads, as published: `Some` while this process leads.
+pub type Terms = watch::Receiver<Option<LeaderView>>;
 
 /// The last refresh of the queue gauges.
 #[derive(Debug, Clone, Copy)]
@@ -58,8 +77,8 @@ pub struct ServiceBackend {
     pub pool: Pool,
     pub metrics: Arc<Metrics>,
     pub tick_enabled: bool,
-    /// Set while this instance leads.
-    pub leading: Mutex<Option<Leading>>,
+    /// The term this process leads, if any.
+    terms: Terms,
     /// Unix ms since when the leader's listener has been down (0 = up).
     listener_down_since: AtomicI64,
     /// `None` until the first refresh finished.
@@ -71,7 +90,12 @@ pub struct ServiceBackend {
 
 impl ServiceBackend {
     /// The backend, with its gauge refresher started (needs a Tokio runtime).
-    pub fn new(pool: Pool, metrics: Arc<Metrics>, tick_enabled: bool) -> Arc<ServiceBackend> {
+    pub fn new(
+        pool: Pool,
+        metrics: Arc<Metrics>,
+        tick_enabled: bool,
+        terms: Terms,
+    ) -> Arc<ServiceBackend> {
         let (tx, queue) = watch::channel(None);
         let stop = CancellationToken::new();
         tokio::spawn(refresh_queue_gauges(
@@ -84,7 +108,7 @@ impl ServiceBackend {
             pool,
             metrics,
             tick_enabled,
-            leading: Mutex::new(None),
+            terms,
             listener_down_since: AtomicI64::new(0),
             queue,
             sync_log: std::sync::OnceLock::new(),
@@ -97,15 +121,8 @@ impl ServiceBackend {
         let _ = self.sync_log.set(shape);
     }
 
-    pub fn set_leading(&self, leading: Option<Leading>) {
-        *self.leading.lock().unwrap_or_else(|p| p.into_inner()) = leading;
-    }
-
-    fn leading(&self) -> Option<Leading> {
-        self.leading
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    fn leading(&self) -> Option<LeaderView> {
+        self.terms.borrow().clone()
     }
 
     /// The queue depth of the last refresh, or `None` when it failed or is
@@ -149,7 +166,7 @@ impl Backend for ServiceBackend {
             Role::Standby
         });
         let depth = self.queue_depth().await;
-        let connected = self.metrics.listener_connected.get() == 1;
+        let connected = leading.as_ref().is_some_and(|l| *l.listening.borrow());
         health.queue_depth = depth;
         health.tick = TickHealth {
             enabled: self.tick_enabled,
@@ -163,12 +180,8 @@ impl Backend for ServiceBackend {
         health.armed_missions = self.metrics.armed_missions.get();
         health.runs_in_flight = self.metrics.runs_in_flight.get();
         let listener_failed = leading.is_some() && self.listener_down_too_long(connected);
-        if leading.is_some() {
-            health.tasks_down = crate::reactor::supervisor::TASKS
-                .iter()
-                .map(|task| task.as_str())
-                .filter(|task| self.metrics.task_up.with_label_values(&[task]).get() == 0)
-                .collect();
+        if let Some(term) = &leading {
+            health.tasks_down = term.tasks.down();
         }
         health.ok = depth.is_some() && !listener_failed && health.tasks_down.is_empty();
         health

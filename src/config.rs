@@ -10,9 +10,11 @@ mod http;
 mod jwt;
 mod limits;
 mod parse;
+mod research;
 
 pub use http::HttpConfig;
 pub use limits::{CostLimits, FairLimits, HttpLimits};
+pub use research::DeepResearchConfig;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -78,6 +80,8 @@ pub struct Config {
     pub planner: PlannerConfig,
     pub http: HttpConfig,
     pub grants: GrantConfig,
+    /// Deep research jobs (`MANA_AI_DEEP_RESEARCH_ENABLED` and friends).
+    pub research: DeepResearchConfig,
     /// Variables of the original service that are set here but mean
     /// nothing to this one (see [`NO_LONGER_READ`]).
     pub no_longer_read: Vec<&'static str>,
@@ -219,6 +223,7 @@ impl Config {
             planner: PlannerConfig::parse(&get)?,
             http: HttpConfig::parse(&get)?,
             grants: GrantConfig::parse(&get)?,
+            research: DeepResearchConfig::from_lookup(&get)?,
             no_longer_read: NO_LONGER_READ
                 .iter()
                 .map(|(var, _)| *var)

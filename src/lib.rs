@@ -29,7 +29,8 @@
 //! runner's set-up), **config** reads the environment, **db** connects
 //! (pool, dedicated connections, TLS, migrations), **privilege** refuses a
 //! SUPERUSER or BYPASSRLS role, **retention** prunes old rows, **logging**
-//! sets up logs and traces.
+//! sets up logs and traces, **backoff** is the one back-off of every retry
+//! loop.
 //!
 //! **store** is the only place with SQL: every statement the running
 //! service issues, by table family (besides the migrations in `db::migrate`
@@ -42,6 +43,7 @@
 
 pub mod audit;
 pub mod backend;
+pub mod backoff;
 pub mod config;
 pub mod crypto;
 pub mod db;

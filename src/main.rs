@@ -22,12 +22,6 @@ enum Command {
     Serve,
     /// Apply the migrations of schema mana_ai and exit.
     Migrate,
-    /// The demo is its own binary: `cargo run --bin mana-ai-demo`.
-    #[command(hide = true)]
-    Demo {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-        args: Vec<String>,
-    },
     /// Mint a key-grant for local testing (prints the grant JSON).
     Grant {
         /// SPKI PEM file of the service's public key.
@@ -125,9 +119,6 @@ async fn main() -> std::process::ExitCode {
             );
             Ok(())
         }
-        Command::Demo { .. } => Err(anyhow::anyhow!(
-            "the demo is its own binary: cargo run --bin mana-ai-demo (or mana-ai-demo)"
-        )),
         Command::Grant {
             public_key,
             master_key,
@@ -205,7 +196,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Demo { .. } | Command::Grant { .. } => unreachable!("handled without Config"),
+        Command::Grant { .. } => unreachable!("handled without Config"),
         Command::Triggers { action } => {
             let client = connect(&config).await?;
             match action {

@@ -14,6 +14,7 @@
 //! through a method here that maps it to the known set or `other`.
 
 pub mod labels;
+pub mod research;
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -22,6 +23,8 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+use research::research_jobs;
 
 const NAMESPACE: &str = "mana_ai";
 
@@ -102,6 +105,8 @@ metrics! {
     run_outcomes: IntCounterVec = counter_vec("run_outcomes_total", "Finished mission runs by outcome", &["outcome"]),
     runs_abandoned: IntCounter = counter("runs_abandoned_total", "Runs stopped unfinished (shutdown past its grace, or leadership lost); their slots go to the next leader"),
     research_failures: IntCounter = counter("research_failures_total", "Research pre-steps that failed (planning went on without them)"),
+    /// `research_jobs_*` (deep research; see `metrics/research.rs`).
+    research_jobs: research::ResearchJobMetrics = research_jobs(),
     missions_stalled: IntCounterVec = counter_vec("missions_stalled_total", "Runs that found their mission unable to advance, by reason", &["reason"]),
     // -- LLM gateway and cost bounds --
     llm_concurrency_limit: IntGauge = int_gauge("llm_concurrency_limit", "LLM requests allowed in flight at once (adaptive, 1..MANA_AI_MAX_CONCURRENT_RUNS)"),
@@ -112,6 +117,7 @@ metrics! {
     decrypts: IntCounterVec = counter_vec("decrypts_total", "Records decrypted under a key-grant, by table (unknown tables as other)", &["table"]),
     grant_scope_violations: IntCounterVec = counter_vec("grant_scope_violations_total", "Inputs outside their grant's allowlist, by table (unknown tables as other; alert above 0)", &["table"]),
     grant_skips: IntCounterVec = counter_vec("grant_skips_total", "Grants not used, by reason", &["reason"]),
+    decrypt_failures: IntCounterVec = counter_vec("decrypt_failures_total", "Granted inputs that did not decrypt (left out of the prompt), by decrypt_audit reason", &["reason"]),
     audit_write_failures: IntCounter = counter("audit_write_failures_total", "decrypt_audit rows that could not be written"),
     // -- HTTP (contract names; `path` is the route template) --
     http_requests: IntCounterVec = counter_vec("http_requests_total", "HTTP requests by method, route template and status", &["method", "path", "status"]),
@@ -124,8 +130,8 @@ metrics! {
     // -- retention --
     rows_pruned: IntCounterVec = counter_vec("rows_pruned_total", "Rows deleted by retention (token_usage past the budget window, mission_runs and dead_changes past MANA_AI_RETENTION_DAYS), by table", &["table"]),
     // -- reactor supervision and statistics --
-    task_restarts: IntCounterVec = counter_vec("task_restarts_total", "Reactor tasks (listener, applier, wheel) restarted after they ended or panicked", &["task"]),
-    task_up: IntGaugeVec = int_gauge_vec("task_up", "1 while the reactor task runs on this instance (the leader)", &["task"]),
+    task_restarts: IntCounterVec = counter_vec("task_restarts_total", "Leader tasks (listener, applier, wheel, retention) restarted after they ended or panicked", &["task"]),
+    task_up: IntGaugeVec = int_gauge_vec("task_up", "1 while the supervised task runs on this instance (the leader)", &["task"]),
     snapshot_analyzes: IntCounter = counter("snapshot_analyzes_total", "ANALYZEs of the snapshot tables after the applier wrote many rows"),
 }
 
@@ -234,6 +240,10 @@ impl Metrics {
             (&self.decrypts, labels::tables()),
             (&self.grant_scope_violations, labels::tables()),
             (&self.grant_skips, labels::grant_skips()),
+            (
+                &self.decrypt_failures,
+                crate::crypto::ValueError::AUDIT_REASONS.to_vec(),
+            ),
             (&self.agent_decisions, labels::decisions()),
             (&self.run_outcomes, labels::OUTCOMES.to_vec()),
             (&self.poison_changes, labels::POISON_REASONS.to_vec()),

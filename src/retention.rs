@@ -20,7 +20,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use deadpool_postgres::Pool;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
@@ -135,22 +134,26 @@ pub async fn prune_all(pool: &Pool, retention: Days, metrics: &Metrics, stop: &C
     }
 }
 
-/// Starts the leader's retention task: a pass now, then one per `every`.
-pub fn spawn(
+/// The leader's retention task, for `Reactor::supervise`: each start makes
+/// a pass now, then one per `every`, until `stop`.
+pub fn task(
     pool: Pool,
     metrics: Arc<Metrics>,
     every: Duration,
     retention: Days,
     stop: CancellationToken,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tick.tick() => prune_all(&pool, retention, &metrics, &stop).await,
+) -> impl FnMut() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    move || {
+        let (pool, metrics, stop) = (pool.clone(), metrics.clone(), stop.clone());
+        Box::pin(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => prune_all(&pool, retention, &metrics, &stop).await,
+                }
             }
-        }
-    })
+        })
+    }
 }

@@ -142,7 +142,7 @@ fn bad_values_fail_with_the_right_reason() {
         let err = decrypt_value(&mdk, input).unwrap_err();
         assert_eq!(err.as_str(), v["error"].as_str().unwrap(), "{name}");
         let expected_reason = match err.as_str() {
-            "tag-mismatch" => "ciphertext-tampered-or-wrong-key",
+            "tag-mismatch" => "record-not-under-grant-key",
             "not-json" => "decrypt-failed",
             _ => "ciphertext-malformed",
         };

@@ -88,6 +88,7 @@ fn exported() -> BTreeSet<String> {
         .http_requests
         .with_label_values(&["GET", "/health", "200"])
         .inc_by(0);
+    metrics.research_jobs.start_provider("x");
     metrics
         .registry
         .gather()

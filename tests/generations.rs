@@ -15,6 +15,7 @@ use common::serve::Serve;
 use common::{eventually, mission_data, plan_answer, setup, setup_current, TestDb};
 use pgtemp::SERVICE_ROLE;
 use serde_json::{json, Value};
+use testkit::fake_api::FakeManaApi;
 use testkit::fake_llm::FakeLlm;
 use testkit::http::FakeReply;
 
@@ -178,35 +179,63 @@ async fn a_mission_in_todays_generation_is_planned_and_written_back_in_its_shape
     );
 }
 
+/// Each of the three encrypted fields alone keeps its mission from being
+/// planned, although the plaintext around it asks for research: the
+/// ciphertext reaches no model, no research query, no actor (nothing is
+/// written back), no log line or span, no metric.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mission_with_encrypted_text_is_not_planned_and_says_why() {
     capture_logs();
-    let (t, llm, lead) = lead_current(FakeLlm::answer(&plan_answer())).await;
-    let secret = "enc:1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
-    write_current(&t, "tess", "m1", mission_data(json!({"title": secret}))).await;
-    eventually("the run is skipped for its encrypted text", || async {
-        lead.metrics
-            .agent_decisions
-            .with_label_values(&["skipped-encrypted"])
-            .get()
-            == 1
-    })
+    let t = setup_current().await;
+    let llm = FakeLlm::start(vec![FakeLlm::answer(&plan_answer())])
+        .await
+        .unwrap();
+    let api = FakeManaApi::with_results(json!([]), json!([]))
+        .await
+        .unwrap();
+    let lead = t
+        .lead(&[("MANA_LLM_URL", &llm.url()), ("MANA_API_URL", &api.url())])
+        .await;
+    let secret =
+        |field: &str| format!("enc:1:AAECAwQFBgcICQoL.{field}DA0ODxAREhMUFRYXGBkaGxwdHh8=");
+    let research = "Recherchiere aktuelle News";
+    for field in ["title", "conceptMarkdown", "objective"] {
+        let mut data = mission_data(json!({"objective": research, "conceptMarkdown": research}));
+        data[field] = json!(secret(field));
+        write_current(&t, "tess", field, data).await;
+    }
+    eventually(
+        "the three runs are skipped for their encrypted text",
+        || async {
+            lead.metrics
+                .agent_decisions
+                .with_label_values(&["skipped-encrypted"])
+                .get()
+                == 3
+        },
+    )
     .await;
     lead.settled().await;
     assert!(llm.requests().is_empty(), "no LLM call");
-    assert!(t.writebacks_current("tess", "m1").await == 0);
+    assert!(api.requests().is_empty(), "no research query");
+    for field in ["title", "conceptMarkdown", "objective"] {
+        assert_eq!(t.writebacks_current("tess", field).await, 0, "no actor");
+    }
     let text = lead.metrics.render();
     assert!(
-        text.contains(r#"mana_ai_missions_stalled_total{reason="encrypted-text"} 1"#),
+        text.contains(r#"mana_ai_missions_stalled_total{reason="encrypted-text"} 3"#),
         "{text}"
     );
-    assert!(!text.contains(secret), "a metric carries the ciphertext");
     let logs = captured_logs();
     assert!(logs.contains("encrypted-text"), "{logs}");
-    assert!(
-        !logs.contains(secret),
-        "a log line or span carries the ciphertext"
-    );
+    for field in ["title", "conceptMarkdown", "objective"] {
+        let secret = secret(field);
+        assert!(!text.contains(&secret), "a metric carries the ciphertext");
+        assert!(
+            !logs.contains(&secret),
+            "a log line or span carries the ciphertext"
+        );
+    }
     lead.stop().await;
 }
 

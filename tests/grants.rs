@@ -22,6 +22,13 @@ use pgtemp::SERVICE_ROLE;
 use serde_json::{json, Value};
 use testkit::fake_llm::FakeLlm;
 
+both_generations!(
+    a_granted_mission_reads_exactly_its_allowlisted_records,
+    an_expired_grant_runs_without_the_encrypted_inputs,
+    a_tampered_ciphertext_is_audited_as_failed_and_left_out,
+    a_record_under_the_vault_key_gets_its_own_reason,
+);
+
 const VECTORS: &str = include_str!("vectors/grant_vectors.json");
 
 const USER: &str = "ana";
@@ -107,20 +114,27 @@ fn tamper(value: &str) -> String {
 async fn insert_record(t: &TestDb, app: &str, table: &str, id: &str, data: Value) {
     let mut client = t.sync_client().await;
     let tx = mana_ai::db::begin_user(&mut client, USER).await.unwrap();
-    tx.execute(
-        "INSERT INTO sync_changes (app_id, table_name, record_id, user_id, op, data, field_timestamps, client_id)
-         VALUES ($1, $2, $3, $4, 'insert', $5, '{}'::jsonb, 'test-browser')",
-        &[&app, &table, &id, &USER, &data],
-    )
-    .await
-    .unwrap();
+    let stamps = common::stamps_column(&tx).await;
+    let insert = format!(
+        "INSERT INTO sync_changes (app_id, table_name, record_id, user_id, op, data, {stamps}, client_id)
+         VALUES ($1, $2, $3, $4, 'insert', $5, '{{}}'::jsonb, 'test-browser')"
+    );
+    tx.execute(&insert, &[&app, &table, &id, &USER, &data])
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
 }
 
 #[derive(Clone, Copy, Default)]
-struct Variant {
-    /// Tamper with t1's title ciphertext.
-    tamper_t1: bool,
+enum Variant {
+    /// Every record encrypted under the grant's derived key.
+    #[default]
+    UnderGrantKey,
+    /// t1's title ciphertext has one bit flipped.
+    TamperT1,
+    /// t1 encrypted under the user's vault master key itself, as today's
+    /// webapp encrypts records (the grant unwraps the derived key).
+    T1UnderVaultKey,
 }
 
 /// Writes the encrypted records (n1, n2, t1 in the grant; n3 outside it) and
@@ -143,10 +157,11 @@ async fn seed(t: &TestDb, master: &[u8; 32], grant: &MissionGrant, variant: Vari
         json!({"id": "n2", "title": enc(&key, N2_TITLE), "content": enc(&key, N2_BODY)}),
     )
     .await;
-    let mut t1_title = enc(&key, T1_TITLE);
-    if variant.tamper_t1 {
-        t1_title = tamper(&t1_title);
-    }
+    let t1_title = match variant {
+        Variant::UnderGrantKey => enc(&key, T1_TITLE),
+        Variant::TamperT1 => tamper(&enc(&key, T1_TITLE)),
+        Variant::T1UnderVaultKey => enc(&Mdk::from_bytes(*master), T1_TITLE),
+    };
     insert_record(
         t,
         "todo",
@@ -226,10 +241,8 @@ fn assert_absent(haystack: &str, what: &str, needles: &[&str]) {
 
 // --------------------------------------------------------------------- tests
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_granted_mission_reads_exactly_its_allowlisted_records() {
+async fn a_granted_mission_reads_exactly_its_allowlisted_records(t: TestDb) {
     capture_logs();
-    let t = setup().await;
     let master = random_master();
     let grant = mint(&master, Duration::hours(1));
     seed(&t, &master, &grant, Variant::default()).await;
@@ -300,10 +313,8 @@ async fn a_granted_mission_reads_exactly_its_allowlisted_records() {
     lead.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_expired_grant_runs_without_the_encrypted_inputs() {
+async fn an_expired_grant_runs_without_the_encrypted_inputs(t: TestDb) {
     capture_logs();
-    let t = setup().await;
     let master = random_master();
     let grant = mint(&master, -Duration::minutes(1));
     seed(&t, &master, &grant, Variant::default()).await;
@@ -358,13 +369,15 @@ async fn without_a_configured_key_the_grant_is_skipped_as_not_configured() {
     lead.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tampered_ciphertext_is_audited_as_failed_and_left_out() {
+/// A record the grant's key does not open (a bit flipped, or encrypted
+/// under the vault master key as today's webapp does): audited as failed
+/// with its own reason, counted by reason, left out of the prompt; the
+/// records the key opens still reach the planner.
+async fn t1_is_refused_as_not_under_the_grant_key(t: TestDb, variant: Variant) {
     capture_logs();
-    let t = setup().await;
     let master = random_master();
     let grant = mint(&master, Duration::hours(1));
-    seed(&t, &master, &grant, Variant { tamper_t1: true }).await;
+    seed(&t, &master, &grant, variant).await;
     let llm = FakeLlm::start(vec![FakeLlm::answer(&plan_answer())])
         .await
         .unwrap();
@@ -383,10 +396,7 @@ async fn a_tampered_ciphertext_is_audited_as_failed_and_left_out() {
     let t1 = find(&rows, "tasks", "t1");
     assert_eq!(t1.len(), 1, "{rows:?}");
     assert_eq!(t1[0].status, "failed");
-    assert_eq!(
-        t1[0].reason.as_deref(),
-        Some("ciphertext-tampered-or-wrong-key")
-    );
+    assert_eq!(t1[0].reason.as_deref(), Some("record-not-under-grant-key"));
     assert_eq!(
         rows.iter().filter(|r| r.status == "ok").count(),
         2,
@@ -395,8 +405,21 @@ async fn a_tampered_ciphertext_is_audited_as_failed_and_left_out() {
     let m = &lead.metrics;
     assert_eq!(m.decrypts.with_label_values(&["notes"]).get(), 2);
     assert_eq!(m.decrypts.with_label_values(&["tasks"]).get(), 0);
+    let failures = |reason: &str| m.decrypt_failures.with_label_values(&[reason]).get();
+    assert_eq!(failures("record-not-under-grant-key"), 1);
+    assert_eq!(failures("ciphertext-malformed"), 0);
     assert_eq!(m.plans_written_back.get(), 1);
     lead.stop().await;
+}
+
+async fn a_tampered_ciphertext_is_audited_as_failed_and_left_out(t: TestDb) {
+    t1_is_refused_as_not_under_the_grant_key(t, Variant::TamperT1).await;
+}
+
+/// Today's webapp (TODAY.md section 5 in the docs' words: docs/interfaces.md
+/// section 7): the grant unwraps, the record does not open.
+async fn a_record_under_the_vault_key_gets_its_own_reason(t: TestDb) {
+    t1_is_refused_as_not_under_the_grant_key(t, Variant::T1UnderVaultKey).await;
 }
 
 /// Inserts one audit row at `ts` (seconds ago) in the user's RLS scope, as
@@ -517,7 +540,7 @@ async fn decrypted_values_and_keys_never_reach_logs_or_metrics() {
     let master = random_master();
     let grant = mint(&master, Duration::hours(1));
     // The tampered record exercises the failure path's logging too.
-    seed(&t, &master, &grant, Variant { tamper_t1: true }).await;
+    seed(&t, &master, &grant, Variant::TamperT1).await;
     let llm = FakeLlm::start(vec![FakeLlm::answer(&plan_answer())])
         .await
         .unwrap();

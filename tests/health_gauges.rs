@@ -7,15 +7,17 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::setup;
-use mana_ai::backend::ServiceBackend;
+use mana_ai::backend::{LeaderView, ServiceBackend};
 use mana_ai::http::Backend;
 use mana_ai::metrics::Metrics;
+use mana_ai::reactor::supervisor::TaskStates;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probes_answer_at_once_while_the_queue_table_is_locked() {
     let t = setup().await;
     let metrics = Metrics::new();
-    let backend = ServiceBackend::new(t.pool.clone(), metrics.clone(), false);
+    let (_, standby) = tokio::sync::watch::channel(None);
+    let backend = ServiceBackend::new(t.pool.clone(), metrics.clone(), false, standby);
     let health = backend.health().await;
     assert!(health.ok, "{health:?}");
     assert_eq!(health.queue_depth, Some(0));
@@ -42,4 +44,45 @@ async fn probes_answer_at_once_while_the_queue_table_is_locked() {
     }
     assert!(started.elapsed() < Duration::from_secs(1));
     lock.rollback().await.unwrap();
+}
+
+/// `/health` reads the term's own state (which tasks are up, whether the
+/// listener is registered), not Prometheus gauges: gauges that say all is
+/// well do not hide a term whose tasks are down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_reads_the_published_term_not_the_gauges() {
+    let t = setup().await;
+    let metrics = Metrics::new();
+    for task in ["listener", "applier", "wheel"] {
+        metrics.task_up.with_label_values(&[task]).set(1);
+    }
+    metrics.listener_connected.set(1);
+    let (wheel, _wheel_rx) = mana_ai::schedule::wheel::wheel_channel();
+    let (_listening_tx, listening) = tokio::sync::watch::channel(false);
+    let term = LeaderView {
+        term_id: uuid::Uuid::new_v4(),
+        wheel,
+        runner: None,
+        listening,
+        tasks: TaskStates::all_down(),
+    };
+    let (terms_tx, terms) = tokio::sync::watch::channel(Some(term));
+    let backend = ServiceBackend::new(t.pool.clone(), metrics.clone(), false, terms);
+    let health = backend.health().await;
+    assert!(!health.ok, "{health:?}");
+    assert_eq!(
+        health.tasks_down,
+        ["listener", "applier", "wheel", "retention"]
+    );
+    assert!(!health.listener.connected, "{health:?}");
+    let body = serde_json::to_value(&health).unwrap();
+    assert_eq!(body["role"], "leader", "{body}");
+
+    // The term ends: a standby, whatever the gauges say.
+    terms_tx.send_replace(None);
+    let health = backend.health().await;
+    let body = serde_json::to_value(&health).unwrap();
+    assert_eq!(body["role"], "standby", "{body}");
+    assert!(health.tasks_down.is_empty());
+    assert!(health.ok, "{health:?}");
 }

@@ -5,13 +5,19 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, iso_in, setup, write, Change};
+use common::{eventually, iso_in, setup, write, Change, TestDb};
 use mana_ai::schedule::wheel::parse_next_run;
 use serde_json::json;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_mission_written_by_a_browser_is_snapshotted_and_armed() {
-    let t = setup().await;
+both_generations!(
+    a_mission_written_by_a_browser_is_snapshotted_and_armed,
+    changes_committed_while_stopped_are_applied_on_start,
+    the_safety_sweep_applies_changes_no_notification_announced,
+    poison_rows_are_set_aside_and_counted_while_good_rows_apply,
+    a_change_committed_after_a_later_one_is_still_applied,
+);
+
+async fn a_mission_written_by_a_browser_is_snapshotted_and_armed(t: TestDb) {
     let mut run = t.start(&[]).await;
     let mut sync = t.sync_client().await;
     let next = iso_in(3600);
@@ -301,9 +307,7 @@ async fn a_killed_listener_loses_nothing_in_a_burst_of_ten_thousand() {
     run.reactor.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn changes_committed_while_stopped_are_applied_on_start() {
-    let t = setup().await;
+async fn changes_committed_while_stopped_are_applied_on_start(t: TestDb) {
     let mut run = t.start(&[]).await;
     let mut sync = t.sync_client().await;
     write(
@@ -359,9 +363,7 @@ async fn changes_committed_while_stopped_are_applied_on_start() {
     again.reactor.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_safety_sweep_applies_changes_no_notification_announced() {
-    let t = setup().await;
+async fn the_safety_sweep_applies_changes_no_notification_announced(t: TestDb) {
     let mut run = t
         .start(&[
             ("MANA_AI_LISTEN_CHANNEL", "mana_ai_nobody_notifies"),
@@ -386,9 +388,7 @@ async fn the_safety_sweep_applies_changes_no_notification_announced() {
     run.reactor.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn poison_rows_are_set_aside_and_counted_while_good_rows_apply() {
-    let t = setup().await;
+async fn poison_rows_are_set_aside_and_counted_while_good_rows_apply(t: TestDb) {
     let admin = t.admin().await;
     // The contract's CHECK forbids unknown ops; a sync server bug could still
     // write one, so the fixture drops the constraint for this test.
@@ -601,9 +601,7 @@ async fn a_sync_changes_column_of_another_type_is_retried_and_nothing_is_lost() 
 /// transaction commits after a later one's was claimed is still applied
 /// (the claim's low-water mark keeps the skipped id open while its
 /// transaction runs, however many claims pass it by).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_change_committed_after_a_later_one_is_still_applied() {
-    let t = setup().await;
+async fn a_change_committed_after_a_later_one_is_still_applied(t: TestDb) {
     let mut run = t.start(&[]).await;
     let mut sync = t.sync_client().await;
     let mission = |id: &'static str| {
@@ -620,9 +618,13 @@ async fn a_change_committed_after_a_later_one_is_still_applied() {
     // m1's transaction draws its queue id first and stays open.
     let mut slow = t.sync_client().await;
     let open = mana_ai::db::begin_user(&mut slow, "erin").await.unwrap();
+    let stamps = t.generation.stamps_column();
+    let insert = format!(
+        "INSERT INTO sync_changes (app_id, table_name, record_id, user_id, op, data, {stamps}, client_id)
+         VALUES ('ai', 'aiMissions', 'm1', 'erin', 'insert', $1, '{{}}', 'slow-browser')"
+    );
     open.execute(
-        "INSERT INTO sync_changes (app_id, table_name, record_id, user_id, op, data, field_timestamps, client_id)
-         VALUES ('ai', 'aiMissions', 'm1', 'erin', 'insert', $1, '{}', 'slow-browser')",
+        &insert,
         &[&json!({"state": "active", "nextRunAt": iso_in(600)})],
     )
     .await

@@ -118,7 +118,12 @@ async fn retention_days_are_configurable_and_the_counters_start_at_zero() {
             && t.count("SELECT count(*) FROM mana_ai.mission_runs").await == 2
     })
     .await;
+    // Retention is one of the leader's supervised tasks.
+    let up = |m: &mana_ai::metrics::Metrics| m.task_up.with_label_values(&["retention"]).get();
+    assert_eq!(up(&lead.metrics), 1);
+    let metrics = lead.metrics.clone();
     lead.stop().await;
+    assert_eq!(up(&metrics), 0, "down once the term stopped");
 
     let fresh = mana_ai::metrics::Metrics::new().render();
     for table in ["token_usage", "mission_runs", "dead_changes"] {

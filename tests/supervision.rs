@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{eventually, iso_in, setup, write, Change};
-use mana_ai::backend::{Leading, ServiceBackend};
+use mana_ai::backend::{LeaderView, ServiceBackend};
 use mana_ai::http::Backend;
 use mana_ai::metrics::Metrics;
 use mana_ai::reactor::{self, Hooks};
@@ -49,11 +49,14 @@ async fn a_panicking_applier_is_restarted_and_applies_what_queued_meanwhile() {
     tokio::time::timeout(Duration::from_secs(30), running.wait_listening())
         .await
         .expect("listening");
-    let backend = ServiceBackend::new(t.pool.clone(), metrics.clone(), false);
-    backend.set_leading(Some(Leading {
-        runner: None,
+    let (_terms_tx, terms) = tokio::sync::watch::channel(Some(LeaderView {
+        term_id: uuid::Uuid::new_v4(),
         wheel: running.wheel.clone(),
+        runner: None,
+        listening: running.listening.clone(),
+        tasks: running.task_states.clone(),
     }));
+    let backend = ServiceBackend::new(t.pool.clone(), metrics.clone(), false, terms);
     let health = backend.health().await;
     assert!(health.ok, "{health:?}");
     assert!(health.tasks_down.is_empty());

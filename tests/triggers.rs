@@ -6,16 +6,21 @@ mod common;
 use std::process::Command;
 
 use common::{psql, write, Change};
+use mana_ai::sync::generation::Generation;
 use pgtemp::{TempDb, SERVICE_ROLE, SYNC_ROLE};
 use serde_json::json;
+
+both_generations!(
+    bare: install_is_idempotent_backfills_once_and_ignores_other_apps,
+    the_history_backfill_does_not_block_sync_writes_and_queues_each_change_once,
+);
 
 async fn count(client: &tokio_postgres::Client, sql: &str) -> i64 {
     client.query_one(sql, &[]).await.unwrap().get(0)
 }
 
-#[tokio::test]
-async fn install_is_idempotent_backfills_once_and_ignores_other_apps() {
-    let db = TempDb::create(common::server(), "mana_ai_t").await.unwrap();
+async fn install_is_idempotent_backfills_once_and_ignores_other_apps(generation: Generation) {
+    let db = common::bare_db(generation).await;
     let admin = db.admin().await.unwrap();
     let mut sync = db.connect_as(SYNC_ROLE).await.unwrap();
     // History written before the install.
@@ -45,6 +50,11 @@ async fn install_is_idempotent_backfills_once_and_ignores_other_apps() {
     );
     let (ok, err) = psql(&db, "install.sql", Some(SERVICE_ROLE));
     assert!(ok, "{err}");
+    let shown = match generation {
+        Generation::V06 => "public.sync_changes is v0.6 (field_timestamps)",
+        Generation::Current => "public.sync_changes is current (field_meta)",
+    };
+    assert!(err.contains(shown), "install names the generation: {err}");
     assert_eq!(
         count(&admin, "SELECT count(*) FROM mana_ai.change_queue").await,
         2,
@@ -60,6 +70,7 @@ async fn install_is_idempotent_backfills_once_and_ignores_other_apps() {
     );
     let (ok, err) = psql(&db, "verify.sql", Some(SERVICE_ROLE));
     assert!(ok, "{err}");
+    assert!(err.contains(shown), "verify names the generation: {err}");
     // Queue ids must be drawn in time order (the claim relies on it).
     admin
         .batch_execute("ALTER TABLE mana_ai.change_queue ALTER COLUMN id SET CACHE 20")
@@ -224,9 +235,10 @@ async fn the_cli_verifies_and_migrates_as_the_service_role() {
 /// The history backfill runs in chunks before the trigger's short lock: a
 /// sync write while a chunk is in progress is not blocked, and every
 /// change, that one included, is queued exactly once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_history_backfill_does_not_block_sync_writes_and_queues_each_change_once() {
-    let db = TempDb::create(common::server(), "mana_ai_t").await.unwrap();
+async fn the_history_backfill_does_not_block_sync_writes_and_queues_each_change_once(
+    generation: Generation,
+) {
+    let db = common::bare_db(generation).await;
     let admin = db.admin().await.unwrap();
     admin
         .batch_execute(

@@ -48,16 +48,31 @@ pub enum ValueError {
 }
 
 impl ValueError {
-    /// The contract's `decrypt_audit.reason` for this failure.
+    /// Every value of [`ValueError::audit_reason`] (the
+    /// `decrypt_failures_total{reason}` series that exist from the start).
+    pub const AUDIT_REASONS: [&'static str; 3] = [
+        "ciphertext-malformed",
+        "record-not-under-grant-key",
+        "decrypt-failed",
+    ];
+
+    /// The `decrypt_audit.reason` for this failure.
+    ///
+    /// An authentication failure is only ever met under a grant that
+    /// unwrapped correctly, and AES-GCM cannot tell a changed ciphertext
+    /// from a record encrypted under another key. Against today's webapp
+    /// it is the second, every time: records are encrypted under the vault
+    /// master key, the grant wraps a key derived from it (docs/interfaces.md,
+    /// section 7). Hence the reason names the key, not tampering.
     pub fn audit_reason(self) -> &'static str {
         match self {
             ValueError::NotEncrypted
             | ValueError::MissingSeparator
             | ValueError::BadBase64
             | ValueError::IvLength { .. }
-            | ValueError::TooShort => "ciphertext-malformed",
-            ValueError::TagMismatch => "ciphertext-tampered-or-wrong-key",
-            ValueError::NotJson => "decrypt-failed",
+            | ValueError::TooShort => Self::AUDIT_REASONS[0],
+            ValueError::TagMismatch => Self::AUDIT_REASONS[1],
+            ValueError::NotJson => Self::AUDIT_REASONS[2],
         }
     }
 
@@ -250,7 +265,7 @@ mod tests {
         let wrong_key = Mdk::from_bytes([0x43; 32]);
         let err = decrypt_value(&wrong_key, &good).unwrap_err();
         assert_eq!(err, ValueError::TagMismatch);
-        assert_eq!(err.audit_reason(), "ciphertext-tampered-or-wrong-key");
+        assert_eq!(err.audit_reason(), "record-not-under-grant-key");
     }
 
     #[test]

@@ -34,6 +34,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "browser_fold",
         include_str!("../../sql/0008_browser_fold.sql"),
     ),
+    (
+        10,
+        "research_jobs",
+        include_str!("../../sql/0010_research_jobs.sql"),
+    ),
 ];
 
 /// Arbitrary constant: the advisory lock key of migrations ("manaaimi").

@@ -118,7 +118,7 @@ pub struct Health {
     pub sync_log: Option<String>,
     pub armed_missions: i64,
     pub runs_in_flight: i64,
-    /// The leader's reactor tasks (`listener`, `applier`, `wheel`) that are
+    /// The leader's supervised tasks (`listener`, `applier`, `wheel`, `retention`) that are
     /// down, waiting for their restart; any makes the route answer 503.
     pub tasks_down: Vec<&'static str>,
 }

@@ -4,6 +4,7 @@
 //! Everything here except the LLM and research clients is pure: it turns
 //! records into a prompt and an answer into a plan, and is tested in place.
 
+pub mod deep_research;
 pub mod history;
 pub mod limiter;
 pub mod llm;

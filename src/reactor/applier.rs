@@ -36,8 +36,12 @@ use super::low_water::{Horizon, LowWater, Observed};
 pub use super::outcome::{Applied, ApplyError, BatchStats, Phases};
 use super::read::read_changes;
 use super::ReactorContext;
+use crate::backoff::Backoff;
 use crate::schedule::wheel::WheelUpdate;
 use crate::store::queue::{self, Prepared, QueueRow};
+
+/// Waits between attempts after a drain failed (the database is away).
+const RETRY: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
 
 /// Which queue rows a batch takes.
 #[derive(Debug, Clone)]
@@ -108,22 +112,22 @@ impl Applier {
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         sweep.tick().await;
         let mut from_sweep = false;
-        let mut backoff = Duration::from_millis(100);
+        let mut retries = RETRY.attempts();
         loop {
             // Armed before draining, so a notification during the drain is kept.
             let notified = wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             match self.drain_and_sweep(from_sweep).await {
-                Ok(()) => backoff = Duration::from_millis(100),
+                Ok(()) => retries.succeeded(),
                 Err(e) => {
                     self.ctx.metrics.apply_errors.inc();
-                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "applying queued changes failed; will retry");
+                    let wait = retries.failed();
+                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "applying queued changes failed; will retry");
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(wait) => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
                     continue;
                 }
             }

@@ -10,17 +10,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use rand::Rng;
 use tokio::sync::{watch, Notify};
 use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::{Attempts, Backoff, Jitter};
 use crate::config::Secret;
 use crate::db::tls;
 use crate::db::{self, DedicatedError};
 use crate::metrics::Metrics;
 use crate::schedule::clock::DbClock;
 use crate::store::notify;
+
+/// Waits between reconnects: 1 s doubling to 60 s, within ±20 %, back to
+/// 1 s once LISTEN succeeds.
+const RECONNECT: Backoff =
+    Backoff::new(Duration::from_secs(1), Duration::from_secs(60)).with_jitter(Jitter::Spread(0.2));
 
 /// `application_name` of the listener connection (operators find it in
 /// `pg_stat_activity`).
@@ -61,23 +66,21 @@ impl Listener {
     }
 
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut backoff = Duration::from_secs(1);
+        let mut reconnects = RECONNECT.attempts();
         loop {
-            let session = self.session(&shutdown, &mut backoff);
+            let session = self.session(&shutdown, &mut reconnects);
             match session.await {
                 Ok(()) => return,
                 Err(e) => {
                     self.metrics.listener_connected.set(0);
                     self.connected.send_replace(false);
                     self.metrics.listener_reconnects.inc();
-                    let jitter = rand::rng().random_range(0.8..1.2);
-                    let wait = backoff.mul_f64(jitter);
+                    let wait = reconnects.failed();
                     tracing::warn!(error = %format!("{e:#}"), retry_in_ms = wait.as_millis() as u64, "listener connection lost");
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
                         _ = tokio::time::sleep(wait) => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(60));
                 }
             }
         }
@@ -87,12 +90,12 @@ impl Listener {
     async fn session(
         &self,
         shutdown: &CancellationToken,
-        backoff: &mut Duration,
+        reconnects: &mut Attempts,
     ) -> anyhow::Result<()> {
         let (client, mut reader) = self.connect().await?;
         let result = async {
             self.listen(&client).await?;
-            *backoff = Duration::from_secs(1);
+            reconnects.succeeded();
             self.metrics.listener_connected.set(1);
             self.connected.send_replace(true);
             tracing::info!(channel = %self.channel, "listening");

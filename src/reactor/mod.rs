@@ -38,7 +38,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::schedule::clock::{Clock, DbClock};
 use crate::schedule::wheel::{self, DueMission, WheelHandle};
-use supervisor::{supervise, Backoff, TaskName};
+use supervisor::{supervise, Restart, Supervision, TaskName, TaskStates};
 pub use wheel_task::rebuild_wheel;
 
 /// Folds one record of `user_id` from its change rows (full replay,
@@ -111,6 +111,9 @@ pub struct Reactor {
     pub processed: watch::Receiver<u64>,
     /// True while the listener's LISTEN is registered.
     pub listening: watch::Receiver<bool>,
+    /// Which of its supervised tasks are up.
+    pub task_states: TaskStates,
+    supervision: Supervision,
     /// Missions armed by the start-up rebuild.
     pub rebuilt: usize,
     shutdown: CancellationToken,
@@ -124,6 +127,18 @@ impl Reactor {
         for task in self.tasks {
             let _ = task.await;
         }
+    }
+
+    /// Supervises one more of the leader's tasks beside the reactor's own
+    /// (retention): restarted when it ends or panics, shown in
+    /// `task_states`, stopped with the reactor.
+    pub fn supervise<F, Fut>(&mut self, name: TaskName, make: F)
+    where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let task = supervised(name, make, &self.supervision, &self.shutdown);
+        self.tasks.push(task);
     }
 
     /// Waits until the listener is registered.
@@ -164,7 +179,7 @@ pub struct Hooks {
 fn supervised<F, Fut>(
     name: TaskName,
     make: F,
-    metrics: &Arc<Metrics>,
+    supervision: &Supervision,
     shutdown: &CancellationToken,
 ) -> JoinHandle<()>
 where
@@ -174,8 +189,8 @@ where
     supervise(
         name,
         make,
-        Backoff::REACTOR,
-        metrics.clone(),
+        Restart::REACTOR,
+        supervision.clone(),
         shutdown.clone(),
     )
 }
@@ -204,17 +219,24 @@ pub async fn start(
         wheel,
         settings: Settings::from_config(config),
     };
+    let supervision = Supervision {
+        states: TaskStates::default(),
+        metrics: ctx.metrics.clone(),
+    };
     let make_wheel = wheel_task::wheel_task(&ctx, due_tx, wheel_rx, shutdown.clone());
-    let wheel_task = supervised(TaskName::Wheel, make_wheel, &ctx.metrics, &shutdown);
+    let wheel_task = supervised(TaskName::Wheel, make_wheel, &supervision, &shutdown);
     let rebuilt = rebuild(&ctx).await?;
     let wake = Arc::new(Notify::new());
-    let (applier_task, processed) = spawn_applier(&ctx, wake.clone(), hooks, &shutdown);
+    let (applier_task, processed) =
+        spawn_applier(&ctx, wake.clone(), hooks, &supervision, &shutdown);
     let listener = listener::Listener::new(config, wake, ctx.metrics.clone(), clock);
-    let (listener_task, listening) = spawn_listener(listener, &ctx.metrics, &shutdown);
+    let (listener_task, listening) = spawn_listener(listener, &supervision, &shutdown);
     Ok(Reactor {
         wheel: ctx.wheel,
         processed,
         listening,
+        task_states: supervision.states.clone(),
+        supervision,
         rebuilt,
         shutdown,
         tasks: vec![listener_task, applier_task, wheel_task],
@@ -250,6 +272,7 @@ fn spawn_applier(
     ctx: &ReactorContext,
     wake: Arc<Notify>,
     hooks: Hooks,
+    supervision: &Supervision,
     shutdown: &CancellationToken,
 ) -> (JoinHandle<()>, watch::Receiver<u64>) {
     let mut applier = applier::Applier::new(ctx.clone());
@@ -262,14 +285,14 @@ fn spawn_applier(
     let processed = applier.processed.subscribe();
     let stop = shutdown.clone();
     let make = move || applier.clone().run(wake.clone(), stop.clone());
-    let task = supervised(TaskName::Applier, make, &ctx.metrics, shutdown);
+    let task = supervised(TaskName::Applier, make, supervision, shutdown);
     (task, processed)
 }
 
 /// The listener, supervised; with whether it is registered.
 fn spawn_listener(
     mut listener: listener::Listener,
-    metrics: &Arc<Metrics>,
+    supervision: &Supervision,
     shutdown: &CancellationToken,
 ) -> (JoinHandle<()>, watch::Receiver<bool>) {
     let (connected, listening) = watch::channel(false);
@@ -282,7 +305,7 @@ fn spawn_listener(
         listener.run(stop.clone())
     };
     (
-        supervised(TaskName::Listener, make, metrics, shutdown),
+        supervised(TaskName::Listener, make, supervision, shutdown),
         listening,
     )
 }

@@ -1,17 +1,20 @@
-//! Supervision of the reactor's long-running tasks (listener, applier,
-//! wheel): a task that ends or panics before shutdown is started again
+//! Supervision of a leader's long-running tasks (the reactor's listener,
+//! applier and wheel, and retention): a task that ends or panics before shutdown is started again
 //! after a back-off (doubling from `first` to `max`, back to `first` once a
 //! run lasted `healthy_after`), counted in
-//! `mana_ai_task_restarts_total{task}`, and `mana_ai_task_up{task}` is 0
-//! while it is down (`/health` answers 503 and names it).
+//! `mana_ai_task_restarts_total{task}`, and it is down in [`TaskStates`]
+//! (which `/health` reads: 503, naming it) and in `mana_ai_task_up{task}`
+//! while it is down.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::metrics::Metrics;
 
 /// The supervised tasks; `as_str` is the metric label and the name
@@ -21,9 +24,15 @@ pub enum TaskName {
     Listener,
     Applier,
     Wheel,
+    Retention,
 }
 
-pub const TASKS: [TaskName; 3] = [TaskName::Listener, TaskName::Applier, TaskName::Wheel];
+pub const TASKS: [TaskName; 4] = [
+    TaskName::Listener,
+    TaskName::Applier,
+    TaskName::Wheel,
+    TaskName::Retention,
+];
 
 impl TaskName {
     pub fn as_str(self) -> &'static str {
@@ -31,7 +40,57 @@ impl TaskName {
             TaskName::Listener => "listener",
             TaskName::Applier => "applier",
             TaskName::Wheel => "wheel",
+            TaskName::Retention => "retention",
         }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            TaskName::Listener => 0,
+            TaskName::Applier => 1,
+            TaskName::Wheel => 2,
+            TaskName::Retention => 3,
+        }
+    }
+}
+
+/// Which supervised tasks of one term are up: the state `/health` reads.
+/// [`supervise`] is its only writer and sets the `task_up` gauge with it,
+/// so the two never disagree. A task never supervised is neither up nor
+/// down (a reactor started without retention, in tests).
+#[derive(Clone, Debug, Default)]
+pub struct TaskStates(Arc<[AtomicU8; TASKS.len()]>);
+
+// 0 (the default): not supervised.
+const UP: u8 = 1;
+const DOWN: u8 = 2;
+
+impl TaskStates {
+    fn set(&self, task: TaskName, up: bool) {
+        let state = if up { UP } else { DOWN };
+        self.0[task.index()].store(state, Ordering::Relaxed);
+    }
+
+    pub fn is_up(&self, task: TaskName) -> bool {
+        self.0[task.index()].load(Ordering::Relaxed) == UP
+    }
+
+    /// The names of the supervised tasks that are down, in [`TASKS`] order.
+    pub fn down(&self) -> Vec<&'static str> {
+        TASKS
+            .iter()
+            .filter(|task| self.0[task.index()].load(Ordering::Relaxed) == DOWN)
+            .map(|task| task.as_str())
+            .collect()
+    }
+
+    /// Marks every task down (a term for tests and `/health`'s own test).
+    pub fn all_down() -> TaskStates {
+        let states = TaskStates::default();
+        for task in TASKS {
+            states.set(task, false);
+        }
+        states
     }
 }
 
@@ -48,50 +107,71 @@ pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 
 /// How long to wait before a restart.
 #[derive(Debug, Clone, Copy)]
-pub struct Backoff {
-    pub first: Duration,
-    pub max: Duration,
-    /// A run that lasted this long resets the wait to `first`.
+pub struct Restart {
+    pub backoff: Backoff,
+    /// A run that lasted this long resets the wait to the first.
     pub healthy_after: Duration,
 }
 
-impl Backoff {
+impl Restart {
     /// The reactor's: 0.5 s doubling to 30 s, reset after a minute up.
-    pub const REACTOR: Backoff = Backoff {
-        first: Duration::from_millis(500),
-        max: Duration::from_secs(30),
+    pub const REACTOR: Restart = Restart {
+        backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(30)),
         healthy_after: Duration::from_secs(60),
     };
 }
 
+/// Where a supervised task's state goes: the reactor's [`TaskStates`] and
+/// the metrics.
+#[derive(Clone)]
+pub struct Supervision {
+    pub states: TaskStates,
+    pub metrics: Arc<Metrics>,
+}
+
 /// Runs `make()` as a task until `shutdown`, starting it again whenever it
-/// ends or panics before then. `task_up` is 1 from this call on (so a
-/// health check right after start sees it up) and 0 while the task is down
-/// or after shutdown. The returned handle ends after the task has ended
+/// ends or panics before then. The task is up from this call on (so a
+/// health check right after start sees it up) and down while it is down or
+/// after shutdown. The returned handle ends after the task has ended
 /// following `shutdown`.
 pub fn supervise<F, Fut>(
     name: TaskName,
     mut make: F,
-    backoff: Backoff,
-    metrics: Arc<Metrics>,
+    restart: Restart,
+    supervision: Supervision,
     shutdown: CancellationToken,
 ) -> JoinHandle<()>
 where
     F: FnMut() -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let up = metrics.task_up.with_label_values(&[name.as_str()]);
-    let restarts = metrics.task_restarts.with_label_values(&[name.as_str()]);
-    up.set(1);
+    let gauge = supervision
+        .metrics
+        .task_up
+        .with_label_values(&[name.as_str()]);
+    let restarts = supervision
+        .metrics
+        .task_restarts
+        .with_label_values(&[name.as_str()]);
+    let states = supervision.states;
+    let mark = move |up: bool| {
+        states.set(name, up);
+        gauge.set(i64::from(up));
+    };
+    mark(true);
     tokio::spawn(async move {
-        let mut wait = backoff.first;
+        let mut restarts_in_a_row = restart.backoff.attempts();
         loop {
             let started = tokio::time::Instant::now();
             let ended = tokio::spawn(make()).await;
-            up.set(0);
+            mark(false);
             if shutdown.is_cancelled() {
                 return;
             }
+            if started.elapsed() >= restart.healthy_after {
+                restarts_in_a_row.succeeded();
+            }
+            let wait = restarts_in_a_row.failed();
             match ended {
                 Err(e) if e.is_panic() => {
                     let message = panic_message(&*e.into_panic());
@@ -105,16 +185,12 @@ where
                     )
                 }
             }
-            if started.elapsed() >= backoff.healthy_after {
-                wait = backoff.first;
-            }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
             }
-            wait = (wait * 2).min(backoff.max);
             restarts.inc();
-            up.set(1);
+            mark(true);
         }
     })
 }
@@ -124,14 +200,20 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
 
-    const FAST: Backoff = Backoff {
-        first: Duration::from_millis(10),
-        max: Duration::from_millis(40),
+    const FAST: Restart = Restart {
+        backoff: Backoff::new(Duration::from_millis(10), Duration::from_millis(40)),
         healthy_after: Duration::from_secs(60),
     };
 
     fn up(metrics: &Metrics, task: TaskName) -> i64 {
         metrics.task_up.with_label_values(&[task.as_str()]).get()
+    }
+
+    fn supervision(metrics: &Arc<Metrics>) -> Supervision {
+        Supervision {
+            states: TaskStates::default(),
+            metrics: metrics.clone(),
+        }
     }
 
     fn restarts(metrics: &Metrics, task: TaskName) -> u64 {
@@ -151,6 +233,8 @@ mod tests {
         let shutdown = CancellationToken::new();
         let starts = Arc::new(AtomicU32::new(0));
         let (counted, stop) = (starts.clone(), shutdown.clone());
+        let supervision = supervision(&metrics);
+        let states = supervision.states.clone();
         let handle = supervise(
             TaskName::Applier,
             move || {
@@ -165,10 +249,12 @@ mod tests {
                 }
             },
             FAST,
-            metrics.clone(),
+            supervision,
             shutdown.clone(),
         );
         assert_eq!(up(&metrics, TaskName::Applier), 1);
+        assert!(states.is_up(TaskName::Applier));
+        assert!(states.down().is_empty(), "never started is not down");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while starts.load(Ordering::SeqCst) < 4 {
             assert!(tokio::time::Instant::now() < deadline, "not restarted");
@@ -180,6 +266,8 @@ mod tests {
         shutdown.cancel();
         handle.await.unwrap();
         assert_eq!(up(&metrics, TaskName::Applier), 0);
+        assert!(!states.is_up(TaskName::Applier));
+        assert_eq!(states.down(), ["applier"]);
         assert_eq!(
             starts.load(Ordering::SeqCst),
             4,
@@ -192,20 +280,22 @@ mod tests {
     async fn a_task_is_down_during_its_back_off() {
         let metrics = Metrics::new();
         let shutdown = CancellationToken::new();
-        let slow = Backoff {
-            first: Duration::from_secs(10),
-            max: Duration::from_secs(60),
+        let slow = Restart {
+            backoff: Backoff::new(Duration::from_secs(10), Duration::from_secs(60)),
             ..FAST
         };
+        let supervision = supervision(&metrics);
+        let states = supervision.states.clone();
         let handle = supervise(
             TaskName::Wheel,
             || async { panic!("always") },
             slow,
-            metrics.clone(),
+            supervision,
             shutdown.clone(),
         );
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert_eq!(up(&metrics, TaskName::Wheel), 0);
+        assert_eq!(states.down(), ["wheel"]);
         assert_eq!(restarts(&metrics, TaskName::Wheel), 0);
         tokio::time::sleep(Duration::from_secs(10)).await;
         assert_eq!(restarts(&metrics, TaskName::Wheel), 1);

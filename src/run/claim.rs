@@ -21,6 +21,7 @@ use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
 use super::phase::Phase;
+use crate::backoff::Backoff;
 pub use crate::store::runs::RecentRun;
 use crate::store::runs::{self, ClaimRow, RunState};
 
@@ -145,11 +146,13 @@ impl Drop for ClaimGuard {
     }
 }
 
-/// First and longest wait between attempts to give a claim back.
-const GIVE_BACK_WAITS: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
+/// Waits between attempts to give a claim back.
+const GIVE_BACK: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
 
 /// Records a failed attempt of an unfinished run, until the database takes
-/// it. Once it does, the update either lands or finds the claim taken over
+/// it or the pool is closed (the service stops: the next leader releases
+/// what this term left `running`, see [`release_other_terms`]). Once the
+/// database takes it, the update either lands or finds the claim taken over
 /// (done, or claimed again): either way the slot is not left `running`.
 async fn give_back(
     pool: deadpool_postgres::Pool,
@@ -158,9 +161,13 @@ async fn give_back(
     retry_at: DateTime<Utc>,
     phase: Phase,
 ) {
-    let (mut wait, longest) = GIVE_BACK_WAITS;
+    let mut retries = GIVE_BACK.attempts();
     let message = format!("run did not finish ({})", phase.as_str());
     for attempt in 1u32.. {
+        if pool.is_closed() {
+            tracing::warn!(attempt, slot = %slot.slot, "pool closed; an unfinished run's slot is left to the next term");
+            return;
+        }
         let result = async {
             let client = pool.get().await?;
             back_off(&**client, &slot, token, retry_at, "error", &message).await?;
@@ -180,8 +187,7 @@ async fn give_back(
             ),
             Err(_) => {}
         }
-        tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(longest);
+        tokio::time::sleep(retries.failed()).await;
     }
 }
 
@@ -213,4 +219,41 @@ pub async fn release_instance(
     instance: Uuid,
 ) -> Result<u64, tokio_postgres::Error> {
     runs::release_instance(client, instance).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A guard dropped after the pool closed (the service stopped) gives up
+    /// at once instead of retrying for ever: nothing outlives the pool.
+    #[tokio::test(start_paused = true)]
+    async fn a_give_back_ends_when_the_pool_is_closed() {
+        // Nothing answers there: every attempt would fail.
+        let pool =
+            crate::db::pool("postgresql://nobody@127.0.0.1:9/none", 1, "test", None).unwrap();
+        pool.close();
+        let guard = ClaimGuard {
+            pool,
+            slot: Slot {
+                user_id: "u".into(),
+                mission_id: "m".into(),
+                slot: "2026-12-05T08:00:00.000Z".into(),
+            },
+            token: Uuid::new_v4(),
+            retry_at: Utc::now(),
+            phase: Phase::CallingLlm,
+            armed: true,
+        };
+        let alive = || {
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks()
+        };
+        assert_eq!(alive(), 0);
+        drop(guard);
+        assert_eq!(alive(), 1, "the give-back started");
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        assert_eq!(alive(), 0, "the give-back still runs after the pool closed");
+    }
 }

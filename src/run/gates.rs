@@ -24,6 +24,9 @@ pub enum GateDecision {
     SkippedBadPolicy,
     /// The mission's text is `enc:1:` ciphertext; runs once it is not.
     SkippedEncrypted,
+    /// The mission's deep research job is still pending; polled again after
+    /// `MANA_AI_RESEARCH_POLL_SECS` (see `run::deep`).
+    SkippedResearchPending,
 }
 
 impl GateDecision {
@@ -37,11 +40,12 @@ impl GateDecision {
             GateDecision::SkippedMissingAgent => "skipped-missing-agent",
             GateDecision::SkippedBadPolicy => "skipped-bad-policy",
             GateDecision::SkippedEncrypted => "skipped-encrypted",
+            GateDecision::SkippedResearchPending => "skipped-research-pending",
         }
     }
 
     /// Every decision (the metric's label values start from this list).
-    pub const ALL: [GateDecision; 8] = [
+    pub const ALL: [GateDecision; 9] = [
         GateDecision::Ran,
         GateDecision::SkippedPaused,
         GateDecision::SkippedArchived,
@@ -50,6 +54,7 @@ impl GateDecision {
         GateDecision::SkippedMissingAgent,
         GateDecision::SkippedBadPolicy,
         GateDecision::SkippedEncrypted,
+        GateDecision::SkippedResearchPending,
     ];
 
     /// A decision read back from `mission_runs.outcome`; None for any other value.
@@ -217,6 +222,7 @@ mod tests {
             GateDecision::Ran,
             GateDecision::SkippedMissingAgent,
             GateDecision::SkippedBadPolicy,
+            GateDecision::SkippedResearchPending,
         ] {
             assert_eq!(GateDecision::parse(d.as_str()), Some(d));
         }

@@ -121,6 +121,8 @@ pub struct Resolved {
     pub scope_violations: Vec<String>,
     /// Tables of records decrypted.
     pub decrypted: Vec<String>,
+    /// Audit reasons of records that did not decrypt.
+    pub decrypt_failures: Vec<&'static str>,
 }
 
 /// Resolves every input the registry knows; unknown modules are skipped.
@@ -167,8 +169,10 @@ pub async fn resolve(
                         out.inputs.push(record_input(input, &record));
                     }
                     Err(e) => {
+                        let reason = e.audit_reason();
                         out.audit
-                            .push(note(input, AuditStatus::Failed, Some(e.audit_reason())))
+                            .push(note(input, AuditStatus::Failed, Some(reason)));
+                        out.decrypt_failures.push(reason);
                     }
                 }
             }

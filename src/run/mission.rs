@@ -80,12 +80,21 @@ impl Runner {
         let due = next!(self.load_due(&client, user_id, mission_id, started).await?);
         let mut claimed = next!(self.claim_slot(&mut client, &due, started).await?);
         let admitted = next!(self.gate(&client, &due, &mut claimed, started).await?);
+        // No pooled connection is held while mana-research answers.
+        drop(client);
+        let web = self
+            .deep_research(&due, &mut claimed)
+            .instrument(tracing::info_span!("deep_research"))
+            .await?;
+        let web = next!(web);
+        self.decided(GateDecision::Ran);
         if claimed.failures == 0 {
             self.count_missed(&due.record, due.slot_at, started);
         }
         let iteration_id = Uuid::new_v4().to_string();
+        let mut client = self.deps.pool.get().await.context("connecting")?;
         let inputs = self
-            .gather_inputs(&mut client, &due, &iteration_id, started)
+            .gather_inputs(&mut client, &due, &iteration_id, started, web)
             .instrument(tracing::info_span!("inputs"))
             .await?;
         // No pooled connection is held while the model thinks.
@@ -171,7 +180,8 @@ impl Runner {
         Ok(Step::Next(Claimed { guard, failures }))
     }
 
-    /// Phase 3: the agent gates. A skip gives the slot back uncounted.
+    /// Phase 3: the agent gates. A skip gives the slot back uncounted; a
+    /// run let through is counted `ran` after the deep research step (3b).
     async fn gate(
         &self,
         client: &deadpool_postgres::Object,
@@ -185,10 +195,8 @@ impl Runner {
             .instrument(tracing::info_span!("gate"))
             .await?;
         match admission {
-            Admission::Run(admitted) => {
-                self.decided(GateDecision::Ran);
-                Ok(Step::Next(admitted))
-            }
+            // Counted as `ran` once the deep research step let it through.
+            Admission::Run(admitted) => Ok(Step::Next(admitted)),
             Admission::Skip { decision, retry_at } => {
                 let token = claimed.guard.token;
                 claim::release(&***client, &due.slot, token, retry_at, decision.as_str()).await?;
@@ -207,7 +215,7 @@ impl Runner {
     }
 
     /// A gate said not now: counted, the slot already given back.
-    async fn skipped(
+    pub(super) async fn skipped(
         &self,
         slot: &Slot,
         decision: GateDecision,

@@ -11,6 +11,7 @@
 
 mod admit;
 pub mod claim;
+pub mod deep;
 mod finish;
 pub mod gates;
 pub mod inputs;
@@ -63,6 +64,8 @@ pub struct RunnerDeps {
     pub wheel: WheelHandle,
     pub planner: Planner,
     pub research: Option<ResearchClient>,
+    /// Deep research jobs (`MANA_AI_DEEP_RESEARCH_ENABLED`); None: off.
+    pub deep_research: Option<deep::DeepResearch>,
     pub catalog: ToolCatalog,
     pub grant_key: Option<GrantKey>,
     pub default_tz: chrono_tz::Tz,

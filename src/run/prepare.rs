@@ -5,6 +5,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
+use super::deep::WebResearch;
 use super::inputs::{self, GrantAccess};
 use super::mission::DueRun;
 use super::Runner;
@@ -20,6 +21,7 @@ impl Runner {
         due: &DueRun,
         iteration_id: &str,
         started: DateTime<Utc>,
+        web: WebResearch,
     ) -> anyhow::Result<Vec<ResolvedInput>> {
         let (user_id, mission_id) = (due.slot.user_id.as_str(), due.slot.mission_id.as_str());
         let resolved = self.resolve_inputs(client, due, started).await?;
@@ -31,9 +33,12 @@ impl Runner {
             tracing::warn!(error = %format!("{e:#}"), "writing decrypt_audit rows failed; the run goes on");
         }
         let mut resolved_inputs = resolved.inputs;
-        if let Some(article) = self.research(&due.view()).await {
-            resolved_inputs.push(article);
-        }
+        let research = match web {
+            WebResearch::Deep(answer) => Some(answer),
+            WebResearch::Usual => self.research(&due.view(), false).await,
+            WebResearch::FallBack => self.research(&due.view(), true).await,
+        };
+        resolved_inputs.extend(research);
         Ok(resolved_inputs)
     }
 
@@ -77,11 +82,16 @@ impl Runner {
         Ok(resolved)
     }
 
-    /// Counts decrypted records and scope violations.
+    /// Counts decrypted records, records that did not decrypt and scope
+    /// violations.
     fn count_reads(&self, resolved: &inputs::Resolved) {
         let metrics = &self.deps.metrics;
         for table in &resolved.decrypted {
             metrics.count_decrypt(table);
+        }
+        for reason in &resolved.decrypt_failures {
+            metrics.decrypt_failures.with_label_values(&[reason]).inc();
+            tracing::warn!(reason = %reason, "granted input did not decrypt; left out of the prompt");
         }
         for table in &resolved.scope_violations {
             metrics.count_scope_violation(table);
@@ -89,10 +99,11 @@ impl Runner {
         }
     }
 
-    /// The research pre-step, when configured and the mission asks for it.
-    async fn research(&self, mission: &MissionView<'_>) -> Option<ResolvedInput> {
+    /// The research pre-step, when configured and the mission asks for it
+    /// (or, `forced`, when its deep research fell back).
+    async fn research(&self, mission: &MissionView<'_>, forced: bool) -> Option<ResolvedInput> {
         let research = self.deps.research.as_ref()?;
-        if !needs_research(mission.objective, mission.concept) {
+        if !forced && !needs_research(mission.objective, mission.concept) {
             return None;
         }
         match research.research(mission.objective).await {

@@ -8,12 +8,12 @@ use anyhow::Context;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{Leading, ServiceBackend};
+use crate::backend::LeaderView;
 use crate::db::{self, tls::ConnectionTask};
+use crate::reactor::supervisor::TaskName;
 use crate::reactor::{self, Reactor};
 use crate::run::Runner;
 use crate::schedule::clock::DbClock;
-use crate::schedule::wheel::WheelHandle;
 use crate::store;
 
 use super::{Customize, RunnerSetup, ServiceContext, Term};
@@ -24,7 +24,6 @@ pub struct Leadership {
     pub reactor: Reactor,
     pub runner: Option<Arc<Runner>>,
     runner_task: Option<tokio::task::JoinHandle<()>>,
-    retention_task: tokio::task::JoinHandle<()>,
     stop: CancellationToken,
     abandon: CancellationToken,
 }
@@ -64,7 +63,7 @@ impl Leadership {
         release_other_terms(ctx, term_id).await?;
         let clock = Arc::new(DbClock::new());
         let (due_tx, due_rx) = mpsc::unbounded_channel();
-        let reactor = reactor::start(
+        let mut reactor = reactor::start(
             config,
             ctx.pool.clone(),
             ctx.metrics.clone(),
@@ -74,15 +73,18 @@ impl Leadership {
             hooks,
         )
         .await?;
-        let retention_task = crate::retention::spawn(
-            ctx.pool.clone(),
-            ctx.metrics.clone(),
-            config.reactor.sweep_interval,
-            crate::retention::Days {
-                rows: config.reactor.retention_days,
-                audit: config.reactor.audit_retention_days,
-            },
-            stop.child_token(),
+        reactor.supervise(
+            TaskName::Retention,
+            crate::retention::task(
+                ctx.pool.clone(),
+                ctx.metrics.clone(),
+                config.reactor.sweep_interval,
+                crate::retention::Days {
+                    rows: config.reactor.retention_days,
+                    audit: config.reactor.audit_retention_days,
+                },
+                stop.child_token(),
+            ),
         );
         let (runner, runner_task) = if config.runner.tick_enabled {
             let term = Term {
@@ -105,7 +107,6 @@ impl Leadership {
             reactor,
             runner,
             runner_task,
-            retention_task,
             stop,
             abandon,
         })
@@ -118,6 +119,7 @@ impl Leadership {
             wheel: self.reactor.wheel.clone(),
             runner: self.runner.clone(),
             listening: self.reactor.listening.clone(),
+            tasks: self.reactor.task_states.clone(),
         }
     }
 
@@ -139,25 +141,7 @@ impl Leadership {
         if let Some(task) = self.runner_task {
             let _ = task.await;
         }
-        let _ = self.retention_task.await;
         self.reactor.stop().await;
-    }
-}
-
-/// The current term as others see it: its wheel, runner and listener state.
-#[derive(Clone)]
-pub struct LeaderView {
-    pub term_id: uuid::Uuid,
-    pub wheel: WheelHandle,
-    pub runner: Option<Arc<Runner>>,
-    /// True while the term's listener is registered.
-    pub listening: watch::Receiver<bool>,
-}
-
-impl LeaderView {
-    /// Waits until the term's listener is registered.
-    pub async fn wait_listening(&mut self) {
-        let _ = self.listening.wait_for(|up| *up).await;
     }
 }
 
@@ -193,7 +177,6 @@ async fn acquire_leadership(
 /// leads until the lock or the process goes.
 pub(super) struct Candidate {
     pub ctx: ServiceContext,
-    pub backend: Arc<ServiceBackend>,
     pub instance_id: uuid::Uuid,
     pub customize: Option<Customize>,
     pub terms: watch::Sender<Option<LeaderView>>,
@@ -244,16 +227,13 @@ impl Candidate {
         Leadership::start(&self.ctx, setup, term_id, reactor::Hooks::default()).await
     }
 
-    /// Tells the metrics, the HTTP backend and the `App` who leads now.
+    /// Publishes who leads now: the one state the HTTP backend and the
+    /// `App` read (and the `is_leader` gauge beside it).
     fn publish(&self, leadership: Option<&Leadership>, term_id: uuid::Uuid) {
         self.ctx
             .metrics
             .is_leader
             .set(i64::from(leadership.is_some()));
-        self.backend.set_leading(leadership.map(|l| Leading {
-            runner: l.runner.clone(),
-            wheel: l.reactor.wheel.clone(),
-        }));
         self.terms.send_replace(leadership.map(|l| l.view(term_id)));
     }
 }

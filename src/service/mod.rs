@@ -31,8 +31,9 @@ use crate::metrics::Metrics;
 use crate::schedule::clock::Clock;
 use crate::schedule::wheel::WheelHandle;
 
+pub use crate::backend::LeaderView;
 pub use crate::store::leader::LEADER_LOCK;
-pub use leader::{LeaderView, Leadership};
+pub use leader::Leadership;
 pub use setup::{llm_planner, load_catalog, load_grant_key, RunnerSetup};
 
 /// What every part of the service shares: its configuration, the pool and
@@ -98,7 +99,13 @@ impl App {
             metrics,
         };
         let tick_enabled = ctx.config.runner.tick_enabled;
-        let backend = ServiceBackend::new(ctx.pool.clone(), ctx.metrics.clone(), tick_enabled);
+        let (terms_tx, terms) = watch::channel(None);
+        let backend = ServiceBackend::new(
+            ctx.pool.clone(),
+            ctx.metrics.clone(),
+            tick_enabled,
+            terms.clone(),
+        );
         backend.set_sync_log(sync_log);
         let host = options
             .http_host
@@ -120,10 +127,8 @@ impl App {
             ctx.metrics.clone(),
             stop.clone(),
         ));
-        let (terms_tx, terms) = watch::channel(None);
         let candidate = leader::Candidate {
             ctx: ctx.clone(),
-            backend,
             instance_id,
             customize: options.customize_runner,
             terms: terms_tx,

@@ -8,10 +8,13 @@ use tokio::sync::mpsc;
 use crate::config::Config;
 use crate::crypto::GrantKey;
 use crate::metrics::Metrics;
+use crate::planner::deep_research::client::{POLL_TIMEOUT, SUBMIT_TIMEOUT};
+use crate::planner::deep_research::DeepResearchClient;
 use crate::planner::limiter::LimitConfig;
 use crate::planner::llm::{LimiterMetrics, LlmClient, LlmConfig};
 use crate::planner::research::{ResearchClient, DEFAULT_DISCOVER_TIMEOUT, DEFAULT_SEARCH_TIMEOUT};
 use crate::planner::ToolCatalog;
+use crate::run::deep::DeepResearch;
 use crate::run::{Planner, Runner, RunnerDeps};
 
 use super::{ServiceContext, Term};
@@ -89,6 +92,8 @@ pub struct RunnerSetup {
     pub catalog: ToolCatalog,
     pub grant_key: Option<GrantKey>,
     pub research: Option<ResearchClient>,
+    /// Deep research jobs, when `MANA_AI_DEEP_RESEARCH_ENABLED`.
+    pub deep_research: Option<DeepResearch>,
     /// See [`RunnerDeps::prompt_observer`].
     pub prompt_observer: Option<mpsc::UnboundedSender<crate::run::PromptSummary>>,
 }
@@ -115,6 +120,7 @@ impl RunnerSetup {
                 )
                 .map_err(|e| anyhow::anyhow!("MANA_API_URL: {e}"))?,
             ),
+            deep_research: deep_research(config, metrics)?,
             prompt_observer: None,
         })
     }
@@ -129,6 +135,7 @@ impl RunnerSetup {
             wheel: term.wheel.clone(),
             planner: self.planner,
             research: self.research,
+            deep_research: self.deep_research,
             catalog: self.catalog,
             grant_key: self.grant_key,
             default_tz: runner.default_timezone,
@@ -144,6 +151,29 @@ impl RunnerSetup {
             failpoint: failpoint_from_env(),
         })
     }
+}
+
+/// Deep research of a config, None when off. Its metrics' series are at 0
+/// from the start either way.
+fn deep_research(config: &Config, metrics: &Metrics) -> anyhow::Result<Option<DeepResearch>> {
+    let research = &config.research;
+    metrics.research_jobs.start_provider(&research.provider);
+    if !research.enabled {
+        return Ok(None);
+    }
+    let client = DeepResearchClient::new(
+        &research.url,
+        config.http.service_key.clone(),
+        &research.provider,
+        (SUBMIT_TIMEOUT, POLL_TIMEOUT),
+    )
+    .map_err(|e| anyhow::anyhow!("MANA_RESEARCH_URL: {e}"))?;
+    Ok(Some(DeepResearch {
+        client,
+        provider: research.provider.clone(),
+        poll_interval: research.poll_interval,
+        max_age: research.max_age,
+    }))
 }
 
 /// `MANA_AI_FAILPOINT`, read only by builds with the `test-hooks` feature

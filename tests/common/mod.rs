@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod logs;
+pub mod research;
 pub mod serve;
 
 use std::collections::HashMap;
@@ -25,14 +26,65 @@ use tokio_util::sync::CancellationToken;
 /// (fixtures/mana_sync_current.sql: `field_meta`, `origin`, `space_id`, the
 /// Space read policy) in place of v0.6's, and the kit installed on it.
 pub async fn setup_current() -> TestDb {
-    let mut t = setup().await;
-    t.db.use_current_generation().await.unwrap();
-    let admin = t.admin().await;
-    mana_ai::triggers::install(&admin, SERVICE_ROLE)
-        .await
-        .expect("install.sql on today's generation");
-    t.generation = Generation::Current;
-    t
+    log_if_asked();
+    from_template(Generation::Current).await
+}
+
+/// [`setup`] or [`setup_current`]: a test database of `generation`.
+pub async fn setup_in(generation: Generation) -> TestDb {
+    match generation {
+        Generation::V06 => setup().await,
+        Generation::Current => setup_current().await,
+    }
+}
+
+/// Runs each named test body (`async fn name(t: TestDb)`) once against a
+/// database of each generation of `sync_changes`: the test matrix of
+/// issue 18. Each body `name` becomes the tests `name::v0_6` and
+/// `name::current` (`cargo test name` runs both).
+///
+/// `both_generations!(bare: name, ...)` passes the `Generation` instead, for
+/// bodies that need a database without the kit ([`bare_db`]).
+#[macro_export]
+macro_rules! both_generations {
+    (bare: $($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn v0_6() {
+                super::$name(mana_ai::sync::generation::Generation::V06).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn current() {
+                super::$name(mana_ai::sync::generation::Generation::Current).await
+            }
+        }
+    )+};
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn v0_6() {
+                let generation = mana_ai::sync::generation::Generation::V06;
+                super::$name(super::common::setup_in(generation).await).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn current() {
+                let generation = mana_ai::sync::generation::Generation::Current;
+                super::$name(super::common::setup_in(generation).await).await
+            }
+        }
+    )+};
+}
+
+/// A test database with `sync_changes` of `generation` and nothing of
+/// mana-ai's installed (what a DBA finds before `install.sql`).
+pub async fn bare_db(generation: Generation) -> TempDb {
+    let db = TempDb::create(server(), "mana_ai_t").await.unwrap();
+    if generation == Generation::Current {
+        db.use_current_generation().await.unwrap();
+    }
+    db
 }
 
 pub fn server() -> &'static PgServer {
@@ -50,39 +102,109 @@ pub struct TestDb {
 }
 
 pub async fn setup() -> TestDb {
-    // RUST_LOG=mana_ai=debug cargo test -- --nocapture shows the service's logs.
+    log_if_asked();
+    from_template(Generation::V06).await
+}
+
+/// RUST_LOG=mana_ai=debug cargo test -- --nocapture shows the service's logs.
+fn log_if_asked() {
     if std::env::var_os("RUST_LOG").is_some() {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
             .try_init();
     }
-    setup_on(server()).await
 }
 
-/// [`setup`] on a given server (the TLS tests start their own).
+/// A clone of the generation's template ([`template`]).
+async fn from_template(generation: Generation) -> TestDb {
+    let template = template(generation).await;
+    let db = TempDb::from_template(server(), template, "mana_ai_t")
+        .await
+        .expect("test database");
+    TestDb::on(db, generation)
+}
+
+/// The template of `generation` on [`server`]: the fixture, the kit
+/// installed and the migrations applied once, not once per test. Named
+/// after a hash of all the SQL that made it, so it is never stale.
+async fn template(generation: Generation) -> &'static str {
+    static V06: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+    static CURRENT: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+    let cell = match generation {
+        Generation::V06 => &V06,
+        Generation::Current => &CURRENT,
+    };
+    cell.get_or_init(|| async move {
+        let name = template_name(generation);
+        server()
+            .template(&name, |db| async move {
+                if generation == Generation::Current {
+                    db.use_current_generation().await?;
+                }
+                kit_and_migrations(&db).await?;
+                Ok(db)
+            })
+            .await
+            .expect("the test template");
+        name
+    })
+    .await
+}
+
+fn template_name(generation: Generation) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(pgtemp::SYNC_FIXTURE);
+    hash.update(pgtemp::SYNC_FIXTURE_CURRENT);
+    hash.update(mana_ai::triggers::INSTALL_SQL);
+    for (_, _, sql) in mana_ai::db::migrate::MIGRATIONS {
+        hash.update(sql);
+    }
+    let hex: String = hash.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let generation = match generation {
+        Generation::V06 => "v06",
+        Generation::Current => "cur",
+    };
+    format!("{}{generation}_{hex}", pgtemp::TEMPLATE_PREFIX)
+}
+
+/// The kit installed as a DBA does and the migrations applied as the
+/// service does; every connection closed again.
+async fn kit_and_migrations(db: &TempDb) -> anyhow::Result<()> {
+    let admin = db.admin().await?;
+    mana_ai::triggers::install(&admin, SERVICE_ROLE).await?;
+    drop(admin);
+    let mut service = db.connect_as(SERVICE_ROLE).await?;
+    mana_ai::db::migrate::migrate(&mut service).await?;
+    Ok(())
+}
+
+/// [`setup`] on a given server (the TLS tests start their own), made the
+/// long way: no template there.
 pub async fn setup_on(server: &PgServer) -> TestDb {
     let db = TempDb::create(server, "mana_ai_t")
         .await
         .expect("test database");
-    let admin = db.admin().await.unwrap();
-    mana_ai::triggers::install(&admin, SERVICE_ROLE)
+    kit_and_migrations(&db)
         .await
-        .expect("install.sql");
-    let pool = mana_ai::db::pool(&db.url_as(SERVICE_ROLE), 4, "mana-ai-test", None).unwrap();
-    let mut client = pool.get().await.unwrap();
-    mana_ai::db::migrate::migrate(&mut client)
-        .await
-        .expect("migrations");
-    drop(client);
-    TestDb {
-        db,
-        pool,
-        generation: Generation::V06,
-    }
+        .expect("install.sql and the migrations");
+    TestDb::on(db, Generation::V06)
 }
 
 impl TestDb {
+    fn on(db: TempDb, generation: Generation) -> TestDb {
+        let pool = mana_ai::db::pool(&db.url_as(SERVICE_ROLE), 4, "mana-ai-test", None).unwrap();
+        TestDb {
+            db,
+            pool,
+            generation,
+        }
+    }
+
     /// Config as the service role. The safety sweep is an hour away unless a
     /// test overrides it, so whatever gets applied was announced by NOTIFY.
     pub fn config(&self, overrides: &[(&str, &str)]) -> Config {
@@ -95,7 +217,19 @@ impl TestDb {
         for (k, v) in overrides {
             env.insert(k.to_string(), v.to_string());
         }
-        let mut config = Config::from_lookup(|k| env.get(k).cloned()).expect("test config");
+        let read = std::cell::RefCell::new(std::collections::HashSet::new());
+        let mut config = Config::from_lookup(|k| {
+            read.borrow_mut().insert(k.to_string());
+            env.get(k).cloned()
+        })
+        .expect("test config");
+        // A misspelled or retired setting would be silently ignored.
+        for (k, _) in overrides {
+            assert!(
+                read.borrow().contains(*k),
+                "test override {k} is not a setting the config reads"
+            );
+        }
         config.generation = self.generation;
         config
     }
@@ -214,24 +348,49 @@ impl<'a> Change<'a> {
 }
 
 /// Inserts changes of one user in one transaction, as the sync server does:
-/// an ordinary role inside that user's RLS scope. A change whose `stamps`
-/// are `{}` gets every key of its `data` stamped now, as a browser stamps
-/// what it writes (an update key without a stamp never applies).
+/// an ordinary role inside that user's RLS scope.
+/// The stamp column goes with the database's generation (read from the
+/// catalog, as the service does), so one test body writes to either. A
+/// change whose `stamps` are `{}` gets every key of its `data` stamped now,
+/// as a browser stamps what it writes (an update key without a stamp never
+/// applies).
 pub async fn write(client: &mut tokio_postgres::Client, changes: &[Change<'_>]) {
     let user = changes[0].user;
     let tx = mana_ai::db::begin_user(client, user).await.unwrap();
+    let stamps = stamps_column(&tx).await;
+    let insert = format!(
+        "INSERT INTO sync_changes (app_id, table_name, record_id, user_id, op, data, {stamps}, client_id)
+         VALUES ('ai', $1, $2, $3, $4, $5, $6, 'test-browser')"
+    );
     for c in changes {
         assert_eq!(c.user, user, "one user per transaction");
-        let stamps = stamped(&c.data, &c.stamps);
+        let row_stamps = stamped(&c.data, &c.stamps);
         tx.execute(
-            "INSERT INTO sync_changes (app_id, table_name, record_id, user_id, op, data, field_timestamps, client_id)
-             VALUES ('ai', $1, $2, $3, $4, $5, $6, 'test-browser')",
-            &[&c.table, &c.record, &c.user, &c.op, &c.data, &stamps],
+            &insert,
+            &[&c.table, &c.record, &c.user, &c.op, &c.data, &row_stamps],
         )
         .await
         .unwrap();
     }
     tx.commit().await.unwrap();
+}
+
+/// `field_meta` (today's generation) or `field_timestamps` (v0.6's).
+pub async fn stamps_column(client: &impl tokio_postgres::GenericClient) -> &'static str {
+    let row = client
+        .query_one(
+            "SELECT EXISTS (SELECT FROM information_schema.columns
+                            WHERE table_schema = 'public' AND table_name = 'sync_changes'
+                              AND column_name = 'field_meta')",
+            &[],
+        )
+        .await
+        .unwrap();
+    if row.get(0) {
+        "field_meta"
+    } else {
+        "field_timestamps"
+    }
 }
 
 /// `stamps`, or when that is `{}`, every key of `data` stamped now (the
@@ -333,17 +492,18 @@ impl TestDb {
         self.count_as_admin(&sql).await
     }
 
-    /// The write-back rows mana-ai wrote for a mission, oldest first.
+    /// The write-back rows mana-ai wrote for a mission, oldest first:
+    /// `data`, the stamps (from either generation's column), `actor`,
+    /// `client_id`, `op`, `schema_version`.
     pub async fn writebacks(&self, user: &str, id: &str) -> Vec<tokio_postgres::Row> {
         let mut client = self.sync_client().await;
         let tx = mana_ai::db::begin_user(&mut client, user).await.unwrap();
-        tx.query(
-            "SELECT data, field_timestamps, actor, client_id, op, schema_version FROM sync_changes
-             WHERE record_id = $1 AND client_id = 'mana-ai-runner' ORDER BY created_at",
-            &[&id],
-        )
-        .await
-        .unwrap()
+        let stamps = self.generation.stamps_column();
+        let sql = format!(
+            "SELECT data, {stamps}, actor, client_id, op, schema_version FROM sync_changes
+             WHERE record_id = $1 AND client_id = 'mana-ai-runner' ORDER BY created_at"
+        );
+        tx.query(&sql, &[&id]).await.unwrap()
     }
 }
 

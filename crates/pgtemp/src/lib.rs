@@ -10,7 +10,8 @@
 //! process that started it exits, however it exits.
 //!
 //! Each caller then gets its own database ([`TempDb`]), dropped afterwards,
-//! and the roles that play the sync server and the mana-ai service.
+//! and the roles that play the sync server and the mana-ai service; tests
+//! clone theirs from a template made once ([`PgServer::template`]).
 //!
 //! Test and demo support only: the service binary never links it. It does
 //! not depend on `mana-ai`, so the library's own unit tests can use it.
@@ -19,6 +20,7 @@ mod cluster;
 pub mod discover;
 mod password;
 pub mod pgpass;
+mod template;
 
 use std::path::PathBuf;
 
@@ -28,6 +30,7 @@ use tokio_postgres::NoTls;
 use cluster::{cluster_user, command_as, start_cluster, start_cluster_with};
 pub use cluster::{find_pg_bin, ServerTls};
 pub use password::role_password;
+pub use template::TEMPLATE_PREFIX;
 
 /// The mana_sync side of the contract (section 1), for databases we create.
 pub const SYNC_FIXTURE: &str = include_str!("../../../fixtures/mana_sync.sql");

@@ -9,11 +9,13 @@
 
 pub mod fake_api;
 pub mod fake_llm;
+pub mod fake_research;
 pub mod gateway;
 pub mod http;
 
 pub use fake_api::FakeManaApi;
 pub use fake_llm::{FakeLlm, FakePrompt};
+pub use fake_research::FakeResearch;
 pub use http::{refused_url, FakeReply, RecordedRequest, TestServer};
 
 /// An environment lookup that knows exactly `pairs`, for functions that
