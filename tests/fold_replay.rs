@@ -5,12 +5,13 @@
 
 mod common;
 
-use common::{iso_in, setup, setup_current, TestDb};
+use common::{iso_in, setup, TestDb};
 use mana_ai::run::writeback::{iterations_source, IterationsSource};
-use mana_ai::sync::generation::Generation;
 use serde_json::{json, Value};
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
+
+both_generations!(the_write_back_extends_what_the_rows_give_in_order_when_a_queued_row_is_late);
 
 /// Inserts one mission row of `user` with `client` (inside the user's
 /// scope), the stamps in the generation's column; returns its id.
@@ -67,50 +68,44 @@ async fn iterations_of(t: &TestDb, user: &str, source: &IterationsSource) -> Val
 /// the earlier one commits after the later one was folded, and is still
 /// queued when a run writes back: the write-back extends the later
 /// device's value (what the browser holds), not the late row's.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_write_back_extends_what_the_rows_give_in_order_when_a_queued_row_is_late() {
-    for generation in [Generation::V06, Generation::Current] {
-        let t = match generation {
-            Generation::V06 => setup().await,
-            Generation::Current => setup_current().await,
-        };
-        let mut run = t.start(&[]).await;
-        let insert = json!({"title": "T", "state": "active", "iterations": []});
-        write_row(&t, "kim", "insert", insert, json!({})).await;
-        run.processed(1).await;
-        let at = json!({"iterations": iso_in(60)});
-        let mut early = t.sync_client().await;
-        let tx = mana_ai::db::begin_user(&mut early, "kim").await.unwrap();
-        let late_value = json!([{"id": "from-the-late-row"}]);
-        insert_row(
-            &tx,
-            &t,
-            "kim",
-            "update",
-            json!({"iterations": late_value}),
-            at.clone(),
-        )
-        .await;
-        let value = json!([{"id": "from-the-later-row"}]);
-        write_row(&t, "kim", "update", json!({"iterations": value}), at).await;
-        run.processed(2).await;
-        run.reactor.stop().await;
-        tx.commit().await.unwrap();
+async fn the_write_back_extends_what_the_rows_give_in_order_when_a_queued_row_is_late(t: TestDb) {
+    let generation = t.generation;
+    let mut run = t.start(&[]).await;
+    let insert = json!({"title": "T", "state": "active", "iterations": []});
+    write_row(&t, "kim", "insert", insert, json!({})).await;
+    run.processed(1).await;
+    let at = json!({"iterations": iso_in(60)});
+    let mut early = t.sync_client().await;
+    let tx = mana_ai::db::begin_user(&mut early, "kim").await.unwrap();
+    let late_value = json!([{"id": "from-the-late-row"}]);
+    insert_row(
+        &tx,
+        &t,
+        "kim",
+        "update",
+        json!({"iterations": late_value}),
+        at.clone(),
+    )
+    .await;
+    let value = json!([{"id": "from-the-later-row"}]);
+    write_row(&t, "kim", "update", json!({"iterations": value}), at).await;
+    run.processed(2).await;
+    run.reactor.stop().await;
+    tx.commit().await.unwrap();
 
-        let mut client = t.pool.get().await.unwrap();
-        let tx = mana_ai::db::begin_user(&mut client, "kim").await.unwrap();
-        let source = iterations_source(&tx, generation, "kim", "m1", 1 << 20)
-            .await
-            .unwrap();
-        tx.commit().await.unwrap();
-        assert_eq!(
-            iterations_of(&t, "kim", &source).await,
-            value,
-            "{generation:?}: {source:?}"
-        );
-        let folded = t.folded_mission("kim", "m1").await;
-        assert_eq!(folded["iterations"], value);
-    }
+    let mut client = t.pool.get().await.unwrap();
+    let tx = mana_ai::db::begin_user(&mut client, "kim").await.unwrap();
+    let source = iterations_source(&tx, generation, "kim", "m1", 1 << 20)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        iterations_of(&t, "kim", &source).await,
+        value,
+        "{generation:?}: {source:?}"
+    );
+    let folded = t.folded_mission("kim", "m1").await;
+    assert_eq!(folded["iterations"], value);
 }
 
 /// Past the replay limit (10,000 rows) a late row is folded where it
