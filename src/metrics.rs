@@ -244,22 +244,22 @@ impl Metrics {
                 &self.decrypt_failures,
                 crate::crypto::ValueError::AUDIT_REASONS.to_vec(),
             ),
-            (&self.agent_decisions, labels::decisions()),
+            (&self.agent_decisions, labels::DECISIONS.to_vec()),
             (&self.run_outcomes, labels::OUTCOMES.to_vec()),
             (&self.poison_changes, labels::POISON_REASONS.to_vec()),
             (&self.missions_stalled, labels::STALLS.to_vec()),
-            (&self.task_restarts, labels::tasks()),
-            (&self.rows_pruned, labels::pruned_tables()),
+            (&self.task_restarts, labels::TASKS.to_vec()),
+            (&self.rows_pruned, labels::PRUNED_TABLES.to_vec()),
         ];
         for (family, values) in families {
             for value in values {
                 family.with_label_values(&[value]).inc_by(0);
             }
         }
-        for task in labels::tasks() {
+        for task in labels::TASKS {
             self.task_up.with_label_values(&[task]).set(0);
         }
-        for tier in labels::tiers() {
+        for tier in labels::TIERS {
             self.run_queue_depth.with_label_values(&[tier]).set(0);
         }
     }
@@ -367,7 +367,11 @@ mod tests {
         }
         for (family, label, values) in [
             ("grant_skips_total", "reason", labels::grant_skips()),
-            ("agent_decisions_total", "decision", labels::decisions()),
+            (
+                "agent_decisions_total",
+                "decision",
+                labels::DECISIONS.to_vec(),
+            ),
             ("run_outcomes_total", "outcome", labels::OUTCOMES.to_vec()),
             (
                 "poison_changes_total",
@@ -375,10 +379,10 @@ mod tests {
                 labels::POISON_REASONS.to_vec(),
             ),
             ("missions_stalled_total", "reason", labels::STALLS.to_vec()),
-            ("task_restarts_total", "task", labels::tasks()),
-            ("task_up", "task", labels::tasks()),
-            ("run_queue_depth", "tier", labels::tiers()),
-            ("rows_pruned_total", "table", labels::pruned_tables()),
+            ("task_restarts_total", "task", labels::TASKS.to_vec()),
+            ("task_up", "task", labels::TASKS.to_vec()),
+            ("run_queue_depth", "tier", labels::TIERS.to_vec()),
+            ("rows_pruned_total", "table", labels::PRUNED_TABLES.to_vec()),
         ] {
             for value in values {
                 expected.push(format!("mana_ai_{family}{{{label}=\"{value}\"}} 0"));

@@ -1,17 +1,14 @@
 //! The label values known in advance, and the mapping of label values that
 //! come from user data onto a known set.
 //!
-//! Where the defining enum has a list of its values (`GrantSkip::ALL`,
-//! `GateDecision::ALL`, `Pruned::ALL`, `supervisor::TASKS`) it is used directly; otherwise the
-//! values are listed here and the tests below check, variant by variant,
-//! that each list matches its enum's `as_str`/`reason` (and fail to compile
-//! when a variant is added).
+//! A leaf: the modules that record into `Metrics` own the enums these
+//! values come from, so the values are listed here (importing those modules
+//! would make an import circle), and the tests below check, variant by
+//! variant, that each list matches its enum's `as_str`/`reason`/`label`
+//! (and fail to compile when a variant is added). Only the crypto core,
+//! which records nothing, is read directly (`GrantSkip::ALL`).
 
 use crate::crypto::GrantSkip;
-use crate::reactor::supervisor::TASKS;
-use crate::retention::Pruned;
-use crate::run::gates::GateDecision;
-use crate::schedule::fair::Tier;
 
 /// The label of every value outside a known set.
 pub const OTHER: &str = "other";
@@ -84,28 +81,36 @@ pub fn tables() -> Vec<&'static str> {
 }
 
 /// `agent_decisions_total{decision}`: every `run::gates::GateDecision`.
-pub fn decisions() -> Vec<&'static str> {
-    GateDecision::ALL.iter().map(|d| d.as_str()).collect()
-}
+pub const DECISIONS: &[&str] = &[
+    "ran",
+    "skipped-paused",
+    "skipped-archived",
+    "skipped-concurrency",
+    "skipped-budget",
+    "skipped-missing-agent",
+    "skipped-bad-policy",
+    "skipped-encrypted",
+    "skipped-research-pending",
+];
+
+/// `task_restarts_total{task}` and `task_up{task}`: every
+/// `reactor::supervisor::TaskName`.
+pub const TASKS: &[&str] = &["listener", "applier", "wheel", "retention"];
+
+/// `run_queue_depth{tier}`: every `schedule::fair::Tier`.
+pub const TIERS: &[&str] = &["on-time", "catch-up"];
+
+/// `rows_pruned_total{table}`: every `retention::Pruned`.
+pub const PRUNED_TABLES: &[&str] = &[
+    "token_usage",
+    "mission_runs",
+    "dead_changes",
+    "decrypt_audit",
+];
 
 /// `grant_skips_total{reason}`.
 pub fn grant_skips() -> Vec<&'static str> {
     GrantSkip::ALL.iter().map(|s| s.as_str()).collect()
-}
-
-/// `task_restarts_total{task}` and `task_up{task}`.
-pub fn tasks() -> Vec<&'static str> {
-    TASKS.iter().map(|t| t.as_str()).collect()
-}
-
-/// `run_queue_depth{tier}`.
-pub fn tiers() -> Vec<&'static str> {
-    Tier::ALL.iter().map(|t| t.as_str()).collect()
-}
-
-/// `rows_pruned_total{table}`.
-pub fn pruned_tables() -> Vec<&'static str> {
-    Pruned::ALL.iter().map(|t| t.label()).collect()
 }
 
 /// `agent_id` values of `tokens_used_total` with a series of their own.
@@ -269,6 +274,57 @@ mod tests {
         }
         let labels = all.iter().map(|s| s.as_str()).collect();
         assert_eq!(sorted(labels), sorted(STALLS.to_vec()));
+    }
+
+    #[test]
+    fn decisions_match_the_enum() {
+        use crate::run::gates::GateDecision::{self, *};
+        for d in GateDecision::ALL {
+            match d {
+                Ran
+                | SkippedPaused
+                | SkippedArchived
+                | SkippedConcurrency
+                | SkippedBudget
+                | SkippedMissingAgent
+                | SkippedBadPolicy
+                | SkippedEncrypted
+                | SkippedResearchPending => {}
+            }
+        }
+        let labels = GateDecision::ALL.iter().map(|d| d.as_str()).collect();
+        assert_eq!(sorted(labels), sorted(DECISIONS.to_vec()));
+    }
+
+    #[test]
+    fn tasks_tiers_and_pruned_tables_match_their_enums() {
+        use crate::reactor::supervisor::{TaskName, TASKS as ALL_TASKS};
+        use crate::retention::Pruned;
+        use crate::schedule::fair::Tier;
+        for t in ALL_TASKS {
+            match t {
+                TaskName::Listener | TaskName::Applier | TaskName::Wheel | TaskName::Retention => {}
+            }
+        }
+        let tasks = ALL_TASKS.iter().map(|t| t.as_str()).collect();
+        assert_eq!(sorted(tasks), sorted(TASKS.to_vec()));
+        for t in Tier::ALL {
+            match t {
+                Tier::OnTime | Tier::CatchUp => {}
+            }
+        }
+        let tiers = Tier::ALL.iter().map(|t| t.as_str()).collect();
+        assert_eq!(sorted(tiers), sorted(TIERS.to_vec()));
+        for p in Pruned::ALL {
+            match p {
+                Pruned::TokenUsage
+                | Pruned::MissionRuns
+                | Pruned::DeadChanges
+                | Pruned::DecryptAudit => {}
+            }
+        }
+        let pruned = Pruned::ALL.iter().map(|p| p.label()).collect();
+        assert_eq!(sorted(pruned), sorted(PRUNED_TABLES.to_vec()));
     }
 
     #[test]
