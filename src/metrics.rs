@@ -81,6 +81,8 @@ metrics! {
     snapshots_new: IntCounter = counter("snapshots_new_total", "Snapshot rows created (missions and agents)"),
     snapshots_updated: IntCounter = counter("snapshots_updated_total", "Snapshot rows updated (missions and agents)"),
     snapshot_rows_applied: IntCounter = counter("snapshot_rows_applied_total", "Change rows folded into snapshots"),
+    fold_replays: IntCounter = counter("fold_replays_total", "Records folded anew from their history because a change arrived out of order (a late row)"),
+    fold_replays_over_limit: IntCounter = counter("fold_replays_over_limit_total", "Late rows folded in arrival order because their record's history is over the replay limit (10000 rows)"),
     // -- timer wheel --
     armed_missions: IntGauge = int_gauge("armed_missions", "Missions armed in the timer wheel"),
     missions_due: IntCounter = counter("missions_due_total", "Timers fired: missions handed to the runner"),

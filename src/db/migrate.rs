@@ -30,6 +30,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("../../sql/0007_audit_retention.sql"),
     ),
     (
+        8,
+        "browser_fold",
+        include_str!("../../sql/0008_browser_fold.sql"),
+    ),
+    (
         9,
         "resolved_model",
         include_str!("../../sql/0009_resolved_model.sql"),

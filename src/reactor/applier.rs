@@ -15,8 +15,8 @@
 //! and never an error of the batch: change columns are decoded row by row
 //! (`decode`: JSON as bytes, its depth checked before serde_json, limit
 //! [`super::decode::MAX_CHANGE_DEPTH`] = 100 levels so that whatever passes can be
-//! stored in `fold_state`, two levels deeper, and read back within serde_json's
-//! 127), a snapshot that cannot be read back sets aside its record's changes
+//! stored in the snapshot's record and read back within serde_json's 127),
+//! a snapshot that cannot be read back sets aside its record's changes
 //! (`snapshot-unreadable`), a fold that panics sets aside its record's
 //! changes of the batch (`fold-panicked`, see `fold_batch`), and a check
 //! that panics its row (`check-panicked`).
@@ -276,7 +276,7 @@ impl Applier {
         let max_field_bytes = self.ctx.settings.max_field_bytes;
         let (valid, dead) = read_changes(tx.client, &st, &claimed, max_field_bytes).await?;
         phases.read = Instant::now();
-        let batch = fold_claimed(tx.client, &st, valid, dead).await?;
+        let batch = fold_claimed(tx.client, &st, &self.ctx.settings, valid, dead).await?;
         phases.folded = Instant::now();
         let updates = write_and_commit(&tx, &st, &batch).await?;
         phases.committed = Instant::now();
@@ -347,6 +347,10 @@ impl Applier {
         let metrics = &self.ctx.metrics;
         metrics.snapshots_new.inc_by(batch.created);
         metrics.snapshots_updated.inc_by(batch.changed);
+        metrics.fold_replays.inc_by(batch.replays);
+        metrics
+            .fold_replays_over_limit
+            .inc_by(batch.replays_over_limit);
         let now = self.ctx.clock.now();
         for queued in batch.applied.iter().map(|q| q.queued_at) {
             let latency = (now - queued).num_microseconds().unwrap_or(0).max(0);

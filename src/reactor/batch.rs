@@ -3,7 +3,7 @@
 //! the changed agents' missions read back) in one pipelined round trip.
 
 use super::batch_tx::BatchTx;
-use super::fold_batch::{self, fold_into, Groups};
+use super::fold_batch::{self, fold_rows, Groups};
 use super::outcome::ApplyError;
 use crate::schedule::wheel::{MissionKey, WheelUpdate};
 use crate::store::queue::{self, DeadChange, Prepared, QueueRow};
@@ -19,14 +19,19 @@ pub(super) struct FoldedBatch {
     pub(super) dead: Vec<DeadChange>,
     pub(super) created: u64,
     pub(super) changed: u64,
+    /// Records replayed from their history (a late row), and those of them
+    /// over the replay limit.
+    pub(super) replays: u64,
+    pub(super) replays_over_limit: u64,
 }
 
 /// Loads the snapshots of the batch's records and folds each record on its
 /// own: an unreadable snapshot or a panicking fold sets aside that record's
-/// rows, never the batch.
+/// rows, never the batch; a record a late row reached is replayed.
 pub(super) async fn fold_claimed(
     tx: &tokio_postgres::Client,
     st: &Prepared,
+    settings: &super::Settings,
     valid: Vec<(QueueRow, ValidChange)>,
     mut dead: Vec<DeadChange>,
 ) -> Result<FoldedBatch, ApplyError> {
@@ -49,18 +54,57 @@ pub(super) async fn fold_claimed(
         Kind::Mission,
         mission_keys,
         missions,
-        fold_into,
+        fold_rows,
     );
-    let agents = fold_batch::fold_records(&mut groups, Kind::Agent, agent_keys, agents, fold_into);
+    let agents = fold_batch::fold_records(&mut groups, Kind::Agent, agent_keys, agents, fold_rows);
     dead.extend(missions.dead.into_iter().chain(agents.dead));
-    Ok(FoldedBatch {
+    let mut batch = FoldedBatch {
         created: missions.created + agents.created,
         changed: missions.changed + agents.changed,
         applied: missions.applied.into_iter().chain(agents.applied).collect(),
         missions: missions.writes,
         agents: agents.writes,
         dead,
-    })
+        replays: 0,
+        replays_over_limit: 0,
+    };
+    for pending in missions.replays.into_iter().chain(agents.replays) {
+        replay_into(tx, st, settings, &mut batch, pending).await?;
+    }
+    Ok(batch)
+}
+
+/// Replays one record (`replay.rs`) and adds its write to the batch.
+async fn replay_into(
+    tx: &tokio_postgres::Client,
+    st: &Prepared,
+    settings: &super::Settings,
+    batch: &mut FoldedBatch,
+    mut pending: fold_batch::PendingReplay,
+) -> Result<(), ApplyError> {
+    let (kind, is_new) = (pending.kind, pending.is_new);
+    let queue = std::mem::take(&mut pending.queue);
+    let set_aside: Vec<uuid::Uuid> = (batch.dead.iter())
+        .filter(|d| d.queue.user_id == pending.key.0)
+        .filter(|d| d.record_id.as_deref() == Some(pending.key.1.as_str()))
+        .map(|d| d.queue.change_id)
+        .collect();
+    let (write, how) = super::replay::replay(tx, st, settings, pending, &set_aside).await?;
+    batch.replays += 1;
+    if how == super::replay::Replayed::OverLimit {
+        batch.replays_over_limit += 1;
+    }
+    if is_new {
+        batch.created += 1;
+    } else {
+        batch.changed += 1;
+    }
+    batch.applied.extend(queue);
+    match kind {
+        Kind::Mission => batch.missions.push(write),
+        Kind::Agent => batch.agents.push(write),
+    }
+    Ok(())
 }
 
 /// Writes the batch and commits; returns the wheel's updates: the written

@@ -15,10 +15,10 @@
 //!
 //! A change's `data` and `field_timestamps` may be at most
 //! [`MAX_CHANGE_DEPTH`] = 100 levels deep (the document itself is level 1).
-//! The fold stores a value two levels deeper than it sits in `data` (in
-//! `fold_state`, a first row's lost value sits at `r.u.<field>`), so stored
-//! snapshots are at most 102 deep, well inside the 127 that every reader
-//! of the snapshot tables can decode: the applier ([`MAX_STORED_DEPTH`]),
+//! The fold stores a value at the depth it sits in `data` (in the record;
+//! `fold_state` holds stamps, never values), so stored snapshots are at most
+//! 100 deep, well inside the 127 that every reader of the snapshot tables
+//! can decode: the applier ([`MAX_STORED_DEPTH`]),
 //! and the runner, the write-back and the HTTP routes, which read them with
 //! tokio-postgres' own decoder. Real mission and agent records are a few
 //! levels deep.
@@ -40,7 +40,7 @@ pub const MAX_CHANGE_DEPTH: usize = 100;
 /// tokio-postgres) decodes.
 pub const MAX_STORED_DEPTH: usize = 127;
 
-// A change's value sits at most two levels deeper in `fold_state`.
+// A change's value sits at the same depth in the snapshot (with room to spare).
 const _: () = assert!(MAX_CHANGE_DEPTH + 2 <= MAX_STORED_DEPTH);
 
 /// A `json` or `jsonb` value as its JSON text.

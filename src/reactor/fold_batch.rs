@@ -30,8 +30,24 @@ pub(crate) struct Folded {
     /// Queue rows whose change is in `writes`.
     pub applied: Vec<QueueRow>,
     pub dead: Vec<DeadChange>,
+    /// Records a late row reached: to be replayed from their history.
+    pub replays: Vec<PendingReplay>,
     pub created: u64,
     pub changed: u64,
+}
+
+/// A record whose batch rows could not all be folded on: `rows[..at]` are
+/// folded into `snapshot`, `rows[at]` came at or before its last row (or
+/// the stored state is stale).
+#[derive(Debug)]
+pub(crate) struct PendingReplay {
+    pub kind: Kind,
+    pub key: SnapshotKey,
+    pub queue: Vec<QueueRow>,
+    pub rows: Vec<ChangeRow>,
+    pub at: usize,
+    pub snapshot: Snapshot,
+    pub is_new: bool,
 }
 
 /// The snapshot keys of `kind` in `groups`, in order.
@@ -44,18 +60,19 @@ pub(crate) fn keys_of(groups: &Groups, kind: Kind) -> Vec<SnapshotKey> {
 }
 
 /// Folds every record of `kind` in `groups` (removing them) into its loaded
-/// snapshot with `fold`.
+/// snapshot with `fold`, its rows in fold order; a record `fold` refuses
+/// (the index of the first row it could not fold) goes to `replays`.
 pub(crate) fn fold_records(
     groups: &mut Groups,
     kind: Kind,
     keys: Vec<SnapshotKey>,
     mut existing: Loaded,
-    fold: impl Fn(SnapshotKey, Snapshot, &[ChangeRow]) -> SnapshotWrite,
+    fold: impl Fn(&str, &mut Snapshot, &[ChangeRow]) -> Result<(), usize>,
 ) -> Folded {
     let mut out = Folded::default();
     for key in keys {
-        let group = groups.remove(&(kind, key.clone())).unwrap_or_default();
-        let (snapshot, is_new) = match existing.remove(&key) {
+        let mut group = groups.remove(&(kind, key.clone())).unwrap_or_default();
+        let (mut snapshot, is_new) = match existing.remove(&key) {
             Some(Ok(snapshot)) => (snapshot, false),
             None => (Snapshot::default(), true),
             Some(Err(poison)) => {
@@ -63,11 +80,13 @@ pub(crate) fn fold_records(
                 continue;
             }
         };
-        let record_id = key.1.clone();
-        let folded = catch_unwind(AssertUnwindSafe(|| fold(key, snapshot, &group.rows)));
+        group.rows.sort_by_key(ChangeRow::order_key);
+        let folded = catch_unwind(AssertUnwindSafe(|| {
+            fold(&key.1, &mut snapshot, &group.rows)
+        }));
         match folded {
-            Ok(write) => {
-                out.writes.push(write);
+            Ok(Ok(())) => {
+                out.writes.push(snapshot_write(key, snapshot));
                 out.applied.extend(group.queue);
                 if is_new {
                     out.created += 1;
@@ -75,10 +94,19 @@ pub(crate) fn fold_records(
                     out.changed += 1;
                 }
             }
+            Ok(Err(at)) => out.replays.push(PendingReplay {
+                kind,
+                key,
+                queue: group.queue,
+                rows: group.rows,
+                at,
+                snapshot,
+                is_new,
+            }),
             Err(panic) => {
                 let message = super::supervisor::panic_message(&*panic);
                 tracing::error!(panic = %message, "the fold panicked; the record's changes of this batch are set aside");
-                set_aside(&mut out.dead, group.queue, &record_id, Poison::FoldPanicked);
+                set_aside(&mut out.dead, group.queue, &key.1, Poison::FoldPanicked);
             }
         }
     }
@@ -93,21 +121,47 @@ fn set_aside(dead: &mut Vec<DeadChange>, queue: Vec<QueueRow>, record_id: &str, 
     }));
 }
 
-/// Folds `rows` into a snapshot and prepares its write.
-pub(crate) fn fold_into(
-    key: SnapshotKey,
-    mut snapshot: Snapshot,
+/// Folds `rows` (in fold order) onto a snapshot; the index of the first
+/// row that needs a replay of the record, the rows before it folded.
+pub(crate) fn fold_rows(
+    record_id: &str,
+    snapshot: &mut Snapshot,
     rows: &[ChangeRow],
-) -> SnapshotWrite {
-    let (user_id, record_id) = key;
-    for row in rows {
-        snapshot.fold.apply(&record_id, &mut snapshot.record, row);
-        snapshot.change_count += 1;
-        snapshot.last_applied_at = Some(match snapshot.last_applied_at {
-            Some(t) if t > row.created_at => t,
-            _ => row.created_at,
-        });
+) -> Result<(), usize> {
+    for (i, row) in rows.iter().enumerate() {
+        if snapshot
+            .fold
+            .apply(record_id, &mut snapshot.record, row)
+            .is_err()
+        {
+            return Err(i);
+        }
+        count(snapshot, row);
     }
+    Ok(())
+}
+
+/// Folds `rows` onto a snapshot as if each came last (a replay refused).
+pub(crate) fn fold_rows_as_last(record_id: &str, snapshot: &mut Snapshot, rows: &[ChangeRow]) {
+    for row in rows {
+        snapshot
+            .fold
+            .apply_as_last(record_id, &mut snapshot.record, row);
+        count(snapshot, row);
+    }
+}
+
+/// One more row in a snapshot's counters.
+pub(crate) fn count(snapshot: &mut Snapshot, row: &ChangeRow) {
+    snapshot.change_count += 1;
+    if snapshot.last_applied_at.is_none_or(|t| t < row.created_at) {
+        snapshot.last_applied_at = Some(row.created_at);
+    }
+}
+
+/// A folded snapshot's write.
+pub(crate) fn snapshot_write(key: SnapshotKey, snapshot: Snapshot) -> SnapshotWrite {
+    let (user_id, record_id) = key;
     let text = |field: &str| match snapshot.record.get(field) {
         Some(Value::String(s)) => Some(s.clone()),
         _ => None,
@@ -152,24 +206,9 @@ mod tests {
         }
     }
 
-    fn write(key: SnapshotKey) -> SnapshotWrite {
-        SnapshotWrite {
-            user_id: key.0,
-            record_id: key.1,
-            record: serde_json::json!({}),
-            fold: serde_json::json!({}),
-            deleted: false,
-            state: None,
-            next_run_at: None,
-            next_run_ts: None,
-            agent_id: None,
-            change_count: 1,
-            last_applied_at: chrono::Utc::now(),
-        }
-    }
-
     /// A record whose fold panics, one whose snapshot is unreadable, two
-    /// that fold: only the first two records' rows are set aside.
+    /// that fold, one that needs a replay: only the first two records' rows
+    /// are set aside, the last one's wait for its replay.
     #[test]
     fn a_panicking_fold_and_an_unreadable_snapshot_set_aside_their_record_only() {
         let mut groups = Groups::new();
@@ -190,6 +229,11 @@ mod tests {
             .or_default()
             .queue
             .push(queue(5, "d"));
+        groups
+            .entry((Kind::Mission, ("e".into(), "m5".into())))
+            .or_default()
+            .queue
+            .push(queue(6, "e"));
         let mut existing = Loaded::new();
         let unreadable = Poison::SnapshotUnreadable {
             column: "fold_state",
@@ -198,11 +242,14 @@ mod tests {
         existing.insert(("c".into(), "m3".into()), Err(unreadable.clone()));
         existing.insert(("b".into(), "m2".into()), Ok(Snapshot::default()));
         let keys = keys_of(&groups, Kind::Mission);
-        let folded = fold_records(&mut groups, Kind::Mission, keys, existing, |key, _, _| {
-            if key.0 == "a" {
+        let folded = fold_records(&mut groups, Kind::Mission, keys, existing, |id, _, _| {
+            if id == "m1" {
                 panic!("a bug in the fold");
             }
-            write(key)
+            if id == "m5" {
+                return Err(0);
+            }
+            Ok(())
         });
         assert!(groups.is_empty());
         let dead: Vec<(i64, Poison)> = folded
@@ -222,5 +269,15 @@ mod tests {
         assert_eq!(applied, [2, 5]);
         assert_eq!((folded.created, folded.changed), (1, 1));
         assert_eq!(folded.writes.len(), 2);
+        let replays: Vec<(&str, usize, Vec<i64>)> = (folded.replays.iter())
+            .map(|r| {
+                (
+                    r.key.1.as_str(),
+                    r.at,
+                    r.queue.iter().map(|q| q.id).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(replays, [("m5", 0, vec![6])]);
     }
 }

@@ -1,7 +1,7 @@
 //! The reactor: listener -> applier -> snapshots -> timer wheel.
 //!
-//! [`start`] measures the database clock, rebuilds the snapshots migration
-//! 0003 listed (once, see `rebuild.rs`), rebuilds the wheel from
+//! [`start`] measures the database clock, rebuilds the snapshots migrations
+//! 0003 and 0008 listed (once, see `rebuild.rs`), rebuilds the wheel from
 //! `mission_snapshots`, then starts the applier (which drains at once) and
 //! the listener (which wakes the applier on every notification and after
 //! every successful LISTEN). Due missions go to the channel the caller gives.
@@ -19,6 +19,8 @@ pub mod low_water;
 pub mod outcome;
 mod read;
 pub mod rebuild;
+mod replay;
+pub use replay::MAX_REPLAY_ROWS;
 mod set_aside;
 pub mod supervisor;
 mod wheel_task;

@@ -1,6 +1,7 @@
 //! Rebuilds snapshots from their change history: the users listed in
-//! `mana_ai.fold_rebuild` (migration 0003 lists every user whose snapshots
-//! were folded by the rule before issue 8; see the header of `sync/fold.rs`).
+//! `mana_ai.fold_rebuild` (migrations 0003 and 0008 list every user whose
+//! snapshots were folded by an earlier rule, issue 8's and issue 18's; see
+//! the header of `sync/fold.rs`).
 //!
 //! The leader runs it once at start, before it rebuilds the wheel and starts
 //! the applier, so nothing else writes snapshots meanwhile. One REPEATABLE
@@ -20,7 +21,7 @@ use deadpool_postgres::Pool;
 use tokio_postgres::{IsolationLevel, Row, Statement, Transaction};
 
 use super::decode::RowError;
-use super::fold_batch::fold_into;
+use super::fold_batch::{count, snapshot_write};
 use crate::store::history;
 use crate::store::queue::Prepared;
 use crate::store::snapshots::{self, Snapshot, SnapshotWrite};
@@ -154,11 +155,15 @@ fn raw_change(row: &Row, seq: i64) -> Result<RawChange, RowError> {
 }
 
 /// One row into a snapshot being rebuilt, counted as the applier counts.
+/// The rows come in fold order with rising `seq`s, so none is late; a row
+/// given twice would be, and changes nothing the second time.
 fn fold_row(record_id: &str, snapshot: &mut Snapshot, row: &crate::sync::fold::ChangeRow) {
-    snapshot.fold.apply(record_id, &mut snapshot.record, row);
-    snapshot.change_count += 1;
-    if snapshot.last_applied_at.is_none_or(|t| t < row.created_at) {
-        snapshot.last_applied_at = Some(row.created_at);
+    if snapshot
+        .fold
+        .apply(record_id, &mut snapshot.record, row)
+        .is_ok()
+    {
+        count(snapshot, row);
     }
 }
 
@@ -172,7 +177,7 @@ struct Writes {
 
 impl Writes {
     fn push(&mut self, user: &str, (kind, id, snapshot): Current) {
-        let write = fold_into((user.to_owned(), id), snapshot, &[]);
+        let write = snapshot_write((user.to_owned(), id), snapshot);
         self.records += 1;
         match kind {
             Kind::Mission => self.missions.push(write),

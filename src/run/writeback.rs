@@ -17,8 +17,6 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 use tokio_postgres::Transaction;
 
-use std::collections::HashMap;
-
 use super::claim::{self, Slot};
 use crate::reactor::decode::RowError;
 use crate::store::{
@@ -173,8 +171,11 @@ async fn iterations_over_limit(
 
 /// Folds the snapshot and the queued changes with markers in place of the
 /// iterations (the fold decides by stamps, never by value) and says which
-/// marker won. The queue is read first, so a change applied in between is
-/// folded twice, which the fold ignores, rather than missed.
+/// marker won. The snapshot is locked first, then the queue read: a batch
+/// that committed before the lock is in the snapshot and off the queue, one
+/// still running waits for this transaction, so no row is folded twice. A
+/// queued row that comes at or before the snapshot's last row (or a stale
+/// fold state) makes it replay the mission from `sync_changes`.
 pub async fn iterations_source(
     tx: &Transaction<'_>,
     generation: Generation,
@@ -183,14 +184,14 @@ pub async fn iterations_source(
     max_field_bytes: usize,
 ) -> anyhow::Result<IterationsSource> {
     let marker = uuid::Uuid::new_v4().to_string();
+    let snapshot = store::writeback::snapshot_marked(tx, user_id, mission_id, &marker).await?;
     // change id -> queue id, the rows' insertion order for the fold.
     let seqs = store::writeback::queued_mission_changes(tx, user_id).await?;
-    let snapshot = store::writeback::snapshot_marked(tx, user_id, mission_id, &marker).await?;
     let (mut record, mut fold) = match snapshot {
         Some(MarkedSnapshot {
             record: Value::Object(map),
             fold_state,
-        }) => (map, serde_json::from_value(fold_state).unwrap_or_default()),
+        }) => (map, FoldState::decode(fold_state)),
         _ => (Map::new(), FoldState::default()),
     };
     if !seqs.is_empty() {
@@ -200,36 +201,76 @@ pub async fn iterations_source(
                 .await?;
         let mut pending = Vec::new();
         for marked in &changes {
-            if let Some(row) = foldable(tx, user_id, marked, &seqs, max_field_bytes).await? {
+            if let Some(mut row) = foldable(tx, user_id, marked, max_field_bytes).await? {
+                row.seq = seqs.get(&row.id).copied().unwrap_or_default();
                 pending.push(row);
             }
         }
-        pending.sort_by_key(|row| (row.created_at, row.seq));
-        for row in &pending {
-            fold.apply(mission_id, &mut record, row);
+        pending.sort_by_key(ChangeRow::order_key);
+        for (i, row) in pending.iter().enumerate() {
+            if fold.apply(mission_id, &mut record, row).is_err() {
+                let ctx = (tx, generation, user_id, mission_id, max_field_bytes);
+                return replayed_source(ctx, &marker, &mut fold, &mut record, &pending[i..]).await;
+            }
         }
     }
     marker_source(record.remove("iterations"), &marker)
 }
 
-/// A queued row as the fold takes it, or None when the applier will set it
-/// aside (then it is not folded here either).
+/// [`iterations_source`] by a replay of every row of the mission not set
+/// aside; over the replay limit, `rest` folded on top as if it came last.
+async fn replayed_source(
+    (tx, generation, user_id, mission_id, max_field_bytes): (
+        &Transaction<'_>,
+        Generation,
+        &str,
+        &str,
+        usize,
+    ),
+    marker: &str,
+    fold: &mut FoldState,
+    record: &mut Map<String, Value>,
+    rest: &[ChangeRow],
+) -> anyhow::Result<IterationsSource> {
+    let limit = crate::reactor::MAX_REPLAY_ROWS;
+    let history =
+        store::writeback::history_marked(tx, generation, user_id, mission_id, marker, limit + 1)
+            .await?;
+    if history.len() as i64 > limit {
+        for row in rest {
+            fold.apply_as_last(mission_id, record, row);
+        }
+        return marker_source(record.remove("iterations"), marker);
+    }
+    let mut rows = Vec::with_capacity(history.len());
+    for (seq, marked) in (0..).zip(&history) {
+        if let Some(mut row) = foldable(tx, user_id, marked, max_field_bytes).await? {
+            row.seq = seq;
+            rows.push(row);
+        }
+    }
+    let mut replayed = crate::sync::fold::replay_state(mission_id, &rows)
+        .map(|(_, record)| record)
+        .unwrap_or_default();
+    marker_source(replayed.remove("iterations"), marker)
+}
+
+/// A change row as the fold takes it (`seq` left 0), or None when the
+/// applier will set it aside (then it is not folded here either).
 async fn foldable(
     tx: &Transaction<'_>,
     user_id: &str,
     marked: &MarkedChange,
-    seqs: &HashMap<uuid::Uuid, i64>,
     max_field_bytes: usize,
 ) -> anyhow::Result<Option<ChangeRow>> {
     if iterations_over_limit(tx, user_id, marked, max_field_bytes).await? {
         return Ok(None);
     }
-    let mut raw = match crate::store::history::raw_change(&marked.row) {
+    let raw = match crate::store::history::raw_change(&marked.row) {
         Ok(raw) => raw,
         Err(RowError::Poison(_)) => return Ok(None),
         Err(RowError::Systemic(e)) => return Err(e.into()),
     };
-    raw.seq = seqs.get(&raw.id).copied().unwrap_or_default();
     Ok(change::validate(raw, max_field_bytes).ok().map(|v| v.row))
 }
 

@@ -1,6 +1,7 @@
 //! The change log, `public.sync_changes` (the sync server's table), as the
 //! reactor reads it: the claimed changes of a batch, a record's full history
-//! for a replay ([`fold_record`]), a user's history for the start-up rebuild,
+//! for a replay ([`fold_record`], and the applier's replay of a record a late
+//! row reached), a user's history for the start-up rebuild,
 //! and the rebuild's to-do list `mana_ai.fold_rebuild`.
 //!
 //! `sync_changes` is read only after the transaction has been scoped to the
@@ -213,6 +214,36 @@ pub(crate) fn user_history_sql(generation: Generation) -> String {
            AND NOT EXISTS (SELECT 1 FROM mana_ai.change_queue q WHERE q.change_id = c.id)
            AND NOT EXISTS (SELECT 1 FROM mana_ai.dead_changes d WHERE d.change_id = c.id)
          ORDER BY c.table_name, c.record_id, {REPLAY_ORDER}"
+    )
+}
+
+/// One mission's or agent's rows in fold order (`$1` user, `$2` table,
+/// `$3` record), without the rows still queued or set aside (also `$6`, the
+/// batch's own rows it sets aside), at most `$4`: the applier's replay of a
+/// record a late row reached, in the batch's transaction (whose claim has
+/// taken its own rows off the queue) and the user's scope. A mission's
+/// `iterations`, which every write-back repeats whole, come as the marker
+/// `{"mana-ai-source": $5, "from": <change id>}` (the fold decides by
+/// stamps, never by that value), so a replay reads each row's other fields
+/// only. The columns are [`READ_CHANGES`]'s, for [`raw_change`].
+pub(crate) fn record_replay_sql(generation: Generation) -> String {
+    let stamps = generation.stamps_column();
+    format!(
+        "SELECT c.id, c.app_id, c.table_name, c.record_id, c.op,
+                CASE WHEN jsonb_typeof(c.data) = 'object' AND c.data ? 'iterations'
+                     THEN jsonb_set(c.data, '{{iterations}}',
+                                    jsonb_build_object('mana-ai-source', $5::text, 'from', c.id::text))
+                     ELSE c.data END AS data,
+                c.{stamps} AS field_timestamps, c.created_at,
+                EXISTS (SELECT 1 FROM mana_ai.mission_runs r WHERE r.change_id = c.id)
+                  AS own_writeback
+         FROM public.sync_changes c
+         WHERE c.user_id = $1 AND c.app_id = 'ai' AND c.table_name = $2 AND c.record_id = $3
+           AND c.id <> ALL($6::uuid[])
+           AND NOT EXISTS (SELECT 1 FROM mana_ai.change_queue q WHERE q.change_id = c.id)
+           AND NOT EXISTS (SELECT 1 FROM mana_ai.dead_changes d WHERE d.change_id = c.id)
+         ORDER BY {REPLAY_ORDER}
+         LIMIT $4"
     )
 }
 

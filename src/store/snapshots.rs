@@ -126,11 +126,10 @@ fn snapshot_from_row(row: &Row) -> Result<Snapshot, RowError> {
         Value::Object(map) => map,
         _ => Map::new(),
     };
-    // A fold state of another shape (another version's) is rebuilt from the
-    // record's current values; it only costs tie-break precision on that
-    // record. One that is not decodable JSON at all is unreadable.
-    let fold = decode::stored_json(row, "fold_state")?;
-    let fold: FoldState = serde_json::from_value(fold).unwrap_or_default();
+    // A fold state of another version's shape is stale: the next row folded
+    // into it replays the record from its history. One that is not
+    // decodable JSON at all is unreadable.
+    let fold = FoldState::decode(decode::stored_json(row, "fold_state")?);
     Ok(Snapshot {
         record,
         fold,

@@ -60,12 +60,13 @@ pub(crate) async fn snapshot_marked(
     .transpose()
 }
 
-/// Queued change rows of one record with their `iterations` replaced by a
-/// marker naming the row: the columns of `store::history::READ_CHANGES`,
-/// then the length of the iterations as jsonb text (never shorter than the
-/// compact JSON the field limit counts).
+/// Change rows with their `iterations` replaced by a marker naming the row:
+/// the columns of `store::history::READ_CHANGES`, then the length of the
+/// iterations as jsonb text (never shorter than the compact JSON the field
+/// limit counts). `$2` is the record, `$3` the marker, `$4` the user; the
+/// rows are chosen by `$where` (with `$1`).
 macro_rules! changes_marked_sql {
-    ($stamps:literal) => {
+    ($stamps:literal, $where:expr) => {
         concat!(
             "SELECT c.id, c.app_id, c.table_name, c.record_id, c.op,
         CASE WHEN jsonb_typeof(c.data) = 'object' AND c.data ? 'iterations'
@@ -77,11 +78,21 @@ macro_rules! changes_marked_sql {
         EXISTS (SELECT 1 FROM mana_ai.mission_runs r WHERE r.change_id = c.id) AS own_writeback,
         CASE WHEN jsonb_typeof(c.data) = 'object' THEN octet_length((c.data->'iterations')::text) END
           AS iterations_len
-     FROM public.sync_changes c WHERE c.id = ANY($1) AND c.record_id = $2 AND c.user_id = $4"
+     FROM public.sync_changes c WHERE c.record_id = $2 AND c.user_id = $4 AND ",
+            $where
         )
     };
 }
 
+/// Every row of the mission not set aside, in `store::history::REPLAY_ORDER`
+/// (spelled out: a macro takes literals only), at most `$1`.
+macro_rules! history_where {
+    () => {
+        "c.app_id = 'ai' AND c.table_name = 'aiMissions'
+       AND NOT EXISTS (SELECT 1 FROM mana_ai.dead_changes d WHERE d.change_id = c.id)
+     ORDER BY created_at, cmin::text::bigint, ctid LIMIT $1"
+    };
+}
 /// A queued change row with its `iterations` marked.
 pub(crate) struct MarkedChange {
     /// With the columns of `store::history::READ_CHANGES` (its decoder reads it).
@@ -103,21 +114,46 @@ pub(crate) async fn changes_marked(
     let rows = client
         .query(
             match generation {
-                Generation::V06 => changes_marked_sql!("field_timestamps"),
-                Generation::Current => changes_marked_sql!("field_meta"),
+                Generation::V06 => changes_marked_sql!("field_timestamps", "c.id = ANY($1)"),
+                Generation::Current => changes_marked_sql!("field_meta", "c.id = ANY($1)"),
             },
             &[&change_ids, &mission_id, &marker, &user_id],
         )
         .await?;
-    rows.into_iter()
-        .map(|row| {
-            Ok(MarkedChange {
-                own_writeback: row.try_get("own_writeback")?,
-                iterations_len: row.try_get("iterations_len")?,
-                row,
-            })
+    rows.into_iter().map(MarkedChange::from_row).collect()
+}
+
+impl MarkedChange {
+    fn from_row(row: Row) -> Result<MarkedChange, tokio_postgres::Error> {
+        Ok(MarkedChange {
+            own_writeback: row.try_get("own_writeback")?,
+            iterations_len: row.try_get("iterations_len")?,
+            row,
         })
-        .collect()
+    }
+}
+
+/// Every row of a mission that is not set aside (queued ones too), in
+/// replay order, at most `limit`, `iterations` marked: the write-back's
+/// replay when a queued row is late for the snapshot's fold state.
+pub(crate) async fn history_marked(
+    client: &impl GenericClient,
+    generation: Generation,
+    user_id: &str,
+    mission_id: &str,
+    marker: &str,
+    limit: i64,
+) -> Result<Vec<MarkedChange>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            match generation {
+                Generation::V06 => changes_marked_sql!("field_timestamps", history_where!()),
+                Generation::Current => changes_marked_sql!("field_meta", history_where!()),
+            },
+            &[&limit, &mission_id, &marker, &user_id],
+        )
+        .await?;
+    rows.into_iter().map(MarkedChange::from_row).collect()
 }
 
 /// `data.iterations` of one change row of `user_id` (None when it has none,

@@ -350,7 +350,10 @@ impl<'a> Change<'a> {
 /// Inserts changes of one user in one transaction, as the sync server does:
 /// an ordinary role inside that user's RLS scope.
 /// The stamp column goes with the database's generation (read from the
-/// catalog, as the service does), so one test body writes to either.
+/// catalog, as the service does), so one test body writes to either. A
+/// change whose `stamps` are `{}` gets every key of its `data` stamped now,
+/// as a browser stamps what it writes (an update key without a stamp never
+/// applies).
 pub async fn write(client: &mut tokio_postgres::Client, changes: &[Change<'_>]) {
     let user = changes[0].user;
     let tx = mana_ai::db::begin_user(client, user).await.unwrap();
@@ -361,9 +364,10 @@ pub async fn write(client: &mut tokio_postgres::Client, changes: &[Change<'_>]) 
     );
     for c in changes {
         assert_eq!(c.user, user, "one user per transaction");
+        let row_stamps = stamped(&c.data, &c.stamps);
         tx.execute(
             &insert,
-            &[&c.table, &c.record, &c.user, &c.op, &c.data, &c.stamps],
+            &[&c.table, &c.record, &c.user, &c.op, &c.data, &row_stamps],
         )
         .await
         .unwrap();
@@ -387,6 +391,20 @@ pub async fn stamps_column(client: &impl tokio_postgres::GenericClient) -> &'sta
     } else {
         "field_timestamps"
     }
+}
+
+/// `stamps`, or when that is `{}`, every key of `data` stamped now (the
+/// test's clock, as `toISOString()` writes it).
+pub fn stamped(data: &Value, stamps: &Value) -> Value {
+    if stamps != &serde_json::json!({}) {
+        return stamps.clone();
+    }
+    let now = iso_in(0);
+    let keys = data.as_object().into_iter().flat_map(|map| map.keys());
+    Value::Object(
+        keys.map(|key| (key.clone(), Value::String(now.clone())))
+            .collect(),
+    )
 }
 
 pub fn iso_in(seconds: i64) -> String {

@@ -69,15 +69,23 @@ pub fn agent(rng: &mut Rng, n: u64) -> (Value, Value) {
     (Value::Object(data.clone()), stamps(rng, &data))
 }
 
-/// Field stamps 30 % of the time: each a little in the past or future.
+/// Field stamps as a browser writes them, one per key: now, or 30 % of the
+/// time a device's clock a little in the past or future; one edit in twenty
+/// leaves a key unstamped (which changes nothing, contract section 2).
 fn stamps(rng: &mut Rng, data: &serde_json::Map<String, Value>) -> Value {
-    if !rng.chance(0.3) {
-        return json!({});
-    }
+    let skewed = rng.chance(0.3);
     let mut out = serde_json::Map::new();
     for key in data.keys() {
-        let offset = rng.range(0, 120_000) as i64 - 60_000;
+        let offset = if skewed {
+            rng.range(0, 120_000) as i64 - 60_000
+        } else {
+            0
+        };
         out.insert(key.clone(), json!(iso_in_ms(offset)));
+    }
+    if rng.chance(0.05) {
+        let first = out.keys().next().cloned();
+        first.map(|key| out.remove(&key));
     }
     Value::Object(out)
 }

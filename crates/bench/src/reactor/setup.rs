@@ -115,17 +115,21 @@ pub fn next_run_tomorrow() -> String {
 }
 
 /// One user's changes in one transaction, as the sync server writes a
-/// multi-row push: `per_mission` updates of each of `missions` missions. The
+/// multi-row push: `per_mission` updates of each of `missions` missions,
+/// every field stamped (a key without a stamp changes nothing). The
 /// trigger queues every row (FOR EACH ROW). Mission ids are those of
 /// [`mission_id`], so repeated calls hit the same missions.
 const QUEUE_USER_CHANGES: &str = "
     INSERT INTO public.sync_changes
-        (app_id, table_name, record_id, user_id, op, data, client_id, created_at)
+        (app_id, table_name, record_id, user_id, op, data, field_timestamps, client_id, created_at)
     SELECT 'ai', 'aiMissions', lpad(to_hex(g % $2), 8, '0') || substr($1::text, 9), $1::text, 'update',
            jsonb_build_object('title', 'Mission ' || g, 'state', 'active',
                               'nextRunAt', $3::text, 'objective', repeat('x', 200)),
+           jsonb_build_object('title', at, 'state', at, 'nextRunAt', at, 'objective', at),
            'reactor-bench', clock_timestamp()
-    FROM generate_series(1, $4::int) AS g";
+    FROM generate_series(1, $4::int) AS g,
+         LATERAL (SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC',
+                                 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS at) stamp";
 
 /// Queues `users x missions x per_mission` changes over `conns` sync-role
 /// connections; returns how many.
@@ -181,8 +185,12 @@ impl ChangeWriter {
         let insert = client
             .prepare(
                 "INSERT INTO public.sync_changes
-                    (app_id, table_name, record_id, user_id, op, data, client_id)
-                 VALUES ($1, $2, $3, $4, 'update', $5, 'reactor-bench')
+                    (app_id, table_name, record_id, user_id, op, data, field_timestamps, client_id)
+                 SELECT $1, $2, $3, $4, 'update', $5,
+                        (SELECT coalesce(jsonb_object_agg(k, to_char(now() AT TIME ZONE 'UTC',
+                                   'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')), '{}')
+                         FROM jsonb_object_keys($5) k),
+                        'reactor-bench'
                  RETURNING id",
             )
             .await?;
