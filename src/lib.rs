@@ -55,6 +55,7 @@ pub mod privilege;
 pub mod reactor;
 pub mod retention;
 pub mod run;
+pub mod run_record;
 pub mod schedule;
 pub mod service;
 pub(crate) mod store;

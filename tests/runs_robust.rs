@@ -473,7 +473,7 @@ async fn the_writeback_appends_to_a_queued_browser_history_and_is_known_as_its_o
     let slot = Slot {
         user_id: "ned".into(),
         mission_id: "m1".into(),
-        slot: "2026-01-01T00:00:00.000Z".into(),
+        due_at: "2026-01-01T00:00:00.000Z".into(),
     };
     let instance = uuid::Uuid::new_v4();
     let Claim::Claimed { token: stale, .. } =
@@ -496,7 +496,7 @@ async fn the_writeback_appends_to_a_queued_browser_history_and_is_known_as_its_o
         objective: "o".into(),
         now: chrono::Utc::now(),
         tokens_used: 0,
-        outcome: "written",
+        outcome: mana_ai::run_record::RunOutcome::Written,
         max_field_bytes: 4000,
         generation: t.generation,
         space_id: None,

@@ -44,6 +44,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "research_jobs",
         include_str!("../../sql/0010_research_jobs.sql"),
     ),
+    (
+        11,
+        "run_outcomes",
+        include_str!("../../sql/0011_run_outcomes.sql"),
+    ),
 ];
 
 /// Arbitrary constant: the advisory lock key of migrations ("manaaimi").

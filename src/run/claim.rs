@@ -20,10 +20,11 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
-use super::phase::Phase;
 use crate::backoff::Backoff;
-use crate::store::runs::{self, ClaimRow, RunState};
-pub use crate::store::runs::{RecentRun, Slot};
+pub use crate::run_record::Slot;
+use crate::run_record::{Phase, RunOutcome, RunState};
+pub use crate::store::runs::RecentRun;
+use crate::store::runs::{self, ClaimRow};
 
 /// What claiming a slot found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,8 +57,8 @@ pub async fn claim(
     Ok(match runs::claim(client, slot, token, instance).await? {
         ClaimRow::Claimed { failures } => Claim::Claimed { token, failures },
         ClaimRow::Held { state, retry_at } => match (state, retry_at) {
-            (Some(RunState::Done), _) => Claim::Done,
-            (Some(RunState::Retry), Some(at)) => Claim::RetryAt(at),
+            (RunState::Done, _) => Claim::Done,
+            (RunState::Retry, Some(at)) => Claim::RetryAt(at),
             _ => Claim::Running,
         },
     })
@@ -69,7 +70,7 @@ pub async fn release(
     slot: &Slot,
     token: Uuid,
     retry_at: Option<DateTime<Utc>>,
-    outcome: &str,
+    outcome: RunOutcome,
 ) -> Result<(), tokio_postgres::Error> {
     runs::release(client, slot, token, retry_at, outcome).await
 }
@@ -80,7 +81,7 @@ pub async fn back_off(
     slot: &Slot,
     token: Uuid,
     retry_at: DateTime<Utc>,
-    outcome: &str,
+    outcome: RunOutcome,
     error: &str,
 ) -> Result<(), tokio_postgres::Error> {
     runs::back_off(client, slot, token, retry_at, outcome, error).await
@@ -93,7 +94,7 @@ pub async fn complete(
     slot: &Slot,
     token: Uuid,
     iteration_id: &str,
-    outcome: &str,
+    outcome: RunOutcome,
     change_id: Uuid,
 ) -> Result<bool, tokio_postgres::Error> {
     let done = runs::Completion {
@@ -156,24 +157,32 @@ async fn give_back(
     let message = format!("run did not finish ({})", phase.as_str());
     for attempt in 1u32.. {
         if pool.is_closed() {
-            tracing::warn!(attempt, slot = %slot.slot, "pool closed; an unfinished run's slot is left to the next term");
+            tracing::warn!(attempt, slot = %slot.due_at, "pool closed; an unfinished run's slot is left to the next term");
             return;
         }
         let result = async {
             let client = pool.get().await?;
-            back_off(&**client, &slot, token, retry_at, "error", &message).await?;
+            back_off(
+                &**client,
+                &slot,
+                token,
+                retry_at,
+                RunOutcome::Unfinished,
+                &message,
+            )
+            .await?;
             anyhow::Ok(())
         }
         .await;
         match result {
             Ok(()) => {
                 if attempt > 1 {
-                    tracing::info!(attempt, slot = %slot.slot, "unfinished run's slot given back");
+                    tracing::info!(attempt, slot = %slot.due_at, "unfinished run's slot given back");
                 }
                 return;
             }
             Err(e) if attempt == 1 || attempt % 20 == 0 => tracing::warn!(
-                attempt, slot = %slot.slot, error = %format!("{e:#}"),
+                attempt, slot = %slot.due_at, error = %format!("{e:#}"),
                 "giving an unfinished run's slot back failed; retrying until the database answers"
             ),
             Err(_) => {}
@@ -229,7 +238,7 @@ mod tests {
             slot: Slot {
                 user_id: "u".into(),
                 mission_id: "m".into(),
-                slot: "2026-12-05T08:00:00.000Z".into(),
+                due_at: "2026-12-05T08:00:00.000Z".into(),
             },
             token: Uuid::new_v4(),
             retry_at: Utc::now(),

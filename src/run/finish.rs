@@ -16,17 +16,14 @@ use super::stall::Stall;
 use super::writeback::{self, Author, WriteBack};
 use super::{Outcome, Runner};
 use crate::planner::PlannedIteration;
+use crate::run_record::RunOutcome;
 use crate::schedule::cadence::Cadence;
 use crate::store;
 
-/// `mission_runs.outcome` of a written iteration.
-const WRITTEN: &str = "written";
 /// The summary of a failed iteration the gateway's refusal (`blocked`,
 /// `auth`) wrote at once; `errorDetails` carries the reason.
 const REFUSED_SUMMARY: &str =
     "Das LLM-Gateway hat die Planung abgelehnt; die Mission läuft zum nächsten Termin weiter.";
-/// `mission_runs.outcome` of a failed iteration, written after `max_failures`.
-const FAILED: &str = "failed";
 
 impl Runner {
     /// Writes the plan back, or records the failed attempt.
@@ -49,7 +46,7 @@ impl Runner {
             objective: due.view().objective.to_string(),
             now: self.deps.clock.now(),
             tokens_used: 0,
-            outcome: WRITTEN,
+            outcome: RunOutcome::Written,
             max_field_bytes: self.deps.max_field_bytes,
             generation: self.deps.generation,
             space_id: due
@@ -91,7 +88,14 @@ impl Runner {
         let decision = GateDecision::SkippedBudget;
         let retry_at = self.deps.clock.now() + BUDGET_RETRY;
         let (slot, token) = (&due.slot, claimed.guard.token);
-        claim::release(client, slot, token, Some(retry_at), decision.as_str()).await?;
+        claim::release(
+            client,
+            slot,
+            token,
+            Some(retry_at),
+            RunOutcome::Skipped(decision),
+        )
+        .await?;
         claimed.guard.armed = false;
         self.deps
             .metrics
@@ -158,7 +162,7 @@ impl Runner {
         // A refusal (blocked, auth) ends the run at once: retrying cannot help.
         if failures + 1 >= deps.max_failures || kind.is_final() {
             write.now = now;
-            write.outcome = FAILED;
+            write.outcome = RunOutcome::Failed;
             write.iteration = writeback::failed_iteration(
                 &write.iteration_id,
                 started,
@@ -182,7 +186,15 @@ impl Runner {
         let (slot, token) = (&write.slot, write.token);
         // The failed answer's tokens count against the budgets as well.
         let tx = client.transaction().await?;
-        claim::back_off(&tx, slot, token, retry_at, phase.as_str(), message).await?;
+        claim::back_off(
+            &tx,
+            slot,
+            token,
+            retry_at,
+            RunOutcome::FailedIn(phase),
+            message,
+        )
+        .await?;
         if write.tokens_used > 0 {
             let agent = write.author.agent_id.as_deref();
             let (user, mission) = (&slot.user_id, &slot.mission_id);

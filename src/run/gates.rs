@@ -9,59 +9,9 @@
 use serde_json::{Map, Value};
 use tokio_postgres::GenericClient;
 
-/// What the gates decided (`agent_decisions_total{decision}`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GateDecision {
-    Ran,
-    SkippedPaused,
-    SkippedArchived,
-    SkippedConcurrency,
-    SkippedBudget,
-    /// `agentId` names no live agent snapshot; runs once the agent appears
-    /// (the applier re-arms an agent's missions when the agent changes).
-    SkippedMissingAgent,
-    /// The agent's `policy` does not parse; runs once the agent is fixed.
-    SkippedBadPolicy,
-    /// The mission's text is `enc:1:` ciphertext; runs once it is not.
-    SkippedEncrypted,
-    /// The mission's deep research job is still pending; polled again after
-    /// `MANA_AI_RESEARCH_POLL_SECS` (see `run::deep`).
-    SkippedResearchPending,
-}
-
-impl GateDecision {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            GateDecision::Ran => "ran",
-            GateDecision::SkippedPaused => "skipped-paused",
-            GateDecision::SkippedArchived => "skipped-archived",
-            GateDecision::SkippedConcurrency => "skipped-concurrency",
-            GateDecision::SkippedBudget => "skipped-budget",
-            GateDecision::SkippedMissingAgent => "skipped-missing-agent",
-            GateDecision::SkippedBadPolicy => "skipped-bad-policy",
-            GateDecision::SkippedEncrypted => "skipped-encrypted",
-            GateDecision::SkippedResearchPending => "skipped-research-pending",
-        }
-    }
-
-    /// Every decision (the metric's label values start from this list).
-    pub const ALL: [GateDecision; 9] = [
-        GateDecision::Ran,
-        GateDecision::SkippedPaused,
-        GateDecision::SkippedArchived,
-        GateDecision::SkippedConcurrency,
-        GateDecision::SkippedBudget,
-        GateDecision::SkippedMissingAgent,
-        GateDecision::SkippedBadPolicy,
-        GateDecision::SkippedEncrypted,
-        GateDecision::SkippedResearchPending,
-    ];
-
-    /// A decision read back from `mission_runs.outcome`; None for any other value.
-    pub fn parse(text: &str) -> Option<GateDecision> {
-        GateDecision::ALL.into_iter().find(|d| d.as_str() == text)
-    }
-}
+/// What the gates decided (`agent_decisions_total{decision}`); defined
+/// with the other values `mission_runs` records, in `run_record`.
+pub use crate::run_record::GateDecision;
 
 /// The owning agent as a run needs it.
 #[derive(Debug, Clone)]
@@ -109,7 +59,7 @@ pub async fn load_agent(
     user_id: &str,
     agent_id: &str,
 ) -> Result<Option<Agent>, tokio_postgres::Error> {
-    let record = crate::store::runs::agent_record(client, user_id, agent_id).await?;
+    let record = crate::store::due::agent_record(client, user_id, agent_id).await?;
     Ok(record.and_then(|r| match r {
         Value::Object(map) => Some(Agent::from_record(agent_id, map)),
         _ => None,
@@ -214,19 +164,6 @@ mod tests {
             agent(json!({"state": "archived"})).state_gate(),
             Some(GateDecision::SkippedArchived)
         );
-    }
-
-    #[test]
-    fn decisions_round_trip() {
-        for d in [
-            GateDecision::Ran,
-            GateDecision::SkippedMissingAgent,
-            GateDecision::SkippedBadPolicy,
-            GateDecision::SkippedResearchPending,
-        ] {
-            assert_eq!(GateDecision::parse(d.as_str()), Some(d));
-        }
-        assert_eq!(GateDecision::parse("calling-llm"), None);
     }
 
     #[test]

@@ -18,6 +18,7 @@ use super::phase::Phase;
 use super::stall::Stall;
 use super::{Outcome, Runner};
 use crate::planner::{filter_tools, MissionView, ToolSpec};
+use crate::run_record::RunOutcome;
 use crate::schedule::wheel::MissionKey;
 
 /// What a phase hands on: the next phase's material, or the run's end.
@@ -118,7 +119,7 @@ impl Runner {
         mission_id: &str,
         started: DateTime<Utc>,
     ) -> anyhow::Result<Step<DueRun>> {
-        let snapshot = crate::store::runs::load_due(&***client, user_id, mission_id).await?;
+        let snapshot = crate::store::due::load_due(&***client, user_id, mission_id).await?;
         let Some(snapshot) = snapshot else {
             return Ok(Step::End(Outcome::NotDue));
         };
@@ -138,7 +139,7 @@ impl Runner {
             slot: Slot {
                 user_id: user_id.into(),
                 mission_id: mission_id.into(),
-                slot: slot_text,
+                due_at: slot_text,
             },
             slot_at,
             record: snapshot.record,
@@ -199,7 +200,14 @@ impl Runner {
             Admission::Run(admitted) => Ok(Step::Next(admitted)),
             Admission::Skip { decision, retry_at } => {
                 let token = claimed.guard.token;
-                claim::release(&***client, &due.slot, token, retry_at, decision.as_str()).await?;
+                claim::release(
+                    &***client,
+                    &due.slot,
+                    token,
+                    retry_at,
+                    RunOutcome::Skipped(decision),
+                )
+                .await?;
                 claimed.guard.armed = false;
                 Ok(Step::End(self.skipped(&due.slot, decision, retry_at).await))
             }

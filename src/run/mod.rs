@@ -120,7 +120,7 @@ impl Runner {
         let started = std::time::Instant::now();
         self.deps.metrics.ticks.inc();
         let client = self.deps.pool.get().await?;
-        let due = crate::store::runs::due_missions(&**client, self.deps.clock.now()).await?;
+        let due = crate::store::due::due_missions(&**client, self.deps.clock.now()).await?;
         drop(client);
         let mut stats = TickStats {
             due_mission_count: due.len() as u64,

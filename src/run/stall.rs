@@ -10,7 +10,8 @@ use tokio_postgres::GenericClient;
 use super::claim::Slot;
 use super::gates::GateDecision;
 use super::Runner;
-use crate::store::runs::{self, NewestClaim, RunState};
+use crate::run_record::{RunOutcome, RunState};
+use crate::store::runs::{self, NewestClaim};
 
 /// Why a mission cannot advance (the metric label and `blocked.reason`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,8 +87,8 @@ pub async fn blocked(
 
 /// Why the mission of this newest claim cannot advance, with a detail.
 fn stall_of(claim: &NewestClaim) -> Option<(Stall, Option<String>)> {
-    let skipped = claim.outcome.as_deref().and_then(GateDecision::parse);
-    match (claim.state?, skipped, &claim.dead_reason) {
+    let skipped = claim.outcome.and_then(RunOutcome::skipped);
+    match (claim.state, skipped, &claim.dead_reason) {
         (RunState::Done, _, Some(poison)) if claim.at_slot == Some(true) => {
             Some((Stall::WriteBackSetAside, Some(poison.clone())))
         }

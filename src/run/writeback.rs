@@ -11,6 +11,7 @@
 //! is how the applier knows its own write-back, whose `iterations` may
 //! outgrow `MANA_AI_MAX_FIELD_BYTES` (the whole history is kept).
 
+use crate::run_record::RunOutcome;
 use crate::sync::generation::Generation;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
@@ -63,7 +64,7 @@ pub struct WriteBack {
     pub now: DateTime<Utc>,
     pub tokens_used: i64,
     /// `run_outcomes_total` label and `mission_runs.outcome`.
-    pub outcome: &'static str,
+    pub outcome: RunOutcome,
     /// The applier's `MANA_AI_MAX_FIELD_BYTES`: a queued row over it is
     /// never what the write-back extends.
     pub max_field_bytes: usize,

@@ -53,6 +53,8 @@ impl PruneSql {
             }
             // FOR UPDATE SKIP LOCKED passes over a row a claim is updating,
             // and the DELETE re-checks `state` on the row's latest version.
+            // 'running' is `RunState::Running` (a test below checks it): the
+            // prune statements share one parameter list.
             PruneSql::MissionRuns => {
                 "WITH old AS (
                      SELECT user_id, mission_id, slot FROM mana_ai.mission_runs
@@ -166,4 +168,16 @@ pub(crate) async fn clock_timestamp(
         .query_one("SELECT clock_timestamp() AS now", &[])
         .await?
         .try_get("now")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PruneSql;
+    use crate::run_record::RunState;
+
+    #[test]
+    fn the_prune_keeps_running_claims_by_their_state() {
+        let running = format!("<> '{}'", RunState::Running.as_str());
+        assert_eq!(PruneSql::MissionRuns.sql().matches(&running).count(), 2);
+    }
 }

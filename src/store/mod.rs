@@ -14,6 +14,7 @@ pub(crate) mod snapshots;
 
 // Runs, claims, write-backs, audit and usage (owned by the runner).
 pub(crate) mod audit;
+pub(crate) mod due;
 pub(crate) mod research_jobs;
 pub(crate) mod runs;
 pub(crate) mod usage;

@@ -3,46 +3,10 @@
 //! (its mission and its agent).
 
 use chrono::{DateTime, Utc};
-use serde_json::Value;
 use tokio_postgres::{Client, GenericClient, Row};
 use uuid::Uuid;
 
-/// Identifies a slot: a mission's run due at one `nextRunAt`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Slot {
-    pub user_id: String,
-    pub mission_id: String,
-    /// The `nextRunAt` string exactly as the snapshot holds it.
-    pub slot: String,
-}
-
-/// `mission_runs.state`: the strings live here and nowhere else.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum RunState {
-    /// Claimed by a run (of this or another instance).
-    Running,
-    /// Backing off or given back; claimable from `retry_at`.
-    Retry,
-    /// The slot has its iteration.
-    Done,
-}
-
-impl RunState {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            RunState::Running => "running",
-            RunState::Retry => "retry",
-            RunState::Done => "done",
-        }
-    }
-
-    /// A state read back from the database; None for one this build does not know.
-    pub(crate) fn parse(text: &str) -> Option<RunState> {
-        [RunState::Running, RunState::Retry, RunState::Done]
-            .into_iter()
-            .find(|s| s.as_str() == text)
-    }
-}
+use crate::run_record::{RunOutcome, RunState, Slot};
 
 /// What claiming a slot found in the table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,19 +15,20 @@ pub(crate) enum ClaimRow {
     Claimed { failures: i32 },
     /// Held otherwise: the row's state and back-off.
     Held {
-        state: Option<RunState>,
+        state: RunState,
         retry_at: Option<DateTime<Utc>>,
     },
 }
 
+/// `$6` is `running`, `$7` is `retry` ([`RunState`]).
 const CLAIM: &str =
     "INSERT INTO mana_ai.mission_runs AS r (user_id, mission_id, slot, state, token, claimed_by)
-     VALUES ($1, $2, $3, 'running', $4, $5)
+     VALUES ($1, $2, $3, $6, $4, $5)
      ON CONFLICT (user_id, mission_id, slot) DO UPDATE
-       SET state = 'running', token = EXCLUDED.token, claimed_by = EXCLUDED.claimed_by,
+       SET state = $6, token = EXCLUDED.token, claimed_by = EXCLUDED.claimed_by,
            claimed_at = now(), attempts = r.attempts + 1, retry_at = NULL
-       WHERE (r.state = 'retry' AND (r.retry_at IS NULL OR r.retry_at <= now()))
-          OR r.state = 'running'
+       WHERE (r.state = $7 AND (r.retry_at IS NULL OR r.retry_at <= now()))
+          OR r.state = $6
      RETURNING failures";
 
 /// Inserts or takes over the slot's row with `token` (see `run::claim`),
@@ -77,9 +42,15 @@ pub(crate) async fn claim(
     let tx = client.transaction().await?;
     tx.batch_execute("SET LOCAL synchronous_commit = off")
         .await?;
-    let (user_id, mission_id, slot) = (&slot.user_id, &slot.mission_id, &slot.slot);
+    let (user_id, mission_id, slot) = (&slot.user_id, &slot.mission_id, &slot.due_at);
+    let (running, retry) = (RunState::Running, RunState::Retry);
     let claimed = tx
-        .query_opt(CLAIM, &[user_id, mission_id, slot, &token, &instance])
+        .query_opt(
+            CLAIM,
+            &[
+                user_id, mission_id, slot, &token, &instance, &running, &retry,
+            ],
+        )
         .await?;
     if let Some(row) = claimed {
         tx.commit().await?;
@@ -95,9 +66,8 @@ pub(crate) async fn claim(
         )
         .await?;
     tx.commit().await?;
-    let state: String = row.try_get("state")?;
     Ok(ClaimRow::Held {
-        state: RunState::parse(&state),
+        state: row.try_get("state")?,
         retry_at: row.try_get("retry_at")?,
     })
 }
@@ -108,14 +78,23 @@ pub(crate) async fn release(
     slot: &Slot,
     token: Uuid,
     retry_at: Option<DateTime<Utc>>,
-    outcome: &str,
+    outcome: RunOutcome,
 ) -> Result<(), tokio_postgres::Error> {
     client
         .execute(
             "UPDATE mana_ai.mission_runs
-             SET state = 'retry', retry_at = $5, outcome = $6
-             WHERE user_id = $1 AND mission_id = $2 AND slot = $3 AND token = $4 AND state = 'running'",
-            &[&slot.user_id, &slot.mission_id, &slot.slot, &token, &retry_at, &outcome],
+             SET state = $7, retry_at = $5, outcome = $6
+             WHERE user_id = $1 AND mission_id = $2 AND slot = $3 AND token = $4 AND state = $8",
+            &[
+                &slot.user_id,
+                &slot.mission_id,
+                &slot.due_at,
+                &token,
+                &retry_at,
+                &outcome,
+                &RunState::Retry,
+                &RunState::Running,
+            ],
         )
         .await?;
     Ok(())
@@ -132,8 +111,15 @@ pub(crate) async fn record_resolved_model(
     client
         .execute(
             "UPDATE mana_ai.mission_runs SET resolved_model = $5
-             WHERE user_id = $1 AND mission_id = $2 AND slot = $3 AND token = $4 AND state = 'running'",
-            &[&slot.user_id, &slot.mission_id, &slot.slot, &token, &model],
+             WHERE user_id = $1 AND mission_id = $2 AND slot = $3 AND token = $4 AND state = $6",
+            &[
+                &slot.user_id,
+                &slot.mission_id,
+                &slot.due_at,
+                &token,
+                &model,
+                &RunState::Running,
+            ],
         )
         .await?;
     Ok(())
@@ -145,15 +131,25 @@ pub(crate) async fn back_off(
     slot: &Slot,
     token: Uuid,
     retry_at: DateTime<Utc>,
-    outcome: &str,
+    outcome: RunOutcome,
     error: &str,
 ) -> Result<(), tokio_postgres::Error> {
     client
         .execute(
             "UPDATE mana_ai.mission_runs
-             SET state = 'retry', failures = failures + 1, retry_at = $5, outcome = $6, last_error = $7
-             WHERE user_id = $1 AND mission_id = $2 AND slot = $3 AND token = $4 AND state = 'running'",
-            &[&slot.user_id, &slot.mission_id, &slot.slot, &token, &retry_at, &outcome, &error],
+             SET state = $8, failures = failures + 1, retry_at = $5, outcome = $6, last_error = $7
+             WHERE user_id = $1 AND mission_id = $2 AND slot = $3 AND token = $4 AND state = $9",
+            &[
+                &slot.user_id,
+                &slot.mission_id,
+                &slot.due_at,
+                &token,
+                &retry_at,
+                &outcome,
+                &error,
+                &RunState::Retry,
+                &RunState::Running,
+            ],
         )
         .await?;
     Ok(())
@@ -163,7 +159,7 @@ pub(crate) async fn back_off(
 pub(crate) struct Completion<'a> {
     pub token: Uuid,
     pub iteration_id: &'a str,
-    pub outcome: &'a str,
+    pub outcome: RunOutcome,
     pub change_id: Uuid,
 }
 
@@ -176,10 +172,20 @@ pub(crate) async fn complete(
     let n = client
         .execute(
             "UPDATE mana_ai.mission_runs
-             SET state = 'done', iteration_id = $5, outcome = $6, finished_at = now(), retry_at = NULL,
+             SET state = $8, iteration_id = $5, outcome = $6, finished_at = now(), retry_at = NULL,
                  change_id = $7
-             WHERE user_id = $1 AND mission_id = $2 AND slot = $3 AND token = $4 AND state = 'running'",
-            &[&slot.user_id, &slot.mission_id, &slot.slot, &done.token, &done.iteration_id, &done.outcome, &done.change_id],
+             WHERE user_id = $1 AND mission_id = $2 AND slot = $3 AND token = $4 AND state = $9",
+            &[
+                &slot.user_id,
+                &slot.mission_id,
+                &slot.due_at,
+                &done.token,
+                &done.iteration_id,
+                &done.outcome,
+                &done.change_id,
+                &RunState::Done,
+                &RunState::Running,
+            ],
         )
         .await?;
     Ok(n == 1)
@@ -192,11 +198,10 @@ pub struct RecentRun {
     #[serde(skip)]
     pub mission_id: String,
     pub slot: String,
-    /// `running`, `retry` or `done`.
-    pub state: String,
+    pub state: RunState,
     pub attempts: i32,
     pub failures: i32,
-    pub outcome: Option<String>,
+    pub outcome: Option<RunOutcome>,
     pub claimed_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
     pub retry_at: Option<DateTime<Utc>>,
@@ -245,9 +250,14 @@ pub(crate) async fn release_instance(
 ) -> Result<u64, tokio_postgres::Error> {
     client
         .execute(
-            "UPDATE mana_ai.mission_runs SET state = 'retry', retry_at = now(), outcome = 'abandoned'
-             WHERE claimed_by = $1 AND state = 'running'",
-            &[&instance],
+            "UPDATE mana_ai.mission_runs SET state = $2, retry_at = now(), outcome = $3
+             WHERE claimed_by = $1 AND state = $4",
+            &[
+                &instance,
+                &RunState::Retry,
+                &RunOutcome::Abandoned,
+                &RunState::Running,
+            ],
         )
         .await
 }
@@ -262,9 +272,14 @@ pub(crate) async fn release_other_terms(
 ) -> Result<u64, tokio_postgres::Error> {
     client
         .execute(
-            "UPDATE mana_ai.mission_runs SET state = 'retry', retry_at = now(), outcome = 'abandoned'
-             WHERE state = 'running' AND claimed_by <> $1",
-            &[&term],
+            "UPDATE mana_ai.mission_runs SET state = $2, retry_at = now(), outcome = $3
+             WHERE state = $4 AND claimed_by <> $1",
+            &[
+                &term,
+                &RunState::Retry,
+                &RunOutcome::Abandoned,
+                &RunState::Running,
+            ],
         )
         .await
 }
@@ -279,7 +294,7 @@ pub(crate) async fn set_aside_reason(
             "SELECT d.reason FROM mana_ai.mission_runs r
              JOIN mana_ai.dead_changes d ON d.change_id = r.change_id
              WHERE r.user_id = $1 AND r.mission_id = $2 AND r.slot = $3",
-            &[&slot.user_id, &slot.mission_id, &slot.slot],
+            &[&slot.user_id, &slot.mission_id, &slot.due_at],
         )
         .await?;
     row.map(|r| r.try_get("reason")).transpose()
@@ -289,8 +304,8 @@ pub(crate) async fn set_aside_reason(
 #[derive(Debug, Clone)]
 pub(crate) struct NewestClaim {
     pub mission_id: String,
-    pub state: Option<RunState>,
-    pub outcome: Option<String>,
+    pub state: RunState,
+    pub outcome: Option<RunOutcome>,
     /// The poison reason, when the slot's write-back was set aside.
     pub dead_reason: Option<String>,
     /// The snapshot still holds this claim's slot.
@@ -319,10 +334,9 @@ pub(crate) async fn newest_claims(
     let rows = client.query(NEWEST_CLAIMS, &[&user_id]).await?;
     rows.iter()
         .map(|row| {
-            let state: String = row.try_get("state")?;
             Ok(NewestClaim {
                 mission_id: row.try_get("mission_id")?,
-                state: RunState::parse(&state),
+                state: row.try_get("state")?,
                 outcome: row.try_get("outcome")?,
                 dead_reason: row.try_get("dead_reason")?,
                 at_slot: row.try_get("at_slot")?,
@@ -330,107 +344,4 @@ pub(crate) async fn newest_claims(
             })
         })
         .collect()
-}
-
-/// A mission due now, for `/internal/tick`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct DueMission {
-    pub user_id: String,
-    pub mission_id: String,
-}
-
-/// Active missions due at `now`. A slot already written whose write-back
-/// the applier has not folded yet is not due: it would only end as done.
-pub(crate) async fn due_missions(
-    client: &impl GenericClient,
-    now: DateTime<Utc>,
-) -> Result<Vec<DueMission>, tokio_postgres::Error> {
-    let rows = client
-        .query(
-            "SELECT s.user_id, s.mission_id FROM mana_ai.mission_snapshots s
-             WHERE s.armable AND s.next_run_ts <= $1
-               AND NOT EXISTS (
-                 SELECT 1 FROM mana_ai.mission_runs r
-                 WHERE r.user_id = s.user_id AND r.mission_id = s.mission_id
-                   AND r.slot = s.next_run_at AND r.state = 'done')",
-            &[&now],
-        )
-        .await?;
-    rows.iter()
-        .map(|row| {
-            Ok(DueMission {
-                user_id: row.try_get("user_id")?,
-                mission_id: row.try_get("mission_id")?,
-            })
-        })
-        .collect()
-}
-
-/// An active mission's snapshot as a run reads it.
-#[derive(Debug, Clone)]
-pub(crate) struct MissionSnapshot {
-    /// The record, its `iterations` cut to the last three.
-    pub record: Value,
-    pub next_run_at: Option<String>,
-    pub next_run_ts: Option<DateTime<Utc>>,
-    /// How many iterations the whole history holds.
-    pub iteration_count: i32,
-}
-
-/// The snapshot as a run reads it: `iterations` cut to the last three (all
-/// the prompt shows), so a run's memory does not grow with the history.
-const LOAD_DUE: &str = "SELECT CASE WHEN jsonb_typeof(record->'iterations') = 'array'
-            THEN record || jsonb_build_object('iterations',
-                   jsonb_path_query_array(record->'iterations', '$[last-2 to last]'))
-            ELSE record END AS record,
-        next_run_at, next_run_ts,
-        CASE WHEN jsonb_typeof(record->'iterations') = 'array'
-            THEN jsonb_array_length(record->'iterations') ELSE 0 END AS iteration_count
-     FROM mana_ai.mission_snapshots
-     WHERE user_id = $1 AND mission_id = $2 AND NOT deleted AND state = 'active'";
-
-/// The mission's active snapshot; None if deleted or not active.
-pub(crate) async fn load_due(
-    client: &impl GenericClient,
-    user_id: &str,
-    mission_id: &str,
-) -> Result<Option<MissionSnapshot>, tokio_postgres::Error> {
-    let row = client.query_opt(LOAD_DUE, &[&user_id, &mission_id]).await?;
-    row.map(|row| {
-        Ok(MissionSnapshot {
-            record: row.try_get("record")?,
-            next_run_at: row.try_get("next_run_at")?,
-            next_run_ts: row.try_get("next_run_ts")?,
-            iteration_count: row.try_get("iteration_count")?,
-        })
-    })
-    .transpose()
-}
-
-/// A live agent's snapshot record; None if absent or deleted.
-pub(crate) async fn agent_record(
-    client: &impl GenericClient,
-    user_id: &str,
-    agent_id: &str,
-) -> Result<Option<Value>, tokio_postgres::Error> {
-    let row = client
-        .query_opt(
-            "SELECT record FROM mana_ai.agent_snapshots WHERE user_id = $1 AND agent_id = $2 AND NOT deleted",
-            &[&user_id, &agent_id],
-        )
-        .await?;
-    row.map(|r| r.try_get("record")).transpose()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::RunState;
-
-    #[test]
-    fn run_states_round_trip() {
-        for s in [RunState::Running, RunState::Retry, RunState::Done] {
-            assert_eq!(RunState::parse(s.as_str()), Some(s));
-        }
-        assert_eq!(RunState::parse("odd"), None);
-    }
 }

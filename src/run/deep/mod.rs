@@ -28,6 +28,7 @@ use crate::planner::deep_research::{
     deep_research_input, wants_deep_research, DeepResearchClient, PollStatus,
 };
 use crate::planner::ResolvedInput;
+use crate::run_record::RunOutcome;
 use crate::store::research_jobs;
 
 /// Deep research as a runner holds it (`RunnerDeps::deep_research`; None: off).
@@ -66,7 +67,7 @@ impl Runner {
         let now = self.deps.clock.now();
         let job = self.load_job(&due.slot).await?;
         let max_age = chrono::Duration::from_std(deep.max_age).unwrap_or(chrono::Duration::MAX);
-        match (first(job.as_ref(), &due.slot.slot, now, max_age), job) {
+        match (first(job.as_ref(), &due.slot.due_at, now, max_age), job) {
             (First::Poll, Some(job)) => self.poll_job(deep, due, claimed, job, now).await,
             (First::DropTooOld, Some(job)) => {
                 self.save_job(&due.slot, &job.task_id, JobState::Dropped, now)
@@ -101,7 +102,7 @@ impl Runner {
             }
         };
         let job = Job {
-            slot: due.slot.slot.clone(),
+            slot: due.slot.due_at.clone(),
             task_id: submitted.task_id,
             provider_id: submitted.provider_id,
             state: JobState::Pending,
@@ -179,7 +180,7 @@ impl Runner {
             &due.slot,
             token,
             Some(retry_at),
-            decision.as_str(),
+            RunOutcome::Skipped(decision),
         )
         .await?;
         claimed.guard.armed = false;
@@ -209,7 +210,7 @@ impl Runner {
         let mut client = self.deps.pool.get().await.context("connecting")?;
         let tx = crate::db::begin_user(&mut client, &slot.user_id).await?;
         let (user, mission) = (&slot.user_id, &slot.mission_id);
-        research_jobs::polled(&tx, user, mission, task_id, (state, &slot.slot), at).await?;
+        research_jobs::polled(&tx, user, mission, task_id, (state, &slot.due_at), at).await?;
         tx.commit().await?;
         Ok(())
     }
