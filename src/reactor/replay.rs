@@ -31,7 +31,7 @@ use crate::store::history;
 use crate::store::queue::Prepared;
 use crate::store::snapshots::{Snapshot, SnapshotWrite};
 use crate::sync::change::{self, Kind, OWN_UNLIMITED_FIELD};
-use crate::sync::fold::replay_state;
+use crate::sync::fold::{replay_state, ChangeRow};
 
 /// The most rows one replay reads.
 pub const MAX_REPLAY_ROWS: i64 = 10_000;
@@ -87,19 +87,7 @@ pub(crate) async fn replay(
             Replayed::OverLimit,
         ));
     }
-    let mut valid = Vec::with_capacity(found.len());
-    for (seq, row) in (i64::MIN..).zip(&found) {
-        // A row the applier would set aside is left out, as it was then.
-        let raw = match history::raw_change(row) {
-            Ok(raw) => raw,
-            Err(RowError::Systemic(e)) => return Err(e),
-            Err(RowError::Poison(_)) => continue,
-        };
-        if let Ok(v) = change::validate(change::RawChange { seq, ..raw }, settings.max_field_bytes)
-        {
-            valid.push(v.row);
-        }
-    }
+    let valid = valid_rows(&found, settings.max_field_bytes)?;
     let mut rebuilt = Snapshot::default();
     if let Some((fold, record)) = replay_state(&key.1, &valid) {
         (rebuilt.fold, rebuilt.record) = (fold, record);
@@ -112,6 +100,27 @@ pub(crate) async fn replay(
         fold_batch::snapshot_write(key, rebuilt),
         Replayed::FromHistory,
     ))
+}
+
+/// The history's rows in replay order (negative `seq`s, so still-queued
+/// rows fold after them), without the rows the applier would set aside, as
+/// it did then.
+fn valid_rows(
+    found: &[tokio_postgres::Row],
+    max_field_bytes: usize,
+) -> Result<Vec<ChangeRow>, tokio_postgres::Error> {
+    let mut valid = Vec::with_capacity(found.len());
+    for (seq, row) in (i64::MIN..).zip(found) {
+        let raw = match history::raw_change(row) {
+            Ok(raw) => raw,
+            Err(RowError::Systemic(e)) => return Err(e),
+            Err(RowError::Poison(_)) => continue,
+        };
+        if let Ok(v) = change::validate(change::RawChange { seq, ..raw }, max_field_bytes) {
+            valid.push(v.row);
+        }
+    }
+    Ok(valid)
 }
 
 /// Puts the winning row's `iterations` in place of its marker.

@@ -28,6 +28,26 @@ pub struct Leadership {
     abandon: CancellationToken,
 }
 
+/// The term's retention task (see `crate::retention`), for its reactor to
+/// supervise.
+fn retention(
+    ctx: &ServiceContext,
+    stop: CancellationToken,
+) -> impl FnMut() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    let reactor = &ctx.config.reactor;
+    let days = crate::retention::Days {
+        rows: reactor.retention_days,
+        audit: reactor.audit_retention_days,
+    };
+    crate::retention::task(
+        ctx.pool.clone(),
+        ctx.metrics.clone(),
+        reactor.sweep_interval,
+        days,
+        stop,
+    )
+}
+
 /// Gives back the slots earlier terms left `running` (see
 /// `run::claim::release_other_terms`), before this term claims any.
 async fn release_other_terms(ctx: &ServiceContext, term_id: uuid::Uuid) -> anyhow::Result<()> {
@@ -73,19 +93,7 @@ impl Leadership {
             hooks,
         )
         .await?;
-        reactor.supervise(
-            TaskName::Retention,
-            crate::retention::task(
-                ctx.pool.clone(),
-                ctx.metrics.clone(),
-                config.reactor.sweep_interval,
-                crate::retention::Days {
-                    rows: config.reactor.retention_days,
-                    audit: config.reactor.audit_retention_days,
-                },
-                stop.child_token(),
-            ),
-        );
+        reactor.supervise(TaskName::Retention, retention(ctx, stop.child_token()));
         let (runner, runner_task) = if config.runner.tick_enabled {
             let term = Term {
                 id: term_id,

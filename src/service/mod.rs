@@ -82,25 +82,8 @@ impl App {
     }
 
     pub async fn build_with(config: Config, options: AppOptions) -> anyhow::Result<App> {
-        let metrics = Metrics::new();
         let instance_id = uuid::Uuid::new_v4();
-        let (pool, sync_log) = prepare_database(&config).await?;
-        let mut config = config;
-        config.generation = sync_log.generation;
-        metrics
-            .sync_log_info
-            .with_label_values(&[sync_log.generation.as_str()])
-            .set(1);
-        // Checked before leading, so a bad catalog or key fails the start.
-        let setup = RunnerSetup::from_config(&config, &metrics)?;
-        let catalog = setup.catalog.origin().to_string();
-        tracing::info!(catalog = %catalog, tools = setup.catalog.len(), "tool catalog in force");
-        drop(setup);
-        let ctx = ServiceContext {
-            config,
-            pool,
-            metrics,
-        };
+        let (ctx, sync_log, catalog) = context(config).await?;
         let tick_enabled = ctx.config.runner.tick_enabled;
         let (terms_tx, terms) = watch::channel(None);
         let backend = ServiceBackend::new(
@@ -126,7 +109,7 @@ impl App {
         let stop = CancellationToken::new();
         let http = tokio::spawn(crate::http::serve(
             listener,
-            backend.clone(),
+            backend,
             crate::http::HttpSettings::from_config(&ctx.config),
             ctx.metrics.clone(),
             stop.clone(),
@@ -191,6 +174,31 @@ impl App {
         self.ctx.pool.close();
         tracing::info!("stopped");
     }
+}
+
+/// The context a service runs with: the database prepared, the generation
+/// of `sync_changes` it found (in the config and as a metric), and the tool
+/// catalog in force, checked before leading so a bad catalog or key fails
+/// the start.
+async fn context(
+    mut config: Config,
+) -> anyhow::Result<(ServiceContext, crate::sync::generation::LogShape, String)> {
+    let metrics = Metrics::new();
+    let (pool, sync_log) = prepare_database(&config).await?;
+    config.generation = sync_log.generation;
+    metrics
+        .sync_log_info
+        .with_label_values(&[sync_log.generation.as_str()])
+        .set(1);
+    let setup = RunnerSetup::from_config(&config, &metrics)?;
+    let catalog = setup.catalog.origin().to_string();
+    tracing::info!(catalog = %catalog, tools = setup.catalog.len(), "tool catalog in force");
+    let ctx = ServiceContext {
+        config,
+        pool,
+        metrics,
+    };
+    Ok((ctx, sync_log, catalog))
 }
 
 /// The pool, after the first connection checked the role, applied the

@@ -15,7 +15,7 @@ use super::wire::{message, LlmAnswer, Reply, ToolRounds, Usage};
 use super::{LlmClient, LlmError};
 use crate::planner::structured::{note_tool_support, Form, FormPicker, ToolSupport};
 use crate::planner::tool_calls::{tools_array, ToolPlan};
-use crate::planner::AnswerShape;
+use crate::planner::{AnswerShape, ToolSpec};
 
 /// What the rounds so far gathered.
 #[derive(Default)]
@@ -77,12 +77,7 @@ impl LlmClient {
             if got.rounds == 1 {
                 note_tool_support(self.endpoint.as_str(), ToolSupport::Works);
             }
-            if let Some(text) = reply.content.as_deref().filter(|t| !t.trim().is_empty()) {
-                got.last_text = text.to_string();
-            }
-            let answers = got.plan.take_round(&reply.tool_calls, request.tools);
-            messages.push(assistant(reply.message));
-            messages.extend(answers);
+            got.take_calls(reply, &mut messages, request.tools);
             if got.plan.is_full() || got.rounds >= self.config.rounds.max(1) {
                 break got.last_text.clone();
             }
@@ -95,6 +90,17 @@ impl LlmClient {
 }
 
 impl Gathered {
+    /// Takes a round's calls into the plan and the conversation: the
+    /// model's message, then one tool message answering each call.
+    fn take_calls(&mut self, reply: Reply, messages: &mut Vec<Value>, allowed: &[&ToolSpec]) {
+        if let Some(text) = reply.content.as_deref().filter(|t| !t.trim().is_empty()) {
+            self.last_text = text.to_string();
+        }
+        let answers = self.plan.take_round(&reply.tool_calls, allowed);
+        messages.push(assistant(reply.message));
+        messages.extend(answers);
+    }
+
     /// Adds a round's usage (or, without one, about four characters a token
     /// of what was sent and answered) to the call's count.
     fn take_usage(&mut self, reply: &Reply, sent: &[Value]) {
