@@ -46,8 +46,9 @@ pub use server::serve;
 pub trait Backend: Send + Sync + 'static {
     /// The health document; `ok == false` answers 503 with the same body.
     fn health(&self) -> impl Future<Output = Health> + Send;
-    /// Prometheus text format 0.0.4, already rendered; the backend refreshes
-    /// scrape-time gauges (queue depth, seconds since notification) first.
+    /// Prometheus text format 0.0.4, rendered from the registry: the queue
+    /// gauges are the backend's last refresh (every 5 s, never a query per
+    /// scrape), `seconds_since_last_notification` is set as it renders.
     fn metrics_text(&self) -> impl Future<Output = String> + Send;
     /// Runs every due mission now (`POST /internal/tick`).
     fn tick(&self) -> impl Future<Output = Result<TickStats, TickError>> + Send;

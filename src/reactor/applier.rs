@@ -38,7 +38,7 @@ use super::read::read_changes;
 use super::ReactorContext;
 use crate::backoff::Backoff;
 use crate::schedule::wheel::WheelUpdate;
-use crate::store::queue::{self, Prepared, QueueRow};
+use crate::store::queue::{self, ApplierStatements, QueueRow};
 
 /// Waits between attempts after a drain failed (the database is away).
 const RETRY: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
@@ -263,9 +263,9 @@ impl Applier {
         take: Take,
     ) -> Result<BatchStats, ApplyError> {
         let mut phases = Phases::starting();
-        let st = Prepared::get(client, self.ctx.settings.generation).await?;
+        let statements = ApplierStatements::get(client, self.ctx.settings.generation).await?;
         let tx = BatchTx::new(client);
-        let (claimed, horizon) = self.claim(&tx, &st, &take).await?;
+        let (claimed, horizon) = self.claim(&tx, &statements, &take).await?;
         self.in_batch = claimed.iter().map(|q| q.id).collect();
         if claimed.is_empty() {
             self.observe(&take, &[], horizon);
@@ -274,11 +274,11 @@ impl Applier {
         phases.claimed = Instant::now();
         let ids = self.in_batch.clone();
         let max_field_bytes = self.ctx.settings.max_field_bytes;
-        let (valid, dead) = read_changes(tx.client, &st, &claimed, max_field_bytes).await?;
+        let (valid, dead) = read_changes(tx.client, &statements, &claimed, max_field_bytes).await?;
         phases.read = Instant::now();
-        let batch = fold_claimed(tx.client, &st, &self.ctx.settings, valid, dead).await?;
+        let batch = fold_claimed(tx.client, &statements, &self.ctx.settings, valid, dead).await?;
         phases.folded = Instant::now();
-        let updates = write_and_commit(&tx, &st, &batch).await?;
+        let updates = write_and_commit(&tx, &statements, &batch).await?;
         phases.committed = Instant::now();
         self.observe(&take, &ids, horizon);
         Ok(self.settle(batch, updates, claimed.len(), phases).await)
@@ -289,20 +289,20 @@ impl Applier {
     async fn claim(
         &self,
         tx: &BatchTx<'_>,
-        st: &Prepared,
+        statements: &ApplierStatements,
         take: &Take,
     ) -> Result<(Vec<QueueRow>, Option<Horizon>), ApplyError> {
         let claimed = match take {
             Take::Next(limit) => {
                 let from = self.low_water.bound();
-                let claim = queue::claim(tx.client, st, *limit, from);
+                let claim = queue::claim(tx.client, statements, *limit, from);
                 let (begun, claimed) = futures_util::join!(tx.begin(), claim);
                 begun?;
                 let (rows, horizon) = claimed?;
                 (rows, Some(horizon))
             }
             Take::Ids(ids) => {
-                let claim = queue::claim_ids(tx.client, st, ids);
+                let claim = queue::claim_ids(tx.client, statements, ids);
                 let (begun, claimed) = futures_util::join!(tx.begin(), claim);
                 begun?;
                 (claimed?, None)

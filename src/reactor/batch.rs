@@ -6,7 +6,7 @@ use super::batch_tx::BatchTx;
 use super::fold_batch::{self, fold_rows, Groups};
 use super::outcome::ApplyError;
 use crate::schedule::wheel::{MissionKey, WheelUpdate};
-use crate::store::queue::{self, DeadChange, Prepared, QueueRow};
+use crate::store::queue::{self, ApplierStatements, DeadChange, QueueRow};
 use crate::store::snapshots::{self, SnapshotWrite};
 use crate::sync::change::{Kind, ValidChange};
 
@@ -30,7 +30,7 @@ pub(super) struct FoldedBatch {
 /// rows, never the batch; a record a late row reached is replayed.
 pub(super) async fn fold_claimed(
     tx: &tokio_postgres::Client,
-    st: &Prepared,
+    statements: &ApplierStatements,
     settings: &super::Settings,
     valid: Vec<(QueueRow, ValidChange)>,
     mut dead: Vec<DeadChange>,
@@ -46,8 +46,8 @@ pub(super) async fn fold_claimed(
     let mission_keys = fold_batch::keys_of(&groups, Kind::Mission);
     let agent_keys = fold_batch::keys_of(&groups, Kind::Agent);
     let (missions, agents) = futures_util::try_join!(
-        snapshots::load(tx, st, Kind::Mission, &mission_keys),
-        snapshots::load(tx, st, Kind::Agent, &agent_keys),
+        snapshots::load(tx, statements, Kind::Mission, &mission_keys),
+        snapshots::load(tx, statements, Kind::Agent, &agent_keys),
     )?;
     let missions = fold_batch::fold_records(
         &mut groups,
@@ -69,7 +69,7 @@ pub(super) async fn fold_claimed(
         replays_over_limit: 0,
     };
     for pending in missions.replays.into_iter().chain(agents.replays) {
-        replay_into(tx, st, settings, &mut batch, pending).await?;
+        replay_into(tx, statements, settings, &mut batch, pending).await?;
     }
     Ok(batch)
 }
@@ -77,7 +77,7 @@ pub(super) async fn fold_claimed(
 /// Replays one record (`replay.rs`) and adds its write to the batch.
 async fn replay_into(
     tx: &tokio_postgres::Client,
-    st: &Prepared,
+    statements: &ApplierStatements,
     settings: &super::Settings,
     batch: &mut FoldedBatch,
     mut pending: fold_batch::PendingReplay,
@@ -89,7 +89,7 @@ async fn replay_into(
         .filter(|d| d.record_id.as_deref() == Some(pending.key.1.as_str()))
         .map(|d| d.queue.change_id)
         .collect();
-    let (write, how) = super::replay::replay(tx, st, settings, pending, &set_aside).await?;
+    let (write, how) = super::replay::replay(tx, statements, settings, pending, &set_aside).await?;
     batch.replays += 1;
     if how == super::replay::Replayed::OverLimit {
         batch.replays_over_limit += 1;
@@ -117,7 +117,7 @@ async fn replay_into(
 /// ROLLBACK) and the write's error is returned.
 pub(super) async fn write_and_commit(
     tx: &BatchTx<'_>,
-    st: &Prepared,
+    statements: &ApplierStatements,
     batch: &FoldedBatch,
 ) -> Result<Vec<WheelUpdate>, ApplyError> {
     let changed_agents: Vec<(&str, &str)> = batch
@@ -126,10 +126,10 @@ pub(super) async fn write_and_commit(
         .map(|w| (w.user_id.as_str(), w.record_id.as_str()))
         .collect();
     let (missions_written, armable, agents_written, dead_written, committed) = futures_util::join!(
-        snapshots::upsert(tx.client, st, Kind::Mission, &batch.missions),
-        snapshots::armable_missions_of_agents(tx.client, st, &changed_agents),
-        snapshots::upsert(tx.client, st, Kind::Agent, &batch.agents),
-        queue::insert_dead(tx.client, st, &batch.dead),
+        snapshots::upsert(tx.client, statements, Kind::Mission, &batch.missions),
+        snapshots::armable_missions_of_agents(tx.client, statements, &changed_agents),
+        snapshots::upsert(tx.client, statements, Kind::Agent, &batch.agents),
+        queue::insert_dead(tx.client, statements, &batch.dead),
         tx.commit(),
     );
     missions_written?;

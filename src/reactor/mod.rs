@@ -39,7 +39,7 @@ use crate::metrics::Metrics;
 use crate::schedule::clock::{Clock, DbClock};
 use crate::schedule::wheel::{self, DueMission, WheelHandle};
 use supervisor::{supervise, Restart, Supervision, TaskName, TaskStates};
-pub use wheel_task::rebuild_wheel;
+pub use wheel_task::arm_from_snapshots;
 
 /// Folds one record of `user_id` from its change rows (full replay,
 /// contract section 2), inside that user's scope in `client`'s transaction;
@@ -258,7 +258,7 @@ async fn rebuild(ctx: &ReactorContext) -> anyhow::Result<usize> {
         );
     }
     let started = std::time::Instant::now();
-    let rebuilt = rebuild_wheel(&ctx.pool, &ctx.wheel).await?;
+    let rebuilt = arm_from_snapshots(&ctx.pool, &ctx.wheel).await?;
     tracing::info!(
         missions = rebuilt,
         elapsed_ms = started.elapsed().as_millis() as u64,

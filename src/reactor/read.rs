@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::decode::RowError;
 use super::outcome::ApplyError;
 use crate::store::history;
-use crate::store::queue::{DeadChange, Prepared, QueueRow};
+use crate::store::queue::{ApplierStatements, DeadChange, QueueRow};
 use crate::sync::change::{self, Poison, RawChange, ValidChange};
 
 /// The claimed changes that passed every check, and those set aside.
@@ -25,13 +25,13 @@ type Found<'a> = HashMap<(&'a str, Uuid), Result<RawChange, (Option<String>, Poi
 /// order: each `set_config` precedes its user's read.
 pub(crate) async fn read_changes(
     tx: &tokio_postgres::Client,
-    st: &Prepared,
+    statements: &ApplierStatements,
     claimed: &[QueueRow],
     max_field_bytes: usize,
 ) -> Result<ReadChanges, ApplyError> {
     let mut dead = Vec::new();
     let by_user = by_user(claimed, &mut dead);
-    let mut found = query_changes(tx, st, &by_user).await?;
+    let mut found = query_changes(tx, statements, &by_user).await?;
     let refused: HashSet<i64> = dead.iter().map(|d| d.queue.id).collect();
     let mut valid = Vec::with_capacity(claimed.len());
     for q in claimed.iter().filter(|q| !refused.contains(&q.id)) {
@@ -71,7 +71,7 @@ fn by_user<'a>(
 /// Every user's `set_config` and read, pipelined; the rows by (user, id).
 async fn query_changes<'a>(
     tx: &tokio_postgres::Client,
-    st: &Prepared,
+    statements: &ApplierStatements,
     by_user: &BTreeMap<&'a str, Vec<Uuid>>,
 ) -> Result<Found<'a>, ApplyError> {
     // Per user: [user] for set_config, [ids, user] for the read.
@@ -81,8 +81,8 @@ async fn query_changes<'a>(
         .collect();
     let mut requests = Vec::with_capacity(args.len() * 2);
     for read in &args {
-        requests.push(tx.query(&st.set_user, &read[1..]));
-        requests.push(tx.query(&st.read, &read[..]));
+        requests.push(tx.query(&statements.set_user, &read[1..]));
+        requests.push(tx.query(&statements.read, &read[..]));
     }
     // try_join_all polls in order, and a query is sent on its first poll.
     let results = futures_util::future::try_join_all(requests).await?;

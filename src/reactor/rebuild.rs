@@ -23,7 +23,7 @@ use tokio_postgres::{IsolationLevel, Row, Statement, Transaction};
 use super::decode::RowError;
 use super::fold_batch::{count, snapshot_write};
 use crate::store::history;
-use crate::store::queue::Prepared;
+use crate::store::queue::ApplierStatements;
 use crate::store::snapshots::{self, Snapshot, SnapshotWrite};
 use crate::sync::change::{self, Kind, RawChange};
 
@@ -42,7 +42,7 @@ pub async fn rebuild_listed(
 ) -> anyhow::Result<(usize, usize)> {
     let max_field_bytes = settings.max_field_bytes;
     let mut client = pool.get().await.context("connecting to the database")?;
-    let st = Prepared::get(&client, settings.generation).await?;
+    let statements = ApplierStatements::get(&client, settings.generation).await?;
     let history = client
         .prepare_cached(&history::user_history_sql(settings.generation))
         .await?;
@@ -54,7 +54,7 @@ pub async fn rebuild_listed(
         let Some(from) = listed.first() else {
             return Ok((users, records));
         };
-        records += rebuild_users(&mut client, &st, &history, &listed, max_field_bytes)
+        records += rebuild_users(&mut client, &statements, &history, &listed, max_field_bytes)
             .await
             .with_context(|| format!("rebuilding the snapshots of users from {from:?}"))?;
         users += listed.len();
@@ -68,7 +68,7 @@ type Current = (Kind, String, Snapshot);
 /// read in that user's RLS scope; returns the records written.
 async fn rebuild_users(
     client: &mut tokio_postgres::Client,
-    st: &Prepared,
+    statements: &ApplierStatements,
     history: &Statement,
     users: &[String],
     max_field_bytes: usize,
@@ -86,10 +86,10 @@ async fn rebuild_users(
     let mut writes = Writes::default();
     // An empty user id has no scope (and no snapshots): only its entry goes.
     for user in users.iter().filter(|user| !user.is_empty()) {
-        tx.execute(&st.set_user, &[user]).await?;
-        fold_history(&tx, st, history, user, max_field_bytes, &mut writes).await?;
+        tx.execute(&statements.set_user, &[user]).await?;
+        fold_history(&tx, statements, history, user, max_field_bytes, &mut writes).await?;
     }
-    writes.flush(&tx, st, 0).await?;
+    writes.flush(&tx, statements, 0).await?;
     history::users_rebuilt(&tx, users).await?;
     tx.commit().await?;
     Ok(writes.records)
@@ -99,7 +99,7 @@ async fn rebuild_users(
 /// (a user's whole history need not fit in memory).
 async fn fold_history(
     tx: &Transaction<'_>,
-    st: &Prepared,
+    statements: &ApplierStatements,
     history: &Statement,
     user: &str,
     max_field_bytes: usize,
@@ -136,7 +136,7 @@ async fn fold_history(
                 fold_row(id, snapshot, &valid.row);
             }
         }
-        writes.flush(tx, st, WRITE_CHUNK).await?;
+        writes.flush(tx, statements, WRITE_CHUNK).await?;
         if rows.len() < FETCH as usize {
             break;
         }
@@ -189,7 +189,7 @@ impl Writes {
     async fn flush(
         &mut self,
         tx: &Transaction<'_>,
-        st: &Prepared,
+        statements: &ApplierStatements,
         keep: usize,
     ) -> Result<(), tokio_postgres::Error> {
         for (kind, rows) in [
@@ -197,7 +197,7 @@ impl Writes {
             (Kind::Agent, &mut self.agents),
         ] {
             if rows.len() > keep {
-                snapshots::upsert(tx, st, kind, rows).await?;
+                snapshots::upsert(tx, statements, kind, rows).await?;
                 rows.clear();
             }
         }

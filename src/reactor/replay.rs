@@ -28,7 +28,7 @@ use uuid::Uuid;
 use super::decode::RowError;
 use super::fold_batch::{self, PendingReplay};
 use crate::store::history;
-use crate::store::queue::Prepared;
+use crate::store::queue::ApplierStatements;
 use crate::store::snapshots::{Snapshot, SnapshotWrite};
 use crate::sync::change::{self, Kind, OWN_UNLIMITED_FIELD};
 use crate::sync::fold::{replay_state, ChangeRow};
@@ -50,7 +50,7 @@ pub(crate) enum Replayed {
 /// `mana_ai.dead_changes` yet).
 pub(crate) async fn replay(
     tx: &Client,
-    st: &Prepared,
+    statements: &ApplierStatements,
     settings: &super::Settings,
     pending: PendingReplay,
     set_aside: &[Uuid],
@@ -67,7 +67,7 @@ pub(crate) async fn replay(
         Kind::Mission => "aiMissions",
         Kind::Agent => "agents",
     };
-    tx.execute(&st.set_user, &[&key.0]).await?;
+    tx.execute(&statements.set_user, &[&key.0]).await?;
     let sql = history::record_replay_sql(settings.generation);
     let limit = MAX_REPLAY_ROWS + 1;
     let marker = Uuid::new_v4().to_string();

@@ -6,7 +6,7 @@ use anyhow::Context;
 
 use super::applier::Applier;
 use super::outcome::ApplyError;
-use crate::store::queue::{self, DeadChange, Prepared};
+use crate::store::queue::{self, ApplierStatements, DeadChange};
 use crate::sync::change::{self, Poison};
 
 impl Applier {
@@ -29,9 +29,9 @@ impl Applier {
             .get()
             .await
             .context("getting a pooled connection")?;
-        let st = Prepared::get(&client, self.ctx.settings.generation).await?;
+        let statements = ApplierStatements::get(&client, self.ctx.settings.generation).await?;
         let tx = client.transaction().await?;
-        let Some(row) = queue::claim_ids(&*tx, &st, &[id]).await?.pop() else {
+        let Some(row) = queue::claim_ids(&*tx, &statements, &[id]).await?.pop() else {
             return Ok(0);
         };
         let dead = DeadChange {
@@ -39,7 +39,7 @@ impl Applier {
             record_id: None,
             poison: Poison::ApplyFailed(format!("{code}: {message}")),
         };
-        queue::insert_dead(&*tx, &st, std::slice::from_ref(&dead)).await?;
+        queue::insert_dead(&*tx, &statements, std::slice::from_ref(&dead)).await?;
         tx.commit().await?;
         self.in_batch.clear();
         self.note_poison(&dead);

@@ -28,7 +28,7 @@ fn arm(mission: ArmableMission) -> WheelUpdate {
 }
 
 /// Arms every armable mission from `mission_snapshots`; returns how many.
-pub async fn rebuild_wheel(pool: &Pool, wheel: &WheelHandle) -> anyhow::Result<usize> {
+pub async fn arm_from_snapshots(pool: &Pool, wheel: &WheelHandle) -> anyhow::Result<usize> {
     let client = pool.get().await.context("connecting to the database")?;
     // Sized once for the count: growing by doublings would leave the wheel
     // up to twice as large as needed, and rehash it on every doubling.
@@ -57,7 +57,7 @@ pub async fn rebuild_wheel(pool: &Pool, wheel: &WheelHandle) -> anyhow::Result<u
 }
 
 /// A wheel rebuilt from `mission_snapshots` (a restarted wheel task's).
-async fn rebuilt_wheel(
+async fn wheel_from_snapshots(
     pool: &Pool,
     clock: Arc<dyn Clock>,
     metrics: &Metrics,
@@ -99,7 +99,7 @@ pub(super) fn wheel_task(
             let mut rx = rx.lock().await;
             let timers = match initial {
                 Some(timers) => timers,
-                None => match rebuilt_wheel(&pool, clock, &metrics).await {
+                None => match wheel_from_snapshots(&pool, clock, &metrics).await {
                     Ok(timers) => timers,
                     Err(e) => {
                         tracing::warn!(error = %format!("{e:#}"), "rebuilding the timer wheel failed");

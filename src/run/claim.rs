@@ -5,13 +5,13 @@
 //! the same transaction as the iteration, and only while the token is still
 //! ours. So:
 //! - a slot that was written is never run again (`done` is never claimed);
-//! - a run that died (crash, SIGKILL, lost leadership) leaves `running` with
-//!   another instance's id, which the next leader takes over;
+//! - a run that died (crash, SIGKILL, lost leadership) leaves `running`
+//!   under another term's id (`claimed_by`), which the next leader takes over;
 //! - a zombie whose slot was taken over cannot write (its token is stale);
 //! - a failed run leaves `retry` with a time before which it is not retried;
 //! - a run that ended in an error gives its claim back through a
 //!   [`ClaimGuard`], retrying until the database answers; a row still
-//!   `running` under this instance's own id is a leftover of such a run (the
+//!   `running` under this term's own id is a leftover of such a run (the
 //!   runner never claims a mission it is running), so claiming takes it over.
 
 use std::time::Duration;
@@ -51,10 +51,10 @@ pub enum Claim {
 pub async fn claim(
     client: &mut tokio_postgres::Client,
     slot: &Slot,
-    instance: Uuid,
+    term: Uuid,
 ) -> Result<Claim, tokio_postgres::Error> {
     let token = Uuid::new_v4();
-    Ok(match runs::claim(client, slot, token, instance).await? {
+    Ok(match runs::claim(client, slot, token, term).await? {
         ClaimRow::Claimed { failures } => Claim::Claimed { token, failures },
         ClaimRow::Held { state, retry_at } => match (state, retry_at) {
             (RunState::Done, _) => Claim::Done,
@@ -211,14 +211,14 @@ pub async fn release_other_terms(
     runs::release_other_terms(client, term).await
 }
 
-/// Gives back every slot this instance still has `running` (shutdown past
+/// Gives back every slot this term still has `running` (shutdown past
 /// its grace): the next leader may run them at once. A run of ours that is
 /// still going cannot write afterwards: completing requires `running`.
-pub async fn release_instance(
+pub async fn release_term(
     client: &impl GenericClient,
-    instance: Uuid,
+    term: Uuid,
 ) -> Result<u64, tokio_postgres::Error> {
-    runs::release_instance(client, instance).await
+    runs::release_term(client, term).await
 }
 
 #[cfg(test)]

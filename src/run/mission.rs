@@ -155,7 +155,7 @@ impl Runner {
         started: DateTime<Utc>,
     ) -> anyhow::Result<Step<Claimed>> {
         let slot = &due.slot;
-        let claim = claim::claim(client, slot, self.deps.instance_id)
+        let claim = claim::claim(client, slot, self.deps.term_id)
             .instrument(tracing::info_span!("claim"))
             .await?;
         let (token, failures) = match claim {

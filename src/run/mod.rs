@@ -83,7 +83,7 @@ pub struct RunnerDeps {
     /// This leadership term (fresh each time an instance becomes leader):
     /// claims by any other id, including this process's earlier terms, are
     /// stale once we lead.
-    pub instance_id: uuid::Uuid,
+    pub term_id: uuid::Uuid,
     /// Told what each run asked the planner (sizes and names, never content):
     /// the demo (`mana-ai-demo`) prints it.
     pub prompt_observer: Option<mpsc::UnboundedSender<PromptSummary>>,
@@ -100,13 +100,13 @@ pub struct RunnerDeps {
 pub struct Runner {
     deps: RunnerDeps,
     /// Due runs waiting for their turn, and the runs in flight.
-    sched: Mutex<queue::Sched>,
+    turns: Mutex<queue::Turns>,
 }
 
 impl Runner {
     pub fn new(deps: RunnerDeps) -> Arc<Runner> {
         Arc::new(Runner {
-            sched: queue::Sched::new(deps.max_concurrent, deps.fair_limits),
+            turns: queue::Turns::new(deps.max_concurrent, deps.fair_limits),
             deps,
         })
     }
@@ -157,7 +157,7 @@ impl Runner {
     ) -> Outcome {
         let key = MissionKey::new(user_id, mission_id);
         let Some((ticket, mut turn)) = self.enqueue(key.clone(), due_at) else {
-            self.finish(Outcome::InFlight);
+            self.count_outcome(Outcome::InFlight);
             return Outcome::InFlight;
         };
         let mut first = true;
@@ -175,7 +175,7 @@ impl Runner {
             }
             // Counted before the run leaves the in-flight gauge and the
             // queue, so whoever sees either drop sees the outcome counted.
-            self.finish(outcome);
+            self.count_outcome(outcome);
             self.deps.metrics.runs_in_flight.dec();
             drop(ticket);
             return outcome;
@@ -232,14 +232,16 @@ impl Runner {
         };
         if outcome == Outcome::Error {
             self.deps.metrics.mission_errors.inc();
-            // The claim guard recorded the failure; try again after the back-off.
+            // The claim guard gave the slot back as a failed attempt with
+            // its back-off; the wheel tries at the first step, and a claim
+            // still backing off then re-arms it for its own retry time.
             let retry = self.deps.clock.now() + self.backoff_after(0);
             self.rearm(user_id, mission_id, retry).await;
         }
         outcome
     }
 
-    fn finish(&self, outcome: Outcome) {
+    fn count_outcome(&self, outcome: Outcome) {
         self.deps
             .metrics
             .run_outcomes

@@ -27,7 +27,7 @@ use crate::schedule::wheel::MissionKey;
 pub(super) type Turn = oneshot::Receiver<Ready>;
 
 /// The fair queue and the run tasks waiting on it, under one lock.
-pub(super) struct Sched {
+pub(super) struct Turns {
     queue: FairQueue,
     /// The task waiting for each queued entry's turn.
     waiters: HashMap<MissionKey, oneshot::Sender<Ready>>,
@@ -37,11 +37,11 @@ pub(super) struct Sched {
     closed: bool,
 }
 
-impl Sched {
-    pub(super) fn new(total: usize, limits: FairLimits) -> Mutex<Sched> {
+impl Turns {
+    pub(super) fn new(total: usize, limits: FairLimits) -> Mutex<Turns> {
         let grace = chrono::Duration::from_std(limits.catch_up_grace)
             .unwrap_or(chrono::Duration::minutes(5));
-        Mutex::new(Sched {
+        Mutex::new(Turns {
             queue: FairQueue::new(FairConfig {
                 total,
                 per_user: limits.max_runs_per_user,
@@ -62,19 +62,19 @@ pub(super) struct Ticket<'a> {
 
 impl Drop for Ticket<'_> {
     fn drop(&mut self) {
-        let mut sched = self.runner.sched();
-        sched.waiters.remove(&self.key);
-        sched.parked.remove(&self.key);
-        if !sched.queue.withdraw(&self.key) {
-            sched.queue.finish(&self.key);
+        let mut turns = self.runner.turns();
+        turns.waiters.remove(&self.key);
+        turns.parked.remove(&self.key);
+        if !turns.queue.withdraw(&self.key) {
+            turns.queue.finish(&self.key);
         }
-        self.runner.dispatch_locked(&mut sched);
+        self.runner.dispatch_locked(&mut turns);
     }
 }
 
 impl Runner {
-    fn sched(&self) -> MutexGuard<'_, Sched> {
-        self.sched.lock().unwrap_or_else(|p| p.into_inner())
+    fn turns(&self) -> MutexGuard<'_, Turns> {
+        self.turns.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Queues a run of `key` (`due_at`: its slot; None for a tick) and
@@ -85,8 +85,8 @@ impl Runner {
         due_at: Option<DateTime<Utc>>,
     ) -> Option<(Ticket<'_>, Turn)> {
         let now = self.deps.clock.now();
-        let mut sched = self.sched();
-        if sched.closed {
+        let mut turns = self.turns();
+        if turns.closed {
             return None;
         }
         let entry = Entry {
@@ -94,30 +94,30 @@ impl Runner {
             due_at,
             agent: None,
         };
-        match sched.queue.push(entry, now) {
+        match turns.queue.push(entry, now) {
             Pushed::Queued(_) => {}
             Pushed::AlreadyQueued | Pushed::InFlight => return None,
         }
         let (tx, rx) = oneshot::channel();
-        sched.waiters.insert(key.clone(), tx);
-        self.dispatch_locked(&mut sched);
+        turns.waiters.insert(key.clone(), tx);
+        self.dispatch_locked(&mut turns);
         Some((Ticket { runner: self, key }, rx))
     }
 
     /// Hands a turn to every entry that may start now.
-    fn dispatch_locked(&self, sched: &mut Sched) {
-        while !sched.closed {
-            let Some(ready) = sched.queue.pop_ready() else {
+    fn dispatch_locked(&self, turns: &mut Turns) {
+        while !turns.closed {
+            let Some(ready) = turns.queue.pop_ready() else {
                 break;
             };
             let key = ready.entry.key.clone();
-            let sent = sched.waiters.remove(&key).map(|tx| tx.send(ready));
+            let sent = turns.waiters.remove(&key).map(|tx| tx.send(ready));
             if !matches!(sent, Some(Ok(()))) {
                 // Its task is gone (its ticket finishes it too): free the room.
-                sched.queue.finish(&key);
+                turns.queue.finish(&key);
             }
         }
-        let (on_time, catch_up) = sched.queue.queued_by_tier();
+        let (on_time, catch_up) = turns.queue.queued_by_tier();
         let depth = &self.deps.metrics.run_queue_depth;
         depth
             .with_label_values(&[Tier::OnTime.as_str()])
@@ -132,14 +132,14 @@ impl Runner {
     /// the queue (the run must give back its claim and end; its task waits
     /// for the next turn, see [`Runner::next_turn`]).
     pub(super) fn attach_agent(&self, key: &MissionKey, agent: AgentLimit) -> bool {
-        let mut sched = self.sched();
-        match sched.queue.attach_agent(key, agent) {
+        let mut turns = self.turns();
+        match turns.queue.attach_agent(key, agent) {
             Attached::Run | Attached::NotInFlight => true,
             Attached::Requeued => {
                 let (tx, rx) = oneshot::channel();
-                sched.waiters.insert(key.clone(), tx);
-                sched.parked.insert(key.clone(), rx);
-                self.dispatch_locked(&mut sched);
+                turns.waiters.insert(key.clone(), tx);
+                turns.parked.insert(key.clone(), rx);
+                self.dispatch_locked(&mut turns);
                 false
             }
         }
@@ -148,19 +148,19 @@ impl Runner {
     /// Stops handing out turns (shutdown): the runs still waiting end at
     /// once, without a claim.
     pub(super) fn close_queue(&self) {
-        let mut sched = self.sched();
-        sched.closed = true;
-        sched.waiters.clear();
+        let mut turns = self.turns();
+        turns.closed = true;
+        turns.waiters.clear();
     }
 
     /// Runs that have their turn and have not ended.
     pub(super) fn runs_started(&self) -> usize {
-        self.sched().queue.in_flight()
+        self.turns().queue.in_flight()
     }
 
     /// The next turn of a run its agent sent back to the queue, if it was.
     pub(super) fn next_turn(&self, key: &MissionKey) -> Option<Turn> {
-        self.sched().parked.remove(key)
+        self.turns().parked.remove(key)
     }
 
     /// Records a turn starting: the wait in the queue, and on the first turn

@@ -84,7 +84,7 @@ impl Runner {
     async fn release_abandoned(&self) {
         let release = async {
             let client = self.deps.pool.get().await?;
-            anyhow::Ok(claim::release_instance(&**client, self.deps.instance_id).await?)
+            anyhow::Ok(claim::release_term(&**client, self.deps.term_id).await?)
         };
         let released = tokio::time::timeout(RELEASE_TIMEOUT, release)
             .await

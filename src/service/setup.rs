@@ -147,7 +147,7 @@ impl RunnerSetup {
             generation: ctx.config.generation,
             param_max_chars: ctx.config.planner.param_max_chars,
             backoff: runner.retry_backoff.clone(),
-            instance_id: term.id,
+            term_id: term.id,
             prompt_observer: self.prompt_observer,
             failpoint: failpoint_from_env(),
         })

@@ -8,7 +8,7 @@ pub const LEADER_LOCK: i64 = 0x6d61_6e61_6169_6c64;
 /// Tries the leader lock once on `client`'s session; true when it is ours.
 pub async fn try_lock(client: &tokio_postgres::Client) -> Result<bool, tokio_postgres::Error> {
     client
-        .query_one("SELECT pg_try_advisory_lock($1)", &[&LEADER_LOCK])
+        .query_one("SELECT pg_try_advisory_lock($1) AS locked", &[&LEADER_LOCK])
         .await?
-        .try_get(0)
+        .try_get("locked")
 }

@@ -1,6 +1,6 @@
 //! The change queue (`mana_ai.change_queue`, filled by the triggers), the
 //! changes set aside (`mana_ai.dead_changes`), and the applier's prepared
-//! statements ([`Prepared`]), which span the queue, the change log and the
+//! statements ([`ApplierStatements`]), which span the queue, the change log and the
 //! snapshots.
 
 use chrono::{DateTime, Utc};
@@ -74,7 +74,7 @@ const INSERT_DEAD: &str = "INSERT INTO mana_ai.dead_changes
 /// they were issued: a cache miss can never hold back an earlier statement
 /// while a later one is sent.
 #[derive(Clone)]
-pub(crate) struct Prepared {
+pub(crate) struct ApplierStatements {
     pub claim: Statement,
     pub claim_ids: Statement,
     pub set_user: Statement,
@@ -87,41 +87,33 @@ pub(crate) struct Prepared {
     pub armable_of_agents: Statement,
 }
 
-impl Prepared {
+impl ApplierStatements {
     /// Prepares (or takes from the connection's cache) every statement;
     /// the misses are prepared in one pipelined round trip.
     pub(crate) async fn get(
         client: &deadpool_postgres::ClientWrapper,
         generation: crate::sync::generation::Generation,
-    ) -> Result<Prepared, tokio_postgres::Error> {
-        let sql = [
-            CLAIM,
-            CLAIM_IDS,
-            history::SET_USER,
-            history::read_changes(generation),
-            snapshots::LOAD_MISSIONS,
-            snapshots::LOAD_AGENTS,
-            snapshots::UPSERT_MISSIONS,
-            snapshots::UPSERT_AGENTS,
-            INSERT_DEAD,
-            snapshots::ARMABLE_OF_AGENTS,
-        ];
-        let stmts =
-            futures_util::future::try_join_all(sql.iter().map(|q| client.prepare_cached(q)))
-                .await?;
-        let [claim, claim_ids, set_user, read, load_missions, load_agents, upsert_missions, upsert_agents, insert_dead, armable_of_agents] =
-            <[Statement; 10]>::try_from(stmts).expect("ten statements");
-        Ok(Prepared {
-            claim,
-            claim_ids,
-            set_user,
-            read,
-            load_missions,
-            load_agents,
-            upsert_missions,
-            upsert_agents,
-            insert_dead,
-            armable_of_agents,
+    ) -> Result<ApplierStatements, tokio_postgres::Error> {
+        // Each field beside its statement; `try_join!` polls them together,
+        // so the misses go out in one pipelined round trip.
+        macro_rules! prepare_all {
+            ($($field:ident: $sql:expr),* $(,)?) => {{
+                let ($($field,)*) =
+                    futures_util::try_join!($(client.prepare_cached($sql)),*)?;
+                ApplierStatements { $($field),* }
+            }};
+        }
+        Ok(prepare_all! {
+            claim: CLAIM,
+            claim_ids: CLAIM_IDS,
+            set_user: history::SET_USER,
+            read: history::read_changes(generation),
+            load_missions: snapshots::LOAD_MISSIONS,
+            load_agents: snapshots::LOAD_AGENTS,
+            upsert_missions: snapshots::UPSERT_MISSIONS,
+            upsert_agents: snapshots::UPSERT_AGENTS,
+            insert_dead: INSERT_DEAD,
+            armable_of_agents: snapshots::ARMABLE_OF_AGENTS,
         })
     }
 
@@ -141,11 +133,11 @@ impl Prepared {
 /// twice.
 pub(crate) async fn claim(
     client: &impl GenericClient,
-    st: &Prepared,
+    statements: &ApplierStatements,
     limit: i64,
     from: i64,
 ) -> anyhow::Result<(Vec<QueueRow>, Horizon)> {
-    let rows = client.query(&st.claim, &[&limit, &from]).await?;
+    let rows = client.query(&statements.claim, &[&limit, &from]).await?;
     // The statement returns one row even when it claims nothing.
     let first = rows
         .first()
@@ -173,10 +165,10 @@ pub(crate) async fn claim(
 /// Claims the queue rows of `ids` that are still there, in queue order.
 pub(crate) async fn claim_ids(
     client: &impl GenericClient,
-    st: &Prepared,
+    statements: &ApplierStatements,
     ids: &[i64],
 ) -> Result<Vec<QueueRow>, tokio_postgres::Error> {
-    let rows = client.query(&st.claim_ids, &[&ids]).await?;
+    let rows = client.query(&statements.claim_ids, &[&ids]).await?;
     let mut claimed: Vec<QueueRow> = rows
         .iter()
         .map(QueueRow::from_row)
@@ -218,7 +210,7 @@ pub(crate) struct DeadChange {
 /// empty. Ids are cut (`record_id_length` keeps the true length).
 pub(crate) async fn insert_dead(
     client: &impl GenericClient,
-    st: &Prepared,
+    statements: &ApplierStatements,
     dead: &[DeadChange],
 ) -> Result<(), tokio_postgres::Error> {
     if dead.is_empty() {
@@ -246,7 +238,7 @@ pub(crate) async fn insert_dead(
     let details: Vec<String> = dead.iter().map(|d| d.poison.to_string()).collect();
     client
         .execute(
-            &st.insert_dead,
+            &statements.insert_dead,
             &[
                 &queue_ids,
                 &change_ids,

@@ -37,7 +37,7 @@ pub(crate) async fn claim(
     client: &mut Client,
     slot: &Slot,
     token: Uuid,
-    instance: Uuid,
+    term: Uuid,
 ) -> Result<ClaimRow, tokio_postgres::Error> {
     let tx = client.transaction().await?;
     tx.batch_execute("SET LOCAL synchronous_commit = off")
@@ -47,9 +47,7 @@ pub(crate) async fn claim(
     let claimed = tx
         .query_opt(
             CLAIM,
-            &[
-                user_id, mission_id, slot, &token, &instance, &running, &retry,
-            ],
+            &[user_id, mission_id, slot, &token, &term, &running, &retry],
         )
         .await?;
     if let Some(row) = claimed {
@@ -243,17 +241,17 @@ pub(crate) async fn recent_runs(
     rows.iter().map(RecentRun::from_row).collect()
 }
 
-/// Gives back every slot `instance` still has `running`.
-pub(crate) async fn release_instance(
+/// Gives back every slot the term `term` still has `running`.
+pub(crate) async fn release_term(
     client: &impl GenericClient,
-    instance: Uuid,
+    term: Uuid,
 ) -> Result<u64, tokio_postgres::Error> {
     client
         .execute(
             "UPDATE mana_ai.mission_runs SET state = $2, retry_at = now(), outcome = $3
              WHERE claimed_by = $1 AND state = $4",
             &[
-                &instance,
+                &term,
                 &RunState::Retry,
                 &RunOutcome::Abandoned,
                 &RunState::Running,

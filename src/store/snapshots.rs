@@ -14,7 +14,7 @@ use futures_util::{Stream, TryStreamExt};
 use serde_json::{Map, Value};
 use tokio_postgres::{GenericClient, Row, Transaction};
 
-use super::queue::Prepared;
+use super::queue::ApplierStatements;
 use crate::reactor::decode::{self, RowError};
 use crate::schedule::wheel::parse_next_run;
 use crate::sync::change::{Kind, Poison};
@@ -95,7 +95,7 @@ pub(crate) type Loaded = HashMap<SnapshotKey, Result<Snapshot, Poison>>;
 /// record alone.
 pub(crate) async fn load(
     client: &impl GenericClient,
-    st: &Prepared,
+    statements: &ApplierStatements,
     kind: Kind,
     keys: &[SnapshotKey],
 ) -> Result<Loaded, tokio_postgres::Error> {
@@ -104,7 +104,7 @@ pub(crate) async fn load(
     }
     let users: Vec<&str> = keys.iter().map(|k| k.0.as_str()).collect();
     let ids: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
-    let rows = client.query(st.load(kind), &[&users, &ids]).await?;
+    let rows = client.query(statements.load(kind), &[&users, &ids]).await?;
     let mut out = HashMap::with_capacity(rows.len());
     for row in &rows {
         // The key columns must read (they are our own text columns); the
@@ -174,7 +174,7 @@ impl SnapshotWrite {
 /// is empty.
 pub(crate) async fn upsert(
     client: &impl GenericClient,
-    st: &Prepared,
+    statements: &ApplierStatements,
     kind: Kind,
     rows: &[SnapshotWrite],
 ) -> Result<(), tokio_postgres::Error> {
@@ -196,7 +196,7 @@ pub(crate) async fn upsert(
             let next_ts: Vec<Option<DateTime<Utc>>> = rows.iter().map(|r| r.next_run_ts).collect();
             client
                 .execute(
-                    &st.upsert_missions,
+                    &statements.upsert_missions,
                     &[
                         &users, &ids, &records, &folds, &deleted, &states, &next, &agents, &counts,
                         &applied, &next_ts,
@@ -207,7 +207,7 @@ pub(crate) async fn upsert(
         Kind::Agent => {
             client
                 .execute(
-                    &st.upsert_agents,
+                    &statements.upsert_agents,
                     &[&users, &ids, &records, &folds, &deleted, &counts, &applied],
                 )
                 .await?;
@@ -290,7 +290,7 @@ pub(crate) async fn count_armable_missions(
 /// sees the batch's own mission changes.
 pub(crate) async fn armable_missions_of_agents(
     client: &impl GenericClient,
-    st: &Prepared,
+    statements: &ApplierStatements,
     agents: &[(&str, &str)],
 ) -> Result<Vec<ArmableMission>, tokio_postgres::Error> {
     if agents.is_empty() {
@@ -298,7 +298,9 @@ pub(crate) async fn armable_missions_of_agents(
     }
     let users: Vec<&str> = agents.iter().map(|a| a.0).collect();
     let ids: Vec<&str> = agents.iter().map(|a| a.1).collect();
-    let rows = client.query(&st.armable_of_agents, &[&users, &ids]).await?;
+    let rows = client
+        .query(&statements.armable_of_agents, &[&users, &ids])
+        .await?;
     rows.iter().map(ArmableMission::from_row).collect()
 }
 

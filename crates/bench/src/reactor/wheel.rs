@@ -45,7 +45,7 @@ async fn fill_snapshots(admin: &tokio_postgres::Client, missions: u64) -> anyhow
     Ok(())
 }
 
-/// Section 5: `reactor::rebuild_wheel` into a fresh wheel; seconds, and
+/// Section 5: `reactor::arm_from_snapshots` into a fresh wheel; seconds, and
 /// bytes per armed mission (allocator count and RSS, wheel still alive).
 pub async fn rebuild(server: &PgServer, scale: &Scale, report: &mut Report) -> anyhow::Result<()> {
     let bench = setup::with_reactor_schema(server).await?;
@@ -69,7 +69,7 @@ pub async fn rebuild(server: &PgServer, scale: &Scale, report: &mut Report) -> a
     let clock: Arc<dyn Clock> = Arc::new(DbClock::new());
     let (wheel, task) = spawn_wheel(clock, Metrics::new(), due_tx, shutdown.clone());
     let started = Instant::now();
-    let armed = reactor::rebuild_wheel(&bench.pool, &wheel).await?;
+    let armed = reactor::arm_from_snapshots(&bench.pool, &wheel).await?;
     let took = started.elapsed();
     let (bytes_after, rss_after) = (alloc::allocated(), alloc::rss_bytes());
 
