@@ -121,8 +121,21 @@ fn param_schema(param: &ParamSpec, param_max_chars: usize) -> Value {
     }
 }
 
+/// The longest `maxLength` a parameter carries in a schema. A server that
+/// constrains output turns `maxLength: n` into n nested optional
+/// repetitions; llama-cpp-python 0.3.36 could not parse the grammar of the
+/// v0.6 catalog with every string parameter at 4,000 and its server crashed
+/// at the request (measured with `scripts/real-model-check.sh`). A bound
+/// above this is left to the answer's token budget and the write-back's
+/// field limit.
+pub const GRAMMAR_MAX_LENGTH: usize = 500;
+
 fn bounded_string(max: usize) -> Value {
-    json!({"type": "string", "maxLength": max})
+    if max <= GRAMMAR_MAX_LENGTH {
+        json!({"type": "string", "maxLength": max})
+    } else {
+        json!({"type": "string"})
+    }
 }
 
 /// Text the user reads: at least one character.
@@ -185,10 +198,10 @@ mod tests {
     }
 
     #[test]
-    fn every_string_is_bounded() {
+    fn every_string_is_bounded_within_what_grammars_take() {
         let catalog = ToolCatalog::builtin();
         let all: Vec<&ToolSpec> = catalog.tools().iter().collect();
-        let schema = plan_schema(&all, 4000).unwrap();
+        let schema = plan_schema(&all, GRAMMAR_MAX_LENGTH).unwrap();
         let mut strings = Vec::new();
         collect_strings(&schema, &mut strings);
         assert!(strings.len() > 100, "{}", strings.len());
@@ -230,14 +243,34 @@ mod tests {
         assert!(top.find("\"summary\"") < top.find("\"steps\""), "{top}");
     }
 
+    /// A long bound (the default 4,000) is no `maxLength` at all: a
+    /// grammar of dozens of such strings does not parse in llama.cpp.
+    #[test]
+    fn a_bound_past_what_grammars_take_is_left_out_of_the_schema() {
+        let catalog = ToolCatalog::builtin_named(BuiltinCatalog::V06);
+        let tools: Vec<_> = catalog.tools().iter().collect();
+        let schema = plan_schema(&tools, 4000).unwrap();
+        let text = serde_json::to_string(&schema).unwrap();
+        for branch in branches(&schema) {
+            for (name, param) in branch["properties"]["params"]["properties"]
+                .as_object()
+                .unwrap()
+            {
+                let bound = param["maxLength"].as_u64().unwrap_or(0);
+                assert!(bound as usize <= GRAMMAR_MAX_LENGTH, "{name}: {param}");
+            }
+        }
+        assert!(!text.contains("\"maxLength\":4000"), "{text}");
+    }
+
     #[test]
     fn arrays_and_objects_keep_their_type_and_strings_the_setting() {
         let catalog = ToolCatalog::builtin_named(BuiltinCatalog::Current);
         let tools = ["create_invoice", "update_website_block"].map(|n| catalog.get(n).unwrap());
-        let schema = plan_schema(&tools, 9000).unwrap();
+        let schema = plan_schema(&tools, 300).unwrap();
         let params = |i: usize| branches(&schema)[i]["properties"]["params"]["properties"].clone();
         assert_eq!(params(0)["lines"], json!({"type": "array"}));
-        assert_eq!(params(0)["clientName"]["maxLength"], json!(9000));
+        assert_eq!(params(0)["clientName"]["maxLength"], json!(300));
         assert_eq!(params(1)["patch"], json!({"type": "object"}));
         assert_eq!(schema["properties"]["summary"]["minLength"], json!(1));
         assert_eq!(
