@@ -12,50 +12,9 @@
 //! Problems never quote a value or a name the model made up: they go to logs
 //! and to the user's `errorDetails`. A parameter name quoted is the catalog's.
 
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::tools::{ParamSpec, ToolSpec};
-
-/// A parameter's JSON type, as the webapp declares it (`type` in the catalog).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ParamType {
-    String,
-    Number,
-    Integer,
-    Boolean,
-    /// A JSON array (today's catalog: an invoice's lines).
-    Array,
-    /// A JSON object (today's catalog: a website block's props or patch).
-    Object,
-}
-
-impl ParamType {
-    /// The JSON Schema and catalog name of the type.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ParamType::String => "string",
-            ParamType::Number => "number",
-            ParamType::Integer => "integer",
-            ParamType::Boolean => "boolean",
-            ParamType::Array => "array",
-            ParamType::Object => "object",
-        }
-    }
-
-    /// Whether `value` is of this type (an integer is also a number).
-    pub fn admits(self, value: &Value) -> bool {
-        match self {
-            ParamType::String => value.is_string(),
-            ParamType::Number => value.is_number(),
-            ParamType::Integer => value.is_i64() || value.is_u64(),
-            ParamType::Boolean => value.is_boolean(),
-            ParamType::Array => value.is_array(),
-            ParamType::Object => value.is_object(),
-        }
-    }
-}
+use super::tools::{ParamSpec, ParamType, ToolSpec};
 
 /// What is wrong with a step's parameters.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

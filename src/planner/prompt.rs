@@ -27,9 +27,9 @@ use std::fmt::{self, Write};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::Value;
 
-use super::params::ParamType;
 use super::schema::plan_schema;
 use super::text::{clip, defuse_agent_tags, is_ciphertext};
+use super::tools::ParamType;
 use super::tools::ToolSpec;
 
 /// Mission title, agent name and role, input titles.

@@ -23,8 +23,8 @@
 
 use serde_json::{json, Map, Value};
 
-use super::params::ParamType;
 use super::parser::MAX_STEPS;
+use super::tools::ParamType;
 use super::tools::{ParamSpec, ToolSpec};
 
 /// Longest summary (the plan's or a step's) the schema allows: a line the

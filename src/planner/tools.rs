@@ -20,7 +20,6 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub use super::params::ParamType;
 use crate::sync::generation::Generation;
 
 const BUILTIN_JSON: &str = include_str!("builtin_tools.json");
@@ -77,6 +76,46 @@ impl CatalogChoice {
                 || CatalogChoice::File(PathBuf::from(value)),
                 CatalogChoice::Builtin,
             )
+    }
+}
+
+/// A parameter's JSON type, as the webapp declares it (`type` in the catalog).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ParamType {
+    String,
+    Number,
+    Integer,
+    Boolean,
+    /// A JSON array (today's catalog: an invoice's lines).
+    Array,
+    /// A JSON object (today's catalog: a website block's props or patch).
+    Object,
+}
+
+impl ParamType {
+    /// The JSON Schema and catalog name of the type.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ParamType::String => "string",
+            ParamType::Number => "number",
+            ParamType::Integer => "integer",
+            ParamType::Boolean => "boolean",
+            ParamType::Array => "array",
+            ParamType::Object => "object",
+        }
+    }
+
+    /// Whether `value` is of this type (an integer is also a number).
+    pub fn admits(self, value: &Value) -> bool {
+        match self {
+            ParamType::String => value.is_string(),
+            ParamType::Number => value.is_number(),
+            ParamType::Integer => value.is_i64() || value.is_u64(),
+            ParamType::Boolean => value.is_boolean(),
+            ParamType::Array => value.is_array(),
+            ParamType::Object => value.is_object(),
+        }
     }
 }
 

@@ -14,7 +14,7 @@
 //! Everything that fails because of one row's content is that row's poison
 //! and never an error of the batch: change columns are decoded row by row
 //! (`decode`: JSON as bytes, its depth checked before serde_json, limit
-//! [`super::decode::MAX_CHANGE_DEPTH`] = 100 levels so that whatever passes can be
+//! [`crate::store::decode::MAX_CHANGE_DEPTH`] = 100 levels so that whatever passes can be
 //! stored in the snapshot's record and read back within serde_json's 127),
 //! a snapshot that cannot be read back sets aside its record's changes
 //! (`snapshot-unreadable`), a fold that panics sets aside its record's

@@ -40,25 +40,9 @@ use std::collections::BTreeMap;
 /// Open hole ranges tracked at most.
 pub const MAX_RANGES: usize = 4_096;
 
-/// Which queue a claim read: the storage of the queue's identity sequence
-/// and when the server started. Ids are comparable only within one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct QueueEpoch {
-    pub sequence_filenode: i64,
-    pub server_started_micros: i64,
-}
-
-/// What the claim statement saw besides its rows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Horizon {
-    /// `xmin` of the claim statement's own snapshot: every xid below it
-    /// had ended when the claim read the queue.
-    pub xmin: i64,
-    /// The claim's transaction id, taken by its DELETE after its snapshot
-    /// (None when it deleted nothing).
-    pub xid: Option<i64>,
-    pub epoch: QueueEpoch,
-}
+/// What a claim statement returns besides its rows lives with the
+/// statement (`store::queue`), plain data this core reads.
+pub use crate::store::queue::{Horizon, QueueEpoch};
 
 /// One run of ids `start..=end` that a claim passed over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,7 +12,6 @@ pub mod applier;
 mod backstop;
 mod batch;
 mod batch_tx;
-pub mod decode;
 pub mod fold_batch;
 pub mod listener;
 pub mod low_water;

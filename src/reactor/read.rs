@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
-use super::decode::RowError;
 use super::outcome::ApplyError;
+use crate::store::decode::RowError;
 use crate::store::history;
 use crate::store::queue::{ApplierStatements, DeadChange, QueueRow};
 use crate::sync::change::{self, Poison, RawChange, ValidChange};

@@ -20,8 +20,8 @@ use anyhow::Context;
 use deadpool_postgres::Pool;
 use tokio_postgres::{IsolationLevel, Row, Statement, Transaction};
 
-use super::decode::RowError;
 use super::fold_batch::{count, snapshot_write};
+use crate::store::decode::RowError;
 use crate::store::history;
 use crate::store::queue::ApplierStatements;
 use crate::store::snapshots::{self, Snapshot, SnapshotWrite};

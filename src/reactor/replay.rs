@@ -25,8 +25,8 @@ use serde_json::{Map, Value};
 use tokio_postgres::Client;
 use uuid::Uuid;
 
-use super::decode::RowError;
 use super::fold_batch::{self, PendingReplay};
+use crate::store::decode::RowError;
 use crate::store::history;
 use crate::store::queue::ApplierStatements;
 use crate::store::snapshots::{Snapshot, SnapshotWrite};

@@ -19,7 +19,7 @@ use serde_json::{json, Map, Value};
 use tokio_postgres::Transaction;
 
 use super::claim::{self, Slot};
-use crate::reactor::decode::RowError;
+use crate::store::decode::RowError;
 use crate::store::{
     self,
     writeback::{Base, MarkedChange, MarkedSnapshot, WriteBackRow},

@@ -9,7 +9,7 @@
 
 use tokio_postgres::{GenericClient, Row, Transaction};
 
-use crate::reactor::decode::{self, RowError};
+use crate::store::decode::{self, RowError};
 use crate::sync::change::{Poison, RawChange};
 use crate::sync::fold::Folded;
 use crate::sync::generation::Generation;

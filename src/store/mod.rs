@@ -5,7 +5,8 @@
 //! Each module takes a `tokio_postgres` client or transaction and returns
 //! typed rows; callers never index columns by position.
 
-// Queue and change log (owned by the reactor).
+// Queue and change log (owned by the reactor); decoding their rows.
+pub(crate) mod decode;
 pub(crate) mod history;
 pub(crate) mod maintenance;
 pub(crate) mod notify;

@@ -8,7 +8,6 @@ use tokio_postgres::{GenericClient, Row, Statement};
 use uuid::Uuid;
 
 use super::{history, snapshots};
-use crate::reactor::low_water::{Horizon, QueueEpoch};
 use crate::sync::change::{clip_bytes, Kind, Poison};
 
 /// One row of `mana_ai.change_queue`, claimed by the applier.
@@ -67,6 +66,26 @@ const INSERT_DEAD: &str = "INSERT INTO mana_ai.dead_changes
        (queue_id, change_id, user_id, table_name, record_id, record_id_length, reason, detail)
      SELECT * FROM unnest($1::int8[], $2::uuid[], $3::text[], $4::text[], $5::text[],
                           $6::int4[], $7::text[], $8::text[])";
+
+/// Which queue a claim read: the storage of the queue's identity sequence
+/// and when the server started. Ids are comparable only within one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueEpoch {
+    pub sequence_filenode: i64,
+    pub server_started_micros: i64,
+}
+
+/// What the claim statement saw besides its rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Horizon {
+    /// `xmin` of the claim statement's own snapshot: every xid below it
+    /// had ended when the claim read the queue.
+    pub xmin: i64,
+    /// The claim's transaction id, taken by its DELETE after its snapshot
+    /// (None when it deleted nothing).
+    pub xid: Option<i64>,
+    pub epoch: QueueEpoch,
+}
 
 /// The applier's statements, prepared once per pooled connection (deadpool
 /// caches them, so after the first batch this costs no round trip). Holding

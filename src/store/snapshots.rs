@@ -15,8 +15,8 @@ use serde_json::{Map, Value};
 use tokio_postgres::{GenericClient, Row, Transaction};
 
 use super::queue::ApplierStatements;
-use crate::reactor::decode::{self, RowError};
 use crate::schedule::wheel::parse_next_run;
+use crate::store::decode::{self, RowError};
 use crate::sync::change::{Kind, Poison};
 use crate::sync::fold::FoldState;
 
