@@ -416,7 +416,7 @@ async fn a_tampered_ciphertext_is_audited_as_failed_and_left_out(t: TestDb) {
     t1_is_refused_as_not_under_the_grant_key(t, Variant::TamperT1).await;
 }
 
-/// Today's webapp (TODAY.md section 5 in the docs' words: docs/interfaces.md
+/// Today's webapp (docs/interfaces.md
 /// section 7): the grant unwraps, the record does not open.
 async fn a_record_under_the_vault_key_gets_its_own_reason(t: TestDb) {
     t1_is_refused_as_not_under_the_grant_key(t, Variant::T1UnderVaultKey).await;

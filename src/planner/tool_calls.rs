@@ -1,4 +1,4 @@
-//! Native tool calling (TODAY.md section 6), the pure part: the request's
+//! Native tool calling (docs/interfaces.md section 6), the pure part: the request's
 //! `tools` array, its system message, and the judging of each call a model
 //! makes over the rounds of one plan.
 //!

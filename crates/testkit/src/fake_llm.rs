@@ -103,7 +103,7 @@ impl FakeLlm {
     }
 
     /// mana-llm's typed error `{"detail": {"kind", "message"}}` with the
-    /// status the gateway uses for `kind` (TODAY.md section 6).
+    /// status the gateway uses for `kind` (docs/interfaces.md section 6).
     pub fn error(kind: &str, message: &str) -> FakeReply {
         let status = match kind {
             "blocked" => 422,

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::planner::limiter::Response;
 
-/// mana-llm's error kinds (`{"detail": {"kind", "message"}}`, TODAY.md section 6).
+/// mana-llm's error kinds (`{"detail": {"kind", "message"}}`, docs/interfaces.md section 6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum GatewayKind {
     /// The provider refused the content (HTTP 422): final, the run ends.

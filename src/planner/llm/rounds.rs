@@ -1,4 +1,4 @@
-//! Native tool calling over rounds (TODAY.md section 6): the request
+//! Native tool calling over rounds (docs/interfaces.md section 6): the request
 //! carries `tools` (the allowed tools) and `tool_choice: auto`; each round's
 //! calls are judged ([`crate::planner::tool_calls`]) and answered with
 //! `role: tool` messages; the loop ends at a reply without calls (its text
