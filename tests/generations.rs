@@ -109,23 +109,7 @@ async fn write_current(t: &TestDb, user: &str, mission: &str, data: Value) {
 }
 
 async fn write_current_op(t: &TestDb, user: &str, mission: &str, op: &str, data: Value) {
-    let mut client = t.sync_client().await;
-    let tx = mana_ai::db::begin_user(&mut client, user).await.unwrap();
-    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    let stamps: serde_json::Map<String, Value> = data
-        .as_object()
-        .unwrap()
-        .keys()
-        .map(|k| (k.clone(), json!(now)))
-        .collect();
-    tx.execute(
-        "INSERT INTO sync_changes (app_id, table_name, record_id, user_id, op, data, field_meta, client_id, origin, space_id)
-         VALUES ('ai', 'aiMissions', $1, $2, $5, $3, $4, 'browser', 'user', 'space-1')",
-        &[&mission, &user, &data, &Value::Object(stamps), &op],
-    )
-    .await
-    .unwrap();
-    tx.commit().await.unwrap();
+    common::write_today(t, user, mission, op, &data).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -25,24 +25,8 @@ async fn seed_mission(t: &TestDb, user: &str, id: &str, extra: Value) {
 
 /// Writes a mission as today's sync server does (stamps in `field_meta`).
 async fn seed_current(t: &TestDb, user: &str, id: &str) {
-    let mut client = t.sync_client().await;
-    let tx = mana_ai::db::begin_user(&mut client, user).await.unwrap();
     let data = mission_data(json!({"spaceId": "space-1"}));
-    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    let stamps: serde_json::Map<String, Value> = data
-        .as_object()
-        .unwrap()
-        .keys()
-        .map(|k| (k.clone(), json!(now)))
-        .collect();
-    tx.execute(
-        "INSERT INTO sync_changes (app_id, table_name, record_id, user_id, op, data, field_meta, client_id, origin, space_id)
-         VALUES ('ai', 'aiMissions', $1, $2, 'insert', $3, $4, 'browser', 'user', 'space-1')",
-        &[&id, &user, &data, &Value::Object(stamps)],
-    )
-    .await
-    .unwrap();
-    tx.commit().await.unwrap();
+    common::write_today(t, user, id, "insert", &data).await;
 }
 
 /// The mission's newest iteration, as the webapp folds it.

@@ -375,6 +375,28 @@ pub async fn write(client: &mut tokio_postgres::Client, changes: &[Change<'_>]) 
     tx.commit().await.unwrap();
 }
 
+/// Inserts one mission change as today's sync server writes it: every key
+/// stamped now in `field_meta`, `origin = 'user'`, Space `space-1`.
+pub async fn write_today(t: &TestDb, user: &str, mission: &str, op: &str, data: &Value) {
+    let mut client = t.sync_client().await;
+    let tx = mana_ai::db::begin_user(&mut client, user).await.unwrap();
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let stamps: serde_json::Map<String, Value> = data
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| (k.clone(), Value::from(now.as_str())))
+        .collect();
+    tx.execute(
+        "INSERT INTO sync_changes (app_id, table_name, record_id, user_id, op, data, field_meta, client_id, origin, space_id)
+         VALUES ('ai', 'aiMissions', $1, $2, $5, $3, $4, 'browser', 'user', 'space-1')",
+        &[&mission, &user, data, &Value::Object(stamps), &op],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+}
+
 /// `field_meta` (today's generation) or `field_timestamps` (v0.6's).
 pub async fn stamps_column(client: &impl tokio_postgres::GenericClient) -> &'static str {
     let row = client
