@@ -50,8 +50,10 @@ async fn a_failed_job_falls_back_to_the_news_research() {
     lead.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_job_mana_research_forgets_is_dropped_and_the_run_falls_back() {
+/// A job mana-research no longer answers for (`gone`, after the submit)
+/// is dropped: the run falls back, the job counts as failed, and the slot
+/// gets no second job.
+async fn a_gone_job_is_dropped(gone: fn(&FakeResearch)) {
     let t = setup().await;
     let (llm, api) = (llm().await, news_api().await);
     let research = FakeResearch::start(KEY, vec![FakeResearch::queued()])
@@ -60,8 +62,7 @@ async fn a_job_mana_research_forgets_is_dropped_and_the_run_falls_back() {
     seed(&t, "ana", "bees", json!({"objective": BEES})).await;
     let lead = lead(&t, &llm, &research, &api, &[]).await;
     eventually("submitted", || async { jobs(&lead, "submitted") >= 1.0 }).await;
-    // The original counts a 404 as pending for ever; here it ends the job.
-    research.forget_tasks();
+    gone(&research);
     assert_fell_back(&t, &llm, &api, "bees").await;
     lead.settled().await;
     assert_eq!(jobs(&lead, "failed"), 1.0);
@@ -69,22 +70,15 @@ async fn a_job_mana_research_forgets_is_dropped_and_the_run_falls_back() {
     lead.stop().await;
 }
 
+/// The original counts a 404 as pending for ever; here it ends the job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_mana_research_forgets_is_dropped_and_the_run_falls_back() {
+    a_gone_job_is_dropped(|research| research.forget_tasks()).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poll_refused_with_401_drops_the_job_and_the_run_falls_back() {
-    let t = setup().await;
-    let (llm, api) = (llm().await, news_api().await);
-    let research = FakeResearch::start(KEY, vec![FakeResearch::queued()])
-        .await
-        .unwrap();
-    seed(&t, "ana", "bees", json!({"objective": BEES})).await;
-    let lead = lead(&t, &llm, &research, &api, &[]).await;
-    eventually("submitted", || async { jobs(&lead, "submitted") >= 1.0 }).await;
-    research.answer_polls_with(Some(401));
-    assert_fell_back(&t, &llm, &api, "bees").await;
-    lead.settled().await;
-    assert_eq!(jobs(&lead, "failed"), 1.0);
-    assert_eq!(research.submits().len(), 1);
-    lead.stop().await;
+    a_gone_job_is_dropped(|research| research.answer_polls_with(Some(401))).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
