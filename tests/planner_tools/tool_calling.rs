@@ -1,6 +1,6 @@
 //! Native tool calling (issue 19 item 1) and its metrics (item 5).
 
-use super::common::{eventually, setup};
+use super::common::{eventually, setup, TestDb};
 use super::{last_iteration, planned, seed, seed_mission, TASK_PLAN};
 use serde_json::{json, Value};
 use testkit::fake_llm::FakeLlm;
@@ -24,6 +24,26 @@ fn steps(iteration: &Value) -> Vec<(String, Value)> {
 fn of_role<'a>(body: &'a Value, role: &str) -> Vec<&'a Value> {
     let messages = body["messages"].as_array().unwrap();
     messages.iter().filter(|m| m["role"] == role).collect()
+}
+
+/// Leads with `llm` in the tools form (and `extra` settings) until the
+/// mission has its iteration, then stops.
+async fn run_with_tools(
+    t: &TestDb,
+    llm: &FakeLlm,
+    user: &str,
+    mission: &str,
+    extra: &[(&str, &str)],
+) {
+    let url = llm.url();
+    let mut overrides = vec![
+        ("MANA_LLM_URL", url.as_str()),
+        ("MANA_LLM_STRUCTURED", "tools"),
+    ];
+    overrides.extend_from_slice(extra);
+    let lead = t.lead(&overrides).await;
+    eventually("the mission's iteration", || planned(t, user, mission)).await;
+    lead.stop().await;
 }
 
 /// Three rounds: valid calls become steps (a repeated one collapses), an
@@ -161,15 +181,7 @@ async fn the_loop_ends_at_the_round_limit_and_at_the_budget() {
         .await
         .unwrap();
     seed_mission(&t, "pia", "m1", json!({})).await;
-    let lead = t
-        .lead(&[
-            ("MANA_LLM_URL", &llm.url()),
-            ("MANA_LLM_STRUCTURED", "tools"),
-            ("MANA_AI_PLANNER_ROUNDS", "2"),
-        ])
-        .await;
-    eventually("m1 planned", || planned(&t, "pia", "m1")).await;
-    lead.stop().await;
+    run_with_tools(&t, &llm, "pia", "m1", &[("MANA_AI_PLANNER_ROUNDS", "2")]).await;
     assert_eq!(llm.bodies().len(), 2);
     let iteration = last_iteration(&t, "pia", "m1").await.unwrap();
     assert_eq!(steps(&iteration).len(), 2);
@@ -179,14 +191,7 @@ async fn the_loop_ends_at_the_round_limit_and_at_the_budget() {
     let agent = json!({"name": "Sparsam", "state": "active", "maxTokensPerDay": 100});
     seed(&t, "pia", "agents", "agent-1", agent).await;
     seed_mission(&t, "pia", "m2", json!({"agentId": "agent-1"})).await;
-    let lead = t
-        .lead(&[
-            ("MANA_LLM_URL", &budget.url()),
-            ("MANA_LLM_STRUCTURED", "tools"),
-        ])
-        .await;
-    eventually("m2 planned", || planned(&t, "pia", "m2")).await;
-    lead.stop().await;
+    run_with_tools(&t, &budget, "pia", "m2", &[]).await;
     assert_eq!(budget.bodies().len(), 1, "no round past the budget");
     let iteration = last_iteration(&t, "pia", "m2").await.unwrap();
     assert_eq!(steps(&iteration).len(), 1);
@@ -272,14 +277,7 @@ async fn a_refusal_in_a_later_round_ends_the_run() {
     .await
     .unwrap();
     seed_mission(&t, "sam", "m1", json!({})).await;
-    let lead = t
-        .lead(&[
-            ("MANA_LLM_URL", &llm.url()),
-            ("MANA_LLM_STRUCTURED", "tools"),
-        ])
-        .await;
-    eventually("m1 ended", || planned(&t, "sam", "m1")).await;
-    lead.stop().await;
+    run_with_tools(&t, &llm, "sam", "m1", &[]).await;
     assert_eq!(llm.bodies().len(), 2);
     let iteration = last_iteration(&t, "sam", "m1").await.unwrap();
     assert_eq!(iteration["overallStatus"], "failed", "{iteration}");
@@ -306,15 +304,7 @@ async fn a_later_round_has_retries_of_its_own() {
     .await
     .unwrap();
     seed_mission(&t, "tom", "m1", json!({})).await;
-    let lead = t
-        .lead(&[
-            ("MANA_LLM_URL", &llm.url()),
-            ("MANA_LLM_STRUCTURED", "tools"),
-            ("MANA_LLM_MAX_ATTEMPTS", "2"),
-        ])
-        .await;
-    eventually("m1 planned", || planned(&t, "tom", "m1")).await;
-    lead.stop().await;
+    run_with_tools(&t, &llm, "tom", "m1", &[("MANA_LLM_MAX_ATTEMPTS", "2")]).await;
     assert_eq!(llm.bodies().len(), 4);
     let iteration = last_iteration(&t, "tom", "m1").await.unwrap();
     assert_eq!(steps(&iteration).len(), 2, "{iteration}");
