@@ -141,7 +141,7 @@ pub enum RunOutcome {
     /// Backing off: the attempt failed in this phase.
     FailedIn(Phase),
     /// Backing off: the run ended unfinished (an error, a panic, an abort)
-    /// and its claim guard gave the slot back.
+    /// and its claimed slot, dropped unsettled, was given back.
     Unfinished,
     /// Given back by a term that stopped, or by the next term for one that
     /// died.

@@ -9,20 +9,18 @@
 //!   under another term's id (`claimed_by`), which the next leader takes over;
 //! - a zombie whose slot was taken over cannot write (its token is stale);
 //! - a failed run leaves `retry` with a time before which it is not retried;
-//! - a run that ended in an error gives its claim back through a
-//!   [`ClaimGuard`], retrying until the database answers; a row still
-//!   `running` under this term's own id is a leftover of such a run (the
-//!   runner never claims a mission it is running), so claiming takes it over.
-
-use std::time::Duration;
+//! - a run that ended in an error gives its claim back as it drops its
+//!   `Claimed` (`claimed.rs`), retrying until the database answers; a row
+//!   still `running` under this term's own id is a leftover of such a run
+//!   (the runner never claims a mission it is running), so claiming takes
+//!   it over.
 
 use chrono::{DateTime, Utc};
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
-use crate::backoff::Backoff;
 pub use crate::run_record::Slot;
-use crate::run_record::{Phase, RunOutcome, RunState};
+use crate::run_record::{RunOutcome, RunState};
 pub use crate::store::runs::RecentRun;
 use crate::store::runs::{self, ClaimRow};
 
@@ -106,91 +104,6 @@ pub async fn complete(
     runs::complete(client, slot, &done).await
 }
 
-/// A claimed slot not yet completed. Dropped while still armed (a panic, an
-/// error, an abort at shutdown), it gives the slot back as a failed attempt,
-/// from a task that retries until the database answers, so the slot is
-/// retried and, after enough failures, recorded as failed.
-pub struct ClaimGuard {
-    pub pool: deadpool_postgres::Pool,
-    pub slot: Slot,
-    pub token: Uuid,
-    pub retry_at: DateTime<Utc>,
-    /// Where the run was: `mission_runs.outcome` if it does not finish.
-    pub phase: Phase,
-    pub armed: bool,
-}
-
-impl Drop for ClaimGuard {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        let (pool, slot, token, retry_at, phase) = (
-            self.pool.clone(),
-            self.slot.clone(),
-            self.token,
-            self.retry_at,
-            self.phase,
-        );
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(give_back(pool, slot, token, retry_at, phase));
-        }
-    }
-}
-
-/// Waits between attempts to give a claim back.
-const GIVE_BACK: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-
-/// Records a failed attempt of an unfinished run, until the database takes
-/// it or the pool is closed (the service stops: the next leader releases
-/// what this term left `running`, see [`release_other_terms`]). Once the
-/// database takes it, the update either lands or finds the claim taken over
-/// (done, or claimed again): either way the slot is not left `running`.
-async fn give_back(
-    pool: deadpool_postgres::Pool,
-    slot: Slot,
-    token: Uuid,
-    retry_at: DateTime<Utc>,
-    phase: Phase,
-) {
-    let mut retries = GIVE_BACK.attempts();
-    let message = format!("run did not finish ({})", phase.as_str());
-    for attempt in 1u32.. {
-        if pool.is_closed() {
-            tracing::warn!(attempt, slot = %slot.due_at, "pool closed; an unfinished run's slot is left to the next term");
-            return;
-        }
-        let result = async {
-            let client = pool.get().await?;
-            back_off(
-                &**client,
-                &slot,
-                token,
-                retry_at,
-                RunOutcome::Unfinished,
-                &message,
-            )
-            .await?;
-            anyhow::Ok(())
-        }
-        .await;
-        match result {
-            Ok(()) => {
-                if attempt > 1 {
-                    tracing::info!(attempt, slot = %slot.due_at, "unfinished run's slot given back");
-                }
-                return;
-            }
-            Err(e) if attempt == 1 || attempt % 20 == 0 => tracing::warn!(
-                attempt, slot = %slot.due_at, error = %format!("{e:#}"),
-                "giving an unfinished run's slot back failed; retrying until the database answers"
-            ),
-            Err(_) => {}
-        }
-        tokio::time::sleep(retries.failed()).await;
-    }
-}
-
 /// Recent runs of one user's missions, newest first (operators' view).
 pub async fn recent(
     client: &impl GenericClient,
@@ -219,41 +132,4 @@ pub async fn release_term(
     term: Uuid,
 ) -> Result<u64, tokio_postgres::Error> {
     runs::release_term(client, term).await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A guard dropped after the pool closed (the service stopped) gives up
-    /// at once instead of retrying for ever: nothing outlives the pool.
-    #[tokio::test(start_paused = true)]
-    async fn a_give_back_ends_when_the_pool_is_closed() {
-        // Nothing answers there: every attempt would fail.
-        let pool =
-            crate::db::pool("postgresql://nobody@127.0.0.1:9/none", 1, "test", None).unwrap();
-        pool.close();
-        let guard = ClaimGuard {
-            pool,
-            slot: Slot {
-                user_id: "u".into(),
-                mission_id: "m".into(),
-                due_at: "2026-12-05T08:00:00.000Z".into(),
-            },
-            token: Uuid::new_v4(),
-            retry_at: Utc::now(),
-            phase: Phase::CallingLlm,
-            armed: true,
-        };
-        let alive = || {
-            tokio::runtime::Handle::current()
-                .metrics()
-                .num_alive_tasks()
-        };
-        assert_eq!(alive(), 0);
-        drop(guard);
-        assert_eq!(alive(), 1, "the give-back started");
-        tokio::time::sleep(Duration::from_secs(3600)).await;
-        assert_eq!(alive(), 0, "the give-back still runs after the pool closed");
-    }
 }

@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 use tracing::Instrument;
 
 use super::admit::BUDGET_RETRY;
-use super::claim;
+use super::claimed::Spent;
 use super::gates::GateDecision;
 use super::mission::{Claimed, DueRun};
 use super::phase::Phase;
@@ -18,7 +18,6 @@ use super::{Outcome, Runner};
 use crate::planner::PlannedIteration;
 use crate::run_record::RunOutcome;
 use crate::schedule::cadence::Cadence;
-use crate::store;
 
 /// The summary of a failed iteration the gateway's refusal (`blocked`,
 /// `auth`) wrote at once; `errorDetails` carries the reason.
@@ -30,7 +29,7 @@ impl Runner {
     pub(super) async fn write_back(
         &self,
         due: &DueRun,
-        claimed: &mut Claimed,
+        claimed: Claimed,
         author: Author,
         iteration_id: String,
         planned: Planned,
@@ -38,7 +37,7 @@ impl Runner {
     ) -> anyhow::Result<Outcome> {
         let mut write = WriteBack {
             slot: due.slot.clone(),
-            token: claimed.guard.token,
+            token: claimed.token(),
             iteration: Value::Null,
             iteration_id,
             next_run_at: self.next_run(due.fields(), due.slot_at),
@@ -83,20 +82,12 @@ impl Runner {
         &self,
         client: &tokio_postgres::Client,
         due: &DueRun,
-        claimed: &mut Claimed,
+        claimed: Claimed,
     ) -> anyhow::Result<Outcome> {
         let decision = GateDecision::SkippedBudget;
         let retry_at = self.deps.clock.now() + BUDGET_RETRY;
-        let (slot, token) = (&due.slot, claimed.guard.token);
-        claim::release(
-            client,
-            slot,
-            token,
-            Some(retry_at),
-            RunOutcome::Skipped(decision),
-        )
-        .await?;
-        claimed.guard.armed = false;
+        let slot = &due.slot;
+        claimed.release(client, Some(retry_at), decision).await?;
         self.deps
             .metrics
             .agent_decisions
@@ -110,13 +101,13 @@ impl Runner {
     async fn commit_plan(
         &self,
         client: &mut tokio_postgres::Client,
-        claimed: &mut Claimed,
+        mut claimed: Claimed,
         mut write: WriteBack,
         plan: &PlannedIteration,
         started: DateTime<Utc>,
     ) -> anyhow::Result<Outcome> {
         let deps = &self.deps;
-        claimed.guard.phase = Phase::Finalizing;
+        claimed.enter(Phase::Finalizing);
         deps.metrics.plans_produced.inc();
         write.now = deps.clock.now();
         write.iteration = writeback::planned_iteration(
@@ -126,10 +117,10 @@ impl Runner {
             &plan.summary,
             &plan.steps,
         );
-        let written = writeback::commit(client, &write)
+        let written = claimed
+            .write_back(client, &write)
             .instrument(tracing::info_span!("write_back"))
             .await?;
-        claimed.guard.armed = false;
         if !written {
             return Ok(Outcome::Fenced);
         }
@@ -149,13 +140,13 @@ impl Runner {
     async fn fail(
         &self,
         client: &mut tokio_postgres::Client,
-        claimed: &mut Claimed,
+        claimed: Claimed,
         write: &mut WriteBack,
         started: DateTime<Utc>,
         kind: FailureKind,
         message: &str,
     ) -> anyhow::Result<bool> {
-        let (deps, failures, phase) = (&self.deps, claimed.failures, kind.phase());
+        let (deps, failures, phase) = (&self.deps, claimed.failures(), kind.phase());
         deps.metrics.mission_errors.inc();
         tracing::warn!(phase = phase.as_str(), error = %message, failures = failures + 1, "mission run failed");
         let now = deps.clock.now();
@@ -174,8 +165,7 @@ impl Runner {
             if kind.is_final() {
                 write.iteration["summary"] = serde_json::json!(REFUSED_SUMMARY);
             }
-            writeback::commit(client, write).await?;
-            claimed.guard.armed = false;
+            claimed.write_back(client, write).await?;
             return Ok(true);
         }
         // Never past the mission's next regular slot.
@@ -183,25 +173,15 @@ impl Runner {
         if let Some(next) = write.next_run_at {
             retry_at = retry_at.min(next.max(now));
         }
-        let (slot, token) = (&write.slot, write.token);
         // The failed answer's tokens count against the budgets as well.
-        let tx = client.transaction().await?;
-        claim::back_off(
-            &tx,
-            slot,
-            token,
-            retry_at,
-            RunOutcome::FailedIn(phase),
-            message,
-        )
-        .await?;
-        if write.tokens_used > 0 {
-            let agent = write.author.agent_id.as_deref();
-            let (user, mission) = (&slot.user_id, &slot.mission_id);
-            store::usage::record(&tx, user, agent, mission, write.tokens_used).await?;
-        }
-        tx.commit().await?;
-        claimed.guard.armed = false;
+        let spent = Spent {
+            agent_id: write.author.agent_id.as_deref(),
+            tokens: write.tokens_used,
+        };
+        claimed
+            .back_off(client, retry_at, phase, message, spent)
+            .await?;
+        let slot = &write.slot;
         self.rearm(&slot.user_id, &slot.mission_id, retry_at).await;
         Ok(false)
     }

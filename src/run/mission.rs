@@ -11,14 +11,15 @@ use serde_json::{Map, Value};
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::admit::{Admission, Admitted};
-use super::claim::{self, Claim, ClaimGuard, Slot};
+use super::admit::Admission;
+use super::claim::{self, Claim, Slot};
+pub(super) use super::claimed::Claimed;
+use super::deep::Researched;
 use super::gates::GateDecision;
 use super::phase::Phase;
 use super::stall::Stall;
 use super::{Outcome, Runner};
 use crate::planner::{filter_tools, MissionView, ToolSpec};
-use crate::run_record::RunOutcome;
 use crate::schedule::wheel::MissionKey;
 
 /// What a phase hands on: the next phase's material, or the run's end.
@@ -63,13 +64,6 @@ impl DueRun {
     }
 }
 
-/// A slot this run holds: the guard gives it back if the run goes wrong.
-pub(super) struct Claimed {
-    pub guard: ClaimGuard,
-    /// Earlier failed attempts of this slot.
-    pub failures: u32,
-}
-
 impl Runner {
     pub(super) async fn execute(
         self: &Arc<Self>,
@@ -80,16 +74,27 @@ impl Runner {
         let mut client = self.deps.pool.get().await.context("connecting")?;
         let due = next!(self.load_due(&client, user_id, mission_id, started).await?);
         let mut claimed = next!(self.claim_slot(&mut client, &due, started).await?);
-        let admitted = next!(self.gate(&client, &due, &mut claimed, started).await?);
+        let admitted = match self.gate(&client, &due, started).await? {
+            Admission::Run(admitted) => admitted,
+            Admission::Skip { decision, retry_at } => {
+                claimed.release(&**client, retry_at, decision).await?;
+                return Ok(self.skipped(&due.slot, decision, retry_at).await);
+            }
+        };
         // No pooled connection is held while mana-research answers.
         drop(client);
-        let web = self
-            .deep_research(&due, &mut claimed)
+        let research = self.deep_research(&due);
+        let web = match research
             .instrument(tracing::info_span!("deep_research"))
-            .await?;
-        let web = next!(web);
+            .await?
+        {
+            Researched::Ready(web) => web,
+            Researched::Pending { retry_at } => {
+                return self.research_pending(&due, claimed, retry_at).await
+            }
+        };
         self.decided(GateDecision::Ran);
-        if claimed.failures == 0 {
+        if claimed.failures() == 0 {
             self.count_missed(&due.record, due.slot_at, started);
         }
         let iteration_id = Uuid::new_v4().to_string();
@@ -100,13 +105,13 @@ impl Runner {
             .await?;
         // No pooled connection is held while the model thinks.
         drop(client);
-        claimed.guard.phase = Phase::CallingLlm;
+        claimed.enter(Phase::CallingLlm);
         let tools: Vec<&ToolSpec> = filter_tools(&self.deps.catalog, admitted.policy.as_ref());
         let planned = self
             .plan(&due, &admitted, &tools, inputs, &mut claimed, started)
             .await;
         let author = admitted.author();
-        self.write_back(&due, &mut claimed, author, iteration_id, planned, started)
+        self.write_back(&due, claimed, author, iteration_id, planned, started)
             .await
     }
 
@@ -170,48 +175,25 @@ impl Runner {
                 return Ok(Step::End(Outcome::BackingOff));
             }
         };
-        let guard = ClaimGuard {
-            pool: self.deps.pool.clone(),
-            slot: slot.clone(),
-            token,
-            retry_at: started + self.backoff_after(failures),
-            phase: Phase::ResolvingInputs,
-            armed: true,
-        };
-        Ok(Step::Next(Claimed { guard, failures }))
+        let retry_at = started + self.backoff_after(failures);
+        let pool = self.deps.pool.clone();
+        let claimed = Claimed::new(pool, slot.clone(), token, failures, retry_at);
+        Ok(Step::Next(claimed))
     }
 
-    /// Phase 3: the agent gates. A skip gives the slot back uncounted; a
-    /// run let through is counted `ran` after the deep research step (3b).
+    /// Phase 3: the agent gates. A skip gives the slot back uncounted (the
+    /// caller releases it); a run let through is counted `ran` after the
+    /// deep research step (3b).
     async fn gate(
         &self,
         client: &deadpool_postgres::Object,
         due: &DueRun,
-        claimed: &mut Claimed,
         started: DateTime<Utc>,
-    ) -> anyhow::Result<Step<Box<Admitted>>> {
+    ) -> anyhow::Result<Admission> {
         let key = MissionKey::new(&due.slot.user_id, &due.slot.mission_id);
-        let admission = self
-            .admit(&***client, &key, due.fields(), started)
+        self.admit(&***client, &key, due.fields(), started)
             .instrument(tracing::info_span!("gate"))
-            .await?;
-        match admission {
-            // Counted as `ran` once the deep research step let it through.
-            Admission::Run(admitted) => Ok(Step::Next(admitted)),
-            Admission::Skip { decision, retry_at } => {
-                let token = claimed.guard.token;
-                claim::release(
-                    &***client,
-                    &due.slot,
-                    token,
-                    retry_at,
-                    RunOutcome::Skipped(decision),
-                )
-                .await?;
-                claimed.guard.armed = false;
-                Ok(Step::End(self.skipped(&due.slot, decision, retry_at).await))
-            }
-        }
+            .await
     }
 
     fn decided(&self, decision: GateDecision) {

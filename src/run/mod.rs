@@ -11,6 +11,7 @@
 
 mod admit;
 pub mod claim;
+mod claimed;
 pub mod deep;
 mod finish;
 pub mod gates;
@@ -166,17 +167,17 @@ impl Runner {
                 return Outcome::Error;
             };
             self.started(&ready, first);
+            let running = RunningTurn::start(&self.deps.metrics);
             let outcome = self.run_turn(user_id, mission_id).await;
             // Sent back to the queue by its agent: wait for the next turn.
             if let Some(next) = self.next_turn(&key) {
-                self.deps.metrics.runs_in_flight.dec();
+                drop(running);
                 (turn, first) = (next, false);
                 continue;
             }
             // Counted before the run leaves the in-flight gauge and the
             // queue, so whoever sees either drop sees the outcome counted.
-            self.count_outcome(outcome);
-            self.deps.metrics.runs_in_flight.dec();
+            running.end(outcome);
             drop(ticket);
             return outcome;
         }
@@ -184,8 +185,6 @@ impl Runner {
 
     /// One turn of a run, in its span.
     async fn run_turn(self: &Arc<Self>, user_id: &str, mission_id: &str) -> Outcome {
-        let metrics = &self.deps.metrics;
-        metrics.runs_in_flight.inc();
         let span = tracing::info_span!(
             "mission_run",
             user_id = %user_id,
@@ -232,7 +231,7 @@ impl Runner {
         };
         if outcome == Outcome::Error {
             self.deps.metrics.mission_errors.inc();
-            // The claim guard gave the slot back as a failed attempt with
+            // The dropped `Claimed` gave the slot back as a failed attempt with
             // its back-off; the wheel tries at the first step, and a claim
             // still backing off then re-arms it for its own retry time.
             let retry = self.deps.clock.now() + self.backoff_after(0);
@@ -270,11 +269,63 @@ impl Runner {
     }
 }
 
+/// A turn of a run, in `runs_in_flight` while it lives. It ends with
+/// [`RunningTurn::end`], which counts the outcome before the gauge drops,
+/// or is dropped (sent back to the queue, or aborted at shutdown): then only
+/// the gauge drops.
+struct RunningTurn<'a> {
+    metrics: &'a Metrics,
+}
+
+impl<'a> RunningTurn<'a> {
+    fn start(metrics: &'a Metrics) -> Self {
+        metrics.runs_in_flight.inc();
+        Self { metrics }
+    }
+
+    fn end(self, outcome: Outcome) {
+        self.metrics
+            .run_outcomes
+            .with_label_values(&[outcome.as_str()])
+            .inc();
+    }
+}
+
+impl Drop for RunningTurn<'_> {
+    fn drop(&mut self) {
+        self.metrics.runs_in_flight.dec();
+    }
+}
+
 /// Aborts a spawned task when dropped.
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A turn is in the gauge while it lives; ended, its outcome is counted
+    /// before it leaves the gauge; dropped (requeued, aborted), it only
+    /// leaves the gauge.
+    #[test]
+    fn a_running_turn_leaves_the_gauge_however_it_ends() {
+        let metrics = Metrics::new();
+        let written = || {
+            let outcome = Outcome::Written.as_str();
+            metrics.run_outcomes.with_label_values(&[outcome]).get()
+        };
+        let turn = RunningTurn::start(&metrics);
+        let second = RunningTurn::start(&metrics);
+        assert_eq!(metrics.runs_in_flight.get(), 2);
+        turn.end(Outcome::Written);
+        assert_eq!((metrics.runs_in_flight.get(), written()), (1, 1));
+        drop(second);
+        assert_eq!((metrics.runs_in_flight.get(), written()), (0, 1));
     }
 }

@@ -121,7 +121,7 @@ impl Runner {
             tracing::Span::current().record("resolved_model", model.as_str());
             self.record_resolved_model(due, claimed, model).await;
         }
-        claimed.guard.phase = Phase::ParsingResponse;
+        claimed.enter(Phase::ParsingResponse);
         let tokens_used = tokens(&answer, &prompt.system, &prompt.user);
         self.judge(answer, admitted, tools, tokens_used)
     }
@@ -173,7 +173,7 @@ impl Runner {
 
     /// Notes the resolved model in `mission_runs`; a failure only loses the note.
     async fn record_resolved_model(&self, due: &DueRun, claimed: &Claimed, model: &str) {
-        let token = claimed.guard.token;
+        let token = claimed.token();
         let result = match self.deps.pool.get().await {
             Ok(client) => store::runs::record_resolved_model(&**client, &due.slot, token, model)
                 .await

@@ -20,15 +20,14 @@ use chrono::{DateTime, Utc};
 
 use self::decide::{after_poll, first, First, Seen, Verdict};
 pub use self::decide::{Job, JobState};
-use super::claim::{self, Slot};
+use super::claim::Slot;
 use super::gates::GateDecision;
-use super::mission::{Claimed, DueRun, Step};
-use super::Runner;
+use super::mission::{Claimed, DueRun};
+use super::{Outcome, Runner};
 use crate::planner::deep_research::{
     deep_research_input, wants_deep_research, DeepResearchClient, PollStatus,
 };
 use crate::planner::ResolvedInput;
-use crate::run_record::RunOutcome;
 use crate::store::research_jobs;
 
 /// Deep research as a runner holds it (`RunnerDeps::deep_research`; None: off).
@@ -38,6 +37,14 @@ pub struct DeepResearch {
     pub provider: String,
     pub poll_interval: std::time::Duration,
     pub max_age: std::time::Duration,
+}
+
+/// What the deep research step found.
+pub(super) enum Researched {
+    /// The run goes on with this research.
+    Ready(WebResearch),
+    /// The mission's job is pending: the run ends, tried again at `retry_at`.
+    Pending { retry_at: DateTime<Utc> },
 }
 
 /// The web research a run's inputs get.
@@ -52,34 +59,29 @@ pub(super) enum WebResearch {
 
 impl Runner {
     /// Phase 3b: the deep research job, when configured and asked for.
-    pub(super) async fn deep_research(
-        &self,
-        due: &DueRun,
-        claimed: &mut Claimed,
-    ) -> anyhow::Result<Step<WebResearch>> {
+    pub(super) async fn deep_research(&self, due: &DueRun) -> anyhow::Result<Researched> {
         let Some(deep) = self.deps.deep_research.as_ref() else {
-            return Ok(Step::Next(WebResearch::Usual));
+            return Ok(Researched::Ready(WebResearch::Usual));
         };
         let view = due.view();
         if !wants_deep_research(view.objective, view.concept) {
-            return Ok(Step::Next(WebResearch::Usual));
+            return Ok(Researched::Ready(WebResearch::Usual));
         }
         let now = self.deps.clock.now();
         let job = self.load_job(&due.slot).await?;
         let max_age = chrono::Duration::from_std(deep.max_age).unwrap_or(chrono::Duration::MAX);
         match (first(job.as_ref(), &due.slot.due_at, now, max_age), job) {
-            (First::Poll, Some(job)) => self.poll_job(deep, due, claimed, job, now).await,
+            (First::Poll, Some(job)) => self.poll_job(deep, due, job, now).await,
             (First::DropTooOld, Some(job)) => {
                 self.save_job(&due.slot, &job.task_id, JobState::Dropped, now)
                     .await?;
                 self.count(deep, Counted::Failed);
                 tracing::warn!(task_id = %job.task_id, "deep research job pending past MANA_AI_RESEARCH_JOB_MAX_HOURS; dropped, falling back to the news research");
-                Ok(Step::Next(WebResearch::FallBack))
+                Ok(Researched::Ready(WebResearch::FallBack))
             }
-            (First::FallBack, _) => Ok(Step::Next(WebResearch::FallBack)),
+            (First::FallBack, _) => Ok(Researched::Ready(WebResearch::FallBack)),
             (First::Submit | First::Poll | First::DropTooOld, _) => {
-                self.submit_job(deep, due, claimed, view.objective, now)
-                    .await
+                self.submit_job(deep, due, view.objective, now).await
             }
         }
     }
@@ -89,16 +91,15 @@ impl Runner {
         &self,
         deep: &DeepResearch,
         due: &DueRun,
-        claimed: &mut Claimed,
         query: &str,
         now: DateTime<Utc>,
-    ) -> anyhow::Result<Step<WebResearch>> {
+    ) -> anyhow::Result<Researched> {
         let submitted = match deep.client.submit(&due.slot.user_id, query).await {
             Ok(submitted) => submitted,
             Err(e) => {
                 self.count(deep, Counted::Failed);
                 tracing::warn!(error = %e, "deep research submit failed; falling back to the news research");
-                return Ok(Step::Next(WebResearch::FallBack));
+                return Ok(Researched::Ready(WebResearch::FallBack));
             }
         };
         let job = Job {
@@ -114,7 +115,7 @@ impl Runner {
         tx.commit().await?;
         self.count(deep, Counted::Submitted);
         tracing::info!(task_id = %job.task_id, provider = %job.provider_id, "deep research job submitted");
-        self.wait_for_job(deep, due, claimed).await
+        self.wait_for_job(deep)
     }
 
     /// Polls the job and acts on the verdict.
@@ -122,10 +123,9 @@ impl Runner {
         &self,
         deep: &DeepResearch,
         due: &DueRun,
-        claimed: &mut Claimed,
         job: Job,
         now: DateTime<Utc>,
-    ) -> anyhow::Result<Step<WebResearch>> {
+    ) -> anyhow::Result<Researched> {
         let (seen, answer) = match deep.client.poll(&due.slot.user_id, &job.task_id).await {
             Ok(PollStatus::Queued | PollStatus::Running) => (Seen::Pending, None),
             Ok(PollStatus::Completed(answer)) => (Seen::Completed, Some(answer)),
@@ -143,52 +143,48 @@ impl Runner {
         self.save_job(&due.slot, &job.task_id, verdict.state(), now)
             .await?;
         match (verdict, answer) {
-            (Verdict::Wait, _) => self.wait_for_job(deep, due, claimed).await,
+            (Verdict::Wait, _) => self.wait_for_job(deep),
             (Verdict::Use { first_time }, Some(answer)) => {
                 if first_time {
                     self.count(deep, Counted::Completed);
                 }
-                Ok(Step::Next(WebResearch::Deep(deep_research_input(&answer))))
+                Ok(Researched::Ready(WebResearch::Deep(deep_research_input(
+                    &answer,
+                ))))
             }
             (Verdict::Drop { counted }, _) => {
                 if counted {
                     self.count(deep, Counted::Failed);
                 }
                 tracing::info!(task_id = %job.task_id, "deep research job ended without an answer; falling back to the news research");
-                Ok(Step::Next(WebResearch::FallBack))
+                Ok(Researched::Ready(WebResearch::FallBack))
             }
-            (Verdict::Use { .. }, None) => Ok(Step::Next(WebResearch::FallBack)),
+            (Verdict::Use { .. }, None) => Ok(Researched::Ready(WebResearch::FallBack)),
         }
+    }
+
+    /// The job is pending: the run waits one poll interval.
+    fn wait_for_job(&self, deep: &DeepResearch) -> anyhow::Result<Researched> {
+        let poll = chrono::Duration::from_std(deep.poll_interval)
+            .context("MANA_AI_RESEARCH_POLL_SECS out of range")?;
+        let retry_at = self.deps.clock.now() + poll;
+        Ok(Researched::Pending { retry_at })
     }
 
     /// The job is pending: the slot goes back uncounted with a retry time
     /// one poll interval ahead, and the wheel re-arms the mission then.
-    async fn wait_for_job(
+    pub(super) async fn research_pending(
         &self,
-        deep: &DeepResearch,
         due: &DueRun,
-        claimed: &mut Claimed,
-    ) -> anyhow::Result<Step<WebResearch>> {
+        claimed: Claimed,
+        retry_at: DateTime<Utc>,
+    ) -> anyhow::Result<Outcome> {
         let decision = GateDecision::SkippedResearchPending;
-        let poll = chrono::Duration::from_std(deep.poll_interval)
-            .context("MANA_AI_RESEARCH_POLL_SECS out of range")?;
-        let retry_at = self.deps.clock.now() + poll;
         let client = self.deps.pool.get().await.context("connecting")?;
-        let token = claimed.guard.token;
-        claim::release(
-            &**client,
-            &due.slot,
-            token,
-            Some(retry_at),
-            RunOutcome::Skipped(decision),
-        )
-        .await?;
-        claimed.guard.armed = false;
+        claimed.release(&**client, Some(retry_at), decision).await?;
         drop(client);
         self.deps.metrics.research_jobs.pending_skips.inc();
-        Ok(Step::End(
-            self.skipped(&due.slot, decision, Some(retry_at)).await,
-        ))
+        Ok(self.skipped(&due.slot, decision, Some(retry_at)).await)
     }
 
     async fn load_job(&self, slot: &Slot) -> anyhow::Result<Option<Job>> {
