@@ -56,7 +56,6 @@ pub use call::PlanRequest;
 pub use error::{GatewayKind, LlmError};
 use limited::Limited;
 pub use limited::LimiterMetrics;
-pub use transport::backoff_delay;
 pub(crate) use transport::{describe, join_path, read_body_limited, BodyError};
 pub use wire::{LlmAnswer, ToolRounds, Usage};
 

@@ -13,7 +13,8 @@ use super::error::{AttemptError, GatewayKind};
 use super::transport::retry_after;
 pub(super) use super::tries::Tries;
 use super::wire::{message, parse_answer, ChatRequest, LlmAnswer, Reply};
-use super::{backoff_delay, describe, read_body_limited, BodyError, LlmClient, LlmError};
+use super::{describe, read_body_limited, BodyError, LlmClient, LlmError};
+use crate::backoff::{Backoff, Jitter};
 use crate::metrics::planner::PROVIDERS;
 use crate::planner::structured::{Form, FormPicker};
 use crate::planner::text::clip;
@@ -262,14 +263,12 @@ impl LlmClient {
         Ok(wait)
     }
 
+    /// The wait after failed attempt `attempt`, with equal jitter: retries
+    /// of many missions spread out but none comes back at once.
     fn backoff(&self, attempt: u32) -> Duration {
-        let jitter = rand::rng().random::<f64>();
-        backoff_delay(
-            attempt,
-            self.config.backoff_base,
-            self.config.backoff_cap,
-            jitter,
-        )
+        let (first, max) = (self.config.backoff_base, self.config.backoff_cap);
+        let backoff = Backoff::new(first, max).with_jitter(Jitter::Equal);
+        backoff.delay(attempt, rand::rng().random::<f64>())
     }
 
     /// One attempt, under the limiter when there is one: `check` is asked

@@ -39,15 +39,6 @@ pub(super) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     value.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
-/// Wait after failed attempt number `attempt` (1-based): `base * 2^(attempt-1)`
-/// capped at `cap`, then "equal jitter": half of it fixed, half scaled by
-/// `jitter` in [0, 1), so retries of many missions spread out but never fire at once.
-pub fn backoff_delay(attempt: u32, base: Duration, cap: Duration, jitter: f64) -> Duration {
-    let exponent = attempt.saturating_sub(1).min(30);
-    let full = base.saturating_mul(1u32 << exponent).min(cap);
-    full / 2 + (full / 2).mul_f64(jitter.clamp(0.0, 1.0))
-}
-
 /// `base` with `path` appended below its own path (keeps a `/llm` prefix).
 pub(crate) fn join_path(base: &reqwest::Url, path: &str) -> reqwest::Url {
     let mut url = base.clone();
@@ -79,19 +70,6 @@ pub(crate) fn describe(e: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_caps_and_jitters_within_half() {
-        let (base, cap) = (Duration::from_millis(100), Duration::from_secs(1));
-        assert_eq!(backoff_delay(1, base, cap, 0.0), Duration::from_millis(50));
-        assert_eq!(backoff_delay(1, base, cap, 1.0), Duration::from_millis(100));
-        assert_eq!(backoff_delay(3, base, cap, 1.0), Duration::from_millis(400));
-        assert_eq!(backoff_delay(10, base, cap, 1.0), cap);
-        assert_eq!(
-            backoff_delay(u32::MAX, base, cap, 0.5),
-            Duration::from_millis(750)
-        );
-    }
 
     #[test]
     fn retry_after_reads_seconds_only() {
