@@ -76,14 +76,8 @@ pub struct DueMission {
     pub fired_at: DateTime<Utc>,
 }
 
-/// Parses a `nextRunAt` value (ISO-8601 / RFC 3339 with an offset or `Z`).
-/// The one place the text becomes a time: the fold and the snapshot reads
-/// call it, and hand the wheel the result.
-pub fn parse_next_run(value: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(value.trim())
-        .ok()
-        .map(|t| t.with_timezone(&Utc))
-}
+/// Where `nextRunAt` is parsed (re-exported for the wheel's callers).
+pub use crate::sync::row::parse_next_run;
 
 /// One change to the wheel. `nextRunAt` arrives parsed: it is parsed once,
 /// where it is read (the fold, a snapshot row), never by the wheel.

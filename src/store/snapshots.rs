@@ -15,10 +15,10 @@ use serde_json::{Map, Value};
 use tokio_postgres::{GenericClient, Row, Transaction};
 
 use super::queue::ApplierStatements;
-use crate::schedule::wheel::parse_next_run;
 use crate::store::decode::{self, RowError};
 use crate::sync::change::{Kind, Poison};
 use crate::sync::fold::FoldState;
+use crate::sync::row::parse_next_run;
 
 /// Whether a mission is armable: active, not deleted, with a nextRunAt.
 /// The same as the generated column `mission_snapshots.armable`.

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use super::fold::{ChangeRow, Op};
+use super::row::{ChangeRow, Op};
 
 /// Longest user or record id the snapshots accept. Postgres refuses btree
 /// entries over ~2.7 kB; real ids are UUIDs or short slugs.

@@ -12,11 +12,12 @@
 //!   arrived so far (what the applier's replay reads from `sync_changes`).
 
 use super::*;
-use chrono::TimeZone;
+use chrono::{DateTime, TimeZone, Utc};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::Index;
 use serde_json::json;
+use uuid::Uuid;
 
 const ID: &str = "rec-1";
 const KEYS: [&str; 6] = ["a", "b", "id", "updatedAt", "createdAt", "deletedAt"];

@@ -8,9 +8,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use uuid::Uuid;
 
-use super::fold::{iso_millis, ChangeRow, Op};
+use super::row::{deleted_at_set, iso_millis, ChangeRow, Op, OrderKey};
 
 /// The shape of the stored state this code writes. A stored state of
 /// another version (the rule before issue 18 stored none, and decodes as 0)
@@ -19,18 +18,6 @@ pub const FOLD_VERSION: u32 = 2;
 
 /// The key a record's own id is kept under; never taken from `data`.
 const ID: &str = "id";
-
-/// A row's place in fold order: `created_at` in microseconds, then its
-/// insertion order, then its id.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct OrderKey {
-    #[serde(rename = "t")]
-    pub at: i64,
-    #[serde(rename = "q")]
-    pub seq: i64,
-    #[serde(rename = "c")]
-    pub id: Uuid,
-}
 
 /// Why a row cannot be folded onto the state as it is: the record must be
 /// replayed from its history instead.
@@ -147,7 +134,7 @@ impl FoldState {
     /// Deleted while the record does not exist or its `deletedAt` is a
     /// non-empty string.
     pub fn is_deleted(&self, record: &Map<String, Value>) -> bool {
-        !self.exists || super::fold::deleted_at_set(record)
+        !self.exists || deleted_at_set(record)
     }
 
     pub fn rows_applied(&self) -> u64 {

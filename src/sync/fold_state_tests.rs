@@ -2,6 +2,7 @@
 //! state of another shape) and of its stored shape.
 
 use super::*;
+use uuid::Uuid;
 
 /// A row at or before the last one folded is refused (the record must be
 /// replayed), and changes nothing.

@@ -2,8 +2,9 @@
 //! the incremental fold's refusals (late rows, stale states).
 
 use super::*;
-use chrono::TimeZone;
+use chrono::{TimeZone, Utc};
 use serde_json::json;
+use uuid::Uuid;
 
 const ID: &str = "mission-1";
 

@@ -4,3 +4,4 @@ pub mod change;
 pub mod fold;
 mod fold_state;
 pub mod generation;
+pub mod row;
