@@ -16,7 +16,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use crate::audit::{self, AuditEntry};
 use crate::http::{Backend, Health, ListenerHealth, Role, TickError, TickHealth};
 use crate::metrics::Metrics;
-use crate::reactor::supervisor::TaskStates;
+use crate::reactor::supervisor::{supervise, Restart, Supervision, TaskName, TaskStates};
 use crate::run::claim::RecentRun;
 use crate::run::{claim, Runner, TickStats};
 use crate::schedule::wheel::WheelHandle;
@@ -87,6 +87,8 @@ pub struct ServiceBackend {
     sync_log: std::sync::OnceLock<crate::sync::generation::LogShape>,
     /// The tool catalog in force (`ToolCatalog::origin`).
     tool_catalog: std::sync::OnceLock<String>,
+    /// The process's own supervised tasks (the refresher, HTTP).
+    supervision: Supervision,
     _refresher: DropGuard,
 }
 
@@ -100,12 +102,17 @@ impl ServiceBackend {
     ) -> Arc<ServiceBackend> {
         let (tx, queue) = watch::channel(None);
         let stop = CancellationToken::new();
-        tokio::spawn(refresh_queue_gauges(
-            pool.clone(),
-            metrics.clone(),
-            tx,
-            stop.clone(),
-        ));
+        let supervision = Supervision {
+            states: TaskStates::default(),
+            metrics: metrics.clone(),
+        };
+        let refresher = {
+            let (pool, metrics, stop) = (pool.clone(), metrics.clone(), stop.clone());
+            let tx = Arc::new(tx);
+            move || refresh_queue_gauges(pool.clone(), metrics.clone(), tx.clone(), stop.clone())
+        };
+        let (name, restart) = (TaskName::QueueGauges, Restart::REACTOR);
+        supervise(name, refresher, restart, supervision.clone(), stop.clone());
         Arc::new(ServiceBackend {
             pool,
             metrics,
@@ -115,8 +122,15 @@ impl ServiceBackend {
             queue,
             sync_log: std::sync::OnceLock::new(),
             tool_catalog: std::sync::OnceLock::new(),
+            supervision,
             _refresher: stop.drop_guard(),
         })
+    }
+
+    /// Where the process's own long-running tasks report (HTTP supervises
+    /// itself with it); `/health` names those that are down.
+    pub fn supervision(&self) -> Supervision {
+        self.supervision.clone()
     }
 
     /// Records the generation of `sync_changes` found at start, for `/health`.
@@ -192,6 +206,7 @@ impl Backend for ServiceBackend {
         if let Some(term) = &leading {
             health.tasks_down = term.tasks.down();
         }
+        health.tasks_down.extend(self.supervision.states.down());
         health.ok = depth.is_some() && !listener_failed && health.tasks_down.is_empty();
         health
     }
@@ -256,7 +271,7 @@ impl Backend for ServiceBackend {
 async fn refresh_queue_gauges(
     pool: Pool,
     metrics: Arc<Metrics>,
-    tx: watch::Sender<Option<QueueReading>>,
+    tx: Arc<watch::Sender<Option<QueueReading>>>,
     stop: CancellationToken,
 ) {
     loop {

@@ -72,7 +72,7 @@ async fn health_reads_the_published_term_not_the_gauges() {
     assert!(!health.ok, "{health:?}");
     assert_eq!(
         health.tasks_down,
-        ["listener", "applier", "wheel", "retention"]
+        ["listener", "applier", "wheel", "retention", "runner"]
     );
     assert!(!health.listener.connected, "{health:?}");
     let body = serde_json::to_value(&health).unwrap();

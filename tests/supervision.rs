@@ -135,3 +135,45 @@ async fn a_panicking_applier_is_restarted_and_applies_what_queued_meanwhile() {
         "down after stop"
     );
 }
+
+/// Every long-running task runs supervised, in a real process: the
+/// leader's five (the runner's loop included) and the process's own two
+/// (HTTP and the queue gauges' refresher) are up in `task_up`, each with
+/// its restart counter, and `/health` names none of them down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_long_running_task_of_a_process_is_supervised() {
+    let t = setup().await;
+    let url = t.db.url_as(pgtemp::SERVICE_ROLE);
+    let mut serve = common::serve::Serve::start(&url, &[("TICK_ENABLED", "true")]);
+    serve.answers_within(Duration::from_secs(30)).await;
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let get = |path: &str| {
+        let url = format!("http://127.0.0.1:{}{path}", serve.port);
+        let client = client.clone();
+        async move { client.get(url).send().await.unwrap().text().await.unwrap() }
+    };
+    let tasks = [
+        "listener",
+        "applier",
+        "wheel",
+        "retention",
+        "runner",
+        "http",
+        "queue-gauges",
+    ];
+    eventually("every task up", || async {
+        let text = get("/metrics").await;
+        tasks
+            .iter()
+            .all(|task| text.contains(&format!("mana_ai_task_up{{task=\"{task}\"}} 1")))
+    })
+    .await;
+    let text = get("/metrics").await;
+    for task in tasks {
+        let restarts = format!("mana_ai_task_restarts_total{{task=\"{task}\"}} 0");
+        assert!(text.contains(&restarts), "{text}");
+    }
+    let health: serde_json::Value = serde_json::from_str(&get("/health").await).unwrap();
+    assert_eq!(health["tasksDown"], json!([]), "{health}");
+    assert_eq!(health["role"], "leader", "{health}");
+}

@@ -40,7 +40,7 @@ use crate::audit::AuditEntry;
 use crate::config::{Config, Secret};
 use crate::run::TickStats;
 
-pub use server::serve;
+pub use server::{serve, HttpServer};
 
 /// What the HTTP layer asks of the running service.
 pub trait Backend: Send + Sync + 'static {

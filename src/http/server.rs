@@ -43,40 +43,88 @@ pub async fn serve<B: Backend>(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let jwks = settings.jwks.clone().map(JwksVerifier::new).transpose()?;
-    let grace = settings.shutdown_grace;
-    let gate = Gate::new(settings.max_connections);
-    let state = Arc::new(AppState {
-        backend,
-        settings,
-        jwks,
-        metrics,
-    });
-    tracing::info!(addr = ?listener.local_addr().ok(), "HTTP server listening");
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => gate.admit(stream, &state, &shutdown, &mut connections),
-                Err(e) => {
-                    // Out of file descriptors and the like: back off rather
-                    // than spin on an error that repeats at once.
-                    tracing::warn!(error = %e, "accepting a connection failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-            Some(finished) = connections.join_next(), if !connections.is_empty() => {
-                if let Err(e) = finished {
-                    tracing::error!(error = %e, "HTTP connection task failed");
+    let server = HttpServer::new(listener, backend, settings, metrics)?;
+    Arc::new(server).run(shutdown).await;
+    Ok(())
+}
+
+/// The HTTP server on its bound listener, checked once (its JWKS client
+/// built) and run as often as its supervisor starts it again.
+pub struct HttpServer<B> {
+    /// Taken (and so closed) at shutdown: new connections are refused
+    /// while the ones open drain.
+    listener: std::sync::Mutex<Option<Arc<TcpListener>>>,
+    state: Arc<AppState<B>>,
+}
+
+impl<B: Backend> HttpServer<B> {
+    pub fn new(
+        listener: TcpListener,
+        backend: Arc<B>,
+        settings: HttpSettings,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
+        let jwks = settings.jwks.clone().map(JwksVerifier::new).transpose()?;
+        let state = Arc::new(AppState {
+            backend,
+            settings,
+            jwks,
+            metrics,
+        });
+        Ok(Self {
+            listener: std::sync::Mutex::new(Some(Arc::new(listener))),
+            state,
+        })
+    }
+
+    /// Accepts connections until `shutdown`, then drains them. A run that
+    /// panicked drops its connections; the next run accepts on the same
+    /// listener.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let state = &self.state;
+        let Some(listener) = self.take_listener(false) else {
+            return;
+        };
+        let grace = state.settings.shutdown_grace;
+        let gate = Gate::new(state.settings.max_connections);
+        tracing::info!(addr = ?listener.local_addr().ok(), "HTTP server listening");
+        let mut connections = JoinSet::new();
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _peer)) => gate.admit(stream, state, &shutdown, &mut connections),
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off rather
+                        // than spin on an error that repeats at once.
+                        tracing::warn!(error = %e, "accepting a connection failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                Some(finished) = connections.join_next(), if !connections.is_empty() => {
+                    if let Err(e) = finished {
+                        tracing::error!(error = %e, "HTTP connection task failed");
+                    }
                 }
             }
         }
+        drop((listener, self.take_listener(true)));
+        drain(connections, grace).await;
+        tracing::info!("HTTP server stopped");
     }
-    drop(listener);
-    drain(connections, grace).await;
-    tracing::info!("HTTP server stopped");
-    Ok(())
+
+    /// The listener (`None` once shut down); `close` takes it for good.
+    fn take_listener(&self, close: bool) -> Option<Arc<TcpListener>> {
+        let mut held = self
+            .listener
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if close {
+            held.take()
+        } else {
+            held.clone()
+        }
+    }
 }
 
 /// Lets the connections finish for up to `grace`, then drops the rest.

@@ -95,7 +95,15 @@ pub const DECISIONS: &[&str] = &[
 
 /// `task_restarts_total{task}` and `task_up{task}`: every
 /// `reactor::supervisor::TaskName`.
-pub const TASKS: &[&str] = &["listener", "applier", "wheel", "retention"];
+pub const TASKS: &[&str] = &[
+    "listener",
+    "applier",
+    "wheel",
+    "retention",
+    "runner",
+    "http",
+    "queue-gauges",
+];
 
 /// `run_queue_depth{tier}`: every `schedule::fair::Tier`.
 pub const TIERS: &[&str] = &["on-time", "catch-up"];
@@ -303,7 +311,13 @@ mod tests {
         use crate::schedule::fair::Tier;
         for t in ALL_TASKS {
             match t {
-                TaskName::Listener | TaskName::Applier | TaskName::Wheel | TaskName::Retention => {}
+                TaskName::Listener
+                | TaskName::Applier
+                | TaskName::Wheel
+                | TaskName::Retention
+                | TaskName::Runner
+                | TaskName::Http
+                | TaskName::QueueGauges => {}
             }
         }
         let tasks = ALL_TASKS.iter().map(|t| t.as_str()).collect();

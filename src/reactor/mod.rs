@@ -140,6 +140,22 @@ impl Reactor {
         self.tasks.push(task);
     }
 
+    /// Supervises a leader's task that stops on its own `shutdown`, not with
+    /// the reactor (the runner's loop, whose runs wind down while the
+    /// reactor still runs); shown in `task_states`. The caller awaits it.
+    pub fn supervise_apart<F, Fut>(
+        &self,
+        name: TaskName,
+        make: F,
+        shutdown: &CancellationToken,
+    ) -> JoinHandle<()>
+    where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        supervised(name, make, &self.supervision, shutdown)
+    }
+
     /// Waits until the listener is registered.
     pub async fn wait_listening(&mut self) {
         let _ = self.listening.wait_for(|up| *up).await;

@@ -1,5 +1,6 @@
-//! Supervision of a leader's long-running tasks (the reactor's listener,
-//! applier and wheel, and retention): a task that ends or panics before shutdown is started again
+//! Supervision of every long-running task: a leader's (the reactor's
+//! listener, applier and wheel, retention and the runner's loop) and the
+//! process's own (the HTTP server and the queue gauges' refresher). A task that ends or panics before shutdown is started again
 //! after a back-off (doubling from `first` to `max`, back to `first` once a
 //! run lasted `healthy_after`), counted in
 //! `mana_ai_task_restarts_total{task}`, and it is down in [`TaskStates`]
@@ -25,13 +26,31 @@ pub enum TaskName {
     Applier,
     Wheel,
     Retention,
+    /// The runner's loop over due missions (a leader with `TICK_ENABLED`).
+    Runner,
+    /// The HTTP server (every process, leading or not).
+    Http,
+    /// The refresher of the queue gauges `/health` reads (every process).
+    QueueGauges,
 }
 
-pub const TASKS: [TaskName; 4] = [
+pub const TASKS: [TaskName; 7] = [
     TaskName::Listener,
     TaskName::Applier,
     TaskName::Wheel,
     TaskName::Retention,
+    TaskName::Runner,
+    TaskName::Http,
+    TaskName::QueueGauges,
+];
+
+/// A leader's tasks, one set per term; the others are the process's.
+pub const TERM_TASKS: [TaskName; 5] = [
+    TaskName::Listener,
+    TaskName::Applier,
+    TaskName::Wheel,
+    TaskName::Retention,
+    TaskName::Runner,
 ];
 
 impl TaskName {
@@ -41,6 +60,9 @@ impl TaskName {
             TaskName::Applier => "applier",
             TaskName::Wheel => "wheel",
             TaskName::Retention => "retention",
+            TaskName::Runner => "runner",
+            TaskName::Http => "http",
+            TaskName::QueueGauges => "queue-gauges",
         }
     }
 
@@ -50,6 +72,9 @@ impl TaskName {
             TaskName::Applier => 1,
             TaskName::Wheel => 2,
             TaskName::Retention => 3,
+            TaskName::Runner => 4,
+            TaskName::Http => 5,
+            TaskName::QueueGauges => 6,
         }
     }
 }
@@ -84,10 +109,10 @@ impl TaskStates {
             .collect()
     }
 
-    /// Marks every task down (a term for tests and `/health`'s own test).
+    /// Marks every task of a term down (for `/health`'s own test).
     pub fn all_down() -> TaskStates {
         let states = TaskStates::default();
-        for task in TASKS {
+        for task in TERM_TASKS {
             states.set(task, false);
         }
         states

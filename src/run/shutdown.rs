@@ -22,7 +22,7 @@ impl Runner {
     /// abandons the rest: their claims go back, so the next leader takes them.
     pub async fn run_loop(
         self: Arc<Self>,
-        mut due: mpsc::UnboundedReceiver<DueMission>,
+        due: &mut mpsc::UnboundedReceiver<DueMission>,
         stop: CancellationToken,
         abandon: CancellationToken,
         grace: Duration,

@@ -48,6 +48,27 @@ fn retention(
     )
 }
 
+/// The runner's loop, for supervision: a loop started again takes the same
+/// queue of due missions (the wheel's sender outlives it).
+fn runner_loop(
+    runner: &Arc<Runner>,
+    due: mpsc::UnboundedReceiver<crate::schedule::wheel::DueMission>,
+    stop: &CancellationToken,
+    abandon: &CancellationToken,
+    grace: std::time::Duration,
+) -> impl FnMut() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    let due = Arc::new(tokio::sync::Mutex::new(due));
+    let (runner, stop, abandon) = (runner.clone(), stop.clone(), abandon.clone());
+    move || {
+        let (runner, due) = (runner.clone(), due.clone());
+        let (stop, abandon) = (stop.clone(), abandon.clone());
+        Box::pin(async move {
+            let mut due = due.lock().await;
+            runner.run_loop(&mut due, stop, abandon, grace).await
+        })
+    }
+}
+
 /// Gives back the slots earlier terms left `running` (see
 /// `run::claim::release_other_terms`), before this term claims any.
 async fn release_other_terms(ctx: &ServiceContext, term_id: uuid::Uuid) -> anyhow::Result<()> {
@@ -101,12 +122,9 @@ impl Leadership {
                 wheel: reactor.wheel.clone(),
             };
             let runner = setup.into_runner(ctx, &term);
-            let task = tokio::spawn(runner.clone().run_loop(
-                due_rx,
-                stop.child_token(),
-                abandon.clone(),
-                config.runner.shutdown_grace,
-            ));
+            let grace = config.runner.shutdown_grace;
+            let run_loop = runner_loop(&runner, due_rx, &stop, &abandon, grace);
+            let task = reactor.supervise_apart(TaskName::Runner, run_loop, &stop);
             (Some(runner), Some(task))
         } else {
             (None, None)

@@ -28,6 +28,7 @@ use crate::backend::ServiceBackend;
 use crate::config::Config;
 use crate::db;
 use crate::metrics::Metrics;
+use crate::reactor::supervisor::{supervise, Restart, TaskName};
 use crate::schedule::clock::Clock;
 use crate::schedule::wheel::WheelHandle;
 
@@ -69,7 +70,7 @@ pub struct App {
     ctx: ServiceContext,
     addr: SocketAddr,
     stop: CancellationToken,
-    http: JoinHandle<anyhow::Result<()>>,
+    http: JoinHandle<()>,
     leading: JoinHandle<()>,
     terms: watch::Receiver<Option<LeaderView>>,
 }
@@ -107,13 +108,7 @@ impl App {
             tracing::warn!("{warning}");
         }
         let stop = CancellationToken::new();
-        let http = tokio::spawn(crate::http::serve(
-            listener,
-            backend,
-            crate::http::HttpSettings::from_config(&ctx.config),
-            ctx.metrics.clone(),
-            stop.clone(),
-        ));
+        let http = supervised_http(listener, &backend, &ctx, &stop)?;
         let candidate = leader::Candidate {
             ctx: ctx.clone(),
             instance_id,
@@ -164,16 +159,38 @@ impl App {
         tracing::info!("shutting down: no new runs; waiting for runs in flight");
         self.stop.cancel();
         let _ = self.leading.await;
-        match self.http.await {
-            Ok(Err(e)) => {
-                tracing::warn!(error = %format!("{e:#}"), "HTTP server stopped with an error")
-            }
-            Err(e) => tracing::warn!(error = %e, "HTTP server task failed"),
-            Ok(Ok(())) => {}
+        if let Err(e) = self.http.await {
+            tracing::warn!(error = %e, "HTTP server's supervisor failed");
         }
         self.ctx.pool.close();
         tracing::info!("stopped");
     }
+}
+
+/// The HTTP server on `listener`, supervised like every long-running task:
+/// started again on the same listener if it ends or panics before `stop`.
+fn supervised_http(
+    listener: tokio::net::TcpListener,
+    backend: &Arc<ServiceBackend>,
+    ctx: &ServiceContext,
+    stop: &CancellationToken,
+) -> anyhow::Result<JoinHandle<()>> {
+    let settings = crate::http::HttpSettings::from_config(&ctx.config);
+    let server =
+        crate::http::HttpServer::new(listener, backend.clone(), settings, ctx.metrics.clone())?;
+    let server = Arc::new(server);
+    let make = {
+        let stop = stop.clone();
+        move || server.clone().run(stop.clone())
+    };
+    let (name, restart) = (TaskName::Http, Restart::REACTOR);
+    Ok(supervise(
+        name,
+        make,
+        restart,
+        backend.supervision(),
+        stop.clone(),
+    ))
 }
 
 /// The context a service runs with: the database prepared, the generation
