@@ -5,6 +5,7 @@
 //! records into a prompt and an answer into a plan, and is tested in place.
 
 pub mod deep_research;
+pub mod gateway_kind;
 pub mod history;
 pub mod limiter;
 pub mod llm;

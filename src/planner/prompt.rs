@@ -165,7 +165,7 @@ pub fn build_prompt(input: &PromptInput<'_>) -> Prompt {
     Prompt {
         system: system_message(input, &all),
         system_text: system_message(input, input.tools),
-        system_tools: super::tool_calls::system_message(input),
+        system_tools: tool_system::system_message(input),
         user: user_message(input),
         schema: plan_schema(input.tools, input.param_max_chars),
     }
@@ -332,6 +332,8 @@ fn str_field<'a>(record: &'a Value, key: &str) -> &'a str {
     record.get(key).and_then(Value::as_str).unwrap_or("")
 }
 
+#[path = "prompt_tool_system.rs"]
+mod tool_system;
 #[path = "prompt_user.rs"]
 mod user;
 use user::user_message;

@@ -39,7 +39,7 @@ use std::sync::{Mutex, OnceLock};
 
 use serde_json::{json, Value};
 
-use super::llm::GatewayKind;
+use super::gateway_kind::GatewayKind;
 use super::AnswerShape;
 
 /// `MANA_LLM_STRUCTURED`: how the client asks for structured output.

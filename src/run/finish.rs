@@ -7,9 +7,10 @@ use serde_json::{Map, Value};
 use tracing::Instrument;
 
 use super::admit::BUDGET_RETRY;
+use super::claimed::Claimed;
 use super::claimed::Spent;
+use super::due::DueRun;
 use super::gates::GateDecision;
-use super::mission::{Claimed, DueRun};
 use super::phase::Phase;
 use super::plan::{FailureKind, Planned};
 use super::stall::Stall;

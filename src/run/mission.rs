@@ -3,23 +3,23 @@
 //! phase either hands the next one what it needs ([`Step::Next`]) or ends
 //! the run with its [`Outcome`] ([`Step::End`]).
 
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use serde_json::{Map, Value};
 use tracing::Instrument;
 use uuid::Uuid;
 
 use super::admit::Admission;
 use super::claim::{self, Claim, Slot};
-pub(super) use super::claimed::Claimed;
+use super::claimed::Claimed;
 use super::deep::Researched;
+use super::due::DueRun;
 use super::gates::GateDecision;
 use super::phase::Phase;
 use super::stall::Stall;
 use super::{Outcome, Runner};
-use crate::planner::{filter_tools, MissionView, ToolSpec};
+use crate::planner::{filter_tools, ToolSpec};
 use crate::schedule::wheel::MissionKey;
 
 /// What a phase hands on: the next phase's material, or the run's end.
@@ -36,32 +36,6 @@ macro_rules! next {
             Step::End(outcome) => return Ok(outcome),
         }
     };
-}
-
-/// The due slot of an active mission, as the run read it.
-pub(super) struct DueRun {
-    pub slot: Slot,
-    /// When the slot is due.
-    pub slot_at: DateTime<Utc>,
-    /// The mission record (an object), `iterations` cut to the last three.
-    pub record: Value,
-    /// How many iterations the whole history holds.
-    pub iteration_count: usize,
-}
-
-impl DueRun {
-    /// The record's fields (checked to be an object when loaded).
-    pub fn fields(&self) -> &Map<String, Value> {
-        static EMPTY: LazyLock<Map<String, Value>> = LazyLock::new(Map::new);
-        self.record.as_object().unwrap_or(&EMPTY)
-    }
-
-    /// The mission as the prompt shows it, numbered in the whole history.
-    pub fn view(&self) -> MissionView<'_> {
-        let mut view = MissionView::from_record(&self.record);
-        view.iteration_count = self.iteration_count;
-        view
-    }
 }
 
 impl Runner {

@@ -13,6 +13,7 @@ mod admit;
 pub mod claim;
 mod claimed;
 pub mod deep;
+mod due;
 mod finish;
 pub mod gates;
 pub mod inputs;

@@ -3,8 +3,9 @@
 use chrono::{DateTime, Utc};
 
 use super::admit::Admitted;
+use super::claimed::Claimed;
+use super::due::DueRun;
 use super::gates::Budget;
-use super::mission::{Claimed, DueRun};
 use super::phase::Phase;
 use super::tool_counts::ToolCounts;
 use super::{Outcome, Runner};

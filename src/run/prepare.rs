@@ -6,8 +6,8 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
 use super::deep::WebResearch;
+use super::due::DueRun;
 use super::inputs::{self, GrantAccess};
-use super::mission::DueRun;
 use super::Runner;
 use crate::crypto::{unwrap_grant, GrantSkip, MissionGrant};
 use crate::planner::{needs_research, research_input, MissionView, ResolvedInput};

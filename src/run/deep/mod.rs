@@ -21,8 +21,9 @@ use chrono::{DateTime, Utc};
 use self::decide::{after_poll, first, First, Seen, Verdict};
 pub use self::decide::{Job, JobState};
 use super::claim::Slot;
+use super::claimed::Claimed;
+use super::due::DueRun;
 use super::gates::GateDecision;
-use super::mission::{Claimed, DueRun};
 use super::{Outcome, Runner};
 use crate::planner::deep_research::{
     deep_research_input, wants_deep_research, DeepResearchClient, PollStatus,
