@@ -80,9 +80,9 @@ pub async fn verify(
     let role = match service_role {
         Some(r) => r.to_string(),
         None => client
-            .query_one("SELECT current_user::text", &[])
+            .query_one("SELECT current_user::text AS role", &[])
             .await?
-            .get(0),
+            .try_get("role")?,
     };
     set_role_setting(client, &role).await?;
     client

@@ -92,7 +92,12 @@ pub async fn migrate(client: &mut tokio_postgres::Client) -> anyhow::Result<Repo
         )
         .await?
         .iter()
-        .map(|r| Ok((r.try_get::<_, i32>(0)?, r.try_get::<_, String>(1)?)))
+        .map(|r| {
+            Ok((
+                r.try_get::<_, i32>("version")?,
+                r.try_get::<_, String>("checksum")?,
+            ))
+        })
         .collect::<Result<Vec<_>, tokio_postgres::Error>>()
         .context("reading mana_ai.schema_migrations")?;
     let mut report = Report::default();
@@ -128,13 +133,14 @@ pub async fn migrate(client: &mut tokio_postgres::Client) -> anyhow::Result<Repo
 async fn check_schema(client: &tokio_postgres::Client) -> anyhow::Result<()> {
     let row = client
         .query_one(
-            "SELECT to_regnamespace('mana_ai') IS NOT NULL,
-                    coalesce(has_schema_privilege(to_regnamespace('mana_ai')::oid, 'CREATE'), false)",
+            "SELECT to_regnamespace('mana_ai') IS NOT NULL AS exists,
+                    coalesce(has_schema_privilege(to_regnamespace('mana_ai')::oid, 'CREATE'), false)
+                      AS can_create",
             &[],
         )
         .await
         .context("checking schema mana_ai")?;
-    let (exists, can_create): (bool, bool) = (row.try_get(0)?, row.try_get(1)?);
+    let (exists, can_create): (bool, bool) = (row.try_get("exists")?, row.try_get("can_create")?);
     if !exists {
         bail!("schema mana_ai does not exist: a DBA must first run triggers/install.sql (print it with `mana-ai triggers print`)");
     }

@@ -49,7 +49,8 @@ fn calls_are_checked_against_the_allowed_set_and_the_parameters() {
         CallProblem::UnknownTool
     );
     assert_eq!(problem("create_task", "[1]"), CallProblem::NotAnObject);
-    assert_eq!(problem("create_task", "{"), CallProblem::NotAnObject);
+    // Cut short: an opening brace and nothing else.
+    assert_eq!(problem("create_task", "\u{7b}"), CallProblem::NotAnObject);
     assert_eq!(
         problem("create_task", r#"{"title": "A"}"#),
         CallProblem::NoRationale
@@ -58,11 +59,8 @@ fn calls_are_checked_against_the_allowed_set_and_the_parameters() {
         problem("create_task", r#"{"rationale": "r"}"#),
         CallProblem::Param(ParamProblem::Missing { .. })
     ));
-    let deep = format!(
-        "{{\"title\": \"A\", \"rationale\": \"r\", \"x\": {}1{}}}",
-        "[".repeat(20),
-        "]".repeat(20)
-    );
+    let nested = (0..20).fold(json!(1), |inner, _| json!([inner]));
+    let deep = json!({"title": "A", "rationale": "r", "x": nested}).to_string();
     assert_eq!(problem("create_task", &deep), CallProblem::TooDeep);
 }
 

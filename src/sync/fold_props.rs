@@ -70,64 +70,53 @@ mod browser {
     fn apply(record: Option<Held>, row: &ChangeRow) -> Option<Held> {
         // The record's id is its own; `data.id` is never a field.
         let data = row.data.iter().filter(|(key, _)| key.as_str() != "id");
-        match row.op {
-            Op::Update => {
-                // Only keys present in both data and the stamp map (with a
-                // string stamp) are delivered.
-                let fields: Vec<_> = data
-                    .filter_map(|(key, value)| {
-                        let at = row.field_timestamps.get(key)?.as_str()?;
-                        Some((key.clone(), value.clone(), at.to_string()))
-                    })
-                    .collect();
-                if fields.is_empty() {
-                    return record;
-                }
-                match record {
-                    None => Some(create(fields)),
-                    Some(mut held) => {
-                        merge(&mut held, fields);
-                        Some(held)
-                    }
-                }
-            }
+        let fields: Vec<_> = match row.op {
+            Op::Delete => return delete(record?, row),
+            // Only keys present in both data and the stamp map (with a
+            // string stamp) are delivered.
+            Op::Update => data
+                .filter_map(|(key, value)| {
+                    let at = row.field_timestamps.get(key)?.as_str()?;
+                    Some((key.clone(), value.clone(), at.to_string()))
+                })
+                .collect(),
+            // data.updatedAt, else data.createdAt, else the row's time.
             Op::Insert => {
-                // data.updatedAt, else data.createdAt, else the row's time.
                 let time = string(&row.data, "updatedAt")
                     .or(string(&row.data, "createdAt"))
                     .map(str::to_string)
                     .unwrap_or_else(|| iso_millis(row.created_at));
-                let fields = data
-                    .map(|(key, value)| (key.clone(), value.clone(), time.clone()))
-                    .collect();
-                match record {
-                    None => Some(create(fields)),
-                    Some(mut held) => {
-                        merge(&mut held, fields);
-                        Some(held)
-                    }
-                }
+                data.map(|(key, value)| (key.clone(), value.clone(), time.clone()))
+                    .collect()
             }
-            Op::Delete => {
-                let mut held = record?;
-                match string(&row.data, "deletedAt").filter(|at| !at.is_empty()) {
-                    None => None,
-                    Some(at) => {
-                        let current = match held.stamps.get("deletedAt") {
-                            Some(stamp) => stamp.clone(),
-                            None => string(&held.values, "deletedAt").unwrap_or("").to_string(),
-                        };
-                        if at >= current.as_str() {
-                            for key in ["deletedAt", "updatedAt"] {
-                                held.values.insert(key.into(), Value::String(at.into()));
-                                held.stamps.insert(key.into(), at.into());
-                            }
-                        }
-                        Some(held)
-                    }
-                }
+        };
+        if row.op == Op::Update && fields.is_empty() {
+            return record;
+        }
+        match record {
+            None => Some(create(fields)),
+            Some(mut held) => {
+                merge(&mut held, fields);
+                Some(held)
             }
         }
+    }
+
+    /// A delete: without a `deletedAt` the browser drops the record; with
+    /// one, it is stamped deleted when the time is not older.
+    fn delete(mut held: Held, row: &ChangeRow) -> Option<Held> {
+        let at = string(&row.data, "deletedAt").filter(|at| !at.is_empty())?;
+        let current = match held.stamps.get("deletedAt") {
+            Some(stamp) => stamp.clone(),
+            None => string(&held.values, "deletedAt").unwrap_or("").to_string(),
+        };
+        if at >= current.as_str() {
+            for key in ["deletedAt", "updatedAt"] {
+                held.values.insert(key.into(), Value::String(at.into()));
+                held.stamps.insert(key.into(), at.into());
+            }
+        }
+        Some(held)
     }
 
     /// The rows in created_at order, ties in insertion order, each applied
