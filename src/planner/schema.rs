@@ -112,11 +112,15 @@ pub fn params_schema(tool: &ToolSpec, param_max_chars: usize) -> Value {
 
 /// One parameter: its enumeration, or its JSON type with strings bounded.
 /// An array's items and an object's properties are not declared by the
-/// webapp, so they are left open (the parser checks the type only).
+/// webapp, so they are left open (the parser checks the type only). An
+/// array still says `items` (open: `{}`): OpenAI refuses a function whose
+/// array has none ("array schema missing items", HTTP 400), and mana-llm
+/// passes the schema on to it.
 fn param_schema(param: &ParamSpec, param_max_chars: usize) -> Value {
     match (&param.r#enum, param.r#type) {
         (Some(values), _) => json!({"type": "string", "enum": values}),
         (None, ParamType::String) => bounded_string(param_max_chars),
+        (None, ParamType::Array) => json!({"type": "array", "items": {}}),
         (None, other) => json!({"type": other.as_str()}),
     }
 }
@@ -264,12 +268,12 @@ mod tests {
     }
 
     #[test]
-    fn arrays_and_objects_keep_their_type_and_strings_the_setting() {
+    fn arrays_and_objects_keep_their_type_arrays_say_items_and_strings_the_setting() {
         let catalog = ToolCatalog::builtin_named(BuiltinCatalog::Current);
         let tools = ["create_invoice", "update_website_block"].map(|n| catalog.get(n).unwrap());
         let schema = plan_schema(&tools, 300).unwrap();
         let params = |i: usize| branches(&schema)[i]["properties"]["params"]["properties"].clone();
-        assert_eq!(params(0)["lines"], json!({"type": "array"}));
+        assert_eq!(params(0)["lines"], json!({"type": "array", "items": {}}));
         assert_eq!(params(0)["clientName"]["maxLength"], json!(300));
         assert_eq!(params(1)["patch"], json!({"type": "object"}));
         assert_eq!(schema["properties"]["summary"]["minLength"], json!(1));

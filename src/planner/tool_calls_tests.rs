@@ -23,6 +23,7 @@ fn the_tools_array_lists_the_allowed_tools_with_a_rationale() {
     assert_eq!(names, ["create_invoice", "create_task"]);
     let invoice = &tools[0]["function"]["parameters"];
     assert_eq!(invoice["properties"]["lines"]["type"], "array");
+    assert_eq!(invoice["properties"]["lines"]["items"], json!({}));
     assert!(invoice["properties"]["lines"]["description"].is_string());
     assert_eq!(invoice["properties"]["rationale"]["minLength"], 1);
     assert_eq!(
