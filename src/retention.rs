@@ -8,7 +8,11 @@
 //! - `dead_changes` rows older than `MANA_AI_RETENTION_DAYS`;
 //! - `decrypt_audit` rows older than `MANA_AI_AUDIT_RETENTION_DAYS` (default
 //!   a year), every user's: the table forces row-level security, and
-//!   migration 0007's policies let this delete, and only it, through.
+//!   migration 0007's policies let this delete, and only it, through;
+//! - `research_jobs` rows not submitted or polled for
+//!   `MANA_AI_RETENTION_DAYS` (a mission deleted or paused with its job,
+//!   or a job whose slot is long past), every user's, through migration
+//!   0012's policies in the same way.
 //!
 //! It runs on the leader only, once when it starts leading and then on
 //! every safety sweep (`MANA_AI_SWEEP_INTERVAL_SECS`), in batches of
@@ -35,23 +39,26 @@ pub enum Pruned {
     MissionRuns,
     DeadChanges,
     DecryptAudit,
+    ResearchJobs,
 }
 
 /// How long rows are kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Days {
-    /// `mission_runs` and `dead_changes` (`MANA_AI_RETENTION_DAYS`).
+    /// `mission_runs`, `dead_changes` and `research_jobs`
+    /// (`MANA_AI_RETENTION_DAYS`).
     pub rows: u32,
     /// `decrypt_audit` (`MANA_AI_AUDIT_RETENTION_DAYS`).
     pub audit: u32,
 }
 
 impl Pruned {
-    pub const ALL: [Pruned; 4] = [
+    pub const ALL: [Pruned; 5] = [
         Pruned::TokenUsage,
         Pruned::MissionRuns,
         Pruned::DeadChanges,
         Pruned::DecryptAudit,
+        Pruned::ResearchJobs,
     ];
 
     /// The `table` label of `mana_ai_rows_pruned_total`.
@@ -61,6 +68,7 @@ impl Pruned {
             Pruned::MissionRuns => "mission_runs",
             Pruned::DeadChanges => "dead_changes",
             Pruned::DecryptAudit => "decrypt_audit",
+            Pruned::ResearchJobs => "research_jobs",
         }
     }
 
@@ -80,6 +88,7 @@ impl Pruned {
             Pruned::MissionRuns => PruneSql::MissionRuns,
             Pruned::DeadChanges => PruneSql::DeadChanges,
             Pruned::DecryptAudit => PruneSql::DecryptAudit,
+            Pruned::ResearchJobs => PruneSql::ResearchJobs,
         }
     }
 }

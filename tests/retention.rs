@@ -181,3 +181,61 @@ async fn audit_rows_kept(t: &TestDb, age: &str) -> bool {
     let sql = format!("SELECT count(*) FROM mana_ai.decrypt_audit WHERE record_id = '{age}'");
     t.count_as_admin(&sql).await == 2
 }
+
+/// `research_jobs` keeps a mission's job only while the mission runs: a
+/// row not submitted or polled for `MANA_AI_RETENTION_DAYS` (a deleted or
+/// paused mission's, whatever its state) is pruned, every user's, although
+/// the table forces row-level security; outside the prune the service role
+/// sees one user's jobs only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn research_jobs_not_touched_for_the_retention_are_pruned() {
+    let t = setup().await;
+    // Per user: one submitted 40 days ago, one submitted then but polled
+    // yesterday, one submitted 10 days ago.
+    t.admin()
+        .await
+        .batch_execute(
+            "INSERT INTO mana_ai.research_jobs
+                 (user_id, mission_id, slot, task_id, provider_id, state, submitted_at, last_polled_at)
+             SELECT u, m, 's', 't', 'p', 'pending', now() - make_interval(days => age), polled
+             FROM unnest(ARRAY['u1', 'u2']) AS u,
+                  (VALUES ('old', 40, NULL::timestamptz),
+                          ('polled', 40, now() - interval '1 day'),
+                          ('recent', 10, NULL)) AS job(m, age, polled)",
+        )
+        .await
+        .unwrap();
+    let all = "SELECT count(*) FROM mana_ai.research_jobs";
+    assert_eq!(t.count_as_admin(all).await, 6);
+    let lead = t.lead(&[]).await;
+    eventually("jobs untouched for 30 days pruned", || async {
+        t.count_as_admin(all).await == 4
+    })
+    .await;
+    assert!(lead
+        .metrics
+        .render()
+        .contains("mana_ai_rows_pruned_total{table=\"research_jobs\"} 2"));
+    lead.stop().await;
+    let kept =
+        "SELECT count(*) FROM mana_ai.research_jobs WHERE mission_id IN ('recent', 'polled')";
+    assert_eq!(
+        t.count_as_admin(kept).await,
+        4,
+        "recent and recently polled jobs stay"
+    );
+    let mut client = t.pool.get().await.unwrap();
+    let tx = mana_ai::db::begin_user(&mut client, "u1").await.unwrap();
+    let seen: i64 = tx.query_one(all, &[]).await.unwrap().get(0);
+    assert_eq!(seen, 2);
+    // Without the prune's setting, the service role deletes nothing of
+    // another user's.
+    let gone = tx
+        .execute(
+            "DELETE FROM mana_ai.research_jobs WHERE user_id = 'u2'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(gone, 0);
+}

@@ -49,6 +49,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "run_outcomes",
         include_str!("../../sql/0011_run_outcomes.sql"),
     ),
+    (
+        12,
+        "research_jobs_retention",
+        include_str!("../../sql/0012_research_jobs_retention.sql"),
+    ),
 ];
 
 /// Arbitrary constant: the advisory lock key of migrations ("manaaimi").

@@ -114,6 +114,7 @@ pub const PRUNED_TABLES: &[&str] = &[
     "mission_runs",
     "dead_changes",
     "decrypt_audit",
+    "research_jobs",
 ];
 
 /// `grant_skips_total{reason}`.
@@ -334,7 +335,8 @@ mod tests {
                 Pruned::TokenUsage
                 | Pruned::MissionRuns
                 | Pruned::DeadChanges
-                | Pruned::DecryptAudit => {}
+                | Pruned::DecryptAudit
+                | Pruned::ResearchJobs => {}
             }
         }
         let pruned = Pruned::ALL.iter().map(|p| p.label()).collect();

@@ -36,11 +36,16 @@ pub(crate) enum PruneSql {
     /// Runs in a transaction that sets `mana_ai.audit_prune_days` first:
     /// migration 0007's policies let the delete through only then.
     DecryptAudit,
+    /// `research_jobs` not submitted or polled for `$2` days, every user's;
+    /// `$1` the batch. Like `DecryptAudit`, in a transaction that sets
+    /// `mana_ai.research_prune_days` first (migration 0012's policies).
+    ResearchJobs,
 }
 
 impl PruneSql {
     /// Deletes up to `$1` rows. Each batch walks an index in age order
-    /// (`token_usage_ts`, `mission_runs_prunable`, `dead_changes_dead_at`)
+    /// (`token_usage_ts`, `mission_runs_prunable`, `dead_changes_dead_at`,
+    /// `decrypt_audit_ts`, `research_jobs_touched`)
     /// and deletes by key: a batch costs the rows it deletes, not the size
     /// of the table.
     fn sql(self) -> &'static str {
@@ -79,6 +84,16 @@ impl PruneSql {
                      WHERE ts < now() - make_interval(days => $2::int4)
                      ORDER BY ts LIMIT $1))"
             }
+            // The DELETE re-checks the age on the row's latest version: a
+            // run that polled the job meanwhile keeps it.
+            PruneSql::ResearchJobs => {
+                "DELETE FROM mana_ai.research_jobs
+                 WHERE (user_id, mission_id) IN (
+                     SELECT user_id, mission_id FROM mana_ai.research_jobs
+                     WHERE greatest(submitted_at, last_polled_at) < now() - make_interval(days => $2::int4)
+                     ORDER BY greatest(submitted_at, last_polled_at) LIMIT $1)
+                   AND greatest(submitted_at, last_polled_at) < now() - make_interval(days => $2::int4)"
+            }
         }
     }
 
@@ -103,11 +118,15 @@ impl PruneSql {
             PruneSql::MissionRuns | PruneSql::DeadChanges => {
                 client.execute(statement, &[&batch, &days]).await
             }
-            PruneSql::DecryptAudit => {
+            PruneSql::DecryptAudit | PruneSql::ResearchJobs => {
+                let setting = match self {
+                    PruneSql::DecryptAudit => "mana_ai.audit_prune_days",
+                    _ => "mana_ai.research_prune_days",
+                };
                 let tx = client.transaction().await?;
                 tx.execute(
-                    "SELECT set_config('mana_ai.audit_prune_days', $1, true)",
-                    &[&days.to_string()],
+                    "SELECT set_config($1, $2, true)",
+                    &[&setting, &days.to_string()],
                 )
                 .await?;
                 let n = tx.execute(statement, &[&batch, &days]).await?;
