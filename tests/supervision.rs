@@ -152,15 +152,9 @@ async fn every_long_running_task_of_a_process_is_supervised() {
         let client = client.clone();
         async move { client.get(url).send().await.unwrap().text().await.unwrap() }
     };
-    let tasks = [
-        "listener",
-        "applier",
-        "wheel",
-        "retention",
-        "runner",
-        "http",
-        "queue-gauges",
-    ];
+    // Every name `TaskName` has (the labels are checked against it).
+    let tasks = mana_ai::metrics::labels::TASKS;
+    assert_eq!(tasks.len(), 7);
     eventually("every task up", || async {
         let text = get("/metrics").await;
         tasks
