@@ -131,6 +131,36 @@ async fn a_matching_mission_submits_a_job_and_waits_one_poll_interval() {
 const MISSION: &str = "m-deep-grant";
 const NOTE_TITLE: &str = "Heizkosten Abrechnung Quendel";
 
+/// An objective longer than mana-research takes (4,000 JavaScript
+/// characters, UTF-16 code units) is cut to fit at a character boundary:
+/// the job is accepted, not refused with 400 slot after slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_objective_is_cut_to_what_mana_research_takes() {
+    let t = setup().await;
+    let (llm, api) = (llm().await, news_api().await);
+    let research = FakeResearch::start(KEY, vec![FakeResearch::queued()])
+        .await
+        .unwrap();
+    // 17 units, then bees of two units each: 1,991 bees fit, 3,999 units.
+    let objective = format!("Tiefe Recherche: {}", "🐝".repeat(3_000));
+    seed(&t, "ana", "deep", json!({"objective": objective})).await;
+    let extra = [("MANA_AI_RESEARCH_POLL_SECS", "3600")];
+    let lead = lead(&t, &llm, &research, &api, &extra).await;
+    eventually("the job is accepted and pending", || async {
+        pending_skips(&lead) >= 1.0
+    })
+    .await;
+    lead.settled().await;
+    let submits = research.submits();
+    assert_eq!(submits.len(), 1, "one job");
+    let body = submits[0].json().unwrap();
+    let query = body["query"].as_str().unwrap();
+    assert!(objective.starts_with(query));
+    assert_eq!(query.encode_utf16().count(), 3_999);
+    assert_eq!(job_state(&t, "deep").await.as_deref(), Some("pending"));
+    lead.stop().await;
+}
+
 fn vectors() -> &'static Value {
     static V: OnceLock<Value> = OnceLock::new();
     V.get_or_init(|| serde_json::from_str(include_str!("vectors/grant_vectors.json")).unwrap())

@@ -7,7 +7,10 @@ use std::time::Duration;
 use super::parse::{err, parse_bool, parse_http_url, parse_num};
 use super::ConfigError;
 
-/// The provider asked for when `MANA_AI_RESEARCH_PROVIDER` is unset.
+/// The provider asked for when `MANA_AI_RESEARCH_PROVIDER` is unset. The
+/// async providers mana-research knows today: `openai-deep-research`,
+/// `gemini-deep-research`, `gemini-deep-research-max` (it refuses others
+/// with 400, and the run falls back to the news research).
 pub const DEFAULT_RESEARCH_PROVIDER: &str = "openai-deep-research";
 
 /// Longest provider name accepted (it is a metric label value).

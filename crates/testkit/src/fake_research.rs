@@ -6,7 +6,9 @@
 //! (`task-1`, `task-2`, ...); `GET .../async/{taskId}` answers the next
 //! scripted status of that task (the last one repeats). Like the real one it
 //! answers 401 without `X-User-Id` (or with another service key than the one
-//! it was started with) and 404 for a task it does not know. Tests can make
+//! it was started with), 400 for a submit whose `query` is empty or longer
+//! than 4,000 JavaScript characters (its request schema), and 404 for a
+//! task it does not know. Tests can make
 //! it forget its tasks or refuse every poll; every request is recorded.
 
 use std::sync::{Arc, Mutex, PoisonError};
@@ -131,6 +133,9 @@ fn answer(state: &Mutex<State>, key: &str, request: &RecordedRequest) -> FakeRep
     let mut state = lock(state);
     match (&request.method, task) {
         (_, Some(_)) if !authorised => FakeReply::json(401, &json!({"error": "unauthorized"})),
+        (&hyper::Method::POST, Some("")) if !query_fits(request) => {
+            FakeReply::json(400, &json!({"error": "query: 1 to 4000 characters"}))
+        }
         (&hyper::Method::POST, Some("")) => {
             state.submitted += 1;
             let task_id = format!("task-{}", state.submitted);
@@ -156,6 +161,14 @@ fn answer(state: &Mutex<State>, key: &str, request: &RecordedRequest) -> FakeRep
         }
         _ => FakeReply::raw(404, "not found"),
     }
+}
+
+/// mana-research's `z.string().min(1).max(4000)`: JavaScript counts UTF-16
+/// code units.
+fn query_fits(request: &RecordedRequest) -> bool {
+    let body = request.json().unwrap_or(Value::Null);
+    let units = body["query"].as_str().map(|q| q.encode_utf16().count());
+    units.is_some_and(|n| (1..=4_000).contains(&n))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

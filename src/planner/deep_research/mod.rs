@@ -34,6 +34,28 @@ const MAX_TITLE_CHARS: usize = 200;
 const MAX_URL_CHARS: usize = 500;
 const MAX_SNIPPET_CHARS: usize = 300;
 
+/// mana-research's bound on a query: at most 4,000 JavaScript characters
+/// (UTF-16 code units); a longer one is refused with HTTP 400.
+pub const MAX_QUERY_UNITS: usize = 4_000;
+
+/// The query a mission's job is submitted with: its objective, or its
+/// concept when the objective is blank (the words that ask for deep
+/// research may be in either), trimmed and cut at a character boundary to
+/// [`MAX_QUERY_UNITS`].
+pub fn research_query(objective: &str, concept: &str) -> String {
+    let text = match objective.trim() {
+        "" => concept.trim(),
+        objective => objective,
+    };
+    let mut units = 0;
+    text.chars()
+        .take_while(|c| {
+            units += c.len_utf16();
+            units <= MAX_QUERY_UNITS
+        })
+        .collect()
+}
+
 /// True when the objective or the concept asks for deep research.
 pub fn wants_deep_research(objective: &str, concept: &str) -> bool {
     matches(objective) || matches(concept)
@@ -139,6 +161,24 @@ fn is_web_url(url: &str) -> bool {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn the_query_is_the_objective_else_the_concept_within_mana_researchs_bound() {
+        assert_eq!(
+            research_query("  Tiefe Recherche: X ", "K"),
+            "Tiefe Recherche: X"
+        );
+        assert_eq!(research_query(" \n", " deep dive: Y "), "deep dive: Y");
+        // A bee is two UTF-16 units: 2,000 of them fill the bound exactly.
+        let bees = "🐝".repeat(2_500);
+        let query = research_query(&bees, "");
+        assert_eq!(query.encode_utf16().count(), MAX_QUERY_UNITS);
+        assert_eq!(query.chars().count(), 2_000);
+        let odd = format!("a{bees}");
+        let query = research_query(&odd, "");
+        assert_eq!(query.encode_utf16().count(), MAX_QUERY_UNITS - 1);
+        assert!(odd.starts_with(&query));
+    }
 
     #[test]
     fn the_five_phrases_trigger_case_insensitively() {

@@ -26,7 +26,7 @@ use super::due::DueRun;
 use super::gates::GateDecision;
 use super::{Outcome, Runner};
 use crate::planner::deep_research::{
-    deep_research_input, wants_deep_research, DeepResearchClient, PollStatus,
+    deep_research_input, research_query, wants_deep_research, DeepResearchClient, PollStatus,
 };
 use crate::planner::ResolvedInput;
 use crate::store::research_jobs;
@@ -82,7 +82,8 @@ impl Runner {
             }
             (First::FallBack, _) => Ok(Researched::Ready(WebResearch::FallBack)),
             (First::Submit | First::Poll | First::DropTooOld, _) => {
-                self.submit_job(deep, due, view.objective, now).await
+                let query = research_query(view.objective, view.concept);
+                self.submit_job(deep, due, &query, now).await
             }
         }
     }
