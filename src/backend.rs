@@ -111,7 +111,7 @@ impl ServiceBackend {
             let tx = Arc::new(tx);
             move || refresh_queue_gauges(pool.clone(), metrics.clone(), tx.clone(), stop.clone())
         };
-        let (name, restart) = (TaskName::QueueGauges, Restart::REACTOR);
+        let (name, restart) = (TaskName::QueueGauges, Restart::TASK);
         supervise(name, refresher, restart, supervision.clone(), stop.clone());
         Arc::new(ServiceBackend {
             pool,

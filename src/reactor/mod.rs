@@ -204,7 +204,7 @@ where
     supervise(
         name,
         make,
-        Restart::REACTOR,
+        Restart::TASK,
         supervision.clone(),
         shutdown.clone(),
     )

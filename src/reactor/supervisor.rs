@@ -139,8 +139,8 @@ pub struct Restart {
 }
 
 impl Restart {
-    /// The reactor's: 0.5 s doubling to 30 s, reset after a minute up.
-    pub const REACTOR: Restart = Restart {
+    /// Every supervised task's: 0.5 s doubling to 30 s, reset after a minute up.
+    pub const TASK: Restart = Restart {
         backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(30)),
         healthy_after: Duration::from_secs(60),
     };

@@ -183,7 +183,7 @@ fn supervised_http(
         let stop = stop.clone();
         move || server.clone().run(stop.clone())
     };
-    let (name, restart) = (TaskName::Http, Restart::REACTOR);
+    let (name, restart) = (TaskName::Http, Restart::TASK);
     Ok(supervise(
         name,
         make,
