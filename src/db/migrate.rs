@@ -54,6 +54,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "research_jobs_retention",
         include_str!("../../sql/0012_research_jobs_retention.sql"),
     ),
+    (
+        13,
+        "server_incarnation",
+        include_str!("../../sql/0013_server_incarnation.sql"),
+    ),
 ];
 
 /// Arbitrary constant: the advisory lock key of migrations ("manaaimi").

@@ -76,6 +76,8 @@ pub struct Applier {
     pub analyze: AnalyzeSchedule,
     /// Where claims start reading the queue (see `low_water`).
     pub(super) low_water: LowWater,
+    /// The last claim found the server's incarnation gone (a crash).
+    incarnation_lost: bool,
     /// The last claim read another queue: claim again before resting.
     restarted: bool,
     /// Queue ids of the batch in progress (the row to set aside when a
@@ -98,6 +100,7 @@ impl Applier {
             before_drain: None,
             analyze,
             low_water: LowWater::default(),
+            incarnation_lost: false,
             restarted: false,
             in_batch: Vec::new(),
             #[cfg(feature = "test-hooks")]
@@ -248,6 +251,9 @@ impl Applier {
             span.record("applied", stats.applied);
             span.record("poisoned", stats.poisoned);
         }
+        if self.incarnation_lost {
+            self.renew_incarnation(&client).await;
+        }
         if let Err(ApplyError::Transient(_)) = &result {
             // After a DDL change on a table they read (sync_changes is the
             // sync server's), cached statements fail with "cached plan must
@@ -318,6 +324,7 @@ impl Applier {
     /// Takes a committed claim into the low-water mark.
     fn observe(&mut self, take: &Take, ids: &[i64], horizon: Option<Horizon>) {
         let Some(horizon) = horizon else { return };
+        self.incarnation_lost = horizon.epoch.incarnation.is_none();
         let full = ids.len() as i64 >= take.limit();
         if self.low_water.observe(ids, full, horizon) == Observed::Restarted {
             self.restarted = true;
@@ -325,6 +332,23 @@ impl Applier {
                 "the change queue's identity or the database server changed \
                  (a reinstalled kit, a restart): claims read the queue from its start again"
             );
+        }
+    }
+
+    /// Writes the server's incarnation anew after a crash emptied it, so
+    /// that the next crash is seen too; retried after the next claim if it
+    /// fails.
+    async fn renew_incarnation(&mut self, client: &deadpool_postgres::ClientWrapper) {
+        match queue::renew_incarnation(&**client).await {
+            Ok(()) => {
+                self.incarnation_lost = false;
+                tracing::warn!(
+                    "the database server recovered from a crash; a new incarnation is recorded"
+                );
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "recording the server's incarnation failed; retried after the next claim")
+            }
         }
     }
 

@@ -29,8 +29,10 @@
 //!
 //! The `xmin` is the claim statement's own snapshot's, read in the same
 //! statement, never a later one's; and a change of the queue's identity (a
-//! reinstalled kit, `RESTART IDENTITY`) or of the server (a restart may
-//! lose asynchronously committed claims) starts the mark afresh.
+//! reinstalled kit, `RESTART IDENTITY`) or of the server (a restart, or a
+//! crash of any server process, which keeps the start time but empties the
+//! unlogged incarnation of migration 0013: either may lose asynchronously
+//! committed claims) starts the mark afresh.
 //!
 //! Holes are kept as ranges; past [`MAX_RANGES`] the bound stops advancing
 //! (correct, only slower) until they close.

@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 const EPOCH: QueueEpoch = QueueEpoch {
     sequence_filenode: 1,
     server_started_micros: 1,
+    incarnation: None,
 };
 
 fn seen(xmin: i64, xid: i64) -> Horizon {
@@ -100,6 +101,28 @@ fn another_queue_starts_the_mark_afresh() {
     assert_eq!(lw.bound(), 0);
     assert_eq!(lw.observe(&[1], false, reinstalled), Observed::Kept);
     assert_eq!(lw.bound(), 0, "id 0 was not seen in the new queue");
+}
+
+/// A crash restart empties the incarnation (migration 0013) and keeps the
+/// start time: the batches it lost are below the mark, which starts again.
+#[test]
+fn a_crash_restart_starts_the_mark_afresh() {
+    let before = Horizon {
+        epoch: QueueEpoch {
+            incarnation: Some(uuid::Uuid::from_u128(1)),
+            ..EPOCH
+        },
+        ..seen(100, 101)
+    };
+    let mut lw = LowWater::default();
+    lw.observe(&[0, 1, 2], false, before);
+    assert_eq!(lw.bound(), 3);
+    let crashed = Horizon {
+        epoch: EPOCH,
+        ..seen(102, 103)
+    };
+    assert_eq!(lw.observe(&[], false, crashed), Observed::Restarted);
+    assert_eq!(lw.bound(), 0, "the lost batches' rows are read again");
 }
 
 #[test]

@@ -38,8 +38,9 @@ impl QueueRow {
 /// claimed, so the index scan never walks their dead entries), with what
 /// the mark needs to know, all read by this one statement: `xmin` of its
 /// own snapshot, its transaction's xid (taken by the DELETE, after the
-/// snapshot), and which queue it read (the identity sequence's storage and
-/// the server's start). One row even when nothing is claimed.
+/// snapshot), and which queue it read (the identity sequence's storage, the
+/// server's start and its incarnation, which a crash empties). One row even
+/// when nothing is claimed.
 ///
 /// `= ANY(ARRAY(subquery))` rather than `IN (subquery)`: with `IN` the
 /// planner hashes the subquery and seq-scans the whole queue (about 20 ms at
@@ -54,6 +55,7 @@ const CLAIM: &str = "WITH claimed AS (
             pg_relation_filenode(pg_get_serial_sequence('mana_ai.change_queue', 'id')::regclass)::text::int8
               AS sequence_filenode,
             (extract(epoch FROM pg_postmaster_start_time()) * 1000000)::int8 AS server_started_micros,
+            (SELECT id FROM mana_ai.server_incarnation) AS incarnation,
             c.id, c.change_id, c.user_id, c.table_name, c.queued_at, c.claim_xid
      FROM (SELECT) AS one LEFT JOIN claimed AS c ON true";
 
@@ -67,12 +69,14 @@ const INSERT_DEAD: &str = "INSERT INTO mana_ai.dead_changes
      SELECT * FROM unnest($1::int8[], $2::uuid[], $3::text[], $4::text[], $5::text[],
                           $6::int4[], $7::text[], $8::text[])";
 
-/// Which queue a claim read: the storage of the queue's identity sequence
-/// and when the server started. Ids are comparable only within one.
+/// Which queue a claim read: the storage of the queue's identity sequence,
+/// when the server started, and its incarnation (`None` after a crash
+/// emptied it, migration 0013). Ids are comparable only within one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueEpoch {
     pub sequence_filenode: i64,
     pub server_started_micros: i64,
+    pub incarnation: Option<Uuid>,
 }
 
 /// What the claim statement saw besides its rows.
@@ -167,6 +171,7 @@ pub(crate) async fn claim(
         epoch: QueueEpoch {
             sequence_filenode: first.try_get("sequence_filenode")?,
             server_started_micros: first.try_get("server_started_micros")?,
+            incarnation: first.try_get("incarnation")?,
         },
     };
     let mut claimed = Vec::with_capacity(rows.len());
@@ -179,6 +184,19 @@ pub(crate) async fn claim(
     }
     claimed.sort_by_key(|q| q.id);
     Ok((claimed, horizon))
+}
+
+/// Writes a new incarnation after a crash emptied it (see migration 0013).
+pub(crate) async fn renew_incarnation(
+    client: &impl GenericClient,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "INSERT INTO mana_ai.server_incarnation DEFAULT VALUES ON CONFLICT DO NOTHING",
+            &[],
+        )
+        .await?;
+    Ok(())
 }
 
 /// Claims the queue rows of `ids` that are still there, in queue order.
