@@ -62,6 +62,38 @@ impl Db {
         Ok(rows.iter().filter(|r| r.get::<_, bool>(0)).count() as u64)
     }
 
+    /// SIGKILLs one of the service's backends (or the caller's own when the
+    /// service has none): Postgres stops every other process and recovers
+    /// from the WAL on disk without a new start time, losing what was
+    /// committed asynchronously and not yet flushed. Waits until it accepts
+    /// connections again.
+    pub async fn crash_backend(&self) -> anyhow::Result<()> {
+        let admin = self.admin().await?;
+        let row = admin
+            .query_one(
+                "SELECT coalesce((SELECT pid FROM pg_stat_activity
+                                  WHERE usename = $1 AND datname = $2
+                                  ORDER BY random() LIMIT 1), pg_backend_pid())",
+                &[&SERVICE_ROLE, &self.db.name],
+            )
+            .await
+            .context("choosing a backend")?;
+        let pid: i32 = row.get(0);
+        let killed = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .context("running kill")?;
+        anyhow::ensure!(killed.success(), "kill -KILL {pid} failed");
+        drop(admin);
+        for _ in 0..600 {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            if self.admin().await.is_ok() {
+                return Ok(());
+            }
+        }
+        anyhow::bail!("the server did not accept connections within 60 s of the crash")
+    }
+
     /// Rows in `mana_ai.change_queue`.
     pub async fn queue_depth(&self) -> anyhow::Result<i64> {
         let admin = self.admin().await?;

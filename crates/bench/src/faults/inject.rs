@@ -2,8 +2,9 @@
 //! the leader (started again 2 to 6 s later, so a standby is back before the
 //! next kill), `pg_terminate_backend` of the service's connections (all, or
 //! each with probability one half), `pg_ctl restart` in fast or immediate
-//! mode, or a window of 3 to 10 s in which the gateway answers 429, 500,
-//! garbage or slowly.
+//! mode, a crash of one server process (SIGKILL of a backend: Postgres
+//! recovers without a new start time), or a window of 3 to 10 s in which
+//! the gateway answers 429, 500, garbage or slowly.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -99,11 +100,12 @@ impl<'a> Injector<'a> {
     async fn inject(&mut self) -> &'static str {
         let kill_weight = if self.down.is_none() { 3 } else { 0 };
         let llm_weight = if self.llm_until.is_none() { 4 } else { 0 };
-        match self.rng.weighted(&[kill_weight, 3, 1, 1, llm_weight]) {
+        match self.rng.weighted(&[kill_weight, 3, 1, 1, 1, llm_weight]) {
             0 => self.kill_leader().await,
             1 => self.terminate_backends().await,
             2 => self.restart_pg("fast").await,
             3 => self.restart_pg("immediate").await,
+            4 => self.crash_backend().await,
             _ => self.llm_window(),
         }
     }
@@ -147,6 +149,16 @@ impl<'a> Injector<'a> {
             (Err(e), _) => {
                 eprintln!("{e:#}");
                 "pg-restart-failed"
+            }
+        }
+    }
+
+    async fn crash_backend(&mut self) -> &'static str {
+        match self.db.crash_backend().await {
+            Ok(()) => "pg-backend-crash",
+            Err(e) => {
+                eprintln!("{e:#}");
+                "pg-backend-crash-failed"
             }
         }
     }
