@@ -173,6 +173,7 @@ async fn campaign(args: Args) -> anyhow::Result<u64> {
         llm_requests: llm.requests(),
         service_starts: starts,
         unclean_stops: unclean,
+        backstop_recoveries: services::backstop_recoveries(&setup.log_dir)?,
     };
     Ok(report::print(&run, &changes, &slots))
 }

@@ -16,6 +16,8 @@ pub struct Run<'a> {
     pub service_starts: u32,
     /// Services that had to be SIGKILLed at the end (SIGTERM not obeyed).
     pub unclean_stops: u32,
+    /// Queue rows the backstop applied (the claim passed them over).
+    pub backstop_recoveries: u64,
 }
 
 /// Prints the report; returns the number of findings (0: passed).
@@ -71,6 +73,7 @@ pub fn print(run: &Run<'_>, changes: &Changes, slots: &Slots) -> u64 {
             "services not stopping on SIGTERM",
             u64::from(run.unclean_stops),
         ),
+        ("changes only the backstop found", run.backstop_recoveries),
     ];
     let mut bad = 0;
     for (name, n) in findings {

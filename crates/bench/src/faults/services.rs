@@ -172,6 +172,27 @@ fn env(setup: &Setup, port: u16) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// What the backstop logs when it applies rows the claim passed over
+/// (`reactor::backstop`).
+const BACKSTOP_LINE: &str = "the backstop applied queued changes the claim had passed over";
+
+/// Queue rows the backstop applied, summed over every service's log (text
+/// format: `rows=N`): each one a change the claim passed over.
+pub fn backstop_recoveries(dir: &Path) -> anyhow::Result<u64> {
+    let mut rows = 0;
+    for entry in std::fs::read_dir(dir).context("reading the log directory")? {
+        let text = std::fs::read_to_string(entry?.path()).context("reading a service log")?;
+        for line in text.lines().filter(|l| l.contains(BACKSTOP_LINE)) {
+            let n = line
+                .split_whitespace()
+                .find_map(|word| word.strip_prefix("rows="))
+                .and_then(|n| n.parse::<u64>().ok());
+            rows += n.unwrap_or(1);
+        }
+    }
+    Ok(rows)
+}
+
 fn log_file(dir: &Path, name: &str) -> anyhow::Result<std::fs::File> {
     std::fs::OpenOptions::new()
         .create(true)
