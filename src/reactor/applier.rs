@@ -330,7 +330,7 @@ impl Applier {
             self.restarted = true;
             tracing::warn!(
                 "the change queue's identity or the database server changed \
-                 (a reinstalled kit, a restart): claims read the queue from its start again"
+                 (a reinstalled kit, a restart, a crash): claims read the queue from its start again"
             );
         }
     }
