@@ -1,11 +1,11 @@
 //! Supervision of every long-running task: a leader's (the reactor's
 //! listener, applier and wheel, retention and the runner's loop) and the
-//! process's own (the HTTP server and the queue gauges' refresher). A task that ends or panics before shutdown is started again
-//! after a back-off (doubling from `first` to `max`, back to `first` once a
-//! run lasted `healthy_after`), counted in
-//! `mana_ai_task_restarts_total{task}`, and it is down in [`TaskStates`]
-//! (which `/health` reads: 503, naming it) and in `mana_ai_task_up{task}`
-//! while it is down.
+//! process's own (the HTTP server and the queue gauges' refresher). A task
+//! that ends or panics before shutdown is started again after a back-off
+//! (doubling from `first` to `max`, back to `first` once a run lasted
+//! `healthy_after`), counted in `mana_ai_task_restarts_total{task}`, and it
+//! is down in [`TaskStates`] (which `/health` reads: 503, naming it) and in
+//! `mana_ai_task_up{task}` while it is down.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -200,13 +200,13 @@ where
             match ended {
                 Err(e) if e.is_panic() => {
                     let message = panic_message(&*e.into_panic());
-                    tracing::error!(task = name.as_str(), panic = %message, retry_in_ms = wait.as_millis() as u64, "reactor task panicked; restarting");
+                    tracing::error!(task = name.as_str(), panic = %message, retry_in_ms = wait.as_millis() as u64, "supervised task panicked; restarting");
                 }
                 _ => {
                     tracing::error!(
                         task = name.as_str(),
                         retry_in_ms = wait.as_millis() as u64,
-                        "reactor task ended unexpectedly; restarting"
+                        "supervised task ended unexpectedly; restarting"
                     )
                 }
             }
