@@ -20,6 +20,8 @@ mod client;
 mod ingest;
 #[path = "reactor/latency.rs"]
 mod latency;
+#[path = "reactor/paced.rs"]
+mod paced;
 #[path = "reactor/report.rs"]
 mod report;
 #[path = "reactor/runs.rs"]

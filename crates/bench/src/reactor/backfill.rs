@@ -14,19 +14,17 @@ use mana_ai::config::Config;
 use mana_ai::metrics::Metrics;
 use mana_ai::reactor::{applier::Applied, Reactor};
 use pgtemp::SERVICE_ROLE;
-use serde_json::json;
 use tokio::sync::mpsc;
 
+use crate::paced::{self, MISSIONS, USERS};
 use crate::report::{percentiles, Percentiles, Report, Target};
-use crate::setup::{self, mission_id, user_id, BenchDb, ChangeWriter};
+use crate::setup::{self, BenchDb};
 use crate::Scale;
 
-/// Measured missions: the first `USERS` users' first `MISSIONS` missions,
-/// all of them part of the backfill.
-const USERS: usize = 100;
-const MISSIONS: usize = 10;
+/// Changes per mission in the backfill. The measured missions are the paced
+/// writes' (`paced::USERS` users' first `paced::MISSIONS`), all of them
+/// part of the backfill.
 const PER_MISSION: usize = 10;
-const WRITERS: usize = 8;
 
 type AppliedAt = Arc<Mutex<HashMap<uuid::Uuid, Instant>>>;
 
@@ -152,35 +150,9 @@ async fn paced(
     applied_at: &AppliedAt,
     scale: &Scale,
 ) -> anyhow::Result<Percentiles> {
-    let total = (scale.rate as f64 * scale.latency_secs) as usize;
-    let period = Duration::from_secs_f64(1.0 / scale.rate as f64);
-    let start = Instant::now() + Duration::from_millis(100);
-    let next_run = setup::next_run_tomorrow();
     let before = *running.processed.borrow();
-    let mut writers = Vec::new();
-    for w in 0..WRITERS {
-        let mut writer = ChangeWriter::connect(&bench.db).await?;
-        let next_run = next_run.clone();
-        writers.push(tokio::spawn(async move {
-            let mut written = Vec::new();
-            for k in (w..total).step_by(WRITERS) {
-                tokio::time::sleep_until((start + period * k as u32).into()).await;
-                let user = user_id(k % USERS);
-                let mission = mission_id(&user, (k / USERS) % MISSIONS);
-                let data =
-                    json!({"title": format!("t{k}"), "state": "active", "nextRunAt": next_run});
-                let id = writer
-                    .write(&user, "ai", "aiMissions", &mission, &data)
-                    .await?;
-                written.push((id, Instant::now()));
-            }
-            anyhow::Ok(written)
-        }));
-    }
-    let mut written = Vec::with_capacity(total);
-    for w in writers {
-        written.extend(w.await??);
-    }
+    let (written, _) = paced::write(&bench.db, scale).await?;
+    let total = written.len();
     let waited = tokio::time::timeout(
         Duration::from_secs(120),
         running.wait_processed(before + total as u64),
@@ -194,9 +166,9 @@ async fn paced(
     let map = applied_at.lock().unwrap_or_else(|p| p.into_inner());
     let mut latencies: Vec<Duration> = written
         .iter()
-        .filter_map(|(id, committed)| {
-            map.get(id)
-                .map(|at| at.saturating_duration_since(*committed))
+        .filter_map(|w| {
+            map.get(&w.id)
+                .map(|at| at.saturating_duration_since(w.committed))
         })
         .collect();
     if latencies.len() < total {

@@ -14,6 +14,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, NoTls};
 
+use crate::paced;
 use crate::report::{ms, percentiles, Percentiles, Report, Target};
 use crate::setup::{self, mission_id, user_id, BenchDb, ChangeWriter, Wheel};
 use crate::Scale;
@@ -83,14 +84,6 @@ pub fn reactor_config(db: &pgtemp::TempDb) -> anyhow::Result<Config> {
     Ok(Config::from_lookup(|k| env.get(k).cloned())?)
 }
 
-/// A committed change as the writer saw it.
-struct Written {
-    id: uuid::Uuid,
-    committed: Instant,
-    /// How long BEGIN..COMMIT took on the writer's side.
-    took: Duration,
-}
-
 /// Section 2: single-change transactions paced to `scale.rate` per second in
 /// total over many users and missions; latency = the applier's `Applied.at`
 /// (snapshot committed, timer re-armed) minus the instant COMMIT returned.
@@ -100,13 +93,10 @@ pub async fn change_to_snapshot(
     floor: Option<Percentiles>,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    const USERS: usize = 100;
-    const MISSIONS: usize = 10;
-    const WRITERS: usize = 8;
     let bench = setup::with_reactor_schema(server).await?;
     // Every mission exists and is armed before we measure: the measured
     // changes are updates of armed missions.
-    let seeded = setup::queue_changes(&bench.db, USERS, MISSIONS, 1, 4).await? as u64;
+    let seeded = setup::queue_changes(&bench.db, paced::USERS, paced::MISSIONS, 1, 4).await? as u64;
 
     let (applied_tx, mut applied_rx) = mpsc::unbounded_channel::<Applied>();
     let collector = tokio::spawn(async move {
@@ -127,40 +117,8 @@ pub async fn change_to_snapshot(
         .await
         .context("the seed changes were not applied within 60 s")?;
 
-    let total = (scale.rate as f64 * scale.latency_secs) as usize;
-    let period = Duration::from_secs_f64(1.0 / scale.rate as f64);
-    let start = Instant::now() + Duration::from_millis(100);
-    let next_run = setup::next_run_tomorrow();
-    let mut writers = Vec::new();
-    for w in 0..WRITERS {
-        let mut writer = ChangeWriter::connect(&bench.db).await?;
-        let next_run = next_run.clone();
-        writers.push(tokio::spawn(async move {
-            let mut written = Vec::new();
-            for k in (w..total).step_by(WRITERS) {
-                tokio::time::sleep_until((start + period * k as u32).into()).await;
-                let user = user_id(k % USERS);
-                let mission = mission_id(&user, (k / USERS) % MISSIONS);
-                let data =
-                    json!({"title": format!("t{k}"), "state": "active", "nextRunAt": next_run});
-                let begun = Instant::now();
-                let id = writer
-                    .write(&user, "ai", "aiMissions", &mission, &data)
-                    .await?;
-                let committed = Instant::now();
-                written.push(Written {
-                    id,
-                    committed,
-                    took: committed - begun,
-                });
-            }
-            anyhow::Ok(written)
-        }));
-    }
-    let mut written = Vec::with_capacity(total);
-    for w in writers {
-        written.extend(w.await??);
-    }
+    let (written, start) = paced::write(&bench.db, scale).await?;
+    let total = written.len();
     let last_commit = written.iter().map(|w| w.committed).max().unwrap_or(start);
     let done = tokio::time::timeout(
         Duration::from_secs(60),
