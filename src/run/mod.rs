@@ -159,7 +159,7 @@ impl Runner {
     ) -> Outcome {
         let key = MissionKey::new(user_id, mission_id);
         let Some((ticket, mut turn)) = self.enqueue(key.clone(), due_at) else {
-            self.count_outcome(Outcome::InFlight);
+            count_outcome(&self.deps.metrics, Outcome::InFlight);
             return Outcome::InFlight;
         };
         let mut first = true;
@@ -241,14 +241,6 @@ impl Runner {
         outcome
     }
 
-    fn count_outcome(&self, outcome: Outcome) {
-        self.deps
-            .metrics
-            .run_outcomes
-            .with_label_values(&[outcome.as_str()])
-            .inc();
-    }
-
     fn backoff_after(&self, failures: u32) -> chrono::Duration {
         let table = &self.deps.backoff;
         let wait = table
@@ -270,6 +262,14 @@ impl Runner {
     }
 }
 
+/// Counts a run's outcome in `run_outcomes_total`.
+fn count_outcome(metrics: &Metrics, outcome: Outcome) {
+    metrics
+        .run_outcomes
+        .with_label_values(&[outcome.as_str()])
+        .inc();
+}
+
 /// A turn of a run, in `runs_in_flight` while it lives. It ends with
 /// [`RunningTurn::end`], which counts the outcome before the gauge drops,
 /// or is dropped (sent back to the queue, or aborted at shutdown): then only
@@ -285,10 +285,7 @@ impl<'a> RunningTurn<'a> {
     }
 
     fn end(self, outcome: Outcome) {
-        self.metrics
-            .run_outcomes
-            .with_label_values(&[outcome.as_str()])
-            .inc();
+        count_outcome(self.metrics, outcome);
     }
 }
 
