@@ -82,7 +82,7 @@ impl<B: Backend> HttpServer<B> {
     /// listener.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let state = &self.state;
-        let Some(listener) = self.take_listener(false) else {
+        let Some(listener) = self.listener() else {
             return;
         };
         let grace = state.settings.shutdown_grace;
@@ -108,22 +108,25 @@ impl<B: Backend> HttpServer<B> {
                 }
             }
         }
-        drop((listener, self.take_listener(true)));
+        drop((listener, self.close_listener()));
         drain(connections, grace).await;
         tracing::info!("HTTP server stopped");
     }
 
-    /// The listener (`None` once shut down); `close` takes it for good.
-    fn take_listener(&self, close: bool) -> Option<Arc<TcpListener>> {
-        let mut held = self
-            .listener
+    /// The listener; `None` once shut down.
+    fn listener(&self) -> Option<Arc<TcpListener>> {
+        self.held_listener().clone()
+    }
+
+    /// Takes the listener for good: it closes once the last run drops it.
+    fn close_listener(&self) -> Option<Arc<TcpListener>> {
+        self.held_listener().take()
+    }
+
+    fn held_listener(&self) -> std::sync::MutexGuard<'_, Option<Arc<TcpListener>>> {
+        self.listener
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if close {
-            held.take()
-        } else {
-            held.clone()
-        }
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
