@@ -97,6 +97,17 @@ impl PruneSql {
         }
     }
 
+    /// The setting that lets the prune's own RLS policies through
+    /// (migrations 0007 and 0012); None for tables without row-level
+    /// security.
+    fn policy_setting(self) -> Option<&'static str> {
+        match self {
+            PruneSql::DecryptAudit => Some("mana_ai.audit_prune_days"),
+            PruneSql::ResearchJobs => Some("mana_ai.research_prune_days"),
+            PruneSql::TokenUsage | PruneSql::MissionRuns | PruneSql::DeadChanges => None,
+        }
+    }
+
     /// The batch delete, prepared (or from the connection's cache).
     pub(crate) async fn prepare(
         self,
@@ -113,27 +124,26 @@ impl PruneSql {
         batch: i64,
         days: i32,
     ) -> Result<u64, tokio_postgres::Error> {
-        match self {
-            PruneSql::TokenUsage => client.execute(statement, &[&batch]).await,
-            PruneSql::MissionRuns | PruneSql::DeadChanges => {
-                client.execute(statement, &[&batch, &days]).await
-            }
-            PruneSql::DecryptAudit | PruneSql::ResearchJobs => {
-                let setting = match self {
-                    PruneSql::DecryptAudit => "mana_ai.audit_prune_days",
-                    _ => "mana_ai.research_prune_days",
-                };
-                let tx = client.transaction().await?;
-                tx.execute(
-                    "SELECT set_config($1, $2, true)",
-                    &[&setting, &days.to_string()],
-                )
-                .await?;
-                let n = tx.execute(statement, &[&batch, &days]).await?;
-                tx.commit().await?;
-                Ok(n)
-            }
-        }
+        let with_days: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&batch, &days];
+        let params = match self {
+            PruneSql::TokenUsage => &with_days[..1],
+            PruneSql::MissionRuns
+            | PruneSql::DeadChanges
+            | PruneSql::DecryptAudit
+            | PruneSql::ResearchJobs => &with_days[..],
+        };
+        let Some(setting) = self.policy_setting() else {
+            return client.execute(statement, params).await;
+        };
+        let tx = client.transaction().await?;
+        tx.execute(
+            "SELECT set_config($1, $2, true)",
+            &[&setting, &days.to_string()],
+        )
+        .await?;
+        let n = tx.execute(statement, params).await?;
+        tx.commit().await?;
+        Ok(n)
     }
 }
 
