@@ -69,6 +69,12 @@ pub fn metric(lead: &Leading, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Jobs submitted, completed and failed, as the metrics count them.
+pub fn job_counts(lead: &Leading) -> (f64, f64, f64) {
+    let count = |family| jobs(lead, family);
+    (count("submitted"), count("completed"), count("failed"))
+}
+
 pub fn jobs(lead: &Leading, family: &str) -> f64 {
     metric(
         lead,
