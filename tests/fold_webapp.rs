@@ -76,8 +76,7 @@ async fn snapshot(
     mission: &str,
     n: u64,
 ) -> (Value, bool) {
-    run.processed(n).await;
-    let (record, deleted, _) = t.mission(user, mission).await.expect("snapshot");
+    let (record, deleted) = snapshot_unchecked(t, run, user, mission, n).await;
     let folded = replayed(t, user, mission).await;
     assert_eq!(
         (Value::Object(folded.record), folded.deleted),
