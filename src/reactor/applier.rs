@@ -34,7 +34,7 @@ use super::batch::{fold_claimed, write_and_commit, FoldedBatch};
 use super::batch_tx::BatchTx;
 use super::low_water::{Horizon, LowWater, Observed};
 pub use super::outcome::{Applied, ApplyError, BatchStats, Phases};
-use super::read::read_changes;
+use super::read::{read_changes, FirstRead};
 use super::ReactorContext;
 use crate::backoff::Backoff;
 use crate::schedule::wheel::WheelUpdate;
@@ -42,6 +42,14 @@ use crate::store::queue::{self, ApplierStatements, QueueRow};
 
 /// Waits between attempts after a drain failed (the database is away).
 const RETRY: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+
+/// What a batch's first round trip took and read.
+struct Claimed {
+    rows: Vec<QueueRow>,
+    horizon: Option<Horizon>,
+    /// The first user's read, pipelined behind the claim.
+    first: Option<FirstRead>,
+}
 
 /// Which queue rows a batch takes.
 #[derive(Debug, Clone)]
@@ -211,10 +219,12 @@ impl Applier {
 
     /// One transaction: claim up to `limit` rows, fold, commit, re-arm.
     ///
-    /// Four round trips, every statement prepared: BEGIN with the claim; the
-    /// reads (every user's `set_config` and read, pipelined); the snapshot
-    /// loads (both kinds pipelined, a kind without rows skipped); the writes
-    /// (upserts, the changed agents' missions, poison rows) with COMMIT.
+    /// Two round trips when the batch holds one user's changes, every
+    /// statement prepared: BEGIN with the claim and the first user's read
+    /// (changes and snapshots, `store::batch_read`); the writes (upserts,
+    /// the changed agents' missions, poison rows) with COMMIT. A batch of
+    /// several users adds one round trip between them: every other user's
+    /// scope and read, pipelined.
     /// Traced as one `apply_batch` span with the rows claimed, applied and
     /// set aside (ids and counts only).
     pub async fn apply_batch(&mut self, limit: i64) -> Result<BatchStats, ApplyError> {
@@ -271,7 +281,11 @@ impl Applier {
         let mut phases = Phases::starting();
         let statements = ApplierStatements::get(client, self.ctx.settings.generation).await?;
         let tx = BatchTx::new(client);
-        let (claimed, horizon) = self.claim(&tx, &statements, &take).await?;
+        let Claimed {
+            rows: claimed,
+            horizon,
+            first,
+        } = self.claim(&tx, &statements, &take).await?;
         self.in_batch = claimed.iter().map(|q| q.id).collect();
         if claimed.is_empty() {
             self.observe(&take, &[], horizon);
@@ -280,9 +294,9 @@ impl Applier {
         phases.claimed = Instant::now();
         let ids = self.in_batch.clone();
         let max_field_bytes = self.ctx.settings.max_field_bytes;
-        let (valid, dead) = read_changes(tx.client, &statements, &claimed, max_field_bytes).await?;
+        let read = read_changes(tx.client, &statements, &claimed, first, max_field_bytes).await?;
         phases.read = Instant::now();
-        let batch = fold_claimed(tx.client, &statements, &self.ctx.settings, valid, dead).await?;
+        let batch = fold_claimed(tx.client, &statements, &self.ctx.settings, read).await?;
         phases.folded = Instant::now();
         let updates = write_and_commit(&tx, &statements, &batch).await?;
         phases.committed = Instant::now();
@@ -290,28 +304,41 @@ impl Applier {
         Ok(self.settle(batch, updates, claimed.len(), phases).await)
     }
 
-    /// BEGIN pipelined with the claim; the horizon only for a claim from
-    /// the low-water mark.
+    /// BEGIN pipelined with the claim and, for a claim from the low-water
+    /// mark, with the read of the first user's changes and snapshots under
+    /// the scope the claim set; the horizon only for such a claim.
     async fn claim(
         &self,
         tx: &BatchTx<'_>,
         statements: &ApplierStatements,
         take: &Take,
-    ) -> Result<(Vec<QueueRow>, Option<Horizon>), ApplyError> {
+    ) -> Result<Claimed, ApplyError> {
         let claimed = match take {
             Take::Next(limit) => {
                 let from = self.low_water.bound();
                 let claim = queue::claim(tx.client, statements, *limit, from);
-                let (begun, claimed) = futures_util::join!(tx.begin(), claim);
+                let first = tx.client.query(&statements.read_scoped, &[]);
+                let (begun, claimed, first) = futures_util::join!(tx.begin(), claim, first);
                 begun?;
-                let (rows, horizon) = claimed?;
-                (rows, Some(horizon))
+                let claim = claimed?;
+                let first = first?;
+                Claimed {
+                    rows: claim.rows,
+                    horizon: Some(claim.horizon),
+                    first: claim
+                        .scoped_user
+                        .map(|user| FirstRead { user, rows: first }),
+                }
             }
             Take::Ids(ids) => {
                 let claim = queue::claim_ids(tx.client, statements, ids);
                 let (begun, claimed) = futures_util::join!(tx.begin(), claim);
                 begun?;
-                (claimed?, None)
+                Claimed {
+                    rows: claimed?,
+                    horizon: None,
+                    first: None,
+                }
             }
         };
         #[cfg(feature = "test-hooks")]

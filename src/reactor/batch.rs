@@ -5,10 +5,11 @@
 use super::batch_tx::BatchTx;
 use super::fold_batch::{self, fold_rows, Groups};
 use super::outcome::ApplyError;
+use super::read::BatchRead;
 use crate::schedule::wheel::{MissionKey, WheelUpdate};
 use crate::store::queue::{self, ApplierStatements, DeadChange, QueueRow};
 use crate::store::snapshots::{self, SnapshotWrite};
-use crate::sync::change::{Kind, ValidChange};
+use crate::sync::change::Kind;
 
 /// A batch folded and ready to write.
 pub(super) struct FoldedBatch {
@@ -25,16 +26,22 @@ pub(super) struct FoldedBatch {
     pub(super) replays_over_limit: u64,
 }
 
-/// Loads the snapshots of the batch's records and folds each record on its
-/// own: an unreadable snapshot or a panicking fold sets aside that record's
-/// rows, never the batch; a record a late row reached is replayed.
+/// Folds each record of the batch on its own into its snapshot (as read
+/// with the changes): an unreadable snapshot or a panicking fold sets aside
+/// that record's rows, never the batch; a record a late row reached is
+/// replayed.
 pub(super) async fn fold_claimed(
     tx: &tokio_postgres::Client,
     statements: &ApplierStatements,
     settings: &super::Settings,
-    valid: Vec<(QueueRow, ValidChange)>,
-    mut dead: Vec<DeadChange>,
+    read: BatchRead,
 ) -> Result<FoldedBatch, ApplyError> {
+    let BatchRead {
+        valid,
+        mut dead,
+        missions,
+        agents,
+    } = read;
     let mut groups = Groups::new();
     for (queue, change) in valid {
         let group = groups
@@ -45,10 +52,6 @@ pub(super) async fn fold_claimed(
     }
     let mission_keys = fold_batch::keys_of(&groups, Kind::Mission);
     let agent_keys = fold_batch::keys_of(&groups, Kind::Agent);
-    let (missions, agents) = futures_util::try_join!(
-        snapshots::load(tx, statements, Kind::Mission, &mission_keys),
-        snapshots::load(tx, statements, Kind::Agent, &agent_keys),
-    )?;
     let missions = fold_batch::fold_records(
         &mut groups,
         Kind::Mission,

@@ -66,8 +66,10 @@ pub struct Applied {
     pub phases: Phases,
 }
 
-/// The instants of one batch: a connection in hand, claimed, read the
-/// change rows, loaded the snapshots and folded, committed.
+/// The instants of one batch: a connection in hand; claimed (with the
+/// first user's change rows and snapshots, read in the claim's round
+/// trip); read the other users' and checked every change; folded;
+/// committed.
 #[derive(Debug, Clone, Copy)]
 pub struct Phases {
     pub started: Instant,

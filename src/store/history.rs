@@ -1,6 +1,6 @@
 //! The change log, `public.sync_changes` (the sync server's table), as the
-//! reactor reads it: the claimed changes of a batch, a record's full history
-//! for a replay ([`fold_record`], and the applier's replay of a record a late
+//! reactor reads it (the claimed changes of a batch are read with their
+//! snapshots, `batch_read`): a record's full history for a replay ([`fold_record`], and the applier's replay of a record a late
 //! row reached), a user's history for the start-up rebuild,
 //! and the rebuild's to-do list `mana_ai.fold_rebuild`.
 //!
@@ -17,31 +17,6 @@ use crate::sync::generation::Generation;
 /// Sets the RLS scope for the statements that follow in the transaction.
 pub(crate) const SET_USER: &str = "SELECT set_config('app.current_user_id', $1, true)";
 
-/// Reads change rows by id of user `$2`; run after [`SET_USER`] so RLS
-/// limits it to that user as well. `own_writeback` says whether the row is one of the service's own
-/// write-backs (recorded in `mission_runs`, which only the service writes).
-/// The stamps are read as `field_timestamps` whatever the generation's
-/// column ([`read_changes`]).
-macro_rules! read_changes_sql {
-    ($stamps:literal) => {
-        concat!(
-            "SELECT c.id, c.app_id, c.table_name, c.record_id, c.op, c.data, c.",
-            $stamps,
-            " AS field_timestamps, c.created_at,
-            EXISTS (SELECT 1 FROM mana_ai.mission_runs r WHERE r.change_id = c.id) AS own_writeback
-     FROM public.sync_changes c WHERE c.id = ANY($1) AND c.user_id = $2"
-        )
-    };
-}
-
-/// [`read_changes_sql`] of a generation.
-pub(crate) fn read_changes(generation: Generation) -> &'static str {
-    match generation {
-        Generation::V06 => read_changes_sql!("field_timestamps"),
-        Generation::Current => read_changes_sql!("field_meta"),
-    }
-}
-
 /// A record's rows in fold order when there is no queue id to go by:
 /// `created_at`, then the inserting command's number within its transaction
 /// (`cmin`, exact for separate INSERT statements), then physical position
@@ -50,7 +25,7 @@ pub(crate) fn read_changes(generation: Generation) -> &'static str {
 /// hence the cast.
 pub(crate) const REPLAY_ORDER: &str = "created_at, cmin::text::bigint, ctid";
 
-/// A `sync_changes` row as read by [`READ_CHANGES`] (or any query with its
+/// A `sync_changes` row as read by `batch_read::read_scoped` (or any query with its
 /// column names). The table is the sync server's, not ours: a column of
 /// another type than the contract's is a [`RowError::Systemic`] naming the
 /// column, never a panic; a value of this row that does not convert (JSON
@@ -201,7 +176,7 @@ fn history_row(
 
 /// One user's mission/agent rows in fold order, record by record, without
 /// the rows still queued or set aside (the start-up rebuild's read; its
-/// columns are [`READ_CHANGES`]'s, for [`raw_change`]).
+/// columns are `batch_read::read_scoped`'s, for [`raw_change`]).
 pub(crate) fn user_history_sql(generation: Generation) -> String {
     let stamps = generation.stamps_column();
     format!(
@@ -225,7 +200,7 @@ pub(crate) fn user_history_sql(generation: Generation) -> String {
 /// `iterations`, which every write-back repeats whole, come as the marker
 /// `{"mana-ai-source": $5, "from": <change id>}` (the fold decides by
 /// stamps, never by that value), so a replay reads each row's other fields
-/// only. The columns are [`READ_CHANGES`]'s, for [`raw_change`].
+/// only. The columns are `batch_read::read_scoped`'s, for [`raw_change`].
 pub(crate) fn record_replay_sql(generation: Generation) -> String {
     let stamps = generation.stamps_column();
     format!(

@@ -6,6 +6,7 @@
 //! typed rows; callers never index columns by position.
 
 // Queue and change log (owned by the reactor); decoding their rows.
+pub(crate) mod batch_read;
 pub(crate) mod decode;
 pub(crate) mod history;
 pub(crate) mod maintenance;

@@ -7,8 +7,8 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::{GenericClient, Row, Statement};
 use uuid::Uuid;
 
-use super::{history, snapshots};
-use crate::sync::change::{clip_bytes, Kind, Poison};
+use super::{batch_read, history, snapshots};
+use crate::sync::change::{clip_bytes, Poison};
 
 /// One row of `mana_ai.change_queue`, claimed by the applier.
 #[derive(Debug, Clone)]
@@ -42,6 +42,11 @@ impl QueueRow {
 /// server's start and its incarnation, which a crash empties). One row even
 /// when nothing is claimed.
 ///
+/// It also scopes the transaction to the first claimed row's user (the
+/// settings `batch_read` describes), so that user's change rows and
+/// snapshots are read by a statement pipelined behind this one, in its round
+/// trip; `scoped_user` names that user (NULL when nothing is claimed).
+///
 /// `= ANY(ARRAY(subquery))` rather than `IN (subquery)`: with `IN` the
 /// planner hashes the subquery and seq-scans the whole queue (about 20 ms at
 /// a depth of 10^5, per batch); the array makes it an index scan of the
@@ -50,14 +55,20 @@ const CLAIM: &str = "WITH claimed AS (
        DELETE FROM mana_ai.change_queue
        WHERE id = ANY(ARRAY(SELECT id FROM mana_ai.change_queue WHERE id >= $2 ORDER BY id LIMIT $1))
        RETURNING id, change_id, user_id, table_name, queued_at,
-                 pg_current_xact_id_if_assigned()::text::int8 AS claim_xid)
+                 pg_current_xact_id_if_assigned()::text::int8 AS claim_xid),
+     scope AS (
+       SELECT set_config('app.current_user_id', first.user_id, true) AS scoped_user,
+              set_config('mana_ai.batch_changes',
+                         (SELECT string_agg(o.change_id::text, ',') FROM claimed o
+                          WHERE o.user_id = first.user_id), true) AS scoped_changes
+       FROM (SELECT user_id FROM claimed ORDER BY id LIMIT 1) AS first)
      SELECT pg_snapshot_xmin(pg_current_snapshot())::text::int8 AS xmin,
             pg_relation_filenode(pg_get_serial_sequence('mana_ai.change_queue', 'id')::regclass)::text::int8
               AS sequence_filenode,
             (extract(epoch FROM pg_postmaster_start_time()) * 1000000)::int8 AS server_started_micros,
             (SELECT id FROM mana_ai.server_incarnation) AS incarnation,
-            c.id, c.change_id, c.user_id, c.table_name, c.queued_at, c.claim_xid
-     FROM (SELECT) AS one LEFT JOIN claimed AS c ON true";
+            s.scoped_user, c.id, c.change_id, c.user_id, c.table_name, c.queued_at, c.claim_xid
+     FROM (SELECT) AS one LEFT JOIN scope AS s ON true LEFT JOIN claimed AS c ON true";
 
 /// Claims the queue rows of the given ids (the exact row a batch failed
 /// on, rows the backstop found).
@@ -101,9 +112,8 @@ pub(crate) struct ApplierStatements {
     pub claim: Statement,
     pub claim_ids: Statement,
     pub set_user: Statement,
-    pub read: Statement,
-    pub load_missions: Statement,
-    pub load_agents: Statement,
+    pub set_scope: Statement,
+    pub read_scoped: Statement,
     pub upsert_missions: Statement,
     pub upsert_agents: Statement,
     pub insert_dead: Statement,
@@ -130,26 +140,29 @@ impl ApplierStatements {
             claim: CLAIM,
             claim_ids: CLAIM_IDS,
             set_user: history::SET_USER,
-            read: history::read_changes(generation),
-            load_missions: snapshots::LOAD_MISSIONS,
-            load_agents: snapshots::LOAD_AGENTS,
+            set_scope: batch_read::SET_SCOPE,
+            read_scoped: batch_read::read_scoped(generation),
             upsert_missions: snapshots::UPSERT_MISSIONS,
             upsert_agents: snapshots::UPSERT_AGENTS,
             insert_dead: INSERT_DEAD,
             armable_of_agents: snapshots::ARMABLE_OF_AGENTS,
         })
     }
+}
 
-    pub(crate) fn load(&self, kind: Kind) -> &Statement {
-        match kind {
-            Kind::Mission => &self.load_missions,
-            Kind::Agent => &self.load_agents,
-        }
-    }
+/// What a claim from the low-water mark took and saw.
+#[derive(Debug)]
+pub(crate) struct Claim {
+    /// In queue order.
+    pub rows: Vec<QueueRow>,
+    pub horizon: Horizon,
+    /// The user whose scope the claim set (the first row's), if any.
+    pub scoped_user: Option<String>,
 }
 
 /// Claims (deletes and returns) the oldest `limit` queue rows from id
-/// `from` on, in queue order, with the horizon the claim statement saw. The
+/// `from` on, in queue order, with the horizon the claim statement saw,
+/// and scopes the transaction to the first row's user (see [`CLAIM`]). The
 /// deletion commits with the snapshot writes or not at all, so each change
 /// is applied exactly once. Only the leader applies; a second applier would
 /// block on the row locks and then find the rows gone, never apply them
@@ -159,7 +172,7 @@ pub(crate) async fn claim(
     statements: &ApplierStatements,
     limit: i64,
     from: i64,
-) -> anyhow::Result<(Vec<QueueRow>, Horizon)> {
+) -> anyhow::Result<Claim> {
     let rows = client.query(&statements.claim, &[&limit, &from]).await?;
     // The statement returns one row even when it claims nothing.
     let first = rows
@@ -174,6 +187,7 @@ pub(crate) async fn claim(
             incarnation: first.try_get("incarnation")?,
         },
     };
+    let scoped_user = first.try_get("scoped_user")?;
     let mut claimed = Vec::with_capacity(rows.len());
     for r in &rows {
         if r.try_get::<_, Option<i64>>("id")?.is_none() {
@@ -183,7 +197,11 @@ pub(crate) async fn claim(
         claimed.push(QueueRow::from_row(r)?);
     }
     claimed.sort_by_key(|q| q.id);
-    Ok((claimed, horizon))
+    Ok(Claim {
+        rows: claimed,
+        horizon,
+        scoped_user,
+    })
 }
 
 /// Writes a new incarnation after a crash emptied it (see migration 0013).

@@ -26,20 +26,6 @@ pub(crate) fn armable(deleted: bool, state: Option<&str>, next_run_at: Option<&s
     !deleted && state == Some("active") && next_run_at.is_some()
 }
 
-/// Loads and locks snapshots by (user id, record id) pairs.
-pub(super) const LOAD_MISSIONS: &str =
-    "SELECT s.user_id, s.mission_id AS record_id, s.record, s.fold_state, s.change_count,
-            s.last_applied_at
-     FROM mana_ai.mission_snapshots s
-     JOIN unnest($1::text[], $2::text[]) AS k(u, r) ON s.user_id = k.u AND s.mission_id = k.r
-     FOR UPDATE OF s";
-pub(super) const LOAD_AGENTS: &str =
-    "SELECT s.user_id, s.agent_id AS record_id, s.record, s.fold_state, s.change_count,
-            s.last_applied_at
-     FROM mana_ai.agent_snapshots s
-     JOIN unnest($1::text[], $2::text[]) AS k(u, r) ON s.user_id = k.u AND s.agent_id = k.r
-     FOR UPDATE OF s";
-
 pub(super) const UPSERT_MISSIONS: &str = "INSERT INTO mana_ai.mission_snapshots
        (user_id, mission_id, record, fold_state, deleted, state, next_run_at, agent_id,
         change_count, last_applied_at, next_run_ts, updated_at)
@@ -89,38 +75,10 @@ pub(crate) type SnapshotKey = (String, String);
 /// Snapshots as loaded: each readable, or why not.
 pub(crate) type Loaded = HashMap<SnapshotKey, Result<Snapshot, Poison>>;
 
-/// Loads (and locks) the snapshots of `keys` with the applier's prepared
-/// statements; no query (and no round trip) when `keys` is empty. A
-/// snapshot that cannot be read is [`Poison::SnapshotUnreadable`] of its
-/// record alone.
-pub(crate) async fn load(
-    client: &impl GenericClient,
-    statements: &ApplierStatements,
-    kind: Kind,
-    keys: &[SnapshotKey],
-) -> Result<Loaded, tokio_postgres::Error> {
-    if keys.is_empty() {
-        return Ok(HashMap::new());
-    }
-    let users: Vec<&str> = keys.iter().map(|k| k.0.as_str()).collect();
-    let ids: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
-    let rows = client.query(statements.load(kind), &[&users, &ids]).await?;
-    let mut out = HashMap::with_capacity(rows.len());
-    for row in &rows {
-        // The key columns must read (they are our own text columns); the
-        // rest may fail for one row.
-        let key: SnapshotKey = (row.try_get("user_id")?, row.try_get("record_id")?);
-        let snapshot = match snapshot_from_row(row) {
-            Ok(snapshot) => Ok(snapshot),
-            Err(RowError::Poison(poison)) => Err(poison),
-            Err(RowError::Systemic(e)) => return Err(e),
-        };
-        out.insert(key, snapshot);
-    }
-    Ok(out)
-}
-
-fn snapshot_from_row(row: &Row) -> Result<Snapshot, RowError> {
+/// A snapshot row's stored columns (`record`, `fold_state`, `change_count`,
+/// `last_applied_at`); one that cannot be read back is
+/// [`Poison::SnapshotUnreadable`] of its record alone.
+pub(crate) fn snapshot_from_row(row: &Row) -> Result<Snapshot, RowError> {
     let unreadable = |column| move |detail| Poison::SnapshotUnreadable { column, detail };
     let record = match decode::stored_json(row, "record")? {
         Value::Object(map) => map,

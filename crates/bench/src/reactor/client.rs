@@ -161,9 +161,12 @@ fn add_figures(s: &mut Samples, report: &mut Report) {
             "  commit to batch start (NOTIFY to the service, wake-up, pool)",
             &mut s.wake,
         ),
-        ("  claim (BEGIN + claim)", &mut s.claim),
-        ("  read change rows", &mut s.read),
-        ("  load snapshots, fold", &mut s.fold),
+        (
+            "  claim + the first user's changes and snapshots (BEGIN, one round trip)",
+            &mut s.claim,
+        ),
+        ("  other users' reads (none here), checks", &mut s.read),
+        ("  fold", &mut s.fold),
         ("  write + COMMIT", &mut s.commit),
         (
             "  batch commit to the client seeing it (re-arm, NOTIFY)",
