@@ -61,7 +61,7 @@ pub(crate) async fn snapshot_marked(
 }
 
 /// Change rows with their `iterations` replaced by a marker naming the row:
-/// the columns of `store::history::READ_CHANGES`, then the length of the
+/// the columns `store::history::raw_change` reads, then the length of the
 /// iterations as jsonb text (never shorter than the compact JSON the field
 /// limit counts). `$2` is the record, `$3` the marker, `$4` the user; the
 /// rows are chosen by `$where` (with `$1`).
@@ -95,7 +95,7 @@ macro_rules! history_where {
 }
 /// A queued change row with its `iterations` marked.
 pub(crate) struct MarkedChange {
-    /// With the columns of `store::history::READ_CHANGES` (its decoder reads it).
+    /// With the columns `store::history::raw_change` reads.
     pub row: Row,
     /// The row is a write-back of this service.
     pub own_writeback: bool,
