@@ -32,42 +32,17 @@ use tracing::Instrument;
 use super::analyze::{self, AnalyzeSchedule};
 use super::batch::{fold_claimed, write_and_commit, FoldedBatch};
 use super::batch_tx::BatchTx;
-use super::low_water::{Horizon, LowWater, Observed};
+use super::claim::{Claimed, Take};
+use super::low_water::LowWater;
 pub use super::outcome::{Applied, ApplyError, BatchStats, Phases};
-use super::read::{read_changes, FirstRead};
+use super::read::read_changes;
 use super::ReactorContext;
 use crate::backoff::Backoff;
 use crate::schedule::wheel::WheelUpdate;
-use crate::store::queue::{self, ApplierStatements, QueueRow};
+use crate::store::queue::ApplierStatements;
 
 /// Waits between attempts after a drain failed (the database is away).
 const RETRY: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
-
-/// What a batch's first round trip took and read.
-struct Claimed {
-    rows: Vec<QueueRow>,
-    horizon: Option<Horizon>,
-    /// The first user's read, pipelined behind the claim.
-    first: Option<FirstRead>,
-}
-
-/// Which queue rows a batch takes.
-#[derive(Debug, Clone)]
-enum Take {
-    /// Up to this many of the oldest, from the low-water mark on.
-    Next(i64),
-    /// These (the backstop's finds).
-    Ids(Vec<i64>),
-}
-
-impl Take {
-    fn limit(&self) -> i64 {
-        match self {
-            Take::Next(limit) => *limit,
-            Take::Ids(ids) => ids.len() as i64,
-        }
-    }
-}
 
 #[derive(Clone)]
 pub struct Applier {
@@ -85,9 +60,9 @@ pub struct Applier {
     /// Where claims start reading the queue (see `low_water`).
     pub(super) low_water: LowWater,
     /// The last claim found the server's incarnation gone (a crash).
-    incarnation_lost: bool,
+    pub(super) incarnation_lost: bool,
     /// The last claim read another queue: claim again before resting.
-    restarted: bool,
+    pub(super) restarted: bool,
     /// Queue ids of the batch in progress (the row to set aside when a
     /// batch of one fails).
     pub(super) in_batch: Vec<i64>,
@@ -302,81 +277,6 @@ impl Applier {
         phases.committed = Instant::now();
         self.observe(&take, &ids, horizon);
         Ok(self.settle(batch, updates, claimed.len(), phases).await)
-    }
-
-    /// BEGIN pipelined with the claim and, for a claim from the low-water
-    /// mark, with the read of the first user's changes and snapshots under
-    /// the scope the claim set; the horizon only for such a claim.
-    async fn claim(
-        &self,
-        tx: &BatchTx<'_>,
-        statements: &ApplierStatements,
-        take: &Take,
-    ) -> Result<Claimed, ApplyError> {
-        let claimed = match take {
-            Take::Next(limit) => {
-                let from = self.low_water.bound();
-                let claim = queue::claim(tx.client, statements, *limit, from);
-                let first = tx.client.query(&statements.read_scoped, &[]);
-                let (begun, claimed, first) = futures_util::join!(tx.begin(), claim, first);
-                begun?;
-                let claim = claimed?;
-                let first = first?;
-                Claimed {
-                    rows: claim.rows,
-                    horizon: Some(claim.horizon),
-                    first: claim
-                        .scoped_user
-                        .map(|user| FirstRead { user, rows: first }),
-                }
-            }
-            Take::Ids(ids) => {
-                let claim = queue::claim_ids(tx.client, statements, ids);
-                let (begun, claimed) = futures_util::join!(tx.begin(), claim);
-                begun?;
-                Claimed {
-                    rows: claimed?,
-                    horizon: None,
-                    first: None,
-                }
-            }
-        };
-        #[cfg(feature = "test-hooks")]
-        if let Some(hook) = &self.after_claim {
-            hook().await;
-        }
-        Ok(claimed)
-    }
-
-    /// Takes a committed claim into the low-water mark.
-    fn observe(&mut self, take: &Take, ids: &[i64], horizon: Option<Horizon>) {
-        let Some(horizon) = horizon else { return };
-        self.incarnation_lost = horizon.epoch.incarnation.is_none();
-        let full = ids.len() as i64 >= take.limit();
-        if self.low_water.observe(ids, full, horizon) == Observed::Restarted {
-            self.restarted = true;
-            tracing::warn!(
-                "the change queue's identity or the database server changed \
-                 (a reinstalled kit, a restart, a crash): claims read the queue from its start again"
-            );
-        }
-    }
-
-    /// Writes the server's incarnation anew after a crash emptied it, so
-    /// that the next crash is seen too; retried after the next claim if it
-    /// fails.
-    async fn renew_incarnation(&mut self, client: &deadpool_postgres::ClientWrapper) {
-        match queue::renew_incarnation(&**client).await {
-            Ok(()) => {
-                self.incarnation_lost = false;
-                tracing::warn!(
-                    "the database server recovered from a crash; a new incarnation is recorded"
-                );
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "recording the server's incarnation failed; retried after the next claim")
-            }
-        }
     }
 
     /// After the commit: re-arms the wheel, tells the observer, counts.

@@ -12,6 +12,7 @@ pub mod applier;
 mod backstop;
 mod batch;
 mod batch_tx;
+mod claim;
 pub mod fold_batch;
 pub mod listener;
 pub mod low_water;
