@@ -488,6 +488,43 @@ mod tests {
         assert_no_open_transaction(&f.pool).await;
     }
 
+    /// A queue row naming another user's change (forged: only the DBA's
+    /// trigger writes the queue) is read in its own user's scope, so the
+    /// change is not visible and is set aside; the owner's row of the same
+    /// change is applied. The forged row comes first, so it is the user the
+    /// claim scopes, and the owner's is read in the batch's second round.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_queue_row_of_another_users_change_reads_nothing() {
+        let mut f = fixture().await;
+        let next = tomorrow();
+        let data = json!({"title": "mine", "state": "active", "nextRunAt": next});
+        write(&f.db, "alice", "aiMissions", "m1", data).await;
+        f.db.admin()
+            .await
+            .unwrap()
+            .batch_execute(
+                "WITH q AS (DELETE FROM mana_ai.change_queue RETURNING change_id, table_name),
+                      forged AS (INSERT INTO mana_ai.change_queue (change_id, user_id, table_name)
+                                 SELECT change_id, 'mallory', table_name FROM q)
+                 SELECT 1;
+                 INSERT INTO mana_ai.change_queue (change_id, user_id, table_name)
+                 SELECT id, user_id, table_name FROM public.sync_changes;",
+            )
+            .await
+            .unwrap();
+        assert_eq!(f.applier.drain().await.unwrap(), 2);
+        let dead = "SELECT count(*) FROM mana_ai.dead_changes
+                    WHERE user_id = 'mallory' AND reason = 'change-not-visible'";
+        assert_eq!(count(&f.pool, dead).await, 1);
+        let mallory = "SELECT count(*) FROM mana_ai.mission_snapshots WHERE user_id = 'mallory'";
+        assert_eq!(count(&f.pool, mallory).await, 0);
+        let alice = "SELECT count(*) FROM mana_ai.mission_snapshots
+                     WHERE user_id = 'alice' AND record->>'title' = 'mine'";
+        assert_eq!(count(&f.pool, alice).await, 1);
+        assert!(f.wheel.armed_at("mallory", "m1").await.is_none());
+        assert!(f.wheel.armed_at("alice", "m1").await.is_some());
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_agent_change_rearms_its_missions_including_ones_in_the_same_batch() {
         let mut f = fixture().await;
