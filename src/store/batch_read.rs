@@ -28,7 +28,12 @@ pub(crate) const SET_SCOPE: &str = "SELECT set_config('app.current_user_id', $1,
             set_config('mana_ai.batch_changes', $2, true)";
 
 /// The scoped read of a generation's stamps column. `part` says what a row
-/// is: 0 a change row, 1 a mission snapshot, 2 an agent snapshot.
+/// is: 0 a change row, 1 a mission snapshot, 2 an agent snapshot. The
+/// stamps are read as `field_timestamps` whatever the generation's column;
+/// `own_writeback` says whether a change row is one of the service's own
+/// write-backs (recorded in `mission_runs`, which only the service writes).
+/// The user is named in the statement as well as set for RLS, so a claimed
+/// id never reads another user's row even where RLS is off.
 ///
 /// The statement has no parameters, so its plan is made once per
 /// connection, from whatever the statistics said then. Each id is therefore

@@ -1,8 +1,9 @@
 //! The change log, `public.sync_changes` (the sync server's table), as the
-//! reactor reads it (the claimed changes of a batch are read with their
-//! snapshots, `batch_read`): a record's full history for a replay ([`fold_record`], and the applier's replay of a record a late
-//! row reached), a user's history for the start-up rebuild,
-//! and the rebuild's to-do list `mana_ai.fold_rebuild`.
+//! reactor reads it (a batch's claimed changes are read with their
+//! snapshots, `batch_read`): a record's full history for a replay
+//! ([`fold_record`], and the applier's replay of a record a late row
+//! reached), a user's history for the start-up rebuild, and the rebuild's
+//! to-do list `mana_ai.fold_rebuild`.
 //!
 //! `sync_changes` is read only after the transaction has been scoped to the
 //! change's user ([`SET_USER`]): row-level security limits it to that user.
@@ -25,8 +26,8 @@ pub(crate) const SET_USER: &str = "SELECT set_config('app.current_user_id', $1, 
 /// hence the cast.
 pub(crate) const REPLAY_ORDER: &str = "created_at, cmin::text::bigint, ctid";
 
-/// A `sync_changes` row as read by `batch_read::read_scoped` (or any query with its
-/// column names). The table is the sync server's, not ours: a column of
+/// A `sync_changes` row as read by `batch_read::read_scoped` (or any
+/// query with its column names). The table is the sync server's, not ours: a column of
 /// another type than the contract's is a [`RowError::Systemic`] naming the
 /// column, never a panic; a value of this row that does not convert (JSON
 /// too deep, a number out of range, a time out of chrono's range) is
