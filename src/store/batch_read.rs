@@ -27,6 +27,28 @@ use crate::sync::generation::Generation;
 pub(crate) const SET_SCOPE: &str = "SELECT set_config('app.current_user_id', $1, true),
             set_config('mana_ai.batch_changes', $2, true)";
 
+/// The snapshots of a table (`$table`, keyed by `$id`) of every record id
+/// in `c`, locked, one primary-key probe each (see [`read_scoped_sql`]).
+macro_rules! lock_snapshots_sql {
+    ($table:literal, $id:literal) => {
+        concat!(
+            "
+       SELECT s.* FROM (SELECT DISTINCT record_id FROM c) AS k
+       CROSS JOIN LATERAL (
+         SELECT s.user_id, s.",
+            $id,
+            " AS record_id, s.record, s.fold_state, s.change_count, s.last_applied_at
+         FROM mana_ai.",
+            $table,
+            " s
+         WHERE s.user_id = current_setting('app.current_user_id', true) AND s.",
+            $id,
+            " = k.record_id
+         OFFSET 0 FOR UPDATE) AS s"
+        )
+    };
+}
+
 /// The scoped read of a generation's stamps column. `part` says what a row
 /// is: 0 a change row, 1 a mission snapshot, 2 an agent snapshot. The
 /// stamps are read as `field_timestamps` whatever the generation's column;
@@ -55,20 +77,12 @@ macro_rules! read_scoped_sql {
          SELECT * FROM public.sync_changes c
          WHERE c.id = k.id AND c.user_id = current_setting('app.current_user_id', true)
          OFFSET 0) AS c),
-     m AS (
-       SELECT s.* FROM (SELECT DISTINCT record_id FROM c) AS k
-       CROSS JOIN LATERAL (
-         SELECT s.user_id, s.mission_id AS record_id, s.record, s.fold_state, s.change_count, s.last_applied_at
-         FROM mana_ai.mission_snapshots s
-         WHERE s.user_id = current_setting('app.current_user_id', true) AND s.mission_id = k.record_id
-         OFFSET 0 FOR UPDATE) AS s),
-     a AS (
-       SELECT s.* FROM (SELECT DISTINCT record_id FROM c) AS k
-       CROSS JOIN LATERAL (
-         SELECT s.user_id, s.agent_id AS record_id, s.record, s.fold_state, s.change_count, s.last_applied_at
-         FROM mana_ai.agent_snapshots s
-         WHERE s.user_id = current_setting('app.current_user_id', true) AND s.agent_id = k.record_id
-         OFFSET 0 FOR UPDATE) AS s)
+     m AS (",
+            lock_snapshots_sql!("mission_snapshots", "mission_id"),
+            "),
+     a AS (",
+            lock_snapshots_sql!("agent_snapshots", "agent_id"),
+            ")
      SELECT 0 AS part, c.id, c.user_id, c.app_id, c.table_name, c.record_id, c.op, c.data,
             c.field_timestamps, c.created_at, c.own_writeback, NULL::jsonb AS record,
             NULL::jsonb AS fold_state, NULL::int8 AS change_count, NULL::timestamptz AS last_applied_at
