@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::analyze::{self, AnalyzeSchedule};
+use super::analyze::{AnalyzeSchedule, Analyzing};
 use super::batch::{fold_claimed, write_and_commit, FoldedBatch};
 use super::batch_tx::BatchTx;
 use super::claim::{Claimed, Take};
@@ -57,6 +57,8 @@ pub struct Applier {
     pub before_drain: Option<Arc<dyn Fn() + Send + Sync>>,
     /// When the snapshot tables are analyzed next (see `analyze`).
     pub analyze: AnalyzeSchedule,
+    /// The ANALYZE in flight, if any.
+    analyzing: Analyzing,
     /// Where claims start reading the queue (see `low_water`).
     pub(super) low_water: LowWater,
     /// The last claim found the server's incarnation gone (a crash).
@@ -82,6 +84,7 @@ impl Applier {
             observer: None,
             before_drain: None,
             analyze,
+            analyzing: Analyzing::default(),
             low_water: LowWater::default(),
             incarnation_lost: false,
             restarted: false,
@@ -164,7 +167,7 @@ impl Applier {
                 Ok(stats) => {
                     self.isolate = self.isolate.saturating_sub(stats.claimed);
                     total += stats.claimed;
-                    self.maybe_analyze(stats.applied).await;
+                    self.maybe_analyze(stats.applied);
                     let restarted = std::mem::take(&mut self.restarted);
                     if (stats.claimed as i64) < limit && !restarted {
                         return Ok(total);
@@ -182,13 +185,15 @@ impl Applier {
         }
     }
 
-    /// ANALYZEs the snapshot tables when `applied` more changes make it due.
-    async fn maybe_analyze(&mut self, applied: usize) {
+    /// Starts an ANALYZE of the snapshot tables beside the applier when
+    /// `applied` more changes make it due (see `analyze::Analyzing`); takes
+    /// in the last one's result once it has ended.
+    fn maybe_analyze(&mut self, applied: usize) {
+        if let Some(rows) = self.analyzing.finished() {
+            self.analyze.analyzed(rows);
+        }
         if self.analyze.note(applied) {
-            if let Some(rows) = analyze::analyze_snapshots(&self.ctx.pool, &self.ctx.metrics).await
-            {
-                self.analyze.analyzed(rows);
-            }
+            self.analyzing.start(&self.ctx.pool, &self.ctx.metrics);
         }
     }
 
@@ -371,7 +376,7 @@ mod tests {
             settings: Settings {
                 apply_batch: 500,
                 max_field_bytes: 1 << 20,
-                analyze_after_rows: analyze::ANALYZE_AFTER_ROWS,
+                analyze_after_rows: crate::reactor::analyze::ANALYZE_AFTER_ROWS,
                 sweep_interval: Duration::from_secs(30),
                 generation: Default::default(),
             },
