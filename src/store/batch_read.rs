@@ -109,14 +109,8 @@ pub(crate) fn read_scoped(generation: Generation) -> &'static str {
 
 /// The ids of a user's claimed changes as [`SET_SCOPE`] takes them.
 pub(crate) fn scope_ids(ids: &[Uuid]) -> String {
-    let mut out = String::with_capacity(ids.len() * 37);
-    for (i, id) in ids.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push_str(&id.to_string());
-    }
-    out
+    let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+    ids.join(",")
 }
 
 /// A change row as read: readable, or (its record id if that read) why not.
